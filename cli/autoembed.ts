@@ -1,0 +1,270 @@
+// Operator entry point: `deno task autoembed <command> [options]`.
+// worker | status | backfill <table> | reembed <table> | retry-failed [<table>]
+// A user mistake gives one line on stderr and exit code 2, never a stack trace.
+import postgres from "postgres";
+import { coreSettings, SettingsError } from "../supabase/functions/_shared/settings.ts";
+import { runWorker } from "./worker.ts";
+
+export class UsageError extends Error {}
+
+const USAGE = `usage: deno task autoembed <command> [options]
+
+commands:
+  worker                 process embedding jobs until stopped (Ctrl-C / SIGTERM)
+  status                 per-table embedding status            [--json]
+  backfill <table>       enqueue rows missing an embedding
+  reembed <table>        re-embed a table, e.g. with a new model [--model M] [--dimensions D]
+  retry-failed [<table>] put dead-lettered jobs back on the queue
+
+options (each also from the environment variable shown):
+  -d, --db-url URL         database URL                     DATABASE_URL
+      --column NAME        embedding column (default embedding)
+worker options:
+      --once               drain what is queued, then exit 0
+  -c, --concurrency N      batches in parallel (default 1)   AUTOEMBED_CONCURRENCY
+      --poll-interval T    fallback poll, e.g. 5s, 1m, 900 (ms when bare; default 5s)
+                                                            AUTOEMBED_POLL_INTERVAL
+      --batch-size N       jobs per batch (default 100)      AUTOEMBED_BATCH_SIZE
+      --table T            only this table (repeatable)      AUTOEMBED_TABLES (comma-separated)
+      --visibility-timeout T  seconds a claimed batch stays hidden (default 120)
+provider settings come from the environment as for the embed function:
+  OPENAI_API_KEY, OPENAI_BASE_URL, EMBEDDING_TIMEOUT_MS, EMBEDDING_TRUNCATE`;
+
+/** Parses `5s`, `1m`, `250ms`, or a bare number of milliseconds. */
+export function parseDuration(text: string, name: string): number {
+  const m = text.trim().match(/^(\d+(?:\.\d+)?)(ms|s|m|h)?$/);
+  if (!m) throw new UsageError(`${name}: "${text}" is not a duration (try 5s, 1m, 900)`);
+  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] ?? "ms"]!;
+  return Math.round(Number(m[1]) * unit);
+}
+
+function positiveInt(text: string, name: string): number {
+  if (!/^\d+$/.test(text) || Number(text) < 1) throw new UsageError(`${name}: "${text}" is not a positive whole number`);
+  return Number(text);
+}
+
+export interface ParsedArgs {
+  command: string;
+  positional: string[];
+  options: Map<string, string[]>;
+}
+
+const VALUE_OPTIONS = new Map([
+  ["-d", "db-url"],
+  ["--db-url", "db-url"],
+  ["-c", "concurrency"],
+  ["--concurrency", "concurrency"],
+  ["--poll-interval", "poll-interval"],
+  ["--batch-size", "batch-size"],
+  ["--table", "table"],
+  ["--model", "model"],
+  ["--dimensions", "dimensions"],
+  ["--column", "column"],
+  ["--visibility-timeout", "visibility-timeout"],
+]);
+const FLAG_OPTIONS = new Map([["--once", "once"], ["--json", "json"], ["-h", "help"], ["--help", "help"]]);
+
+export function parseArgs(argv: string[]): ParsedArgs {
+  const options = new Map<string, string[]>();
+  const positional: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    let arg = argv[i];
+    let inline: string | undefined;
+    if (arg.startsWith("--") && arg.includes("=")) [arg, inline] = [arg.slice(0, arg.indexOf("=")), arg.slice(arg.indexOf("=") + 1)];
+    if (VALUE_OPTIONS.has(arg)) {
+      const value = inline ?? argv[++i];
+      if (value === undefined) throw new UsageError(`${arg} needs a value`);
+      const key = VALUE_OPTIONS.get(arg)!;
+      options.set(key, [...(options.get(key) ?? []), value]);
+    } else if (FLAG_OPTIONS.has(arg)) {
+      options.set(FLAG_OPTIONS.get(arg)!, ["true"]);
+    } else if (arg.startsWith("-")) {
+      throw new UsageError(`unknown option ${arg} (see --help)`);
+    } else {
+      positional.push(arg);
+    }
+  }
+  return { command: positional.shift() ?? "", positional, options };
+}
+
+function dbUrlOf(args: ParsedArgs): string {
+  const url = args.options.get("db-url")?.at(-1) ?? Deno.env.get("DATABASE_URL");
+  if (!url) throw new UsageError("no database: pass -d/--db-url postgresql://... or set DATABASE_URL");
+  if (!/^postgres(ql)?:\/\//.test(url)) throw new UsageError(`--db-url must start with postgresql://, got "${url.split(":")[0]}:..."`);
+  return url;
+}
+
+async function withDb<T>(url: string, fn: (sql: postgres.Sql) => Promise<T>): Promise<T> {
+  const sql = postgres(url, { max: 1, onnotice: () => {}, connect_timeout: 10 });
+  try {
+    try {
+      await sql`select 1`;
+    } catch (err) {
+      throw new UsageError(`cannot connect to the database: ${(err as Error).message} (check --db-url / DATABASE_URL)`);
+    }
+    const [row] = await sql`select to_regclass('util.embedding_targets') is not null as installed`;
+    if (!row.installed) {
+      throw new UsageError("autoembed is not installed in this database: apply supabase/migrations first (supabase db push)");
+    }
+    return await fn(sql);
+  } finally {
+    await sql.end({ timeout: 5 });
+  }
+}
+
+/** Resolves a user-given table name to a regclass text, or a UsageError naming the attached tables. */
+async function resolveTable(sql: postgres.Sql, name: string, column: string): Promise<string> {
+  const [row] = await sql`
+    select t.table_oid::text as table_sql
+      from util.embedding_targets t
+     where t.table_oid = to_regclass(${name}) and t.embedding_column = ${column}`;
+  if (row) return row.table_sql;
+  const attached = await sql`select table_oid::text as t from util.embedding_targets order by 1`;
+  const list = attached.map((r) => r.t).join(", ") || "none";
+  throw new UsageError(`table "${name}" (column ${column}) is not attached to autoembed (attached: ${list})`);
+}
+
+function formatTable(rows: Record<string, unknown>[]): string {
+  if (rows.length === 0) return "no tables attached (select util.enable_embeddings(...) to attach one)";
+  const columns = Object.keys(rows[0]);
+  const cells = rows.map((r) => columns.map((c) => {
+    const v = r[c];
+    return v === null || v === undefined ? "" : typeof v === "object" ? JSON.stringify(v) : String(v);
+  }));
+  const widths = columns.map((c, i) => Math.max(c.length, ...cells.map((row) => row[i].length)));
+  const line = (values: string[]) => values.map((v, i) => v.padEnd(widths[i])).join("  ").trimEnd();
+  return [line(columns), line(widths.map((w) => "-".repeat(w))), ...cells.map(line)].join("\n");
+}
+
+async function status(args: ParsedArgs): Promise<number> {
+  return await withDb(dbUrlOf(args), async (sql) => {
+    const rows = await sql`
+      select schema_name || '.' || table_name as table, embedding_column as column, model, total_rows as rows,
+             embedded, missing, stale, queued, in_flight,
+             coalesce(extract(epoch from oldest_queued_age)::int || 's', '') as oldest_queued,
+             dead_lettered, models, last_error
+        from util.embedding_status`;
+    const plain = rows.map((r) => ({ ...r }));
+    console.log(args.options.has("json") ? JSON.stringify(plain, null, 2) : formatTable(plain));
+    return 0;
+  });
+}
+
+async function enqueue(args: ParsedArgs, command: string): Promise<number> {
+  const column = args.options.get("column")?.at(-1) ?? "embedding";
+  return await withDb(dbUrlOf(args), async (sql) => {
+    if (command === "retry-failed") {
+      const table = args.positional[0] ? await resolveTable(sql, args.positional[0], column) : null;
+      const [row] = await sql`select util.retry_failed(${table}::regclass) as n`;
+      console.log(`re-queued ${row.n} dead-lettered job(s)${table ? ` of ${table}` : ""}`);
+      return 0;
+    }
+    const name = args.positional[0];
+    if (!name) throw new UsageError(`${command} needs a table, e.g. deno task autoembed ${command} documents`);
+    const table = await resolveTable(sql, name, column);
+    const model = command === "reembed" ? args.options.get("model")?.at(-1) ?? null : null;
+    const dimsText = command === "reembed" ? args.options.get("dimensions")?.at(-1) : undefined;
+    const dims = dimsText ? positiveInt(dimsText, "--dimensions") : null;
+    try {
+      const [row] = await sql`select util.reembed(${table}::regclass, ${column}, ${model}, ${dims}) as n`;
+      console.log(`enqueued ${row.n} row(s) of ${table}${model ? ` for model ${model}` : ""}`);
+    } catch (err) {
+      const e = err as postgres.PostgresError;
+      if (e.name === "PostgresError") throw new UsageError(`${e.message}${e.hint ? ` (${e.hint})` : ""}`);
+      throw err;
+    }
+    return 0;
+  });
+}
+
+async function worker(args: ParsedArgs): Promise<number> {
+  const env = (name: string) => Deno.env.get(name);
+  const opt = (key: string, envName: string) => args.options.get(key)?.at(-1) ?? env(envName);
+  const dbUrl = dbUrlOf(args);
+  let settings;
+  try {
+    settings = coreSettings(env);
+  } catch (err) {
+    if (err instanceof SettingsError) throw new UsageError(err.message);
+    throw err;
+  }
+  const tables = args.options.get("table") ?? (env("AUTOEMBED_TABLES")?.split(",").map((s) => s.trim()).filter(Boolean) ?? []);
+  const options = {
+    dbUrl,
+    once: args.options.has("once"),
+    concurrency: positiveInt(opt("concurrency", "AUTOEMBED_CONCURRENCY") ?? "1", "--concurrency"),
+    pollIntervalMs: parseDuration(opt("poll-interval", "AUTOEMBED_POLL_INTERVAL") ?? "5s", "--poll-interval"),
+    batchSize: positiveInt(opt("batch-size", "AUTOEMBED_BATCH_SIZE") ?? "100", "--batch-size"),
+    visibilitySeconds: Math.ceil(parseDuration(args.options.get("visibility-timeout")?.at(-1) ?? "120s", "--visibility-timeout") / 1000),
+    tables,
+    settings,
+  };
+  // Fail fast on a bad URL or a database without autoembed, and on unknown tables.
+  await withDb(dbUrl, async (sql) => {
+    for (const t of tables) await resolveTable(sql, t, "embedding").catch(async (err) => {
+      const [row] = await sql`select count(*)::int as n from util.embedding_targets where table_oid = to_regclass(${t})`;
+      if (row.n === 0) throw err;
+    });
+  });
+
+  const stop = new AbortController();
+  const onSignal = () => stop.abort();
+  Deno.addSignalListener("SIGINT", onSignal);
+  Deno.addSignalListener("SIGTERM", onSignal);
+  const tty = Deno.stdout.isTerminal();
+  const startedAt = Date.now();
+  const result = await runWorker({
+    ...options,
+    signal: stop.signal,
+    log: (line) => console.error(line),
+    onBatch: (e) => {
+      if (e.jobs === 0 && !tty) return;
+      if (tty) {
+        const seconds = (Date.now() - startedAt) / 1000;
+        const rate = e.totalCompleted / Math.max(seconds, 0.001);
+        Deno.stdout.writeSync(new TextEncoder().encode(
+          `\r\x1b[2Kdone ${e.totalCompleted} jobs  ${rate.toFixed(0)}/s  last batch ${e.jobs} in ${e.durationMs} ms`,
+        ));
+      } else {
+        console.log(JSON.stringify({ event: "batch", ...e }));
+      }
+    },
+  });
+  Deno.removeSignalListener("SIGINT", onSignal);
+  Deno.removeSignalListener("SIGTERM", onSignal);
+  if (tty) console.log();
+  console.log(JSON.stringify({ event: "stopped", ...result }));
+  return 0;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const args = parseArgs(argv);
+  if (args.options.has("help") || args.command === "") {
+    console.log(USAGE);
+    return args.command === "" && !args.options.has("help") ? 2 : 0;
+  }
+  switch (args.command) {
+    case "worker":
+      return await worker(args);
+    case "status":
+      return await status(args);
+    case "backfill":
+    case "reembed":
+    case "retry-failed":
+      return await enqueue(args, args.command);
+    default:
+      throw new UsageError(`unknown command "${args.command}" (worker, status, backfill, reembed, retry-failed)`);
+  }
+}
+
+if (import.meta.main) {
+  try {
+    Deno.exit(await main(Deno.args));
+  } catch (err) {
+    if (err instanceof UsageError) {
+      console.error(`autoembed: ${err.message}`);
+      Deno.exit(2);
+    }
+    throw err;
+  }
+}

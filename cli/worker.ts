@@ -1,0 +1,182 @@
+// Pull-mode worker: claims batches from the embedding_jobs queue and applies
+// them with the same core as the embed function. LISTEN only nudges; polling
+// is the fallback, so a lost notification delays work by at most one poll
+// interval. Each concurrency slot makes at most one claim at a time.
+import postgres from "postgres";
+import { isConnectionError, processBatch } from "../supabase/functions/_shared/core.ts";
+import { type Job, jobMessageSchema, NOTIFY_CHANNEL, QUEUE_NAME } from "../supabase/functions/_shared/jobs.ts";
+import type { CoreSettings } from "../supabase/functions/_shared/settings.ts";
+
+export interface WorkerOptions {
+  dbUrl: string;
+  once: boolean;
+  concurrency: number;
+  pollIntervalMs: number;
+  batchSize: number;
+  /** Visibility timeout of a claim, seconds: an unfinished batch reappears after it. */
+  visibilitySeconds: number;
+  /** Restrict to these tables (`name` or `schema.name`); empty = all. */
+  tables: string[];
+  settings: CoreSettings;
+  /** Called after each batch and when idle, for progress output. */
+  onBatch?: (event: BatchEvent) => void;
+  log?: (line: string) => void;
+  /** Stop claiming when aborted; in-flight batches finish or are handed back. */
+  signal?: AbortSignal;
+  /** How long in-flight batches may run after the stop signal before provider calls are aborted. */
+  shutdownGraceMs?: number;
+}
+
+export interface BatchEvent {
+  jobs: number;
+  completed: number;
+  failed: number;
+  providerCalls: number;
+  durationMs: number;
+  totalCompleted: number;
+}
+
+export interface WorkerResult {
+  batches: number;
+  completed: number;
+  failed: number;
+}
+
+interface Message {
+  msg_id: string;
+  read_ct: number;
+  message: unknown;
+}
+
+/** Conditions for pgmq.read: one per table filter, or a single unconditional read. */
+function claimFilters(tables: string[]): Record<string, string>[] {
+  if (tables.length === 0) return [{}];
+  return tables.map((t) => {
+    const [schema, table] = t.includes(".") ? t.split(".", 2) : [undefined, t];
+    return schema ? { schema, table } : { table };
+  });
+}
+
+/** Waits `ms` or until `wake` resolves, whichever is first. */
+function sleep(ms: number, wake: Promise<void>): Promise<void> {
+  let timer: number | undefined;
+  return Promise.race([
+    new Promise<void>((r) => (timer = setTimeout(r, ms))),
+    wake,
+  ]).finally(() => clearTimeout(timer));
+}
+
+export async function runWorker(options: WorkerOptions): Promise<WorkerResult> {
+  const log = options.log ?? (() => {});
+  const sql = postgres(options.dbUrl, {
+    max: options.concurrency + 1,
+    onnotice: () => {},
+    idle_timeout: 60,
+    connect_timeout: 10,
+  });
+  const result: WorkerResult = { batches: 0, completed: 0, failed: 0 };
+  const filters = claimFilters(options.tables);
+  let filterTurn = 0;
+  const stopping = options.signal;
+  const abortProviders = new AbortController();
+  stopping?.addEventListener("abort", () => {
+    setTimeout(() => abortProviders.abort(), options.shutdownGraceMs ?? 10_000);
+    nudge();
+  });
+
+  // Wake-ups: every NOTIFY resolves the current promise, which all idle slots await.
+  let wakeResolve: () => void = () => {};
+  let wake = new Promise<void>((r) => (wakeResolve = r));
+  function nudge() {
+    wakeResolve();
+    wake = new Promise<void>((r) => (wakeResolve = r));
+  }
+  let listener: { unlisten(): Promise<void> } | null = null;
+  if (!options.once) {
+    try {
+      listener = await sql.listen(NOTIFY_CHANNEL, () => nudge(), () => nudge());
+    } catch (err) {
+      await sql.end({ timeout: 1 });
+      throw err;
+    }
+  }
+
+  /** One claim: returns the jobs read (possibly none). Invalid messages are archived at once. */
+  async function claim(): Promise<Job[]> {
+    const filter = filters[filterTurn++ % filters.length];
+    const rows = await sql<Message[]>`
+      select msg_id, read_ct, message
+        from pgmq.read(${QUEUE_NAME}, ${options.visibilitySeconds}, ${options.batchSize}, ${sql.json(filter)})`;
+    const jobs: Job[] = [];
+    const invalid: { job_id: number; error: string }[] = [];
+    for (const row of rows) {
+      const parsed = jobMessageSchema.safeParse(row.message);
+      if (parsed.success) jobs.push({ ...parsed.data, jobId: Number(row.msg_id), attempt: row.read_ct });
+      else invalid.push({ job_id: Number(row.msg_id), error: `refused: malformed job message (${parsed.error.issues[0].message})` });
+    }
+    if (invalid.length) {
+      const failures = invalid.map((f) => ({ ...f, target_id: null, table_name: null, row_id: null, retryable: false }));
+      await sql`select * from util._record_failures(${JSON.stringify(failures)}::jsonb)`;
+      result.failed += invalid.length;
+    }
+    return jobs;
+  }
+
+  let consecutiveErrors = 0;
+
+  async function slot(): Promise<void> {
+    while (!stopping?.aborted) {
+      let jobs: Job[];
+      try {
+        jobs = await claim();
+        consecutiveErrors = 0;
+      } catch (err) {
+        if (!isConnectionError(err)) throw err;
+        // Reconnect with jittered exponential backoff; postgres.js reconnects on the next query.
+        consecutiveErrors++;
+        const delay = Math.min(30_000, 250 * 2 ** Math.min(consecutiveErrors, 7)) * (0.5 + Math.random());
+        log(JSON.stringify({ event: "db_unavailable", retryInMs: Math.round(delay), code: (err as { code?: string }).code }));
+        await sleep(delay, new Promise(() => {}));
+        continue;
+      }
+      if (jobs.length === 0) {
+        // --once: what was there is done (jobs waiting out a retry backoff are not "there").
+        if (options.once) return;
+        options.onBatch?.({ jobs: 0, completed: 0, failed: 0, providerCalls: 0, durationMs: 0, totalCompleted: result.completed });
+        await sleep(options.pollIntervalMs, wake);
+        continue;
+      }
+      try {
+        const batch = await processBatch(sql, jobs, {
+          providerFor: options.settings.providerFor,
+          signal: abortProviders.signal,
+          truncate: options.settings.truncate,
+          providerConcurrency: options.settings.providerConcurrency,
+        });
+        result.batches++;
+        result.completed += batch.completedJobs.length;
+        result.failed += batch.failedJobs.length;
+        options.onBatch?.({
+          jobs: jobs.length,
+          completed: batch.completedJobs.length,
+          failed: batch.failedJobs.length,
+          providerCalls: batch.stats.providerCalls,
+          durationMs: batch.stats.durationMs,
+          totalCompleted: result.completed,
+        });
+      } catch (err) {
+        if (!isConnectionError(err)) throw err;
+        // The batch's jobs reappear after the visibility timeout; nothing is lost.
+        log(JSON.stringify({ event: "batch_interrupted", jobs: jobs.length, code: (err as { code?: string }).code }));
+      }
+    }
+  }
+
+  try {
+    await Promise.all(Array.from({ length: options.concurrency }, () => slot()));
+  } finally {
+    await listener?.unlisten().catch(() => {});
+    await sql.end({ timeout: 5 });
+  }
+  return result;
+}

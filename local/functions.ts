@@ -1,0 +1,291 @@
+// Local stand-in for the Supabase functions gateway: serves
+// supabase/functions/<name>/index.ts at /functions/v1/<name>. Each function
+// runs in its own Deno process (its index.ts calls Deno.serve() with no port;
+// DENO_SERVE_ADDRESS binds it to a private loopback port) with the
+// environment a Supabase function gets; this gateway proxies to it and, as
+// the platform does, checks the JWT unless config.toml says verify_jwt = false.
+import { join } from "node:path";
+import { API_URL, LOCAL_JWT_SECRET, ROOT } from "./config.ts";
+import { CommandError, fileExists, readTextIfExists } from "./proc.ts";
+
+export const FUNCTIONS_DIR = join(ROOT, "supabase", "functions");
+
+export interface FunctionsOptions {
+  port: number;
+  hostname?: string;
+  /** Extra environment for every function (e.g. SUPABASE_DB_URL). */
+  env: Record<string, string>;
+  log?: (line: string) => void;
+  /** Only these functions (default: every folder with an index.ts, except `_shared`-style ones). */
+  only?: string[];
+  /** Folder of the functions (default supabase/functions) and the config.toml to read. */
+  dir?: string;
+  configToml?: string;
+}
+
+export interface FunctionsServer {
+  url: string;
+  names: string[];
+  stop(): Promise<void>;
+}
+
+/** Parses `KEY=value` lines of a dotenv file (quotes stripped, `#` comments skipped). */
+export function parseDotenv(text: string): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const raw of text.split("\n")) {
+    const line = raw.trim();
+    if (!line || line.startsWith("#")) continue;
+    const m = line.match(/^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$/);
+    if (!m) continue;
+    let value = m[2];
+    if (/^(['"]).*\1$/.test(value)) value = value.slice(1, -1);
+    env[m[1]] = value;
+  }
+  return env;
+}
+
+/** `verify_jwt` per function from supabase/config.toml (`[functions.<name>]` tables). */
+export function parseVerifyJwt(toml: string): Map<string, boolean> {
+  const result = new Map<string, boolean>();
+  let current: string | null = null;
+  for (const raw of toml.split("\n")) {
+    const line = raw.replace(/#.*$/, "").trim();
+    const table = line.match(/^\[functions\.([A-Za-z0-9_-]+)\]$/);
+    if (table) {
+      current = table[1];
+      continue;
+    }
+    if (line.startsWith("[")) current = null;
+    const setting = current && line.match(/^verify_jwt\s*=\s*(true|false)$/);
+    if (setting && current) result.set(current, setting[1] === "true");
+  }
+  return result;
+}
+
+function base64url(bytes: Uint8Array): string {
+  return btoa(String.fromCharCode(...bytes)).replaceAll("+", "-").replaceAll("/", "_").replace(/=+$/, "");
+}
+
+async function hmacKey(): Promise<CryptoKey> {
+  return await crypto.subtle.importKey(
+    "raw",
+    new TextEncoder().encode(LOCAL_JWT_SECRET),
+    { name: "HMAC", hash: "SHA-256" },
+    false,
+    ["sign", "verify"],
+  );
+}
+
+/** A local-only HS256 JWT for `role` (anon or service_role), like the CLI's demo keys. */
+export async function localJwt(role: string): Promise<string> {
+  const enc = new TextEncoder();
+  const header = base64url(enc.encode(JSON.stringify({ alg: "HS256", typ: "JWT" })));
+  const payload = base64url(enc.encode(JSON.stringify({ iss: "supabase-demo", role, exp: 1983812996 })));
+  const signature = new Uint8Array(await crypto.subtle.sign("HMAC", await hmacKey(), enc.encode(`${header}.${payload}`)));
+  return `${header}.${payload}.${base64url(signature)}`;
+}
+
+/** True when `token` is an unexpired HS256 JWT signed with the local secret. */
+export async function verifyLocalJwt(token: string): Promise<boolean> {
+  const parts = token.split(".");
+  if (parts.length !== 3) return false;
+  try {
+    const sig = Uint8Array.from(atob(parts[2].replaceAll("-", "+").replaceAll("_", "/")), (c) => c.charCodeAt(0));
+    const ok = await crypto.subtle.verify("HMAC", await hmacKey(), sig, new TextEncoder().encode(`${parts[0]}.${parts[1]}`));
+    if (!ok) return false;
+    const payload = JSON.parse(atob(parts[1].replaceAll("-", "+").replaceAll("_", "/")));
+    return typeof payload.exp !== "number" || payload.exp * 1000 > Date.now();
+  } catch {
+    return false;
+  }
+}
+
+async function freePort(): Promise<number> {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  listener.close();
+  return port;
+}
+
+async function waitForPort(port: number, child: Deno.ChildProcess, name: string, timeoutMs = 60_000) {
+  let exited = false;
+  child.status.then(() => (exited = true));
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (exited) throw new CommandError(`function ${name} exited during start-up (see its log lines above)`);
+    try {
+      const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+      conn.close();
+      return;
+    } catch {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+  throw new CommandError(`function ${name} did not listen within ${timeoutMs / 1000}s`);
+}
+
+async function pipeLines(stream: ReadableStream<Uint8Array>, log: (line: string) => void, prefix: string) {
+  const reader = stream.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += value;
+      let nl;
+      while ((nl = buffer.indexOf("\n")) >= 0) {
+        log(`${prefix} ${buffer.slice(0, nl)}`);
+        buffer = buffer.slice(nl + 1);
+      }
+    }
+  } catch {
+    // the process went away; nothing more to read
+  }
+  if (buffer) log(`${prefix} ${buffer}`);
+}
+
+interface Running {
+  name: string;
+  port: number;
+  child: Deno.ChildProcess;
+  piping: Promise<unknown>;
+}
+
+/** Discovers the functions to serve: folders with an index.ts, skipping `_shared` and similar. */
+export async function discoverFunctions(dir = FUNCTIONS_DIR): Promise<string[]> {
+  const names: string[] = [];
+  try {
+    for await (const entry of Deno.readDir(dir)) {
+      if (entry.isDirectory && !entry.name.startsWith("_") && !entry.name.startsWith(".") &&
+        await fileExists(join(dir, entry.name, "index.ts"))) names.push(entry.name);
+    }
+  } catch (err) {
+    if (!(err instanceof Deno.errors.NotFound)) throw err;
+  }
+  return names.sort();
+}
+
+export async function startFunctions(options: FunctionsOptions): Promise<FunctionsServer> {
+  const log = options.log ?? (() => {});
+  const hostname = options.hostname ?? "127.0.0.1";
+  const dir = options.dir ?? FUNCTIONS_DIR;
+  const names = options.only ?? await discoverFunctions(dir);
+  const verify = parseVerifyJwt(
+    (await readTextIfExists(options.configToml ?? join(ROOT, "supabase", "config.toml"))) ?? "",
+  );
+  const dotenv = parseDotenv((await readTextIfExists(join(dir, ".env"))) ?? "");
+  const baseEnv: Record<string, string> = {
+    SUPABASE_URL: API_URL,
+    SUPABASE_ANON_KEY: await localJwt("anon"),
+    SUPABASE_SERVICE_ROLE_KEY: await localJwt("service_role"),
+    ...options.env,
+    ...dotenv,
+  };
+  const deno = Deno.execPath();
+  const running = new Map<string, Running>();
+
+  async function spawn(name: string): Promise<Running> {
+    const port = await freePort();
+    const child = new Deno.Command(deno, {
+      args: ["run", "-A", "--no-prompt", join(dir, name, "index.ts")],
+      cwd: ROOT,
+      env: { ...baseEnv, DENO_SERVE_ADDRESS: `tcp:127.0.0.1:${port}`, NO_COLOR: "1" },
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const piping = Promise.all([
+      pipeLines(child.stdout, log, `[${name}]`),
+      pipeLines(child.stderr, log, `[${name}]`),
+    ]);
+    const entry = { name, port, child, piping };
+    try {
+      await waitForPort(port, child, name);
+    } catch (err) {
+      await piping;
+      throw err;
+    }
+    running.set(name, entry);
+    child.status.then((status) => {
+      if (running.get(name) === entry) {
+        running.delete(name);
+        if (!stopping) log(`[${name}] exited (code ${status.code}); restarted on the next request`);
+      }
+    });
+    return entry;
+  }
+
+  let stopping = false;
+  for (const name of names) await spawn(name);
+
+  const handler = async (req: Request): Promise<Response> => {
+    const url = new URL(req.url);
+    const m = url.pathname.match(/^\/functions\/v1\/([A-Za-z0-9_-]+)(\/.*)?$/);
+    if (!m || !names.includes(m[1])) {
+      return Response.json({ msg: "Function not found" }, { status: 404 });
+    }
+    const name = m[1];
+    if (verify.get(name) ?? true) {
+      const token = req.headers.get("authorization")?.match(/^Bearer\s+(.+)$/i)?.[1] ?? "";
+      if (!(await verifyLocalJwt(token))) {
+        return Response.json({ msg: "Invalid JWT" }, { status: 401 });
+      }
+    }
+    const target = running.get(name) ?? await spawn(name);
+    const forwarded = new URL(`http://127.0.0.1:${target.port}/${name}${m[2] ?? ""}${url.search}`);
+    try {
+      const res = await fetch(forwarded, {
+        method: req.method,
+        headers: req.headers,
+        body: req.body,
+        redirect: "manual",
+        signal: req.signal,
+      });
+      return new Response(res.body, { status: res.status, headers: res.headers });
+    } catch (err) {
+      return Response.json({ msg: `function ${name} failed to respond: ${(err as Error).message}` }, {
+        status: 502,
+      });
+    }
+  };
+
+  let server: Deno.HttpServer;
+  try {
+    server = Deno.serve({ hostname, port: options.port, onListen: () => {} }, handler);
+  } catch (err) {
+    for (const r of running.values()) r.child.kill("SIGTERM");
+    if (err instanceof Deno.errors.AddrInUse) {
+      throw new CommandError(
+        `port ${options.port} on ${hostname} is taken by another process.\n` +
+          `  Stop it, or choose another port with AUTOEMBED_API_PORT=<port>.`,
+      );
+    }
+    throw err;
+  }
+
+  return {
+    url: `http://${hostname}:${server.addr.port}/functions/v1`,
+    names,
+    async stop() {
+      stopping = true;
+      await server.shutdown();
+      const all = [...running.values()];
+      for (const r of all) {
+        try {
+          r.child.kill("SIGTERM");
+        } catch { /* already gone */ }
+      }
+      await Promise.all(all.map(async (r) => {
+        const timer = setTimeout(() => {
+          try {
+            r.child.kill("SIGKILL");
+          } catch { /* already gone */ }
+        }, 5000);
+        await r.child.status;
+        clearTimeout(timer);
+        await r.piping;
+      }));
+      running.clear();
+    },
+  };
+}

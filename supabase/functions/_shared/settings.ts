@@ -1,0 +1,77 @@
+// Settings of the function and the worker, read once from the environment.
+// The model and dimensions of each table are database configuration
+// (util.embedding_targets); the environment supplies credentials and limits.
+import { createLocalProvider } from "./providers/local.ts";
+import { createOpenAIProvider } from "./providers/openai.ts";
+import { type EmbeddingProvider, ProviderError } from "./providers/types.ts";
+
+export type Env = (name: string) => string | undefined;
+
+/** Models whose name starts with this are served by the offline lexical embedder. */
+export const LOCAL_MODEL_PREFIX = "local-";
+
+export class SettingsError extends Error {}
+
+function positiveInt(env: Env, name: string, fallback: number): number {
+  const raw = env(name);
+  if (raw === undefined || raw === "") return fallback;
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value <= 0) {
+    throw new SettingsError(`${name} must be a positive whole number, got "${raw}"`);
+  }
+  return value;
+}
+
+function flag(env: Env, name: string): boolean {
+  const raw = (env(name) ?? "").toLowerCase();
+  if (raw === "" || raw === "false" || raw === "0" || raw === "no") return false;
+  if (raw === "true" || raw === "1" || raw === "yes") return true;
+  throw new SettingsError(`${name} must be true or false, got "${raw}"`);
+}
+
+export interface CoreSettings {
+  /** Epoch-relative budget of one call, ms (hosted edge functions stop at ~150 s). */
+  timeBudgetMs: number;
+  providerTimeoutMs: number;
+  providerConcurrency: number;
+  truncate: boolean;
+  providerFor: (model: string, dimensions: number) => EmbeddingProvider;
+}
+
+/**
+ * Reads settings from the environment. A model named `local-*` uses the
+ * offline embedder; any other model goes to the OpenAI-compatible endpoint
+ * (`OPENAI_BASE_URL`, default OpenAI) with `OPENAI_API_KEY`.
+ */
+export function coreSettings(env: Env): CoreSettings {
+  const providerTimeoutMs = positiveInt(env, "EMBEDDING_TIMEOUT_MS", 30_000);
+  const apiKey = env("OPENAI_API_KEY");
+  const baseURL = env("OPENAI_BASE_URL") || undefined;
+  const providers = new Map<string, EmbeddingProvider>();
+  const providerFor = (model: string, dimensions: number): EmbeddingProvider => {
+    const key = `${model}\u0000${dimensions}`;
+    let provider = providers.get(key);
+    if (provider) return provider;
+    if (model.startsWith(LOCAL_MODEL_PREFIX)) {
+      provider = createLocalProvider({ model, dimensions });
+    } else {
+      if (!apiKey) {
+        throw new ProviderError(
+          `OPENAI_API_KEY is not set, so model ${model} cannot be used: set the secret ` +
+            `(supabase secrets set OPENAI_API_KEY=...) or switch the table to a local-* model`,
+          { retryable: false },
+        );
+      }
+      provider = createOpenAIProvider({ apiKey, baseURL, model, dimensions, timeoutMs: providerTimeoutMs });
+    }
+    providers.set(key, provider);
+    return provider;
+  };
+  return {
+    timeBudgetMs: positiveInt(env, "EMBED_TIME_BUDGET_MS", 100_000),
+    providerTimeoutMs,
+    providerConcurrency: positiveInt(env, "EMBEDDING_CONCURRENCY", 2),
+    truncate: flag(env, "EMBEDDING_TRUNCATE"),
+    providerFor,
+  };
+}

@@ -1,0 +1,145 @@
+// HTTP adapter of the embed function: auth, parse, call the shared core,
+// respond. No pipeline logic lives here. Exported as `{ fetch }` so tests call
+// it directly; index.ts hands it to Deno.serve.
+import postgres from "postgres";
+import { isConnectionError, processBatch } from "../_shared/core.ts";
+import { jobBatchSchema } from "../_shared/jobs.ts";
+import { coreSettings, type Env } from "../_shared/settings.ts";
+
+/** Largest request body accepted (a batch of jobs is a few hundred bytes per job). */
+export const MAX_BODY_BYTES = 2 * 1024 * 1024;
+
+export interface EmbedHandlerConfig {
+  env: Env;
+  /** Aborted when the runtime shuts down: pending jobs are handed back, not lost. */
+  shutdown?: AbortSignal;
+  log?: (line: string) => void;
+}
+
+export interface EmbedHandler {
+  fetch(req: Request): Promise<Response>;
+  close(): Promise<void>;
+}
+
+function timingSafeEqual(a: string, b: string): boolean {
+  const x = new TextEncoder().encode(a);
+  const y = new TextEncoder().encode(b);
+  let diff = x.length ^ y.length;
+  for (let i = 0; i < Math.max(x.length, y.length); i++) diff |= (x[i] ?? 0) ^ (y[i] ?? 0);
+  return diff === 0;
+}
+
+function problem(status: number, message: string, headers: HeadersInit = {}): Response {
+  return Response.json({ error: message }, { status, headers });
+}
+
+async function readBody(req: Request): Promise<string | Response> {
+  const declared = Number(req.headers.get("content-length") ?? "0");
+  if (declared > MAX_BODY_BYTES) {
+    return problem(400, `request body is ${declared} bytes; the limit is ${MAX_BODY_BYTES}: send smaller batches`);
+  }
+  const reader = req.body?.getReader();
+  if (!reader) return "";
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    size += value.length;
+    if (size > MAX_BODY_BYTES) {
+      await reader.cancel();
+      return problem(400, `request body exceeds ${MAX_BODY_BYTES} bytes: send smaller batches`);
+    }
+    chunks.push(value);
+  }
+  const all = new Uint8Array(size);
+  let offset = 0;
+  for (const c of chunks) all.set(c, (offset += c.length) - c.length);
+  return new TextDecoder().decode(all);
+}
+
+/** Positive integer query parameter, or undefined. */
+function intParam(url: URL, name: string): number | undefined {
+  const raw = url.searchParams.get(name);
+  if (raw === null || !/^\d{1,12}$/.test(raw)) return undefined;
+  return Number(raw);
+}
+
+export function createEmbedHandler(config: EmbedHandlerConfig): EmbedHandler {
+  const log = config.log ?? ((line: string) => console.log(line));
+  const settings = coreSettings(config.env);
+  const secret = config.env("EMBED_SECRET") ?? "";
+  const dbUrl = config.env("SUPABASE_DB_URL") ?? "";
+  // One small pool per function instance; prepare: false works behind poolers.
+  const sql = dbUrl ? postgres(dbUrl, { max: 3, prepare: false, onnotice: () => {}, idle_timeout: 30 }) : null;
+
+  async function fetch(req: Request): Promise<Response> {
+    if (req.method !== "POST") return problem(405, "use POST with a JSON array of jobs", { Allow: "POST" });
+    if (!secret) return problem(500, "EMBED_SECRET is not set: set it with supabase secrets set EMBED_SECRET=...");
+    const token = req.headers.get("authorization")?.match(/^Bearer\s+(.+)$/i)?.[1] ?? "";
+    if (!timingSafeEqual(token, secret)) return problem(401, "missing or wrong bearer secret");
+    if (!sql) return problem(500, "SUPABASE_DB_URL is not set");
+
+    const body = await readBody(req);
+    if (body instanceof Response) return body;
+    let json: unknown;
+    try {
+      json = JSON.parse(body);
+    } catch {
+      return problem(400, "body is not valid JSON: send a JSON array of jobs");
+    }
+    const parsed = jobBatchSchema.safeParse(json);
+    if (!parsed.success) {
+      const first = parsed.error.issues[0];
+      return problem(400, `invalid jobs: ${first.path.join(".") || "body"}: ${first.message}`);
+    }
+
+    let result;
+    try {
+      result = await processBatch(sql, parsed.data, {
+        providerFor: settings.providerFor,
+        deadline: Date.now() + settings.timeBudgetMs,
+        signal: config.shutdown,
+        truncate: settings.truncate,
+        providerConcurrency: settings.providerConcurrency,
+        log: (event) => log(JSON.stringify(event)),
+      });
+    } catch (err) {
+      if (isConnectionError(err)) {
+        return problem(503, "database unreachable; the jobs will be retried after their visibility timeout");
+      }
+      log(JSON.stringify({ event: "error", message: (err as Error).message }));
+      return problem(500, "processing failed; the jobs will be retried after their visibility timeout");
+    }
+
+    // Push mode: report back so util.process_embeddings starts the next calls.
+    const url = new URL(req.url);
+    const lease = intParam(url, "lease");
+    if (lease !== undefined && !config.shutdown?.aborted) {
+      try {
+        await sql`select util._embedding_request_done(${lease}, ${intParam(url, "batch_size") ?? 100},
+                    ${intParam(url, "max_requests") ?? 4}, ${intParam(url, "timeout_milliseconds") ?? 120000})`;
+      } catch (err) {
+        log(JSON.stringify({ event: "continue_failed", message: (err as Error).message }));
+      }
+    }
+
+    const response = {
+      completedJobs: result.completedJobs,
+      failedJobs: result.failedJobs,
+    };
+    return Response.json(response, {
+      headers: {
+        "x-completed-jobs": String(result.completedJobs.length),
+        "x-failed-jobs": String(result.failedJobs.length),
+      },
+    });
+  }
+
+  return {
+    fetch,
+    async close() {
+      await sql?.end({ timeout: 5 });
+    },
+  };
+}

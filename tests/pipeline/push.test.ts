@@ -1,0 +1,460 @@
+// Push mode end to end: util.process_embeddings -> pg_net -> embed function
+// -> Postgres, against the real local cluster and the fake provider.
+import assert from "node:assert/strict";
+import { withTestDb } from "../_support/db.ts";
+import { fakeVector } from "../_support/fake_openai.ts";
+import {
+  createDocuments,
+  drainPush,
+  parseVector,
+  queueLength,
+  startPipeline,
+  TEST_DIMENSIONS,
+  TEST_SECRET,
+} from "../_support/pipeline.ts";
+import type { Sql } from "../_support/db.ts";
+
+/** Every row's embedding is the fake provider's vector of exactly its current text (I1). */
+async function assertAllFresh(sql: Sql, table = "documents") {
+  const rows = await sql.unsafe(`select id::text, ${table}_input(d) as text, embedding::text from ${table} d`);
+  assert.ok(rows.length > 0);
+  for (const row of rows) {
+    assert.ok(row.embedding, `row ${row.id} has no embedding`);
+    const got = parseVector(row.embedding);
+    const want = fakeVector(row.text, TEST_DIMENSIONS);
+    got.forEach((v: number, i: number) => assert.ok(Math.abs(v - want[i]) < 2e-3, `row ${row.id} dim ${i}`));
+  }
+}
+
+async function insertRows(sql: Sql, n: number, table = "documents") {
+  await sql.unsafe(
+    `insert into ${table} (title, content) select 'title ' || g, 'content of row ' || g from generate_series(1, $1) g`,
+    [n],
+  );
+}
+
+Deno.test("I1/I3: 500 inserted rows embed through the push path with ceil(500/100)+1 provider calls at most", async () => {
+  await withTestDb(async (sql, url) => {
+    const p = await startPipeline(sql, url);
+    try {
+      await createDocuments(sql);
+      await insertRows(sql, 500);
+      assert.equal(await queueLength(sql), 500);
+      await drainPush(sql, { batchSize: 100, maxRequests: 2 });
+      await assertAllFresh(sql);
+      assert.ok(p.fake.stats.requests <= Math.ceil(500 / 100) + 1, `requests ${p.fake.stats.requests}`);
+      assert.equal(p.fake.stats.inputs, 500);
+      const [status] = await sql`select * from util.embedding_status`;
+      assert.equal(Number(status.embedded), 500);
+      assert.equal(Number(status.missing), 0);
+      assert.equal(Number(status.stale), 0);
+      assert.equal(Number(status.queued), 0);
+    } finally {
+      await p.stop();
+    }
+  });
+});
+
+Deno.test("push drain continues past one slice: one process_embeddings call drains a backlog", async () => {
+  await withTestDb(async (sql, url) => {
+    const p = await startPipeline(sql, url);
+    try {
+      await createDocuments(sql);
+      await insertRows(sql, 300);
+      const [{ requests }] = await sql`select util.process_embeddings(50, 1, 10000) as requests`;
+      assert.equal(requests, 1, "one request in flight at most");
+      // No further process_embeddings call: finishing calls must start the next ones.
+      const deadline = Date.now() + 30_000;
+      while (await queueLength(sql) > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      assert.equal(await queueLength(sql), 0, "backlog drained by the continuation alone");
+      await assertAllFresh(sql);
+      assert.equal(p.fake.stats.requests, 6);
+    } finally {
+      await p.stop();
+    }
+  });
+});
+
+Deno.test("I4: a no-op update costs zero provider calls and never leaves an embedding NULL", async () => {
+  await withTestDb(async (sql, url) => {
+    const p = await startPipeline(sql, url);
+    try {
+      await createDocuments(sql);
+      await insertRows(sql, 50);
+      await drainPush(sql);
+      p.fake.resetStats();
+      await sql`update documents set title = title`;
+      assert.equal(await queueLength(sql), 0, "no-op update enqueues nothing");
+      await drainPush(sql);
+      assert.equal(p.fake.stats.requests, 0);
+      const [{ n }] = await sql`select count(*)::int as n from documents where embedding is null`;
+      assert.equal(n, 0);
+    } finally {
+      await p.stop();
+    }
+  });
+});
+
+Deno.test("I3: duplicate and re-delivered jobs for embedded text cost zero calls; re-inserted text hits the cache", async () => {
+  await withTestDb(async (sql, url) => {
+    const p = await startPipeline(sql, url);
+    try {
+      await createDocuments(sql);
+      await insertRows(sql, 20);
+      await drainPush(sql);
+      p.fake.resetStats();
+      // Re-deliver every job twice.
+      await sql`select util.reembed('documents')`; // nothing missing: enqueues 0
+      await sql`select pgmq.send_batch('embedding_jobs', array(
+                  select jsonb_build_object('id', id, 'schema', 'public', 'table', 'documents',
+                    'contentFunction', 'documents_input', 'embeddingColumn', 'embedding')
+                  from documents, generate_series(1, 2)))`;
+      await drainPush(sql);
+      assert.equal(p.fake.stats.requests, 0, "fresh rows are skipped");
+      // Same texts in new rows: served from the cache.
+      await sql`insert into documents (title, content) select title, content from documents`;
+      await drainPush(sql);
+      assert.equal(p.fake.stats.requests, 0, "cached texts are not paid for again");
+      await assertAllFresh(sql);
+    } finally {
+      await p.stop();
+    }
+  });
+});
+
+Deno.test("I2: a row edited while its job is in flight ends with the embedding of the newest text", async () => {
+  await withTestDb(async (sql, url) => {
+    const p = await startPipeline(sql, url, { latencyMs: 400 });
+    try {
+      await createDocuments(sql);
+      const [{ id }] = await sql`insert into documents (title, content) values ('old', 'old text') returning id`;
+      await sql`select util.process_embeddings(10, 1, 10000)`;
+      // The provider is busy with "old"; edit the row meanwhile.
+      await new Promise((r) => setTimeout(r, 150));
+      await sql`update documents set title = 'new', content = 'new text' where id = ${id}`;
+      await drainPush(sql);
+      await assertAllFresh(sql);
+      const [{ fp }] = await sql`select count(*)::int as fp from util.embedding_fingerprints`;
+      assert.equal(fp, 1);
+    } finally {
+      await p.stop();
+    }
+  });
+});
+
+Deno.test("I6: a job for a deleted row finishes quietly", async () => {
+  await withTestDb(async (sql, url) => {
+    const p = await startPipeline(sql, url);
+    try {
+      await createDocuments(sql);
+      await insertRows(sql, 5);
+      await sql`delete from documents where id <= 3`;
+      await drainPush(sql);
+      assert.equal(await queueLength(sql), 0);
+      const [{ n }] = await sql`select count(*)::int as n from pgmq.a_embedding_jobs`;
+      assert.equal(n, 0, "nothing dead-lettered");
+      assert.equal(p.fake.stats.inputs, 2);
+    } finally {
+      await p.stop();
+    }
+  });
+});
+
+Deno.test("I5: a row whose content function raises is dead-lettered after max attempts; the others embed", async () => {
+  await withTestDb(async (sql, url) => {
+    const p = await startPipeline(sql, url);
+    try {
+      await sql`update util.settings set value = '2' where name = 'max_attempts'`;
+      await sql`update util.settings set value = '0' where name = 'backoff_base_seconds'`;
+      await createDocuments(sql);
+      await sql.unsafe(`
+        create or replace function public.documents_input(d public.documents) returns text language plpgsql as $$
+        begin
+          if d.title = 'poison' then raise exception 'cannot build text for %', d.id; end if;
+          return d.title || ': ' || d.content;
+        end $$`);
+      await insertRows(sql, 10);
+      await sql`insert into documents (title, content) values ('poison', 'x')`;
+      await drainPush(sql);
+      const [{ embedded }] = await sql`select count(*)::int as embedded from documents where embedding is not null`;
+      assert.equal(embedded, 10);
+      const [dead] = await sql`select count(*)::int as n from pgmq.a_embedding_jobs`;
+      assert.equal(dead.n, 1);
+      const errors = await sql`select attempt, error, dead_lettered from util.embedding_errors order by id`;
+      assert.equal(errors.length, 2);
+      assert.match(errors[1].error, /cannot build text/);
+      assert.equal(errors[1].dead_lettered, true);
+      const [status] = await sql`select dead_lettered, last_error from util.embedding_status`;
+      assert.equal(Number(status.dead_lettered), 1);
+      assert.match(status.last_error, /cannot build text/);
+    } finally {
+      await p.stop();
+    }
+  });
+});
+
+Deno.test("I5: provider 500s are retried with backoff, then everything embeds", async () => {
+  await withTestDb(async (sql, url) => {
+    const p = await startPipeline(sql, url);
+    try {
+      await sql`update util.settings set value = '0' where name = 'backoff_base_seconds'`;
+      await createDocuments(sql);
+      p.fake.setFault({ kind: "status", status: 500, times: 2 });
+      await insertRows(sql, 30);
+      await drainPush(sql, { batchSize: 10, maxRequests: 1 });
+      await assertAllFresh(sql);
+      const [{ n }] = await sql`select count(*)::int as n from util.embedding_errors where retryable`;
+      assert.ok(n >= 10, `retryable errors recorded: ${n}`);
+      const [dead] = await sql`select count(*)::int as n from pgmq.a_embedding_jobs`;
+      assert.equal(dead.n, 0);
+    } finally {
+      await p.stop();
+    }
+  });
+});
+
+Deno.test("backoff: a failed job is hidden for an increasing delay, not the full visibility timeout", async () => {
+  await withTestDb(async (sql, url) => {
+    const p = await startPipeline(sql, url, { dispatcher: false });
+    try {
+      await createDocuments(sql);
+      await sql`insert into documents (title, content) values ('a', 'b')`;
+      const failures = JSON.stringify([{ job_id: 1, target_id: 1, table_name: "public.documents", row_id: "1", error: "x", retryable: true }]);
+      const [msg] = await sql`select msg_id from pgmq.read('embedding_jobs', 300, 1)`;
+      assert.equal(Number(msg.msg_id), 1);
+      const [first] = await sql`select retry_in_seconds from util._record_failures(${failures}::jsonb)`;
+      await sql`update pgmq.q_embedding_jobs set vt = now(), read_ct = 3`;
+      const [third] = await sql`select retry_in_seconds from util._record_failures(${failures}::jsonb)`;
+      assert.ok(first.retry_in_seconds >= 3 && first.retry_in_seconds <= 7, `first ${first.retry_in_seconds}`);
+      assert.ok(third.retry_in_seconds >= 15 && third.retry_in_seconds <= 25, `third ${third.retry_in_seconds}`);
+      const [{ hidden }] = await sql`select extract(epoch from vt - now())::int as hidden from pgmq.q_embedding_jobs`;
+      assert.ok(hidden < 300 && hidden >= 14, `hidden ${hidden}`);
+    } finally {
+      await p.stop();
+    }
+  });
+});
+
+Deno.test("I8: forged messages naming another function or column are refused and recorded", async () => {
+  await withTestDb(async (sql, url) => {
+    const p = await startPipeline(sql, url);
+    try {
+      await createDocuments(sql);
+      await sql`create table secrets (id int primary key, v text, embedding halfvec(16))`;
+      await sql`insert into secrets values (1, 'top secret')`;
+      await sql`select pgmq.send_batch('embedding_jobs', array[
+        '{"id": 1, "schema": "public", "table": "documents", "contentFunction": "pg_read_file", "embeddingColumn": "embedding"}',
+        '{"id": 1, "schema": "public", "table": "documents", "contentFunction": "documents_input", "embeddingColumn": "title"}',
+        '{"id": 1, "schema": "public", "table": "secrets", "contentFunction": "documents_input", "embeddingColumn": "embedding"}',
+        '{"id": 1, "schema": "public\\"; drop table documents; --", "table": "documents", "contentFunction": "documents_input", "embeddingColumn": "embedding"}'
+      ]::jsonb[])`;
+      await drainPush(sql);
+      const refused = await sql`select error from util.embedding_errors where not retryable`;
+      assert.equal(refused.length, 4);
+      for (const r of refused) assert.match(r.error, /^refused/);
+      const [{ n }] = await sql`select count(*)::int as n from pgmq.a_embedding_jobs`;
+      assert.equal(n, 4);
+      assert.equal(p.fake.stats.requests, 0);
+      const [{ present }] = await sql`select to_regclass('public.documents') is not null as present`;
+      assert.ok(present);
+      const [{ embedding }] = await sql`select embedding from secrets`;
+      assert.equal(embedding, null);
+    } finally {
+      await p.stop();
+    }
+  });
+});
+
+Deno.test("I9: the function rejects requests without the bearer secret, wrong methods and bad bodies", async () => {
+  await withTestDb(async (sql, url) => {
+    const p = await startPipeline(sql, url, { dispatcher: false });
+    try {
+      const job = [{ jobId: 1, id: 1, schema: "public", table: "documents", contentFunction: "f", embeddingColumn: "embedding" }];
+      const post = (headers: Record<string, string>, body: string, method = "POST") =>
+        fetch(p.functionUrl, { method, headers, body: method === "GET" ? undefined : body });
+      const auth = { Authorization: `Bearer ${TEST_SECRET}`, "Content-Type": "application/json" };
+      let res = await post({}, JSON.stringify(job));
+      assert.equal(res.status, 401);
+      await res.body?.cancel();
+      res = await post({ Authorization: "Bearer wrong" }, JSON.stringify(job));
+      assert.equal(res.status, 401);
+      await res.body?.cancel();
+      res = await post(auth, "", "GET");
+      assert.equal(res.status, 405);
+      await res.body?.cancel();
+      res = await post(auth, "{not json");
+      assert.equal(res.status, 400);
+      assert.match((await res.json()).error, /not valid JSON/);
+      res = await post(auth, JSON.stringify([{ jobId: "x" }]));
+      assert.equal(res.status, 400);
+      await res.body?.cancel();
+      res = await post(auth, JSON.stringify("x".repeat(3 * 1024 * 1024)));
+      assert.equal(res.status, 400);
+      await res.body?.cancel();
+      assert.equal(p.fake.stats.requests, 0);
+      const joined = p.logs.join("\n");
+      assert.ok(!joined.includes(TEST_SECRET), "the secret never reaches the logs");
+    } finally {
+      await p.stop();
+    }
+  });
+});
+
+Deno.test("I7: a model change marks rows stale; reembed refreshes them in the background", async () => {
+  await withTestDb(async (sql, url) => {
+    const p = await startPipeline(sql, url);
+    try {
+      await createDocuments(sql, { model: "local-hash-v1" });
+      await insertRows(sql, 20);
+      await drainPush(sql);
+      assert.equal(p.fake.stats.requests, 0, "local model needs no provider");
+      await sql`update util.embedding_targets set model = 'text-embedding-3-small'`;
+      let [status] = await sql`select stale, models from util.embedding_status`;
+      assert.equal(Number(status.stale), 20);
+      assert.deepEqual(status.models, { "local-hash-v1": 20 });
+      const [{ n }] = await sql`select util.reembed('documents') as n`;
+      assert.equal(Number(n), 20);
+      await drainPush(sql);
+      [status] = await sql`select stale, models from util.embedding_status`;
+      assert.equal(Number(status.stale), 0);
+      assert.deepEqual(status.models, { "text-embedding-3-small": 20 });
+      await assertAllFresh(sql);
+    } finally {
+      await p.stop();
+    }
+  });
+});
+
+Deno.test("pitfall: process_embeddings on an empty queue does nothing and raises nothing", async () => {
+  await withTestDb(async (sql, url) => {
+    const p = await startPipeline(sql, url, { dispatcher: false });
+    try {
+      const [{ requests }] = await sql`select util.process_embeddings() as requests`;
+      assert.equal(requests, 0);
+      const [{ n }] = await sql`select count(*)::int as n from net.http_request_queue`;
+      assert.equal(n, 0);
+    } finally {
+      await p.stop();
+    }
+  });
+});
+
+Deno.test("pitfall: authenticated and anon inserts succeed (security definer triggers) and embed", async () => {
+  await withTestDb(async (sql, url) => {
+    const p = await startPipeline(sql, url);
+    try {
+      await createDocuments(sql);
+      await sql.unsafe(`
+        alter table documents enable row level security;
+        create policy anyone_inserts on documents for insert to anon, authenticated with check (true);
+        grant insert on documents to anon, authenticated;
+      `).simple();
+      for (const role of ["authenticated", "anon"]) {
+        await sql.begin(async (tx) => {
+          await tx.unsafe(`set local role ${role}`);
+          await tx`insert into documents (title, content) values (${role}, 'inserted by an app role')`;
+        });
+      }
+      await drainPush(sql);
+      await assertAllFresh(sql);
+    } finally {
+      await p.stop();
+    }
+  });
+});
+
+Deno.test("pitfall: uuid and text primary keys work", async () => {
+  await withTestDb(async (sql, url) => {
+    const p = await startPipeline(sql, url);
+    try {
+      await createDocuments(sql, { table: "by_uuid", pkType: "uuid" });
+      await createDocuments(sql, { table: "by_text", pkType: "text" });
+      await sql`insert into by_uuid (title, content) values ('u1', 'uuid row'), ('u2', 'another uuid row')`;
+      await sql`insert into by_text (id, title, content) values ('a''b', 't1', 'text key with a quote'), ('k2', 't2', 'text row')`;
+      await drainPush(sql);
+      await assertAllFresh(sql, "by_uuid");
+      await assertAllFresh(sql, "by_text");
+    } finally {
+      await p.stop();
+    }
+  });
+});
+
+Deno.test("guide-style row triggers and clear_column: text changes re-embed, no-op updates keep the embedding", async () => {
+  await withTestDb(async (sql, url) => {
+    const p = await startPipeline(sql, url);
+    try {
+      await createDocuments(sql, { attach: false });
+      await sql.unsafe(`
+        create trigger embed_on_insert after insert on documents
+          for each row execute function util.queue_embeddings('documents_input', 'embedding');
+        create trigger embed_on_update after update of title, content on documents
+          for each row execute function util.queue_embeddings('documents_input', 'embedding');
+        create trigger clear_on_update before update of title, content on documents
+          for each row execute function util.clear_column('embedding');
+      `).simple();
+      await insertRows(sql, 5);
+      assert.equal(await queueLength(sql), 5);
+      await drainPush(sql);
+      await assertAllFresh(sql);
+      await sql`update documents set title = title`;
+      assert.equal(await queueLength(sql), 0);
+      const [{ nulls }] = await sql`select count(*)::int as nulls from documents where embedding is null`;
+      assert.equal(nulls, 0, "clear_column leaves unchanged text alone");
+      await sql`update documents set content = 'changed' where id = 1`;
+      const [{ cleared }] = await sql`select embedding is null as cleared from documents where id = 1`;
+      assert.equal(cleared, true);
+      await drainPush(sql);
+      await assertAllFresh(sql);
+    } finally {
+      await p.stop();
+    }
+  });
+});
+
+Deno.test("bulk: a 20,000-row insert ... select enqueues with one statement-level send", async () => {
+  await withTestDb(async (sql, url) => {
+    const p = await startPipeline(sql, url, { dispatcher: false });
+    try {
+      await createDocuments(sql);
+      await sql`select pg_stat_reset()`;
+      await insertRows(sql, 20_000);
+      assert.equal(await queueLength(sql), 20_000);
+      const [{ calls }] = await sql`
+        select coalesce(sum(calls), 0)::int as calls from pg_stat_user_functions
+         where schemaname = 'util' and funcname = 'queue_embeddings'`;
+      assert.ok(calls <= 1, `trigger calls: ${calls}`);
+      await sql`update documents set content = content || '!' where id % 2 = 0`;
+      assert.equal(await queueLength(sql), 30_000);
+    } finally {
+      await p.stop();
+    }
+  });
+});
+
+Deno.test("shutdown: jobs pending when the runtime stops are handed back, not lost", async () => {
+  await withTestDb(async (sql, url) => {
+    const p = await startPipeline(sql, url, { latencyMs: 1000, dispatcher: false });
+    try {
+      await createDocuments(sql);
+      await insertRows(sql, 3);
+      const jobs = await sql`select msg_id, message from pgmq.read('embedding_jobs', 300, 10)`;
+      const body = jobs.map((j) => ({ ...j.message, jobId: Number(j.msg_id) }));
+      const pending = fetch(p.functionUrl, {
+        method: "POST",
+        headers: { Authorization: `Bearer ${TEST_SECRET}` },
+        body: JSON.stringify(body),
+      });
+      await new Promise((r) => setTimeout(r, 200));
+      p.shutdown.abort();
+      const res = await pending;
+      const result = await res.json();
+      assert.equal(res.headers.get("x-failed-jobs"), "3");
+      assert.equal(result.completedJobs.length, 0);
+      const [{ visible }] = await sql`select count(*)::int as visible from pgmq.q_embedding_jobs where vt <= now()`;
+      assert.equal(visible, 3, "handed back jobs are visible again at once");
+    } finally {
+      await p.stop();
+    }
+  });
+});

@@ -1,0 +1,81 @@
+// Pure helpers of the local stack and the CLI.
+import assert from "node:assert/strict";
+import { localJwt, parseDotenv, parseVerifyJwt, verifyLocalJwt } from "../../local/functions.ts";
+import { lineOf, listMigrations } from "../../local/migrate.ts";
+import { parseArgs, parseDuration, UsageError } from "../../cli/autoembed.ts";
+import { jobBatchSchema } from "../../supabase/functions/_shared/jobs.ts";
+
+Deno.test("parseDotenv reads KEY=value lines, strips quotes, skips comments", () => {
+  const env = parseDotenv(`# comment\nA=1\nexport B="two words"\nC='x=y'\n\nnot a line\n`);
+  assert.deepEqual(env, { A: "1", B: "two words", C: "x=y" });
+});
+
+Deno.test("parseVerifyJwt reads verify_jwt per function table", () => {
+  const toml = `[api]\nport = 1\n[functions.embed]\nverify_jwt = false # own check\n[functions.other]\nverify_jwt = true\n[db]\nverify_jwt = false\n`;
+  const map = parseVerifyJwt(toml);
+  assert.equal(map.get("embed"), false);
+  assert.equal(map.get("other"), true);
+  assert.equal(map.size, 2);
+});
+
+Deno.test("local JWTs verify; tampered ones do not", async () => {
+  const token = await localJwt("anon");
+  assert.ok(await verifyLocalJwt(token));
+  const [h, p, s] = token.split(".");
+  const forged = btoa(JSON.stringify({ role: "service_role", exp: 1983812996 })).replace(/=+$/, "");
+  assert.equal(await verifyLocalJwt(`${h}.${forged}.${s}`), false);
+  assert.equal(await verifyLocalJwt(`${h}.${p}`), false);
+  assert.equal(await verifyLocalJwt(""), false);
+});
+
+Deno.test("lineOf maps a 1-based position to its line", () => {
+  const text = "a\nbb\nccc";
+  assert.equal(lineOf(text, 1), 1);
+  assert.equal(lineOf(text, 3), 2);
+  assert.equal(lineOf(text, 6), 3);
+});
+
+Deno.test("listMigrations orders by version and ignores other files", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    for (const name of ["20240102000000_b.sql", "20240101000000_a.sql", "README.md", "x_y.sql", "20240103_c.sql"]) {
+      await Deno.writeTextFile(`${dir}/${name}`, "select 1;");
+    }
+    const found = await listMigrations(dir);
+    assert.deepEqual(found.map((m) => m.version), ["20240101000000", "20240102000000", "20240103"]);
+    assert.deepEqual(found.map((m) => m.name), ["a", "b", "c"]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("CLI parses durations and options", () => {
+  const cases: [string, number][] = [["5s", 5000], ["1m", 60000], ["900", 900], ["250ms", 250], ["1.5s", 1500]];
+  for (const [text, ms] of cases) assert.equal(parseDuration(text, "--poll-interval"), ms);
+  assert.throws(() => parseDuration("soon", "--poll-interval"), UsageError);
+  const args = parseArgs(["worker", "-c", "4", "--table", "a", "--table=b", "--once", "-d", "postgresql://x"]);
+  assert.equal(args.command, "worker");
+  assert.deepEqual(args.options.get("table"), ["a", "b"]);
+  assert.deepEqual(args.options.get("concurrency"), ["4"]);
+  assert.ok(args.options.has("once"));
+  assert.throws(() => parseArgs(["worker", "--bogus"]), UsageError);
+  assert.throws(() => parseArgs(["worker", "-c"]), UsageError);
+});
+
+Deno.test("job batches are validated strictly", () => {
+  const ok = { jobId: 1, id: 5, schema: "public", table: "t", contentFunction: "f", embeddingColumn: "e" };
+  assert.ok(jobBatchSchema.safeParse([ok]).success);
+  assert.ok(jobBatchSchema.safeParse([{ ...ok, id: "a-uuid-or-text" }]).success);
+  const bad = [
+    [],
+    [{ ...ok, jobId: "1" }],
+    [{ ...ok, id: 1.5 }],
+    [{ ...ok, id: 2 ** 60 }],
+    [{ ...ok, schema: "" }],
+    [{ ...ok, table: "x".repeat(64) }],
+    [{ ...ok, embeddingColumn: "a\u0000b" }],
+    [{ ...ok, contentFunction: undefined }],
+    { ...ok },
+  ];
+  for (const b of bad) assert.equal(jobBatchSchema.safeParse(b).success, false, JSON.stringify(b));
+});
