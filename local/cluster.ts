@@ -60,11 +60,11 @@ export async function clusterPaths(): Promise<ClusterPaths> {
 }
 
 /** Settings the stack needs on top of initdb's defaults. */
-function clusterConf(paths: ClusterPaths): string {
+function clusterConf(paths: ClusterPaths, port = DB_PORT): string {
   return [
     "# Written by local/cluster.ts on every start; edit there.",
     `listen_addresses = '${DB_HOST}'`,
-    `port = ${DB_PORT}`,
+    `port = ${port}`,
     `unix_socket_directories = '${paths.socket}'`,
     "shared_preload_libraries = 'pg_cron'",
     "cron.database_name = 'postgres'",
@@ -72,6 +72,8 @@ function clusterConf(paths: ClusterPaths): string {
     "cron.use_background_workers = on",
     "max_worker_processes = 32",
     "max_connections = 300",
+    // Lets tests and benchmarks count trigger calls in pg_stat_user_functions.
+    "track_functions = 'pl'",
     `search_path = '"$user", public, extensions'`,
     "timezone = 'UTC'",
     "log_timezone = 'UTC'",
@@ -166,6 +168,15 @@ export async function stopCluster(mode: "fast" | "immediate" = "fast"): Promise<
   await pgCtl(paths, ["-w", "-t", "60", "-m", mode, "stop"]);
 }
 
+/** Stops the cluster and deletes its data directory (nothing outside it). */
+export async function removeCluster(): Promise<void> {
+  await stopCluster();
+  const paths = await clusterPaths();
+  await Deno.remove(paths.data, { recursive: true }).catch((err) => {
+    if (!(err instanceof Deno.errors.NotFound)) throw err;
+  });
+}
+
 export async function restartCluster(mode: "fast" | "immediate" = "fast"): Promise<void> {
   const paths = await clusterPaths();
   await pgCtl(paths, ["-w", "-t", "60", "-m", mode, "-l", paths.log, "restart"]);
@@ -184,8 +195,8 @@ const DATABASE_BOOTSTRAP = `
 `;
 
 /** Roles and schemas a Supabase database has before any migration runs. Idempotent. */
-export async function bootstrapCluster(): Promise<void> {
-  const admin = postgres(databaseUrl("postgres"), { max: 1, onnotice: () => {} });
+export async function bootstrapCluster(url: (database: string) => string = databaseUrl): Promise<void> {
+  const admin = postgres(url("postgres"), { max: 1, onnotice: () => {} });
   try {
     await admin.unsafe(`
       do $$ begin create role anon nologin noinherit; exception when duplicate_object then null; end $$;
@@ -197,12 +208,61 @@ export async function bootstrapCluster(): Promise<void> {
   } finally {
     await admin.end();
   }
-  const template = postgres(databaseUrl("template1"), { max: 1, onnotice: () => {} });
+  const template = postgres(url("template1"), { max: 1, onnotice: () => {} });
   try {
     await template.unsafe(DATABASE_BOOTSTRAP).simple();
   } finally {
     await template.end();
   }
+}
+
+/** A throw-away cluster on its own port, for tests that restart or kill Postgres. */
+export interface EphemeralCluster {
+  port: number;
+  url(database?: string): string;
+  restart(mode?: "fast" | "immediate"): Promise<void>;
+  stop(): Promise<void>;
+  /** Stops the server and deletes its files. */
+  destroy(): Promise<void>;
+}
+
+/**
+ * Creates and starts a bootstrapped cluster in a temporary folder on a free
+ * port (the same roles, schemas and shims as the main one, without pg_cron),
+ * so that restarting it disturbs nothing else.
+ */
+export async function startEphemeralCluster(): Promise<EphemeralCluster> {
+  const listener = Deno.listen({ hostname: DB_HOST, port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  listener.close();
+  const base = await Deno.makeTempDir({ prefix: "autoembed-cluster-" });
+  const paths: ClusterPaths = {
+    base,
+    data: join(base, "data"),
+    socket: join(base, "run"),
+    log: join(base, "postgres.log"),
+  };
+  if (isRoot()) await run("chown", [PG_OS_USER, base]);
+  await initCluster(paths);
+  const conf = clusterConf(paths, port).replace(/^shared_preload_libraries.*$/m, "")
+    .replace(/^cron\..*$/gm, "");
+  await Deno.writeTextFile(join(paths.data, "postgresql.auto.conf"), conf);
+  if (isRoot()) await run("chown", ["-R", PG_OS_USER, base]);
+  const ctl = (args: string[]) => pgCtl(paths, ["-w", "-t", "60", "-l", paths.log, ...args]);
+  await ctl(["start"]);
+  const url = (database = "postgres") =>
+    `postgresql://${DB_USER}:${DB_PASSWORD}@${DB_HOST}:${port}/${database}`;
+  await bootstrapCluster(url);
+  return {
+    port,
+    url,
+    restart: async (mode = "fast") => void await ctl(["-m", mode, "restart"]),
+    stop: async () => void await ctl(["-m", "fast", "stop"]),
+    destroy: async () => {
+      if (await isRunning(paths)) await ctl(["-m", "immediate", "stop"]);
+      await Deno.remove(base, { recursive: true });
+    },
+  };
 }
 
 if (import.meta.main) {

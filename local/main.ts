@@ -2,8 +2,8 @@
 // (npm test), `stop`. Each step installs or creates what is missing first,
 // so both commands work on a fresh clone.
 import postgres from "postgres";
-import { API_PORT, databaseUrl, ROOT, TEST_TEMPLATE } from "./config.ts";
-import { bootstrapCluster, startCluster, stopCluster } from "./cluster.ts";
+import { API_PORT, databaseUrl, LOCAL_EMBED_SECRET, ROOT, TEST_TEMPLATE } from "./config.ts";
+import { bootstrapCluster, removeCluster, startCluster, stopCluster } from "./cluster.ts";
 import { startFunctions } from "./functions.ts";
 import { applyMigrations, MigrationError } from "./migrate.ts";
 import { startNetDispatcher } from "./net_dispatcher.ts";
@@ -68,7 +68,7 @@ async function start(): Promise<void> {
   try {
     functions = await startFunctions({
       port: API_PORT,
-      env: { SUPABASE_DB_URL: dbUrl },
+      env: { SUPABASE_DB_URL: dbUrl, EMBED_SECRET: LOCAL_EMBED_SECRET },
       log: (line) => console.log(line),
     });
   } catch (err) {
@@ -79,13 +79,56 @@ async function start(): Promise<void> {
   say("ready");
   console.log(`  Database URL:  ${dbUrl}`);
   console.log(`  Functions URL: ${functions.url}/<name>  (${functions.names.join(", ") || "none yet"})`);
+  const signalled = waitForSignal();
+  await Promise.race([showDemo(dbUrl).catch((err) => say(`demo: ${(err as Error).message}`)), signalled]);
   console.log("  Press Ctrl-C to stop.");
-  const signal = await waitForSignal();
+  const signal = await signalled;
   say(`${signal}: stopping`);
   await functions.stop();
   await dispatcher.stop();
   if (startedCluster) await stopCluster();
   say("stopped");
+}
+
+/**
+ * Shows the pipeline working on the seeded demo table: starts a drain (the
+ * cron tick would, within a minute), waits until every document is embedded,
+ * then runs a similarity search through public.match_documents.
+ */
+async function showDemo(dbUrl: string): Promise<void> {
+  const sql = postgres(dbUrl, { max: 1, onnotice: () => {} });
+  try {
+    const [demo] = await sql`select to_regclass('public.documents') is not null as present`;
+    if (!demo.present) return;
+    const started = Date.now();
+    await sql`select util.process_embeddings()`;
+    for (;;) {
+      const [s] = await sql`
+        select total_rows::int as total, embedded::int as embedded, missing::int as missing,
+               stale::int as stale, model, last_error
+          from util.embedding_status where table_name = 'documents'`;
+      if (s && s.missing === 0 && s.stale === 0) {
+        say(`demo: public.documents has ${s.embedded}/${s.total} rows embedded by ${s.model} ` +
+          `(${Date.now() - started} ms)`);
+        break;
+      }
+      if (Date.now() - started > 90_000) {
+        throw new Error(`public.documents not embedded after 90 s (last error: ${s?.last_error ?? "none"})`);
+      }
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    const hits = await sql`
+      select d.title, round((1 - (d.embedding <=> q.embedding))::numeric, 3) as similarity
+        from public.documents d,
+             (select embedding from public.documents where title = 'Scheduling jobs') q
+       order by d.embedding <=> q.embedding limit 3`;
+    say(`demo: documents nearest to "Scheduling jobs" (cosine similarity):`);
+    for (const h of hits) console.log(`    ${h.similarity}  ${h.title}`);
+    say("demo: try it yourself: update public.documents set content = '...' where id = 1; " +
+      "then select * from util.embedding_status;");
+  } finally {
+    await sql.end();
+  }
 }
 
 /** Runs `deno test`, echoing its output, and returns its exit code and summary figures. */
@@ -153,8 +196,13 @@ async function main(): Promise<number> {
     case "stop":
       await stopCluster();
       return 0;
+    case "reset":
+      // Like `supabase db reset`: a fresh cluster; the next start applies migrations and seed.
+      await removeCluster();
+      say("cluster removed; `npm start` recreates it with migrations and seed");
+      return 0;
     default:
-      console.error("usage: deno run -A local/main.ts start | test [deno test args] | setup | stop");
+      console.error("usage: deno run -A local/main.ts start | test [deno test args] | setup | stop | reset");
       return 2;
   }
 }
