@@ -39,7 +39,9 @@ export function parseDuration(text: string, name: string): number {
 }
 
 function positiveInt(text: string, name: string): number {
-  if (!/^\d+$/.test(text) || Number(text) < 1) throw new UsageError(`${name}: "${text}" is not a positive whole number`);
+  if (!/^\d+$/.test(text) || Number(text) < 1) {
+    throw new UsageError(`${name}: "${text}" is not a positive whole number`);
+  }
   return Number(text);
 }
 
@@ -62,7 +64,10 @@ const VALUE_OPTIONS = new Map([
   ["--column", "column"],
   ["--visibility-timeout", "visibility-timeout"],
 ]);
-const FLAG_OPTIONS = new Map([["--once", "once"], ["--json", "json"], ["-h", "help"], ["--help", "help"]]);
+const FLAG_OPTIONS = new Map([["--once", "once"], ["--json", "json"], ["-h", "help"], [
+  "--help",
+  "help",
+]]);
 
 export function parseArgs(argv: string[]): ParsedArgs {
   const options = new Map<string, string[]>();
@@ -70,7 +75,9 @@ export function parseArgs(argv: string[]): ParsedArgs {
   for (let i = 0; i < argv.length; i++) {
     let arg = argv[i];
     let inline: string | undefined;
-    if (arg.startsWith("--") && arg.includes("=")) [arg, inline] = [arg.slice(0, arg.indexOf("=")), arg.slice(arg.indexOf("=") + 1)];
+    if (arg.startsWith("--") && arg.includes("=")) {
+      [arg, inline] = [arg.slice(0, arg.indexOf("=")), arg.slice(arg.indexOf("=") + 1)];
+    }
     if (VALUE_OPTIONS.has(arg)) {
       const value = inline ?? argv[++i];
       if (value === undefined) throw new UsageError(`${arg} needs a value`);
@@ -89,8 +96,12 @@ export function parseArgs(argv: string[]): ParsedArgs {
 
 function dbUrlOf(args: ParsedArgs): string {
   const url = args.options.get("db-url")?.at(-1) ?? Deno.env.get("DATABASE_URL");
-  if (!url) throw new UsageError("no database: pass -d/--db-url postgresql://... or set DATABASE_URL");
-  if (!/^postgres(ql)?:\/\//.test(url)) throw new UsageError(`--db-url must start with postgresql://, got "${url.split(":")[0]}:..."`);
+  if (!url) {
+    throw new UsageError("no database: pass -d/--db-url postgresql://... or set DATABASE_URL");
+  }
+  if (!/^postgres(ql)?:\/\//.test(url)) {
+    throw new UsageError(`--db-url must start with postgresql://, got "${url.split(":")[0]}:..."`);
+  }
   return url;
 }
 
@@ -100,11 +111,15 @@ async function withDb<T>(url: string, fn: (sql: postgres.Sql) => Promise<T>): Pr
     try {
       await sql`select 1`;
     } catch (err) {
-      throw new UsageError(`cannot connect to the database: ${(err as Error).message} (check --db-url / DATABASE_URL)`);
+      throw new UsageError(
+        `cannot connect to the database: ${(err as Error).message} (check --db-url / DATABASE_URL)`,
+      );
     }
     const [row] = await sql`select to_regclass('util.embedding_targets') is not null as installed`;
     if (!row.installed) {
-      throw new UsageError("autoembed is not installed in this database: apply supabase/migrations first (supabase db push)");
+      throw new UsageError(
+        "autoembed is not installed in this database: apply supabase/migrations first (supabase db push)",
+      );
     }
     return await fn(sql);
   } finally {
@@ -121,16 +136,26 @@ async function resolveTable(sql: postgres.Sql, name: string, column: string): Pr
   if (row) return row.table_sql;
   const attached = await sql`select table_oid::text as t from util.embedding_targets order by 1`;
   const list = attached.map((r) => r.t).join(", ") || "none";
-  throw new UsageError(`table "${name}" (column ${column}) is not attached to autoembed (attached: ${list})`);
+  throw new UsageError(
+    `table "${name}" (column ${column}) is not attached to autoembed (attached: ${list})`,
+  );
 }
 
 function formatTable(rows: Record<string, unknown>[]): string {
-  if (rows.length === 0) return "no tables attached (select util.enable_embeddings(...) to attach one)";
+  if (rows.length === 0) {
+    return "no tables attached (select util.enable_embeddings(...) to attach one)";
+  }
   const columns = Object.keys(rows[0]);
-  const cells = rows.map((r) => columns.map((c) => {
-    const v = r[c];
-    return v === null || v === undefined ? "" : typeof v === "object" ? JSON.stringify(v) : String(v);
-  }));
+  const cells = rows.map((r) =>
+    columns.map((c) => {
+      const v = r[c];
+      return v === null || v === undefined
+        ? ""
+        : typeof v === "object"
+        ? JSON.stringify(v)
+        : String(v);
+    })
+  );
   const widths = columns.map((c, i) => Math.max(c.length, ...cells.map((row) => row[i].length)));
   const line = (values: string[]) => values.map((v, i) => v.padEnd(widths[i])).join("  ").trimEnd();
   return [line(columns), line(widths.map((w) => "-".repeat(w))), ...cells.map(line)].join("\n");
@@ -160,17 +185,24 @@ async function enqueue(args: ParsedArgs, command: string): Promise<number> {
       return 0;
     }
     const name = args.positional[0];
-    if (!name) throw new UsageError(`${command} needs a table, e.g. deno task autoembed ${command} documents`);
+    if (!name) {
+      throw new UsageError(
+        `${command} needs a table, e.g. deno task autoembed ${command} documents`,
+      );
+    }
     const table = await resolveTable(sql, name, column);
     const model = command === "reembed" ? args.options.get("model")?.at(-1) ?? null : null;
     const dimsText = command === "reembed" ? args.options.get("dimensions")?.at(-1) : undefined;
     const dims = dimsText ? positiveInt(dimsText, "--dimensions") : null;
     try {
-      const [row] = await sql`select util.reembed(${table}::regclass, ${column}, ${model}, ${dims}) as n`;
+      const [row] =
+        await sql`select util.reembed(${table}::regclass, ${column}, ${model}, ${dims}) as n`;
       console.log(`enqueued ${row.n} row(s) of ${table}${model ? ` for model ${model}` : ""}`);
     } catch (err) {
       const e = err as postgres.PostgresError;
-      if (e.name === "PostgresError") throw new UsageError(`${e.message}${e.hint ? ` (${e.hint})` : ""}`);
+      if (e.name === "PostgresError") {
+        throw new UsageError(`${e.message}${e.hint ? ` (${e.hint})` : ""}`);
+      }
       throw err;
     }
     return 0;
@@ -188,23 +220,35 @@ async function worker(args: ParsedArgs): Promise<number> {
     if (err instanceof SettingsError) throw new UsageError(err.message);
     throw err;
   }
-  const tables = args.options.get("table") ?? (env("AUTOEMBED_TABLES")?.split(",").map((s) => s.trim()).filter(Boolean) ?? []);
+  const tables = args.options.get("table") ??
+    (env("AUTOEMBED_TABLES")?.split(",").map((s) => s.trim()).filter(Boolean) ?? []);
   const options = {
     dbUrl,
     once: args.options.has("once"),
     concurrency: positiveInt(opt("concurrency", "AUTOEMBED_CONCURRENCY") ?? "1", "--concurrency"),
-    pollIntervalMs: parseDuration(opt("poll-interval", "AUTOEMBED_POLL_INTERVAL") ?? "5s", "--poll-interval"),
+    pollIntervalMs: parseDuration(
+      opt("poll-interval", "AUTOEMBED_POLL_INTERVAL") ?? "5s",
+      "--poll-interval",
+    ),
     batchSize: positiveInt(opt("batch-size", "AUTOEMBED_BATCH_SIZE") ?? "100", "--batch-size"),
-    visibilitySeconds: Math.ceil(parseDuration(args.options.get("visibility-timeout")?.at(-1) ?? "120s", "--visibility-timeout") / 1000),
+    visibilitySeconds: Math.ceil(
+      parseDuration(
+        args.options.get("visibility-timeout")?.at(-1) ?? "120s",
+        "--visibility-timeout",
+      ) / 1000,
+    ),
     tables,
     settings,
   };
   // Fail fast on a bad URL or a database without autoembed, and on unknown tables.
   await withDb(dbUrl, async (sql) => {
-    for (const t of tables) await resolveTable(sql, t, "embedding").catch(async (err) => {
-      const [row] = await sql`select count(*)::int as n from util.embedding_targets where table_oid = to_regclass(${t})`;
-      if (row.n === 0) throw err;
-    });
+    for (const t of tables) {
+      await resolveTable(sql, t, "embedding").catch(async (err) => {
+        const [row] =
+          await sql`select count(*)::int as n from util.embedding_targets where table_oid = to_regclass(${t})`;
+        if (row.n === 0) throw err;
+      });
+    }
   });
 
   const stop = new AbortController();
@@ -223,7 +267,9 @@ async function worker(args: ParsedArgs): Promise<number> {
         const seconds = (Date.now() - startedAt) / 1000;
         const rate = e.totalCompleted / Math.max(seconds, 0.001);
         Deno.stdout.writeSync(new TextEncoder().encode(
-          `\r\x1b[2Kdone ${e.totalCompleted} jobs  ${rate.toFixed(0)}/s  last batch ${e.jobs} in ${e.durationMs} ms`,
+          `\r\x1b[2Kdone ${e.totalCompleted} jobs  ${
+            rate.toFixed(0)
+          }/s  last batch ${e.jobs} in ${e.durationMs} ms`,
         ));
       } else {
         console.log(JSON.stringify({ event: "batch", ...e }));
@@ -253,7 +299,9 @@ export async function main(argv: string[]): Promise<number> {
     case "retry-failed":
       return await enqueue(args, args.command);
     default:
-      throw new UsageError(`unknown command "${args.command}" (worker, status, backfill, reembed, retry-failed)`);
+      throw new UsageError(
+        `unknown command "${args.command}" (worker, status, backfill, reembed, retry-failed)`,
+      );
   }
 }
 

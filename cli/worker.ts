@@ -4,7 +4,12 @@
 // interval. Each concurrency slot makes at most one claim at a time.
 import postgres from "postgres";
 import { isConnectionError, processBatch } from "../supabase/functions/_shared/core.ts";
-import { type Job, jobMessageSchema, NOTIFY_CHANNEL, QUEUE_NAME } from "../supabase/functions/_shared/jobs.ts";
+import {
+  type Job,
+  jobMessageSchema,
+  NOTIFY_CHANNEL,
+  QUEUE_NAME,
+} from "../supabase/functions/_shared/jobs.ts";
 import type { CoreSettings } from "../supabase/functions/_shared/settings.ts";
 
 export interface WorkerOptions {
@@ -51,15 +56,15 @@ interface Message {
 /** Conditions for pgmq.read: one per table filter, or a single unconditional read. */
 function claimFilters(tables: string[]): Record<string, string>[] {
   if (tables.length === 0) return [{}];
-  return tables.map((t) => {
-    const [schema, table] = t.includes(".") ? t.split(".", 2) : [undefined, t];
-    return schema ? { schema, table } : { table };
+  return tables.map((t): Record<string, string> => {
+    const dot = t.indexOf(".");
+    return dot >= 0 ? { schema: t.slice(0, dot), table: t.slice(dot + 1) } : { table: t };
   });
 }
 
 /** Waits `ms` or until `wake` resolves, whichever is first. */
 function sleep(ms: number, wake: Promise<void>): Promise<void> {
-  let timer: number | undefined;
+  let timer: ReturnType<typeof setTimeout> | undefined;
   return Promise.race([
     new Promise<void>((r) => (timer = setTimeout(r, ms))),
     wake,
@@ -101,22 +106,42 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerResult> {
     }
   }
 
+  log(JSON.stringify({
+    event: "started",
+    listening: listener !== null,
+    concurrency: options.concurrency,
+    batchSize: options.batchSize,
+    pollIntervalMs: options.pollIntervalMs,
+  }));
+
   /** One claim: returns the jobs read (possibly none). Invalid messages are archived at once. */
   async function claim(): Promise<Job[]> {
     const filter = filters[filterTurn++ % filters.length];
     const rows = await sql<Message[]>`
       select msg_id, read_ct, message
-        from pgmq.read(${QUEUE_NAME}, ${options.visibilitySeconds}, ${options.batchSize}, ${sql.json(filter)})`;
+        from pgmq.read(${QUEUE_NAME}, ${options.visibilitySeconds}, ${options.batchSize}, ${
+      sql.json(filter)
+    })`;
     const jobs: Job[] = [];
     const invalid: { job_id: number; error: string }[] = [];
     for (const row of rows) {
       const parsed = jobMessageSchema.safeParse(row.message);
-      if (parsed.success) jobs.push({ ...parsed.data, jobId: Number(row.msg_id), attempt: row.read_ct });
-      else invalid.push({ job_id: Number(row.msg_id), error: `refused: malformed job message (${parsed.error.issues[0].message})` });
+      if (parsed.success) {
+        jobs.push({ ...parsed.data, jobId: Number(row.msg_id), attempt: row.read_ct });
+      } else {invalid.push({
+          job_id: Number(row.msg_id),
+          error: `refused: malformed job message (${parsed.error.issues[0].message})`,
+        });}
     }
     if (invalid.length) {
-      const failures = invalid.map((f) => ({ ...f, target_id: null, table_name: null, row_id: null, retryable: false }));
-      await sql`select * from util._record_failures(${JSON.stringify(failures)}::jsonb)`;
+      const failures = invalid.map((f) => ({
+        ...f,
+        target_id: null,
+        table_name: null,
+        row_id: null,
+        retryable: false,
+      }));
+      await sql`select * from util._record_failures(${JSON.stringify(failures)}::text::jsonb)`;
       result.failed += invalid.length;
     }
     return jobs;
@@ -134,15 +159,29 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerResult> {
         if (!isConnectionError(err)) throw err;
         // Reconnect with jittered exponential backoff; postgres.js reconnects on the next query.
         consecutiveErrors++;
-        const delay = Math.min(30_000, 250 * 2 ** Math.min(consecutiveErrors, 7)) * (0.5 + Math.random());
-        log(JSON.stringify({ event: "db_unavailable", retryInMs: Math.round(delay), code: (err as { code?: string }).code }));
+        const delay = Math.min(30_000, 250 * 2 ** Math.min(consecutiveErrors, 7)) *
+          (0.5 + Math.random());
+        log(
+          JSON.stringify({
+            event: "db_unavailable",
+            retryInMs: Math.round(delay),
+            code: (err as { code?: string }).code,
+          }),
+        );
         await sleep(delay, new Promise(() => {}));
         continue;
       }
       if (jobs.length === 0) {
         // --once: what was there is done (jobs waiting out a retry backoff are not "there").
         if (options.once) return;
-        options.onBatch?.({ jobs: 0, completed: 0, failed: 0, providerCalls: 0, durationMs: 0, totalCompleted: result.completed });
+        options.onBatch?.({
+          jobs: 0,
+          completed: 0,
+          failed: 0,
+          providerCalls: 0,
+          durationMs: 0,
+          totalCompleted: result.completed,
+        });
         await sleep(options.pollIntervalMs, wake);
         continue;
       }
@@ -167,7 +206,13 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerResult> {
       } catch (err) {
         if (!isConnectionError(err)) throw err;
         // The batch's jobs reappear after the visibility timeout; nothing is lost.
-        log(JSON.stringify({ event: "batch_interrupted", jobs: jobs.length, code: (err as { code?: string }).code }));
+        log(
+          JSON.stringify({
+            event: "batch_interrupted",
+            jobs: jobs.length,
+            code: (err as { code?: string }).code,
+          }),
+        );
       }
     }
   }

@@ -7,11 +7,11 @@ import { createHash } from "node:crypto";
 import { join } from "node:path";
 import postgres from "postgres";
 import {
+  databaseUrl,
   DB_HOST,
   DB_PASSWORD,
   DB_PORT,
   DB_USER,
-  databaseUrl,
   PG_BIN,
   PG_OS_USER,
   ROOT,
@@ -34,7 +34,17 @@ async function runAsOwner(cmd: string, args: string[], options: Deno.CommandOpti
 
 async function ownerCanUse(dir: string): Promise<boolean> {
   if (!isRoot()) return true;
-  const probe = await capture("runuser", ["-u", PG_OS_USER, "--", "test", "-w", dir, "-a", "-x", dir]);
+  const probe = await capture("runuser", [
+    "-u",
+    PG_OS_USER,
+    "--",
+    "test",
+    "-w",
+    dir,
+    "-a",
+    "-x",
+    dir,
+  ]);
   return probe.code === 0;
 }
 
@@ -56,7 +66,12 @@ export async function clusterPaths(): Promise<ClusterPaths> {
     await run("chown", [PG_OS_USER, base]);
     await Deno.writeTextFile(join(STACK_DIR, "pg-location"), `${base}\n`);
   }
-  return { base, data: join(base, "data"), socket: join(base, "run"), log: join(base, "postgres.log") };
+  return {
+    base,
+    data: join(base, "data"),
+    socket: join(base, "run"),
+    log: join(base, "postgres.log"),
+  };
 }
 
 /** Settings the stack needs on top of initdb's defaults. */
@@ -93,8 +108,10 @@ export async function initCluster(paths: ClusterPaths): Promise<boolean> {
   if (isRoot()) await run("chown", ["-R", PG_OS_USER, paths.base]);
   try {
     await runAsOwner(join(PG_BIN, "initdb"), [
-      "-D", paths.data,
-      "-U", DB_USER,
+      "-D",
+      paths.data,
+      "-U",
+      DB_USER,
       `--pwfile=${pwfile}`,
       "--auth-local=trust",
       "--auth-host=scram-sha-256",
@@ -144,7 +161,9 @@ export async function startCluster(log: (line: string) => void = () => {}): Prom
   if (!text.includes("include_if_exists = 'autoembed.conf'")) {
     await Deno.writeTextFile(conf, `${text}\ninclude_if_exists = 'autoembed.conf'\n`);
   }
-  if (isRoot()) await run("chown", ["-R", PG_OS_USER, paths.socket, join(paths.data, "autoembed.conf")]);
+  if (isRoot()) {
+    await run("chown", ["-R", PG_OS_USER, paths.socket, join(paths.data, "autoembed.conf")]);
+  }
   if (await isRunning(paths)) return false;
   if (await portInUse(DB_PORT)) {
     throw new CommandError(
@@ -155,7 +174,9 @@ export async function startCluster(log: (line: string) => void = () => {}): Prom
   try {
     await pgCtl(paths, ["-w", "-t", "60", "-l", paths.log, "start"]);
   } catch (err) {
-    const tail = await Deno.readTextFile(paths.log).then((t) => t.trim().split("\n").slice(-10).join("\n"))
+    const tail = await Deno.readTextFile(paths.log).then((t) =>
+      t.trim().split("\n").slice(-10).join("\n")
+    )
       .catch(() => "");
     throw new CommandError(`PostgreSQL did not start: ${(err as Error).message}\n${tail}`);
   }
@@ -195,7 +216,9 @@ const DATABASE_BOOTSTRAP = `
 `;
 
 /** Roles and schemas a Supabase database has before any migration runs. Idempotent. */
-export async function bootstrapCluster(url: (database: string) => string = databaseUrl): Promise<void> {
+export async function bootstrapCluster(
+  url: (database: string) => string = databaseUrl,
+): Promise<void> {
   const admin = postgres(url("postgres"), { max: 1, onnotice: () => {} });
   try {
     await admin.unsafe(`

@@ -63,7 +63,10 @@ export function parseVerifyJwt(toml: string): Map<string, boolean> {
 }
 
 function base64url(bytes: Uint8Array): string {
-  return btoa(String.fromCharCode(...bytes)).replaceAll("+", "-").replaceAll("/", "_").replace(/=+$/, "");
+  return btoa(String.fromCharCode(...bytes)).replaceAll("+", "-").replaceAll("/", "_").replace(
+    /=+$/,
+    "",
+  );
 }
 
 async function hmacKey(): Promise<CryptoKey> {
@@ -80,8 +83,12 @@ async function hmacKey(): Promise<CryptoKey> {
 export async function localJwt(role: string): Promise<string> {
   const enc = new TextEncoder();
   const header = base64url(enc.encode(JSON.stringify({ alg: "HS256", typ: "JWT" })));
-  const payload = base64url(enc.encode(JSON.stringify({ iss: "supabase-demo", role, exp: 1983812996 })));
-  const signature = new Uint8Array(await crypto.subtle.sign("HMAC", await hmacKey(), enc.encode(`${header}.${payload}`)));
+  const payload = base64url(
+    enc.encode(JSON.stringify({ iss: "supabase-demo", role, exp: 1983812996 })),
+  );
+  const signature = new Uint8Array(
+    await crypto.subtle.sign("HMAC", await hmacKey(), enc.encode(`${header}.${payload}`)),
+  );
   return `${header}.${payload}.${base64url(signature)}`;
 }
 
@@ -90,8 +97,16 @@ export async function verifyLocalJwt(token: string): Promise<boolean> {
   const parts = token.split(".");
   if (parts.length !== 3) return false;
   try {
-    const sig = Uint8Array.from(atob(parts[2].replaceAll("-", "+").replaceAll("_", "/")), (c) => c.charCodeAt(0));
-    const ok = await crypto.subtle.verify("HMAC", await hmacKey(), sig, new TextEncoder().encode(`${parts[0]}.${parts[1]}`));
+    const sig = Uint8Array.from(
+      atob(parts[2].replaceAll("-", "+").replaceAll("_", "/")),
+      (c) => c.charCodeAt(0),
+    );
+    const ok = await crypto.subtle.verify(
+      "HMAC",
+      await hmacKey(),
+      sig,
+      new TextEncoder().encode(`${parts[0]}.${parts[1]}`),
+    );
     if (!ok) return false;
     const payload = JSON.parse(atob(parts[1].replaceAll("-", "+").replaceAll("_", "/")));
     return typeof payload.exp !== "number" || payload.exp * 1000 > Date.now();
@@ -100,19 +115,26 @@ export async function verifyLocalJwt(token: string): Promise<boolean> {
   }
 }
 
-async function freePort(): Promise<number> {
+function freePort(): number {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const port = (listener.addr as Deno.NetAddr).port;
   listener.close();
   return port;
 }
 
-async function waitForPort(port: number, child: Deno.ChildProcess, name: string, timeoutMs = 60_000) {
+async function waitForPort(
+  port: number,
+  child: Deno.ChildProcess,
+  name: string,
+  timeoutMs = 60_000,
+) {
   let exited = false;
   child.status.then(() => (exited = true));
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
-    if (exited) throw new CommandError(`function ${name} exited during start-up (see its log lines above)`);
+    if (exited) {
+      throw new CommandError(`function ${name} exited during start-up (see its log lines above)`);
+    }
     try {
       const conn = await Deno.connect({ hostname: "127.0.0.1", port });
       conn.close();
@@ -124,7 +146,11 @@ async function waitForPort(port: number, child: Deno.ChildProcess, name: string,
   throw new CommandError(`function ${name} did not listen within ${timeoutMs / 1000}s`);
 }
 
-async function pipeLines(stream: ReadableStream<Uint8Array>, log: (line: string) => void, prefix: string) {
+async function pipeLines(
+  stream: ReadableStream<Uint8Array>,
+  log: (line: string) => void,
+  prefix: string,
+) {
   const reader = stream.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";
   try {
@@ -156,8 +182,10 @@ export async function discoverFunctions(dir = FUNCTIONS_DIR): Promise<string[]> 
   const names: string[] = [];
   try {
     for await (const entry of Deno.readDir(dir)) {
-      if (entry.isDirectory && !entry.name.startsWith("_") && !entry.name.startsWith(".") &&
-        await fileExists(join(dir, entry.name, "index.ts"))) names.push(entry.name);
+      if (
+        entry.isDirectory && !entry.name.startsWith("_") && !entry.name.startsWith(".") &&
+        await fileExists(join(dir, entry.name, "index.ts"))
+      ) names.push(entry.name);
     }
   } catch (err) {
     if (!(err instanceof Deno.errors.NotFound)) throw err;
@@ -185,7 +213,7 @@ export async function startFunctions(options: FunctionsOptions): Promise<Functio
   const running = new Map<string, Running>();
 
   async function spawn(name: string): Promise<Running> {
-    const port = await freePort();
+    const port = freePort();
     const child = new Deno.Command(deno, {
       args: ["run", "-A", "--no-prompt", join(dir, name, "index.ts")],
       cwd: ROOT,
@@ -243,9 +271,12 @@ export async function startFunctions(options: FunctionsOptions): Promise<Functio
       });
       return new Response(res.body, { status: res.status, headers: res.headers });
     } catch (err) {
-      return Response.json({ msg: `function ${name} failed to respond: ${(err as Error).message}` }, {
-        status: 502,
-      });
+      return Response.json(
+        { msg: `function ${name} failed to respond: ${(err as Error).message}` },
+        {
+          status: 502,
+        },
+      );
     }
   };
 
@@ -264,7 +295,7 @@ export async function startFunctions(options: FunctionsOptions): Promise<Functio
   }
 
   return {
-    url: `http://${hostname}:${server.addr.port}/functions/v1`,
+    url: `http://${hostname}:${(server.addr as Deno.NetAddr).port}/functions/v1`,
     names,
     async stop() {
       stopping = true;

@@ -24,7 +24,8 @@ async function prepare(): Promise<boolean> {
 async function hasMigrationTable(url: string): Promise<boolean> {
   const sql = postgres(url, { max: 1, onnotice: () => {} });
   try {
-    const [row] = await sql`select to_regclass('supabase_migrations.schema_migrations') is not null as present`;
+    const [row] =
+      await sql`select to_regclass('supabase_migrations.schema_migrations') is not null as present`;
     return row.present;
   } finally {
     await sql.end();
@@ -35,6 +36,8 @@ async function hasMigrationTable(url: string): Promise<boolean> {
 async function buildTestTemplate(): Promise<void> {
   const admin = postgres(databaseUrl("postgres"), { max: 1, onnotice: () => {} });
   try {
+    const [existing] = await admin`select 1 from pg_database where datname = ${TEST_TEMPLATE}`;
+    if (existing) await admin.unsafe(`alter database ${TEST_TEMPLATE} is_template false`);
     await admin.unsafe(`drop database if exists ${TEST_TEMPLATE} with (force)`);
     await admin.unsafe(`create database ${TEST_TEMPLATE} template template1`);
   } finally {
@@ -78,9 +81,14 @@ async function start(): Promise<void> {
   }
   say("ready");
   console.log(`  Database URL:  ${dbUrl}`);
-  console.log(`  Functions URL: ${functions.url}/<name>  (${functions.names.join(", ") || "none yet"})`);
+  console.log(
+    `  Functions URL: ${functions.url}/<name>  (${functions.names.join(", ") || "none yet"})`,
+  );
   const signalled = waitForSignal();
-  await Promise.race([showDemo(dbUrl).catch((err) => say(`demo: ${(err as Error).message}`)), signalled]);
+  await Promise.race([
+    showDemo(dbUrl).catch((err) => say(`demo: ${(err as Error).message}`)),
+    signalled,
+  ]);
   console.log("  Press Ctrl-C to stop.");
   const signal = await signalled;
   say(`${signal}: stopping`);
@@ -90,49 +98,80 @@ async function start(): Promise<void> {
   say("stopped");
 }
 
+/** Waits until the demo table has no missing or stale embeddings; returns the status row. */
+async function waitForDemo(sql: postgres.Sql, what: string) {
+  const started = Date.now();
+  for (;;) {
+    const [s] = await sql`
+      select total_rows::int as total, embedded::int as embedded, missing::int as missing,
+             stale::int as stale, queued::int as queued, model, last_error
+        from util.embedding_status where schema_name = 'public' and table_name = 'documents'`;
+    if (s && s.missing === 0 && s.stale === 0 && s.queued === 0) {
+      say(
+        `demo: ${what}: ${s.embedded}/${s.total} rows embedded by ${s.model} in ${
+          Date.now() - started
+        } ms`,
+      );
+      return s;
+    }
+    if (Date.now() - started > 90_000) {
+      throw new Error(
+        `public.documents not embedded after 90 s (last error: ${s?.last_error ?? "none"})`,
+      );
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+async function showNearest(sql: postgres.Sql, title: string) {
+  const hits = await sql`
+    select d.title, round((1 - (d.embedding <=> q.embedding))::numeric, 3) as similarity
+      from public.documents d, (select embedding from public.documents where title = ${title}) q
+     where d.title <> ${title}
+     order by d.embedding <=> q.embedding limit 3`;
+  say(`demo: nearest documents to "${title}" (cosine similarity):`);
+  for (const h of hits) console.log(`    ${h.similarity}  ${h.title}`);
+}
+
 /**
  * Shows the pipeline working on the seeded demo table: starts a drain (the
  * cron tick would, within a minute), waits until every document is embedded,
- * then runs a similarity search through public.match_documents.
+ * answers a search, edits a row and waits for its re-embedding.
  */
 async function showDemo(dbUrl: string): Promise<void> {
   const sql = postgres(dbUrl, { max: 1, onnotice: () => {} });
   try {
     const [demo] = await sql`select to_regclass('public.documents') is not null as present`;
     if (!demo.present) return;
-    const started = Date.now();
-    await sql`select util.process_embeddings()`;
-    for (;;) {
-      const [s] = await sql`
-        select total_rows::int as total, embedded::int as embedded, missing::int as missing,
-               stale::int as stale, model, last_error
-          from util.embedding_status where table_name = 'documents'`;
-      if (s && s.missing === 0 && s.stale === 0) {
-        say(`demo: public.documents has ${s.embedded}/${s.total} rows embedded by ${s.model} ` +
-          `(${Date.now() - started} ms)`);
-        break;
-      }
-      if (Date.now() - started > 90_000) {
-        throw new Error(`public.documents not embedded after 90 s (last error: ${s?.last_error ?? "none"})`);
-      }
-      await new Promise((r) => setTimeout(r, 200));
+    if (Deno.env.get("OPENAI_API_KEY")) {
+      const [{ n }] = await sql`
+        select util.reembed('public.documents', 'embedding', 'text-embedding-3-small', 1536) as n`;
+      say(`demo: OPENAI_API_KEY is set: ${n} rows queued for text-embedding-3-small`);
     }
-    const hits = await sql`
-      select d.title, round((1 - (d.embedding <=> q.embedding))::numeric, 3) as similarity
-        from public.documents d,
-             (select embedding from public.documents where title = 'Scheduling jobs') q
-       order by d.embedding <=> q.embedding limit 3`;
-    say(`demo: documents nearest to "Scheduling jobs" (cosine similarity):`);
-    for (const h of hits) console.log(`    ${h.similarity}  ${h.title}`);
-    say("demo: try it yourself: update public.documents set content = '...' where id = 1; " +
-      "then select * from util.embedding_status;");
+    await sql`select util.process_embeddings()`;
+    await waitForDemo(sql, "initial embedding");
+    await showNearest(sql, "Scheduling jobs");
+    await sql`
+      update public.documents
+         set content = 'pg_cron runs SQL on a schedule inside the database, e.g. every minute.'
+       where title = 'Scheduling jobs'`;
+    say("demo: edited 'Scheduling jobs'; the update trigger queued it");
+    await sql`select util.process_embeddings()`;
+    await waitForDemo(sql, "after the edit");
+    await showNearest(sql, "Scheduling jobs");
+    say(
+      "demo: try it yourself in psql: insert or update public.documents, then " +
+        "select * from util.embedding_status;",
+    );
   } finally {
     await sql.end();
   }
 }
 
 /** Runs `deno test`, echoing its output, and returns its exit code and summary figures. */
-async function runDenoTests(args: string[]): Promise<{ code: number; passed: number; failed: number; ignored: number }> {
+async function runDenoTests(
+  args: string[],
+): Promise<{ code: number; passed: number; failed: number; ignored: number }> {
   const child = new Deno.Command(Deno.execPath(), {
     args: ["test", "-A", "--parallel", ...args],
     cwd: ROOT,
@@ -150,7 +189,9 @@ async function runDenoTests(args: string[]): Promise<{ code: number; passed: num
   let buffer = "";
   const consume = (line: string) => {
     console.log(line);
-    const m = line.match(/^(?:ok|FAILED) \| (\d+) passed(?: \(\d+ steps?\))? \| (\d+) failed(?: \(\d+ steps?\))?(?: \| (\d+) ignored)?/);
+    const m = line.match(
+      /^(?:ok|FAILED) \| (\d+) passed(?: \(\d+ steps?\))? \| (\d+) failed(?: \(\d+ steps?\))?(?: \| (\d+) ignored)?/,
+    );
     if (m) summary = { passed: Number(m[1]), failed: Number(m[2]), ignored: Number(m[3] ?? 0) };
   };
   for (;;) {
@@ -202,7 +243,9 @@ async function main(): Promise<number> {
       say("cluster removed; `npm start` recreates it with migrations and seed");
       return 0;
     default:
-      console.error("usage: deno run -A local/main.ts start | test [deno test args] | setup | stop | reset");
+      console.error(
+        "usage: deno run -A local/main.ts start | test [deno test args] | setup | stop | reset",
+      );
       return 2;
   }
 }

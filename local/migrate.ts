@@ -63,7 +63,10 @@ export interface ApplyOptions {
  * Applies the migrations not yet recorded, in order. A failing file rolls back
  * alone and stops the run: nothing after it is applied. Returns the versions applied.
  */
-export async function applyMigrations(dbUrl: string, options: ApplyOptions = {}): Promise<string[]> {
+export async function applyMigrations(
+  dbUrl: string,
+  options: ApplyOptions = {},
+): Promise<string[]> {
   const log = options.log ?? (() => {});
   const sql = postgres(dbUrl, { max: 1, onnotice: () => {} });
   const applied: string[] = [];
@@ -77,7 +80,9 @@ export async function applyMigrations(dbUrl: string, options: ApplyOptions = {})
       );
     `).simple();
     const done = new Set(
-      (await sql`select version from supabase_migrations.schema_migrations`).map((r) => r.version as string),
+      (await sql`select version from supabase_migrations.schema_migrations`).map((r) =>
+        r.version as string
+      ),
     );
     for (const migration of await listMigrations(options.dir)) {
       if (done.has(migration.version)) continue;

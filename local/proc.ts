@@ -9,13 +9,25 @@ export interface RunResult {
 }
 
 /** Runs a command to completion, capturing output; never throws on exit code. */
-export async function capture(cmd: string, args: string[], options: Deno.CommandOptions = {}): Promise<RunResult> {
+export async function capture(
+  cmd: string,
+  args: string[],
+  options: Deno.CommandOptions = {},
+): Promise<RunResult> {
   let out: Deno.CommandOutput;
   try {
-    out = await new Deno.Command(cmd, { ...options, args, stdout: "piped", stderr: "piped", stdin: "null" })
+    out = await new Deno.Command(cmd, {
+      ...options,
+      args,
+      stdout: "piped",
+      stderr: "piped",
+      stdin: "null",
+    })
       .output();
   } catch (err) {
-    if (err instanceof Deno.errors.NotFound) return { code: 127, stdout: "", stderr: `${cmd}: not found` };
+    if (err instanceof Deno.errors.NotFound) {
+      return { code: 127, stdout: "", stderr: `${cmd}: not found` };
+    }
     throw err;
   }
   const text = new TextDecoder();
@@ -23,7 +35,11 @@ export async function capture(cmd: string, args: string[], options: Deno.Command
 }
 
 /** Runs a command and throws a CommandError carrying the tail of its output when it fails. */
-export async function run(cmd: string, args: string[], options: Deno.CommandOptions = {}): Promise<string> {
+export async function run(
+  cmd: string,
+  args: string[],
+  options: Deno.CommandOptions = {},
+): Promise<string> {
   const result = await capture(cmd, args, options);
   if (result.code !== 0) {
     const tail = (result.stderr || result.stdout).trim().split("\n").slice(-15).join("\n");

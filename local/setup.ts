@@ -125,13 +125,20 @@ async function buildPgvector(): Promise<void> {
     `deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] ${uri} ${PGVECTOR_SOURCE_SUITE} main\n`,
   );
   const aptOptions = [
-    `-o`, `Dir::Etc::SourceList=${join(etc, "sources.list")}`,
-    `-o`, `Dir::Etc::SourceParts=${join(etc, "sources.list.d")}`,
-    `-o`, `Dir::Etc::Preferences=${join(etc, "preferences")}`,
-    `-o`, `Dir::Etc::PreferencesParts=${join(etc, "preferences.d")}`,
-    `-o`, `Dir::State::Lists=${join(base, "lists")}`,
-    `-o`, `Dir::Cache=${join(base, "cache")}`,
-    `-o`, `APT::Sandbox::User=root`,
+    `-o`,
+    `Dir::Etc::SourceList=${join(etc, "sources.list")}`,
+    `-o`,
+    `Dir::Etc::SourceParts=${join(etc, "sources.list.d")}`,
+    `-o`,
+    `Dir::Etc::Preferences=${join(etc, "preferences")}`,
+    `-o`,
+    `Dir::Etc::PreferencesParts=${join(etc, "preferences.d")}`,
+    `-o`,
+    `Dir::State::Lists=${join(base, "lists")}`,
+    `-o`,
+    `Dir::Cache=${join(base, "cache")}`,
+    `-o`,
+    `APT::Sandbox::User=root`,
   ];
   await run("apt-get", [...aptOptions, "update", "-qq"]);
   const src = join(STACK_DIR, "build", "pgvector");
@@ -181,5 +188,7 @@ async function installShims(extensionDir: string): Promise<string[]> {
 
 if (import.meta.main) {
   const report = await ensureSetup((line) => console.log(`setup: ${line}`));
-  console.log(report.actions.length ? `setup: done (${report.actions.length} steps)` : "setup: nothing to do");
+  console.log(
+    report.actions.length ? `setup: done (${report.actions.length} steps)` : "setup: nothing to do",
+  );
 }

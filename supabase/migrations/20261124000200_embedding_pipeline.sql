@@ -250,6 +250,21 @@ parallel safe
 set search_path = ''
 as $$ select pg_catalog.sha256(pg_catalog.convert_to(coalesce(content, ''), 'UTF8')) $$;
 
+-- internal: the text of `source_row` by `content_function` (a name quoted by
+-- util._target_config, never taken from a job), or the error it raised, so
+-- one failing row does not fail the read of a whole batch (I5).
+create function util._try_content(content_function text, source_row anyelement, out content text, out error text)
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+  execute pg_catalog.format('select %s($1)', content_function) into content using source_row;
+exception when others then
+  error := sqlerrm;
+end
+$$;
+
 -- public: keeps the cache within `max_rows` (default: the cache_max_rows
 -- setting), dropping the oldest entries. Returns how many it deleted.
 create function util.prune_embedding_cache(max_rows bigint default null)
@@ -801,6 +816,9 @@ language plpgsql
 set search_path = ''
 as $$
 begin
+  -- The lock process_embeddings takes, taken before the delete: taking it
+  -- after (a lock upgrade) deadlocks two calls finishing at the same time.
+  lock table util.embedding_requests in share row exclusive mode;
   delete from util.embedding_requests r where r.id = lease;
   return util.process_embeddings(batch_size, max_requests, timeout_milliseconds);
 end

@@ -24,16 +24,18 @@ export function connect(url: string, options: postgres.Options<Record<string, ne
 }
 
 /**
- * Runs `fn` against a fresh database cloned from TEMPLATE and drops it
+ * Runs `fn` against a fresh database cloned from TEMPLATE (or another
+ * template, e.g. `template1`: bootstrapped, no migrations) and drops it
  * afterwards, whether `fn` passes or throws.
  */
 export async function withTestDb(
   fn: (sql: Sql, url: string, name: string) => Promise<void>,
+  options: { template?: string } = {},
 ): Promise<void> {
   const name = `t_${crypto.randomUUID().replaceAll("-", "").slice(0, 16)}`;
   const admin = connect(ADMIN_URL, { max: 1 });
   try {
-    await admin.unsafe(`create database ${name} template ${TEMPLATE}`);
+    await admin.unsafe(`create database ${name} template ${options.template ?? TEMPLATE}`);
   } finally {
     await admin.end();
   }

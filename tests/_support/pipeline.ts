@@ -27,7 +27,11 @@ export interface PipelineOptions {
   dispatcher?: boolean;
 }
 
-export async function startPipeline(sql: Sql, dbUrl: string, options: PipelineOptions = {}): Promise<Pipeline> {
+export async function startPipeline(
+  sql: Sql,
+  dbUrl: string,
+  options: PipelineOptions = {},
+): Promise<Pipeline> {
   const fake = await startFakeOpenAI({ latencyMs: options.latencyMs ?? 0 });
   const shutdown = new AbortController();
   const logs: string[] = [];
@@ -39,12 +43,21 @@ export async function startPipeline(sql: Sql, dbUrl: string, options: PipelineOp
     EMBEDDING_TIMEOUT_MS: "5000",
     ...options.env,
   };
-  const handler = createEmbedHandler({ env: (k) => env[k], shutdown: shutdown.signal, log: (l) => logs.push(l) });
-  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, (req) => handler.fetch(req));
+  const handler = createEmbedHandler({
+    env: (k) => env[k],
+    shutdown: shutdown.signal,
+    log: (l) => logs.push(l),
+  });
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen: () => {} },
+    (req) => handler.fetch(req),
+  );
   const projectUrl = `http://127.0.0.1:${server.addr.port}`;
   await sql`select vault.create_secret(${projectUrl}, 'project_url')`;
   await sql`select vault.create_secret(${TEST_SECRET}, 'embed_secret')`;
-  const dispatcher = options.dispatcher === false ? null : await startNetDispatcher({ dbUrl, pollIntervalMs: 50 });
+  const dispatcher = options.dispatcher === false
+    ? null
+    : await startNetDispatcher({ dbUrl, pollIntervalMs: 50, log: (l) => logs.push(`[net] ${l}`) });
   return {
     fake,
     handler,
@@ -61,7 +74,11 @@ export async function startPipeline(sql: Sql, dbUrl: string, options: PipelineOp
 }
 
 /** Polls `check` until it returns true; throws with `what` after `timeoutMs`. */
-export async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs = 30_000): Promise<void> {
+export async function waitFor(
+  what: string,
+  check: () => Promise<boolean>,
+  timeoutMs = 30_000,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     if (await check()) return;
@@ -89,11 +106,23 @@ export async function drainPush(
   const requests = options.maxRequests ?? 4;
   const timeout = options.timeoutMs ?? 10_000;
   await waitFor("the queue to drain", async () => {
+    if (Deno.env.get("AUTOEMBED_TEST_DEBUG")) {
+      console.log(JSON.stringify({
+        queue:
+          await sql`select msg_id, read_ct, vt > now() as hidden from pgmq.q_embedding_jobs order by msg_id limit 5`,
+        leases: await sql`select * from util.embedding_requests`,
+        requests: await sql`select id from net.http_request_queue`,
+        responses:
+          await sql`select id, status_code, error_msg, timed_out from net._http_response order by id`,
+      }));
+    }
     const [row] = await sql`
       select (select count(*) from pgmq.q_embedding_jobs)::int as queued,
-             (select count(*) from util.embedding_requests)::int as in_flight`;
+             (select count(*) from util.embedding_requests where expires_at > now())::int as in_flight`;
     if (row.queued === 0 && row.in_flight === 0) return true;
-    if (row.in_flight === 0) await sql`select util.process_embeddings(${batch}, ${requests}, ${timeout})`;
+    if (row.in_flight === 0) {
+      await sql`select util.process_embeddings(${batch}, ${requests}, ${timeout})`;
+    }
     return false;
   }, options.waitMs ?? 60_000);
 }
@@ -101,7 +130,12 @@ export async function drainPush(
 /** A demo-like table with a content function, attached with util.enable_embeddings. */
 export async function createDocuments(
   sql: Sql,
-  options: { table?: string; pkType?: "bigint" | "uuid" | "text"; model?: string; attach?: boolean } = {},
+  options: {
+    table?: string;
+    pkType?: "bigint" | "uuid" | "text";
+    model?: string;
+    attach?: boolean;
+  } = {},
 ): Promise<void> {
   const table = options.table ?? "documents";
   const pk = options.pkType === "uuid"
@@ -120,9 +154,12 @@ export async function createDocuments(
       as $$ select d.title || ': ' || d.content $$;
   `).simple();
   if (options.attach !== false) {
-    await sql.unsafe(`select util.enable_embeddings('public.${table}', '${table}_input', model => $1)`, [
-      options.model ?? TEST_MODEL,
-    ]);
+    await sql.unsafe(
+      `select util.enable_embeddings('public.${table}', '${table}_input', model => $1)`,
+      [
+        options.model ?? TEST_MODEL,
+      ],
+    );
   }
 }
 

@@ -37,9 +37,12 @@ Deno.test("cluster: pg_cron is preloaded and schedules in the postgres database 
     const [{ libs }] = await sql`select current_setting('shared_preload_libraries') as libs`;
     assert.match(libs, /pg_cron/);
     await sql`create extension if not exists pg_cron`;
-    const [{ id }] = await sql`select cron.schedule('autoembed-test-job', '* * * * *', 'select 1') as id`;
+    const [{ id }] =
+      await sql`select cron.schedule('autoembed-test-job', '* * * * *', 'select 1') as id`;
     assert.ok(Number(id) > 0);
-    await assert.rejects(sql`select cron.schedule('autoembed-test-job-2', '10 seconds', 'select 1')`);
+    await assert.rejects(
+      sql`select cron.schedule('autoembed-test-job-2', '10 seconds', 'select 1')`,
+    );
     await sql`select cron.unschedule('autoembed-test-job')`;
   } finally {
     await sql.end();
@@ -48,8 +51,9 @@ Deno.test("cluster: pg_cron is preloaded and schedules in the postgres database 
 
 Deno.test("roles: anon, authenticated and service_role exist", async () => {
   await withTestDb(async (sql) => {
-    const roles = (await sql`select rolname from pg_roles where rolname in ('anon', 'authenticated', 'service_role')`)
-      .map((r) => r.rolname).sort();
+    const roles =
+      (await sql`select rolname from pg_roles where rolname in ('anon', 'authenticated', 'service_role')`)
+        .map((r) => r.rolname).sort();
     assert.deepEqual(roles, ["anon", "authenticated", "service_role"]);
   });
 });
@@ -64,15 +68,18 @@ Deno.test("migration runner: filename order, one transaction each, recorded vers
   await withTestDb(async (sql, url) => {
     const dir = await migrationsDir({
       "20240102000000_second.sql": "insert into log values ('second');",
-      "20240101000000_first.sql": "create table log (what text, at timestamptz default clock_timestamp());\ninsert into log values ('first');",
-      "20240103000000_third.sql": "insert into log values ('third');\ncreate function f() returns int language sql as $$ select 1; $$;",
+      "20240101000000_first.sql":
+        "create table log (what text, at timestamptz default clock_timestamp());\ninsert into log values ('first');",
+      "20240103000000_third.sql":
+        "insert into log values ('third');\ncreate function f() returns int language sql as $$ select 1; $$;",
     });
     try {
       const applied = await applyMigrations(url, { dir });
       assert.deepEqual(applied, ["20240101000000", "20240102000000", "20240103000000"]);
       const order = (await sql`select what from log order by at`).map((r) => r.what);
       assert.deepEqual(order, ["first", "second", "third"]);
-      const recorded = await sql`select version, name from supabase_migrations.schema_migrations order by version`;
+      const recorded =
+        await sql`select version, name from supabase_migrations.schema_migrations order by version`;
       assert.deepEqual(recorded.map((r) => r.name), ["first", "second", "third"]);
       assert.deepEqual(await applyMigrations(url, { dir }), [], "a re-run applies nothing");
       const [{ n }] = await sql`select count(*)::int as n from log`;
@@ -96,9 +103,12 @@ Deno.test("migration runner: a failing migration stops the run with its file nam
       assert.match(err.message, /20240102000000_broken\.sql/);
       assert.match(err.message, /no_such_table/);
       assert.match(err.message, /line 3/);
-      const tables = (await sql`select tablename from pg_tables where tablename in ('a', 'b', 'c')`).map((r) => r.tablename);
+      const tables = (await sql`select tablename from pg_tables where tablename in ('a', 'b', 'c')`)
+        .map((r) => r.tablename);
       assert.deepEqual(tables, ["a"], "the failing file rolled back; nothing after it ran");
-      const versions = (await sql`select version from supabase_migrations.schema_migrations`).map((r) => r.version);
+      const versions = (await sql`select version from supabase_migrations.schema_migrations`).map((
+        r,
+      ) => r.version);
       assert.deepEqual(versions, ["20240101000000"]);
       await Deno.writeTextFile(join(dir, "20240102000000_broken.sql"), "create table b (x int);");
       assert.deepEqual(await applyMigrations(url, { dir }), ["20240102000000", "20240103000000"]);
@@ -139,13 +149,20 @@ Deno.test("function server: serves index.ts under /functions/v1/<name> with the 
   await Deno.writeTextFile(join(dir, "open", "index.ts"), source);
   await Deno.writeTextFile(join(dir, ".env"), "FROM_DOTENV=yes\n");
   await Deno.writeTextFile(configToml, "[functions.open]\nverify_jwt = false\n");
-  const server = await startFunctions({ port: 0, env: { SUPABASE_DB_URL: "postgresql://example" }, dir, configToml });
+  const server = await startFunctions({
+    port: 0,
+    env: { SUPABASE_DB_URL: "postgresql://example" },
+    dir,
+    configToml,
+  });
   try {
     assert.deepEqual(server.names, ["hello", "open"]);
     let res = await fetch(`${server.url}/hello`);
     assert.equal(res.status, 401, "verify_jwt defaults to on");
     await res.body?.cancel();
-    res = await fetch(`${server.url}/hello/sub?x=1`, { headers: { Authorization: `Bearer ${await localJwt("anon")}` } });
+    res = await fetch(`${server.url}/hello/sub?x=1`, {
+      headers: { Authorization: `Bearer ${await localJwt("anon")}` },
+    });
     assert.equal(res.status, 200);
     const body = await res.json();
     assert.equal(body.path, "/hello/sub");
@@ -168,7 +185,10 @@ Deno.test("function server: a taken port gives a clear error", async () => {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const port = (listener.addr as Deno.NetAddr).port;
   try {
-    await assert.rejects(startFunctions({ port, env: {}, only: [] }), /port \d+ on 127\.0\.0\.1 is taken/);
+    await assert.rejects(
+      startFunctions({ port, env: {}, only: [] }),
+      /port \d+ on 127\.0\.0\.1 is taken/,
+    );
   } finally {
     listener.close();
   }

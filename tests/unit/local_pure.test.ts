@@ -11,7 +11,8 @@ Deno.test("parseDotenv reads KEY=value lines, strips quotes, skips comments", ()
 });
 
 Deno.test("parseVerifyJwt reads verify_jwt per function table", () => {
-  const toml = `[api]\nport = 1\n[functions.embed]\nverify_jwt = false # own check\n[functions.other]\nverify_jwt = true\n[db]\nverify_jwt = false\n`;
+  const toml =
+    `[api]\nport = 1\n[functions.embed]\nverify_jwt = false # own check\n[functions.other]\nverify_jwt = true\n[db]\nverify_jwt = false\n`;
   const map = parseVerifyJwt(toml);
   assert.equal(map.get("embed"), false);
   assert.equal(map.get("other"), true);
@@ -38,7 +39,15 @@ Deno.test("lineOf maps a 1-based position to its line", () => {
 Deno.test("listMigrations orders by version and ignores other files", async () => {
   const dir = await Deno.makeTempDir();
   try {
-    for (const name of ["20240102000000_b.sql", "20240101000000_a.sql", "README.md", "x_y.sql", "20240103_c.sql"]) {
+    for (
+      const name of [
+        "20240102000000_b.sql",
+        "20240101000000_a.sql",
+        "README.md",
+        "x_y.sql",
+        "20240103_c.sql",
+      ]
+    ) {
       await Deno.writeTextFile(`${dir}/${name}`, "select 1;");
     }
     const found = await listMigrations(dir);
@@ -50,10 +59,23 @@ Deno.test("listMigrations orders by version and ignores other files", async () =
 });
 
 Deno.test("CLI parses durations and options", () => {
-  const cases: [string, number][] = [["5s", 5000], ["1m", 60000], ["900", 900], ["250ms", 250], ["1.5s", 1500]];
+  const cases: [string, number][] = [["5s", 5000], ["1m", 60000], ["900", 900], ["250ms", 250], [
+    "1.5s",
+    1500,
+  ]];
   for (const [text, ms] of cases) assert.equal(parseDuration(text, "--poll-interval"), ms);
   assert.throws(() => parseDuration("soon", "--poll-interval"), UsageError);
-  const args = parseArgs(["worker", "-c", "4", "--table", "a", "--table=b", "--once", "-d", "postgresql://x"]);
+  const args = parseArgs([
+    "worker",
+    "-c",
+    "4",
+    "--table",
+    "a",
+    "--table=b",
+    "--once",
+    "-d",
+    "postgresql://x",
+  ]);
   assert.equal(args.command, "worker");
   assert.deepEqual(args.options.get("table"), ["a", "b"]);
   assert.deepEqual(args.options.get("concurrency"), ["4"]);
@@ -63,7 +85,14 @@ Deno.test("CLI parses durations and options", () => {
 });
 
 Deno.test("job batches are validated strictly", () => {
-  const ok = { jobId: 1, id: 5, schema: "public", table: "t", contentFunction: "f", embeddingColumn: "e" };
+  const ok = {
+    jobId: 1,
+    id: 5,
+    schema: "public",
+    table: "t",
+    contentFunction: "f",
+    embeddingColumn: "e",
+  };
   assert.ok(jobBatchSchema.safeParse([ok]).success);
   assert.ok(jobBatchSchema.safeParse([{ ...ok, id: "a-uuid-or-text" }]).success);
   const bad = [

@@ -80,6 +80,8 @@ interface Target {
 interface LoadedRow {
   row_id: string;
   content: string | null;
+  /** The content function's error for this row (safe read only). */
+  error: string | null;
   hash: string;
   has_embedding: boolean;
   fp_hash: string | null;
@@ -108,6 +110,13 @@ interface Failure {
   retry_after?: number;
 }
 
+/**
+ * Provider statuses that may come from one bad input of a batch, so halving the
+ * batch isolates it; a bad key (401/403) or an unknown model (404) fails every
+ * half alike and is not split.
+ */
+const SPLITTABLE_STATUSES = new Set([400, 413, 422]);
+
 /** SQLSTATEs worth retrying at once (deadlock, serialization failure). */
 const RETRY_NOW_SQLSTATES = new Set(["40P01", "40001"]);
 
@@ -120,7 +129,11 @@ function tableLabel(t: { schema_name: string; table_name: string }): string {
 }
 
 /** Processes one batch of jobs. Throws only when the database itself is unreachable. */
-export async function processBatch(sql: postgres.Sql, jobs: Job[], options: ProcessOptions): Promise<BatchResult> {
+export async function processBatch(
+  sql: postgres.Sql,
+  jobs: Job[],
+  options: ProcessOptions,
+): Promise<BatchResult> {
   const started = performance.now();
   const stats: BatchStats = {
     jobs: jobs.length,
@@ -164,9 +177,21 @@ export async function processBatch(sql: postgres.Sql, jobs: Job[], options: Proc
       });
       continue;
     }
+    const rowId = String(job.id);
+    if (!idFitsKeyType(rowId, target.pk_type_sql)) {
+      stats.refused++;
+      failures.push({
+        job_id: job.jobId,
+        target_id: target.id,
+        table_name: tableLabel(target),
+        row_id: rowId.slice(0, 100),
+        error: `refused: the job's id is not a valid ${target.pk_type_sql} primary key value`,
+        retryable: false,
+      });
+      continue;
+    }
     let rows = rowsByTarget.get(target);
     if (!rows) rowsByTarget.set(target, rows = new Map());
-    const rowId = String(job.id);
     const work = rows.get(rowId);
     if (work) work.jobIds.push(job.jobId);
     else rows.set(rowId, { target, rowId, jobIds: [job.jobId] });
@@ -267,22 +292,33 @@ export async function processBatch(sql: postgres.Sql, jobs: Job[], options: Proc
   if (completed.length) {
     await sql`select pgmq.delete(${QUEUE_NAME}, array(select jsonb_array_elements_text(${
       JSON.stringify(completed)
-    }::jsonb)::bigint))`;
+    }::text::jsonb)::bigint))`;
   }
   const failedJobs: FailedJob[] = [];
   if (failures.length) {
     const outcome = await sql<{ job_id: string; dead_lettered: boolean }[]>`
-      select job_id, dead_lettered from util._record_failures(${JSON.stringify(failures)}::jsonb)`;
+      select job_id, dead_lettered from util._record_failures(${
+      JSON.stringify(failures)
+    }::text::jsonb)`;
     const dead = new Map(outcome.map((o) => [Number(o.job_id), o.dead_lettered]));
     for (const f of failures) {
-      failedJobs.push({ jobId: f.job_id, error: f.error, retryable: f.retryable, deadLettered: dead.get(f.job_id) });
+      failedJobs.push({
+        jobId: f.job_id,
+        error: f.error,
+        retryable: f.retryable,
+        deadLettered: dead.get(f.job_id),
+      });
     }
   }
   if (handedBack.length) {
     await sql`select pgmq.set_vt(${QUEUE_NAME}, id::bigint, 0)
-                from jsonb_array_elements_text(${JSON.stringify(handedBack)}::jsonb) id`;
+                from jsonb_array_elements_text(${JSON.stringify(handedBack)}::text::jsonb) id`;
     for (const jobId of handedBack) {
-      failedJobs.push({ jobId, error: "handed back unprocessed (time budget or shutdown); retried at once", retryable: true });
+      failedJobs.push({
+        jobId,
+        error: "handed back unprocessed (time budget or shutdown); retried at once",
+        retryable: true,
+      });
     }
   }
   stats.failed = failures.length;
@@ -303,34 +339,69 @@ function safeProvider(options: ProcessOptions, target: Target): EmbeddingProvide
     return options.providerFor(target.model, target.dimensions);
   } catch (err) {
     if (err instanceof ProviderError) return err;
-    return new ProviderError(`cannot set up the provider for ${target.model}: ${(err as Error).message}`, {
-      retryable: false,
-    });
+    return new ProviderError(
+      `cannot set up the provider for ${target.model}: ${(err as Error).message}`,
+      {
+        retryable: false,
+      },
+    );
   }
 }
 
-function loadQuery(target: Target): string {
+/**
+ * The read of a batch's rows: text, hash, fingerprint and cache hit in one
+ * query. `safe` calls the content function through util._try_content, which
+ * catches its errors per row (slower: one subtransaction per row), so it is
+ * only the fallback when the plain query failed.
+ */
+function loadQuery(target: Target, safe: boolean): string {
   // Identifiers come from util._target_config (quoted there), never from the job.
+  const content = safe
+    ? `util._try_content('${target.content_function_sql.replaceAll("'", "''")}', r)`
+    : `(select ${target.content_function_sql}(r) as content, null::text as error)`;
   return `
     select r.${target.pk_sql}::text as row_id,
            x.content,
+           x.error,
            encode(util._content_hash(x.content), 'hex') as hash,
            r.${target.embedding_sql} is not null as has_embedding,
            encode(f.content_hash, 'hex') as fp_hash,
            f.model as fp_model,
            c.embedding::text as cached
       from ${target.table_sql} r
-      cross join lateral (select ${target.content_function_sql}(r) as content) x
-      left join util.embedding_fingerprints f on f.target_id = $1 and f.row_id = r.${target.pk_sql}::text
+      cross join lateral ${content} x
+      left join util.embedding_fingerprints f
+             on f.target_id = $1 and f.row_id = r.${target.pk_sql}::text
       left join util.embedding_cache c
              on c.model = $2 and c.dimensions = $3 and c.content_hash = util._content_hash(x.content)
-     where r.${target.pk_sql} = any (array(select jsonb_array_elements_text($4::jsonb))::${target.pk_type_sql}[])`;
+     where r.${target.pk_sql} = any (
+             array(select jsonb_array_elements_text($4::text::jsonb))::${target.pk_type_sql}[])`;
+}
+
+/** Whether `id` can be a value of a primary key of type `pkType` (checked before it reaches SQL). */
+export function idFitsKeyType(id: string, pkType: string): boolean {
+  const ranges: Record<string, bigint> = {
+    smallint: 2n ** 15n,
+    integer: 2n ** 31n,
+    bigint: 2n ** 63n,
+  };
+  const bound = ranges[pkType];
+  if (bound !== undefined) {
+    if (!/^-?\d{1,19}$/.test(id)) return false;
+    const value = BigInt(id);
+    return value >= -bound && value < bound;
+  }
+  if (pkType === "uuid") return /^[0-9a-f]{8}-?([0-9a-f]{4}-?){3}[0-9a-f]{12}$/i.test(id);
+  return id.length <= 1000 && !id.includes("\u0000");
 }
 
 /**
- * Reads rows in one query. If that fails (a content function that raises for
- * some row, an id that does not fit the key type), reads row by row so the
- * failing rows are isolated and the others go on (I5).
+ * Reads rows in one query (I5: a failing row never blocks the others). When
+ * the plain read fails, typically because a content function raises for some
+ * row, one more read catches errors per row and reports those rows alone.
+ * The plain read runs in its own transaction: its rollback also leaves the
+ * connection clean for the next query (postgres.js miscounts result rows
+ * after an error in the middle of a result).
  */
 async function loadRows(
   sql: postgres.Sql,
@@ -338,26 +409,27 @@ async function loadRows(
   rowIds: string[],
   onRowError: (rowId: string, message: string) => void,
 ): Promise<Map<string, LoadedRow>> {
-  const query = loadQuery(target);
-  const params = (ids: string[]) => [target.id, target.model, target.dimensions, JSON.stringify(ids)];
+  const params = [target.id, target.model, target.dimensions, JSON.stringify(rowIds)];
   const byId = (rows: LoadedRow[]) => new Map(rows.map((r) => [r.row_id, r]));
   try {
-    return byId(await sql.unsafe<LoadedRow[]>(query, params(rowIds)));
+    return byId(await sql.begin((tx) => tx.unsafe<LoadedRow[]>(loadQuery(target, false), params)));
   } catch (err) {
-    if (isConnectionError(err) || rowIds.length === 1) {
-      if (isConnectionError(err)) throw err;
-      onRowError(rowIds[0], `reading the row failed: ${(err as Error).message}`);
-      return new Map();
-    }
+    if (isConnectionError(err)) throw err;
   }
-  const result = new Map<string, LoadedRow>();
-  for (const rowId of rowIds) {
-    try {
-      for (const row of await sql.unsafe<LoadedRow[]>(query, params([rowId]))) result.set(row.row_id, row);
-    } catch (err) {
-      if (isConnectionError(err)) throw err;
+  let rows: LoadedRow[];
+  try {
+    rows = await sql.begin((tx) => tx.unsafe<LoadedRow[]>(loadQuery(target, true), params));
+  } catch (err) {
+    if (isConnectionError(err)) throw err;
+    for (const rowId of rowIds) {
       onRowError(rowId, `reading the row failed: ${(err as Error).message}`);
     }
+    return new Map();
+  }
+  const result = new Map<string, LoadedRow>();
+  for (const row of rows) {
+    if (row.error === null) result.set(row.row_id, row);
+    else onRowError(row.row_id, `the content function failed: ${row.error}`);
   }
   return result;
 }
@@ -380,7 +452,13 @@ async function embedAll(
     const key = `${work.target.model}\u0000${work.target.dimensions}`;
     let group = groups.get(key);
     if (!group) {
-      groups.set(key, group = { provider: options.providerFor(work.target.model, work.target.dimensions), byText: new Map() });
+      groups.set(
+        key,
+        group = {
+          provider: options.providerFor(work.target.model, work.target.dimensions),
+          byText: new Map(),
+        },
+      );
     }
     const same = group.byText.get(work.text!);
     if (same) same.push(work);
@@ -389,8 +467,15 @@ async function embedAll(
   const tasks: (() => Promise<void>)[] = [];
   for (const { provider, byText } of groups.values()) {
     const texts = [...byText.keys()];
-    for (const indices of planBatches(texts, { maxInputs: provider.maxBatchInputs, maxTokens: provider.maxBatchTokens })) {
-      tasks.push(() => embedBatch(provider, indices.map((i) => texts[i]), byText, options, stats, fail, handedBack));
+    for (
+      const indices of planBatches(texts, {
+        maxInputs: provider.maxBatchInputs,
+        maxTokens: provider.maxBatchTokens,
+      })
+    ) {
+      tasks.push(() =>
+        embedBatch(provider, indices.map((i) => texts[i]), byText, options, stats, fail, handedBack)
+      );
     }
   }
   const concurrency = Math.max(1, options.providerConcurrency ?? 2);
@@ -432,17 +517,21 @@ async function embedBatch(
     }
     const error = err instanceof ProviderError
       ? err
-      : new ProviderError(`embedding failed: ${(err as Error)?.message ?? err}`, { retryable: true });
+      : new ProviderError(`embedding failed: ${(err as Error)?.message ?? err}`, {
+        retryable: true,
+      });
     // A permanent rejection of a multi-input batch may come from one bad
     // input: split it to find that one, so the others still embed (I5).
-    if (!error.retryable && texts.length > 1 && error.status !== undefined && error.status < 500 && error.status !== 401) {
+    if (!error.retryable && texts.length > 1 && SPLITTABLE_STATUSES.has(error.status ?? 0)) {
       const half = Math.ceil(texts.length / 2);
       await embedBatch(provider, texts.slice(0, half), byText, options, stats, fail, handedBack);
       await embedBatch(provider, texts.slice(half), byText, options, stats, fail, handedBack);
       return;
     }
     const retryAfter = error.retryAfterMs ? Math.ceil(error.retryAfterMs / 1000) : undefined;
-    for (const text of texts) for (const work of worksOf(text)) fail(work, error.message, error.retryable, retryAfter);
+    for (const text of texts) {
+      for (const work of worksOf(text)) fail(work, error.message, error.retryable, retryAfter);
+    }
   }
 }
 
@@ -452,7 +541,11 @@ async function embedBatch(
  * and the fingerprints and cache entries go in with it, in one transaction.
  * Returns the row ids written.
  */
-async function writeTarget(sql: postgres.Sql, target: Target, works: RowWork[]): Promise<Set<string>> {
+async function writeTarget(
+  sql: postgres.Sql,
+  target: Target,
+  works: RowWork[],
+): Promise<Set<string>> {
   const input = JSON.stringify(works.map((w) => ({
     row_id: w.rowId,
     hash: w.hash,
@@ -461,7 +554,7 @@ async function writeTarget(sql: postgres.Sql, target: Target, works: RowWork[]):
   })));
   const query = `
     with input as (
-      select * from jsonb_to_recordset($1::jsonb) as i(row_id text, hash text, embedding text, new boolean)
+      select * from jsonb_to_recordset($1::text::jsonb) as i(row_id text, hash text, embedding text, new boolean)
     ), written as (
       update ${target.table_sql} r
          set ${target.embedding_sql} = i.embedding::${target.embedding_type_sql}
@@ -487,7 +580,12 @@ async function writeTarget(sql: postgres.Sql, target: Target, works: RowWork[]):
       const rows = await sql.begin(async (tx) => {
         // Our own write must not enqueue new jobs through the update trigger.
         await tx`select set_config('autoembed.applying', 'on', true)`;
-        return await tx.unsafe<{ row_id: string }[]>(query, [input, target.id, target.model, target.dimensions]);
+        return await tx.unsafe<{ row_id: string }[]>(query, [
+          input,
+          target.id,
+          target.model,
+          target.dimensions,
+        ]);
       });
       return new Set(rows.map((r) => r.row_id));
     } catch (err) {
@@ -502,6 +600,7 @@ async function writeTarget(sql: postgres.Sql, target: Target, works: RowWork[]):
 export function isConnectionError(err: unknown): boolean {
   const code = (err as { code?: string })?.code ?? "";
   return code.startsWith("08") || code === "57P01" || code === "57P02" || code === "57P03" ||
-    code === "CONNECTION_CLOSED" || code === "CONNECTION_ENDED" || code === "CONNECTION_DESTROYED" ||
+    code === "CONNECTION_CLOSED" || code === "CONNECTION_ENDED" ||
+    code === "CONNECTION_DESTROYED" ||
     code === "CONNECT_TIMEOUT" || code === "ECONNREFUSED" || code === "ECONNRESET";
 }

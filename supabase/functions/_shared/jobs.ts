@@ -8,7 +8,10 @@ const identifier = z.string().min(1).max(63).refine((s) => !s.includes("\0"), "c
 
 /** A queue message body (what the triggers enqueue). */
 export const jobMessageSchema = z.object({
-  id: z.union([z.string().min(1).max(1000), z.number().int().refine(Number.isSafeInteger, "unsafe integer")]),
+  id: z.union([
+    z.string().min(1).max(1000),
+    z.number().int().refine(Number.isSafeInteger, "unsafe integer"),
+  ]),
   schema: identifier,
   table: identifier,
   contentFunction: z.string().min(1).max(200),

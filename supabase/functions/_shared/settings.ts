@@ -62,7 +62,13 @@ export function coreSettings(env: Env): CoreSettings {
           { retryable: false },
         );
       }
-      provider = createOpenAIProvider({ apiKey, baseURL, model, dimensions, timeoutMs: providerTimeoutMs });
+      provider = createOpenAIProvider({
+        apiKey,
+        baseURL,
+        model,
+        dimensions,
+        timeoutMs: providerTimeoutMs,
+      });
     }
     providers.set(key, provider);
     return provider;

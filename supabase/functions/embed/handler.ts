@@ -36,7 +36,10 @@ function problem(status: number, message: string, headers: HeadersInit = {}): Re
 async function readBody(req: Request): Promise<string | Response> {
   const declared = Number(req.headers.get("content-length") ?? "0");
   if (declared > MAX_BODY_BYTES) {
-    return problem(400, `request body is ${declared} bytes; the limit is ${MAX_BODY_BYTES}: send smaller batches`);
+    return problem(
+      400,
+      `request body is ${declared} bytes; the limit is ${MAX_BODY_BYTES}: send smaller batches`,
+    );
   }
   const reader = req.body?.getReader();
   if (!reader) return "";
@@ -71,11 +74,20 @@ export function createEmbedHandler(config: EmbedHandlerConfig): EmbedHandler {
   const secret = config.env("EMBED_SECRET") ?? "";
   const dbUrl = config.env("SUPABASE_DB_URL") ?? "";
   // One small pool per function instance; prepare: false works behind poolers.
-  const sql = dbUrl ? postgres(dbUrl, { max: 3, prepare: false, onnotice: () => {}, idle_timeout: 30 }) : null;
+  const sql = dbUrl
+    ? postgres(dbUrl, { max: 3, prepare: false, onnotice: () => {}, idle_timeout: 30 })
+    : null;
 
   async function fetch(req: Request): Promise<Response> {
-    if (req.method !== "POST") return problem(405, "use POST with a JSON array of jobs", { Allow: "POST" });
-    if (!secret) return problem(500, "EMBED_SECRET is not set: set it with supabase secrets set EMBED_SECRET=...");
+    if (req.method !== "POST") {
+      return problem(405, "use POST with a JSON array of jobs", { Allow: "POST" });
+    }
+    if (!secret) {
+      return problem(
+        500,
+        "EMBED_SECRET is not set: set it with supabase secrets set EMBED_SECRET=...",
+      );
+    }
     const token = req.headers.get("authorization")?.match(/^Bearer\s+(.+)$/i)?.[1] ?? "";
     if (!timingSafeEqual(token, secret)) return problem(401, "missing or wrong bearer secret");
     if (!sql) return problem(500, "SUPABASE_DB_URL is not set");
@@ -106,10 +118,16 @@ export function createEmbedHandler(config: EmbedHandlerConfig): EmbedHandler {
       });
     } catch (err) {
       if (isConnectionError(err)) {
-        return problem(503, "database unreachable; the jobs will be retried after their visibility timeout");
+        return problem(
+          503,
+          "database unreachable; the jobs will be retried after their visibility timeout",
+        );
       }
       log(JSON.stringify({ event: "error", message: (err as Error).message }));
-      return problem(500, "processing failed; the jobs will be retried after their visibility timeout");
+      return problem(
+        500,
+        "processing failed; the jobs will be retried after their visibility timeout",
+      );
     }
 
     // Push mode: report back so util.process_embeddings starts the next calls.
@@ -117,8 +135,12 @@ export function createEmbedHandler(config: EmbedHandlerConfig): EmbedHandler {
     const lease = intParam(url, "lease");
     if (lease !== undefined && !config.shutdown?.aborted) {
       try {
-        await sql`select util._embedding_request_done(${lease}, ${intParam(url, "batch_size") ?? 100},
-                    ${intParam(url, "max_requests") ?? 4}, ${intParam(url, "timeout_milliseconds") ?? 120000})`;
+        await sql`select util._embedding_request_done(${lease}, ${
+          intParam(url, "batch_size") ?? 100
+        },
+                    ${intParam(url, "max_requests") ?? 4}, ${
+          intParam(url, "timeout_milliseconds") ?? 120000
+        })`;
       } catch (err) {
         log(JSON.stringify({ event: "continue_failed", message: (err as Error).message }));
       }

@@ -8,6 +8,9 @@ const shutdown = new AbortController();
 // handed back to the queue instead of being lost.
 globalThis.addEventListener("beforeunload", () => shutdown.abort());
 
-const handler = createEmbedHandler({ env: (name) => Deno.env.get(name), shutdown: shutdown.signal });
+const handler = createEmbedHandler({
+  env: (name) => Deno.env.get(name),
+  shutdown: shutdown.signal,
+});
 
 Deno.serve((req) => handler.fetch(req));

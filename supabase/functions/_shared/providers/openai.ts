@@ -1,0 +1,114 @@
+// Embeddings from OpenAI or any OpenAI-compatible endpoint (gateways, Ollama,
+// vLLM, TEI, LM Studio) through the official SDK.
+import OpenAI from "openai";
+import { classifyProviderError, type EmbeddingProvider, ProviderError } from "./types.ts";
+
+const OPENAI_BASE_URL = "https://api.openai.com/v1";
+
+export interface OpenAIProviderOptions {
+  apiKey: string;
+  /** An OpenAI-compatible endpoint, e.g. `http://localhost:11434/v1`; default OpenAI. */
+  baseURL?: string;
+  model: string;
+  dimensions: number;
+  /** Per request; a request that takes longer fails as retryable. */
+  timeoutMs: number;
+  /** Inputs per request (OpenAI accepts 2048). */
+  maxBatchInputs?: number;
+}
+
+/**
+ * Whether to send `dimensions` with the request. OpenAI's text-embedding-3-*
+ * models shorten their vectors to it; ada-002 rejects it. Other model names
+ * only exist on other endpoints (with `baseURL`), where it is sent so that
+ * servers supporting it return the configured size; a server that does not
+ * support it either ignores it (its vectors are then checked against the
+ * configured dimensions) or rejects the request as permanent.
+ */
+export function sendsDimensions(model: string, hasBaseURL: boolean): boolean {
+  if (model.startsWith("text-embedding-3-")) return true;
+  if (model === "text-embedding-ada-002") return false;
+  return hasBaseURL;
+}
+
+export function createOpenAIProvider(opts: OpenAIProviderOptions): EmbeddingProvider {
+  const { apiKey, model, dimensions, timeoutMs } = opts;
+  // Retries belong to the queue (with backoff and Retry-After), not the SDK:
+  // an SDK retry inside a call would hold the batch and hide the failure.
+  // The base URL is always explicit so the SDK never falls back to its own
+  // reading of OPENAI_BASE_URL from the process environment.
+  const client = new OpenAI({
+    apiKey,
+    baseURL: opts.baseURL ?? OPENAI_BASE_URL,
+    timeout: timeoutMs,
+    maxRetries: 0,
+  });
+  const withDimensions = sendsDimensions(model, opts.baseURL !== undefined);
+
+  return {
+    model,
+    dimensions,
+    maxBatchInputs: opts.maxBatchInputs ?? 2048,
+    maxBatchTokens: 300_000,
+    maxInputTokens: 8191,
+    async embed(texts: string[], signal?: AbortSignal): Promise<number[][]> {
+      if (texts.length === 0) return [];
+      try {
+        const response = await client.embeddings.create({
+          model,
+          input: texts,
+          ...(withDimensions ? { dimensions } : {}),
+          encoding_format: "float",
+        }, { signal });
+        return vectorsInOrder(response.data, texts.length, dimensions, model);
+      } catch (err) {
+        // The caller tells its own abort apart by `signal.aborted`.
+        if (signal?.aborted) throw err;
+        throw classifyProviderError(err, { model, timeoutMs, redact: [apiKey, ...texts] });
+      }
+    },
+  };
+}
+
+/**
+ * The response's vectors ordered by `index`, checked against the request:
+ * one vector per input, each of `dimensions` finite numbers. A mismatch is
+ * treated as a transient fault of the endpoint (retryable); if it persists,
+ * the message says what to fix.
+ */
+function vectorsInOrder(
+  data: unknown,
+  count: number,
+  dimensions: number,
+  model: string,
+): number[][] {
+  const malformed = (detail: string) =>
+    new ProviderError(`embedding with ${model} failed: the endpoint answered ${detail}`, {
+      retryable: true,
+    });
+  if (!Array.isArray(data)) throw malformed("without a data array");
+  if (data.length !== count) {
+    throw malformed(`${data.length} vectors for ${count} inputs`);
+  }
+  const vectors: number[][] = new Array(count);
+  data.forEach((item: { index?: unknown; embedding?: unknown }, position) => {
+    const index = item?.index === undefined ? position : item.index;
+    if (typeof index !== "number" || !Number.isInteger(index) || index < 0 || index >= count) {
+      throw malformed(`an embedding with index ${JSON.stringify(index)} for ${count} inputs`);
+    }
+    if (vectors[index] !== undefined) throw malformed(`two embeddings with index ${index}`);
+    const embedding = item.embedding;
+    if (!Array.isArray(embedding)) throw malformed("an embedding that is not a list of numbers");
+    if (embedding.length !== dimensions) {
+      throw malformed(
+        `vectors of ${embedding.length} dimensions, expected ${dimensions}: make the table's ` +
+          `dimensions match the model (or use a model that accepts a dimensions parameter)`,
+      );
+    }
+    if (!embedding.every((v) => typeof v === "number" && Number.isFinite(v))) {
+      throw malformed("a vector with values that are not finite numbers");
+    }
+    vectors[index] = embedding;
+  });
+  return vectors;
+}

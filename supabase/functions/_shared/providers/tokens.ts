@@ -1,0 +1,76 @@
+// Token estimates and request batching for embedding providers. Pure
+// functions: no tokenizer is shipped, so counts are estimates that err on the
+// side of too many tokens.
+
+/** Bytes of the UTF-8 encoding of the code point starting at `text[i]`, and its UTF-16 length. */
+function codePointAt(text: string, i: number): { bytes: number; units: number } {
+  const unit = text.charCodeAt(i);
+  if (unit < 0x80) return { bytes: 1, units: 1 };
+  if (unit < 0x800) return { bytes: 2, units: 1 };
+  if (unit >= 0xd800 && unit <= 0xdbff && i + 1 < text.length) {
+    const next = text.charCodeAt(i + 1);
+    if (next >= 0xdc00 && next <= 0xdfff) return { bytes: 4, units: 2 };
+  }
+  return { bytes: 3, units: 1 };
+}
+
+/**
+ * Estimated token count: UTF-8 bytes / 3, rounded up, so at least 1 for any
+ * non-empty text. An estimate, not a tokenizer: BPE tokenizers average about
+ * 4 bytes per token on English, so this over-counts prose, and is close for
+ * CJK (3 bytes, usually one token per character).
+ */
+export function estimateTokens(text: string): number {
+  let bytes = 0;
+  for (let i = 0; i < text.length;) {
+    const cp = codePointAt(text, i);
+    bytes += cp.bytes;
+    i += cp.units;
+  }
+  return Math.ceil(bytes / 3);
+}
+
+/**
+ * The longest prefix of `text` whose estimate is at most `maxTokens`. Cuts
+ * between code points, never inside a surrogate pair.
+ */
+export function truncateToTokens(text: string, maxTokens: number): string {
+  const maxBytes = Math.max(0, Math.floor(maxTokens)) * 3;
+  let bytes = 0;
+  for (let i = 0; i < text.length;) {
+    const cp = codePointAt(text, i);
+    if (bytes + cp.bytes > maxBytes) return text.slice(0, i);
+    bytes += cp.bytes;
+    i += cp.units;
+  }
+  return text;
+}
+
+/**
+ * Splits the indices of `texts` into consecutive batches of at most
+ * `maxInputs` texts and at most `maxTokens` estimated tokens. A text that is
+ * over `maxTokens` on its own gets a batch of its own (the provider then
+ * rejects or truncates it, without taking others down). Every index appears
+ * exactly once, in order.
+ */
+export function planBatches(
+  texts: string[],
+  limits: { maxInputs: number; maxTokens: number },
+): number[][] {
+  const maxInputs = Math.max(1, Math.floor(limits.maxInputs));
+  const batches: number[][] = [];
+  let current: number[] = [];
+  let tokens = 0;
+  texts.forEach((text, index) => {
+    const cost = estimateTokens(text);
+    if (current.length > 0 && (current.length >= maxInputs || tokens + cost > limits.maxTokens)) {
+      batches.push(current);
+      current = [];
+      tokens = 0;
+    }
+    current.push(index);
+    tokens += cost;
+  });
+  if (current.length > 0) batches.push(current);
+  return batches;
+}

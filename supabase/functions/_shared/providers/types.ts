@@ -1,0 +1,200 @@
+// The one interface every embedding provider implements, and the one place
+// that decides whether a provider failure is worth retrying.
+import { APIConnectionError, APIConnectionTimeoutError, APIError, APIUserAbortError } from "openai";
+
+export interface EmbeddingProvider {
+  /** Model name as configured on the table (util.embedding_targets). */
+  readonly model: string;
+  /** Length of every vector `embed` returns. */
+  readonly dimensions: number;
+  /** Most inputs one `embed` call may carry. */
+  readonly maxBatchInputs: number;
+  /** Most estimated tokens (see tokens.ts) one `embed` call may carry. */
+  readonly maxBatchTokens: number;
+  /** Most estimated tokens one input may have. */
+  readonly maxInputTokens: number;
+  /**
+   * One vector per text, in the order of `texts`. Fails with a ProviderError,
+   * or with whatever aborted the call when `signal` is aborted.
+   */
+  embed(texts: string[], signal?: AbortSignal): Promise<number[][]>;
+}
+
+/**
+ * A failed provider call. `retryable` tells the queue whether to try again
+ * later (with backoff, or after `retryAfterMs` when the provider said so).
+ * The message is stored where users can read it: it never holds input text
+ * or credentials.
+ */
+export class ProviderError extends Error {
+  readonly retryable: boolean;
+  readonly status?: number;
+  readonly retryAfterMs?: number;
+
+  constructor(
+    message: string,
+    opts: { retryable: boolean; status?: number; retryAfterMs?: number; cause?: unknown },
+  ) {
+    super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
+    this.name = "ProviderError";
+    this.retryable = opts.retryable;
+    if (opts.status !== undefined) this.status = opts.status;
+    if (opts.retryAfterMs !== undefined) this.retryAfterMs = opts.retryAfterMs;
+  }
+}
+
+export interface ErrorContext {
+  /** Names the model in the message. */
+  model?: string;
+  /** The client timeout, to say how long was waited. */
+  timeoutMs?: number;
+  /** Strings that must not appear in the message (API key, input texts). */
+  redact?: readonly string[];
+}
+
+/**
+ * Turns any error from an embedding call into a ProviderError:
+ * 429, 408, 409 and 5xx, timeouts, connection failures and malformed
+ * responses are retryable; other 4xx (bad request, auth, unknown model) are
+ * permanent. Server-written error text is not copied into the message, as
+ * a provider may echo the input; only its status and error code are.
+ */
+export function classifyProviderError(err: unknown, context: ErrorContext = {}): ProviderError {
+  if (err instanceof ProviderError) return err;
+  const prefix = context.model ? `embedding with ${context.model} failed: ` : "embedding failed: ";
+  const make = (
+    message: string,
+    opts: { retryable: boolean; status?: number; retryAfterMs?: number },
+  ) => new ProviderError(prefix + message, { ...opts, cause: err });
+
+  if (err instanceof APIUserAbortError || isDomError(err, "AbortError")) {
+    return make("the request was aborted before the endpoint answered", { retryable: true });
+  }
+  if (err instanceof APIConnectionTimeoutError || isDomError(err, "TimeoutError")) {
+    const waited = context.timeoutMs
+      ? ` within ${context.timeoutMs} ms (EMBEDDING_TIMEOUT_MS)`
+      : "";
+    return make(`the endpoint did not answer${waited}`, { retryable: true });
+  }
+  if (err instanceof APIConnectionError) {
+    const cause = describeCause((err as { cause?: unknown }).cause, context.redact);
+    return make(`could not reach the endpoint (check OPENAI_BASE_URL)${cause}`, {
+      retryable: true,
+    });
+  }
+  const status = httpStatus(err);
+  if (status !== undefined) return classifyStatus(err, status, make);
+  if (err instanceof SyntaxError) {
+    return make("the endpoint answered with malformed JSON", { retryable: true });
+  }
+  return make(`unexpected error${describeCause(err, context.redact)}`, { retryable: true });
+}
+
+type Make = (
+  message: string,
+  opts: { retryable: boolean; status?: number; retryAfterMs?: number },
+) => ProviderError;
+
+function classifyStatus(err: unknown, status: number, make: Make): ProviderError {
+  const code = errorCode(err);
+  const label = `${status}${code ? ` ${code}` : ""}`;
+  if (status === 429) {
+    const retryAfterMs = retryAfterMsOf(headersOf(err));
+    const when = retryAfterMs === undefined
+      ? "retrying with backoff"
+      : `retrying after ${Math.ceil(retryAfterMs / 1000)} s`;
+    return make(`rate limited by the endpoint (${label}); ${when}`, {
+      retryable: true,
+      status,
+      retryAfterMs,
+    });
+  }
+  if (status === 408 || status === 409 || status >= 500) {
+    return make(`the endpoint failed (${label}); retrying with backoff`, {
+      retryable: true,
+      status,
+    });
+  }
+  if (status === 401 || status === 403) {
+    return make(
+      `the endpoint refused the credentials (${label}): check OPENAI_API_KEY ` +
+        `(and OPENAI_BASE_URL if you use another endpoint)`,
+      { retryable: false, status },
+    );
+  }
+  if (status === 404) {
+    return make(
+      `the endpoint does not know this model or path (${label}): check the table's model and ` +
+        `OPENAI_BASE_URL`,
+      { retryable: false, status },
+    );
+  }
+  return make(
+    `the endpoint rejected the request (${label}): an input may be too long or invalid for the ` +
+      `model, or the model may not accept these dimensions`,
+    { retryable: false, status },
+  );
+}
+
+/**
+ * Milliseconds to wait, from `retry-after-ms`, or `retry-after` as seconds
+ * or an HTTP date. Undefined when absent or unreadable.
+ */
+export function retryAfterMsOf(
+  headers: Headers | Record<string, string | null | undefined> | undefined,
+  now = Date.now(),
+): number | undefined {
+  if (!headers) return undefined;
+  const get = (name: string) =>
+    headers instanceof Headers ? headers.get(name) : headers[name] ?? headers[name.toLowerCase()];
+  const ms = get("retry-after-ms");
+  if (ms && /^\s*\d+(\.\d+)?\s*$/.test(ms)) return Math.round(Number(ms));
+  const value = get("retry-after")?.trim();
+  if (!value) return undefined;
+  if (/^\d+(\.\d+)?$/.test(value)) return Math.round(Number(value) * 1000);
+  const date = Date.parse(value);
+  if (Number.isNaN(date)) return undefined;
+  return Math.max(0, date - now);
+}
+
+function httpStatus(err: unknown): number | undefined {
+  const status = err instanceof APIError
+    ? err.status
+    : (err as { status?: unknown } | null)?.status;
+  return typeof status === "number" && status >= 100 && status <= 599 ? status : undefined;
+}
+
+function headersOf(err: unknown): Headers | Record<string, string> | undefined {
+  const headers = (err as { headers?: unknown } | null)?.headers;
+  if (headers instanceof Headers) return headers;
+  if (headers && typeof headers === "object") return headers as Record<string, string>;
+  return undefined;
+}
+
+/** The API's machine-readable error code or type, if it looks like an identifier. */
+function errorCode(err: unknown): string | undefined {
+  const e = err as { code?: unknown; type?: unknown } | null;
+  for (const value of [e?.code, e?.type]) {
+    if (typeof value === "string" && /^[A-Za-z0-9_.-]{1,64}$/.test(value)) return value;
+  }
+  return undefined;
+}
+
+function isDomError(err: unknown, name: string): boolean {
+  return typeof err === "object" && err !== null && (err as { name?: unknown }).name === name;
+}
+
+/**
+ * A short description of an underlying error (e.g. "connection refused") for
+ * errors that come from our side of the wire, with secrets and inputs cut out.
+ */
+function describeCause(cause: unknown, redact: readonly string[] = []): string {
+  if (!(cause instanceof Error)) return "";
+  let text = `${cause.name}: ${cause.message}`;
+  for (const secret of redact) {
+    if (secret.length >= 4) text = text.split(secret).join("[redacted]");
+  }
+  text = text.replace(/\b(sk|pk|rk)-[A-Za-z0-9_-]{8,}/g, "[redacted]")
+    .replace(/\/\/[^/@\s]+@/g, "//[redacted]@");
+  return ` (${text.length > 200 ? `${text.slice(0, 200)}...` : text})`;
+}

@@ -1,0 +1,103 @@
+// Runs the operator CLI (cli/autoembed.ts) as a real subprocess, the way users
+// do, with its output captured.
+import { ROOT } from "../../local/config.ts";
+
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs `deno task autoembed <args>` to completion. */
+export async function runCli(args: string[], env: Record<string, string> = {}): Promise<CliResult> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "cli/autoembed.ts", ...args],
+    cwd: ROOT,
+    env: { NO_COLOR: "1", DATABASE_URL: "", ...env },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder();
+  return { code: out.code, stdout: text.decode(out.stdout), stderr: text.decode(out.stderr) };
+}
+
+/** A worker process started in the background; its output is collected line by line. */
+export interface WorkerProcess {
+  child: Deno.ChildProcess;
+  lines: string[];
+  /** Resolves when a stderr/stdout line matches `pattern`. */
+  waitForLine(pattern: RegExp, timeoutMs?: number): Promise<string>;
+  /** Sends `signal` and resolves with the exit code. */
+  stop(signal?: Deno.Signal): Promise<number>;
+  status: Promise<Deno.CommandStatus>;
+}
+
+export function spawnWorker(args: string[], env: Record<string, string>): WorkerProcess {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "cli/autoembed.ts", "worker", ...args],
+    cwd: ROOT,
+    env: { NO_COLOR: "1", ...env },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const lines: string[] = [];
+  const waiters: { pattern: RegExp; resolve: (line: string) => void }[] = [];
+  const collect = async (stream: ReadableStream<Uint8Array>) => {
+    let buffer = "";
+    for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
+      buffer += chunk;
+      let nl;
+      while ((nl = buffer.indexOf("\n")) >= 0) {
+        const line = buffer.slice(0, nl);
+        buffer = buffer.slice(nl + 1);
+        lines.push(line);
+        for (const w of [...waiters]) {
+          if (w.pattern.test(line)) {
+            waiters.splice(waiters.indexOf(w), 1);
+            w.resolve(line);
+          }
+        }
+      }
+    }
+  };
+  const piping = Promise.all([collect(child.stdout), collect(child.stderr)]);
+  const status = child.status.then(async (s) => {
+    await piping;
+    return s;
+  });
+  return {
+    child,
+    lines,
+    status,
+    waitForLine(pattern, timeoutMs = 30_000) {
+      const seen = lines.find((l) => pattern.test(l));
+      if (seen) return Promise.resolve(seen);
+      return new Promise((resolve, reject) => {
+        const timer = setTimeout(
+          () =>
+            reject(
+              new Error(`no line matching ${pattern} within ${timeoutMs} ms:\n${lines.join("\n")}`),
+            ),
+          timeoutMs,
+        );
+        waiters.push({
+          pattern,
+          resolve: (line) => {
+            clearTimeout(timer);
+            resolve(line);
+          },
+        });
+      });
+    },
+    async stop(signal: Deno.Signal = "SIGTERM") {
+      try {
+        child.kill(signal);
+      } catch {
+        // already exited
+      }
+      return (await status).code;
+    },
+  };
+}

@@ -1,0 +1,268 @@
+// A fake OpenAI-compatible embeddings endpoint on loopback for tests: answers
+// POST /v1/embeddings with deterministic vectors (float or base64), with
+// injectable latency and faults (status codes, outages, slowness, malformed or
+// wrong-sized answers).
+import { Buffer } from "node:buffer";
+import { estimateTokens } from "../../supabase/functions/_shared/providers/tokens.ts";
+
+export type Fault =
+  /** Answer `status` (with `Retry-After` and `body` if given). */
+  | { kind: "status"; status: number; times?: number; retryAfter?: string; body?: string }
+  /** 503 for every request until epoch ms `untilMs`. */
+  | { kind: "outage"; untilMs: number }
+  /**
+   * Wait `delayMs` before answering. Meant to exceed the client timeout, so
+   * these requests count as failed even if the answer arrives in time.
+   */
+  | { kind: "slow"; delayMs: number; times?: number }
+  /** 200 with a body that is not JSON. */
+  | { kind: "malformed"; times?: number }
+  /** 200 with vectors one dimension longer than requested. */
+  | { kind: "wrong-dimensions"; times?: number }
+  /** 400 for any request with an input containing `contains`. */
+  | { kind: "reject-text"; contains: string };
+
+export interface FakeOpenAIStats {
+  /** Every request to the embeddings path, failed or not. */
+  requests: number;
+  /** Inputs of successful requests. */
+  inputs: number;
+  /** Requests that failed because of a fault. */
+  failedRequests: number;
+  /** Every input received, in order, including those of failed requests. */
+  texts: string[];
+}
+
+export interface FakeOpenAI {
+  /** e.g. `http://127.0.0.1:PORT/v1`, for the SDK's `baseURL`. */
+  baseURL: string;
+  stats: FakeOpenAIStats;
+  resetStats(): void;
+  setLatency(ms: number): void;
+  /** Injects a fault; `times` (default unlimited) counts affected requests. */
+  setFault(f: Fault | null): void;
+  close(): Promise<void>;
+}
+
+const DEFAULT_DIMENSIONS = 1536;
+
+/**
+ * The fake's vector for `text`: pseudo-random from a hash of the text,
+ * L2-normalised. Deterministic, so tests can compare stored embeddings.
+ */
+export function fakeVector(text: string, dimensions: number): number[] {
+  const next = prng(hash32(text, 0x811c9dc5), hash32(text, 0x01234567), text.length, dimensions);
+  const values = Array.from({ length: dimensions }, () => next() * 2 - 1);
+  const norm = Math.sqrt(values.reduce((sum, v) => sum + v * v, 0)) || 1;
+  return values.map((v) => v / norm);
+}
+
+function hash32(text: string, seed: number): number {
+  let h = seed;
+  for (let i = 0; i < text.length; i++) {
+    h ^= text.charCodeAt(i);
+    h = Math.imul(h, 0x01000193);
+  }
+  return h >>> 0;
+}
+
+/** sfc32: a small PRNG with 128 bits of state (`d` is its counter); floats in [0, 1). */
+function prng(a: number, b: number, c: number, d: number): () => number {
+  const step = () => {
+    const t = (((a + b) | 0) + d) | 0;
+    d = (d + 1) | 0;
+    a = b ^ (b >>> 9);
+    b = (c + (c << 3)) | 0;
+    c = (c << 21) | (c >>> 11);
+    c = (c + t) | 0;
+    return (t >>> 0) / 4294967296;
+  };
+  for (let i = 0; i < 12; i++) step(); // mix the seed
+  return step;
+}
+
+function json(status: number, body: unknown, headers: Record<string, string> = {}): Response {
+  return new Response(JSON.stringify(body), {
+    status,
+    headers: { "content-type": "application/json", ...headers },
+  });
+}
+
+function apiError(
+  status: number,
+  message: string,
+  type: string,
+  code: string | null = null,
+): Response {
+  return json(status, { error: { message, type, param: null, code } });
+}
+
+function base64Float32(vector: number[]): string {
+  const view = new DataView(new ArrayBuffer(vector.length * 4));
+  vector.forEach((v, i) => view.setFloat32(i * 4, v, true));
+  return Buffer.from(view.buffer).toString("base64");
+}
+
+export async function startFakeOpenAI(
+  opts: { latencyMs?: number; perInputMs?: number } = {},
+): Promise<FakeOpenAI> {
+  let latencyMs = opts.latencyMs ?? 0;
+  const perInputMs = opts.perInputMs ?? 0;
+  let fault: Fault | null = null;
+  let faultLeft = Infinity;
+  const closing = new AbortController();
+  const stats: FakeOpenAIStats = { requests: 0, inputs: 0, failedRequests: 0, texts: [] };
+
+  /** Resolves after `ms`, or early when the server closes. */
+  const sleep = (ms: number) =>
+    new Promise<void>((resolve) => {
+      if (ms <= 0) return resolve();
+      const done = () => {
+        clearTimeout(timer);
+        closing.signal.removeEventListener("abort", done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      closing.signal.addEventListener("abort", done);
+    });
+
+  /** The fault for this request, if any, counting it against `times`. */
+  const takeFault = (): Fault | null => {
+    if (!fault) return null;
+    const current = fault;
+    if (current.kind === "outage") {
+      if (Date.now() < current.untilMs) return current;
+      fault = null;
+      return null;
+    }
+    if (--faultLeft <= 0) fault = null;
+    return current;
+  };
+
+  const handle = async (request: Request): Promise<Response> => {
+    const url = new URL(request.url);
+    if (url.pathname !== "/v1/embeddings") {
+      return apiError(404, "not found", "invalid_request_error");
+    }
+    if (request.method !== "POST") return apiError(405, "use POST", "invalid_request_error");
+    stats.requests++;
+    if (!/^Bearer \S+/.test(request.headers.get("authorization") ?? "")) {
+      stats.failedRequests++;
+      return apiError(401, "missing bearer token", "invalid_request_error", "invalid_api_key");
+    }
+    let body: { model?: unknown; input?: unknown; dimensions?: unknown; encoding_format?: unknown };
+    try {
+      body = await request.json();
+    } catch {
+      stats.failedRequests++;
+      return apiError(400, "body is not JSON", "invalid_request_error");
+    }
+    const inputs = typeof body.input === "string" ? [body.input] : body.input;
+    const dimensions = body.dimensions ?? DEFAULT_DIMENSIONS;
+    const format = body.encoding_format ?? "float";
+    if (
+      typeof body.model !== "string" || body.model === "" ||
+      !Array.isArray(inputs) || inputs.length === 0 ||
+      !inputs.every((t) => typeof t === "string") ||
+      typeof dimensions !== "number" || !Number.isInteger(dimensions) || dimensions < 1 ||
+      (format !== "float" && format !== "base64")
+    ) {
+      stats.failedRequests++;
+      return apiError(400, "invalid embeddings request", "invalid_request_error");
+    }
+    const texts = inputs as string[];
+    stats.texts.push(...texts);
+    await sleep(latencyMs + perInputMs * texts.length);
+
+    const active = fault?.kind === "reject-text"
+      ? (texts.some((t) => t.includes((fault as { contains: string }).contains)) ? fault : null)
+      : takeFault();
+    let wrongDimensions = false;
+    let failed = false;
+    if (active) {
+      switch (active.kind) {
+        case "status": {
+          stats.failedRequests++;
+          const headers: Record<string, string> = { "content-type": "application/json" };
+          if (active.retryAfter !== undefined) headers["retry-after"] = active.retryAfter;
+          const text = active.body ??
+            JSON.stringify({
+              error: {
+                message: `injected ${active.status}`,
+                type: "fake_fault",
+                param: null,
+                code: null,
+              },
+            });
+          return new Response(text, { status: active.status, headers });
+        }
+        case "outage":
+          stats.failedRequests++;
+          return apiError(503, "service unavailable (injected outage)", "server_error");
+        case "slow":
+          await sleep(active.delayMs);
+          failed = true;
+          break;
+        case "malformed":
+          stats.failedRequests++;
+          return new Response('{"object": "list", "data": [{"embedding": [0.1, ', {
+            status: 200,
+            headers: { "content-type": "application/json" },
+          });
+        case "wrong-dimensions":
+          wrongDimensions = failed = true;
+          break;
+        case "reject-text":
+          stats.failedRequests++;
+          return apiError(400, "an input was rejected (injected)", "invalid_request_error");
+      }
+    }
+    if (failed) stats.failedRequests++;
+    else stats.inputs += texts.length;
+    const tokens = texts.reduce((sum, t) => sum + estimateTokens(t), 0);
+    const size = wrongDimensions ? dimensions + 1 : dimensions;
+    // Listed in reverse: the API promises `index`, not order, so clients must sort.
+    const data = texts.map((text, index) => {
+      const vector = fakeVector(text, size);
+      return {
+        object: "embedding",
+        index,
+        embedding: format === "base64" ? base64Float32(vector) : vector,
+      };
+    }).reverse();
+    return json(200, {
+      object: "list",
+      data,
+      model: body.model,
+      usage: { prompt_tokens: tokens, total_tokens: tokens },
+    });
+  };
+
+  const listening = Promise.withResolvers<Deno.NetAddr>();
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen: (addr) => listening.resolve(addr) },
+    handle,
+  );
+  const { port } = await listening.promise;
+  return {
+    baseURL: `http://127.0.0.1:${port}/v1`,
+    stats,
+    resetStats() {
+      stats.requests = 0;
+      stats.inputs = 0;
+      stats.failedRequests = 0;
+      stats.texts.length = 0;
+    },
+    setLatency(ms: number) {
+      latencyMs = ms;
+    },
+    setFault(f: Fault | null) {
+      faultLeft = f && "times" in f && f.times !== undefined ? f.times : Infinity;
+      fault = faultLeft > 0 ? f : null;
+    },
+    async close() {
+      closing.abort();
+      await server.shutdown();
+    },
+  };
+}
