@@ -129,12 +129,25 @@ async function withDb<T>(url: string, fn: (sql: postgres.Sql) => Promise<T>): Pr
 
 /** Resolves a user-given table name to a regclass text, or a UsageError naming the attached tables. */
 async function resolveTable(sql: postgres.Sql, name: string, column: string): Promise<string> {
-  const [row] = await sql`
-    select t.table_oid::text as table_sql
-      from util.embedding_targets t
-     where t.table_oid = to_regclass(${name}) and t.embedding_column = ${column}`;
+  let row;
+  try {
+    [row] = await sql`
+      select format('%I.%I', n.nspname, c.relname) as table_sql
+        from util.embedding_targets t
+        join pg_class c on c.oid = t.table_oid
+        join pg_namespace n on n.oid = c.relnamespace
+       where t.table_oid = to_regclass(${name}) and t.embedding_column = ${column}`;
+  } catch (err) {
+    if ((err as Error).name !== "PostgresError") throw err;
+    row = undefined; // not even a valid table name
+  }
   if (row) return row.table_sql;
-  const attached = await sql`select table_oid::text as t from util.embedding_targets order by 1`;
+  const attached = await sql`
+    select format('%I.%I', n.nspname, c.relname) as t
+      from util.embedding_targets e
+      join pg_class c on c.oid = e.table_oid
+      join pg_namespace n on n.oid = c.relnamespace
+     order by 1`;
   const list = attached.map((r) => r.t).join(", ") || "none";
   throw new UsageError(
     `table "${name}" (column ${column}) is not attached to autoembed (attached: ${list})`,

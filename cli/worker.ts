@@ -73,12 +73,15 @@ function sleep(ms: number, wake: Promise<void>): Promise<void> {
 
 export async function runWorker(options: WorkerOptions): Promise<WorkerResult> {
   const log = options.log ?? (() => {});
-  const sql = postgres(options.dbUrl, {
-    max: options.concurrency + 1,
-    onnotice: () => {},
-    idle_timeout: 60,
-    connect_timeout: 10,
-  });
+  const newClient = () =>
+    postgres(options.dbUrl, {
+      max: options.concurrency + 1,
+      onnotice: () => {},
+      idle_timeout: 60,
+      connect_timeout: 10,
+      connection: { application_name: "autoembed worker" },
+    });
+  let sql = newClient();
   const result: WorkerResult = { batches: 0, completed: 0, failed: 0 };
   const filters = claimFilters(options.tables);
   let filterTurn = 0;
@@ -96,15 +99,41 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerResult> {
     wakeResolve();
     wake = new Promise<void>((r) => (wakeResolve = r));
   }
-  let listener: { unlisten(): Promise<void> } | null = null;
-  if (!options.once) {
-    try {
-      listener = await sql.listen(NOTIFY_CHANNEL, () => nudge(), () => nudge());
-    } catch (err) {
-      await sql.end({ timeout: 1 });
-      throw err;
-    }
+  let listener = null as { unlisten(): Promise<void> } | null;
+  const listen = async () => {
+    if (!options.once) listener = await sql.listen(NOTIFY_CHANNEL, () => nudge(), () => nudge());
+  };
+  try {
+    await listen();
+  } catch (err) {
+    await sql.end({ timeout: 1 });
+    throw err;
   }
+
+  /** Replaces the pool: queries on the old one fail, their batches come back after the vt. */
+  let lastReset = 0;
+  function resetClient(reason: string) {
+    if (Date.now() - lastReset < 200) return;
+    lastReset = Date.now();
+    log(JSON.stringify({ event: "client_reset", reason: reason.slice(0, 200) }));
+    const old = sql;
+    sql = newClient();
+    old.end({ timeout: 0 }).catch(() => {});
+    listen().catch(() => nudge());
+  }
+  // postgres.js can throw from a timer, or reject a promise nobody holds, when
+  // a connection dies in the middle of a write (seen on Postgres restarts),
+  // which would end the process. Keep the worker alive with a fresh pool.
+  const onUncaught = (event: ErrorEvent) => {
+    event.preventDefault();
+    resetClient(String(event.message));
+  };
+  const onUnhandled = (event: PromiseRejectionEvent) => {
+    event.preventDefault();
+    resetClient(String((event.reason as Error)?.message ?? event.reason));
+  };
+  globalThis.addEventListener("error", onUncaught);
+  globalThis.addEventListener("unhandledrejection", onUnhandled);
 
   log(JSON.stringify({
     event: "started",
@@ -156,16 +185,21 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerResult> {
         jobs = await claim();
         consecutiveErrors = 0;
       } catch (err) {
-        if (!isConnectionError(err)) throw err;
+        const unreachable = isConnectionError(err);
+        // --once is a batch job: a failing statement is a bug to report, not to wait out.
+        if (!unreachable && options.once) throw err;
         // Reconnect with jittered exponential backoff; postgres.js reconnects on the next query.
         consecutiveErrors++;
+        // A pool whose connections ended keeps failing; start afresh.
+        if (consecutiveErrors >= 2) resetClient(`repeated ${(err as { code?: string }).code}`);
         const delay = Math.min(30_000, 250 * 2 ** Math.min(consecutiveErrors, 7)) *
           (0.5 + Math.random());
         log(
           JSON.stringify({
-            event: "db_unavailable",
+            event: unreachable ? "db_unavailable" : "claim_failed",
             retryInMs: Math.round(delay),
             code: (err as { code?: string }).code,
+            message: unreachable ? undefined : String((err as Error)?.message).slice(0, 200),
           }),
         );
         await sleep(delay, new Promise(() => {}));
@@ -204,13 +238,15 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerResult> {
           totalCompleted: result.completed,
         });
       } catch (err) {
-        if (!isConnectionError(err)) throw err;
+        const unreachable = isConnectionError(err);
+        if (!unreachable && options.once) throw err;
         // The batch's jobs reappear after the visibility timeout; nothing is lost.
         log(
           JSON.stringify({
             event: "batch_interrupted",
             jobs: jobs.length,
             code: (err as { code?: string }).code,
+            message: unreachable ? undefined : String((err as Error)?.message).slice(0, 200),
           }),
         );
       }
@@ -221,6 +257,8 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerResult> {
     await Promise.all(Array.from({ length: options.concurrency }, () => slot()));
   } finally {
     await listener?.unlisten().catch(() => {});
+    globalThis.removeEventListener("error", onUncaught);
+    globalThis.removeEventListener("unhandledrejection", onUnhandled);
     await sql.end({ timeout: 5 });
   }
   return result;

@@ -586,18 +586,19 @@ language plpgsql
 set search_path = ''
 as $$
 declare
-  rel record;
+  table_schema text;
+  table_name text;
   moved jsonb[];
 begin
   if target_table is not null then
-    select n.nspname, c.relname into rel
+    select n.nspname, c.relname into table_schema, table_name
       from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
      where c.oid = target_table;
   end if;
   with taken as (
     delete from pgmq.a_embedding_jobs a
      where target_table is null
-        or (a.message ->> 'schema' = rel.nspname and a.message ->> 'table' = rel.relname)
+        or (a.message ->> 'schema' = table_schema and a.message ->> 'table' = table_name)
     returning a.message
   )
   select array_agg(message) into moved from taken;

@@ -26,7 +26,7 @@ Deno.test("cluster: vector, hstore and the shims are installed; halfvec and an H
     await sql`create index on items using hnsw (embedding halfvec_cosine_ops)`;
     const [{ id }] = await sql`select id from items order by embedding <=> '[1,2,3]' limit 1`;
     assert.equal(id, 1);
-    const [{ path }] = await sql`show search_path`;
+    const [{ search_path: path }] = await sql`show search_path`;
     assert.match(path, /extensions/);
   });
 });
@@ -87,7 +87,7 @@ Deno.test("migration runner: filename order, one transaction each, recorded vers
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
-  });
+  }, { template: "template1" });
 });
 
 Deno.test("migration runner: a failing migration stops the run with its file name and the server's error", async () => {
@@ -115,7 +115,7 @@ Deno.test("migration runner: a failing migration stops the run with its file nam
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
-  });
+  }, { template: "template1" });
 });
 
 Deno.test("migration runner: seed runs after the migrations when asked", async () => {
@@ -130,7 +130,7 @@ Deno.test("migration runner: seed runs after the migrations when asked", async (
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
-  });
+  }, { template: "template1" });
 });
 
 Deno.test("function server: serves index.ts under /functions/v1/<name> with the Supabase environment and JWT check", async () => {

@@ -181,7 +181,14 @@ Deno.test("Postgres restarted mid-drain: the worker reconnects and everything is
     try {
       await waitFor("the drain to finish after the restart", async () => {
         return await queueLength(after) === 0;
-      }, 60_000);
+      }, 60_000).catch(async (err) => {
+        const queue =
+          await after`select count(*)::int as n, min(vt) as next_vt from pgmq.q_embedding_jobs`;
+        throw new Error(
+          `${err.message}; queue ${JSON.stringify(queue)}; worker said:\n` +
+            worker.lines.filter((l) => !l.includes(`"event":"batch"`)).slice(-40).join("\n"),
+        );
+      });
       assert.deepEqual(await wrongRows(after), []);
       assert.ok(
         worker.lines.some((l) => /db_unavailable|batch_interrupted/.test(l)),
@@ -226,6 +233,11 @@ Deno.test("CLI: bad input gives a one-line error and exit code 2", async () => {
       },
       { args: ["status", "-d", url, "--frobnicate"], message: /unknown option --frobnicate/ },
       { args: ["launch", "-d", url], message: /unknown command "launch"/ },
+      { args: ["backfill", 'a b"; drop table documents', "-d", url], message: /is not attached/ },
+      {
+        args: ["reembed", "documents", "-d", url, "--dimensions", "-3"],
+        message: /needs a value|not a positive/,
+      },
     ];
     for (const c of cases) {
       const r = await runCli(c.args, c.env);
@@ -252,10 +264,10 @@ Deno.test("CLI: status, backfill, reembed and retry-failed report what they did"
     await sql`select pgmq.purge_queue('embedding_jobs')`;
     r = await runCli(["backfill", "documents", "-d", url]);
     assert.equal(r.code, 0, r.stderr);
-    assert.match(r.stdout, /enqueued 12 row\(s\) of documents/);
+    assert.match(r.stdout, /enqueued 12 row\(s\) of public\.documents/);
     r = await runCli(["reembed", "documents", "-d", url, "--model", "local-hash-v1"]);
     assert.equal(r.code, 0, r.stderr);
-    assert.match(r.stdout, /enqueued 12 row\(s\) of documents for model local-hash-v1/);
+    assert.match(r.stdout, /enqueued 12 row\(s\) of public\.documents for model local-hash-v1/);
     await sql`select pgmq.archive('embedding_jobs', array(select msg_id from pgmq.q_embedding_jobs))`;
     r = await runCli(["retry-failed", "-d", url]);
     assert.equal(r.code, 0, r.stderr);

@@ -596,11 +596,29 @@ async function writeTarget(
   }
 }
 
-/** Errors that mean the database is unreachable, as opposed to a failing statement. */
+/** Connection-level error codes of postgres.js and of the socket below it. */
+const CONNECTION_CODES = new Set([
+  "57P01", // admin_shutdown
+  "57P02", // crash_shutdown
+  "57P03", // cannot_connect_now
+  "CONNECTION_CLOSED",
+  "CONNECTION_ENDED",
+  "CONNECTION_DESTROYED",
+  "CONNECT_TIMEOUT",
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "EPIPE",
+  "ERR_STREAM_WRITE_AFTER_END",
+]);
+
+/**
+ * Errors that mean the database is unreachable, as opposed to a failing
+ * statement: SQLSTATE class 08, the shutdown codes, and socket errors (which
+ * carry no SQLSTATE, e.g. a write on a socket the server already closed).
+ */
 export function isConnectionError(err: unknown): boolean {
-  const code = (err as { code?: string })?.code ?? "";
-  return code.startsWith("08") || code === "57P01" || code === "57P02" || code === "57P03" ||
-    code === "CONNECTION_CLOSED" || code === "CONNECTION_ENDED" ||
-    code === "CONNECTION_DESTROYED" ||
-    code === "CONNECT_TIMEOUT" || code === "ECONNREFUSED" || code === "ECONNRESET";
+  const e = err as { code?: string; name?: string; message?: string } | null;
+  const code = e?.code ?? "";
+  if (code.startsWith("08") || CONNECTION_CODES.has(code)) return true;
+  return e?.name !== "PostgresError" && /socket|connection/i.test(e?.message ?? "");
 }
