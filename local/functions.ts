@@ -267,7 +267,6 @@ export async function startFunctions(options: FunctionsOptions): Promise<Functio
         headers: req.headers,
         body: req.body,
         redirect: "manual",
-        signal: req.signal,
       });
       return new Response(res.body, { status: res.status, headers: res.headers });
     } catch (err) {

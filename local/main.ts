@@ -9,6 +9,7 @@ import { applyMigrations, MigrationError } from "./migrate.ts";
 import { startNetDispatcher } from "./net_dispatcher.ts";
 import { CommandError } from "./proc.ts";
 import { ensureSetup } from "./setup.ts";
+import { coreSettings } from "../supabase/functions/_shared/settings.ts";
 
 const say = (line: string) => console.log(`autoembed: ${line}`);
 
@@ -123,13 +124,20 @@ async function waitForDemo(sql: postgres.Sql, what: string) {
   }
 }
 
-async function showNearest(sql: postgres.Sql, title: string) {
+/**
+ * Answers a question the way an application would: embeds it with the table's
+ * model (the same provider code the function uses) and calls
+ * public.match_documents, as in the Supabase guide.
+ */
+async function answer(sql: postgres.Sql, question: string, model: string) {
+  const provider = coreSettings((name) => Deno.env.get(name)).providerFor(model, 1536);
+  const [vector] = await provider.embed([question]);
   const hits = await sql`
-    select d.title, round((1 - (d.embedding <=> q.embedding))::numeric, 3) as similarity
-      from public.documents d, (select embedding from public.documents where title = ${title}) q
-     where d.title <> ${title}
-     order by d.embedding <=> q.embedding limit 3`;
-  say(`demo: nearest documents to "${title}" (cosine similarity):`);
+    select title, round((1 - (embedding <=> ${
+    JSON.stringify(vector)
+  }::halfvec(1536)))::numeric, 3) as similarity
+      from public.match_documents(${JSON.stringify(vector)}::halfvec(1536), 0.0, 3)`;
+  say(`demo: search "${question}" with public.match_documents:`);
   for (const h of hits) console.log(`    ${h.similarity}  ${h.title}`);
 }
 
@@ -149,16 +157,17 @@ async function showDemo(dbUrl: string): Promise<void> {
       say(`demo: OPENAI_API_KEY is set: ${n} rows queued for text-embedding-3-small`);
     }
     await sql`select util.process_embeddings()`;
-    await waitForDemo(sql, "initial embedding");
-    await showNearest(sql, "Scheduling jobs");
+    const { model } = await waitForDemo(sql, "initial embedding");
+    await answer(sql, "run SQL on a schedule", model);
     await sql`
       update public.documents
-         set content = 'pg_cron runs SQL on a schedule inside the database, e.g. every minute.'
+         set content = 'pg_cron runs SQL on a schedule inside the database, e.g. every minute ' ||
+                       '(edited ' || to_char(now(), 'HH24:MI:SS') || ').'
        where title = 'Scheduling jobs'`;
     say("demo: edited 'Scheduling jobs'; the update trigger queued it");
     await sql`select util.process_embeddings()`;
     await waitForDemo(sql, "after the edit");
-    await showNearest(sql, "Scheduling jobs");
+    await answer(sql, "run SQL every minute", model);
     say(
       "demo: try it yourself in psql: insert or update public.documents, then " +
         "select * from util.embedding_status;",
