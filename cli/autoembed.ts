@@ -22,19 +22,19 @@ options (each also from the environment variable shown):
 worker options:
       --once               drain what is queued, then exit 0
   -c, --concurrency N      batches in parallel (default 1)   AUTOEMBED_CONCURRENCY
-      --poll-interval T    fallback poll, e.g. 5s, 1m, 900 (ms when bare; default 5s)
+      --poll-interval T    fallback poll, e.g. 5s, 1m, 900 (seconds when bare; default 5s)
                                                             AUTOEMBED_POLL_INTERVAL
       --batch-size N       jobs per batch (default 100)      AUTOEMBED_BATCH_SIZE
       --table T            only this table (repeatable)      AUTOEMBED_TABLES (comma-separated)
-      --visibility-timeout T  seconds a claimed batch stays hidden (default 120)
+      --visibility-timeout T  how long a claimed batch stays hidden (default 120s)
 provider settings come from the environment as for the embed function:
   OPENAI_API_KEY, OPENAI_BASE_URL, EMBEDDING_TIMEOUT_MS, EMBEDDING_TRUNCATE`;
 
-/** Parses `5s`, `1m`, `250ms`, or a bare number of milliseconds. */
+/** Parses `5s`, `1m`, `250ms`, or a bare number of seconds (as pgai's worker does); returns ms. */
 export function parseDuration(text: string, name: string): number {
   const m = text.trim().match(/^(\d+(?:\.\d+)?)(ms|s|m|h)?$/);
   if (!m) throw new UsageError(`${name}: "${text}" is not a duration (try 5s, 1m, 900)`);
-  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] ?? "ms"]!;
+  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] ?? "s"]!;
   return Math.round(Number(m[1]) * unit);
 }
 
@@ -270,30 +270,61 @@ async function worker(args: ParsedArgs): Promise<number> {
   Deno.addSignalListener("SIGTERM", onSignal);
   const tty = Deno.stdout.isTerminal();
   const startedAt = Date.now();
+  let done = 0;
+  let backlog: number | null = null;
+  // On a terminal: a live line with the backlog, refreshed once a second by a
+  // count of the queue (one cheap query; the worker's own pool is untouched).
+  const counter = tty ? postgres(dbUrl, { max: 1, onnotice: () => {} }) : null;
+  const refresh = () => {
+    const line = progressLine({ done, backlog, elapsedMs: Date.now() - startedAt });
+    Deno.stdout.writeSync(new TextEncoder().encode(`\r\x1b[2K${line}`));
+  };
+  const ticker = counter
+    ? setInterval(() => {
+      counter`select count(*)::int as n from pgmq.q_embedding_jobs`
+        .then(([row]) => (backlog = row.n), () => (backlog = null))
+        .finally(refresh);
+    }, 1000)
+    : undefined;
   const result = await runWorker({
     ...options,
     signal: stop.signal,
-    log: (line) => console.error(line),
+    log: (line) => console.error(tty ? `\r\x1b[2K${line}` : line),
     onBatch: (e) => {
-      if (e.jobs === 0 && !tty) return;
-      if (tty) {
-        const seconds = (Date.now() - startedAt) / 1000;
-        const rate = e.totalCompleted / Math.max(seconds, 0.001);
-        Deno.stdout.writeSync(new TextEncoder().encode(
-          `\r\x1b[2Kdone ${e.totalCompleted} jobs  ${
-            rate.toFixed(0)
-          }/s  last batch ${e.jobs} in ${e.durationMs} ms`,
-        ));
-      } else {
-        console.log(JSON.stringify({ event: "batch", ...e }));
-      }
+      done = e.totalCompleted;
+      if (tty) refresh();
+      else if (e.jobs > 0) console.log(JSON.stringify({ event: "batch", ...e }));
     },
   });
+  clearInterval(ticker);
+  await counter?.end({ timeout: 1 });
   Deno.removeSignalListener("SIGINT", onSignal);
   Deno.removeSignalListener("SIGTERM", onSignal);
   if (tty) console.log();
   console.log(JSON.stringify({ event: "stopped", ...result }));
   return 0;
+}
+
+/** The live progress line: rows done, backlog, rate and ETA while draining. */
+export function progressLine(
+  p: { done: number; backlog: number | null; elapsedMs: number },
+): string {
+  const seconds = Math.max(p.elapsedMs / 1000, 0.001);
+  const rate = p.done / seconds;
+  const parts = [`done ${p.done}`];
+  if (p.backlog !== null) parts.push(`backlog ${p.backlog}`);
+  parts.push(`${rate.toFixed(rate < 10 ? 1 : 0)} rows/s`);
+  if (p.backlog !== null && p.backlog > 0 && rate > 0) {
+    const eta = Math.ceil(p.backlog / rate);
+    parts.push(
+      `ETA ${
+        eta >= 60 ? `${Math.floor(eta / 60)}m${String(eta % 60).padStart(2, "0")}s` : `${eta}s`
+      }`,
+    );
+  } else if (p.backlog === 0) {
+    parts.push("idle, listening");
+  }
+  return parts.join("  ");
 }
 
 export async function main(argv: string[]): Promise<number> {

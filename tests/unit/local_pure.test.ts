@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { localJwt, parseDotenv, parseVerifyJwt, verifyLocalJwt } from "../../local/functions.ts";
 import { lineOf, listMigrations } from "../../local/migrate.ts";
-import { parseArgs, parseDuration, UsageError } from "../../cli/autoembed.ts";
+import { parseArgs, parseDuration, progressLine, UsageError } from "../../cli/autoembed.ts";
 import { jobBatchSchema } from "../../supabase/functions/_shared/jobs.ts";
 
 Deno.test("parseDotenv reads KEY=value lines, strips quotes, skips comments", () => {
@@ -59,7 +59,10 @@ Deno.test("listMigrations orders by version and ignores other files", async () =
 });
 
 Deno.test("CLI parses durations and options", () => {
-  const cases: [string, number][] = [["5s", 5000], ["1m", 60000], ["900", 900], ["250ms", 250], [
+  const cases: [string, number][] = [["5s", 5000], ["1m", 60000], ["900", 900_000], ["0.5", 500], [
+    "250ms",
+    250,
+  ], [
     "1.5s",
     1500,
   ]];
@@ -107,4 +110,17 @@ Deno.test("job batches are validated strictly", () => {
     { ...ok },
   ];
   for (const b of bad) assert.equal(jobBatchSchema.safeParse(b).success, false, JSON.stringify(b));
+});
+
+Deno.test("progressLine shows done, backlog, rate and ETA", () => {
+  const cases: [Parameters<typeof progressLine>[0], string][] = [
+    [{ done: 500, backlog: 1500, elapsedMs: 1000 }, "done 500  backlog 1500  500 rows/s  ETA 3s"],
+    [
+      { done: 100, backlog: 9000, elapsedMs: 10_000 },
+      "done 100  backlog 9000  10 rows/s  ETA 15m00s",
+    ],
+    [{ done: 3, backlog: 0, elapsedMs: 2000 }, "done 3  backlog 0  1.5 rows/s  idle, listening"],
+    [{ done: 0, backlog: null, elapsedMs: 0 }, "done 0  0.0 rows/s"],
+  ];
+  for (const [input, want] of cases) assert.equal(progressLine(input), want);
 });
