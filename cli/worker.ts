@@ -5,10 +5,12 @@
 import postgres from "postgres";
 import { isConnectionError, processBatch } from "../supabase/functions/_shared/core.ts";
 import {
+  checkJobMessage,
   type Job,
-  jobMessageSchema,
   NOTIFY_CHANNEL,
+  parseJobJson,
   QUEUE_NAME,
+  type RefusedJob,
 } from "../supabase/functions/_shared/jobs.ts";
 import type { CoreSettings } from "../supabase/functions/_shared/settings.ts";
 
@@ -50,7 +52,8 @@ export interface WorkerResult {
 interface Message {
   msg_id: string;
   read_ct: number;
-  message: unknown;
+  /** As text: parseJobJson keeps ids exact that a JS number cannot hold. */
+  message: string | null;
 }
 
 /** Conditions for pgmq.read: one per table filter, or a single unconditional read. */
@@ -143,37 +146,27 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerResult> {
     pollIntervalMs: options.pollIntervalMs,
   }));
 
-  /** One claim: returns the jobs read (possibly none). Invalid messages are archived at once. */
-  async function claim(): Promise<Job[]> {
+  /**
+   * One claim: the jobs read and the malformed messages among them (both
+   * empty when there was nothing to read). The core records the refused ones
+   * with the batch's other failures, so they are dead-lettered at once.
+   */
+  async function claim(): Promise<{ jobs: Job[]; refused: RefusedJob[] }> {
     const filter = filters[filterTurn++ % filters.length];
     const rows = await sql<Message[]>`
-      select msg_id, read_ct, message
+      select msg_id, read_ct, message::text as message
         from pgmq.read(${QUEUE_NAME}, ${options.visibilitySeconds}, ${options.batchSize}, ${
       sql.json(filter)
     })`;
     const jobs: Job[] = [];
-    const invalid: { job_id: number; error: string }[] = [];
+    const refused: RefusedJob[] = [];
     for (const row of rows) {
-      const parsed = jobMessageSchema.safeParse(row.message);
-      if (parsed.success) {
-        jobs.push({ ...parsed.data, jobId: Number(row.msg_id), attempt: row.read_ct });
-      } else {invalid.push({
-          job_id: Number(row.msg_id),
-          error: `refused: malformed job message (${parsed.error.issues[0].message})`,
-        });}
+      const checked = checkJobMessage(row.message === null ? null : parseJobJson(row.message));
+      if ("job" in checked) {
+        jobs.push({ ...checked.job, jobId: Number(row.msg_id), attempt: row.read_ct });
+      } else refused.push({ jobId: Number(row.msg_id), error: checked.error });
     }
-    if (invalid.length) {
-      const failures = invalid.map((f) => ({
-        ...f,
-        target_id: null,
-        table_name: null,
-        row_id: null,
-        retryable: false,
-      }));
-      await sql`select * from util._record_failures(${JSON.stringify(failures)}::text::jsonb)`;
-      result.failed += invalid.length;
-    }
-    return jobs;
+    return { jobs, refused };
   }
 
   let consecutiveErrors = 0;
@@ -181,8 +174,9 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerResult> {
   async function slot(): Promise<void> {
     while (!stopping?.aborted) {
       let jobs: Job[];
+      let refused: RefusedJob[];
       try {
-        jobs = await claim();
+        ({ jobs, refused } = await claim());
         consecutiveErrors = 0;
       } catch (err) {
         const unreachable = isConnectionError(err);
@@ -205,7 +199,7 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerResult> {
         await sleep(delay, new Promise(() => {}));
         continue;
       }
-      if (jobs.length === 0) {
+      if (jobs.length === 0 && refused.length === 0) {
         // --once: what was there is done (jobs waiting out a retry backoff are not "there").
         if (options.once) return;
         options.onBatch?.({
@@ -221,6 +215,7 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerResult> {
       }
       try {
         const batch = await processBatch(sql, jobs, {
+          refused,
           providerFor: options.settings.providerFor,
           signal: abortProviders.signal,
           truncate: options.settings.truncate,
@@ -230,7 +225,7 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerResult> {
         result.completed += batch.completedJobs.length;
         result.failed += batch.failedJobs.length;
         options.onBatch?.({
-          jobs: jobs.length,
+          jobs: jobs.length + refused.length,
           completed: batch.completedJobs.length,
           failed: batch.failedJobs.length,
           providerCalls: batch.stats.providerCalls,
@@ -244,7 +239,7 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerResult> {
         log(
           JSON.stringify({
             event: "batch_interrupted",
-            jobs: jobs.length,
+            jobs: jobs.length + refused.length,
             code: (err as { code?: string }).code,
             message: unreachable ? undefined : String((err as Error)?.message).slice(0, 200),
           }),

@@ -31,6 +31,8 @@ export interface FakeOpenAIStats {
   failedRequests: number;
   /** Every input received, in order, including those of failed requests. */
   texts: string[];
+  /** Inputs of successful requests, in order: repeats here are paid-for duplicate work. */
+  embeddedTexts: string[];
 }
 
 export interface FakeOpenAI {
@@ -111,7 +113,13 @@ export async function startFakeOpenAI(
   let fault: Fault | null = null;
   let faultLeft = Infinity;
   const closing = new AbortController();
-  const stats: FakeOpenAIStats = { requests: 0, inputs: 0, failedRequests: 0, texts: [] };
+  const stats: FakeOpenAIStats = {
+    requests: 0,
+    inputs: 0,
+    failedRequests: 0,
+    texts: [],
+    embeddedTexts: [],
+  };
 
   /** Resolves after `ms`, or early when the server closes. */
   const sleep = (ms: number) =>
@@ -218,7 +226,10 @@ export async function startFakeOpenAI(
       }
     }
     if (failed) stats.failedRequests++;
-    else stats.inputs += texts.length;
+    else {
+      stats.inputs += texts.length;
+      stats.embeddedTexts.push(...texts);
+    }
     const tokens = texts.reduce((sum, t) => sum + estimateTokens(t), 0);
     const size = wrongDimensions ? dimensions + 1 : dimensions;
     // Listed in reverse: the API promises `index`, not order, so clients must sort.
@@ -252,6 +263,7 @@ export async function startFakeOpenAI(
       stats.inputs = 0;
       stats.failedRequests = 0;
       stats.texts.length = 0;
+      stats.embeddedTexts.length = 0;
     },
     setLatency(ms: number) {
       latencyMs = ms;

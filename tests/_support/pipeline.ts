@@ -17,6 +17,11 @@ export interface Pipeline {
   logs: string[];
   /** Aborting it simulates the runtime's shutdown signal. */
   shutdown: AbortController;
+  /**
+   * Replaces the function instance, as the runtime does after a shutdown: a
+   * new handler (fresh pool, fresh shutdown signal) serves the same URL.
+   */
+  restartFunction(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -43,11 +48,9 @@ export async function startPipeline(
     EMBEDDING_TIMEOUT_MS: "5000",
     ...options.env,
   };
-  const handler = createEmbedHandler({
-    env: (k) => env[k],
-    shutdown: shutdown.signal,
-    log: (l) => logs.push(l),
-  });
+  const newHandler = (signal: AbortSignal) =>
+    createEmbedHandler({ env: (k) => env[k], shutdown: signal, log: (l) => logs.push(l) });
+  let handler = newHandler(shutdown.signal);
   const server = Deno.serve(
     { hostname: "127.0.0.1", port: 0, onListen: () => {} },
     (req) => handler.fetch(req),
@@ -58,12 +61,18 @@ export async function startPipeline(
   const dispatcher = options.dispatcher === false
     ? null
     : await startNetDispatcher({ dbUrl, pollIntervalMs: 50, log: (l) => logs.push(`[net] ${l}`) });
-  return {
+  const pipeline: Pipeline = {
     fake,
     handler,
     functionUrl: `${projectUrl}/functions/v1/embed`,
     logs,
     shutdown,
+    async restartFunction() {
+      const old = handler;
+      pipeline.shutdown = new AbortController();
+      pipeline.handler = handler = newHandler(pipeline.shutdown.signal);
+      await old.close();
+    },
     async stop() {
       await dispatcher?.stop();
       await server.shutdown();
@@ -71,6 +80,7 @@ export async function startPipeline(
       await fake.close();
     },
   };
+  return pipeline;
 }
 
 /** Polls `check` until it returns true; throws with `what` after `timeoutMs`. */

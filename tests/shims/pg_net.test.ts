@@ -253,7 +253,9 @@ Deno.test("pg_net shim: types and tables have upstream's columns; created in sch
 });
 
 Deno.test("pg_net shim: like upstream, any role may queue requests and read responses", async () => {
+  // Without the pipeline's migrations, which revoke this (tests/security/privileges.test.ts).
   await withTestDb(async (sql) => {
+    await sql`create extension pg_net with schema extensions`;
     const [p] = await sql`select
       has_schema_privilege('anon', 'net', 'usage') as schema,
       has_table_privilege('anon', 'net.http_request_queue', 'insert, select, delete') as queue,
@@ -267,7 +269,7 @@ Deno.test("pg_net shim: like upstream, any role may queue requests and read resp
       return id;
     });
     assert.ok(Number(id) > 0);
-  });
+  }, { template: "template1" });
 });
 
 Deno.test("pg_net shim: http_post, http_get and http_delete queue a request and return its id at once", async () => {

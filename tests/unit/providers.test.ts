@@ -241,6 +241,14 @@ Deno.test("classifyProviderError: retryable vs permanent, in one table", () => {
     { name: "500", err: http(500), retryable: true, status: 500, says: /500/ },
     { name: "503", err: http(503), retryable: true, status: 503, says: /503/ },
     {
+      name: "503 with retry-after",
+      err: http(503, { "retry-after": "2" }),
+      retryable: true,
+      status: 503,
+      retryAfterMs: 2000,
+      says: /503.*retrying after 2 s/,
+    },
+    {
       name: "400",
       err: http(400),
       retryable: false,

@@ -10,7 +10,7 @@
 // visibility timeout, when the fingerprints show the text is already embedded
 // and they finish at zero provider cost. Nothing is lost or written stale.
 import type postgres from "postgres";
-import { type Job, QUEUE_NAME } from "./jobs.ts";
+import { type Job, QUEUE_NAME, type RefusedJob } from "./jobs.ts";
 import { type EmbeddingProvider, ProviderError } from "./providers/types.ts";
 import { estimateTokens, planBatches, truncateToTokens } from "./providers/tokens.ts";
 
@@ -27,6 +27,8 @@ export interface ProcessOptions {
   providerConcurrency?: number;
   /** Structured events (counts and durations only: never text or secrets). */
   log?: (event: Record<string, unknown>) => void;
+  /** Messages of this batch refused as malformed before it ran: recorded with its failures. */
+  refused?: RefusedJob[];
 }
 
 export interface FailedJob {
@@ -96,15 +98,16 @@ interface RowWork {
   jobIds: number[];
   hash?: string;
   text?: string;
-  vector?: string;
+  /** The embedding to write; null clears it (the row has no text any more). */
+  vector?: string | null;
   fromProvider?: boolean;
 }
 
 interface Failure {
   job_id: number;
   target_id: number | null;
-  table_name: string;
-  row_id: string;
+  table_name: string | null;
+  row_id: string | null;
   error: string;
   retryable: boolean;
   retry_after?: number;
@@ -155,10 +158,23 @@ export async function processBatch(
   const completed: number[] = [];
   const failures: Failure[] = [];
   const handedBack: number[] = [];
+  for (const r of options.refused ?? []) {
+    stats.jobs++;
+    stats.refused++;
+    failures.push({
+      job_id: r.jobId,
+      target_id: null,
+      table_name: null,
+      row_id: null,
+      error: r.error,
+      retryable: false,
+    });
+  }
 
   // 1. Targets: a job is acted on only when it names an attached target exactly (I8).
   const targets = new Map<string, Target>();
-  for (const t of await sql<Target[]>`select * from util._target_config`) {
+  const configured = jobs.length ? await sql<Target[]>`select * from util._target_config` : [];
+  for (const t of configured) {
     targets.set(targetKey(t.schema_name, t.table_name, t.embedding_column), t);
   }
   const rowsByTarget = new Map<Target, Map<string, RowWork>>();
@@ -216,8 +232,9 @@ export async function processBatch(
   const toEmbed: RowWork[] = [];
   for (const [target, rows] of rowsByTarget) {
     stats.rows += rows.size;
-    const loaded = await loadRows(sql, target, [...rows.keys()], (rowId, message) => {
-      fail(rows.get(rowId)!, message, true);
+    const loaded = await loadRows(sql, target, [...rows.keys()], (rowId, message, retryable) => {
+      if (!retryable) stats.refused++;
+      fail(rows.get(rowId)!, message, retryable);
       rows.delete(rowId);
     });
     const provider = safeProvider(options, target);
@@ -230,7 +247,14 @@ export async function processBatch(
       }
       if (row.content === null || row.content.trim() === "") {
         stats.emptyText++;
-        completed.push(...work.jobIds);
+        // No text any more: an embedding of earlier text would keep the row
+        // findable by what it no longer says (and stale in status), so it goes,
+        // with its fingerprint, under the same compare-and-set as a write.
+        if (row.has_embedding || row.fp_hash !== null) {
+          work.hash = row.hash;
+          work.vector = null;
+          pushTo(toWrite, target, work);
+        } else completed.push(...work.jobIds);
         continue;
       }
       if (row.has_embedding && row.fp_hash === row.hash && row.fp_model === target.model) {
@@ -395,10 +419,15 @@ export function idFitsKeyType(id: string, pkType: string): boolean {
   return id.length <= 1000 && !id.includes("\u0000");
 }
 
+/** Key types whose values idFitsKeyType checks exactly, so no id of a job can fail their cast. */
+const EXACTLY_CHECKED_KEY_TYPES = new Set(["smallint", "integer", "bigint", "uuid", "text"]);
+
 /**
  * Reads rows in one query (I5: a failing row never blocks the others). When
  * the plain read fails, typically because a content function raises for some
  * row, one more read catches errors per row and reports those rows alone.
+ * Before it, ids that are no value of the key type (a forged job for, say, a
+ * numeric or date key) are refused, as their cast would fail that read too.
  * The plain read runs in its own transaction: its rollback also leaves the
  * connection clean for the next query (postgres.js miscounts result rows
  * after an error in the middle of a result).
@@ -407,7 +436,7 @@ async function loadRows(
   sql: postgres.Sql,
   target: Target,
   rowIds: string[],
-  onRowError: (rowId: string, message: string) => void,
+  onRowError: (rowId: string, message: string, retryable: boolean) => void,
 ): Promise<Map<string, LoadedRow>> {
   const params = [target.id, target.model, target.dimensions, JSON.stringify(rowIds)];
   const byId = (rows: LoadedRow[]) => new Map(rows.map((r) => [r.row_id, r]));
@@ -416,20 +445,37 @@ async function loadRows(
   } catch (err) {
     if (isConnectionError(err)) throw err;
   }
+  if (!EXACTLY_CHECKED_KEY_TYPES.has(target.pk_type_sql)) {
+    const [{ invalid }] = await sql<{ invalid: string[] }[]>`
+      select util._invalid_keys(${target.id}, ${params[3]}::text::jsonb) as invalid`;
+    if (invalid.length) {
+      const refused = new Set(invalid);
+      for (const rowId of refused) {
+        onRowError(
+          rowId,
+          `refused: the job's id is not a valid ${target.pk_type_sql} primary key value`,
+          false,
+        );
+      }
+      rowIds = rowIds.filter((id) => !refused.has(id));
+      if (rowIds.length === 0) return new Map();
+      params[3] = JSON.stringify(rowIds);
+    }
+  }
   let rows: LoadedRow[];
   try {
     rows = await sql.begin((tx) => tx.unsafe<LoadedRow[]>(loadQuery(target, true), params));
   } catch (err) {
     if (isConnectionError(err)) throw err;
     for (const rowId of rowIds) {
-      onRowError(rowId, `reading the row failed: ${(err as Error).message}`);
+      onRowError(rowId, `reading the row failed: ${(err as Error).message}`, true);
     }
     return new Map();
   }
   const result = new Map<string, LoadedRow>();
   for (const row of rows) {
     if (row.error === null) result.set(row.row_id, row);
-    else onRowError(row.row_id, `the content function failed: ${row.error}`);
+    else onRowError(row.row_id, `the content function failed: ${row.error}`, true);
   }
   return result;
 }
@@ -539,7 +585,11 @@ async function embedBatch(
  * Writes a table's embeddings in one statement: the UPDATE only takes rows
  * whose current text still hashes to what was embedded (compare-and-set),
  * and the fingerprints and cache entries go in with it, in one transaction.
- * Returns the row ids written.
+ * A null embedding clears the row's embedding and deletes its fingerprint.
+ * The compare-and-set sits in a CASE behind the key match: as a plain
+ * conjunct the planner may make it a hash key and call the content function
+ * on every row of the table (slow, and one row whose function raises would
+ * fail every write). Returns the row ids written.
  */
 async function writeTarget(
   sql: postgres.Sql,
@@ -560,21 +610,26 @@ async function writeTarget(
          set ${target.embedding_sql} = i.embedding::${target.embedding_type_sql}
         from input i
        where r.${target.pk_sql} = i.row_id::${target.pk_type_sql}
-         and util._content_hash(${target.content_function_sql}(r)) = decode(i.hash, 'hex')
-      returning r.${target.pk_sql}::text as row_id, i.hash
+         and case when r.${target.pk_sql} = i.row_id::${target.pk_type_sql}
+                  then util._content_hash(${target.content_function_sql}(r)) = decode(i.hash, 'hex')
+             end
+      returning r.${target.pk_sql}::text as row_id, i.hash, i.embedding is null as cleared
     ), fingerprinted as (
       insert into util.embedding_fingerprints as f (target_id, row_id, content_hash, model)
-      select $2, w.row_id, decode(w.hash, 'hex'), $3 from written w
+      select $2, w.row_id, decode(w.hash, 'hex'), $3 from written w where not w.cleared
       on conflict (target_id, row_id) do update
         set content_hash = excluded.content_hash, model = excluded.model, embedded_at = now()
-      returning f.row_id
+    ), unfingerprinted as (
+      delete from util.embedding_fingerprints f
+       using written w
+       where w.cleared and f.target_id = $2 and f.row_id = w.row_id
     ), cached as (
       insert into util.embedding_cache (model, dimensions, content_hash, embedding)
       select distinct on (i.hash) $3, $4, decode(i.hash, 'hex'), i.embedding::extensions.halfvec
         from input i where i.new
       on conflict do nothing
     )
-    select row_id from fingerprinted`;
+    select row_id from written`;
   for (let attempt = 1;; attempt++) {
     try {
       const rows = await sql.begin(async (tx) => {

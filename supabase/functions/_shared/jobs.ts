@@ -3,18 +3,25 @@
 // forged or mangled message is refused before anything touches SQL.
 import { z } from "zod";
 
+/**
+ * Text Postgres can hold (as text and in jsonb): well-formed Unicode without
+ * NUL. Anything else would fail the SQL that records the job's refusal.
+ */
+const storable = (s: string) => s.isWellFormed() && !s.includes("\0");
+const STORABLE = "contains NUL or an unpaired surrogate";
+
 /** Postgres identifiers as users write them: no NUL, at most 63 bytes. */
-const identifier = z.string().min(1).max(63).refine((s) => !s.includes("\0"), "contains NUL");
+const identifier = z.string().min(1).max(63).refine(storable, STORABLE);
 
 /** A queue message body (what the triggers enqueue). */
 export const jobMessageSchema = z.object({
   id: z.union([
-    z.string().min(1).max(1000),
+    z.string().min(1).max(1000).refine(storable, STORABLE),
     z.number().int().refine(Number.isSafeInteger, "unsafe integer"),
   ]),
   schema: identifier,
   table: identifier,
-  contentFunction: z.string().min(1).max(200),
+  contentFunction: z.string().min(1).max(200).refine(storable, STORABLE),
   embeddingColumn: identifier,
 });
 
@@ -27,8 +34,83 @@ export const jobSchema = jobMessageSchema.extend({
 export type JobMessage = z.infer<typeof jobMessageSchema>;
 export type Job = z.infer<typeof jobSchema>;
 
-/** The request body of the embed function: a non-empty array of jobs. */
-export const jobBatchSchema = z.array(jobSchema).min(1).max(5000);
+/** Most jobs one request to the embed function may carry. */
+export const MAX_BATCH_JOBS = 5000;
+
+/** A well-formed request body of the embed function (parseJobBatch takes any body apart). */
+export const jobBatchSchema = z.array(jobSchema).min(1).max(MAX_BATCH_JOBS);
+
+/** A message refused before any SQL ran: recorded and dead-lettered, never retried. */
+export interface RefusedJob {
+  jobId: number;
+  error: string;
+}
+
+/**
+ * JSON.parse for job messages and batches, keeping ids exact: an `id` no JS
+ * number holds (a bigint key beyond 2^53, a fractional numeric key) becomes
+ * its source text, which the core compares as text like any other key.
+ */
+export function parseJobJson(text: string): unknown {
+  return JSON.parse(
+    text,
+    (key: string, value: unknown, context?: { source?: string }) =>
+      key === "id" && typeof value === "number" && !Number.isSafeInteger(value) &&
+        context?.source !== undefined
+        ? context.source
+        : value,
+  );
+}
+
+/**
+ * One queue message: the job, or why it is refused. The reason names the
+ * field and the rule it breaks, never the message's content.
+ */
+export function checkJobMessage(message: unknown): { job: JobMessage } | { error: string } {
+  const parsed = jobMessageSchema.safeParse(message);
+  if (parsed.success) return { job: parsed.data };
+  const issue = parsed.error.issues[0];
+  const field = issue.path.length ? `${issue.path.join(".")}: ` : "";
+  return { error: `refused: malformed job message (${field}${issue.message})` };
+}
+
+const isJobId = (v: unknown): v is number =>
+  typeof v === "number" && Number.isSafeInteger(v) && v > 0;
+
+/**
+ * A request body of the embed function: its jobs, and the messages refused
+ * one by one, so that one malformed message never fails (and blocks) the
+ * genuine jobs of its batch. Only a body that is not a batch at all (not an
+ * array, too long, an element without its queue id) is an error as a whole.
+ */
+export function parseJobBatch(body: unknown): { jobs: Job[]; refused: RefusedJob[] } | {
+  error: string;
+} {
+  if (!Array.isArray(body)) return { error: "the body must be a JSON array of jobs" };
+  if (body.length === 0 || body.length > MAX_BATCH_JOBS) {
+    return { error: `a batch holds 1 to ${MAX_BATCH_JOBS} jobs, this one ${body.length}` };
+  }
+  const jobs: Job[] = [];
+  const refused: RefusedJob[] = [];
+  for (let i = 0; i < body.length; i++) {
+    const item = body[i] as { jobId?: unknown; attempt?: unknown } | null;
+    const attempt = item?.attempt;
+    if (
+      typeof item !== "object" || item === null || Array.isArray(item) || !isJobId(item.jobId) ||
+      (attempt !== undefined && !(Number.isSafeInteger(attempt) && (attempt as number) >= 0))
+    ) {
+      return {
+        error: `job ${i} has no valid jobId (a positive integer) or attempt: ` +
+          "each job is a queue message with its id, as util.process_embeddings sends it",
+      };
+    }
+    const checked = checkJobMessage(item);
+    if ("job" in checked) {
+      jobs.push({ ...checked.job, jobId: item.jobId, attempt: attempt as number | undefined });
+    } else refused.push({ jobId: item.jobId, error: checked.error });
+  }
+  return { jobs, refused };
+}
 
 export const QUEUE_NAME = "embedding_jobs";
 

@@ -3,7 +3,7 @@
 // it directly; index.ts hands it to Deno.serve.
 import postgres from "postgres";
 import { isConnectionError, processBatch } from "../_shared/core.ts";
-import { jobBatchSchema } from "../_shared/jobs.ts";
+import { parseJobBatch, parseJobJson } from "../_shared/jobs.ts";
 import { coreSettings, type Env } from "../_shared/settings.ts";
 
 /** Largest request body accepted (a batch of jobs is a few hundred bytes per job). */
@@ -96,19 +96,19 @@ export function createEmbedHandler(config: EmbedHandlerConfig): EmbedHandler {
     if (body instanceof Response) return body;
     let json: unknown;
     try {
-      json = JSON.parse(body);
+      json = parseJobJson(body);
     } catch {
       return problem(400, "body is not valid JSON: send a JSON array of jobs");
     }
-    const parsed = jobBatchSchema.safeParse(json);
-    if (!parsed.success) {
-      const first = parsed.error.issues[0];
-      return problem(400, `invalid jobs: ${first.path.join(".") || "body"}: ${first.message}`);
-    }
+    // Malformed messages are refused one by one (recorded, dead-lettered) so
+    // they never hold back the genuine jobs of their batch.
+    const batch = parseJobBatch(json);
+    if ("error" in batch) return problem(400, `invalid jobs: ${batch.error}`);
 
     let result;
     try {
-      result = await processBatch(sql, parsed.data, {
+      result = await processBatch(sql, batch.jobs, {
+        refused: batch.refused,
         providerFor: settings.providerFor,
         deadline: Date.now() + settings.timeBudgetMs,
         signal: config.shutdown,
@@ -146,9 +146,16 @@ export function createEmbedHandler(config: EmbedHandlerConfig): EmbedHandler {
       }
     }
 
+    // No error texts: pg_net keeps this answer in net._http_response, where
+    // more roles may read it than util.embedding_errors, which has them, and a
+    // content function's error may quote the row.
     const response = {
       completedJobs: result.completedJobs,
-      failedJobs: result.failedJobs,
+      failedJobs: result.failedJobs.map(({ jobId, retryable, deadLettered }) => ({
+        jobId,
+        retryable,
+        deadLettered,
+      })),
     };
     return Response.json(response, {
       headers: {

@@ -83,7 +83,7 @@ export function classifyProviderError(err: unknown, context: ErrorContext = {}):
     });
   }
   const status = httpStatus(err);
-  if (status !== undefined) return classifyStatus(err, status, make);
+  if (status !== undefined) return classifyStatus(err, status, make, context.redact);
   if (err instanceof SyntaxError) {
     return make("the endpoint answered with malformed JSON", { retryable: true });
   }
@@ -95,8 +95,13 @@ type Make = (
   opts: { retryable: boolean; status?: number; retryAfterMs?: number },
 ) => ProviderError;
 
-function classifyStatus(err: unknown, status: number, make: Make): ProviderError {
-  const code = errorCode(err);
+function classifyStatus(
+  err: unknown,
+  status: number,
+  make: Make,
+  redact: readonly string[] = [],
+): ProviderError {
+  const code = errorCode(err, redact);
   const label = `${status}${code ? ` ${code}` : ""}`;
   if (status === 429) {
     const retryAfterMs = retryAfterMsOf(headersOf(err));
@@ -110,9 +115,15 @@ function classifyStatus(err: unknown, status: number, make: Make): ProviderError
     });
   }
   if (status === 408 || status === 409 || status >= 500) {
-    return make(`the endpoint failed (${label}); retrying with backoff`, {
+    // A 503 (or a gateway's 502/504) may say when to come back, as 429 does.
+    const retryAfterMs = retryAfterMsOf(headersOf(err));
+    const when = retryAfterMs === undefined
+      ? "retrying with backoff"
+      : `retrying after ${Math.ceil(retryAfterMs / 1000)} s`;
+    return make(`the endpoint failed (${label}); ${when}`, {
       retryable: true,
       status,
+      retryAfterMs,
     });
   }
   if (status === 401 || status === 403) {
@@ -171,11 +182,20 @@ function headersOf(err: unknown): Headers | Record<string, string> | undefined {
   return undefined;
 }
 
-/** The API's machine-readable error code or type, if it looks like an identifier. */
-function errorCode(err: unknown): string | undefined {
+/**
+ * The API's machine-readable error code or type, if it looks like an
+ * identifier and is no piece of an input or the key (an endpoint may echo
+ * those in any field).
+ */
+function errorCode(err: unknown, redact: readonly string[]): string | undefined {
   const e = err as { code?: unknown; type?: unknown } | null;
   for (const value of [e?.code, e?.type]) {
-    if (typeof value === "string" && /^[A-Za-z0-9_.-]{1,64}$/.test(value)) return value;
+    if (
+      typeof value === "string" && /^[A-Za-z0-9_.-]{1,64}$/.test(value) &&
+      !redact.some((secret) =>
+        secret.includes(value) || (secret.length >= 4 && value.includes(secret))
+      )
+    ) return value;
   }
   return undefined;
 }
