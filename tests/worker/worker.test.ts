@@ -274,3 +274,16 @@ Deno.test("CLI: status, backfill, reembed and retry-failed report what they did"
     assert.match(r.stdout, /re-queued 24 dead-lettered job\(s\)/);
   });
 });
+
+Deno.test("CLI: `deno task autoembed` works as the README documents it", async () => {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["task", "autoembed", "--help"],
+    cwd: new URL("../..", import.meta.url),
+    env: { NO_COLOR: "1" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const stdout = new TextDecoder().decode(out.stdout);
+  assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+  assert.match(stdout, /usage: deno task autoembed <command>/);
+});

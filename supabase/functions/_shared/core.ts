@@ -480,8 +480,46 @@ async function loadRows(
   return result;
 }
 
-function vectorLiteral(values: number[]): string {
+/**
+ * A vector as Postgres reads it. For a halfvec column each value is rounded
+ * to float16 here, as halfvec_in would, and written with the fewest digits
+ * that read back as the same float16 (a table of all 65,536): less than half
+ * the text of the full doubles, which Postgres parses in the write of every
+ * batch (see bench/RESULTS.md). Other columns get the doubles as they are.
+ */
+function vectorLiteral(values: number[], columnType: string): string {
+  if (columnType.startsWith("halfvec") && typeof Float16Array === "function") {
+    const table = float16Texts ??= float16TextTable();
+    // Through float32 first, as halfvec_in reads the text (strtof), then to float16.
+    const bits = new Uint16Array(Float16Array.from(Float32Array.from(values)).buffer);
+    let text = "[";
+    for (let i = 0; i < bits.length; i++) text += (i ? "," : "") + table[bits[i]];
+    return `${text}]`;
+  }
   return `[${values.join(",")}]`;
+}
+
+let float16Texts: string[] | undefined;
+
+/** The shortest decimal text of every float16 value that reads back as that value. */
+function float16TextTable(): string[] {
+  const value = new Float16Array(1);
+  const bits = new Uint16Array(value.buffer);
+  const table = new Array<string>(65536);
+  for (let b = 0; b < 65536; b++) {
+    bits[0] = b;
+    const h = value[0];
+    table[b] = Object.is(h, -0) ? "-0" : String(h); // NaN, ±Infinity: refused by Postgres, as before
+    if (!Number.isFinite(h) || h === 0) continue;
+    for (let digits = 1; digits <= 6; digits++) {
+      const text = String(Number(h.toPrecision(digits)));
+      if (Math.f16round(Number(text)) === h && Math.f16round(Math.fround(Number(text))) === h) {
+        table[b] = text;
+        break;
+      }
+    }
+  }
+  return table;
 }
 
 /** Calls providers for all rows needing embeddings; sets work.vector or records a failure. */
@@ -551,7 +589,7 @@ async function embedBatch(
     const vectors = await provider.embed(texts, options.signal);
     texts.forEach((text, i) => {
       for (const work of worksOf(text)) {
-        work.vector = vectorLiteral(vectors[i]);
+        work.vector = vectorLiteral(vectors[i], work.target.embedding_type_sql);
         work.fromProvider = true;
       }
     });
@@ -604,10 +642,12 @@ async function writeTarget(
   })));
   const query = `
     with input as (
-      select * from jsonb_to_recordset($1::text::jsonb) as i(row_id text, hash text, embedding text, new boolean)
+      -- Parsed once here, for the table and the cache (the vectors are most of the work).
+      select i.row_id, i.hash, i.new, i.embedding::${target.embedding_type_sql} as embedding
+        from jsonb_to_recordset($1::text::jsonb) as i(row_id text, hash text, embedding text, new boolean)
     ), written as (
       update ${target.table_sql} r
-         set ${target.embedding_sql} = i.embedding::${target.embedding_type_sql}
+         set ${target.embedding_sql} = i.embedding
         from input i
        where r.${target.pk_sql} = i.row_id::${target.pk_type_sql}
          and case when r.${target.pk_sql} = i.row_id::${target.pk_type_sql}

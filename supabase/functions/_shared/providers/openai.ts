@@ -58,7 +58,8 @@ export function createOpenAIProvider(opts: OpenAIProviderOptions): EmbeddingProv
           model,
           input: texts,
           ...(withDimensions ? { dimensions } : {}),
-          encoding_format: "float",
+          // No encoding_format: the SDK then asks for base64 and decodes it, a
+          // quarter of the JSON to parse; endpoints that answer floats anyway work too.
         }, { signal });
         return vectorsInOrder(response.data, texts.length, dimensions, model);
       } catch (err) {

@@ -1,0 +1,393 @@
+// Scenario 1, backfill drain (and 5, worker footprint): N rows inserted in
+// one statement, then the time until every row is embedded, for push mode,
+// pull mode at concurrency 1 and 4, and the naive pipeline.
+import { installNaive, runNaive, TICK_MS } from "../naive/pipeline.ts";
+import { fmt, median, Section, spread } from "../report.ts";
+import {
+  attach,
+  type BenchContext,
+  childPids,
+  cloneDb,
+  counts,
+  CpuMeter,
+  insertRows,
+  MODEL,
+  PROVIDER_LATENCY_MS,
+  PROVIDER_PER_INPUT_MS,
+  providerCost,
+  providerEnv,
+  sleep,
+  startPushPath,
+  startWorker,
+} from "../stack.ts";
+
+/** Defaults of the worker (--batch-size) and of util.process_embeddings (batch_size, max_requests). */
+export const BATCH_SIZE = 100;
+export const PUSH_MAX_REQUESTS = 4;
+
+/** The V8 old-generation cap tried in the footprint measurement, MB. */
+export const CAPPED_OLD_SPACE_MB = 128;
+
+export interface DrainResult {
+  mode: string;
+  rows: number;
+  seconds: number;
+  rate: number;
+  requests: number;
+  inputs: number;
+  /** Rows/s the provider alone would allow at this batch size and concurrency. */
+  providerBound: number;
+  /** Peak resident memory of the worker process, MB (pull mode). */
+  peakRssMb?: number;
+  /** CPU ms per 1,000 rows: [pipeline process, bench process (fake provider, dispatcher), rest (Postgres)]. */
+  cpuPer1000?: { pipeline: number; bench: number; postgres: number; busy: number };
+  /** Push mode: times a stand-in cron tick had to restart a stalled drain. */
+  rescueTicks?: number;
+  note?: string;
+}
+
+/** Rows/s the provider allows: concurrent requests × batch / the latency of one batch. */
+export function providerBound(batch: number, concurrency: number, latencyMs = PROVIDER_LATENCY_MS) {
+  return (concurrency * batch) / ((latencyMs + PROVIDER_PER_INPUT_MS * batch) / 1000);
+}
+
+function cpuFigures(
+  cpu: { machine: number; bench: number; tracked: number; rest: number },
+  seconds: number,
+  rows: number,
+) {
+  const per = (s: number) => (s * 1000 * 1000) / rows;
+  return {
+    pipeline: per(cpu.tracked),
+    bench: per(cpu.bench),
+    postgres: per(cpu.rest),
+    busy: cpu.machine / (seconds * navigator.hardwareConcurrency),
+  };
+}
+
+async function drainPull(
+  ctx: BenchContext,
+  rows: number,
+  concurrency: number,
+  latencyMs = PROVIDER_LATENCY_MS,
+  workerEnv: Record<string, string> = {},
+): Promise<DrainResult> {
+  const db = await cloneDb(`pull_c${concurrency}`);
+  try {
+    await attach(db.sql, false);
+    await insertRows(db.sql, rows, "drain");
+    ctx.fake.setLatency(latencyMs);
+    let pid = 0;
+    const meter = new CpuMeter(() => (pid ? [pid] : []));
+    const { result, requests, inputs } = await providerCost(ctx.fake, async () => {
+      const worker = startWorker(
+        ["--once", "-c", String(concurrency), "--batch-size", String(BATCH_SIZE)],
+        { DATABASE_URL: db.url, ...providerEnv(ctx.fake), ...workerEnv },
+      );
+      pid = worker.process.child.pid;
+      await worker.process.waitForLine(/"event":"started"/, 60_000);
+      const ready = performance.now();
+      const { code } = await worker.finished();
+      const seconds = (performance.now() - ready) / 1000;
+      if (code !== 0) {
+        throw new Error(`worker exited ${code}:\n${worker.process.lines.slice(-20).join("\n")}`);
+      }
+      return { seconds, peakRssMb: worker.peakRssKb() / 1024 };
+    });
+    const cpu = meter.stop();
+    ctx.fake.setLatency(PROVIDER_LATENCY_MS);
+    const after = await counts(db.sql);
+    if (after.embedded !== rows || after.queued !== 0) {
+      throw new Error(`pull drain left ${after.embedded}/${rows} embedded, ${after.queued} queued`);
+    }
+    return {
+      mode: `pull, worker --once -c ${concurrency}`,
+      rows,
+      seconds: result.seconds,
+      rate: rows / result.seconds,
+      requests,
+      inputs,
+      providerBound: providerBound(BATCH_SIZE, concurrency, latencyMs),
+      peakRssMb: result.peakRssMb,
+      cpuPer1000: cpuFigures(cpu, result.seconds, rows),
+    };
+  } finally {
+    ctx.fake.setLatency(PROVIDER_LATENCY_MS);
+    await db.drop();
+  }
+}
+
+async function drainPush(ctx: BenchContext, rows: number): Promise<DrainResult> {
+  const db = await cloneDb("push");
+  const push = await startPushPath(db, ctx.fake);
+  try {
+    await attach(db.sql, false);
+    await insertRows(db.sql, rows, "drain");
+    const functionPids = childPids("supabase/functions/embed/index.ts");
+    const meter = new CpuMeter(() => functionPids);
+    let rescueTicks = 0;
+    const { result: seconds, requests, inputs } = await providerCost(ctx.fake, async () => {
+      const started = performance.now();
+      // One kick, as a cron tick would give; finishing calls start the next ones.
+      await db.sql`select util.process_embeddings(${BATCH_SIZE}, ${PUSH_MAX_REQUESTS})`;
+      let lastQueued = Infinity;
+      let lastProgress = performance.now();
+      for (;;) {
+        await sleep(100);
+        const [row] = await db.sql`
+          select (select count(*) from pgmq.q_embedding_jobs)::int as queued,
+                 (select count(*) from util.embedding_requests where expires_at > now())::int as leases`;
+        if (row.queued === 0 && row.leases === 0) return (performance.now() - started) / 1000;
+        if (row.queued < lastQueued) {
+          lastQueued = row.queued;
+          lastProgress = performance.now();
+        } else if (row.leases === 0 && performance.now() - lastProgress > 5_000) {
+          // The stand-in for the cron tick: only when the continuation chain has stopped.
+          rescueTicks++;
+          await db.sql`select util.process_embeddings(${BATCH_SIZE}, ${PUSH_MAX_REQUESTS})`;
+          lastProgress = performance.now();
+        }
+        if (performance.now() - started > 20 * 60_000) throw new Error("push drain took > 20 min");
+      }
+    });
+    const cpu = meter.stop();
+    const after = await counts(db.sql);
+    if (after.embedded !== rows) throw new Error(`push drain left ${after.embedded}/${rows}`);
+    return {
+      mode: `push, process_embeddings(${BATCH_SIZE}, ${PUSH_MAX_REQUESTS})`,
+      rows,
+      seconds,
+      rate: rows / seconds,
+      requests,
+      inputs,
+      providerBound: providerBound(BATCH_SIZE, PUSH_MAX_REQUESTS),
+      cpuPer1000: cpuFigures(cpu, seconds, rows),
+      rescueTicks,
+    };
+  } finally {
+    await push.stop();
+    await db.drop();
+  }
+}
+
+async function drainNaive(ctx: BenchContext, rows: number, durationMs: number) {
+  const db = await cloneDb("naive");
+  try {
+    await installNaive(db.sql);
+    await insertRows(db.sql, rows, "drain");
+    const { result: run, requests, inputs } = await providerCost(ctx.fake, () =>
+      runNaive({
+        dbUrl: db.url,
+        baseURL: ctx.fake.baseURL,
+        apiKey: providerEnv(ctx.fake).OPENAI_API_KEY,
+        model: MODEL,
+        durationMs,
+      }));
+    // A tick handles at most 100 jobs, and the last one only needs its own work time.
+    const perTick = run.jobsDone / run.ticks;
+    const tickWork = median(run.tickWorkMs) / 1000;
+    const seconds = (Math.ceil(rows / perTick) - 1) * (TICK_MS / 1000) + tickWork;
+    return {
+      result: {
+        mode: "naive (guide-style), extrapolated",
+        rows,
+        seconds,
+        rate: rows / seconds,
+        requests,
+        inputs,
+        providerBound: providerBound(1, 10),
+        note: `ran ${run.ticks} ticks (${fmt(run.seconds)} s): ${run.jobsDone} rows, ` +
+          `${requests} requests; tick work ${fmt(tickWork * 1000)} ms of every ${TICK_MS / 1000} s`,
+      } satisfies DrainResult,
+      run,
+    };
+  } finally {
+    await db.drop();
+  }
+}
+
+function print(ctx: BenchContext, r: DrainResult) {
+  const cpu = r.cpuPer1000
+    ? `; CPU/1k rows: pipeline ${fmt(r.cpuPer1000.pipeline)} ms, provider+bench ${
+      fmt(r.cpuPer1000.bench)
+    } ms, Postgres ${fmt(r.cpuPer1000.postgres)} ms, machine ${fmt(r.cpuPer1000.busy * 100)}% busy`
+    : "";
+  ctx.log(
+    `  ${r.mode}: ${r.rows} rows in ${fmt(r.seconds)} s = ${fmt(r.rate)} rows/s, ` +
+      `${r.requests} requests` + (r.peakRssMb ? `, peak RSS ${fmt(r.peakRssMb)} MB` : "") + cpu +
+      (r.note ? ` (${r.note})` : ""),
+  );
+}
+
+export interface DrainFigures {
+  section: Section;
+  footprint: Section;
+  /** Median rows/s per mode and size, e.g. rate["pull4"][10000]. */
+  rate: Record<string, Record<number, number>>;
+  peakRssMb: Record<string, number>;
+  boundFraction: number;
+  providerBoundCheck: DrainResult;
+}
+
+export async function drainScenario(ctx: BenchContext): Promise<DrainFigures> {
+  const sizes = ctx.quick ? [2_000, 10_000] : [10_000, 100_000];
+  const naiveMs = ctx.quick ? 10_000 : 30_000;
+  const section = new Section("1. Backfill drain");
+  const rate: Record<string, Record<number, number>> = {};
+  const peakRssMb: Record<string, number> = {};
+  const rows: (string | number)[][] = [];
+  const cpuRows: (string | number)[][] = [];
+  const naiveRates: Record<number, number> = {};
+  ctx.log("1. backfill drain");
+
+  for (const size of sizes) {
+    const reps = size <= 10_000 ? 3 : 1;
+    const modes: [string, () => Promise<DrainResult>][] = [
+      ["pull1", () => drainPull(ctx, size, 1)],
+      ["pull4", () => drainPull(ctx, size, 4)],
+      ["push", () => drainPush(ctx, size)],
+    ];
+    for (const [key, run] of modes) {
+      const results: DrainResult[] = [];
+      for (let i = 0; i < reps; i++) {
+        const r = await run();
+        print(ctx, r);
+        results.push(r);
+      }
+      const rates = results.map((r) => r.rate);
+      (rate[key] ??= {})[size] = median(rates);
+      const mid = results.find((r) => r.rate === median(rates)) ?? results[0];
+      if (mid.peakRssMb && size === Math.max(...sizes)) peakRssMb[key] = mid.peakRssMb;
+      rows.push([
+        mid.mode,
+        size.toLocaleString("en-US"),
+        spread(results.map((r) => r.seconds)),
+        spread(rates),
+        results.length,
+        `${mid.requests} / ${mid.inputs}`,
+        fmt(mid.providerBound),
+        `${fmt((median(rates) / mid.providerBound) * 100)}%`,
+        mid.rescueTicks === undefined ? "" : String(mid.rescueTicks),
+      ]);
+      if (mid.cpuPer1000) {
+        cpuRows.push([
+          mid.mode,
+          size.toLocaleString("en-US"),
+          fmt(mid.cpuPer1000.pipeline),
+          fmt(mid.cpuPer1000.bench),
+          fmt(mid.cpuPer1000.postgres),
+          `${fmt(mid.cpuPer1000.busy * 100)}%`,
+        ]);
+      }
+    }
+    const { result: naive } = await drainNaive(ctx, size, naiveMs);
+    print(ctx, naive);
+    naiveRates[size] = naive.rate;
+    (rate.naive ??= {})[size] = naive.rate;
+    rows.push([
+      naive.mode,
+      size.toLocaleString("en-US"),
+      fmt(naive.seconds),
+      fmt(naive.rate),
+      1,
+      `${naive.requests} / ${naive.inputs} (measured part)`,
+      `${fmt(naive.providerBound)} (tick cap 10)`,
+      `${fmt((naive.rate / naive.providerBound) * 100)}%`,
+      "",
+    ]);
+  }
+
+  // Where the provider, not the machine, is the limit: a slow provider.
+  const slowMs = 500;
+  const check = await drainPull(ctx, ctx.quick ? 2_000 : 10_000, 4, slowMs);
+  print(ctx, check);
+  const boundFraction = check.rate / check.providerBound;
+
+  // The same drain with V8's old generation capped, the knob that trades CPU for memory.
+  const capped = await drainPull(ctx, Math.max(...sizes), 4, PROVIDER_LATENCY_MS, {
+    DENO_V8_FLAGS: `--max-old-space-size=${CAPPED_OLD_SPACE_MB}`,
+  });
+  print(ctx, capped);
+  peakRssMb.pull4capped = capped.peakRssMb!;
+
+  section.text(`
+N rows are inserted in one statement (the statement-level trigger enqueues N jobs), then the clock
+runs until every row has its embedding. Pull mode: the worker CLI as a subprocess,
+\`worker --once -c C --batch-size ${BATCH_SIZE}\`, timed from its \`started\` line to its exit
+(process start-up, about half a second, excluded). Push mode: \`util.process_embeddings(${BATCH_SIZE}, ${PUSH_MAX_REQUESTS})\`
+called once; the pg_net shim's dispatcher (local/net_dispatcher.ts) POSTs each batch to the real
+\`embed\` function served by local/functions.ts (its own Deno process behind the local gateway, as
+\`npm start\` serves it), and each finishing call starts the next through
+\`util._embedding_request_done\`; a stand-in cron tick would only fire if the chain stalled for 5 s
+("rescue ticks", expected 0). Naive: the guide-style pipeline of bench/naive/ run for ${
+    naiveMs / 1000
+  } s and
+**extrapolated**: it handles a fixed slice of 100 jobs per 10 s tick, so its drain time is
+(⌈N/100⌉ − 1) × 10 s + one tick's work. Provider bound = concurrency × batch / latency of one
+request (${PROVIDER_LATENCY_MS} ms + ${PROVIDER_PER_INPUT_MS} ms per input).`);
+  section.table(
+    [
+      "mode",
+      "rows",
+      "seconds",
+      "rows/s",
+      "runs",
+      "provider requests / inputs",
+      "provider bound rows/s",
+      "of bound",
+      "rescue ticks",
+    ],
+    rows,
+  );
+  const ratioRows = sizes.map((size) => [
+    size.toLocaleString("en-US"),
+    `${fmt(rate.pull1[size] / naiveRates[size])}×`,
+    `${fmt(rate.pull4[size] / naiveRates[size])}×`,
+    `${fmt(rate.push[size] / naiveRates[size])}×`,
+    `${fmt((rate.push[size] / rate.pull4[size]) * 100)}%`,
+  ]);
+  section.text("Ratios (median rows/s):");
+  section.table(
+    ["rows", "pull -c 1 vs naive", "pull -c 4 vs naive", "push vs naive", "push / pull -c 4"],
+    ratioRows,
+  );
+  section.text(`
+Where the CPU went (CPU ms per 1,000 rows, median run; "pipeline" is the worker process in pull
+mode and the embed function's process in push mode; "bench" is this process: the fake provider, and
+in push mode the pg_net dispatcher and the gateway; Postgres is the rest of the machine's busy
+time, which on an idle machine is the server's backends):`);
+  section.table(
+    ["mode", "rows", "pipeline", "bench (fake provider…)", "Postgres", "machine busy"],
+    cpuRows,
+  );
+  section.text(`
+Provider-bound check: with a slow provider (${slowMs} ms per request), \`worker --once -c 4\` drained
+${check.rows.toLocaleString("en-US")} rows at ${fmt(check.rate)} rows/s against a bound of ${
+    fmt(check.providerBound)
+  } rows/s (${fmt(boundFraction * 100)}%).`);
+
+  const footprint = new Section("5. Worker footprint");
+  footprint.text(`
+Peak resident memory (VmHWM from /proc/<pid>/status, sampled every 100 ms) of the worker process
+while draining ${Math.max(...sizes).toLocaleString("en-US")} rows:`);
+  const names: Record<string, string> = {
+    pull1: "`worker --once -c 1`",
+    pull4: "`worker --once -c 4`",
+    pull4capped:
+      `\`worker --once -c 4\` with \`DENO_V8_FLAGS=--max-old-space-size=${CAPPED_OLD_SPACE_MB}\``,
+  };
+  footprint.table(
+    ["worker", "peak RSS MB", "rows/s"],
+    Object.entries(peakRssMb).map(([k, v]) => [
+      names[k],
+      fmt(v),
+      fmt(k === "pull4capped" ? capped.rate : rate[k][Math.max(...sizes)]),
+    ]),
+  );
+  footprint.text(`
+The worker's live data is small (a batch of 100 vectors is a few MB: the provider's answer, the
+vector texts and the write's parameter); the rest is V8 letting its heap grow before it collects,
+plus the runtime itself (about 100 MB for a worker that drains 100 rows). Capping the old
+generation lowers the peak for some CPU spent in the collector.`);
+  return { section, footprint, rate, peakRssMb, boundFraction, providerBoundCheck: check };
+}

@@ -1,0 +1,111 @@
+// Scenario 1: the provider goes down for several seconds in the middle of a
+// drain. User writes keep succeeding (their throughput is measured, not
+// asserted), jobs back off instead of dead-lettering, and after recovery
+// every row is embedded with no duplicate provider work.
+import assert from "node:assert/strict";
+import { assertConsistent, checkConsistency, trackJobs } from "../_support/consistency.ts";
+import { connect, type Sql, withTestDb } from "../_support/db.ts";
+import { createDocuments, queueLength } from "../_support/pipeline.ts";
+import {
+  drain,
+  insertDocuments,
+  type Mode,
+  report,
+  sized,
+  sleep,
+  startDrive,
+} from "../_support/reliability.ts";
+
+const ROWS = sized(1_000, 5_000);
+const OUTAGE_MS = sized(5_000, 30_000);
+/** Length of each insert-throughput window. */
+const WINDOW_MS = sized(1_000, 3_000);
+
+/** Single-row inserts (one transaction each) for `ms`; returns how many succeeded and failed. */
+async function insertFor(sql: Sql, ms: number, tag: string) {
+  const until = performance.now() + ms;
+  let ok = 0;
+  let failed = 0;
+  const latencies: number[] = [];
+  while (performance.now() < until) {
+    const started = performance.now();
+    try {
+      await sql`insert into documents (title, content) values (${`${tag} ${ok}`}, ${`written ${tag} ${ok}`})`;
+      ok++;
+      latencies.push(performance.now() - started);
+    } catch {
+      failed++;
+    }
+  }
+  latencies.sort((a, b) => a - b);
+  const p = (q: number) =>
+    Number((latencies[Math.floor(q * (latencies.length - 1))] ?? 0).toFixed(2));
+  return { ok, failed, perSecond: Math.round(ok / (ms / 1000)), p50Ms: p(0.5), p99Ms: p(0.99) };
+}
+
+async function outageScenario(mode: Mode) {
+  await withTestDb(async (sql, url) => {
+    // Fast recovery for the test: retries after 1, 2, 4, 4, ... s; enough
+    // attempts that an outage of OUTAGE_MS never exhausts them.
+    await sql`update util.settings set value = '1' where name = 'backoff_base_seconds'`;
+    await sql`update util.settings set value = '4' where name = 'backoff_max_seconds'`;
+    await sql`update util.settings set value = '20' where name = 'max_attempts'`;
+    await createDocuments(sql);
+    await trackJobs(sql);
+    await insertDocuments(sql, ROWS);
+    const drive = await startDrive(mode, sql, url, { latencyMs: 100, batchSize: 50, parallel: 2 });
+    const writer = connect(url, { max: 1 });
+    try {
+      const before = await insertFor(writer, WINDOW_MS, "before");
+      const [{ embeddedBefore }] =
+        await sql`select count(*)::int as "embeddedBefore" from documents where embedding is not null`;
+      const outageEnds = Date.now() + OUTAGE_MS;
+      drive.fake.setFault({ kind: "outage", untilMs: outageEnds });
+      const during = await insertFor(writer, Math.min(WINDOW_MS, OUTAGE_MS - 500), "during");
+      await sleep(Math.max(0, outageEnds - Date.now()));
+      const faults = drive.fake.stats.failedRequests;
+      const [errors] = await sql`
+        select count(*)::int as n, max(attempt)::int as max_attempt from util.embedding_errors`;
+      const embedded = async () =>
+        (await sql`select count(*)::int as n from documents where embedding is not null`)[0].n;
+      const [atOutageEnd, backlog] = [await embedded(), await queueLength(sql)];
+      const recovering = performance.now();
+      while (await embedded() === atOutageEnd) await sleep(50);
+      const firstEmbedAfterOutageMs = Math.round(performance.now() - recovering);
+      const recoverMs = firstEmbedAfterOutageMs +
+        await drain(sql, { timeoutMs: 120_000, what: "the backlog after the outage" });
+      const consistency = await checkConsistency(sql, { fake: drive.fake });
+      report(`outage (${mode})`, {
+        rows: consistency.rowsChecked,
+        outageMs: OUTAGE_MS,
+        embeddedBeforeOutage: embeddedBefore,
+        faultsInjected: faults,
+        errorsRecorded: errors.n,
+        maxAttempt: errors.max_attempt,
+        insertsPerSecondBefore: before.perSecond,
+        insertsPerSecondDuring: during.perSecond,
+        insertP99MsBefore: before.p99Ms,
+        insertP99MsDuring: during.p99Ms,
+        backlogAtOutageEnd: backlog,
+        jobsProcessed: consistency.jobsDone,
+        firstEmbedAfterOutageMs,
+        recoverMs,
+      }, consistency);
+      assert.equal(before.failed, 0, "inserts before the outage succeed");
+      assert.equal(during.failed, 0, "inserts during the outage succeed");
+      assert.ok(during.ok > 0, "inserts were made during the outage");
+      assert.ok(faults > 0, "the outage was hit");
+      assert.ok(embeddedBefore < consistency.rowsChecked, "the outage began mid-drain");
+      assertConsistent(consistency);
+    } finally {
+      await writer.end();
+      await drive.stop();
+    }
+  });
+}
+
+Deno.test(`reliability: provider outage of ${OUTAGE_MS / 1000} s mid-drain, push mode`, () =>
+  outageScenario("push"));
+
+Deno.test(`reliability: provider outage of ${OUTAGE_MS / 1000} s mid-drain, worker mode`, () =>
+  outageScenario("worker"));
