@@ -3,6 +3,7 @@
 import assert from "node:assert/strict";
 import { startEphemeralCluster } from "../../local/cluster.ts";
 import { applyMigrations } from "../../local/migrate.ts";
+import { WORKER_V8_FLAGS } from "../../bench/scenarios/drain.ts";
 import { runCli, spawnWorker } from "../_support/cli.ts";
 import { connect, type Sql, withTestDb } from "../_support/db.ts";
 import { type FakeOpenAI, fakeVector, startFakeOpenAI } from "../_support/fake_openai.ts";
@@ -286,4 +287,10 @@ Deno.test("CLI: `deno task autoembed` works as the README documents it", async (
   const stdout = new TextDecoder().decode(out.stdout);
   assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
   assert.match(stdout, /usage: deno task autoembed <command>/);
+  // The heap limits the benchmarks measure the worker's footprint with are the task's.
+  const config = JSON.parse(await Deno.readTextFile(new URL("../../deno.json", import.meta.url)));
+  assert.ok(
+    config.tasks.autoembed.includes(`--v8-flags=${WORKER_V8_FLAGS} `),
+    config.tasks.autoembed,
+  );
 });
