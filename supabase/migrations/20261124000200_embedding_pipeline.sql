@@ -250,21 +250,6 @@ parallel safe
 set search_path = ''
 as $$ select pg_catalog.sha256(pg_catalog.convert_to(coalesce(content, ''), 'UTF8')) $$;
 
--- internal: the text of `source_row` by `content_function` (a name quoted by
--- util._target_config, never taken from a job), or the error it raised, so
--- one failing row does not fail the read of a whole batch (I5).
-create function util._try_content(content_function text, source_row anyelement, out content text, out error text)
-language plpgsql
-stable
-set search_path = ''
-as $$
-begin
-  execute pg_catalog.format('select %s($1)', content_function) into content using source_row;
-exception when others then
-  error := sqlerrm;
-end
-$$;
-
 -- public: keeps the cache within `max_rows` (default: the cache_max_rows
 -- setting), dropping the oldest entries. Returns how many it deleted.
 create function util.prune_embedding_cache(max_rows bigint default null)
@@ -586,19 +571,18 @@ language plpgsql
 set search_path = ''
 as $$
 declare
-  table_schema text;
-  table_name text;
+  rel record;
   moved jsonb[];
 begin
   if target_table is not null then
-    select n.nspname, c.relname into table_schema, table_name
+    select n.nspname, c.relname into rel
       from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
      where c.oid = target_table;
   end if;
   with taken as (
     delete from pgmq.a_embedding_jobs a
      where target_table is null
-        or (a.message ->> 'schema' = table_schema and a.message ->> 'table' = table_name)
+        or (a.message ->> 'schema' = rel.nspname and a.message ->> 'table' = rel.relname)
     returning a.message
   )
   select array_agg(message) into moved from taken;
@@ -817,9 +801,6 @@ language plpgsql
 set search_path = ''
 as $$
 begin
-  -- The lock process_embeddings takes, taken before the delete: taking it
-  -- after (a lock upgrade) deadlocks two calls finishing at the same time.
-  lock table util.embedding_requests in share row exclusive mode;
   delete from util.embedding_requests r where r.id = lease;
   return util.process_embeddings(batch_size, max_requests, timeout_milliseconds);
 end
