@@ -2,7 +2,14 @@
 // (npm test), `stop`. Each step installs or creates what is missing first,
 // so both commands work on a fresh clone.
 import postgres from "postgres";
-import { API_PORT, databaseUrl, LOCAL_EMBED_SECRET, ROOT, TEST_TEMPLATE } from "./config.ts";
+import {
+  API_PORT,
+  API_URL,
+  databaseUrl,
+  LOCAL_EMBED_SECRET,
+  ROOT,
+  TEST_TEMPLATE,
+} from "./config.ts";
 import { bootstrapCluster, removeCluster, startCluster, stopCluster } from "./cluster.ts";
 import { startFunctions } from "./functions.ts";
 import { applyMigrations, MigrationError } from "./migrate.ts";
@@ -10,6 +17,7 @@ import { startNetDispatcher } from "./net_dispatcher.ts";
 import { CommandError } from "./proc.ts";
 import { ensureSetup } from "./setup.ts";
 import { coreSettings } from "../supabase/functions/_shared/settings.ts";
+import { surviveDatabaseDisconnects } from "../supabase/functions/_shared/postgres_guard.ts";
 
 const say = (line: string) => console.log(`autoembed: ${line}`);
 
@@ -61,13 +69,30 @@ function waitForSignal(): Promise<string> {
   });
 }
 
+/** seed.sql stores the default functions URL in Vault; follow AUTOEMBED_API_PORT if it moved. */
+async function pointVaultAtLocalFunctions(dbUrl: string): Promise<void> {
+  const sql = postgres(dbUrl, { max: 1, onnotice: () => {} });
+  try {
+    await sql`
+      select vault.update_secret(s.id, new_secret => ${API_URL})
+        from vault.decrypted_secrets s
+       where s.name = 'project_url' and s.decrypted_secret is distinct from ${API_URL}`;
+  } finally {
+    await sql.end();
+  }
+}
+
 async function start(): Promise<void> {
+  // The pg_net dispatcher runs in this process: a database restart must not end it.
+  surviveDatabaseDisconnects((line) => say(line));
   const startedCluster = await prepare();
   const dbUrl = databaseUrl("postgres");
   const fresh = !(await hasMigrationTable(dbUrl));
   // First start behaves like `supabase db reset` (migrations + seed); later ones like `db push`.
   await applyMigrations(dbUrl, { seed: fresh, log: say });
-  const dispatcher = await startNetDispatcher({ dbUrl, log: (line) => say(`pg_net: ${line}`) });
+  await pointVaultAtLocalFunctions(dbUrl);
+  // Functions first: requests queued while the stack was down (the cron tick
+  // keeps queueing them) must find the function up when the dispatcher sends them.
   let functions;
   try {
     functions = await startFunctions({
@@ -76,10 +101,10 @@ async function start(): Promise<void> {
       log: (line) => console.log(line),
     });
   } catch (err) {
-    await dispatcher.stop();
     if (startedCluster) await stopCluster();
     throw err;
   }
+  const dispatcher = await startNetDispatcher({ dbUrl, log: (line) => say(`pg_net: ${line}`) });
   say("ready");
   console.log(`  Database URL:  ${dbUrl}`);
   console.log(
@@ -115,9 +140,17 @@ async function waitForDemo(sql: postgres.Sql, what: string) {
       );
       return s;
     }
-    if (Date.now() - started > 90_000) {
+    const waited = Date.now() - started;
+    if (waited > 180_000) {
       throw new Error(
-        `public.documents not embedded after 90 s (last error: ${s?.last_error ?? "none"})`,
+        `public.documents not embedded after 180 s (last error: ${s?.last_error ?? "none"})`,
+      );
+    }
+    if (waited > 0 && waited % 10_000 < 100) {
+      // Jobs of calls lost while the stack was down wait out their visibility timeout (2 min).
+      say(
+        `demo: waiting: ${s?.queued} jobs queued, ${s?.missing} rows missing, ${s?.stale} stale` +
+          " (jobs of calls lost while the stack was down come back after their visibility timeout)",
       );
     }
     await new Promise((r) => setTimeout(r, 100));

@@ -14,7 +14,7 @@
 
 -- internal: the text of `source_row` by `content_function` (a name quoted by
 -- util._target_config, never taken from a job), or the error it raised.
-create function util._try_content(content_function text, source_row anyelement, out content text, out error text)
+create or replace function util._try_content(content_function text, source_row anyelement, out content text, out error text)
 language plpgsql
 stable
 set search_path = ''
