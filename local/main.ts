@@ -127,6 +127,7 @@ async function start(): Promise<void> {
 /** Waits until the demo table has no missing or stale embeddings; returns the status row. */
 async function waitForDemo(sql: postgres.Sql, what: string) {
   const started = Date.now();
+  let nextReport = 10_000;
   for (;;) {
     const [s] = await sql`
       select total_rows::int as total, embedded::int as embedded, missing::int as missing,
@@ -146,7 +147,8 @@ async function waitForDemo(sql: postgres.Sql, what: string) {
         `public.documents not embedded after 180 s (last error: ${s?.last_error ?? "none"})`,
       );
     }
-    if (waited > 0 && waited % 10_000 < 100) {
+    if (waited >= nextReport) {
+      nextReport += 10_000;
       // Jobs of calls lost while the stack was down wait out their visibility timeout (2 min).
       say(
         `demo: waiting: ${s?.queued} jobs queued, ${s?.missing} rows missing, ${s?.stale} stale` +
