@@ -14,8 +14,9 @@
 --   exactly those pgmq.send_batch made; the migrations already depend on the
 --   queue table's columns (status, failures, disable).
 --
--- queue_embeddings is otherwise exactly as 20261125000200 left it; a later
--- change to it must start from this version.
+-- queue_embeddings here also carries the changes of 20261125000100 (AFTER
+-- only, DELETE/TRUNCATE no-ops) and 20261125000200 (a raising content
+-- function counts as changed); a later change to it must start from this version.
 
 -- public trigger: enqueues embedding jobs. Arguments: content function name,
 -- embedding column name (as in the Supabase guide). Works as

@@ -14,8 +14,9 @@
 -- gives its slot back. Its jobs still wait out their visibility timeout (or
 -- are visible at once when the function handed them back).
 --
--- process_embeddings is otherwise exactly as 20261125000100 left it; a later
--- change to it must start from this version.
+-- process_embeddings here also carries the change of 20261125000100 (every
+-- message sent as an object with its queue id); a later change to it must
+-- start from this version.
 
 -- The pg_net request of each lease, so a call that ended without reporting
 -- back can be told from one still running.
