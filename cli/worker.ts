@@ -3,7 +3,8 @@
 // is the fallback, so a lost notification delays work by at most one poll
 // interval. Each concurrency slot makes at most one claim at a time.
 import postgres from "postgres";
-import { isConnectionError, processBatch } from "../supabase/functions/_shared/core.ts";
+import { processBatch } from "../supabase/functions/_shared/core.ts";
+import { isConnectionError } from "../supabase/functions/_shared/db_errors.ts";
 import {
   checkJobMessage,
   type Job,

@@ -52,7 +52,6 @@ const FORBIDDEN = [
   // the pipeline's tables and views
   "select * from util.embedding_errors",
   "select * from util.embedding_fingerprints",
-  "select * from util.embedding_cache",
   "select * from util.settings",
   "update util.settings set value = '1'",
   "select * from util.embedding_targets",
@@ -67,7 +66,10 @@ const FORBIDDEN = [
   "select util.disable_embeddings('documents')",
   "select util.reembed('documents')",
   "select util.retry_failed()",
-  "select util.prune_embedding_cache(0)",
+  "select util.maintain_embeddings()",
+  "select util.refresh_embeddings('documents')",
+  "select util.cancel_reembed('documents')",
+  "select util._switch_model(1)",
   "select * from util._try_content('pg_catalog.version', 1)",
   "select util._embedding_request_done(1, 1, 1, 1000)",
   // HTTP from the database, and what pg_net holds (its queue carries the bearer secret)
@@ -103,7 +105,9 @@ Deno.test("service_role can run, diagnose and re-queue the pipeline, but not att
       "select util.reembed('documents')",
       "select util.retry_failed()",
       "select util.retry_failed('documents')",
-      "select util.prune_embedding_cache(0)",
+      "select util.maintain_embeddings()",
+      "select util.refresh_embeddings('documents')",
+      "select util.cancel_reembed('documents')",
       "select * from util.embedding_status",
       "select * from util.embedding_errors",
       "select * from util.settings",
@@ -122,6 +126,8 @@ Deno.test("service_role can run, diagnose and re-queue the pipeline, but not att
         "select * from util._record_failures('[]')",
         "select util.invoke_edge_function('embed', '[]')",
         "select * from util._try_content('pg_catalog.version', 1)",
+        "select util._sweep_step(1, 10)",
+        "select util._switch_model(1)",
         "update util.settings set value = '1'",
       ]
     ) {

@@ -218,12 +218,9 @@ Deno.test("disable_embeddings and reembed: wrong targets fail clearly and change
         message: /not attached/,
       }],
       [
-        "reembed: dimensions the column cannot hold",
-        `select util.reembed('documents', dimensions => 32)`,
-        {
-          message: /holds 16 dimensions, not 32/,
-          hint: /alter column embedding type halfvec\(32\)/,
-        },
+        "reembed: dimensions no vector can have",
+        `select util.reembed('documents', dimensions => 0)`,
+        { message: /dimensions must be between 1 and 16000, got 0/, code: "AE003" },
       ],
       ["reembed: an empty model", `select util.reembed('documents', model => '')`, {
         message: /"" is not a model name/,

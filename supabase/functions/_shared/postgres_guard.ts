@@ -6,7 +6,7 @@
 // holds. Nothing awaits them: the queries they belonged to have already failed
 // with a connection error, and the pool reconnects on its next query. Left
 // alone, either ends the process.
-import { isConnectionError } from "./core.ts";
+import { isConnectionError } from "./db_errors.ts";
 
 /** Whether `error` is postgres.js's write on a closed socket (and not any other TypeError). */
 export function isClosedSocketWrite(error: unknown): boolean {

@@ -2,7 +2,8 @@
 // respond. No pipeline logic lives here. Exported as `{ fetch }` so tests call
 // it directly; index.ts hands it to Deno.serve.
 import postgres from "postgres";
-import { isConnectionError, processBatch } from "../_shared/core.ts";
+import { processBatch } from "../_shared/core.ts";
+import { isConnectionError } from "../_shared/db_errors.ts";
 import { parseJobBatch, parseJobJson } from "../_shared/jobs.ts";
 import { coreSettings, type Env } from "../_shared/settings.ts";
 

@@ -1,0 +1,58 @@
+// Database errors, classified in one place for the core, the embed function,
+// the worker and the local stack: which mean "the database is unreachable"
+// (wait and reconnect), which are worth retrying at once, and which SQLSTATEs
+// the pipeline's own SQL raises.
+
+/** SQLSTATEs worth retrying at once (deadlock, serialization failure). */
+export const RETRY_NOW_SQLSTATES = new Set(["40P01", "40001"]);
+
+/**
+ * SQLSTATEs the pipeline's SQL raises (class AE): callers branch on these,
+ * never on message text.
+ */
+export const PIPELINE_SQLSTATES = {
+  /** An index on the embedding column that a model change cannot carry over. */
+  indexNotCarried: "AE001",
+  /** The table (or table and column) is not attached. */
+  notAttached: "AE002",
+  /** A registration or argument mistake (message, detail and hint say which). */
+  invalidArgument: "AE003",
+} as const;
+
+/** Connection-level error codes of postgres.js and of the socket below it. */
+const CONNECTION_CODES = new Set([
+  "57P01", // admin_shutdown
+  "57P02", // crash_shutdown
+  "57P03", // cannot_connect_now
+  "CONNECTION_CLOSED",
+  "CONNECTION_ENDED",
+  "CONNECTION_DESTROYED",
+  "CONNECT_TIMEOUT",
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "EPIPE",
+  "ERR_STREAM_WRITE_AFTER_END",
+]);
+
+/** The SQLSTATE or client error code of `err`, if it has one. */
+export function errorCode(err: unknown): string | undefined {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === "string" ? code : undefined;
+}
+
+/**
+ * Errors that mean the database is unreachable, as opposed to a failing
+ * statement: SQLSTATE class 08, the shutdown codes, and socket errors (which
+ * carry no SQLSTATE, e.g. a write on a socket the server already closed).
+ */
+export function isConnectionError(err: unknown): boolean {
+  const e = err as { name?: string; message?: string } | null;
+  const code = errorCode(err) ?? "";
+  if (code.startsWith("08") || CONNECTION_CODES.has(code)) return true;
+  return e?.name !== "PostgresError" && /socket|connection/i.test(e?.message ?? "");
+}
+
+/** Whether a failed statement is worth running again at once. */
+export function isRetryableNow(err: unknown): boolean {
+  return RETRY_NOW_SQLSTATES.has(errorCode(err) ?? "");
+}

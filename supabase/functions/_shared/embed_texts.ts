@@ -1,0 +1,114 @@
+// The provider calls of a batch: each distinct (model, dimensions, text)
+// once, in provider batches planned by count and token estimate, a few in
+// flight at a time. A permanent rejection of a multi-input batch is split in
+// halves to find the one bad input, so the others still embed (I5).
+import { type EmbeddingProvider, ProviderError } from "./providers/types.ts";
+import { planBatches } from "./providers/tokens.ts";
+
+export interface EmbedRequest {
+  text: string;
+  model: string;
+  dimensions: number;
+}
+
+export type EmbedOutcome =
+  | { vector: number[] }
+  | { error: string; retryable: boolean; retryAfterMs?: number }
+  | { handedBack: true };
+
+export interface EmbedOptions {
+  providerFor: (model: string, dimensions: number) => EmbeddingProvider;
+  /** Epoch ms after which no new provider call starts. */
+  deadline?: number;
+  signal?: AbortSignal;
+  concurrency?: number;
+}
+
+export interface EmbedCounts {
+  providerCalls: number;
+  providerInputs: number;
+  embedded: number;
+}
+
+/**
+ * Provider statuses that may come from one bad input of a batch, so halving the
+ * batch isolates it; a bad key (401/403) or an unknown model (404) fails every
+ * half alike and is not split.
+ */
+const SPLITTABLE_STATUSES = new Set([400, 413, 422]);
+
+/** Embeds `requests`; the outcome of each, in order. */
+export async function embedTexts(
+  requests: EmbedRequest[],
+  options: EmbedOptions,
+  counts: EmbedCounts,
+): Promise<EmbedOutcome[]> {
+  const outcomes = new Array<EmbedOutcome>(requests.length);
+  // Group by model and dimensions, then by text: one input per distinct text.
+  const groups = new Map<string, { provider: EmbeddingProvider; byText: Map<string, number[]> }>();
+  requests.forEach((r, i) => {
+    const key = `${r.model}\u0000${r.dimensions}`;
+    let group = groups.get(key);
+    if (!group) {
+      groups.set(
+        key,
+        group = { provider: options.providerFor(r.model, r.dimensions), byText: new Map() },
+      );
+    }
+    const same = group.byText.get(r.text);
+    if (same) same.push(i);
+    else group.byText.set(r.text, [i]);
+  });
+  const settle = (byText: Map<string, number[]>, texts: string[], outcome: EmbedOutcome) => {
+    for (const text of texts) for (const i of byText.get(text) ?? []) outcomes[i] = outcome;
+  };
+
+  async function call(provider: EmbeddingProvider, texts: string[], byText: Map<string, number[]>) {
+    if ((options.deadline && Date.now() > options.deadline) || options.signal?.aborted) {
+      return settle(byText, texts, { handedBack: true });
+    }
+    try {
+      counts.providerCalls++;
+      counts.providerInputs += texts.length;
+      const vectors = await provider.embed(texts, options.signal);
+      texts.forEach((text, t) => settle(byText, [text], { vector: vectors[t] }));
+      counts.embedded += texts.length;
+    } catch (err) {
+      if (options.signal?.aborted) return settle(byText, texts, { handedBack: true });
+      const error = err instanceof ProviderError
+        ? err
+        : new ProviderError(`embedding failed: ${(err as Error)?.message ?? err}`, {
+          retryable: true,
+        });
+      if (!error.retryable && texts.length > 1 && SPLITTABLE_STATUSES.has(error.status ?? 0)) {
+        const half = Math.ceil(texts.length / 2);
+        await call(provider, texts.slice(0, half), byText);
+        await call(provider, texts.slice(half), byText);
+        return;
+      }
+      settle(byText, texts, {
+        error: error.message,
+        retryable: error.retryable,
+        retryAfterMs: error.retryAfterMs,
+      });
+    }
+  }
+
+  const tasks: (() => Promise<void>)[] = [];
+  for (const { provider, byText } of groups.values()) {
+    const texts = [...byText.keys()];
+    const plan = planBatches(texts, {
+      maxInputs: provider.maxBatchInputs,
+      maxTokens: provider.maxBatchTokens,
+    });
+    for (const indices of plan) {
+      tasks.push(() => call(provider, indices.map((i) => texts[i]), byText));
+    }
+  }
+  const concurrency = Math.max(1, options.concurrency ?? 2);
+  let next = 0;
+  await Promise.all(Array.from({ length: Math.min(concurrency, tasks.length) }, async () => {
+    while (next < tasks.length) await tasks[next++]();
+  }));
+  return outcomes;
+}

@@ -1,0 +1,83 @@
+// Writes a target's embeddings and fingerprints in one statement and one
+// transaction, under a compare-and-set on the content hash (I2).
+import type postgres from "postgres";
+import { isRetryableNow } from "../db_errors.ts";
+import type { Target } from "./targets.ts";
+
+export interface EmbeddingWrite {
+  rowId: string;
+  /** sha256 (hex) of the text the vector was computed from. */
+  hash: string;
+  /** Vector text, or null to clear the embedding (the row has no text any more). */
+  vector: string | null;
+}
+
+/**
+ * The UPDATE only takes rows whose current text still hashes to what was
+ * embedded (compare-and-set), and only while the target is still what the
+ * batch read: a model switch that committed meanwhile (the target retired,
+ * or its column renamed) makes the write take nothing, so a vector of the
+ * old model never lands in the new column (I7). The compare-and-set sits in
+ * a CASE behind the key match: as a plain conjunct the planner may make it a
+ * hash key and call the content function on every row of the table (slow,
+ * and one row whose function raises would fail every write). A null vector
+ * clears the row's embedding and deletes its fingerprint. Returns the row
+ * ids written.
+ */
+function writeQuery(target: Target): string {
+  const pk = target.pk_sql;
+  return `
+    with input as (
+      -- Parsed once here: the vectors are most of the work.
+      select i.row_id, i.hash, i.embedding::${target.embedding_type_sql} as embedding
+        from jsonb_to_recordset($1::text::jsonb) as i(row_id text, hash text, embedding text)
+    ), written as (
+      update ${target.table_sql} r
+         set ${target.embedding_sql} = i.embedding
+        from input i
+       where r.${pk} = i.row_id::${target.pk_type_sql}
+         and exists (select from util.embedding_targets t
+                      where t.id = $2 and t.retired_at is null and t.embedding_column = $3)
+         and case when r.${pk} = i.row_id::${target.pk_type_sql}
+                  then util._content_hash(${target.content_function_sql}(r)) = decode(i.hash, 'hex')
+             end
+      returning r.${pk}::text as row_id, i.hash, i.embedding is null as cleared
+    ), fingerprinted as (
+      insert into util.embedding_fingerprints as f (target_id, row_id, content_hash)
+      select $2, w.row_id, decode(w.hash, 'hex') from written w where not w.cleared
+      on conflict (target_id, row_id) do update
+        set content_hash = excluded.content_hash, embedded_at = now()
+    ), unfingerprinted as (
+      delete from util.embedding_fingerprints f
+       using written w
+       where w.cleared and f.target_id = $2 and f.row_id = w.row_id
+    )
+    select row_id from written`;
+}
+
+export async function writeEmbeddings(
+  sql: postgres.Sql,
+  target: Target,
+  writes: EmbeddingWrite[],
+): Promise<Set<string>> {
+  const input = JSON.stringify(
+    writes.map((w) => ({ row_id: w.rowId, hash: w.hash, embedding: w.vector })),
+  );
+  for (let attempt = 1;; attempt++) {
+    try {
+      const rows = await sql.begin(async (tx) => {
+        // Our own write must not enqueue new jobs through the update trigger.
+        await tx`select set_config('autoembed.applying', 'on', true)`;
+        return await tx.unsafe<{ row_id: string }[]>(writeQuery(target), [
+          input,
+          target.id,
+          target.embedding_column,
+        ]);
+      });
+      return new Set(rows.map((r) => r.row_id));
+    } catch (err) {
+      if (attempt < 3 && isRetryableNow(err)) continue;
+      throw err;
+    }
+  }
+}
