@@ -170,6 +170,24 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerResult> {
     return { jobs, refused };
   }
 
+  /**
+   * The pipeline's background work (util.maintain_embeddings: content
+   * function changes, sweeps, model switches), at most once per poll
+   * interval across slots, and always when --once finds the queue empty.
+   * Returns the jobs it enqueued.
+   */
+  let lastMaintained = 0;
+  let maintaining: Promise<number> | null = null;
+  function maintain(force = false): Promise<number> {
+    if (maintaining) return maintaining;
+    if (!force && Date.now() - lastMaintained < options.pollIntervalMs) return Promise.resolve(0);
+    lastMaintained = Date.now();
+    maintaining = sql<{ n: string }[]>`select util.maintain_embeddings() as n`
+      .then(([row]) => Number(row.n))
+      .finally(() => maintaining = null);
+    return maintaining;
+  }
+
   let consecutiveErrors = 0;
 
   async function slot(): Promise<void> {
@@ -177,6 +195,7 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerResult> {
       let jobs: Job[];
       let refused: RefusedJob[];
       try {
+        await maintain();
         ({ jobs, refused } = await claim());
         consecutiveErrors = 0;
       } catch (err) {
@@ -201,8 +220,22 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerResult> {
         continue;
       }
       if (jobs.length === 0 && refused.length === 0) {
-        // --once: what was there is done (jobs waiting out a retry backoff are not "there").
-        if (options.once) return;
+        // --once: what was there is done (jobs waiting out a retry backoff are not
+        // "there"), once the background work has nothing more to enqueue.
+        if (options.once) {
+          try {
+            if (await maintain(true) > 0) continue;
+            // A sweep whose last slice needed nothing is still a sweep: finish it.
+            const [{ sweeping }] = await sql<{ sweeping: boolean }[]>`
+              select exists (select from util.embedding_targets
+                              where sweep_started_at is not null) as sweeping`;
+            if (sweeping) continue;
+          } catch (err) {
+            if (!isConnectionError(err)) throw err;
+            continue;
+          }
+          return;
+        }
         options.onBatch?.({
           jobs: 0,
           completed: 0,
