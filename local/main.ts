@@ -86,19 +86,28 @@ async function pointVaultAtLocalFunctions(dbUrl: string): Promise<void> {
 }
 
 /**
- * Applies the pending migrations, makes `model` the default of tables attached
- * from now on, then runs the seed when asked (`db reset`; without it, `db push`),
- * so the seed's demo table uses that model too. Returns the previous default.
+ * Applies the pending migrations, makes the chosen model the default of tables
+ * attached from now on (and says which, and why), then runs the seed when
+ * asked (`db reset`; without it, `db push`), so the seed's demo table uses that
+ * model too. Returns the previous default.
  */
 export async function migrateLocalDatabase(
   dbUrl: string,
-  options: { seed: boolean; model: string; log?: (line: string) => void },
+  options: { seed: boolean; choice: ModelChoice; log?: (line: string) => void },
 ): Promise<string> {
+  const { choice, log = () => {} } = options;
   let previous = "";
   await applyMigrations(dbUrl, {
     seed: options.seed,
-    log: options.log,
-    afterMigrations: async (sql) => void (previous = await setDefaultModel(sql, options.model)),
+    log,
+    afterMigrations: async (sql) => {
+      previous = await setDefaultModel(sql, choice.model);
+      // On a fresh database the previous value is only the migrations' default.
+      const was = !options.seed && previous !== choice.model
+        ? `; default_model was ${previous}`
+        : "";
+      log(`model: ${choice.model} (${choice.reason}${was})`);
+    },
   });
   return previous;
 }
@@ -117,13 +126,7 @@ async function start(): Promise<void> {
   const fresh = !(await hasMigrationTable(dbUrl));
   const choice = await configuredModel();
   // First start behaves like `supabase db reset` (migrations + seed); later ones like `db push`.
-  const previous = await migrateLocalDatabase(dbUrl, {
-    seed: fresh,
-    model: choice.model,
-    log: say,
-  });
-  const was = previous && previous !== choice.model ? `; default_model was ${previous}` : "";
-  say(`model: ${choice.model} (${choice.reason}${was})`);
+  await migrateLocalDatabase(dbUrl, { seed: fresh, choice, log: say });
   await pointVaultAtLocalFunctions(dbUrl);
   // Functions first: requests queued while the stack was down (the cron tick
   // keeps queueing them) must find the function up when the dispatcher sends them.

@@ -51,7 +51,7 @@ for (
     const choice = chooseDefaultModel(env, null);
     assert.equal(choice.model, expected);
     await withTestDb(async (sql, url) => {
-      const previous = await migrateLocalDatabase(url, { seed: true, model: choice.model });
+      const previous = await migrateLocalDatabase(url, { seed: true, choice });
       assert.equal(previous, PROVIDER_DEFAULT_MODEL, "the migrations' default, before the change");
       assert.equal(await targetModel(sql, "documents"), expected, "the seeded demo table");
       await attachNotesGuideStyle(sql);
@@ -62,9 +62,18 @@ for (
 
 Deno.test("a later start with another configuration changes the default for tables attached from then on", async () => {
   await withTestDb(async (sql, url) => {
-    await migrateLocalDatabase(url, { seed: true, model: OFFLINE_MODEL });
+    await migrateLocalDatabase(url, { seed: true, choice: chooseDefaultModel({}, null) });
     const choice = chooseDefaultModel({}, "OPENAI_API_KEY=sk-test\n");
-    const previous = await migrateLocalDatabase(url, { seed: false, model: choice.model });
+    const lines: string[] = [];
+    const previous = await migrateLocalDatabase(url, {
+      seed: false,
+      choice,
+      log: (line) => lines.push(line),
+    });
+    assert.deepEqual(lines, [
+      "model: text-embedding-3-small (OPENAI_API_KEY in supabase/functions/.env; " +
+      "default_model was local-hash-v1)",
+    ]);
     assert.equal(previous, OFFLINE_MODEL);
     const [{ n }] = await sql`select count(*)::int as n from public.documents`;
     assert.equal(n, 8, "no second seed");
