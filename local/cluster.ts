@@ -198,11 +198,6 @@ export async function removeCluster(): Promise<void> {
   });
 }
 
-export async function restartCluster(mode: "fast" | "immediate" = "fast"): Promise<void> {
-  const paths = await clusterPaths();
-  await pgCtl(paths, ["-w", "-t", "60", "-m", mode, "-l", paths.log, "restart"]);
-}
-
 /** Per-database part of the bootstrap; run in template1 (so every new database has it) and postgres. */
 const DATABASE_BOOTSTRAP = `
   create schema if not exists extensions;

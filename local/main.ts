@@ -1,6 +1,7 @@
 // Entry point of the Docker-free local stack: `start` (npm start), `test`
 // (npm test), `stop`. Each step installs or creates what is missing first,
 // so both commands work on a fresh clone.
+import { join } from "node:path";
 import postgres from "postgres";
 import {
   API_PORT,
@@ -11,10 +12,12 @@ import {
   TEST_TEMPLATE,
 } from "./config.ts";
 import { bootstrapCluster, removeCluster, startCluster, stopCluster } from "./cluster.ts";
-import { startFunctions } from "./functions.ts";
+import { chooseDefaultModel, type ModelChoice, setDefaultModel } from "./default_model.ts";
+import { FUNCTIONS_DIR, startFunctions } from "./functions.ts";
 import { applyMigrations, MigrationError } from "./migrate.ts";
 import { startNetDispatcher } from "./net_dispatcher.ts";
-import { CommandError } from "./proc.ts";
+import { CommandError, readTextIfExists } from "./proc.ts";
+import { startPushTick } from "./push_tick.ts";
 import { ensureSetup } from "./setup.ts";
 import { coreSettings } from "../supabase/functions/_shared/settings.ts";
 import { surviveDatabaseDisconnects } from "../supabase/functions/_shared/postgres_guard.ts";
@@ -82,14 +85,48 @@ async function pointVaultAtLocalFunctions(dbUrl: string): Promise<void> {
   }
 }
 
+/**
+ * Applies the pending migrations, makes the chosen model the default of tables
+ * attached from now on (and says which, and why), then runs the seed when
+ * asked (`db reset`; without it, `db push`), so the seed's demo table uses that
+ * model too. Returns the previous default.
+ */
+export async function migrateLocalDatabase(
+  dbUrl: string,
+  options: { seed: boolean; choice: ModelChoice; log?: (line: string) => void },
+): Promise<string> {
+  const { choice, log = () => {} } = options;
+  let previous = "";
+  await applyMigrations(dbUrl, {
+    seed: options.seed,
+    log,
+    afterMigrations: async (sql) => {
+      previous = await setDefaultModel(sql, choice.model);
+      // On a fresh database the previous value is only the migrations' default.
+      const was = !options.seed && previous !== choice.model
+        ? `; default_model was ${previous}`
+        : "";
+      log(`model: ${choice.model} (${choice.reason}${was})`);
+    },
+  });
+  return previous;
+}
+
+/** The default model for the configuration this start was given (environment and functions .env). */
+export async function configuredModel(): Promise<ModelChoice> {
+  const dotenv = await readTextIfExists(join(FUNCTIONS_DIR, ".env"));
+  return chooseDefaultModel(Deno.env.toObject(), dotenv);
+}
+
 async function start(): Promise<void> {
   // The pg_net dispatcher runs in this process: a database restart must not end it.
   surviveDatabaseDisconnects((line) => say(line));
   const startedCluster = await prepare();
   const dbUrl = databaseUrl("postgres");
   const fresh = !(await hasMigrationTable(dbUrl));
+  const choice = await configuredModel();
   // First start behaves like `supabase db reset` (migrations + seed); later ones like `db push`.
-  await applyMigrations(dbUrl, { seed: fresh, log: say });
+  await migrateLocalDatabase(dbUrl, { seed: fresh, choice, log: say });
   await pointVaultAtLocalFunctions(dbUrl);
   // Functions first: requests queued while the stack was down (the cron tick
   // keeps queueing them) must find the function up when the dispatcher sends them.
@@ -105,6 +142,8 @@ async function start(): Promise<void> {
     throw err;
   }
   const dispatcher = await startNetDispatcher({ dbUrl, log: (line) => say(`pg_net: ${line}`) });
+  const tick = await startPushTick({ dbUrl, log: (line) => say(`push tick: ${line}`) });
+  say(`push tick: ${tick.plan.reason}`);
   say("ready");
   console.log(`  Database URL:  ${dbUrl}`);
   console.log(
@@ -112,28 +151,54 @@ async function start(): Promise<void> {
   );
   const signalled = waitForSignal();
   await Promise.race([
-    showDemo(dbUrl).catch((err) => say(`demo: ${(err as Error).message}`)),
+    showDemo(dbUrl, choice).catch((err) => say(`demo: ${(err as Error).message}`)),
     signalled,
   ]);
   console.log("  Press Ctrl-C to stop.");
   const signal = await signalled;
   say(`${signal}: stopping`);
-  await functions.stop();
+  // Together: the tick queues no more calls, and the gateway knows its functions' exits are expected.
+  await Promise.all([tick.stop(), functions.stop()]);
   await dispatcher.stop();
   if (startedCluster) await stopCluster();
   say("stopped");
 }
 
-/** Waits until the demo table has no missing or stale embeddings; returns the status row. */
+/**
+ * The demo table's status row. `next_model` is the model a change in progress
+ * builds beside the live column (null when none), read through to_jsonb so
+ * that this works whether or not the status view has that column.
+ */
+async function demoStatus(sql: postgres.Sql) {
+  const [s] = await sql`
+    select total_rows::int as total, embedded::int as embedded, missing::int as missing,
+           stale::int as stale, queued::int as queued, model, last_error,
+           to_jsonb(s) ->> 'next_model' as next_model
+      from util.embedding_status s where schema_name = 'public' and table_name = 'documents'`;
+  return s as
+    | {
+      total: number;
+      embedded: number;
+      missing: number;
+      stale: number;
+      queued: number;
+      model: string;
+      last_error: string | null;
+      next_model: string | null;
+    }
+    | undefined;
+}
+
+/**
+ * Waits until the demo table has no missing or stale embeddings and no model
+ * change in progress; returns the status row.
+ */
 async function waitForDemo(sql: postgres.Sql, what: string) {
   const started = Date.now();
   let nextReport = 10_000;
   for (;;) {
-    const [s] = await sql`
-      select total_rows::int as total, embedded::int as embedded, missing::int as missing,
-             stale::int as stale, queued::int as queued, model, last_error
-        from util.embedding_status where schema_name = 'public' and table_name = 'documents'`;
-    if (s && s.missing === 0 && s.stale === 0 && s.queued === 0) {
+    const s = await demoStatus(sql);
+    if (s && s.missing === 0 && s.stale === 0 && s.queued === 0 && s.next_model === null) {
       say(
         `demo: ${what}: ${s.embedded}/${s.total} rows embedded by ${s.model} in ${
           Date.now() - started
@@ -150,8 +215,10 @@ async function waitForDemo(sql: postgres.Sql, what: string) {
     if (waited >= nextReport) {
       nextReport += 10_000;
       // Jobs of calls lost while the stack was down wait out their visibility timeout (2 min).
+      const moving = s?.next_model ? `, moving to ${s.next_model}` : "";
       say(
         `demo: waiting: ${s?.queued} jobs queued, ${s?.missing} rows missing, ${s?.stale} stale` +
+          moving +
           " (jobs of calls lost while the stack was down come back after their visibility timeout)",
       );
     }
@@ -164,8 +231,13 @@ async function waitForDemo(sql: postgres.Sql, what: string) {
  * model (the same provider code the function uses) and calls
  * public.match_documents, as in the Supabase guide.
  */
-async function answer(sql: postgres.Sql, question: string, model: string) {
-  const provider = coreSettings((name) => Deno.env.get(name)).providerFor(model, 1536);
+async function answer(
+  sql: postgres.Sql,
+  question: string,
+  model: string,
+  env: (name: string) => string | undefined,
+) {
+  const provider = coreSettings(env).providerFor(model, 1536);
   const [vector] = await provider.embed([question]);
   const hits = await sql`
     select title, round((1 - (embedding <=> ${
@@ -177,23 +249,26 @@ async function answer(sql: postgres.Sql, question: string, model: string) {
 }
 
 /**
- * Shows the pipeline working on the seeded demo table: starts a drain (the
- * cron tick would, within a minute), waits until every document is embedded,
- * answers a search, edits a row and waits for its re-embedding.
+ * Shows the pipeline working on the seeded demo table: moves it to the
+ * configured default model if it has another, starts a drain (the tick would,
+ * within 10 s), waits until every document is embedded, answers a search,
+ * edits a row and waits for its re-embedding.
  */
-async function showDemo(dbUrl: string): Promise<void> {
+async function showDemo(dbUrl: string, choice: ModelChoice): Promise<void> {
   const sql = postgres(dbUrl, { max: 1, onnotice: () => {} });
   try {
     const [demo] = await sql`select to_regclass('public.documents') is not null as present`;
     if (!demo.present) return;
-    if (Deno.env.get("OPENAI_API_KEY")) {
+    const status = await demoStatus(sql);
+    const target = status?.next_model ?? status?.model;
+    if (status && target !== choice.model) {
       const [{ n }] = await sql`
-        select util.reembed('public.documents', 'embedding', 'text-embedding-3-small', 1536) as n`;
-      say(`demo: OPENAI_API_KEY is set: ${n} rows queued for text-embedding-3-small`);
+        select util.reembed('public.documents', 'embedding', ${choice.model}, 1536) as n`;
+      say(`demo: public.documents moves from ${target} to ${choice.model}: ${n} rows queued`);
     }
     await sql`select util.process_embeddings()`;
     const { model } = await waitForDemo(sql, "initial embedding");
-    await answer(sql, "run SQL on a schedule", model);
+    await answer(sql, "run SQL on a schedule", model, choice.env);
     await sql`
       update public.documents
          set content = 'pg_cron runs SQL on a schedule inside the database, e.g. every minute ' ||
@@ -202,7 +277,7 @@ async function showDemo(dbUrl: string): Promise<void> {
     say("demo: edited 'Scheduling jobs'; the update trigger queued it");
     await sql`select util.process_embeddings()`;
     await waitForDemo(sql, "after the edit");
-    await answer(sql, "run SQL every minute", model);
+    await answer(sql, "run SQL every minute", model, choice.env);
     say(
       "demo: try it yourself in psql: insert or update public.documents, then " +
         "select * from util.embedding_status;",

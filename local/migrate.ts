@@ -56,6 +56,8 @@ export interface ApplyOptions {
   /** Also run seed.sql (after migrations) — `db reset` does, `db push` does not. */
   seed?: boolean;
   seedFile?: string;
+  /** Runs after the migrations and before the seed, e.g. to set what the seed relies on. */
+  afterMigrations?: (sql: postgres.Sql) => Promise<void>;
   log?: (line: string) => void;
 }
 
@@ -101,6 +103,7 @@ export async function applyMigrations(
       log(`applied ${basename(migration.path)}`);
       applied.push(migration.version);
     }
+    await options.afterMigrations?.(sql);
     if (options.seed) {
       const seedFile = options.seedFile ?? SEED_FILE;
       const text = await readTextIfExists(seedFile);

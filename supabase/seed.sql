@@ -7,10 +7,10 @@
 select vault.create_secret('http://127.0.0.1:54321', 'project_url');
 select vault.create_secret('autoembed-local-dev-secret', 'embed_secret');
 
--- The demo embeds offline with the lexical local-hash-v1 model unless the
--- local stack is started with OPENAI_API_KEY set (it then switches the table
--- to text-embedding-3-small with util.reembed).
-update util.settings set value = 'local-hash-v1' where name = 'default_model';
+-- No model is chosen here: the local stack sets util.settings default_model
+-- before this seed runs, from the configuration it was given (a key in the
+-- environment or in supabase/functions/.env: text-embedding-3-small; none:
+-- the offline, lexical local-hash-v1), and the demo table below takes it.
 
 create table public.documents (
   id bigint primary key generated always as identity,

@@ -4,9 +4,11 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { startFunctions } from "../../local/functions.ts";
 import { localJwt } from "../../local/functions.ts";
-import { applyMigrations, MigrationError } from "../../local/migrate.ts";
+import { applyMigrations, MigrationError, MIGRATIONS_DIR } from "../../local/migrate.ts";
+import { PUSH_TICK_APPLICATION_NAME, type PushTick, startPushTick } from "../../local/push_tick.ts";
 import { ensureSetup } from "../../local/setup.ts";
 import { ADMIN_URL, connect, withTestDb } from "../_support/db.ts";
+import { waitFor } from "../_support/pipeline.ts";
 
 Deno.test("setup is idempotent: on a prepared machine it changes nothing", async () => {
   const report = await ensureSetup();
@@ -31,20 +33,123 @@ Deno.test("cluster: vector, hstore and the shims are installed; halfvec and an H
   });
 });
 
-Deno.test("cluster: pg_cron is preloaded and schedules in the postgres database (1.4: minutes only)", async () => {
+/** Whether a pg_cron extension version ("1.4-1", "1.6") accepts '10 seconds' schedules. */
+function cronHasSeconds(version: string): boolean {
+  const [major, minor] = version.split(/[.-]/).map(Number);
+  return major > 1 || (major === 1 && minor >= 5);
+}
+
+/** Thrown to roll a transaction back once its checks are done. */
+class Rollback extends Error {}
+
+Deno.test("cluster: pg_cron is preloaded; the schedule migration ticks as often as the installed pg_cron allows", async () => {
   const sql = connect(ADMIN_URL, { max: 1 });
+  const migration = await Deno.readTextFile(
+    join(MIGRATIONS_DIR, "20261124000300_schedule.sql"),
+  );
   try {
     const [{ libs }] = await sql`select current_setting('shared_preload_libraries') as libs`;
     assert.match(libs, /pg_cron/);
-    await sql`create extension if not exists pg_cron`;
-    const [{ id }] =
-      await sql`select cron.schedule('autoembed-test-job', '* * * * *', 'select 1') as id`;
-    assert.ok(Number(id) > 0);
-    await assert.rejects(
-      sql`select cron.schedule('autoembed-test-job-2', '10 seconds', 'select 1')`,
-    );
-    await sql`select cron.unschedule('autoembed-test-job')`;
+    // In the postgres database (the only one pg_cron lives in), rolled back:
+    // the stack's own process-embeddings job, if any, is left as it was.
+    await sql.begin(async (tx) => {
+      await tx`create extension if not exists pg_cron`;
+      const [{ extversion }] =
+        await tx`select extversion from pg_extension where extname = 'pg_cron'`;
+      const seconds = cronHasSeconds(extversion);
+      const accepted = await tx.savepoint((sp) =>
+        sp`select cron.schedule('autoembed-test-seconds', '10 seconds', 'select 1')`
+      ).then(() => true, () => false);
+      assert.equal(accepted, seconds, `pg_cron ${extversion} and '10 seconds'`);
+      await tx.unsafe(migration).simple();
+      const jobs = await tx`
+        select jobname, schedule, command from cron.job
+         where jobname in ('process-embeddings', 'prune-embedding-cache') order by jobname`;
+      assert.deepEqual(jobs.map((j) => [j.jobname, j.schedule, j.command]), [
+        [
+          "process-embeddings",
+          seconds ? "10 seconds" : "* * * * *",
+          "select util.process_embeddings()",
+        ],
+        ["prune-embedding-cache", "17 3 * * *", "select util.prune_embedding_cache()"],
+      ]);
+      throw new Rollback();
+    }).catch((err) => {
+      if (!(err instanceof Rollback)) throw err;
+    });
   } finally {
+    await sql.end();
+  }
+});
+
+Deno.test("push tick: runs the per-minute fallback job every interval as the job's user, follows the job's changes, leaves nothing behind", async () => {
+  const sql = connect(ADMIN_URL, { max: 1 });
+  const suffix = crypto.randomUUID().replaceAll("-", "").slice(0, 12);
+  const jobName = `autoembed-test-tick-${suffix}`;
+  const table = `autoembed_test_tick_${suffix}`;
+  const role = table; // pg_cron wants a role that can log in, so one of the test's own
+  const lines: string[] = [];
+  let tick: PushTick | null = null;
+  // Rows written by the tick's runs (pg_cron may run the job itself at a minute boundary).
+  const runs = async () => {
+    const [{ n }] = await sql`
+      select count(*)::int as n from ${sql(table)}
+       where app = ${PUSH_TICK_APPLICATION_NAME} and who = ${role}`;
+    return n as number;
+  };
+  try {
+    await sql`create extension if not exists pg_cron`;
+    await sql`create table ${sql(table)} (app text, who text, pid int)`;
+    await sql`create role ${sql(role)} login`;
+    await sql`grant insert on ${sql(table)} to ${sql(role)}`;
+    const command =
+      `insert into public.${table} values (current_setting('application_name'), current_user, pg_backend_pid())`;
+    const [{ jobid }] = await sql`
+      select cron.schedule_in_database(${jobName}, '* * * * *', ${command}, 'postgres', ${role})
+               as jobid`;
+    tick = await startPushTick({
+      dbUrl: ADMIN_URL,
+      jobName,
+      intervalMs: 200,
+      log: (line) => lines.push(line),
+    });
+    assert.equal(tick.plan.tick, true, tick.plan.reason);
+    await waitFor("three ticks", async () => (await runs()) >= 3, 10_000);
+    const [{ others }] = await sql`
+      select count(*)::int as others from ${sql(table)}
+       where app = ${PUSH_TICK_APPLICATION_NAME} and who <> ${role}`;
+    assert.equal(others, 0, "every run is the job's user's");
+
+    await sql`select cron.alter_job(${jobid}, active => false)`;
+    await waitFor(
+      "the tick to see the paused job",
+      () => Promise.resolve(lines.some((l) => l.includes("inactive"))),
+      10_000,
+    );
+    const paused = await runs();
+    const checks = tick.stats.checks;
+    await waitFor(
+      "three more intervals",
+      () => Promise.resolve(tick!.stats.checks >= checks + 3),
+      10_000,
+    );
+    assert.equal(await runs(), paused, "no run while the job is inactive");
+
+    await sql`select cron.alter_job(${jobid}, active => true)`;
+    await waitFor("ticks again once active", async () => (await runs()) > paused, 10_000);
+    await tick.stop();
+    tick = null;
+    await waitFor("the tick's session to end", async () => {
+      const [{ n }] = await sql`
+        select count(*)::int as n from pg_stat_activity
+         where pid in (select pid from ${sql(table)} where app = ${PUSH_TICK_APPLICATION_NAME})`;
+      return n === 0;
+    }, 10_000);
+  } finally {
+    await tick?.stop();
+    await sql`select cron.unschedule(jobid) from cron.job where jobname = ${jobName}`;
+    await sql`drop table if exists ${sql(table)}`;
+    await sql`drop role if exists ${sql(role)}`;
     await sql.end();
   }
 });

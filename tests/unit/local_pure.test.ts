@@ -2,6 +2,8 @@
 import assert from "node:assert/strict";
 import { localJwt, parseDotenv, parseVerifyJwt, verifyLocalJwt } from "../../local/functions.ts";
 import { lineOf, listMigrations } from "../../local/migrate.ts";
+import { chooseDefaultModel } from "../../local/default_model.ts";
+import { type CronJob, planPushTick } from "../../local/push_tick.ts";
 import { parseArgs, parseDuration, progressLine, UsageError } from "../../cli/autoembed.ts";
 import { jobBatchSchema } from "../../supabase/functions/_shared/jobs.ts";
 
@@ -123,4 +125,110 @@ Deno.test("progressLine shows done, backlog, rate and ETA", () => {
     [{ done: 0, backlog: null, elapsedMs: 0 }, "done 0  0.0 rows/s"],
   ];
   for (const [input, want] of cases) assert.equal(progressLine(input), want);
+});
+
+Deno.test("chooseDefaultModel: a key in the environment or supabase/functions/.env means the provider's model", () => {
+  const key = "sk-test-abc123";
+  const cases: {
+    env: Record<string, string>;
+    dotenv: string | null;
+    model: string;
+    reason: RegExp;
+    baseUrl?: string;
+  }[] = [
+    {
+      env: {},
+      dotenv: null,
+      model: "local-hash-v1",
+      reason:
+        /^offline lexical; no OPENAI_API_KEY in the environment or supabase\/functions\/\.env$/,
+    },
+    {
+      env: {},
+      dotenv: "# nothing\nOTHER=1\n",
+      model: "local-hash-v1",
+      reason: /no OPENAI_API_KEY/,
+    },
+    {
+      env: { OPENAI_API_KEY: "  " },
+      dotenv: null,
+      model: "local-hash-v1",
+      reason: /no OPENAI_API_KEY/,
+    },
+    {
+      env: { OPENAI_API_KEY: key },
+      dotenv: null,
+      model: "text-embedding-3-small",
+      reason: /^OPENAI_API_KEY in the environment$/,
+    },
+    {
+      env: {},
+      dotenv: `OPENAI_API_KEY="${key}"\n`,
+      model: "text-embedding-3-small",
+      reason: /^OPENAI_API_KEY in supabase\/functions\/\.env$/,
+    },
+    {
+      env: { OPENAI_API_KEY: "sk-env" },
+      dotenv: `export OPENAI_API_KEY=${key}\nOPENAI_BASE_URL=http://127.0.0.1:11434/v1\n`,
+      model: "text-embedding-3-small",
+      reason:
+        /^OPENAI_API_KEY in supabase\/functions\/\.env, OPENAI_BASE_URL in supabase\/functions\/\.env$/,
+      baseUrl: "http://127.0.0.1:11434/v1",
+    },
+    {
+      env: { OPENAI_API_KEY: key, OPENAI_BASE_URL: "http://gateway.test/v1" },
+      dotenv: "",
+      model: "text-embedding-3-small",
+      reason: /^OPENAI_API_KEY in the environment, OPENAI_BASE_URL in the environment$/,
+      baseUrl: "http://gateway.test/v1",
+    },
+    {
+      // The file's empty value is what the function gets: it overrides the environment.
+      env: { OPENAI_API_KEY: key },
+      dotenv: "OPENAI_API_KEY=\n",
+      model: "local-hash-v1",
+      reason: /OPENAI_API_KEY is empty in supabase\/functions\/\.env, which overrides/,
+    },
+  ];
+  for (const c of cases) {
+    const choice = chooseDefaultModel(c.env, c.dotenv);
+    const label = JSON.stringify({ env: c.env, dotenv: c.dotenv });
+    assert.equal(choice.model, c.model, label);
+    assert.match(choice.reason, c.reason, label);
+    assert.ok(!choice.reason.includes("sk-"), `the reason never shows a key: ${choice.reason}`);
+    assert.equal(choice.env("OPENAI_BASE_URL"), c.baseUrl, label);
+  }
+  assert.equal(
+    chooseDefaultModel({ OPENAI_API_KEY: "sk-env" }, `OPENAI_API_KEY=${key}`).env(
+      "OPENAI_API_KEY",
+    ),
+    key,
+    "the file's key is the one the demo uses, as the function does",
+  );
+});
+
+Deno.test("planPushTick: the local stack ticks only the active per-minute fallback of its own database", () => {
+  const job = (over: Partial<CronJob>): CronJob => ({
+    schedule: "* * * * *",
+    command: "select util.process_embeddings()",
+    database: "postgres",
+    username: "postgres",
+    active: true,
+    ...over,
+  });
+  const cases: [CronJob | null, boolean, RegExp][] = [
+    [job({}), true, /per minute .* every 10 s$/],
+    [job({ schedule: " *  * * * * " }), true, /per minute/],
+    [job({ schedule: "10 seconds" }), false, /pg_cron runs process-embeddings every 10 seconds/],
+    [job({ schedule: "1 second" }), false, /every 1 second/],
+    [job({ active: false }), false, /inactive/],
+    [job({ database: "app" }), false, /runs in database app, not postgres/],
+    [job({ schedule: "*/5 * * * *" }), false, /its own schedule '\*\/5 \* \* \* \*'/],
+    [null, false, /no pg_cron job process-embeddings in database postgres/],
+  ];
+  for (const [input, tick, reason] of cases) {
+    const plan = planPushTick(input, "postgres");
+    assert.equal(plan.tick, tick, JSON.stringify(input));
+    assert.match(plan.reason, reason, JSON.stringify(input));
+  }
 });
