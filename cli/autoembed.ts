@@ -13,7 +13,8 @@ commands:
   worker                 process embedding jobs until stopped (Ctrl-C / SIGTERM)
   status                 per-table embedding status            [--json]
   backfill <table>       enqueue rows missing an embedding
-  reembed <table>        re-embed a table, e.g. with a new model [--model M] [--dimensions D]
+  reembed <table>        recheck a table, or move it to a new model [--model M] [--dimensions D]
+                         (built beside the live column, switched when complete; --cancel stops it)
   retry-failed [<table>] put dead-lettered jobs back on the queue
 
 options (each also from the environment variable shown):
@@ -64,7 +65,10 @@ const VALUE_OPTIONS = new Map([
   ["--column", "column"],
   ["--visibility-timeout", "visibility-timeout"],
 ]);
-const FLAG_OPTIONS = new Map([["--once", "once"], ["--json", "json"], ["-h", "help"], [
+const FLAG_OPTIONS = new Map([["--once", "once"], ["--json", "json"], ["--cancel", "cancel"], [
+  "-h",
+  "help",
+], [
   "--help",
   "help",
 ]]);
@@ -180,7 +184,11 @@ async function status(args: ParsedArgs): Promise<number> {
       select schema_name || '.' || table_name as table, embedding_column as column, model, total_rows as rows,
              embedded, missing, stale, queued, in_flight,
              coalesce(extract(epoch from oldest_queued_age)::int || 's', '') as oldest_queued,
-             dead_lettered, models, last_error
+             dead_lettered, models,
+             case when next_model is not null
+                  then next_model || '/' || next_dimensions || ' ' || next_embedded || '/' || total_rows
+                  else '' end as next_model,
+             last_error
         from util.embedding_status`;
     const plain = rows.map((r) => ({ ...r }));
     console.log(args.options.has("json") ? JSON.stringify(plain, null, 2) : formatTable(plain));
@@ -204,13 +212,25 @@ async function enqueue(args: ParsedArgs, command: string): Promise<number> {
       );
     }
     const table = await resolveTable(sql, name, column);
+    if (command === "reembed" && args.options.has("cancel")) {
+      const [row] =
+        await sql`select util.cancel_reembed(${table}::regclass, ${column}) as cancelled`;
+      console.log(
+        row.cancelled ? `cancelled the model change of ${table}` : `${table} has no model change`,
+      );
+      return 0;
+    }
     const model = command === "reembed" ? args.options.get("model")?.at(-1) ?? null : null;
     const dimsText = command === "reembed" ? args.options.get("dimensions")?.at(-1) : undefined;
     const dims = dimsText ? positiveInt(dimsText, "--dimensions") : null;
     try {
       const [row] =
         await sql`select util.reembed(${table}::regclass, ${column}, ${model}, ${dims}) as n`;
-      console.log(`enqueued ${row.n} row(s) of ${table}${model ? ` for model ${model}` : ""}`);
+      console.log(
+        `enqueued ${row.n} row(s) of ${table}` +
+          (model ? ` for model ${model}` : dims ? ` for ${dims} dimensions` : "") +
+          " (the rest follow in slices; see deno task autoembed status)",
+      );
     } catch (err) {
       const e = err as postgres.PostgresError;
       if (e.name === "PostgresError") {
