@@ -71,7 +71,7 @@ const FORBIDDEN = [
   "select util.cancel_reembed('documents')",
   "select util._switch_model(1)",
   "select * from util._try_content('pg_catalog.version', 1)",
-  "select util._embedding_request_done(1, 1, 1, 1000)",
+  "select util._embedding_request_done(1)",
   // HTTP from the database, and what pg_net holds (its queue carries the bearer secret)
   "select net.http_post('http://127.0.0.1:1/', '{}'::jsonb)",
   "select net.http_get('http://127.0.0.1:1/')",

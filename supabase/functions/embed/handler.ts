@@ -131,17 +131,12 @@ export function createEmbedHandler(config: EmbedHandlerConfig): EmbedHandler {
       );
     }
 
-    // Push mode: report back so util.process_embeddings starts the next calls.
-    const url = new URL(req.url);
-    const lease = intParam(url, "lease");
+    // Push mode: report back so util.process_embeddings starts the next calls
+    // (with the parameters stored with the lease).
+    const lease = intParam(new URL(req.url), "lease");
     if (lease !== undefined && !config.shutdown?.aborted) {
       try {
-        await sql`select util._embedding_request_done(${lease}, ${
-          intParam(url, "batch_size") ?? 100
-        },
-                    ${intParam(url, "max_requests") ?? 4}, ${
-          intParam(url, "timeout_milliseconds") ?? 120000
-        })`;
+        await sql`select util._embedding_request_done(${lease})`;
       } catch (err) {
         log(JSON.stringify({ event: "continue_failed", message: (err as Error).message }));
       }
