@@ -292,6 +292,7 @@ async function worker(args: ParsedArgs): Promise<number> {
   const startedAt = Date.now();
   let done = 0;
   let backlog: number | null = null;
+  let idle = false;
   // On a terminal: a live line with the backlog, refreshed once a second by a
   // count of the queue (one cheap query; the worker's own pool is untouched).
   const counter = tty ? postgres(dbUrl, { max: 1, onnotice: () => {} }) : null;
@@ -313,7 +314,14 @@ async function worker(args: ParsedArgs): Promise<number> {
     onBatch: (e) => {
       done = e.totalCompleted;
       if (tty) refresh();
-      else if (e.jobs > 0) console.log(JSON.stringify({ event: "batch", ...e }));
+      else if (e.jobs > 0) {
+        idle = false;
+        console.log(JSON.stringify({ event: "batch", ...e }));
+      } else if (!idle) {
+        // Once per drained queue (and at start-up), not once per empty poll.
+        idle = true;
+        console.log(JSON.stringify({ event: "idle", totalCompleted: e.totalCompleted }));
+      }
     },
   });
   clearInterval(ticker);

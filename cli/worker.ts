@@ -5,6 +5,7 @@
 import postgres from "postgres";
 import { processBatch } from "../supabase/functions/_shared/core.ts";
 import { isConnectionError } from "../supabase/functions/_shared/db_errors.ts";
+import { surviveDatabaseDisconnects } from "../supabase/functions/_shared/postgres_guard.ts";
 import {
   checkJobMessage,
   type Job,
@@ -66,12 +67,12 @@ function claimFilters(tables: string[]): Record<string, string>[] {
   });
 }
 
-/** Waits `ms` or until `wake` resolves, whichever is first. */
-function sleep(ms: number, wake: Promise<void>): Promise<void> {
+/** Waits `ms` or until one of `wakers` resolves, whichever is first. */
+function sleep(ms: number, ...wakers: Promise<void>[]): Promise<void> {
   let timer: ReturnType<typeof setTimeout> | undefined;
   return Promise.race([
     new Promise<void>((r) => (timer = setTimeout(r, ms))),
-    wake,
+    ...wakers,
   ]).finally(() => clearTimeout(timer));
 }
 
@@ -91,9 +92,16 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerResult> {
   let filterTurn = 0;
   const stopping = options.signal;
   const abortProviders = new AbortController();
-  stopping?.addEventListener("abort", () => {
-    setTimeout(() => abortProviders.abort(), options.shutdownGraceMs ?? 10_000);
-    nudge();
+  let graceTimer: ReturnType<typeof setTimeout> | undefined;
+  // Every sleep (poll wait, reconnect backoff) races this, so a stop during a
+  // database outage is not held up by a backoff of up to 45 s.
+  const stopped = new Promise<void>((resolve) => {
+    const onStop = () => {
+      graceTimer = setTimeout(() => abortProviders.abort(), options.shutdownGraceMs ?? 10_000);
+      resolve();
+    };
+    if (stopping?.aborted) onStop();
+    else stopping?.addEventListener("abort", onStop, { once: true });
   });
 
   // Wake-ups: every NOTIFY resolves the current promise, which all idle slots await.
@@ -126,18 +134,13 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerResult> {
     listen().catch(() => nudge());
   }
   // postgres.js can throw from a timer, or reject a promise nobody holds, when
-  // a connection dies in the middle of a write (seen on Postgres restarts),
-  // which would end the process. Keep the worker alive with a fresh pool.
-  const onUncaught = (event: ErrorEvent) => {
-    event.preventDefault();
-    resetClient(String(event.message));
-  };
-  const onUnhandled = (event: PromiseRejectionEvent) => {
-    event.preventDefault();
-    resetClient(String((event.reason as Error)?.message ?? event.reason));
-  };
-  globalThis.addEventListener("error", onUncaught);
-  globalThis.addEventListener("unhandledrejection", onUnhandled);
+  // a connection dies in the middle of a write (seen on Postgres restarts).
+  // Only that is absorbed, with a fresh pool; any other uncaught error is a
+  // bug and still ends the process.
+  const unguard = surviveDatabaseDisconnects(
+    log,
+    (error) => resetClient(`disconnect ${(error as { code?: string }).code ?? "closed_socket"}`),
+  );
 
   log(JSON.stringify({
     event: "started",
@@ -216,7 +219,7 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerResult> {
             message: unreachable ? undefined : String((err as Error)?.message).slice(0, 200),
           }),
         );
-        await sleep(delay, new Promise(() => {}));
+        await sleep(delay, stopped);
         continue;
       }
       if (jobs.length === 0 && refused.length === 0) {
@@ -244,7 +247,7 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerResult> {
           durationMs: 0,
           totalCompleted: result.completed,
         });
-        await sleep(options.pollIntervalMs, wake);
+        await sleep(options.pollIntervalMs, wake, stopped);
         continue;
       }
       try {
@@ -286,8 +289,8 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerResult> {
     await Promise.all(Array.from({ length: options.concurrency }, () => slot()));
   } finally {
     await listener?.unlisten().catch(() => {});
-    globalThis.removeEventListener("error", onUncaught);
-    globalThis.removeEventListener("unhandledrejection", onUnhandled);
+    unguard();
+    clearTimeout(graceTimer);
     await sql.end({ timeout: 5 });
   }
   return result;

@@ -1,11 +1,28 @@
-// Runs the operator CLI (cli/autoembed.ts) as a real subprocess, the way users
-// do, with its output captured.
+// Runs the operator CLI (cli/autoembed.ts), or another Deno script, as a real
+// subprocess the way users do, with its output captured; and the environment
+// that points it at the fake provider.
 import { ROOT } from "../../local/config.ts";
+import type { FakeOpenAI } from "./fake_openai.ts";
 
 export interface CliResult {
   code: number;
   stdout: string;
   stderr: string;
+}
+
+/** Environment of a worker subprocess (or embed function) talking to the fake provider. */
+export function providerEnv(
+  fake: FakeOpenAI,
+  dbUrl: string,
+  extra: Record<string, string> = {},
+): Record<string, string> {
+  return {
+    DATABASE_URL: dbUrl,
+    OPENAI_API_KEY: "sk-test-key-not-secret",
+    OPENAI_BASE_URL: fake.baseURL,
+    EMBEDDING_TIMEOUT_MS: "10000",
+    ...extra,
+  };
 }
 
 /** Runs `deno task autoembed <args>` to completion. */
@@ -22,7 +39,7 @@ export async function runCli(args: string[], env: Record<string, string> = {}): 
   return { code: out.code, stdout: text.decode(out.stdout), stderr: text.decode(out.stderr) };
 }
 
-/** A worker process started in the background; its output is collected line by line. */
+/** A process started in the background; its output is collected line by line. */
 export interface WorkerProcess {
   child: Deno.ChildProcess;
   lines: string[];
@@ -33,9 +50,19 @@ export interface WorkerProcess {
   status: Promise<Deno.CommandStatus>;
 }
 
+/** Runs `deno task autoembed worker <args>` in the background. */
 export function spawnWorker(args: string[], env: Record<string, string>): WorkerProcess {
+  return spawnScript("cli/autoembed.ts", ["worker", ...args], env);
+}
+
+/** Runs `script` (a path from the repository root) with Deno in the background. */
+export function spawnScript(
+  script: string,
+  args: string[],
+  env: Record<string, string>,
+): WorkerProcess {
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "cli/autoembed.ts", "worker", ...args],
+    args: ["run", "-A", script, ...args],
     cwd: ROOT,
     env: { NO_COLOR: "1", ...env },
     stdin: "null",

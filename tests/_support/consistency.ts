@@ -2,13 +2,11 @@
 // attached table holds exactly what the pipeline promises (I1, I2), every job
 // is accounted for, and the provider was not paid twice for the same text.
 // It recomputes expectations independently of the product: vectors with the
-// fake provider's fakeVector, hashes with node:crypto.
+// fake provider's fakeVector (rows.ts), hashes with node:crypto.
 import { createHash } from "node:crypto";
 import type { Sql } from "./db.ts";
-import { type FakeOpenAI, fakeVector } from "./fake_openai.ts";
-
-/** Largest difference per dimension accepted between a stored halfvec and the exact vector. */
-export const HALFVEC_TOLERANCE = 2e-3;
+import type { FakeOpenAI } from "./fake_openai.ts";
+import { embeddingProblem } from "./rows.ts";
 
 /** Schema of the job ledger that trackJobs installs. */
 const LEDGER = "reliability_ledger";
@@ -102,20 +100,6 @@ function sha256Hex(text: string): string {
 
 function rowKey(schema: string, table: string, column: string, id: string): string {
   return `${schema}\u0000${table}\u0000${column}\u0000${id}`;
-}
-
-/** Why `embedding` is not the vector of `text`, or null when it is. */
-function vectorProblem(embedding: string | null, text: string, dimensions: number): string | null {
-  if (embedding === null) return "no embedding";
-  const got = JSON.parse(embedding) as number[];
-  const want = fakeVector(text, dimensions);
-  if (got.length !== want.length) return `${got.length} dimensions, expected ${want.length}`;
-  for (let i = 0; i < want.length; i++) {
-    if (!(Math.abs(got[i] - want[i]) <= HALFVEC_TOLERANCE)) {
-      return "the embedding of other text";
-    }
-  }
-  return null;
 }
 
 /**
@@ -231,7 +215,7 @@ export async function checkConsistency(
         }
         continue;
       }
-      const why = vectorProblem(row.embedding, expectedText(row.content), t.dimensions) ??
+      const why = embeddingProblem(row.embedding, expectedText(row.content), t.dimensions) ??
         (row.fp_hash !== sha256Hex(row.content)
           ? "its fingerprint is not the hash of its text"
           : null);

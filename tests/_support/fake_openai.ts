@@ -39,6 +39,16 @@ export interface FakeOpenAI {
   /** e.g. `http://127.0.0.1:PORT/v1`, for the SDK's `baseURL`. */
   baseURL: string;
   stats: FakeOpenAIStats;
+  /** Requests to the embeddings path received and not yet answered. */
+  readonly inFlight: number;
+  /**
+   * Holds every request, once its inputs are in `stats.texts`, until
+   * release(): a test can see what the provider received while it is still
+   * busy with it.
+   */
+  hold(): void;
+  /** Lets held requests go on (and stops holding new ones). */
+  release(): void;
   resetStats(): void;
   setLatency(ms: number): void;
   /** Injects a fault; `times` (default unlimited) counts affected requests. */
@@ -112,6 +122,8 @@ export async function startFakeOpenAI(
   const perInputMs = opts.perInputMs ?? 0;
   let fault: Fault | null = null;
   let faultLeft = Infinity;
+  let inFlight = 0;
+  let held: PromiseWithResolvers<void> | null = null;
   const closing = new AbortController();
   const stats: FakeOpenAIStats = {
     requests: 0,
@@ -120,6 +132,8 @@ export async function startFakeOpenAI(
     texts: [],
     embeddedTexts: [],
   };
+
+  const closed = new Promise<void>((r) => closing.signal.addEventListener("abort", () => r()));
 
   /** Resolves after `ms`, or early when the server closes. */
   const sleep = (ms: number) =>
@@ -153,6 +167,15 @@ export async function startFakeOpenAI(
       return apiError(404, "not found", "invalid_request_error");
     }
     if (request.method !== "POST") return apiError(405, "use POST", "invalid_request_error");
+    inFlight++;
+    try {
+      return await embeddings(request);
+    } finally {
+      inFlight--;
+    }
+  };
+
+  const embeddings = async (request: Request): Promise<Response> => {
     stats.requests++;
     if (!/^Bearer \S+/.test(request.headers.get("authorization") ?? "")) {
       stats.failedRequests++;
@@ -180,6 +203,7 @@ export async function startFakeOpenAI(
     }
     const texts = inputs as string[];
     stats.texts.push(...texts);
+    if (held) await Promise.race([held.promise, closed]);
     await sleep(latencyMs + perInputMs * texts.length);
 
     const active = fault?.kind === "reject-text"
@@ -258,6 +282,16 @@ export async function startFakeOpenAI(
   return {
     baseURL: `http://127.0.0.1:${port}/v1`,
     stats,
+    get inFlight() {
+      return inFlight;
+    },
+    hold() {
+      held ??= Promise.withResolvers<void>();
+    },
+    release() {
+      held?.resolve();
+      held = null;
+    },
     resetStats() {
       stats.requests = 0;
       stats.inputs = 0;

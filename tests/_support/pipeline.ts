@@ -5,6 +5,7 @@ import { startNetDispatcher } from "../../local/net_dispatcher.ts";
 import { createEmbedHandler, type EmbedHandler } from "../../supabase/functions/embed/handler.ts";
 import type { Sql } from "./db.ts";
 import { type FakeOpenAI, startFakeOpenAI } from "./fake_openai.ts";
+import { waitFor } from "./wait.ts";
 
 export const TEST_SECRET = "test-embed-secret";
 export const TEST_MODEL = "text-embedding-3-small";
@@ -83,20 +84,6 @@ export async function startPipeline(
   return pipeline;
 }
 
-/** Polls `check` until it returns true; throws with `what` after `timeoutMs`. */
-export async function waitFor(
-  what: string,
-  check: () => Promise<boolean>,
-  timeoutMs = 30_000,
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (await check()) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-}
-
 /** Jobs still in the queue (visible or hidden). */
 export async function queueLength(sql: Sql): Promise<number> {
   const [row] = await sql`select count(*)::int as n from pgmq.q_embedding_jobs`;
@@ -115,7 +102,7 @@ export async function drainPush(
   const batch = options.batchSize ?? 100;
   const requests = options.maxRequests ?? 4;
   const timeout = options.timeoutMs ?? 10_000;
-  await waitFor("the queue to drain", async () => {
+  await waitFor(async () => {
     if (Deno.env.get("AUTOEMBED_TEST_DEBUG")) {
       console.log(JSON.stringify({
         queue:
@@ -134,7 +121,7 @@ export async function drainPush(
       await sql`select util.process_embeddings(${batch}, ${requests}, ${timeout})`;
     }
     return false;
-  }, options.waitMs ?? 60_000);
+  }, { what: "the queue to drain", timeoutMs: options.waitMs ?? 60_000 });
 }
 
 /** A demo-like table with a content function, attached with util.enable_embeddings. */
@@ -171,9 +158,4 @@ export async function createDocuments(
       ],
     );
   }
-}
-
-/** Parses a halfvec/vector text literal. */
-export function parseVector(text: string): number[] {
-  return JSON.parse(text);
 }

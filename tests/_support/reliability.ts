@@ -2,11 +2,12 @@
 // switch between the default and the full run, figures printed as one
 // `RELIABILITY {json}` line per scenario, a seeded PRNG, and a drain loop that
 // survives a database restart.
-import { spawnWorker, type WorkerProcess } from "./cli.ts";
+import { providerEnv, spawnWorker, type WorkerProcess } from "./cli.ts";
 import type { ConsistencyReport } from "./consistency.ts";
 import type { Sql } from "./db.ts";
 import { type FakeOpenAI, startFakeOpenAI } from "./fake_openai.ts";
 import { type Pipeline, startPipeline } from "./pipeline.ts";
+import { waitFor } from "./wait.ts";
 
 /** AUTOEMBED_FULL_RELIABILITY=1 (`deno task reliability`) selects the full sizes. */
 export const FULL = Deno.env.get("AUTOEMBED_FULL_RELIABILITY") === "1";
@@ -65,31 +66,8 @@ export function seededRandom(seedValue: number): () => number {
   };
 }
 
+/** For pacing a load or a fault's duration only: a premise is waited for with waitFor. */
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
-/** Environment of a worker subprocess or embed function talking to the fake provider. */
-export function providerEnv(
-  fake: FakeOpenAI,
-  dbUrl: string,
-  extra: Record<string, string> = {},
-): Record<string, string> {
-  return {
-    DATABASE_URL: dbUrl,
-    OPENAI_API_KEY: "sk-test-key-not-secret",
-    OPENAI_BASE_URL: fake.baseURL,
-    EMBEDDING_TIMEOUT_MS: "10000",
-    ...extra,
-  };
-}
-
-/** Inserts `n` documents with distinct text; returns nothing. */
-export async function insertDocuments(sql: Sql, n: number, prefix = "row"): Promise<void> {
-  await sql.unsafe(
-    `insert into documents (title, content)
-     select $2 || ' ' || g, 'content of ' || $2 || ' ' || g from generate_series(1, $1) g`,
-    [n, prefix],
-  );
-}
 
 export interface DrainOptions {
   /** Push mode: call util.process_embeddings like the cron tick when no call is in flight. */
@@ -107,9 +85,8 @@ export interface DrainOptions {
  */
 export async function drain(sql: Sql, options: DrainOptions = {}): Promise<number> {
   const started = performance.now();
-  const deadline = Date.now() + (options.timeoutMs ?? 120_000);
   let last = "";
-  while (Date.now() < deadline) {
+  await waitFor(async () => {
     try {
       const [row] = await sql`
         select (select count(*) from pgmq.q_embedding_jobs)::int as queued,
@@ -118,7 +95,7 @@ export async function drain(sql: Sql, options: DrainOptions = {}): Promise<numbe
                    and not exists (select from net._http_response h where h.id = r.request_id)
                )::int as in_flight`;
       last = JSON.stringify(row);
-      if (row.queued === 0 && row.in_flight === 0) return Math.round(performance.now() - started);
+      if (row.queued === 0 && row.in_flight === 0) return true;
       if (options.push && row.in_flight === 0) {
         await sql`select util.process_embeddings(${options.push.batchSize ?? 100},
                     ${options.push.maxRequests ?? 4}, ${options.push.timeoutMs ?? 10_000})`;
@@ -126,9 +103,13 @@ export async function drain(sql: Sql, options: DrainOptions = {}): Promise<numbe
     } catch (err) {
       last = `error: ${(err as Error).message}`;
     }
-    await sleep(50);
-  }
-  throw new Error(`${options.what ?? "the queue"} did not drain in time; last state ${last}`);
+    return false;
+  }, {
+    what: `${options.what ?? "the queue"} to drain`,
+    timeoutMs: options.timeoutMs ?? 120_000,
+    describe: () => `last state ${last}`,
+  });
+  return Math.round(performance.now() - started);
 }
 
 /**

@@ -2,7 +2,7 @@
 // left to do: no queued job, no call in flight, no sweep (backfill, recheck)
 // in progress and, unless told otherwise, no model change in progress.
 import type { Sql } from "./db.ts";
-import { waitFor } from "./pipeline.ts";
+import { waitFor } from "./wait.ts";
 
 export interface SettleOptions {
   batchSize?: number;
@@ -20,7 +20,7 @@ export async function settle(sql: Sql, options: SettleOptions = {}): Promise<voi
     }, 10000)`;
   // At least one tick, as cron would make: it notices what changed since the last one.
   await tick();
-  await waitFor("the pipeline to settle", async () => {
+  await waitFor(async () => {
     const [row] = await sql`
       select (select count(*) from pgmq.q_embedding_jobs)::int as queued,
              (select count(*) from util.embedding_requests where expires_at > now())::int as in_flight,
@@ -31,5 +31,5 @@ export async function settle(sql: Sql, options: SettleOptions = {}): Promise<voi
       (options.switches === false || row.switching === 0);
     if (!done && row.in_flight === 0) await tick();
     return done;
-  }, options.waitMs ?? 60_000);
+  }, { what: "the pipeline to settle", timeoutMs: options.waitMs ?? 60_000 });
 }

@@ -8,7 +8,7 @@ import { applyMigrations, MigrationError, MIGRATIONS_DIR } from "../../local/mig
 import { PUSH_TICK_APPLICATION_NAME, type PushTick, startPushTick } from "../../local/push_tick.ts";
 import { ensureSetup } from "../../local/setup.ts";
 import { ADMIN_URL, connect, withTestDb } from "../_support/db.ts";
-import { waitFor } from "../_support/pipeline.ts";
+import { waitFor } from "../_support/wait.ts";
 
 Deno.test("setup is idempotent: on a prepared machine it changes nothing", async () => {
   const report = await ensureSetup();
@@ -114,37 +114,38 @@ Deno.test("push tick: runs the per-minute fallback job every interval as the job
       log: (line) => lines.push(line),
     });
     assert.equal(tick.plan.tick, true, tick.plan.reason);
-    await waitFor("three ticks", async () => (await runs()) >= 3, 10_000);
+    await waitFor(async () => (await runs()) >= 3, { what: "three ticks", timeoutMs: 10_000 });
     const [{ others }] = await sql`
       select count(*)::int as others from ${sql(table)}
        where app = ${PUSH_TICK_APPLICATION_NAME} and who <> ${role}`;
     assert.equal(others, 0, "every run is the job's user's");
 
     await sql`select cron.alter_job(${jobid}, active => false)`;
-    await waitFor(
-      "the tick to see the paused job",
-      () => Promise.resolve(lines.some((l) => l.includes("inactive"))),
-      10_000,
-    );
+    await waitFor(() => lines.some((l) => l.includes("inactive")), {
+      what: "the tick to see the paused job",
+      timeoutMs: 10_000,
+    });
     const paused = await runs();
     const checks = tick.stats.checks;
-    await waitFor(
-      "three more intervals",
-      () => Promise.resolve(tick!.stats.checks >= checks + 3),
-      10_000,
-    );
+    await waitFor(() => tick!.stats.checks >= checks + 3, {
+      what: "three more intervals",
+      timeoutMs: 10_000,
+    });
     assert.equal(await runs(), paused, "no run while the job is inactive");
 
     await sql`select cron.alter_job(${jobid}, active => true)`;
-    await waitFor("ticks again once active", async () => (await runs()) > paused, 10_000);
+    await waitFor(async () => (await runs()) > paused, {
+      what: "ticks again once active",
+      timeoutMs: 10_000,
+    });
     await tick.stop();
     tick = null;
-    await waitFor("the tick's session to end", async () => {
+    await waitFor(async () => {
       const [{ n }] = await sql`
         select count(*)::int as n from pg_stat_activity
          where pid in (select pid from ${sql(table)} where app = ${PUSH_TICK_APPLICATION_NAME})`;
       return n === 0;
-    }, 10_000);
+    }, { what: "the tick's session to end", timeoutMs: 10_000 });
   } finally {
     await tick?.stop();
     await sql`select cron.unschedule(jobid) from cron.job where jobname = ${jobName}`;

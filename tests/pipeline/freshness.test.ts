@@ -4,38 +4,14 @@
 // bookkeeping stays a small fraction of the embeddings it tracks.
 import assert from "node:assert/strict";
 import { type Sql, withTestDb } from "../_support/db.ts";
-import { fakeVector } from "../_support/fake_openai.ts";
 import {
   createDocuments,
-  parseVector,
   queueLength,
   startPipeline,
   TEST_DIMENSIONS,
 } from "../_support/pipeline.ts";
+import { assertAllFresh, insertRows } from "../_support/rows.ts";
 import { settle } from "../_support/settle.ts";
-
-async function insertRows(sql: Sql, n: number, table = "documents", prefix = "title") {
-  await sql.unsafe(
-    `insert into ${table} (title, content)
-     select $2 || ' ' || g, 'content of row ' || g from generate_series(1, $1) g`,
-    [n, prefix],
-  );
-}
-
-/** Every row's embedding is the fake provider's vector of exactly its current text (I1). */
-async function assertAllFresh(sql: Sql, table = "documents") {
-  const rows = await sql.unsafe(
-    `select id::text, ${table}_input(d) as text, embedding::text from ${table} d`,
-  );
-  assert.ok(rows.length > 0);
-  for (const row of rows) {
-    assert.ok(row.embedding, `row ${row.id} has no embedding`);
-    const want = fakeVector(row.text, TEST_DIMENSIONS);
-    parseVector(row.embedding).forEach((v, i) =>
-      assert.ok(Math.abs(v - want[i]) < 2e-3, `row ${row.id} dim ${i} is not of its text`)
-    );
-  }
-}
 
 async function status(sql: Sql, table = "documents") {
   const [s] = await sql`select * from util.embedding_status where table_name = ${table}`;
@@ -47,8 +23,8 @@ Deno.test("I10: redefining the content function re-embeds exactly the rows whose
     const p = await startPipeline(sql, url);
     try {
       await createDocuments(sql);
-      await insertRows(sql, 30, "documents", "alpha");
-      await insertRows(sql, 30, "documents", "beta");
+      await insertRows(sql, 30, { prefix: "alpha" });
+      await insertRows(sql, 30, { prefix: "beta" });
       await settle(sql);
       await assertAllFresh(sql);
       assert.equal((await status(sql)).content_changed_at, null);
@@ -180,7 +156,7 @@ Deno.test("I3/I11: text embedded once is copied from the row that holds it, in a
       // The same texts again: in the same table, and in another table of the same model.
       await insertRows(sql, 10);
       await createDocuments(sql, { table: "copies" });
-      await insertRows(sql, 10, "copies");
+      await insertRows(sql, 10, { table: "copies" });
       await settle(sql);
       assert.equal(p.fake.stats.inputs, 10, "no text was paid for twice");
       await assertAllFresh(sql);

@@ -6,21 +6,16 @@ import { connect, type Sql, withTestDb } from "../_support/db.ts";
 import { fakeVector } from "../_support/fake_openai.ts";
 import {
   createDocuments,
-  parseVector,
   startPipeline,
   TEST_DIMENSIONS,
   TEST_MODEL,
-  waitFor,
 } from "../_support/pipeline.ts";
+import { insertRows, parseVector } from "../_support/rows.ts";
+import { waitFor } from "../_support/wait.ts";
 import { settle } from "../_support/settle.ts";
 import { createLocalProvider } from "../../supabase/functions/_shared/providers/local.ts";
 
 const OLD_MODEL = "local-hash-v1";
-
-async function insertRows(sql: Sql, n: number) {
-  await sql`insert into documents (title, content)
-            select 'title ' || g, 'content of row ' || g from generate_series(1, ${n}) g`;
-}
 
 const close = (a: number[], b: number[]) =>
   a.length === b.length && a.every((v, i) => Math.abs(v - b[i]) < 2e-3);
@@ -184,10 +179,10 @@ Deno.test("I7: cancel_reembed leaves nothing behind; the live column is untouche
       assert.notEqual(await catalog(sql), before, "the change is under way (shadow column, twin)");
       // Part of the new model's work done, then cancelled with jobs still queued.
       await sql`select util.process_embeddings(10, 1, 10000)`;
-      await waitFor("some rows embedded by the new model", async () => {
+      await waitFor(async () => {
         const [s] = await sql`select next_embedded::int as n from util.embedding_status`;
         return s.n > 0;
-      });
+      }, { what: "some rows embedded by the new model" });
       const [{ cancelled }] = await sql`select util.cancel_reembed('documents') as cancelled`;
       assert.equal(cancelled, true);
       await settle(sql);
@@ -213,12 +208,12 @@ Deno.test("I7: a view on the column holds the switch back, says why in status, a
       await sql`create view public.document_vectors as select id, embedding from documents`;
       await sql`select util.reembed('documents', model => ${TEST_MODEL})`;
       await settle(sql, { switches: false });
-      await waitFor("status to say why the switch waits", async () => {
+      await waitFor(async () => {
         await sql`select util.maintain_embeddings()`;
         const [s] = await sql`select last_error, next_model from util.embedding_status`;
         return s.next_model === TEST_MODEL &&
           /switch to model .* is waiting.*depend/.test(s.last_error ?? "");
-      });
+      }, { what: "status to say why the switch waits" });
       const [s] = await sql`select model from util.embedding_status`;
       assert.equal(s.model, OLD_MODEL, "still serving the old model");
       await sql`drop view public.document_vectors`;

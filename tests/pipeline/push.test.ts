@@ -2,40 +2,15 @@
 // -> Postgres, against the real local cluster and the fake provider.
 import assert from "node:assert/strict";
 import { withTestDb } from "../_support/db.ts";
-import { fakeVector } from "../_support/fake_openai.ts";
 import {
   createDocuments,
   drainPush,
-  parseVector,
   queueLength,
   startPipeline,
-  TEST_DIMENSIONS,
   TEST_SECRET,
 } from "../_support/pipeline.ts";
-import type { Sql } from "../_support/db.ts";
-
-/** Every row's embedding is the fake provider's vector of exactly its current text (I1). */
-async function assertAllFresh(sql: Sql, table = "documents") {
-  const rows = await sql.unsafe(
-    `select id::text, ${table}_input(d) as text, embedding::text from ${table} d`,
-  );
-  assert.ok(rows.length > 0);
-  for (const row of rows) {
-    assert.ok(row.embedding, `row ${row.id} has no embedding`);
-    const got = parseVector(row.embedding);
-    const want = fakeVector(row.text, TEST_DIMENSIONS);
-    got.forEach((v: number, i: number) =>
-      assert.ok(Math.abs(v - want[i]) < 2e-3, `row ${row.id} dim ${i}`)
-    );
-  }
-}
-
-async function insertRows(sql: Sql, n: number, table = "documents") {
-  await sql.unsafe(
-    `insert into ${table} (title, content) select 'title ' || g, 'content of row ' || g from generate_series(1, $1) g`,
-    [n],
-  );
-}
+import { assertAllFresh, embeddedCount, embeddingProblem, insertRows } from "../_support/rows.ts";
+import { waitFor } from "../_support/wait.ts";
 
 Deno.test("I1/I3: 500 inserted rows embed through the push path with ceil(500/100)+1 provider calls at most", async () => {
   await withTestDb(async (sql, url) => {
@@ -71,11 +46,9 @@ Deno.test("push drain continues past one slice: one process_embeddings call drai
       const [{ requests }] = await sql`select util.process_embeddings(50, 1, 10000) as requests`;
       assert.equal(requests, 1, "one request in flight at most");
       // No further process_embeddings call: finishing calls must start the next ones.
-      const deadline = Date.now() + 30_000;
-      while (await queueLength(sql) > 0 && Date.now() < deadline) {
-        await new Promise((r) => setTimeout(r, 50));
-      }
-      assert.equal(await queueLength(sql), 0, "backlog drained by the continuation alone");
+      await waitFor(async () => await queueLength(sql) === 0, {
+        what: "the backlog to drain by the continuation alone",
+      });
       await assertAllFresh(sql);
       assert.equal(p.fake.stats.requests, 6);
     } finally {
@@ -133,20 +106,50 @@ Deno.test("I3: duplicate and re-delivered jobs for embedded text cost zero calls
 
 Deno.test("I2: a row edited while its job is in flight ends with the embedding of the newest text", async () => {
   await withTestDb(async (sql, url) => {
-    const p = await startPipeline(sql, url, { latencyMs: 400 });
+    const p = await startPipeline(sql, url);
     try {
       await createDocuments(sql);
+      // Every value the embedding column takes, in order.
+      await sql.unsafe(`
+        create table embedding_writes (seq bigint generated always as identity, embedding text);
+        create function log_embedding_write() returns trigger language plpgsql as $$
+        begin
+          insert into embedding_writes (embedding) values (new.embedding::text);
+          return null;
+        end $$;
+        create trigger log_embedding_write after update of embedding on documents
+          for each row when (new.embedding is distinct from old.embedding)
+          execute function log_embedding_write();
+      `).simple();
       const [{ id }] =
         await sql`insert into documents (title, content) values ('old', 'old text') returning id`;
+      p.fake.hold();
       await sql`select util.process_embeddings(10, 1, 10000)`;
-      // The provider is busy with "old"; edit the row meanwhile.
-      await new Promise((r) => setTimeout(r, 150));
+      // The premise: the provider has the old text and has not answered yet.
+      await waitFor(() => p.fake.stats.texts.includes("old: old text"), {
+        what: "the provider to receive the old text",
+      });
       await sql`update documents set title = 'new', content = 'new text' where id = ${id}`;
+      p.fake.release();
       await drainPush(sql);
       await assertAllFresh(sql);
+      assert.ok(
+        p.fake.stats.embeddedTexts.includes("old: old text"),
+        "the old text's vector came back after the edit, for the write to refuse",
+      );
+      const writes = await sql`select embedding from embedding_writes order by seq`;
+      assert.ok(writes.length > 0, "the new text's embedding was written");
+      for (const w of writes) {
+        assert.notEqual(
+          embeddingProblem(w.embedding, "old: old text"),
+          null,
+          "the old text's vector never landed",
+        );
+      }
       const [{ fp }] = await sql`select count(*)::int as fp from util.embedding_fingerprints`;
       assert.equal(fp, 1);
     } finally {
+      p.fake.release();
       await p.stop();
     }
   });
@@ -188,9 +191,7 @@ Deno.test("I5: a row whose content function raises is dead-lettered after max at
       await insertRows(sql, 10);
       await sql`insert into documents (title, content) values ('poison', 'x')`;
       await drainPush(sql);
-      const [{ embedded }] =
-        await sql`select count(*)::int as embedded from documents where embedding is not null`;
-      assert.equal(embedded, 10);
+      assert.equal(await embeddedCount(sql), 10);
       const [dead] = await sql`select count(*)::int as n from pgmq.a_embedding_jobs`;
       assert.equal(dead.n, 1);
       const errors =
@@ -481,7 +482,11 @@ Deno.test("shutdown: jobs pending when the runtime stops are handed back, not lo
         headers: { Authorization: `Bearer ${TEST_SECRET}` },
         body: JSON.stringify(body),
       });
-      await new Promise((r) => setTimeout(r, 200));
+      // The premise: the provider holds the three texts and has not answered
+      // (its latency is 1 s); nothing can answer between this check and the abort.
+      await waitFor(() => p.fake.inFlight === 1 && p.fake.stats.texts.length === 3, {
+        what: "the provider to be busy with the three texts",
+      });
       p.shutdown.abort();
       const res = await pending;
       const result = await res.json();

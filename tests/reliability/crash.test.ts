@@ -5,7 +5,7 @@
 // nothing written stale, and only the dead process's in-flight inputs are
 // paid for twice.
 import assert from "node:assert/strict";
-import { spawnWorker } from "../_support/cli.ts";
+import { providerEnv, spawnWorker } from "../_support/cli.ts";
 import { assertConsistent, checkConsistency, trackJobs } from "../_support/consistency.ts";
 import { type Sql, withTestDb } from "../_support/db.ts";
 import { startFakeOpenAI } from "../_support/fake_openai.ts";
@@ -13,8 +13,6 @@ import { createDocuments, startPipeline } from "../_support/pipeline.ts";
 import {
   cronTick,
   drain,
-  insertDocuments,
-  providerEnv,
   report,
   seed,
   seededRandom,
@@ -22,6 +20,8 @@ import {
   sleep,
   workerArgs,
 } from "../_support/reliability.ts";
+import { embeddedCount, insertRows } from "../_support/rows.ts";
+import { waitFor } from "../_support/wait.ts";
 
 const ROWS = sized(1_000, 5_000);
 const BATCH = 25;
@@ -30,22 +30,32 @@ const LATENCY_MS = 300;
 const VISIBILITY_MS = 3_000;
 
 /**
- * Jobs a dead claimant left hidden: claimed before `killedAt`, so visible
- * again by killedAt + vt. `since`: the previous kill, whose leftovers
+ * Jobs the short-vt claimant holds (or, once it is dead, left hidden):
+ * claimed before `at`, so visible again by at + vt; the survivor's claims
+ * are hidden far longer. `since`: the previous kill, whose leftovers
  * (visible again by since + vt) are not counted twice.
  */
 async function abandonedJobs(
   sql: Sql,
-  killedAt: Date,
+  at: Date,
   vtMs: number,
   since: Date | null,
 ): Promise<number> {
   const [{ n }] = await sql`
     select count(*)::int as n from pgmq.q_embedding_jobs
      where read_ct > 0 and vt > now()
-       and vt <= ${killedAt}::timestamptz + make_interval(secs => ${vtMs / 1000})
+       and vt <= ${at}::timestamptz + make_interval(secs => ${vtMs / 1000})
        and (${since}::timestamptz is null
             or vt > ${since}::timestamptz + make_interval(secs => ${vtMs / 1000}))`;
+  return n;
+}
+
+/** Statements that began before `at` and are still running (none: what they did is committed). */
+async function runningSince(sql: Sql, at: Date): Promise<number> {
+  const [{ n }] = await sql`
+    select count(*)::int as n from pg_stat_activity
+     where datname = current_database() and backend_type = 'client backend'
+       and pid <> pg_backend_pid() and state = 'active' and query_start < ${at}::timestamptz`;
   return n;
 }
 
@@ -55,7 +65,7 @@ Deno.test("reliability: a worker SIGKILLed mid-batch twice while another keeps r
   await withTestDb(async (sql, url) => {
     await createDocuments(sql);
     await trackJobs(sql);
-    await insertDocuments(sql, ROWS);
+    await insertRows(sql, ROWS);
     const fake = await startFakeOpenAI({ latencyMs: LATENCY_MS });
     const env = providerEnv(fake, url);
     const args = workerArgs(BATCH, CONCURRENCY, VISIBILITY_MS);
@@ -71,19 +81,28 @@ Deno.test("reliability: a worker SIGKILLed mid-batch twice while another keeps r
         const victim = spawnWorker(args, env);
         victims.push(victim);
         await victim.waitForLine(/"event":"batch","jobs":[1-9]/);
-        // Its slots claim their next batches at once; the provider holds each for LATENCY_MS.
-        await sleep(50 + Math.floor(random() * 150));
+        // Pacing only, to vary the moment of the kill (seeded); the premise is waited for next.
+        await sleep(Math.floor(random() * 150));
+        // The premise: the victim holds claims (the provider holds each batch for LATENCY_MS).
+        await waitFor(async () => {
+          const [{ now }] = await sql`select clock_timestamp() as now`;
+          return await abandonedJobs(sql, now, VISIBILITY_MS, previousKill) > 0;
+        }, { what: `victim ${i + 1} to hold claims`, intervalMs: 10 });
         victim.child.kill("SIGKILL");
         const [{ now }] = await sql`select clock_timestamp() as now`;
         lastKill = performance.now();
         assert.notEqual((await victim.status).code, 0, "the victim died");
-        await sleep(1_000);
+        // A claim the victim sent just before dying may still be running; count once it committed.
+        await waitFor(async () => await runningSince(sql, now) === 0, {
+          what: "statements begun before the kill to end",
+          intervalMs: 10,
+        });
         const abandoned = await abandonedJobs(sql, now, VISIBILITY_MS, previousKill);
         previousKill = now;
         assert.ok(abandoned > 0, `kill ${i + 1} hit the victim mid-batch`);
         kills.push({ abandoned, atMs: Math.round(performance.now()) });
       }
-      const drainMs = await drain(sql, { timeoutMs: 120_000, what: "the survivor's drain" });
+      const drainMs = await drain(sql, { timeoutMs: 120_000, what: "the queue (survivor)" });
       const recoverMs = Math.round(performance.now() - lastKill);
       const consistency = await checkConsistency(sql, { fake });
       const allowed = 2 * CONCURRENCY * BATCH;
@@ -117,24 +136,30 @@ Deno.test("reliability: the function's runtime shuts down mid-batch in push mode
   await withTestDb(async (sql, url) => {
     await createDocuments(sql);
     await trackJobs(sql);
-    await insertDocuments(sql, ROWS);
+    await insertRows(sql, ROWS);
     const p = await startPipeline(sql, url, { latencyMs: LATENCY_MS });
     // timeout_milliseconds 1000: claims are hidden for 1 + 5 s, leases last as long.
     const push = { batchSize: BATCH, maxRequests: CONCURRENCY, timeoutMs: 1_000 };
     const tick = cronTick(sql, 200, push);
     try {
-      const embedded = async () =>
-        (await sql`select count(*)::int as n from documents where embedding is not null`)[0].n;
-      while (await embedded() === 0) await sleep(20);
-      await sleep(100);
+      await waitFor(async () => await embeddedCount(sql) > 0, {
+        what: "the drain to start",
+        intervalMs: 20,
+      });
+      // The premise: calls are in flight at the provider (nothing can answer
+      // between this check and the abort).
+      await waitFor(() => p.fake.inFlight > 0, { what: "a call in flight", intervalMs: 5 });
       p.shutdown.abort();
       // Calls reaching the dying instance are handed back too, until a new one serves.
-      await sleep(500);
-      const handedBack = p.logs
-        .map((l) => (l.startsWith("{") ? JSON.parse(l) : {}))
-        .filter((e) => e.event === "batch")
-        .reduce((sum, e) => sum + (e.handedBack ?? 0), 0);
-      assert.ok(handedBack > 0, "the shutdown interrupted calls in flight");
+      const handedBackJobs = () =>
+        p.logs
+          .map((l) => (l.startsWith("{") ? JSON.parse(l) : {}))
+          .filter((e) => e.event === "batch")
+          .reduce((sum, e) => sum + (e.handedBack ?? 0), 0);
+      await waitFor(() => handedBackJobs() > 0, {
+        what: "the shutdown to hand back the calls in flight",
+      });
+      const handedBack = handedBackJobs();
       const restarted = performance.now();
       await p.restartFunction();
       const drainMs = await drain(sql, { timeoutMs: 120_000, what: "the queue after the restart" });

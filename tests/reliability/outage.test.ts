@@ -6,15 +6,9 @@ import assert from "node:assert/strict";
 import { assertConsistent, checkConsistency, trackJobs } from "../_support/consistency.ts";
 import { connect, type Sql, withTestDb } from "../_support/db.ts";
 import { createDocuments, queueLength } from "../_support/pipeline.ts";
-import {
-  drain,
-  insertDocuments,
-  type Mode,
-  report,
-  sized,
-  sleep,
-  startDrive,
-} from "../_support/reliability.ts";
+import { drain, type Mode, report, sized, sleep, startDrive } from "../_support/reliability.ts";
+import { embeddedCount, insertRows } from "../_support/rows.ts";
+import { waitFor } from "../_support/wait.ts";
 
 const ROWS = sized(1_000, 5_000);
 const OUTAGE_MS = sized(5_000, 30_000);
@@ -52,25 +46,26 @@ async function outageScenario(mode: Mode) {
     await sql`update util.settings set value = '20' where name = 'max_attempts'`;
     await createDocuments(sql);
     await trackJobs(sql);
-    await insertDocuments(sql, ROWS);
+    await insertRows(sql, ROWS);
     const drive = await startDrive(mode, sql, url, { latencyMs: 100, batchSize: 50, parallel: 2 });
     const writer = connect(url, { max: 1 });
     try {
       const before = await insertFor(writer, WINDOW_MS, "before");
-      const [{ embeddedBefore }] =
-        await sql`select count(*)::int as "embeddedBefore" from documents where embedding is not null`;
+      const embeddedBefore = await embeddedCount(sql);
       const outageEnds = Date.now() + OUTAGE_MS;
       drive.fake.setFault({ kind: "outage", untilMs: outageEnds });
       const during = await insertFor(writer, Math.min(WINDOW_MS, OUTAGE_MS - 500), "during");
+      // The fault's own duration, not a premise: the outage is over when its time is up.
       await sleep(Math.max(0, outageEnds - Date.now()));
       const faults = drive.fake.stats.failedRequests;
       const [errors] = await sql`
         select count(*)::int as n, max(attempt)::int as max_attempt from util.embedding_errors`;
-      const embedded = async () =>
-        (await sql`select count(*)::int as n from documents where embedding is not null`)[0].n;
-      const [atOutageEnd, backlog] = [await embedded(), await queueLength(sql)];
+      const [atOutageEnd, backlog] = [await embeddedCount(sql), await queueLength(sql)];
       const recovering = performance.now();
-      while (await embedded() === atOutageEnd) await sleep(50);
+      await waitFor(async () => await embeddedCount(sql) > atOutageEnd, {
+        what: "the first embedding after the outage",
+        timeoutMs: 120_000,
+      });
       const firstEmbedAfterOutageMs = Math.round(performance.now() - recovering);
       const recoverMs = firstEmbedAfterOutageMs +
         await drain(sql, { timeoutMs: 120_000, what: "the backlog after the outage" });

@@ -9,15 +9,9 @@ import { assertConsistent, checkConsistency, trackJobs } from "../_support/consi
 import { withTestDb } from "../_support/db.ts";
 import type { Fault } from "../_support/fake_openai.ts";
 import { createDocuments } from "../_support/pipeline.ts";
-import {
-  drain,
-  insertDocuments,
-  type Mode,
-  report,
-  sized,
-  sleep,
-  startDrive,
-} from "../_support/reliability.ts";
+import { drain, type Mode, report, sized, startDrive } from "../_support/reliability.ts";
+import { insertRows } from "../_support/rows.ts";
+import { waitFor } from "../_support/wait.ts";
 
 const ROWS_PER_PHASE = sized(200, 1_000);
 const CLIENT_TIMEOUT_MS = 300;
@@ -92,11 +86,14 @@ async function faultsScenario(mode: Mode) {
     const runPhase = async (name: string, fault: Fault, prefix: string, extraRow?: string) => {
       const failedBefore = drive.fake.stats.failedRequests;
       drive.fake.setFault(fault);
-      await insertDocuments(sql, ROWS_PER_PHASE, prefix);
+      await insertRows(sql, ROWS_PER_PHASE, { prefix });
       if (extraRow) await sql`insert into documents (title, content) values ('extra', ${extraRow})`;
       const drainMs = await drain(sql, { timeoutMs: 60_000, what: `the queue (${name})` });
       // A slow answer counts as a fault when the fake sends it, after the client gave up.
-      if (fault.kind === "slow") await sleep(fault.delayMs);
+      await waitFor(() => drive.fake.inFlight === 0, {
+        what: "the provider to finish its answers",
+        timeoutMs: 10_000,
+      });
       const faults = drive.fake.stats.failedRequests - failedBefore;
       faultsTotal += faults;
       return { drainMs, faults, errors: await phaseErrors() };

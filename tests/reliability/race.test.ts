@@ -7,25 +7,19 @@
 // Seeded: AUTOEMBED_RELIABILITY_SEED=<seed> replays a run's operations.
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { spawnWorker } from "../_support/cli.ts";
-import {
-  assertConsistent,
-  checkConsistency,
-  HALFVEC_TOLERANCE,
-  trackJobs,
-} from "../_support/consistency.ts";
+import { providerEnv, spawnWorker } from "../_support/cli.ts";
+import { assertConsistent, checkConsistency, trackJobs } from "../_support/consistency.ts";
 import { withTestDb } from "../_support/db.ts";
-import { fakeVector } from "../_support/fake_openai.ts";
 import {
   createDocuments,
   startPipeline,
   TEST_DIMENSIONS,
   TEST_MODEL,
 } from "../_support/pipeline.ts";
+import { embeddingProblem } from "../_support/rows.ts";
 import {
   cronTick,
   drain,
-  providerEnv,
   report,
   seed,
   seededRandom,
@@ -140,9 +134,7 @@ Deno.test("reliability: 4 workers and push mode race random edits, deletes and r
         );
         for (const row of rows) {
           const text = row.fp ? textByHash.get(row.fp) : undefined;
-          const got = JSON.parse(row.embedding) as number[];
-          const want = text === undefined ? null : fakeVector(text, TEST_DIMENSIONS);
-          if (!want || got.some((v, i) => Math.abs(v - want[i]) > HALFVEC_TOLERANCE)) {
+          if (text === undefined || embeddingProblem(row.embedding, text) !== null) {
             auditProblems.push(`${table} ${row.id}: embedding disagrees with its fingerprint`);
           }
           if (row.stale && !row.pending) {

@@ -7,28 +7,17 @@ import { startEphemeralCluster } from "../../local/cluster.ts";
 import { surviveDatabaseDisconnects } from "../../supabase/functions/_shared/postgres_guard.ts";
 import { applyMigrations } from "../../local/migrate.ts";
 import { assertConsistent, checkConsistency, trackJobs } from "../_support/consistency.ts";
-import { connect, type Sql } from "../_support/db.ts";
+import { connect } from "../_support/db.ts";
 import { createDocuments } from "../_support/pipeline.ts";
-import {
-  drain,
-  insertDocuments,
-  type Mode,
-  report,
-  sized,
-  sleep,
-  startDrive,
-} from "../_support/reliability.ts";
+import { drain, type Mode, report, sized, startDrive } from "../_support/reliability.ts";
+import { embeddedCount, insertRows } from "../_support/rows.ts";
+import { waitFor } from "../_support/wait.ts";
 
 const ROWS = sized(1_000, 5_000);
 const BATCH = 25;
 const PARALLEL = 2;
 /** Worker --visibility-timeout; in push mode timeout_milliseconds (claims hidden 1 + 5 s). */
 const TIMEOUT_MS = sized(3_000, 3_000);
-
-async function embeddedCount(sql: Sql): Promise<number> {
-  const [{ n }] = await sql`select count(*)::int as n from documents where embedding is not null`;
-  return n;
-}
 
 async function restartScenario(mode: Mode) {
   // This process hosts the embed function and the pg_net dispatcher in push
@@ -44,14 +33,17 @@ async function restartScenario(mode: Mode) {
     await applyMigrations(url);
     await createDocuments(sql);
     await trackJobs(sql);
-    await insertDocuments(sql, ROWS);
+    await insertRows(sql, ROWS);
     drive = await startDrive(mode, sql, url, {
       latencyMs: 50,
       batchSize: BATCH,
       parallel: PARALLEL,
       timeoutMs: mode === "push" ? 1_000 : TIMEOUT_MS,
     });
-    while (await embeddedCount(sql) < BATCH) await sleep(20);
+    await waitFor(async () => await embeddedCount(sql) >= BATCH, {
+      what: "a batch embedded before the restart",
+      intervalMs: 20,
+    });
     const beforeRestart = await embeddedCount(sql);
     const restartStarted = performance.now();
     await cluster.restart("fast");

@@ -58,6 +58,34 @@ Deno.test("checkJobMessage names the field and the rule, never the content", () 
   assert.deepEqual(checkJobMessage({ ...MESSAGE, extra: CANARY_TEXT }), { job: MESSAGE });
 });
 
+Deno.test("parseJobBatch takes integer and text ids, and refuses each job whose fields break a rule", () => {
+  const ok = { ...MESSAGE, jobId: 1, id: 5, table: "t" };
+  assert.deepEqual(parseJobBatch([ok, { ...ok, jobId: 2, id: "a-uuid-or-text" }]), {
+    jobs: [{ ...ok, attempt: undefined }, {
+      ...ok,
+      jobId: 2,
+      id: "a-uuid-or-text",
+      attempt: undefined,
+    }],
+    refused: [],
+  });
+  const bad = [
+    { ...ok, id: 1.5 },
+    { ...ok, id: 2 ** 60 },
+    { ...ok, schema: "" },
+    { ...ok, table: "x".repeat(64) },
+    { ...ok, embeddingColumn: "a\u0000b" },
+    { ...ok, contentFunction: undefined },
+  ];
+  for (const job of bad) {
+    const batch = parseJobBatch([job]);
+    assert.ok("jobs" in batch, JSON.stringify(job));
+    assert.deepEqual(batch.jobs, [], JSON.stringify(job));
+    assert.equal(batch.refused.length, 1, JSON.stringify(job));
+    assert.match(batch.refused[0].error, /^refused: malformed job message/);
+  }
+});
+
 Deno.test("parseJobBatch refuses bad jobs one by one; only a body that is no batch fails whole", () => {
   const job = { ...MESSAGE, jobId: 7, attempt: 1 };
   const batch = parseJobBatch([job, { ...job, jobId: 8, id: null }, { jobId: 9 }]);
@@ -73,6 +101,7 @@ Deno.test("parseJobBatch refuses bad jobs one by one; only a body that is no bat
       [job, null],
       [job, [job]],
       [{ ...job, jobId: "7" }],
+      { ...job },
       [{ ...job, jobId: 0 }],
       [{ ...job, jobId: 2 ** 53 }],
       [{ ...job, attempt: -1 }],

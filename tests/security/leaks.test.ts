@@ -8,6 +8,7 @@ import { runCli } from "../_support/cli.ts";
 import { type Sql, withTestDb } from "../_support/db.ts";
 import { type FakeOpenAI, startFakeOpenAI } from "../_support/fake_openai.ts";
 import { createDocuments, drainPush, startPipeline } from "../_support/pipeline.ts";
+import { embeddedCount } from "../_support/rows.ts";
 import { CANARY_BEARER, CANARY_KEY, CANARY_TEXT } from "./_hostile.ts";
 
 /** Rows whose text carries the canary, tagged by `phase`. */
@@ -123,12 +124,10 @@ Deno.test("I9 push: handler and dispatcher logs, responses and recorded errors h
         select count(*)::int as quoting from util.embedding_errors
          where error like ${"%invalid input syntax%" + CANARY_TEXT + "%"}`;
       assert.ok(quoting >= 1, "an error of Postgres quoting the row's text was recorded");
-      const [{ embedded }] = await sql`
-        select count(*)::int as embedded from documents where embedding is not null`;
       // 12: the rate limited, server error, malformed and healthy rows; 6 more:
       // the rows the 400 and 401 phases left without an embedding, rechecked
       // and embedded when the content function was redefined (I10).
-      assert.equal(embedded, 18, "every row with text embeds in the end");
+      assert.equal(await embeddedCount(sql), 18, "every row with text embeds in the end");
       assert.ok(p.fake.stats.texts.some((t) => t.includes(CANARY_TEXT)), "the provider saw text");
       assert.ok(responses.length >= 6);
 
@@ -161,9 +160,11 @@ Deno.test("I9 worker: stdout, stderr and recorded errors hold no text or key, wh
       });
       const { errors, status } = await recorded(sql);
       assert.ok(errors.some((e) => /rejected the request \(400/.test(e.error)), "400 recorded");
-      const [{ embedded }] = await sql`
-        select count(*)::int as embedded from documents where embedding is not null`;
-      assert.equal(embedded, 18, "as in push mode: the redefinition rechecks the failed rows");
+      assert.equal(
+        await embeddedCount(sql),
+        18,
+        "as in push mode: the redefinition rechecks the failed rows",
+      );
       assert.ok(outputs.join("").includes('"event":"batch"'), "the worker did report batches");
       assertClean("util.embedding_errors", JSON.stringify(errors));
       assertClean("util.embedding_status", JSON.stringify(status));

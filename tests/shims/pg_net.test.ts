@@ -12,6 +12,7 @@ import {
   startNetDispatcher,
 } from "../../local/net_dispatcher.ts";
 import { connect, type Sql, withTestDb } from "../_support/db.ts";
+import { waitFor } from "../_support/wait.ts";
 
 /** A request as the test server saw it. */
 interface Received {
@@ -87,28 +88,14 @@ function refusedUrl(): string {
   return `http://127.0.0.1:${port}`;
 }
 
-async function waitFor<T>(
-  what: string,
-  probe: () => T | undefined | Promise<T | undefined>,
-  ms = 15_000,
-): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
-
 /** The net._http_response row of request `id`, once the dispatcher wrote it. */
 async function responseOf(sql: Sql, id: number) {
-  return await waitFor(`the response to request ${id}`, async () => {
+  return await waitFor(async () => {
     const [row] = await sql`
       select status_code, content_type, headers, content, timed_out, error_msg
       from net._http_response where id = ${id}`;
     return row ? { ...row } : undefined;
-  });
+  }, { what: `the response to request ${id}`, intervalMs: 25 });
 }
 
 /** Runs `fn` with a dispatcher on `url`, stopped afterwards; log lines are kept in `lines`. */
@@ -611,11 +598,11 @@ Deno.test("dispatcher: check_worker_is_up sees it; worker_restart ends its sessi
         assert.equal(restarted, true);
         const [{ id }] = await sql`select net.http_get(${server.url})::int as id`;
         assert.equal((await responseOf(sql, id)).status_code, 200);
-        await waitFor("the dispatcher's sessions to come back", async () => {
+        await waitFor(async () => {
           const [{ n }] = await sql`select count(*)::int as n from pg_stat_activity
             where datname = current_database() and application_name = 'autoembed pg_net dispatcher'`;
-          return n > 0 ? n : undefined;
-        });
+          return n > 0;
+        }, { what: "the dispatcher's sessions to come back" });
       });
     });
   } finally {
@@ -632,7 +619,7 @@ Deno.test("dispatcher: stop() lets in-flight requests finish and record their re
     await withTestDb(async (sql, url) => {
       const dispatcher = await startNetDispatcher({ dbUrl: url, log: () => {} });
       const [{ id }] = await sql`select net.http_get(${server.url})::int as id`;
-      await waitFor("the request to reach the server", () => server.received[0]);
+      await waitFor(() => server.received[0], { what: "the request to reach the server" });
       await dispatcher.stop();
       const [row] = await sql`select status_code, content from net._http_response where id = ${id}`;
       assert.deepEqual({ ...row }, { status_code: 200, content: "finished" });
@@ -663,10 +650,9 @@ Deno.test("dispatcher: survives a Postgres restart and delivers what was queued 
       }
       // Down long enough for the dispatcher to notice, then up again.
       await cluster.stop();
-      await waitFor(
-        "the outage to be logged",
-        () => lines.find((l) => /unavailable/.test(l)),
-      );
+      await waitFor(() => lines.find((l) => /unavailable/.test(l)), {
+        what: "the outage to be logged",
+      });
       await cluster.restart("fast");
       const after = connect(url);
       try {
@@ -675,10 +661,9 @@ Deno.test("dispatcher: survives a Postgres restart and delivers what was queued 
       } finally {
         await after.end();
       }
-      await waitFor(
-        "the reconnect to be logged",
-        () => lines.find((l) => /reachable again/.test(l)),
-      );
+      await waitFor(() => lines.find((l) => /reachable again/.test(l)), {
+        what: "the reconnect to be logged",
+      });
     });
     assert.deepEqual(server.received.map((r) => r.path), ["/before", "/after"]);
   } finally {
@@ -707,11 +692,11 @@ Deno.test("dispatcher CLI: serves --db-url until SIGTERM; without a database it 
       const child = run(["--db-url", url], {}).spawn();
       const output = child.output();
       try {
-        await waitFor("the dispatcher to connect", async () => {
+        await waitFor(async () => {
           const [{ n }] = await sql`select count(*)::int as n from pg_stat_activity
             where datname = current_database() and application_name = 'autoembed pg_net dispatcher'`;
-          return n > 0 ? n : undefined;
-        });
+          return n > 0;
+        }, { what: "the dispatcher to connect" });
         const [{ id }] = await sql`select net.http_get(${server.url + "/cli"})::int as id`;
         assert.equal((await responseOf(sql, id)).status_code, 200);
       } finally {

@@ -2,6 +2,7 @@
 // 1.5.1 signatures, visibility timeout, read_ct, SKIP LOCKED, archive, metrics.
 import assert from "node:assert/strict";
 import { type Sql, withTestDb as withDb } from "../_support/db.ts";
+import { waitFor } from "../_support/wait.ts";
 
 /** A database without the migrations (bootstrapped template1), so pgmq is not yet installed. */
 const withTestDb = (fn: (sql: Sql) => Promise<void>) => withDb(fn, { template: "template1" });
@@ -368,7 +369,11 @@ Deno.test("pgmq shim: read hides messages for vt seconds and counts reads", asyn
     for (const r of first) assert.ok(r.hidden_for > 28 && r.hidden_for <= 30, `${r.hidden_for}`);
     assert.deepEqual(await readIds(sql, 1, 10), [3], "1 and 2 are hidden");
     assert.deepEqual(await readIds(sql, 1, 10), [], "3 is hidden for a second");
-    await new Promise((r) => setTimeout(r, 1100));
+    await waitFor(async () => {
+      const [{ due }] =
+        await sql`select vt <= clock_timestamp() as due from pgmq.q_shim_jobs where msg_id = 3`;
+      return due;
+    }, { what: "message 3's visibility timeout to pass" });
     const again = await sql`select msg_id::int as id, read_ct from pgmq.read(${Q}, 30, 10)`;
     assert.deepEqual(again.map((r) => [r.id, r.read_ct]), [[3, 2]]);
   });

@@ -5,7 +5,6 @@ import { lineOf, listMigrations } from "../../local/migrate.ts";
 import { chooseDefaultModel } from "../../local/default_model.ts";
 import { type CronJob, planPushTick } from "../../local/push_tick.ts";
 import { parseArgs, parseDuration, progressLine, UsageError } from "../../cli/autoembed.ts";
-import { jobBatchSchema } from "../../supabase/functions/_shared/jobs.ts";
 
 Deno.test("parseDotenv reads KEY=value lines, strips quotes, skips comments", () => {
   const env = parseDotenv(`# comment\nA=1\nexport B="two words"\nC='x=y'\n\nnot a line\n`);
@@ -87,31 +86,6 @@ Deno.test("CLI parses durations and options", () => {
   assert.ok(args.options.has("once"));
   assert.throws(() => parseArgs(["worker", "--bogus"]), UsageError);
   assert.throws(() => parseArgs(["worker", "-c"]), UsageError);
-});
-
-Deno.test("job batches are validated strictly", () => {
-  const ok = {
-    jobId: 1,
-    id: 5,
-    schema: "public",
-    table: "t",
-    contentFunction: "f",
-    embeddingColumn: "e",
-  };
-  assert.ok(jobBatchSchema.safeParse([ok]).success);
-  assert.ok(jobBatchSchema.safeParse([{ ...ok, id: "a-uuid-or-text" }]).success);
-  const bad = [
-    [],
-    [{ ...ok, jobId: "1" }],
-    [{ ...ok, id: 1.5 }],
-    [{ ...ok, id: 2 ** 60 }],
-    [{ ...ok, schema: "" }],
-    [{ ...ok, table: "x".repeat(64) }],
-    [{ ...ok, embeddingColumn: "a\u0000b" }],
-    [{ ...ok, contentFunction: undefined }],
-    { ...ok },
-  ];
-  for (const b of bad) assert.equal(jobBatchSchema.safeParse(b).success, false, JSON.stringify(b));
 });
 
 Deno.test("progressLine shows done, backlog, rate and ETA", () => {

@@ -5,8 +5,10 @@ import assert from "node:assert/strict";
 import { setImmediate } from "node:timers";
 import {
   isClosedSocketWrite,
+  isDatabaseDisconnect,
   surviveDatabaseDisconnects,
 } from "../../supabase/functions/_shared/postgres_guard.ts";
+import { waitFor } from "../_support/wait.ts";
 
 /** What postgres.js's queued write does once closed() has set its socket to null. */
 function nextWrite() {
@@ -34,29 +36,72 @@ Deno.test("isClosedSocketWrite recognises postgres.js's closed-socket write, not
   assert.equal(isClosedSocketWrite("reading 'write' nextWrite"), false);
 });
 
-Deno.test("surviveDatabaseDisconnects keeps the process alive through that throw from a timer", async () => {
-  const seen: string[] = [];
-  const unguard = surviveDatabaseDisconnects((line) => seen.push(line));
-  try {
-    setImmediate(nextWrite);
-    await new Promise((r) => setTimeout(r, 20));
-    assert.deepEqual(seen, [
-      '{"event":"database_disconnect_survived","code":"closed_socket"}',
-    ]);
-  } finally {
-    unguard();
-  }
+const connectionReset = () => Object.assign(new Error("read ECONNRESET"), { code: "ECONNRESET" });
+
+Deno.test("isDatabaseDisconnect: the closed-socket write and coded connection errors, nothing else", () => {
+  assert.equal(isDatabaseDisconnect(closedSocketWriteError()), true);
+  assert.equal(isDatabaseDisconnect(connectionReset()), true);
+  assert.equal(isDatabaseDisconnect(Object.assign(new Error("x"), { code: "57P01" })), true);
+  assert.equal(isDatabaseDisconnect(new Error("socket hang up")), false, "a message alone");
+  assert.equal(isDatabaseDisconnect(new TypeError("x is not a function")), false);
+  assert.equal(isDatabaseDisconnect(Object.assign(new Error("x"), { code: "23505" })), false);
+  assert.equal(isDatabaseDisconnect(null), false);
 });
 
-Deno.test("surviveDatabaseDisconnects keeps the process alive through an unheld socket error", async () => {
+/** Runs `fn` with the guard installed; it sees the guard's log lines and what it passed on. */
+async function withGuard(
+  fn: (seen: string[], survived: unknown[]) => void | Promise<void>,
+): Promise<void> {
   const seen: string[] = [];
-  const unguard = surviveDatabaseDisconnects((line) => seen.push(line));
+  const survived: unknown[] = [];
+  const unguard = surviveDatabaseDisconnects((line) => seen.push(line), (e) => survived.push(e));
   try {
-    // As a socket error reaches a promise of postgres.js that nobody holds.
-    Promise.reject(Object.assign(new Error("read ECONNRESET"), { code: "ECONNRESET" }));
-    await new Promise((r) => setTimeout(r, 20));
-    assert.deepEqual(seen, ['{"event":"database_disconnect_survived","code":"ECONNRESET"}']);
+    await fn(seen, survived);
   } finally {
     unguard();
   }
-});
+}
+
+Deno.test("surviveDatabaseDisconnects keeps the process alive through that throw from a timer", () =>
+  withGuard(async (seen, survived) => {
+    setImmediate(nextWrite);
+    await waitFor(() => seen.length > 0, { what: "the guard to see the throw" });
+    assert.deepEqual(seen, ['{"event":"database_disconnect_survived","code":"closed_socket"}']);
+    assert.equal(survived.length, 1);
+    assert.ok(isClosedSocketWrite(survived[0]), "onSurvived gets the error");
+  }));
+
+Deno.test("surviveDatabaseDisconnects keeps the process alive through an unheld socket error", () =>
+  withGuard(async (seen, survived) => {
+    // As a socket error reaches a promise of postgres.js that nobody holds.
+    Promise.reject(connectionReset());
+    await waitFor(() => seen.length > 0, { what: "the guard to see the rejection" });
+    assert.deepEqual(seen, ['{"event":"database_disconnect_survived","code":"ECONNRESET"}']);
+    assert.equal((survived[0] as { code?: string }).code, "ECONNRESET");
+  }));
+
+Deno.test("surviveDatabaseDisconnects leaves any other error to end the process", () =>
+  withGuard((seen, survived) => {
+    // Dispatched by hand, as the runtime does before it decides whether an error is fatal.
+    const bug = new ErrorEvent("error", {
+      error: new TypeError("x is not a function"),
+      cancelable: true,
+    });
+    globalThis.dispatchEvent(bug);
+    assert.equal(bug.defaultPrevented, false, "an uncaught bug stays fatal");
+    const rejection = new PromiseRejectionEvent("unhandledrejection", {
+      promise: Promise.resolve(),
+      reason: new RangeError("a bug nobody awaited"),
+      cancelable: true,
+    });
+    globalThis.dispatchEvent(rejection);
+    assert.equal(rejection.defaultPrevented, false, "an unhandled bug stays fatal");
+    const disconnect = new ErrorEvent("error", {
+      error: closedSocketWriteError(),
+      cancelable: true,
+    });
+    globalThis.dispatchEvent(disconnect);
+    assert.equal(disconnect.defaultPrevented, true, "the disconnect is absorbed");
+    assert.equal(seen.length, 1);
+    assert.equal(survived.length, 1);
+  }));

@@ -27,6 +27,7 @@ import {
   retryAfterMsOf,
 } from "../../supabase/functions/_shared/providers/types.ts";
 import { fakeVector, startFakeOpenAI } from "../_support/fake_openai.ts";
+import { waitFor } from "../_support/wait.ts";
 
 // --- tokens ----------------------------------------------------------------
 
@@ -498,24 +499,24 @@ Deno.test("openai provider: 500 is retryable, 400 and 401 are permanent", async 
 Deno.test("openai provider: a slow endpoint times out as retryable", async () => {
   await withFake(async (fake) => {
     fake.setFault({ kind: "slow", delayMs: 3000, times: 1 });
-    const started = Date.now();
     await rejectsWith(provider(fake.baseURL, { timeoutMs: 200 }).embed([SECRET_TEXT]), {
       retryable: true,
       says: /did not answer within 200 ms/,
     });
-    assert.ok(Date.now() - started < 2500, "waited for the slow answer");
+    assert.equal(fake.inFlight, 1, "gave up while the endpoint was still busy with the request");
   });
 });
 
 Deno.test("openai provider: an outage is retryable until it ends", async () => {
   await withFake(async (fake) => {
-    fake.setFault({ kind: "outage", untilMs: Date.now() + 300 });
+    const untilMs = Date.now() + 300;
+    fake.setFault({ kind: "outage", untilMs });
     await rejectsWith(provider(fake.baseURL).embed(["x"]), {
       retryable: true,
       status: 503,
       says: /503/,
     });
-    await new Promise((r) => setTimeout(r, 350));
+    await waitFor(() => Date.now() > untilMs, { what: "the outage to end" });
     assert.equal((await provider(fake.baseURL).embed(["x"])).length, 1);
   });
 });
@@ -558,7 +559,9 @@ Deno.test("openai provider: an aborted call rethrows with the signal aborted", a
   await withFake(async (fake) => {
     const controller = new AbortController();
     const call = provider(fake.baseURL).embed(["x"], controller.signal);
-    setTimeout(() => controller.abort(), 50);
+    // The premise: the request is at the endpoint (answering takes 2 s).
+    await waitFor(() => fake.inFlight === 1, { what: "the request to reach the endpoint" });
+    controller.abort();
     await assert.rejects(call, (err) => !(err instanceof ProviderError));
     assert.ok(controller.signal.aborted);
   }, { latencyMs: 2000 });

@@ -4,57 +4,12 @@ import assert from "node:assert/strict";
 import { startEphemeralCluster } from "../../local/cluster.ts";
 import { applyMigrations } from "../../local/migrate.ts";
 import { WORKER_V8_FLAGS } from "../../bench/scenarios/drain.ts";
-import { runCli, spawnWorker } from "../_support/cli.ts";
-import { connect, type Sql, withTestDb } from "../_support/db.ts";
-import { type FakeOpenAI, fakeVector, startFakeOpenAI } from "../_support/fake_openai.ts";
-import {
-  createDocuments,
-  parseVector,
-  queueLength,
-  TEST_DIMENSIONS,
-  waitFor,
-} from "../_support/pipeline.ts";
-
-function providerEnv(fake: FakeOpenAI, dbUrl: string): Record<string, string> {
-  return {
-    DATABASE_URL: dbUrl,
-    OPENAI_API_KEY: "sk-test-key-not-secret",
-    OPENAI_BASE_URL: fake.baseURL,
-    EMBEDDING_TIMEOUT_MS: "10000",
-  };
-}
-
-async function insertRows(sql: Sql, n: number, prefix = "row") {
-  await sql.unsafe(
-    `insert into documents (title, content)
-     select $2 || ' ' || g, 'content of ' || $2 || ' ' || g from generate_series(1, $1) g`,
-    [n, prefix],
-  );
-}
-
-/** Rows without an embedding of exactly their current text (I1). */
-async function wrongRows(sql: Sql): Promise<string[]> {
-  const rows =
-    await sql`select id::text, documents_input(d) as text, embedding::text from documents d`;
-  const wrong: string[] = [];
-  for (const row of rows) {
-    if (!row.embedding) {
-      wrong.push(`${row.id}: no embedding`);
-      continue;
-    }
-    const got = parseVector(row.embedding);
-    const want = fakeVector(row.text, TEST_DIMENSIONS);
-    if (got.some((v, i) => Math.abs(v - want[i]) > 2e-3)) {
-      wrong.push(`${row.id}: embedding of other text`);
-    }
-  }
-  return wrong;
-}
-
-async function embeddedCount(sql: Sql): Promise<number> {
-  const [{ n }] = await sql`select count(*)::int as n from documents where embedding is not null`;
-  return n;
-}
+import { providerEnv, runCli, spawnWorker } from "../_support/cli.ts";
+import { connect, withTestDb } from "../_support/db.ts";
+import { startFakeOpenAI } from "../_support/fake_openai.ts";
+import { createDocuments, queueLength } from "../_support/pipeline.ts";
+import { assertAllFresh, embeddedCount, insertRows } from "../_support/rows.ts";
+import { waitFor } from "../_support/wait.ts";
 
 Deno.test("worker --once drains a backlog and exits 0", async () => {
   await withTestDb(async (sql, url) => {
@@ -68,7 +23,7 @@ Deno.test("worker --once drains a backlog and exits 0", async () => {
       );
       assert.equal(result.code, 0, result.stderr);
       assert.equal(await queueLength(sql), 0);
-      assert.deepEqual(await wrongRows(sql), []);
+      await assertAllFresh(sql);
       assert.equal(fake.stats.requests, 5, "ceil(450 / 100) provider calls");
       assert.ok(!result.stdout.includes("content of"), "no embedded text in the worker's output");
       assert.ok(!result.stderr.includes("sk-test-key"), "no key in the worker's output");
@@ -91,7 +46,7 @@ Deno.test("3 concurrent workers over 2,000 rows embed every text exactly once", 
         [1, 2, 3].map(() => runCli(["worker", "--once", "-c", "2", "--batch-size", "50"], env)),
       );
       for (const r of results) assert.equal(r.code, 0, r.stderr);
-      assert.deepEqual(await wrongRows(sql), []);
+      await assertAllFresh(sql);
       assert.equal(fake.stats.inputs, 2000, "provider inputs equal the number of distinct texts");
       assert.equal(new Set(fake.stats.texts).size, 2000, "no text sent twice");
       const worked = results.filter((r) => r.stdout.includes('"event":"batch"')).length;
@@ -109,15 +64,15 @@ Deno.test("a listening worker embeds a commit without waiting for the poll inter
     const worker = spawnWorker(["--poll-interval", "10m"], providerEnv(fake, url));
     try {
       await worker.waitForLine(/"event":"started".*"listening":true/);
-      // Let the start-up claim find the queue empty; from now on only a NOTIFY can wake it.
-      await new Promise((r) => setTimeout(r, 500));
-      await insertRows(sql, 1, "fresh");
-      await waitFor(
-        "the listening worker to embed the new row",
-        async () => await embeddedCount(sql) === 1,
-        20_000,
-      );
-      assert.deepEqual(await wrongRows(sql), []);
+      // The start-up claim found the queue empty: from now on only a NOTIFY can
+      // wake the worker before the poll interval (10 min) ends.
+      await worker.waitForLine(/"event":"idle"/);
+      await insertRows(sql, 1, { prefix: "fresh" });
+      await waitFor(async () => await embeddedCount(sql) === 1, {
+        what: "the listening worker to embed the new row",
+        timeoutMs: 20_000,
+      });
+      await assertAllFresh(sql);
       assert.equal(await worker.stop("SIGTERM"), 0);
     } finally {
       await worker.stop("SIGKILL");
@@ -134,11 +89,11 @@ Deno.test("SIGTERM mid-batch: the worker exits 0 within the grace period and not
     const env = providerEnv(fake, url);
     const worker = spawnWorker(["-c", "2", "--batch-size", "50", "--poll-interval", "1m"], env);
     try {
-      await waitFor("a batch in flight", async () => {
+      await waitFor(async () => {
         const [{ n }] =
           await sql`select count(*)::int as n from pgmq.q_embedding_jobs where read_ct > 0`;
         return n > 0;
-      });
+      }, { what: "a batch in flight" });
       const signalledAt = Date.now();
       assert.equal(await worker.stop("SIGTERM"), 0);
       const exitMs = Date.now() - signalledAt;
@@ -154,7 +109,7 @@ Deno.test("SIGTERM mid-batch: the worker exits 0 within the grace period and not
       await sql`update pgmq.q_embedding_jobs set vt = now()`; // skip the wait for the visibility timeout
       const again = await runCli(["worker", "--once"], env);
       assert.equal(again.code, 0, again.stderr);
-      assert.deepEqual(await wrongRows(sql), []);
+      await assertAllFresh(sql);
     } finally {
       await worker.stop("SIGKILL");
       await fake.close();
@@ -175,22 +130,22 @@ Deno.test("Postgres restarted mid-drain: the worker reconnects and everything is
   try {
     await createDocuments(sql);
     await insertRows(sql, 1500);
-    await waitFor("the drain to start", async () => await embeddedCount(sql) > 0);
+    await waitFor(async () => await embeddedCount(sql) > 0, { what: "the drain to start" });
     await sql.end();
     await cluster.restart("fast");
     const after = connect(url);
     try {
-      await waitFor("the drain to finish after the restart", async () => {
-        return await queueLength(after) === 0;
-      }, 60_000).catch(async (err) => {
-        const queue =
-          await after`select count(*)::int as n, min(vt) as next_vt from pgmq.q_embedding_jobs`;
-        throw new Error(
-          `${err.message}; queue ${JSON.stringify(queue)}; worker said:\n` +
-            worker.lines.filter((l) => !l.includes(`"event":"batch"`)).slice(-40).join("\n"),
-        );
+      await waitFor(async () => await queueLength(after) === 0, {
+        what: "the drain to finish after the restart",
+        timeoutMs: 60_000,
+        describe: async () => {
+          const queue =
+            await after`select count(*)::int as n, min(vt) as next_vt from pgmq.q_embedding_jobs`;
+          return `queue ${JSON.stringify(queue)}; worker said:\n` +
+            worker.lines.filter((l) => !l.includes(`"event":"batch"`)).slice(-40).join("\n");
+        },
       });
-      assert.deepEqual(await wrongRows(after), []);
+      await assertAllFresh(after);
       assert.ok(
         worker.lines.some((l) => /db_unavailable|batch_interrupted/.test(l)),
         "the worker noticed the restart",

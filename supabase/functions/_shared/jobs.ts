@@ -37,9 +37,6 @@ export type Job = z.infer<typeof jobSchema>;
 /** Most jobs one request to the embed function may carry. */
 export const MAX_BATCH_JOBS = 5000;
 
-/** A well-formed request body of the embed function (parseJobBatch takes any body apart). */
-export const jobBatchSchema = z.array(jobSchema).min(1).max(MAX_BATCH_JOBS);
-
 /** A message refused before any SQL ran: recorded and dead-lettered, never retried. */
 export interface RefusedJob {
   jobId: number;

@@ -1,11 +1,11 @@
-// A guard for processes that hold a postgres.js pool (the embed function)
-// against errors postgres.js 3.4.9 lets escape when the server drops its
-// connections, e.g. on a restart: a timer that writes to a socket already
-// closed ("Cannot read properties of null (reading 'write')", porsager/postgres
-// #1154, #1208), and socket errors (ECONNRESET) rejecting a promise nobody
-// holds. Nothing awaits them: the queries they belonged to have already failed
-// with a connection error, and the pool reconnects on its next query. Left
-// alone, either ends the process.
+// A guard for processes that hold a postgres.js pool (the embed function,
+// the worker) against errors postgres.js 3.4.9 lets escape when the server
+// drops its connections, e.g. on a restart: a timer that writes to a socket
+// already closed ("Cannot read properties of null (reading 'write')",
+// porsager/postgres #1154, #1208), and socket errors (ECONNRESET) rejecting a
+// promise nobody holds. Nothing awaits them: the queries they belonged to
+// have already failed with a connection error, and the pool reconnects on its
+// next query. Left alone, either ends the process.
 import { isConnectionError } from "./db_errors.ts";
 
 /** Whether `error` is postgres.js's write on a closed socket (and not any other TypeError). */
@@ -20,19 +20,32 @@ function isCodedConnectionError(error: unknown): boolean {
 }
 
 /**
- * Keeps the process alive through those errors only, logging each; any
- * other uncaught error or unhandled rejection still ends the process.
- * Returns a function that removes the guard.
+ * Whether `error` is one of those two failures, which a process holding a
+ * pool absorbs; anything else is a bug that must not be hidden.
  */
-export function surviveDatabaseDisconnects(log: (line: string) => void): () => void {
+export function isDatabaseDisconnect(error: unknown): boolean {
+  return isClosedSocketWrite(error) || isCodedConnectionError(error);
+}
+
+/**
+ * Keeps the process alive through those errors only, logging each and then
+ * calling `onSurvived` (e.g. to replace the pool); any other uncaught error or
+ * unhandled rejection still ends the process. Returns a function that
+ * removes the guard.
+ */
+export function surviveDatabaseDisconnects(
+  log: (line: string) => void,
+  onSurvived: (error: unknown) => void = () => {},
+): () => void {
   const survived = (error: unknown) => {
     const e = error as { code?: string } | null;
     log(
       JSON.stringify({ event: "database_disconnect_survived", code: e?.code ?? "closed_socket" }),
     );
+    onSurvived(error);
   };
   const onError = (event: ErrorEvent) => {
-    if (!isClosedSocketWrite(event.error) && !isCodedConnectionError(event.error)) return;
+    if (!isDatabaseDisconnect(event.error)) return;
     event.preventDefault();
     survived(event.error);
   };
