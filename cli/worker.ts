@@ -67,6 +67,9 @@ function claimFilters(tables: string[]): Record<string, string>[] {
   });
 }
 
+/** Seconds until the jobs of a batch cut off by a lost connection are visible again. */
+const INTERRUPTED_RETRY_SECONDS = 2;
+
 /** Waits `ms` or until one of `wakers` resolves, whichever is first. */
 function sleep(ms: number, ...wakers: Promise<void>[]): Promise<void> {
   let timer: ReturnType<typeof setTimeout> | undefined;
@@ -193,11 +196,29 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerResult> {
 
   let consecutiveErrors = 0;
 
+  /**
+   * Jobs of batches a lost connection interrupted: they would stay hidden for
+   * the rest of their visibility timeout (2 minutes by default), so once the
+   * database answers again they are made visible in a few seconds instead.
+   * Whatever the interrupted batch did write stays (compare-and-set, so a
+   * rerun finds it fresh at no provider cost).
+   */
+  const interrupted = new Set<number>();
+  async function handBackInterrupted(): Promise<void> {
+    if (interrupted.size === 0) return;
+    const ids = [...interrupted];
+    await sql`select pgmq.set_vt(${QUEUE_NAME}, id::bigint, ${INTERRUPTED_RETRY_SECONDS})
+                from jsonb_array_elements_text(${JSON.stringify(ids)}::text::jsonb) id`;
+    for (const id of ids) interrupted.delete(id);
+    log(JSON.stringify({ event: "handed_back_interrupted", jobs: ids.length }));
+  }
+
   async function slot(): Promise<void> {
     while (!stopping?.aborted) {
       let jobs: Job[];
       let refused: RefusedJob[];
       try {
+        await handBackInterrupted();
         await maintain();
         ({ jobs, refused } = await claim());
         consecutiveErrors = 0;
@@ -272,7 +293,9 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerResult> {
       } catch (err) {
         const unreachable = isConnectionError(err);
         if (!unreachable && options.once) throw err;
-        // The batch's jobs reappear after the visibility timeout; nothing is lost.
+        // Unreachable: its jobs are handed back once the database answers;
+        // otherwise they reappear after the visibility timeout. Nothing is lost.
+        if (unreachable) for (const job of jobs) interrupted.add(job.jobId);
         log(
           JSON.stringify({
             event: "batch_interrupted",

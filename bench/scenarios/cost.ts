@@ -72,7 +72,7 @@ const CASES: Case[] = [
     changed: 0,
   },
   {
-    label: "1,000 new rows whose text is already embedded (cache)",
+    label: "1,000 new rows whose text is already embedded (copied)",
     act: (sql) =>
       sql`insert into bench_docs (title, body)
           select title, body from bench_docs where id between 5001 and 6000`.then(),
@@ -164,7 +164,7 @@ export async function costScenario(ctx: BenchContext): Promise<CostFigures> {
       if (c.label.includes("no-op") || c.label.includes("non-text")) {
         figures.noopRequests += requests;
       }
-      if (c.label.includes("cache")) figures.cachedRequests = requests;
+      if (c.label.includes("copied")) figures.cachedRequests = requests;
     }
   } finally {
     await ours.drop();

@@ -23,6 +23,14 @@ export interface Pipeline {
    * new handler (fresh pool, fresh shutdown signal) serves the same URL.
    */
   restartFunction(): Promise<void>;
+  /**
+   * Kills the function as SIGKILL would: calls in flight fail at once with
+   * their batches unfinished (the pool is cut off mid-query), and the URL
+   * refuses connections until revive().
+   */
+  kill(): Promise<void>;
+  /** Serves the function again at the same URL, with a fresh instance. */
+  revive(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -52,11 +60,27 @@ export async function startPipeline(
   const newHandler = (signal: AbortSignal) =>
     createEmbedHandler({ env: (k) => env[k], shutdown: signal, log: (l) => logs.push(l) });
   let handler = newHandler(shutdown.signal);
-  const server = Deno.serve(
-    { hostname: "127.0.0.1", port: 0, onListen: () => {} },
-    (req) => handler.fetch(req),
-  );
-  const projectUrl = `http://127.0.0.1:${server.addr.port}`;
+  // Rejected by kill(): every request in flight then fails (caught here so an
+  // unawaited rejection is not an error of the test).
+  const newKill = () => {
+    const k = Promise.withResolvers<Response>();
+    k.promise.catch(() => {});
+    return k;
+  };
+  let killed = newKill();
+  const serve = (port: number) =>
+    Deno.serve(
+      {
+        hostname: "127.0.0.1",
+        port,
+        onListen: () => {},
+        onError: () => new Response(null, { status: 502 }),
+      },
+      (req) => Promise.race([handler.fetch(req), killed.promise]),
+    );
+  let server: Deno.HttpServer<Deno.NetAddr> | null = serve(0);
+  const port = server.addr.port;
+  const projectUrl = `http://127.0.0.1:${port}`;
   await sql`select vault.create_secret(${projectUrl}, 'project_url')`;
   await sql`select vault.create_secret(${TEST_SECRET}, 'embed_secret')`;
   const dispatcher = options.dispatcher === false
@@ -74,9 +98,21 @@ export async function startPipeline(
       pipeline.handler = handler = newHandler(pipeline.shutdown.signal);
       await old.close();
     },
+    async kill() {
+      killed.reject(new Error("killed"));
+      const old = server;
+      server = null;
+      await Promise.all([handler.close(0).catch(() => {}), old?.shutdown()]);
+    },
+    async revive() {
+      killed = newKill();
+      pipeline.shutdown = new AbortController();
+      pipeline.handler = handler = newHandler(pipeline.shutdown.signal);
+      server = serve(port);
+    },
     async stop() {
       await dispatcher?.stop();
-      await server.shutdown();
+      await server?.shutdown();
       await handler.close();
       await fake.close();
     },

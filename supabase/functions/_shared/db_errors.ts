@@ -17,6 +17,8 @@ export const PIPELINE_SQLSTATES = {
   notAttached: "AE002",
   /** A registration or argument mistake (message, detail and hint say which). */
   invalidArgument: "AE003",
+  /** Configuration missing, e.g. a Vault secret. */
+  configurationMissing: "AE004",
 } as const;
 
 /** Connection-level error codes of postgres.js and of the socket below it. */

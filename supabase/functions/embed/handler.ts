@@ -19,7 +19,8 @@ export interface EmbedHandlerConfig {
 
 export interface EmbedHandler {
   fetch(req: Request): Promise<Response>;
-  close(): Promise<void>;
+  /** Ends the pool; queries still running after `timeoutSeconds` (default 5) are cut off. */
+  close(timeoutSeconds?: number): Promise<void>;
 }
 
 function timingSafeEqual(a: string, b: string): boolean {
@@ -163,8 +164,8 @@ export function createEmbedHandler(config: EmbedHandlerConfig): EmbedHandler {
 
   return {
     fetch,
-    async close() {
-      await sql?.end({ timeout: 5 });
+    async close(timeoutSeconds = 5) {
+      await sql?.end({ timeout: timeoutSeconds });
     },
   };
 }

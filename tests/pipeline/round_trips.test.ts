@@ -1,0 +1,96 @@
+// Round trips are counted, not guessed (STYLE.md habit 3): the statements the
+// core sends for a batch, as postgres.js reports them, for one target, for
+// two tables, and for a table in the middle of a model change.
+import assert from "node:assert/strict";
+import postgres from "postgres";
+import { processBatch } from "../../supabase/functions/_shared/core.ts";
+import type { Job } from "../../supabase/functions/_shared/jobs.ts";
+import { coreSettings } from "../../supabase/functions/_shared/settings.ts";
+import { type Sql, withTestDb } from "../_support/db.ts";
+import { createDocuments } from "../_support/pipeline.ts";
+import { insertRows } from "../_support/rows.ts";
+
+const LOCAL = "local-hash-v1";
+
+/** Reads the queued jobs as the worker would. */
+async function claimAll(sql: Sql): Promise<Job[]> {
+  const rows =
+    await sql`select msg_id, read_ct, message from pgmq.read('embedding_jobs', 60, 10000)`;
+  return rows.map((r) => ({ ...r.message, jobId: Number(r.msg_id), attempt: r.read_ct }));
+}
+
+/** The kind of each statement, in order. */
+function kindOf(statement: string): string {
+  const s = statement.trim().toLowerCase();
+  if (s === "begin" || s.startsWith("begin ")) return "begin";
+  if (s === "commit") return "commit";
+  if (s.includes("from util._target_config")) return "targets";
+  if (s.includes("autoembed.applying")) return "applying";
+  if (s.startsWith("with input as")) return "write";
+  if (s.includes("util._content_hash(x.content)")) return "rows";
+  if (s.includes("pgmq.delete")) return "delete";
+  if (s.includes("util._record_failures")) return "failures";
+  if (s.includes("pgmq.set_vt")) return "hand back";
+  return s.slice(0, 60);
+}
+
+async function countBatch(url: string, jobs: Job[]): Promise<string[]> {
+  const statements: string[] = [];
+  const sql = postgres(url, {
+    max: 1,
+    onnotice: () => {},
+    debug: (_connection, query) => statements.push(kindOf(query)),
+  });
+  try {
+    const result = await processBatch(sql, jobs, {
+      providerFor: coreSettings(() => undefined).providerFor,
+    });
+    assert.equal(result.failedJobs.length, 0);
+    assert.equal(result.completedJobs.length, jobs.length);
+  } finally {
+    await sql.end();
+  }
+  return statements;
+}
+
+/** One target's read and write, as a transaction each. */
+const TARGET = ["begin", "rows", "commit", "begin", "applying", "write", "commit"];
+
+Deno.test("round trips: a batch of 200 jobs of one table is 9 statements", async () => {
+  await withTestDb(async (sql, url) => {
+    await createDocuments(sql, { model: LOCAL });
+    await insertRows(sql, 200);
+    const statements = await countBatch(url, await claimAll(sql));
+    assert.deepEqual(statements, ["targets", ...TARGET, "delete"]);
+  });
+});
+
+Deno.test("round trips: two tables, one read and one write each", async () => {
+  await withTestDb(async (sql, url) => {
+    await createDocuments(sql, { model: LOCAL });
+    await createDocuments(sql, { model: LOCAL, table: "notes" });
+    await insertRows(sql, 50);
+    await insertRows(sql, 50, { table: "notes", prefix: "note" });
+    const statements = await countBatch(url, await claimAll(sql));
+    assert.deepEqual(statements, ["targets", ...TARGET, ...TARGET, "delete"]);
+  });
+});
+
+Deno.test("round trips: during a model change, the shadow adds one read and one write", async () => {
+  await withTestDb(async (sql, url) => {
+    await createDocuments(sql, { model: LOCAL });
+    await insertRows(sql, 50);
+    await countBatch(url, await claimAll(sql)); // embedded by the old model
+    await sql`select util.reembed('documents', dimensions => 8)`;
+    const statements = await countBatch(url, await claimAll(sql));
+    // The live rows are fresh: only the shadow writes.
+    assert.deepEqual(statements, [
+      "targets",
+      "begin",
+      "rows",
+      "commit",
+      ...TARGET,
+      "delete",
+    ]);
+  });
+});
