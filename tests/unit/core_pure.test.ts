@@ -61,8 +61,10 @@ Deno.test("float16 text: every finite value's text reads back as the same float1
 Deno.test("vectorLiteral: halfvec values rounded as halfvec_in would, vector values kept", () => {
   const values = [0.1, -0.333333, 1, 0, 65504, 1e-8];
   const half = JSON.parse(vectorLiteral(values, "halfvec(6)")) as number[];
+  // The shortest text that Postgres reads back as the value's float16.
+  const asHalfvec = (x: number) => Math.f16round(Math.fround(x));
   half.forEach((v, i) =>
-    assert.equal(v, Math.f16round(Math.fround(values[i])), `value ${i}: ${values[i]} -> ${v}`)
+    assert.equal(asHalfvec(v), asHalfvec(values[i]), `value ${i}: ${values[i]} -> ${v}`)
   );
   assert.equal(vectorLiteral([0.5, -0.25], "vector(2)"), "[0.5,-0.25]");
   assert.equal(vectorLiteral([-0], "halfvec(1)"), "[-0]");
