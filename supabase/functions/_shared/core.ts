@@ -23,7 +23,7 @@ import { type EmbeddingProvider, ProviderError } from "./providers/types.ts";
 import { estimateTokens, truncateToTokens } from "./providers/tokens.ts";
 import { deleteJobs, type Failure, handBack, recordFailures } from "./sql/queue.ts";
 import { loadDonorVectors, loadRows } from "./sql/rows.ts";
-import { loadTargets, tableLabel, type Target } from "./sql/targets.ts";
+import { loadTargets, tableLabel, type Target, type Targets } from "./sql/targets.ts";
 import { writeEmbeddings } from "./sql/write.ts";
 import { vectorLiteral } from "./vectors.ts";
 
@@ -91,56 +91,49 @@ interface RowWork {
 const REFUSED_TARGET = "refused: the job names no attached table, embedding column and content " +
   "function (attach it with util.enable_embeddings or a util.queue_embeddings trigger)";
 
-/** Processes one batch of jobs. Throws only when the database itself is unreachable. */
-export async function processBatch(
-  sql: postgres.Sql,
-  jobs: Job[],
-  options: ProcessOptions,
-): Promise<BatchResult> {
-  const started = performance.now();
-  const stats: BatchStats = {
-    jobs: jobs.length,
-    rows: 0,
-    fresh: 0,
-    copied: 0,
-    embedded: 0,
-    written: 0,
-    superseded: 0,
-    deleted: 0,
-    emptyText: 0,
-    providerCalls: 0,
-    providerInputs: 0,
-    failed: 0,
-    refused: 0,
-    handedBack: 0,
-    durationMs: 0,
-  };
-  const accepted: number[] = [];
-  const failures: Failure[] = [];
-  const failed = new Set<number>();
-  const handedBack = new Set<number>();
-  const refuse = (failure: Failure) => {
-    stats.refused++;
-    failures.push(failure);
-    failed.add(failure.job_id);
-  };
-  for (const r of options.refused ?? []) {
-    stats.jobs++;
-    refuse({
-      job_id: r.jobId,
-      target_id: null,
-      table_name: null,
-      row_id: null,
-      error: r.error,
-      retryable: false,
-    });
+/**
+ * What happens to the jobs of one batch, as the stages find out: accepted,
+ * failed (once per job, however many of its (target, row) pairs failed),
+ * handed back unstarted; and the counts.
+ */
+class Outcome {
+  readonly stats: BatchStats;
+  readonly accepted: number[] = [];
+  readonly failures: Failure[] = [];
+  readonly failed = new Set<number>();
+  readonly handedBack = new Set<number>();
+
+  constructor(jobs: number) {
+    this.stats = {
+      jobs,
+      rows: 0,
+      fresh: 0,
+      copied: 0,
+      embedded: 0,
+      written: 0,
+      superseded: 0,
+      deleted: 0,
+      emptyText: 0,
+      providerCalls: 0,
+      providerInputs: 0,
+      failed: 0,
+      refused: 0,
+      handedBack: 0,
+      durationMs: 0,
+    };
   }
-  // A job fails once, however many of its (target, row) pairs failed.
-  const fail = (work: RowWork, error: string, retryable: boolean, retryAfterMs?: number) => {
+
+  refuse(failure: Failure) {
+    this.stats.refused++;
+    this.failures.push(failure);
+    this.failed.add(failure.job_id);
+  }
+
+  fail(work: RowWork, error: string, retryable: boolean, retryAfterMs?: number) {
     for (const jobId of work.jobIds) {
-      if (failed.has(jobId)) continue;
-      failed.add(jobId);
-      failures.push({
+      if (this.failed.has(jobId)) continue;
+      this.failed.add(jobId);
+      this.failures.push({
         job_id: jobId,
         target_id: work.target.id,
         table_name: tableLabel(work.target),
@@ -150,16 +143,54 @@ export async function processBatch(
         retry_after: retryAfterMs ? Math.ceil(retryAfterMs / 1000) : undefined,
       });
     }
-  };
+  }
+}
 
-  // 1. Targets: a job is acted on only when it names an attached target exactly (I8).
-  const targets = jobs.length ? await loadTargets(sql) : null;
+/** Processes one batch of jobs. Throws only when the database itself is unreachable. */
+export async function processBatch(
+  sql: postgres.Sql,
+  jobs: Job[],
+  options: ProcessOptions,
+): Promise<BatchResult> {
+  const started = performance.now();
+  const outcome = new Outcome(jobs.length);
+  for (const r of options.refused ?? []) {
+    outcome.stats.jobs++;
+    outcome.refuse({
+      job_id: r.jobId,
+      target_id: null,
+      table_name: null,
+      row_id: null,
+      error: r.error,
+      retryable: false,
+    });
+  }
+  if (jobs.length) {
+    const targets = await loadTargets(sql);
+    const rowsByTarget = assignJobs(jobs, targets, outcome);
+    const plan = await readRows(sql, rowsByTarget, targets, options, outcome);
+    await embed(plan, options, outcome);
+    await write(sql, plan.toWrite, outcome);
+  }
+  return await acknowledge(sql, outcome, started, options);
+}
+
+/**
+ * 1. A job is acted on only when it names an attached target exactly (I8);
+ * it applies to its live target and, during a model change, to the shadow.
+ * Jobs for the same (target, row) coalesce.
+ */
+function assignJobs(
+  jobs: Job[],
+  targets: Targets,
+  outcome: Outcome,
+): Map<Target, Map<string, RowWork>> {
   const rowsByTarget = new Map<Target, Map<string, RowWork>>();
   for (const job of jobs) {
-    const live = targets!.live(job.schema, job.table, job.embeddingColumn);
+    const live = targets.live(job.schema, job.table, job.embeddingColumn);
     const rowId = String(job.id);
     if (!live || live.content_function !== job.contentFunction) {
-      refuse({
+      outcome.refuse({
         job_id: job.jobId,
         target_id: null,
         table_name: `${job.schema}.${job.table}`,
@@ -170,7 +201,7 @@ export async function processBatch(
       continue;
     }
     if (!idFitsKeyType(rowId, live.pk_type_sql)) {
-      refuse({
+      outcome.refuse({
         job_id: job.jobId,
         target_id: live.id,
         table_name: tableLabel(live),
@@ -180,8 +211,8 @@ export async function processBatch(
       });
       continue;
     }
-    accepted.push(job.jobId);
-    for (const target of targets!.appliesTo(live)) {
+    outcome.accepted.push(job.jobId);
+    for (const target of targets.appliesTo(live)) {
       let rows = rowsByTarget.get(target);
       if (!rows) rowsByTarget.set(target, rows = new Map());
       const work = rows.get(rowId);
@@ -189,43 +220,43 @@ export async function processBatch(
       else rows.set(rowId, { target, rowId, jobIds: [job.jobId] });
     }
   }
+  return rowsByTarget;
+}
 
-  // 2. Read each target's rows once: text, hash, fingerprint and a donor together.
-  const toWrite = new Map<Target, RowWork[]>();
-  const toEmbed: RowWork[] = [];
+/** What the read found to do: vectors to write (copied or cleared), texts to embed. */
+interface Plan {
+  toWrite: Map<Target, RowWork[]>;
+  toEmbed: RowWork[];
+}
+
+/**
+ * 2. Reads each target's rows once (text, hash, fingerprint and a donor
+ * together) and sorts them: gone (I6), blank (clear), fresh (I3/I4), copied
+ * from a row of this or another target that holds the text's vector, or for
+ * the provider. Vectors held by other targets' rows take one read per target.
+ */
+async function readRows(
+  sql: postgres.Sql,
+  rowsByTarget: Map<Target, Map<string, RowWork>>,
+  targets: Targets,
+  options: ProcessOptions,
+  outcome: Outcome,
+): Promise<Plan> {
+  const { stats } = outcome;
+  const plan: Plan = { toWrite: new Map(), toEmbed: [] };
   const fromDonors = new Map<number, { wanted: Map<string, string>; works: RowWork[] }>();
-  const providers = new Map<Target, EmbeddingProvider | ProviderError>();
-  /** Queues `work` (with `text`, the row's text) for the provider, or fails it. */
-  const needsProvider = (work: RowWork, text: string) => {
-    const provider = providers.get(work.target)!;
-    if (provider instanceof ProviderError) return fail(work, provider.message, provider.retryable);
-    const tokens = estimateTokens(text);
-    if (tokens > provider.maxInputTokens) {
-      if (!options.truncate) {
-        return fail(
-          work,
-          `text is about ${tokens} tokens, over the ${provider.maxInputTokens}-token input limit of ` +
-            `${work.target.model}: shorten what the content function returns, or set EMBEDDING_TRUNCATE=true`,
-          false,
-        );
-      }
-      text = truncateToTokens(text, provider.maxInputTokens);
-    }
-    work.text = text;
-    toEmbed.push(work);
-  };
   const texts = new Map<RowWork, string>();
   for (const [target, rows] of rowsByTarget) {
     stats.rows += rows.size;
-    providers.set(target, safeProvider(options, target));
+    const provider = safeProvider(options, target);
     const loaded = await loadRows(
       sql,
       target,
-      targets!.sameModel(target),
+      targets.sameModel(target),
       [...rows.keys()],
       (rowId, message, retryable) => {
         if (!retryable) stats.refused++;
-        fail(rows.get(rowId)!, message, retryable);
+        outcome.fail(rows.get(rowId)!, message, retryable);
         rows.delete(rowId);
       },
     );
@@ -243,7 +274,7 @@ export async function processBatch(
         // with its fingerprint, under the same compare-and-set as a write.
         if (row.has_embedding || row.fp_hash !== null) {
           work.vector = null;
-          pushTo(toWrite, target, work);
+          pushTo(plan.toWrite, target, work);
         }
         continue;
       }
@@ -254,20 +285,18 @@ export async function processBatch(
       if (row.donor_vector !== null) {
         stats.copied++;
         work.vector = row.donor_vector;
-        pushTo(toWrite, target, work);
+        pushTo(plan.toWrite, target, work);
       } else if (row.donor_target !== null && row.donor_target !== target.id) {
         let donor = fromDonors.get(row.donor_target);
         if (!donor) fromDonors.set(row.donor_target, donor = { wanted: new Map(), works: [] });
         donor.wanted.set(row.donor_row!, row.hash);
         donor.works.push(work);
         texts.set(work, row.content);
-      } else needsProvider(work, row.content);
+      } else forProvider(work, row.content, provider, options, plan, outcome);
     }
   }
-
-  // Vectors of the same text held by rows of other targets (same model).
   for (const [donorId, { wanted, works }] of fromDonors) {
-    const donor = targets!.byId(donorId);
+    const donor = targets.byId(donorId);
     const vectors = donor ? await loadDonorVectors(sql, donor, wanted) : new Map();
     const byHash = new Map<string, string>();
     for (const [rowId, vector] of vectors) byHash.set(wanted.get(rowId)!, vector);
@@ -276,33 +305,77 @@ export async function processBatch(
       if (vector !== undefined) {
         stats.copied++;
         work.vector = vector;
-        pushTo(toWrite, work.target, work);
-      } else needsProvider(work, texts.get(work)!);
+        pushTo(plan.toWrite, work.target, work);
+      } else {
+        const provider = safeProvider(options, work.target);
+        forProvider(work, texts.get(work)!, provider, options, plan, outcome);
+      }
     }
   }
+  return plan;
+}
 
-  // 3. Provider calls: identical texts once, batched by count and token estimate.
-  const outcomes = await embedTexts(
-    toEmbed.map((w) => ({ text: w.text!, model: w.target.model, dimensions: w.target.dimensions })),
+/** Queues `work` with its text for the provider, or fails it (no provider, text too long). */
+function forProvider(
+  work: RowWork,
+  text: string,
+  provider: EmbeddingProvider | ProviderError,
+  options: ProcessOptions,
+  plan: Plan,
+  outcome: Outcome,
+) {
+  if (provider instanceof ProviderError) {
+    return outcome.fail(work, provider.message, provider.retryable);
+  }
+  const tokens = estimateTokens(text);
+  if (tokens > provider.maxInputTokens) {
+    if (!options.truncate) {
+      return outcome.fail(
+        work,
+        `text is about ${tokens} tokens, over the ${provider.maxInputTokens}-token input limit of ` +
+          `${work.target.model}: shorten what the content function returns, or set EMBEDDING_TRUNCATE=true`,
+        false,
+      );
+    }
+    text = truncateToTokens(text, provider.maxInputTokens);
+  }
+  work.text = text;
+  plan.toEmbed.push(work);
+}
+
+/** 3. Provider calls: identical texts once, batched by count and token estimate. */
+async function embed(plan: Plan, options: ProcessOptions, outcome: Outcome): Promise<void> {
+  const results = await embedTexts(
+    plan.toEmbed.map((w) => ({
+      text: w.text!,
+      model: w.target.model,
+      dimensions: w.target.dimensions,
+    })),
     {
       providerFor: options.providerFor,
       deadline: options.deadline,
       signal: options.signal,
       concurrency: options.providerConcurrency,
     },
-    stats,
+    outcome.stats,
   );
-  toEmbed.forEach((work, i) => {
-    const outcome = outcomes[i];
-    if ("vector" in outcome) {
-      work.vector = vectorLiteral(outcome.vector, work.target.embedding_type_sql);
-      pushTo(toWrite, work.target, work);
-    } else if ("error" in outcome) {
-      fail(work, outcome.error, outcome.retryable, outcome.retryAfterMs);
-    } else for (const jobId of work.jobIds) handedBack.add(jobId);
+  plan.toEmbed.forEach((work, i) => {
+    const result = results[i];
+    if ("vector" in result) {
+      work.vector = vectorLiteral(result.vector, work.target.embedding_type_sql);
+      pushTo(plan.toWrite, work.target, work);
+    } else if ("error" in result) {
+      outcome.fail(work, result.error, result.retryable, result.retryAfterMs);
+    } else for (const jobId of work.jobIds) outcome.handedBack.add(jobId);
   });
+}
 
-  // 4. One write per target, compare-and-set on the content hash (I2).
+/** 4. One write per target, compare-and-set on the content hash (I2). */
+async function write(
+  sql: postgres.Sql,
+  toWrite: Map<Target, RowWork[]>,
+  outcome: Outcome,
+): Promise<void> {
   for (const [target, works] of toWrite) {
     try {
       const written = await writeEmbeddings(
@@ -311,19 +384,29 @@ export async function processBatch(
         works.map((w) => ({ rowId: w.rowId, hash: w.hash!, vector: w.vector ?? null })),
       );
       for (const work of works) {
-        if (written.has(work.rowId)) stats.written++;
-        else stats.superseded++; // text changed since it was read; its newer job re-embeds it
+        if (written.has(work.rowId)) outcome.stats.written++;
+        else outcome.stats.superseded++; // text changed since it was read; its newer job re-embeds it
       }
     } catch (err) {
       if (isConnectionError(err)) throw err;
       const message = `writing embeddings failed: ${(err as Error).message}`;
-      for (const work of works) fail(work, message, true);
+      for (const work of works) outcome.fail(work, message, true);
     }
   }
+}
 
-  // 5. Acknowledge, reschedule, hand back: one call each. A job is done when
-  //    none of its (target, row) pairs failed or was left unstarted.
-  const completed = accepted.filter((id) => !failed.has(id) && !handedBack.has(id));
+/**
+ * 5. Acknowledge, reschedule, hand back: one call each. A job is done when
+ * none of its (target, row) pairs failed or was left unstarted.
+ */
+async function acknowledge(
+  sql: postgres.Sql,
+  outcome: Outcome,
+  started: number,
+  options: ProcessOptions,
+): Promise<BatchResult> {
+  const { stats, failed, handedBack, failures } = outcome;
+  const completed = outcome.accepted.filter((id) => !failed.has(id) && !handedBack.has(id));
   const returned = [...handedBack].filter((id) => !failed.has(id));
   await deleteJobs(sql, completed);
   const dead = await recordFailures(sql, failures);
