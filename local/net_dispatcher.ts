@@ -4,6 +4,7 @@
 // Differences: response header names arrive lower-cased (fetch normalises
 // them); timed_out is true on a timeout (0.14.0 left it NULL, later releases
 // set it); a timeout's error_msg lacks curl's per-phase timings.
+import { isConnectionError } from "../supabase/functions/_shared/db_errors.ts";
 import postgres from "postgres";
 import { parseArgs } from "node:util";
 
@@ -228,7 +229,10 @@ export async function startNetDispatcher(options: NetDispatcherOptions): Promise
       } catch (err) {
         signalReady();
         if (halt.signal.aborted) break;
-        if (failures === 0) log(`database ${database} unavailable (${describe(err)}); retrying`);
+        if (failures === 0) {
+          const what = isConnectionError(err) ? "unavailable" : "failed a statement";
+          log(`database ${database} ${what} (${describe(err)}); retrying`);
+        }
         failures++;
         await dropListener();
         await pause(backoff(failures));
