@@ -1,8 +1,10 @@
 // Operator entry point: `deno task autoembed <command> [options]`.
 // worker | status | backfill <table> | reembed <table> | retry-failed [<table>]
+// | install --into <project> | upgrade --into <project>
 // A user mistake gives one line on stderr and exit code 2, never a stack trace.
 import postgres from "postgres";
 import { coreSettings, SettingsError } from "../supabase/functions/_shared/settings.ts";
+import { install, InstallError, type Mode, report } from "./install.ts";
 import { runWorker } from "./worker.ts";
 
 export class UsageError extends Error {}
@@ -16,6 +18,10 @@ commands:
   reembed <table>        recheck a table, or move it to a new model [--model M] [--dimensions D]
                          (built beside the live column, switched when complete; --cancel stops it)
   retry-failed [<table>] put dead-lettered jobs back on the queue
+  install --into DIR     copy the migrations, the embed function and its config entry into
+                         the Supabase project DIR; refuses (exit 2) if any file there differs
+  upgrade --into DIR     add new migrations; replace function files autoembed installed and
+                         nobody edited since; refuses (exit 2) on any other difference
 
 options (each also from the environment variable shown):
   -d, --db-url URL         database URL                     DATABASE_URL
@@ -64,6 +70,7 @@ const VALUE_OPTIONS = new Map([
   ["--dimensions", "dimensions"],
   ["--column", "column"],
   ["--visibility-timeout", "visibility-timeout"],
+  ["--into", "into"],
 ]);
 const FLAG_OPTIONS = new Map([["--once", "once"], ["--json", "json"], ["--cancel", "cancel"], [
   "-h",
@@ -333,6 +340,21 @@ async function worker(args: ParsedArgs): Promise<number> {
   return 0;
 }
 
+async function installInto(args: ParsedArgs, mode: Mode): Promise<number> {
+  const into = args.options.get("into")?.at(-1) ?? args.positional[0];
+  if (!into) {
+    throw new UsageError(`${mode} needs the project: deno task autoembed ${mode} --into ../my-app`);
+  }
+  try {
+    const { plan } = await install(mode, into);
+    for (const line of report(mode, plan)) console.log(line);
+    return 0;
+  } catch (err) {
+    if (err instanceof InstallError) throw new UsageError(err.message);
+    throw err;
+  }
+}
+
 /** The live progress line: rows done, backlog, rate and ETA while draining. */
 export function progressLine(
   p: { done: number; backlog: number | null; elapsedMs: number },
@@ -370,9 +392,12 @@ export async function main(argv: string[]): Promise<number> {
     case "reembed":
     case "retry-failed":
       return await enqueue(args, args.command);
+    case "install":
+    case "upgrade":
+      return await installInto(args, args.command);
     default:
       throw new UsageError(
-        `unknown command "${args.command}" (worker, status, backfill, reembed, retry-failed)`,
+        `unknown command "${args.command}" (worker, status, backfill, reembed, retry-failed, install, upgrade)`,
       );
   }
 }

@@ -1,0 +1,167 @@
+-- autoembed schema 10: the `util` schema, the queue and every table the
+-- pipeline keeps. Detect (triggers, 30) -> queue (pgmq `embedding_jobs`) ->
+-- schedule (util.process_embeddings through pg_net, 60) -> apply (the `embed`
+-- function or the worker, calling the helpers of 50).
+--
+-- Public API (stable): util.enable_embeddings, util.disable_embeddings,
+-- util.reembed, util.refresh_embeddings, util.cancel_reembed,
+-- util.retry_failed, util.maintain_embeddings, util.process_embeddings,
+-- util.queue_embeddings (trigger), util.clear_column (trigger),
+-- util.project_url, util.invoke_edge_function, util.embedding_status (view),
+-- util.embedding_errors (table), util.settings (table). Everything named
+-- util._* is internal. Errors carry SQLSTATEs of class AE:
+--   AE001  an index on the embedding column a model change cannot carry over
+--   AE002  not attached: no such target (table and embedding column)
+--   AE003  a registration or argument mistake (message, detail and hint say which)
+--   AE004  configuration missing (a Vault secret)
+--
+-- Names follow the Supabase "automatic embeddings" guide so its readers can
+-- switch without rewriting their triggers.
+
+create schema if not exists util;
+
+-- pgmq.create is idempotent: it creates pgmq.q_embedding_jobs and
+-- pgmq.a_embedding_jobs (the dead letters) when they are missing.
+select pgmq.create('embedding_jobs');
+
+-------------------------------------------------------------------------------
+-- Settings (public: edit with update util.settings set value = ... where name = ...)
+-------------------------------------------------------------------------------
+
+create table if not exists util.settings (
+  name text primary key,
+  value text not null,
+  description text not null
+);
+
+-- Defaults; a value a user changed is kept, descriptions follow this file.
+insert into util.settings (name, value, description) values
+  ('default_model', 'text-embedding-3-small', 'model for tables attached without an explicit model'),
+  ('max_attempts', '5', 'attempts before a job is dead-lettered (archived in pgmq.a_embedding_jobs)'),
+  ('backoff_base_seconds', '5', 'first retry delay; doubles with each attempt'),
+  ('backoff_max_seconds', '600', 'upper bound of the retry delay'),
+  ('sweep_slice_rows', '10000',
+   'rows a backfill, recheck or model change visits per step; a step runs only while the queue holds fewer jobs')
+on conflict (name) do update set description = excluded.description;
+
+-- internal: a setting's value; raises (AE003) when the name is unknown.
+create or replace function util._setting(setting_name text)
+returns text
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  result text;
+begin
+  select s.value into result from util.settings s where s.name = setting_name;
+  if result is null then
+    raise exception 'unknown autoembed setting "%"', setting_name
+      using errcode = 'AE003', hint = 'See select * from util.settings.';
+  end if;
+  return result;
+end
+$$;
+
+-------------------------------------------------------------------------------
+-- Targets: which (table, embedding column) pairs the pipeline may write, with
+-- which content function and model. A queue message is only ever acted on
+-- when it names a target exactly (invariant I8). A model change in progress
+-- is a *shadow* target beside the live one (see 40_sweeps_and_model_changes).
+-------------------------------------------------------------------------------
+
+create table if not exists util.embedding_targets (
+  id serial primary key,
+  -- the user's table; regclass follows renames
+  table_oid regclass not null,
+  -- the column that receives embeddings (vector or halfvec)
+  embedding_column name not null,
+  -- single-column primary key used to address rows
+  pk_column name not null,
+  -- the content function exactly as the trigger or registration named it (matched against jobs)
+  content_function text not null,
+  -- where that name resolved to
+  content_function_schema name not null,
+  content_function_name name not null,
+  model text not null,
+  dimensions int not null check (dimensions > 0),
+  created_at timestamptz not null default now(),
+  -- sha256 of the content function's definition when it was last checked
+  content_definition bytea,
+  -- when a change of that definition was last detected
+  content_changed_at timestamptz,
+  -- a shadow target: the live target whose model change it builds
+  shadow_of int references util.embedding_targets (id) on delete cascade,
+  -- sweep in progress since (null: none)
+  sweep_started_at timestamptz,
+  -- last primary key value (as text) the sweep visited; null: from the start
+  sweep_after text,
+  sweep_checked bigint not null default 0,
+  sweep_enqueued bigint not null default 0,
+  -- a live target replaced by its shadow: its fingerprints are being deleted
+  retired_at timestamptz,
+  unique (table_oid, embedding_column)
+);
+-- At most one model change per live target.
+create unique index if not exists embedding_targets_one_shadow on util.embedding_targets (shadow_of);
+
+-------------------------------------------------------------------------------
+-- Fingerprints: what each embedding was computed from, kept beside the
+-- user's table (which stays untouched). Used to skip unchanged text (I3, I4),
+-- for the compare-and-set at write time (I2), for "stale" in status, and to
+-- copy a vector some row already holds for the same text (I11). A target's
+-- fingerprints are always of the target's model.
+-------------------------------------------------------------------------------
+
+create table if not exists util.embedding_fingerprints (
+  target_id int not null references util.embedding_targets (id) on delete cascade,
+  row_id text not null,                -- primary key value as text
+  content_hash bytea not null,         -- sha256 of the embedded text
+  embedded_at timestamptz not null default now(),
+  primary key (target_id, row_id)
+);
+-- "Has this text been embedded by this model anywhere?" (hash: 4 bytes a row).
+create index if not exists embedding_fingerprints_content_hash
+  on util.embedding_fingerprints using hash (content_hash);
+
+-------------------------------------------------------------------------------
+-- Errors (public): one row per failed attempt, for users to query.
+-------------------------------------------------------------------------------
+
+create table if not exists util.embedding_errors (
+  id bigint generated always as identity primary key,
+  job_id bigint,                       -- pgmq message id in embedding_jobs
+  target_id int references util.embedding_targets (id) on delete set null,
+  table_name text,                     -- schema-qualified, as named by the job
+  row_id text,
+  attempt int,
+  retryable boolean not null,
+  dead_lettered boolean not null default false,
+  error text not null,
+  created_at timestamptz not null default now()
+);
+create index if not exists embedding_errors_job on util.embedding_errors (job_id);
+create index if not exists embedding_errors_target on util.embedding_errors (target_id, created_at desc);
+
+-------------------------------------------------------------------------------
+-- Requests: calls to the embed function in flight (push mode), so that
+-- util.process_embeddings keeps at most max_requests of them. A lease ends
+-- when the function reports back, when pg_net recorded the call's end, or
+-- at its deadline (see util._release_ended_leases in 60_schedule).
+-------------------------------------------------------------------------------
+
+create table if not exists util.embedding_requests (
+  id bigint generated always as identity primary key,
+  jobs int not null,
+  started_at timestamptz not null default now(),
+  expires_at timestamptz not null,
+  -- the pg_net request, so a call that ended without reporting back can be
+  -- told from one still running
+  request_id bigint,
+  -- the queue messages the call carries, brought back when it ended unreported
+  job_ids bigint[] not null default '{}',
+  -- the parameters the lease was made with; the next calls use the same
+  batch_size int not null default 100,
+  max_requests int not null default 4,
+  timeout_milliseconds int not null default 120000
+);

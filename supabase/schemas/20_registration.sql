@@ -1,0 +1,366 @@
+-- autoembed schema 20: attaching tables. util.enable_embeddings (and the
+-- first firing of a hand-made guide-style trigger) validates a (table,
+-- embedding column, content function, model) and records it as a target;
+-- util.disable_embeddings undoes it. Mistakes raise AE002/AE003 with
+-- message, detail and hint, and leave nothing behind.
+
+-- internal: a fingerprint of a function's whole definition (body, language,
+-- volatility, SET options), to notice create or replace / alter function.
+create or replace function util._content_definition(fn regprocedure)
+returns bytea
+language sql
+stable
+set search_path = ''
+as $$ select pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.pg_get_functiondef(fn), 'UTF8')) $$;
+
+-- internal: the content function a target names, resolved now (null when it
+-- no longer exists under that name).
+create or replace function util._content_function_of(t util.embedding_targets)
+returns regprocedure
+language sql
+stable
+set search_path = ''
+as $$
+  select pg_catalog.to_regprocedure(pg_catalog.format('%I.%I(%s)', t.content_function_schema,
+           t.content_function_name, c.reltype::regtype))
+    from pg_catalog.pg_class c where c.oid = t.table_oid
+$$;
+
+-- internal: validates and records a target. Raises with message/detail/hint on
+-- anything that would make the pipeline fail later. Returns the target id.
+-- An existing target keeps its model and dimensions unless they are given
+-- (model changes of a live target go through util.reembed); a new one
+-- records its content function's definition, so later changes are noticed.
+create or replace function util._register_target(
+  target_table regclass,            -- the user's table
+  content_function text,            -- function taking the table's row and returning text
+  embedding_column name,            -- vector/halfvec column to fill
+  model text default null,          -- null: the target's model, else util.settings default_model
+  dimensions int default null       -- null: the column's declared dimensions
+)
+returns int
+language plpgsql
+set search_path = ''
+as $$
+declare
+  rel record;
+  col record;
+  fn record;
+  pk name;
+  pk_count int;
+  fn_oid oid;
+  declared int;
+  existing util.embedding_targets;
+  target_id int;
+begin
+  select c.oid, c.relname, n.nspname, c.relkind, c.reltype
+    into rel
+    from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+   where c.oid = target_table;
+  if rel.oid is null then
+    raise exception 'autoembed: relation with OID % does not exist', target_table::oid
+      using errcode = 'AE002';
+  end if;
+  if rel.relkind not in ('r', 'p') then
+    raise exception 'autoembed: % is not a table', target_table
+      using errcode = 'AE003',
+            detail = format('It is a %s.', case rel.relkind when 'v' then 'view' when 'm' then 'materialized view'
+                                          when 'f' then 'foreign table' else 'relation of kind ' || rel.relkind::text end),
+            hint = 'Embeddings are kept on ordinary or partitioned tables.';
+  end if;
+
+  select a.attname, a.atttypmod, t.typname
+    into col
+    from pg_catalog.pg_attribute a join pg_catalog.pg_type t on t.oid = a.atttypid
+   where a.attrelid = target_table and a.attname = embedding_column and a.attnum > 0 and not a.attisdropped;
+  if col.attname is null then
+    raise exception 'autoembed: column "%" does not exist on %', embedding_column, target_table
+      using errcode = 'AE003',
+            hint = format('Add it first, e.g. alter table %s add column %I halfvec(1536);', target_table, embedding_column);
+  end if;
+  if col.typname not in ('vector', 'halfvec') then
+    raise exception 'autoembed: column "%" of % has type %, expected vector or halfvec', embedding_column, target_table, col.typname
+      using errcode = 'AE003', hint = 'Use a pgvector halfvec(N) or vector(N) column.';
+  end if;
+  if dimensions is not null and dimensions < 1 then
+    raise exception 'autoembed: dimensions must be a positive number, got %', dimensions
+      using errcode = 'AE003',
+            hint = 'Pass the model''s vector size, e.g. dimensions => 1536, or leave it to the column''s declaration.';
+  end if;
+  declared := nullif(col.atttypmod, -1);
+  if dimensions is null then
+    dimensions := declared;
+  elsif declared is not null and declared <> dimensions then
+    raise exception 'autoembed: column "%" of % holds % dimensions, not %', embedding_column, target_table, declared, dimensions
+      using errcode = 'AE003',
+            hint = format('Change the column first: alter table %s alter column %I type %s(%s); or, to move an attached table '
+                          'to another model or size, use util.reembed(%L, %L, model => ..., dimensions => %s).',
+                          target_table, embedding_column, col.typname, dimensions, target_table::text, embedding_column, dimensions);
+  end if;
+  if dimensions is null then
+    raise exception 'autoembed: column "%" of % has no declared dimensions', embedding_column, target_table
+      using errcode = 'AE003', hint = 'Declare them (halfvec(1536)) or pass dimensions.';
+  end if;
+
+  select count(*), min(a.attname)
+    into pk_count, pk
+    from pg_catalog.pg_index i
+    join pg_catalog.pg_attribute a on a.attrelid = i.indrelid and a.attnum = any (i.indkey)
+   where i.indrelid = target_table and i.indisprimary;
+  if pk_count <> 1 then
+    raise exception 'autoembed: % needs a single-column primary key (it has %)', target_table, pk_count
+      using errcode = 'AE003',
+            hint = 'Add one, e.g. alter table ... add column id bigint generated always as identity primary key;';
+  end if;
+
+  -- An unqualified name resolves in the table's schema first, then public,
+  -- like the guide's examples where both live in public.
+  if content_function like '%.%' then
+    fn_oid := pg_catalog.to_regprocedure(format('%s(%s)', content_function, rel.reltype::regtype));
+  else
+    fn_oid := coalesce(
+      pg_catalog.to_regprocedure(format('%I.%I(%s)', rel.nspname, content_function, rel.reltype::regtype)),
+      pg_catalog.to_regprocedure(format('public.%I(%s)', content_function, rel.reltype::regtype)));
+  end if;
+  if fn_oid is null then
+    raise exception 'autoembed: content function %(%) not found', content_function, target_table
+      using errcode = 'AE003',
+            detail = 'The content function takes one argument, a row of the table, and returns text.',
+            hint = format('create function %s(r %s) returns text language sql immutable as $f$ select r.title || '' '' || r.content $f$;', content_function, target_table);
+  end if;
+  select n.nspname, p.proname, p.prokind, p.proretset, p.prorettype into fn
+    from pg_catalog.pg_proc p join pg_catalog.pg_namespace n on n.oid = p.pronamespace
+   where p.oid = fn_oid;
+  if fn.prokind <> 'f' or fn.proretset then
+    raise exception 'autoembed: content function %.% must be a plain function returning one text value', fn.nspname, fn.proname
+      using errcode = 'AE003',
+            detail = format('It is %s.', case when fn.proretset then 'a set-returning function'
+                                              when fn.prokind = 'a' then 'an aggregate'
+                                              when fn.prokind = 'w' then 'a window function'
+                                              else 'a procedure' end),
+            hint = 'create function ...(r <table>) returns text language sql immutable as $f$ ... $f$;';
+  end if;
+  if fn.prorettype <> 'text'::regtype then
+    raise exception 'autoembed: content function %.% must return text', fn.nspname, fn.proname
+      using errcode = 'AE003',
+            detail = format('It returns %s.', fn.prorettype::regtype),
+            hint = 'Return the text to embed, e.g. r.title || '' '' || r.content.';
+  end if;
+
+  select * into existing from util.embedding_targets t
+   where t.table_oid = target_table and t.embedding_column = _register_target.embedding_column;
+  model := coalesce(model, existing.model, util._setting('default_model'));
+  if pg_catalog.btrim(model) = '' or pg_catalog.length(model) > 200 then
+    raise exception 'autoembed: "%" is not a model name', pg_catalog.left(model, 200)
+      using errcode = 'AE003',
+            hint = 'Name the provider''s model, e.g. text-embedding-3-small, or a local-* model.';
+  end if;
+
+  if existing.id is not null then
+    -- A new content function is noticed by util.maintain_embeddings, which
+    -- compares content_definition and rechecks the rows.
+    update util.embedding_targets t
+       set content_function = _register_target.content_function,
+           content_function_schema = fn.nspname,
+           content_function_name = fn.proname,
+           pk_column = pk,
+           model = _register_target.model,
+           dimensions = _register_target.dimensions
+     where t.id = existing.id;
+    return existing.id;
+  end if;
+  insert into util.embedding_targets
+    (table_oid, embedding_column, pk_column, content_function, content_function_schema, content_function_name,
+     model, dimensions, content_definition)
+  values
+    (target_table, embedding_column, pk, content_function, fn.nspname, fn.proname, model, dimensions,
+     util._content_definition(fn_oid::regprocedure))
+  returning id into target_id;
+  return target_id;
+end
+$$;
+
+-- internal: the target a trigger fires for, registering it on first use so
+-- that guide-style triggers created by hand get the same checks and status.
+create or replace function util._target_for_trigger(target_table regclass, content_function text, embedding_column name)
+returns util.embedding_targets
+language plpgsql
+set search_path = ''
+as $$
+declare
+  found util.embedding_targets;
+begin
+  select * into found from util.embedding_targets t
+   where t.table_oid = target_table and t.embedding_column = _target_for_trigger.embedding_column;
+  if found.id is null or found.content_function <> _target_for_trigger.content_function then
+    perform util._register_target(target_table, content_function, embedding_column,
+                                  case when found.id is null then null else found.model end);
+    select * into found from util.embedding_targets t
+     where t.table_oid = target_table and t.embedding_column = _target_for_trigger.embedding_column;
+  end if;
+  return found;
+end
+$$;
+
+-- internal: drops trigger `trigger_name` of `target_table` when it exists
+-- (drop trigger if exists would print a notice when it does not).
+create or replace function util._drop_trigger(target_table regclass, trigger_name name)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+begin
+  if exists (select from pg_catalog.pg_trigger g where g.tgrelid = target_table and g.tgname = trigger_name) then
+    execute format('drop trigger %I on %s', trigger_name, target_table);
+  end if;
+end
+$$;
+
+-- internal: the live target of (table, column), or raises like the public
+-- functions that take them.
+create or replace function util._live_target(target_table regclass, embedding_column name)
+returns util.embedding_targets
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  t util.embedding_targets;
+begin
+  select * into t from util.embedding_targets x
+   where x.table_oid = target_table and x.embedding_column = _live_target.embedding_column
+     and x.shadow_of is null and x.retired_at is null;
+  if t.id is null then
+    raise exception 'autoembed: % (column %) is not attached', target_table, embedding_column
+      using errcode = 'AE002', hint = 'Attach it with select util.enable_embeddings(...).';
+  end if;
+  return t;
+end
+$$;
+
+-- public: attaches the pipeline to a table in one call. Creates statement
+-- level insert/update/delete triggers (one queue call per statement, however
+-- many rows), optionally the clear trigger, records the configuration and
+-- starts a backfill of the existing rows (the first slice is enqueued now,
+-- the rest in the background). Returns the jobs enqueued now. Safe to call
+-- again: with another model or dimensions it starts a model change
+-- (util.reembed) instead of relabelling the live column. Everything it
+-- creates is created by this one statement, so an error leaves nothing.
+-- Prints nothing on success.
+create or replace function util.enable_embeddings(
+  target_table regclass,                      -- the table to keep embedded
+  content_function text,                      -- f(row of target_table) returns text
+  embedding_column name default 'embedding',  -- vector/halfvec column to fill
+  model text default null,                    -- default: the target's, else util.settings default_model
+  dimensions int default null,                -- default: the column's declared dimensions
+  clear_on_change boolean default false,      -- NULL the embedding as soon as its text changes
+  backfill boolean default true               -- enqueue existing rows now
+)
+returns bigint
+language plpgsql
+set search_path = ''
+as $$
+declare
+  target_id int;
+  prefix text := 'embed_' || embedding_column;
+  existing util.embedding_targets;
+  change_model boolean;
+begin
+  -- Longer names would be cut to 63 bytes, and the triggers' names collide.
+  if pg_catalog.octet_length(prefix || '_insert') > 63 then
+    raise exception 'autoembed: the embedding column name "%" is too long for the trigger names', embedding_column
+      using errcode = 'AE003',
+            detail = 'The triggers are named embed_<column>_insert, _update and _delete, at most 63 bytes.',
+            hint = 'Rename the column (50 bytes at most), or create util.queue_embeddings triggers by hand.';
+  end if;
+  select * into existing from util.embedding_targets t
+   where t.table_oid = target_table and t.embedding_column = enable_embeddings.embedding_column
+     and t.shadow_of is null and t.retired_at is null;
+  change_model := existing.id is not null
+    and (model is distinct from null and model <> existing.model
+         or dimensions is distinct from null and dimensions <> existing.dimensions);
+  if change_model then
+    target_id := util._register_target(target_table, content_function, embedding_column);
+  else
+    target_id := util._register_target(target_table, content_function, embedding_column, model, dimensions);
+  end if;
+  perform util._drop_trigger(target_table, (prefix || '_insert')::name);
+  perform util._drop_trigger(target_table, (prefix || '_update')::name);
+  perform util._drop_trigger(target_table, (prefix || '_delete')::name);
+  perform util._drop_trigger(target_table, (prefix || '_clear')::name);
+  execute format(
+    'create trigger %I after insert on %s referencing new table as new_rows
+       for each statement execute function util.queue_embeddings(%L, %L)',
+    prefix || '_insert', target_table, content_function, embedding_column);
+  execute format(
+    'create trigger %I after update on %s referencing old table as old_rows new table as new_rows
+       for each statement execute function util.queue_embeddings(%L, %L)',
+    prefix || '_update', target_table, content_function, embedding_column);
+  execute format(
+    'create trigger %I after delete on %s referencing old table as old_rows
+       for each statement execute function util.queue_embeddings(%L, %L)',
+    prefix || '_delete', target_table, content_function, embedding_column);
+  if clear_on_change then
+    execute format(
+      'create trigger %I before update on %s
+         for each row execute function util.clear_column(%L, %L)',
+      prefix || '_clear', target_table, embedding_column, content_function);
+  end if;
+  if change_model then
+    return util.reembed(target_table, embedding_column, model, dimensions);
+  end if;
+  if backfill then
+    return util._start_sweep(target_id);
+  end if;
+  return 0;
+end
+$$;
+
+-- public: the inverse of enable_embeddings. Drops its triggers, a model
+-- change in progress (shadow column included), its pending jobs and its
+-- fingerprints; leaves the embeddings in the table. Raises when the table is
+-- not attached (under that embedding column).
+create or replace function util.disable_embeddings(
+  target_table regclass,
+  embedding_column name default 'embedding'
+)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  prefix text := 'embed_' || embedding_column;
+  rel record;
+begin
+  select n.nspname, c.relname, c.relkind into rel
+    from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+   where c.oid = target_table;
+  if rel.relkind is null or rel.relkind not in ('r', 'p') then
+    raise exception 'autoembed: % is not a table', target_table
+      using errcode = 'AE003', hint = 'See select * from util.embedding_status; for the attached tables.';
+  end if;
+  if not exists (select from util.embedding_targets t
+                  where t.table_oid = target_table and t.embedding_column = disable_embeddings.embedding_column)
+     and not exists (select from pg_catalog.pg_trigger g
+                      where g.tgrelid = target_table
+                        and g.tgname in (prefix || '_insert', prefix || '_update', prefix || '_delete', prefix || '_clear')) then
+    raise exception 'autoembed: % (column %) is not attached', target_table, embedding_column
+      using errcode = 'AE002',
+            hint = 'See select * from util.embedding_status; for the attached tables and their columns.';
+  end if;
+  if exists (select from util.embedding_targets t
+              where t.table_oid = target_table and t.embedding_column = disable_embeddings.embedding_column
+                and t.shadow_of is null) then
+    perform util.cancel_reembed(target_table, embedding_column);
+  end if;
+  perform util._drop_trigger(target_table, (prefix || '_insert')::name);
+  perform util._drop_trigger(target_table, (prefix || '_update')::name);
+  perform util._drop_trigger(target_table, (prefix || '_delete')::name);
+  perform util._drop_trigger(target_table, (prefix || '_clear')::name);
+  delete from pgmq.q_embedding_jobs q
+   where q.message ->> 'schema' = rel.nspname and q.message ->> 'table' = rel.relname
+     and q.message ->> 'embeddingColumn' = embedding_column;
+  delete from util.embedding_targets t
+   where t.table_oid = target_table and t.embedding_column = disable_embeddings.embedding_column;
+end
+$$;

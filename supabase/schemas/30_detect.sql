@@ -1,0 +1,202 @@
+-- autoembed schema 30: detect. The triggers that turn a user's writes into
+-- queue messages (util.queue_embeddings) and keep searches from seeing an
+-- embedding of old text (util.clear_column), and the NOTIFY that wakes
+-- listening workers. Both triggers are security definer so that inserts by
+-- anon/authenticated work without any grant in util.
+
+-- internal: wakes listening workers; a NOTIFY per transaction, not per row
+-- (Postgres folds identical notifications of one transaction into one).
+create or replace function util._notify_jobs()
+returns void
+language sql
+set search_path = ''
+as $$ select pg_catalog.pg_notify('embedding_jobs', '') $$;
+
+-- public trigger: enqueues embedding jobs. Arguments: content function name,
+-- embedding column name (as in the Supabase guide). Works as
+--   * a row-level trigger (the guide's form): one message per row; on UPDATE
+--     only when the content function's text changed;
+--   * a statement-level trigger with transition tables named new_rows (and
+--     old_rows for UPDATE and DELETE), as util.enable_embeddings creates it:
+--     one insert into the queue per statement, however many rows.
+-- On DELETE (row level, or statement level with old_rows) and TRUNCATE it
+-- deletes the fingerprints of the rows that went, so the bookkeeping stays
+-- as small as the table. Must fire AFTER: as a BEFORE trigger its NULL
+-- result would cancel the user's write. It inserts into the queue table
+-- itself (the message, visible at once, as pgmq.send writes it): pgmq.send
+-- runs its insert through dynamic SQL planned again on every call, which was
+-- most of what the trigger added to a one-row insert (bench/RESULTS.md).
+create or replace function util.queue_embeddings()
+returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  content_function text = tg_argv[0];
+  embedding_column name = tg_argv[1];
+  target util.embedding_targets;
+  call_fn text;
+  job jsonb;
+  enqueued bigint;
+  changed boolean;
+begin
+  if tg_when <> 'AFTER' then
+    raise exception 'autoembed: util.queue_embeddings must be an AFTER trigger, not %', tg_when
+      using errcode = 'AE003',
+            detail = 'Its NULL result would cancel the insert or update of every row.',
+            hint = 'create trigger ... after insert on ... for each row execute function util.queue_embeddings(''embedding_input'', ''embedding'');';
+  end if;
+  if tg_op in ('DELETE', 'TRUNCATE') then
+    select * into target from util.embedding_targets t
+     where t.table_oid = tg_relid and t.embedding_column = tg_argv[1];
+    if target.id is null then
+      return null;
+    end if;
+    if tg_op = 'TRUNCATE' then
+      delete from util.embedding_fingerprints f
+       where f.target_id in (select t.id from util.embedding_targets t
+                              where t.id = target.id or t.shadow_of = target.id);
+    elsif tg_level = 'ROW' then
+      delete from util.embedding_fingerprints f
+       where f.target_id in (select t.id from util.embedding_targets t
+                              where t.id = target.id or t.shadow_of = target.id)
+         and f.row_id = pg_catalog.to_jsonb(old) ->> target.pk_column::text;
+    else
+      execute format(
+        'delete from util.embedding_fingerprints f
+          where f.target_id in (select t.id from util.embedding_targets t where t.id = $1 or t.shadow_of = $1)
+            and f.row_id in (select o.%1$I::text from old_rows o)', target.pk_column)
+        using target.id;
+    end if;
+    return null;
+  end if;
+  -- The pipeline's own writes of embeddings need no new jobs.
+  if pg_catalog.current_setting('autoembed.applying', true) = 'on' then
+    return null;
+  end if;
+  if tg_nargs < 2 then
+    raise exception 'autoembed: util.queue_embeddings needs two arguments, got %', tg_nargs
+      using errcode = 'AE003',
+            hint = 'execute function util.queue_embeddings(''embedding_input'', ''embedding'')';
+  end if;
+  target := util._target_for_trigger(tg_relid, content_function, embedding_column);
+  call_fn := format('%I.%I', target.content_function_schema, target.content_function_name);
+
+  if tg_level = 'ROW' then
+    if tg_op = 'UPDATE' then
+      begin
+        execute format('select %1$s($1) is distinct from %1$s($2)', call_fn) into changed using old, new;
+      exception when others then
+        -- The content function raises for this row: enqueue anyway; the job
+        -- records the error where the user sees it, and the write goes on.
+        changed := true;
+      end;
+      if not changed then
+        return null;
+      end if;
+    end if;
+    insert into pgmq.q_embedding_jobs (vt, message)
+    values (pg_catalog.clock_timestamp(), jsonb_build_object(
+      'id', pg_catalog.to_jsonb(new) -> target.pk_column::text,
+      'schema', tg_table_schema,
+      'table', tg_table_name,
+      'contentFunction', content_function,
+      'embeddingColumn', embedding_column));
+    perform pg_catalog.pg_notify('embedding_jobs', '');
+    return null;
+  end if;
+
+  -- Statement level: one statement over the transition tables enqueues every
+  -- job. The part of the message that is the same for every row is built once.
+  job := jsonb_build_object('schema', tg_table_schema, 'table', tg_table_name,
+                            'contentFunction', content_function, 'embeddingColumn', embedding_column);
+  if tg_op = 'INSERT' then
+    execute format(
+      'insert into pgmq.q_embedding_jobs (vt, message)
+       select pg_catalog.clock_timestamp(), $1 || jsonb_build_object(''id'', n.%1$I)
+         from new_rows n', target.pk_column)
+      using job;
+  else
+    begin
+      execute format(
+        'insert into pgmq.q_embedding_jobs (vt, message)
+         select pg_catalog.clock_timestamp(), $1 || jsonb_build_object(''id'', n.%1$I)
+           from new_rows n left join old_rows o on o.%1$I = n.%1$I
+          where o.%1$I is null or %2$s(n) is distinct from %2$s(o)', target.pk_column, call_fn)
+        using job;
+    exception when others then
+      -- The content function raises for some row of the statement. Compare
+      -- row by row instead (a subtransaction per call, so only on this
+      -- path), a row whose text cannot be built counting as changed.
+      execute format(
+        'insert into pgmq.q_embedding_jobs (vt, message)
+         select pg_catalog.clock_timestamp(), $1 || jsonb_build_object(''id'', n.%1$I)
+           from new_rows n left join old_rows o on o.%1$I = n.%1$I
+           cross join lateral util._try_content($2, n) x
+           cross join lateral util._try_content($2, o) y
+          where o.%1$I is null or x.error is not null or y.error is not null
+             or x.content is distinct from y.content', target.pk_column)
+        using job, call_fn;
+    end;
+  end if;
+  get diagnostics enqueued = row_count;
+  if enqueued > 0 then
+    perform pg_catalog.pg_notify('embedding_jobs', '');
+  end if;
+  return null;
+end
+$$;
+
+-- public trigger (BEFORE UPDATE, row level): sets the embedding column to
+-- NULL when, and only when, the text to embed changed. Arguments: embedding
+-- column name, and optionally the content function. Misuse raises AE003.
+create or replace function util.clear_column()
+returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  clear_column name = tg_argv[0];
+  content_function text = case when tg_nargs > 1 then tg_argv[1] end;
+  call_fn text;
+  changed boolean;
+begin
+  if tg_level <> 'ROW' or tg_when <> 'BEFORE' or tg_op <> 'UPDATE' then
+    raise exception 'autoembed: util.clear_column must be a BEFORE UPDATE ... FOR EACH ROW trigger'
+      using errcode = 'AE003';
+  end if;
+  if tg_nargs < 1 or clear_column = '' then
+    raise exception 'autoembed: util.clear_column needs the embedding column as its argument'
+      using errcode = 'AE003', hint = 'execute function util.clear_column(''embedding'')';
+  end if;
+  if content_function is not null then
+    select format('%I.%I', t.content_function_schema, t.content_function_name) into call_fn
+      from util._target_for_trigger(tg_relid, content_function, clear_column) t;
+  else
+    select format('%I.%I', t.content_function_schema, t.content_function_name) into call_fn
+      from util.embedding_targets t
+     where t.table_oid = tg_relid and t.embedding_column = clear_column;
+  end if;
+  if call_fn is not null then
+    begin
+      execute format('select %1$s($1) is distinct from %1$s($2)', call_fn) into changed using old, new;
+    exception when others then
+      -- No text can be built for the row: its embedding cannot be current,
+      -- and the user's update must not fail because of it.
+      changed := true;
+    end;
+  else
+    if not pg_catalog.to_jsonb(new) ? clear_column::text then
+      raise exception 'autoembed: util.clear_column(%): % has no such column', clear_column, tg_relid::regclass
+        using errcode = 'AE003', hint = 'Name the embedding column, e.g. util.clear_column(''embedding'').';
+    end if;
+    changed := (pg_catalog.to_jsonb(new) - clear_column::text) is distinct from (pg_catalog.to_jsonb(old) - clear_column::text);
+  end if;
+  if changed then
+    new := pg_catalog.jsonb_populate_record(new, jsonb_build_object(clear_column, null));
+  end if;
+  return new;
+end
+$$;

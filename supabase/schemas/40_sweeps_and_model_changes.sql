@@ -1,0 +1,452 @@
+-- autoembed schema 40: work that visits a whole table. A *sweep* visits a
+-- target's rows in primary-key slices of sweep_slice_rows, only while the
+-- queue is short, and enqueues the rows whose embedding is missing or whose
+-- text no longer hashes to its fingerprint: backfills (enable_embeddings),
+-- rechecks (refresh_embeddings, reembed without a model, a changed content
+-- function, I10) and model changes. A model change builds the new model's
+-- vectors in a shadow column with twins of the live column's indexes and
+-- switches in one transaction when complete (I7). util.maintain_embeddings,
+-- run on every push tick and worker poll, drives all of it.
+
+-- internal: the job message (without its row id) that names live target
+-- `live_id` as its triggers would.
+create or replace function util._job_base(live_id int)
+returns jsonb
+language sql
+stable
+set search_path = ''
+as $$
+  select jsonb_build_object('schema', n.nspname, 'table', c.relname,
+                            'contentFunction', t.content_function, 'embeddingColumn', t.embedding_column)
+    from util.embedding_targets t
+    join pg_catalog.pg_class c on c.oid = t.table_oid
+    join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+   where t.id = live_id
+$$;
+
+-- internal: one step of target `target_id`'s sweep: visits up to `max_rows`
+-- rows after the cursor in primary-key order and enqueues a job (naming the
+-- live target, as the triggers do) for each row whose embedding is missing
+-- or whose text no longer hashes to its fingerprint. The content function
+-- runs only for rows that have a fingerprint to compare. Ends the sweep when
+-- the table is exhausted. Returns the jobs enqueued.
+create or replace function util._sweep_step(target_id int, max_rows int)
+returns bigint
+language plpgsql
+set search_path = ''
+as $$
+declare
+  t util.embedding_targets;
+  c record;
+  job jsonb;
+  visited bigint;
+  last_key text;
+  enqueued bigint;
+  scan text;
+begin
+  select * into t from util.embedding_targets x where x.id = target_id;
+  select * into c from util._target_config x where x.id = target_id;
+  if c.id is null or t.sweep_started_at is null then
+    return 0;
+  end if;
+  job := util._job_base(coalesce(t.shadow_of, t.id));
+  scan := pg_catalog.format(
+    'with slice as (
+       select r.%1$s as key, r.%2$s is null as unembedded, r as source
+         from %3$s r
+        where $1::text is null or r.%1$s > $1::%4$s
+        order by r.%1$s
+        limit $2
+     ), picked as (
+       select s.key from slice s
+         left join util.embedding_fingerprints f on f.target_id = $3 and f.row_id = s.key::text
+        where case when s.unembedded or f.row_id is null then true
+                   else f.content_hash is distinct from util._content_hash(%5$s(s.source)) end
+     ), queued as (
+       insert into pgmq.q_embedding_jobs (vt, message)
+       select pg_catalog.clock_timestamp(), $4 || jsonb_build_object(''id'', p.key) from picked p
+       returning 1
+     )
+     select (select count(*) from slice),
+            (select s.key::text from slice s order by s.key desc limit 1),
+            (select count(*) from queued)',
+    c.pk_sql, c.embedding_sql, c.table_sql, c.pk_type_sql, c.content_function_sql);
+  begin
+    execute scan into visited, last_key, enqueued using t.sweep_after, max_rows, t.id, job;
+  exception when others then
+    -- The content function raises for some row of the slice: enqueue the
+    -- whole slice instead; the core isolates that row and records its error.
+    execute pg_catalog.replace(scan, 'else f.content_hash is distinct from', 'else true or f.content_hash is distinct from')
+      into visited, last_key, enqueued using t.sweep_after, max_rows, t.id, job;
+  end;
+  update util.embedding_targets x
+     set sweep_after = case when visited < max_rows then null else last_key end,
+         sweep_started_at = case when visited < max_rows then null else x.sweep_started_at end,
+         sweep_checked = x.sweep_checked + visited,
+         sweep_enqueued = x.sweep_enqueued + enqueued
+   where x.id = target_id;
+  if enqueued > 0 then
+    perform pg_catalog.pg_notify('embedding_jobs', '');
+  end if;
+  return enqueued;
+end
+$$;
+
+-- internal: starts (or restarts) a sweep of target `target_id` and runs its
+-- first step now, so small tables are enqueued at once. Returns the jobs
+-- enqueued by that first step.
+create or replace function util._start_sweep(target_id int)
+returns bigint
+language plpgsql
+set search_path = ''
+as $$
+begin
+  update util.embedding_targets x
+     set sweep_started_at = now(), sweep_after = null, sweep_checked = 0, sweep_enqueued = 0
+   where x.id = target_id;
+  return util._sweep_step(target_id, util._setting('sweep_slice_rows')::int);
+end
+$$;
+
+-- internal: the name of the twin (on the shadow of target `shadow_id`) of
+-- the user's index `index_name`; renamed to `index_name` at the switch.
+create or replace function util._twin_name(shadow_id int, index_name name)
+returns name
+language sql
+immutable
+set search_path = ''
+as $$ select ('_autoembed_' || shadow_id || '_' || pg_catalog.md5(index_name))::name $$;
+
+-- internal: creates on the shadow column of `shadow_id` a twin of every
+-- index on the live column that has none yet (same access method, operator
+-- class and storage options). Raises for an index the twin cannot copy
+-- (several columns, an expression, a predicate), before anything changed.
+create or replace function util._twin_indexes(shadow_id int)
+returns int
+language plpgsql
+set search_path = ''
+as $$
+declare
+  s util.embedding_targets;
+  l util.embedding_targets;
+  live_attnum int2;
+  ix record;
+  made int := 0;
+begin
+  select * into s from util.embedding_targets where id = shadow_id;
+  select * into l from util.embedding_targets where id = s.shadow_of;
+  select a.attnum into live_attnum from pg_catalog.pg_attribute a
+   where a.attrelid = l.table_oid and a.attname = l.embedding_column;
+  for ix in
+    select ic.relname as index_name, i.indnatts, i.indkey[0] as key_attnum,
+           i.indexprs is not null as has_expressions, i.indpred is not null as has_predicate,
+           am.amname, oc.opcname, ocn.nspname as opc_schema, ic.reloptions
+      from pg_catalog.pg_index i
+      join pg_catalog.pg_class ic on ic.oid = i.indexrelid
+      join pg_catalog.pg_am am on am.oid = ic.relam
+      left join pg_catalog.pg_opclass oc on oc.oid = i.indclass[0]
+      left join pg_catalog.pg_namespace ocn on ocn.oid = oc.opcnamespace
+     where i.indrelid = l.table_oid
+       and exists (select from pg_catalog.pg_depend d
+                    where d.classid = 'pg_catalog.pg_class'::regclass and d.objid = i.indexrelid
+                      and d.refclassid = 'pg_catalog.pg_class'::regclass and d.refobjid = l.table_oid
+                      and d.refobjsubid = live_attnum)
+     order by ic.relname
+  loop
+    if ix.indnatts <> 1 or ix.key_attnum <> live_attnum or ix.has_expressions or ix.has_predicate then
+      raise exception 'autoembed: index % uses column "%" in a way a model change cannot carry over', ix.index_name, l.embedding_column
+        using errcode = 'AE001',
+              detail = 'Only indexes on the embedding column alone (no expression, no WHERE) get a twin on the new vectors.',
+              hint = format('Drop %I for the change and create it again afterwards.', ix.index_name);
+    end if;
+    if not exists (select from pg_catalog.pg_class x
+                    where x.relname = util._twin_name(shadow_id, ix.index_name)
+                      and x.relnamespace = (select relnamespace from pg_catalog.pg_class where oid = l.table_oid)) then
+      execute pg_catalog.format('create index %I on %s using %I (%I %s) %s',
+        util._twin_name(shadow_id, ix.index_name), l.table_oid, ix.amname, s.embedding_column,
+        pg_catalog.format('%I.%I', ix.opc_schema, ix.opcname),
+        case when ix.reloptions is null then ''
+             else 'with (' || pg_catalog.array_to_string(ix.reloptions, ', ') || ')' end);
+      made := made + 1;
+    end if;
+  end loop;
+  return made;
+end
+$$;
+
+-- internal: switches live target `live_id` to its shadow when the shadow is
+-- complete: its sweep is done and no row has a live vector without a shadow
+-- one. One transaction, under an ACCESS EXCLUSIVE lock taken with a short
+-- lock_timeout (a busy table is tried again at the next tick): the live
+-- column is dropped (with its indexes), the shadow column takes its name and
+-- the index twins their names, and the shadow target becomes the live one.
+-- Readers see the old model before and the new one after, never a mix.
+-- Returns whether it switched; when the drop is refused (a view depends on
+-- the column), the reason goes to util.embedding_errors, once an hour.
+create or replace function util._switch_model(live_id int)
+returns boolean
+language plpgsql
+set search_path = ''
+as $$
+declare
+  l util.embedding_targets;
+  s util.embedding_targets;
+  unmatched boolean;
+  saved_timeout text := pg_catalog.current_setting('lock_timeout');
+  index_names name[];
+  index_name name;
+  problem text;
+begin
+  select * into l from util.embedding_targets where id = live_id;
+  select * into s from util.embedding_targets where shadow_of = live_id;
+  if s.id is null or s.sweep_started_at is not null then
+    return false;
+  end if;
+  -- Checked before the lock too, so an unfinished change costs no lock.
+  execute pg_catalog.format('select exists (select from %s r where r.%I is not null and r.%I is null)',
+                            l.table_oid, l.embedding_column, s.embedding_column)
+    into unmatched;
+  if unmatched then
+    return false;
+  end if;
+  -- Indexes made on the live column since the change began get their twin now.
+  perform util._twin_indexes(s.id);
+  begin
+    perform pg_catalog.set_config('lock_timeout', '500ms', true);
+    execute pg_catalog.format('lock table %s in access exclusive mode', l.table_oid);
+    perform pg_catalog.set_config('lock_timeout', saved_timeout, true);
+    execute pg_catalog.format('select exists (select from %s r where r.%I is not null and r.%I is null)',
+                              l.table_oid, l.embedding_column, s.embedding_column)
+      into unmatched;
+    if unmatched then
+      return false;
+    end if;
+    select pg_catalog.array_agg(ic.relname order by ic.relname) into index_names
+      from pg_catalog.pg_index i
+      join pg_catalog.pg_class ic on ic.oid = i.indexrelid
+      join pg_catalog.pg_attribute a on a.attrelid = i.indrelid and a.attnum = i.indkey[0]
+     where i.indrelid = l.table_oid and i.indnatts = 1 and a.attname = l.embedding_column;
+    execute pg_catalog.format('alter table %s drop column %I', l.table_oid, l.embedding_column);
+    execute pg_catalog.format('alter table %s rename column %I to %I', l.table_oid, s.embedding_column, l.embedding_column);
+    foreach index_name in array coalesce(index_names, '{}') loop
+      execute pg_catalog.format('alter index %I.%I rename to %I',
+        (select n.nspname from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+          where c.oid = l.table_oid),
+        util._twin_name(s.id, index_name), index_name);
+    end loop;
+    update util.embedding_targets t
+       set embedding_column = ('_autoembed_retired_' || t.id)::name, retired_at = now(),
+           sweep_started_at = null
+     where t.id = l.id;
+    update util.embedding_targets t
+       set embedding_column = l.embedding_column, shadow_of = null,
+           content_changed_at = coalesce(l.content_changed_at, t.content_changed_at)
+     where t.id = s.id;
+    return true;
+  exception
+    when lock_not_available then
+      perform pg_catalog.set_config('lock_timeout', saved_timeout, true);
+      return false;
+    when others then
+      perform pg_catalog.set_config('lock_timeout', saved_timeout, true);
+      problem := pg_catalog.format('the switch to model %s is waiting: %s', s.model, sqlerrm);
+      if not exists (select from util.embedding_errors e
+                      where e.target_id = l.id and e.error = problem and e.created_at > now() - interval '1 hour') then
+        insert into util.embedding_errors (target_id, table_name, retryable, error)
+        values (l.id, l.table_oid::text, true,
+                problem || case when sqlstate = '2BP01'
+                                then ' (drop or change what depends on the column; the switch retries every tick)'
+                                else '' end);
+      end if;
+      return false;
+  end;
+end
+$$;
+
+-- public: cancels a model change of (table, column) started by
+-- util.reembed: drops the shadow column (and its index twins) and its
+-- bookkeeping. The live column is untouched. Returns whether there was one.
+create or replace function util.cancel_reembed(
+  target_table regclass,
+  embedding_column name default 'embedding'
+)
+returns boolean
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  l util.embedding_targets := util._live_target(target_table, embedding_column);
+  s util.embedding_targets;
+begin
+  select * into s from util.embedding_targets where shadow_of = l.id;
+  if s.id is null then
+    return false;
+  end if;
+  if exists (select from pg_catalog.pg_attribute a
+              where a.attrelid = l.table_oid and a.attname = s.embedding_column and not a.attisdropped) then
+    execute pg_catalog.format('alter table %s drop column %I', l.table_oid, s.embedding_column);
+  end if;
+  delete from util.embedding_targets where id = s.id;
+  return true;
+end
+$$;
+
+-- public: re-embeds a table in the background.
+--   * With a model or dimensions other than the table's: builds the new
+--     model's embeddings beside the live column (a shadow column with twins
+--     of its indexes), keeps the live column on the old model and fresh, and
+--     switches atomically when the new model covers every row (see
+--     util.embedding_status: next_model, next_embedded). Calling it again with
+--     the same model is a no-op; with another, it replaces the change in
+--     progress; with the table's own model, it cancels it.
+--   * Without: rechecks every row, enqueueing those whose embedding is
+--     missing or whose text changed (as after a content function change).
+-- Returns the jobs enqueued now; the rest follow in slices.
+create or replace function util.reembed(
+  target_table regclass,
+  embedding_column name default 'embedding',
+  model text default null,
+  dimensions int default null
+)
+returns bigint
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  l util.embedding_targets := util._live_target(target_table, embedding_column);
+  s util.embedding_targets;
+  col record;
+  shadow_column name := ('_autoembed_next_' || l.id)::name;
+  shadow_id int;
+begin
+  if model is not null and (pg_catalog.btrim(model) = '' or pg_catalog.length(model) > 200) then
+    raise exception 'autoembed: "%" is not a model name', pg_catalog.left(model, 200)
+      using errcode = 'AE003', hint = 'Name the provider''s model, e.g. text-embedding-3-small, or a local-* model.';
+  end if;
+  if dimensions is not null and (dimensions < 1 or dimensions > 16000) then
+    raise exception 'autoembed: dimensions must be between 1 and 16000, got %', dimensions
+      using errcode = 'AE003', hint = 'Pass the model''s vector size, e.g. dimensions => 1536.';
+  end if;
+  select * into s from util.embedding_targets x where x.shadow_of = l.id;
+  if model is not null or dimensions is not null then
+    model := coalesce(model, l.model);
+    dimensions := coalesce(dimensions, l.dimensions);
+  end if;
+
+  if model is null or (model = l.model and dimensions = l.dimensions) then
+    if model is not null then
+      perform util.cancel_reembed(target_table, embedding_column);
+    end if;
+    if s.id is not null and model is null then
+      perform util._start_sweep(s.id);
+    end if;
+    return util._start_sweep(l.id);
+  end if;
+  if s.id is not null then
+    if s.model = model and s.dimensions = dimensions then
+      return 0;
+    end if;
+    perform util.cancel_reembed(target_table, embedding_column);
+  end if;
+
+  select t.typname, tn.nspname into col
+    from pg_catalog.pg_attribute a
+    join pg_catalog.pg_type t on t.oid = a.atttypid
+    join pg_catalog.pg_namespace tn on tn.oid = t.typnamespace
+   where a.attrelid = l.table_oid and a.attname = l.embedding_column;
+  execute pg_catalog.format('alter table %s add column %I %I.%I(%s)',
+                            l.table_oid, shadow_column, col.nspname, col.typname, dimensions);
+  shadow_id := util._register_target(target_table, l.content_function, shadow_column, model, dimensions);
+  update util.embedding_targets x set shadow_of = l.id where x.id = shadow_id;
+  perform util._twin_indexes(shadow_id);
+  return util._start_sweep(shadow_id);
+end
+$$;
+
+-- public: rechecks every row of (table, column) and re-embeds those whose
+-- text changed, e.g. after changing a function that the content function
+-- calls (changes of the content function itself are noticed without it).
+-- Returns the jobs enqueued now; the rest follow in slices.
+create or replace function util.refresh_embeddings(
+  target_table regclass,
+  embedding_column name default 'embedding'
+)
+returns bigint
+language sql
+security definer
+set search_path = ''
+as $$ select util.reembed(target_table, embedding_column) $$;
+
+-- public: the pipeline's background work, cheap when there is none:
+--   1. notices content functions whose definition changed and starts a
+--      sweep of their targets (I10);
+--   2. advances every sweep by one slice while the queue holds fewer than
+--      sweep_slice_rows jobs;
+--   3. switches finished model changes (I7);
+--   4. deletes fingerprints of retired targets in slices.
+-- util.process_embeddings calls it on every tick; the worker on every poll.
+-- Concurrent callers skip the targets another one is working on. Returns
+-- the jobs it enqueued.
+create or replace function util.maintain_embeddings()
+returns bigint
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  slice int := util._setting('sweep_slice_rows')::int;
+  t record;
+  enqueued bigint := 0;
+  queued bigint;
+  retired int;
+begin
+  -- 1. Definitions: one catalog lookup per target.
+  for t in
+    select x.id, x.shadow_of from util.embedding_targets x
+     where x.retired_at is null
+       and x.content_definition is distinct from util._content_definition(util._content_function_of(x))
+     for update skip locked
+  loop
+    update util.embedding_targets x
+       set content_definition = util._content_definition(util._content_function_of(x)),
+           content_changed_at = now()
+     where x.id = t.id;
+    enqueued := enqueued + util._start_sweep(t.id);
+  end loop;
+
+  -- 2. Sweeps, while the queue is short (counted up to the slice size only).
+  for t in
+    select x.id from util.embedding_targets x
+     where x.sweep_started_at is not null and x.retired_at is null
+     order by x.sweep_started_at
+     for update skip locked
+  loop
+    select count(*) into queued from (select from pgmq.q_embedding_jobs limit slice) q;
+    exit when queued >= slice;
+    enqueued := enqueued + util._sweep_step(t.id, slice);
+  end loop;
+
+  -- 3. Finished model changes.
+  for t in
+    select x.shadow_of as live_id from util.embedding_targets x
+     where x.shadow_of is not null and x.sweep_started_at is null
+     for update skip locked
+  loop
+    perform util._switch_model(t.live_id);
+  end loop;
+
+  -- 4. Retired targets' fingerprints, then the targets.
+  for t in select x.id from util.embedding_targets x where x.retired_at is not null for update skip locked loop
+    delete from util.embedding_fingerprints f
+     where f.ctid = any (array(select g.ctid from util.embedding_fingerprints g
+                                where g.target_id = t.id limit 50000));
+    get diagnostics retired = row_count;
+    if retired < 50000 then
+      delete from util.embedding_targets x where x.id = t.id;
+    end if;
+  end loop;
+  return enqueued;
+end
+$$;

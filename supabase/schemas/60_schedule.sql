@@ -1,0 +1,218 @@
+-- autoembed schema 60: push mode, as on Supabase. pg_cron ticks
+-- util.process_embeddings, which runs util.maintain_embeddings, then reads
+-- a slice of the queue and POSTs it in batches to the `embed` function
+-- through pg_net, authenticated with the Vault secret `embed_secret`. Each
+-- finished call asks for the next slice (util._embedding_request_done), so
+-- a backlog drains at max_requests calls in flight, not one slice per tick.
+
+-- public: the project's URL, from Vault (secret `project_url`); raises AE004 without it.
+create or replace function util.project_url()
+returns text
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  secret_value text;
+begin
+  select s.decrypted_secret into secret_value from vault.decrypted_secrets s where s.name = 'project_url';
+  if secret_value is null then
+    raise exception 'autoembed: Vault has no secret named project_url'
+      using errcode = 'AE004', hint = 'select vault.create_secret(''https://<project-ref>.supabase.co'', ''project_url'');';
+  end if;
+  return secret_value;
+end
+$$;
+
+-- public: POSTs `body` to edge function `name` through pg_net, with the
+-- bearer secret `embed_secret` from Vault (AE004 without it). Returns pg_net's request id.
+create or replace function util.invoke_edge_function(
+  name text,
+  body jsonb,
+  timeout_milliseconds int default 5 * 60 * 1000,
+  params jsonb default '{}'            -- query string parameters
+)
+returns bigint
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  secret_value text;
+begin
+  select s.decrypted_secret into secret_value from vault.decrypted_secrets s where s.name = 'embed_secret';
+  if secret_value is null then
+    raise exception 'autoembed: Vault has no secret named embed_secret'
+      using errcode = 'AE004', hint = 'Create one equal to the function''s EMBED_SECRET: select vault.create_secret(''<secret>'', ''embed_secret'');';
+  end if;
+  return net.http_post(
+    url => util.project_url() || '/functions/v1/' || name,
+    body => body,
+    params => params,
+    headers => jsonb_build_object(
+      'Content-Type', 'application/json',
+      'Authorization', 'Bearer ' || secret_value),
+    timeout_milliseconds => timeout_milliseconds);
+end
+$$;
+
+-- internal: ends the leases of calls that are over without having reported
+-- back and brings their jobs back after a short backoff (backoff_base_seconds
+-- doubling with the attempt, capped at 30 s: the call never got to run them).
+-- A call is over when pg_net recorded its response (it writes one for every
+-- request it sent: the answer, a timeout or a connection error), when its
+-- deadline passed, or when Postgres restarted since it began and its request
+-- is no longer in pg_net's queue (what pg_net had in flight died with the
+-- server; a request still queued is sent after the restart, so its lease
+-- stays). Returns how many leases it ended. Runs under process_embeddings' lock.
+create or replace function util._release_ended_leases()
+returns int
+language plpgsql
+set search_path = ''
+as $$
+declare
+  base int := util._setting('backoff_base_seconds')::int;
+  ended int;
+begin
+  with gone as (
+    delete from util.embedding_requests r
+     where r.expires_at < now()
+        or exists (select from net._http_response h where h.id = r.request_id)
+        or (r.started_at < pg_catalog.pg_postmaster_start_time()
+            and not exists (select from net.http_request_queue q where q.id = r.request_id))
+    returning r.job_ids
+  ), jobs as (
+    select pg_catalog.unnest(g.job_ids) as msg_id from gone g
+  ), soon as (
+    update pgmq.q_embedding_jobs q
+       set vt = pg_catalog.clock_timestamp() + pg_catalog.make_interval(secs =>
+                  least(30, base * power(2, greatest(q.read_ct - 1, 0))) * (0.75 + random() * 0.5))
+      from jobs j
+     where q.msg_id = j.msg_id
+       and q.vt > pg_catalog.clock_timestamp() + pg_catalog.make_interval(secs => least(30, base))
+  )
+  select count(*) into ended from gone;
+  return ended;
+end
+$$;
+
+-- public: moves queued jobs to the embed function. First runs
+-- util.maintain_embeddings (content function changes, sweeps, model
+-- switches) and ends the leases of calls that are over
+-- (util._release_ended_leases). Then reads up to (max_requests - calls in
+-- flight) * batch_size jobs, hiding them for the call's timeout, and POSTs
+-- them in batches of batch_size. When a call finishes, the function asks for
+-- the next slice through util._embedding_request_done, so a backlog drains
+-- continuously at max_requests calls in flight instead of one slice per cron
+-- tick. An empty queue costs one read and nothing else. A message that is
+-- not a JSON object is sent as an object with its queue id only, which the
+-- function refuses and dead-letters; a message's own jobId or attempt never
+-- counts.
+create or replace function util.process_embeddings(
+  batch_size int default 100,
+  max_requests int default 4,
+  timeout_milliseconds int default 2 * 60 * 1000
+)
+returns int
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  free_slots int;
+  batch jsonb;
+  lease bigint;
+  requests int := 0;
+begin
+  if batch_size < 1 or max_requests < 1 or timeout_milliseconds < 1000 then
+    raise exception 'autoembed: process_embeddings(batch_size => %, max_requests => %, timeout_milliseconds => %) out of range',
+      batch_size, max_requests, timeout_milliseconds
+      using errcode = 'AE003', hint = 'batch_size >= 1, max_requests >= 1, timeout_milliseconds >= 1000';
+  end if;
+  -- Background work first, so what it enqueues goes out in this very call.
+  -- Its failure must not stop the drain: it is reported and tried next tick.
+  begin
+    perform util.maintain_embeddings();
+  exception when others then
+    raise warning 'autoembed: util.maintain_embeddings failed: %', sqlerrm;
+  end;
+  -- Serialises concurrent callers (cron tick and finishing calls) so the
+  -- in-flight bound holds; held for a few milliseconds.
+  lock table util.embedding_requests in share row exclusive mode;
+  perform util._release_ended_leases();
+  select process_embeddings.max_requests - count(*) into free_slots from util.embedding_requests;
+  if free_slots <= 0 then
+    return 0;
+  end if;
+
+  for batch in
+    select jsonb_agg(
+             case when jsonb_typeof(m.message) = 'object' then m.message else '{}'::jsonb end
+             || jsonb_build_object('jobId', m.msg_id, 'attempt', m.read_ct)
+             order by m.msg_id)
+      from (select r.*, (row_number() over (order by r.msg_id) - 1) / batch_size as batch_no
+              from pgmq.read('embedding_jobs', ceil(timeout_milliseconds / 1000.0)::int + 5,
+                             free_slots * batch_size) r) m
+     group by m.batch_no
+     order by m.batch_no
+  loop
+    insert into util.embedding_requests
+      (jobs, expires_at, job_ids, batch_size, max_requests, timeout_milliseconds)
+    values (jsonb_array_length(batch), now() + make_interval(secs => timeout_milliseconds / 1000.0 + 5),
+            array(select (j ->> 'jobId')::bigint from jsonb_array_elements(batch) j),
+            process_embeddings.batch_size, process_embeddings.max_requests,
+            process_embeddings.timeout_milliseconds)
+    returning id into lease;
+    update util.embedding_requests r
+       set request_id = util.invoke_edge_function(
+             name => 'embed',
+             body => batch,
+             timeout_milliseconds => process_embeddings.timeout_milliseconds,
+             params => jsonb_build_object('lease', lease))
+     where r.id = lease;
+    requests := requests + 1;
+  end loop;
+  return requests;
+end
+$$;
+
+-- internal: called by the embed function when a call finishes: ends its
+-- lease and, if there is more work, starts the next calls with the lease's
+-- parameters. An unknown lease (it ended meanwhile) starts nothing.
+create or replace function util._embedding_request_done(lease bigint)
+returns int
+language plpgsql
+set search_path = ''
+as $$
+declare
+  finished util.embedding_requests;
+begin
+  -- The lock process_embeddings takes, taken before the delete: taking it
+  -- after (a lock upgrade) deadlocks two calls finishing at the same time.
+  lock table util.embedding_requests in share row exclusive mode;
+  delete from util.embedding_requests r where r.id = lease returning * into finished;
+  if finished.id is null then
+    return 0;
+  end if;
+  return util.process_embeddings(finished.batch_size, finished.max_requests, finished.timeout_milliseconds);
+end
+$$;
+
+-- The tick: every 10 seconds where pg_cron accepts second schedules (1.5+,
+-- as on Supabase), every minute otherwise (Debian's 1.4). cron.schedule
+-- updates a job of the same name. Skipped where pg_cron is not installed in
+-- this database.
+do $$
+begin
+  if pg_catalog.to_regnamespace('cron') is null then
+    raise notice 'pg_cron is not installed in database %: no schedule created', current_database()
+      using hint = 'Run the pull worker, or call util.process_embeddings() from your own scheduler.';
+    return;
+  end if;
+  begin
+    perform cron.schedule('process-embeddings', '10 seconds', 'select util.process_embeddings()');
+  exception when others then
+    perform cron.schedule('process-embeddings', '* * * * *', 'select util.process_embeddings()');
+  end;
+end
+$$;

@@ -1,0 +1,115 @@
+-- autoembed schema 70: diagnose with plain SQL. util.embedding_status has
+-- one row per attached (table, embedding column); util.embedding_errors (10)
+-- one row per failed attempt; pgmq.a_embedding_jobs the dead letters.
+
+-- internal: per-target figures behind util.embedding_status (live targets;
+-- a model change in progress shows in the next_* columns of its table).
+create or replace function util._embedding_status()
+returns table (
+  schema_name text,
+  table_name text,
+  embedding_column text,
+  model text,
+  dimensions int,
+  total_rows bigint,
+  embedded bigint,
+  missing bigint,
+  stale bigint,
+  models jsonb,
+  queued bigint,
+  in_flight bigint,
+  oldest_queued_age interval,
+  dead_lettered bigint,
+  last_error text,
+  last_error_at timestamptz,
+  content_changed_at timestamptz,
+  sweep_started_at timestamptz,
+  sweep_checked bigint,
+  next_model text,
+  next_dimensions int,
+  next_embedded bigint,
+  next_started_at timestamptz
+)
+language plpgsql
+stable
+security definer
+set search_path = ''
+as $$
+declare
+  t record;
+  s record;
+  fingerprinted bigint;
+begin
+  for t in
+    select c.*, x.content_changed_at, x.sweep_started_at, x.sweep_checked, x.created_at
+      from util._target_config c join util.embedding_targets x on x.id = c.id
+     where c.shadow_of is null
+     order by c.schema_name, c.table_name, c.embedding_column
+  loop
+    schema_name := t.schema_name;
+    table_name := t.table_name;
+    embedding_column := t.embedding_column;
+    model := t.model;
+    dimensions := t.dimensions;
+    content_changed_at := t.content_changed_at;
+    sweep_started_at := t.sweep_started_at;
+    sweep_checked := case when t.sweep_started_at is not null then t.sweep_checked end;
+    begin
+      execute format(
+        'select count(*),
+                count(*) filter (where r.%2$s is not null),
+                count(*) filter (where r.%2$s is null and coalesce(x.content, '''') !~ ''^[[:space:]]*$''),
+                count(*) filter (where r.%2$s is not null and (f.row_id is null
+                                   or f.content_hash <> util._content_hash(x.content)))
+           from %1$s r
+           cross join lateral (select %3$s(r) as content) x
+           left join util.embedding_fingerprints f on f.target_id = $1 and f.row_id = r.%4$s::text',
+        t.table_sql, t.embedding_sql, t.content_function_sql, t.pk_sql)
+        into total_rows, embedded, missing, stale using t.id;
+    exception when others then
+      -- A content function that raises for some row must not take status
+      -- down: count without it (missing then includes rows without text,
+      -- stale only rows without a fingerprint).
+      execute format(
+        'select count(*),
+                count(*) filter (where r.%2$s is not null),
+                count(*) filter (where r.%2$s is null),
+                count(*) filter (where r.%2$s is not null and f.row_id is null)
+           from %1$s r
+           left join util.embedding_fingerprints f on f.target_id = $1 and f.row_id = r.%3$s::text',
+        t.table_sql, t.embedding_sql, t.pk_sql)
+        into total_rows, embedded, missing, stale using t.id;
+    end;
+    select count(*) into fingerprinted from util.embedding_fingerprints f where f.target_id = t.id;
+    models := case when fingerprinted > 0 then jsonb_build_object(t.model, fingerprinted) else '{}'::jsonb end;
+    select x.id, x.model, x.dimensions, x.created_at into s
+      from util.embedding_targets x where x.shadow_of = t.id;
+    next_model := s.model;
+    next_dimensions := s.dimensions;
+    next_started_at := s.created_at;
+    next_embedded := case when s.id is not null
+                          then (select count(*) from util.embedding_fingerprints f where f.target_id = s.id) end;
+    select count(*), count(*) filter (where q.read_ct > 0 and q.vt > now()), now() - min(q.enqueued_at)
+      into queued, in_flight, oldest_queued_age
+      from pgmq.q_embedding_jobs q
+     where q.message ->> 'schema' = t.schema_name and q.message ->> 'table' = t.table_name
+       and q.message ->> 'embeddingColumn' = t.embedding_column;
+    select count(*) into dead_lettered
+      from pgmq.a_embedding_jobs a
+     where a.message ->> 'schema' = t.schema_name and a.message ->> 'table' = t.table_name
+       and a.message ->> 'embeddingColumn' = t.embedding_column;
+    select e.error, e.created_at into last_error, last_error_at
+      from util.embedding_errors e where e.target_id in (t.id, s.id) order by e.created_at desc, e.id desc limit 1;
+    return next;
+  end loop;
+end
+$$;
+
+-- public: one row per attached (table, embedding column): rows, embedded,
+-- missing (text but no embedding), stale (embedding of other text than the
+-- content function now returns), rows per model, queued / in-flight jobs,
+-- oldest queued job's age, dead-lettered jobs, the last error; when the
+-- content function last changed and how far a sweep (backfill, recheck) has
+-- come; and a model change in progress: next_model, next_dimensions,
+-- next_embedded (rows the new model holds so far), next_started_at.
+create or replace view util.embedding_status as select * from util._embedding_status();

@@ -1,0 +1,57 @@
+-- autoembed schema 90: who may use what. The pipeline runs as the owner of
+-- these objects (the migration role); application roles reach it only
+-- through the security-definer triggers. service_role (the Supabase
+-- dashboard, server code, the worker's role when it is not the owner) may
+-- run the operator commands and read status, errors and settings. Run last:
+-- the revokes cover every object the files before created.
+
+revoke all on schema util from public;
+grant usage on schema util to service_role;
+
+revoke all on all tables in schema util from public, anon, authenticated;
+revoke all on all functions in schema util from public, anon, authenticated;
+revoke all on all sequences in schema util from public, anon, authenticated;
+
+grant select on util.embedding_status, util.embedding_errors, util.settings to service_role;
+grant execute on function
+  util.process_embeddings(int, int, int),
+  util.maintain_embeddings(),
+  util.reembed(regclass, name, text, int),
+  util.refresh_embeddings(regclass, name),
+  util.cancel_reembed(regclass, name),
+  util.retry_failed(regclass),
+  util._embedding_status()
+  to service_role;
+
+-- The queue: the pipeline and service_role only. Skipped with a notice where
+-- this role does not own the queue tables.
+do $$
+begin
+  revoke all on pgmq.q_embedding_jobs, pgmq.a_embedding_jobs from public, anon, authenticated;
+exception when insufficient_privilege then
+  raise notice 'autoembed: privileges on the embedding_jobs queue tables left as they are (%)', sqlerrm;
+end
+$$;
+
+-- pg_net grants its tables and functions to PUBLIC upstream; its request
+-- queue holds the embed function's bearer secret (in the Authorization
+-- header) until the request is sent, and its responses the function's
+-- answers. So PUBLIC, anon and authenticated lose them where this role may
+-- revoke them (it owns pg_net locally). On hosted Supabase the platform owns
+-- pg_net and decides; there this step changes nothing and says so.
+do $$
+begin
+  if not exists (select from pg_catalog.pg_namespace n
+                  where n.nspname = 'net' and pg_catalog.pg_has_role(n.nspowner, 'USAGE')) then
+    raise notice 'autoembed: pg_net privileges left as its owner set them'
+      using hint = 'Who may read net.http_request_queue (it holds the embed bearer secret) is the platform''s decision here.';
+    return;
+  end if;
+  revoke all on all tables in schema net from public, anon, authenticated;
+  revoke all on all sequences in schema net from public, anon, authenticated;
+  revoke all on all functions in schema net from public, anon, authenticated;
+exception when insufficient_privilege then
+  raise notice 'autoembed: pg_net privileges left as they are (%)', sqlerrm
+    using hint = 'The platform owns pg_net here; its grants decide who may read net.http_request_queue.';
+end
+$$;
