@@ -774,6 +774,13 @@ begin
            model = _register_target.model,
            dimensions = _register_target.dimensions
      where t.id = existing.id;
+    -- A model change in progress builds from the same text.
+    update util.embedding_targets t
+       set content_function = _register_target.content_function,
+           content_function_schema = fn.nspname,
+           content_function_name = fn.proname,
+           pk_column = pk
+     where t.shadow_of = existing.id;
     return existing.id;
   end if;
   insert into util.embedding_targets
