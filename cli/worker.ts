@@ -295,7 +295,7 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerResult> {
         if (!unreachable && options.once) throw err;
         // Unreachable: its jobs are handed back once the database answers;
         // otherwise they reappear after the visibility timeout. Nothing is lost.
-        if (unreachable) for (const job of jobs) interrupted.add(job.jobId);
+        if (unreachable) { for (const job of jobs) interrupted.add(job.jobId); }
         log(
           JSON.stringify({
             event: "batch_interrupted",

@@ -104,11 +104,12 @@ export async function startPipeline(
       server = null;
       await Promise.all([handler.close(0).catch(() => {}), old?.shutdown()]);
     },
-    async revive() {
+    revive() {
       killed = newKill();
       pipeline.shutdown = new AbortController();
       pipeline.handler = handler = newHandler(pipeline.shutdown.signal);
       server = serve(port);
+      return Promise.resolve();
     },
     async stop() {
       await dispatcher?.stop();
