@@ -4,7 +4,7 @@
 // seed once. Between the two the local stack runs its own step (the default
 // model). Not `db reset --db-url`: it has no such step, and it drops our
 // schemas but keeps Vault's secrets, so seed.sql's create_secret collides.
-import { basename, join } from "node:path";
+import { basename, dirname, join, resolve } from "node:path";
 import postgres from "postgres";
 import { ROOT } from "./config.ts";
 import { capture, type RunResult } from "./proc.ts";
@@ -117,6 +117,8 @@ async function recordedVersions(dbUrl: string): Promise<Set<string>> {
 export interface ApplyOptions {
   /** Supabase project folder holding `supabase/migrations` (and `supabase/seed.sql`). */
   workdir?: string;
+  /** Or only a folder of migrations: the CLI is given a project around it. */
+  dir?: string;
   /** Also run the seed after the migrations, as `db reset` does; `db push` alone does not. */
   seed?: boolean;
   /** Runs after the migrations and before the seed, e.g. to set what the seed relies on. */
@@ -136,18 +138,44 @@ export async function applyMigrations(
   options: ApplyOptions = {},
 ): Promise<string[]> {
   const log = options.log ?? (() => {});
-  const workdir = options.workdir ?? PROJECT_DIR;
-  const before = await recordedVersions(dbUrl);
-  await push(dbUrl, workdir, [], log);
-  const applied = [...await recordedVersions(dbUrl)].filter((v) => !before.has(v)).sort();
-  if (options.afterMigrations) {
-    const sql = postgres(dbUrl, { max: 1, onnotice: () => {} });
-    try {
-      await options.afterMigrations(sql);
-    } finally {
-      await sql.end();
+  const project = await projectFor(options);
+  try {
+    const before = await recordedVersions(dbUrl);
+    await push(dbUrl, project.workdir, [], log);
+    const applied = [...await recordedVersions(dbUrl)].filter((v) => !before.has(v)).sort();
+    if (options.afterMigrations) {
+      const sql = postgres(dbUrl, { max: 1, onnotice: () => {} });
+      try {
+        await options.afterMigrations(sql);
+      } finally {
+        await sql.end();
+      }
     }
+    if (options.seed) await push(dbUrl, project.workdir, ["--include-seed"], log);
+    return applied;
+  } finally {
+    await project.cleanup();
   }
-  if (options.seed) await push(dbUrl, workdir, ["--include-seed"], log);
-  return applied;
+}
+
+/**
+ * The `--workdir` for these options. A bare migrations folder that is not
+ * already some project's `supabase/migrations` gets a throw-away project
+ * whose `supabase/migrations` links to it.
+ */
+async function projectFor(
+  options: ApplyOptions,
+): Promise<{ workdir: string; cleanup: () => Promise<void> }> {
+  const keep = async () => {};
+  if (options.workdir || !options.dir) {
+    return { workdir: options.workdir ?? PROJECT_DIR, cleanup: keep };
+  }
+  const dir = resolve(options.dir);
+  if (basename(dir) === "migrations" && basename(dirname(dir)) === "supabase") {
+    return { workdir: dirname(dirname(dir)), cleanup: keep };
+  }
+  const workdir = await Deno.makeTempDir({ prefix: "autoembed-project-" });
+  await Deno.mkdir(join(workdir, "supabase"));
+  await Deno.symlink(dir, join(workdir, "supabase", "migrations"));
+  return { workdir, cleanup: () => Deno.remove(workdir, { recursive: true }) };
 }

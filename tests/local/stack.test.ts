@@ -175,9 +175,16 @@ async function projectDir(files: Record<string, string>, seed?: string): Promise
   return dir;
 }
 
+/** A bare folder of migration files, outside any Supabase project. */
+async function migrationsDir(files: Record<string, string>): Promise<string> {
+  const dir = await Deno.makeTempDir();
+  for (const [name, text] of Object.entries(files)) await Deno.writeTextFile(join(dir, name), text);
+  return dir;
+}
+
 Deno.test("migrations through the Supabase CLI: filename order, one transaction each, recorded versions, idempotent re-run", async () => {
   await withTestDb(async (sql, url) => {
-    const workdir = await projectDir({
+    const dir = await migrationsDir({
       "20240102000000_second.sql": "insert into log values ('second');",
       "20240101000000_first.sql":
         "create table log (what text, at timestamptz default clock_timestamp());\ninsert into log values ('first');",
@@ -186,7 +193,7 @@ Deno.test("migrations through the Supabase CLI: filename order, one transaction 
     });
     try {
       const logged: string[] = [];
-      const applied = await applyMigrations(url, { workdir, log: (line) => logged.push(line) });
+      const applied = await applyMigrations(url, { dir, log: (line) => logged.push(line) });
       assert.deepEqual(applied, ["20240101000000", "20240102000000", "20240103000000"]);
       assert.deepEqual(logged, [
         "Applying migration 20240101000000_first.sql",
@@ -198,11 +205,12 @@ Deno.test("migrations through the Supabase CLI: filename order, one transaction 
       const recorded =
         await sql`select version, name from supabase_migrations.schema_migrations order by version`;
       assert.deepEqual(recorded.map((r) => r.name), ["first", "second", "third"]);
-      assert.deepEqual(await applyMigrations(url, { workdir }), [], "a re-run applies nothing");
+      assert.deepEqual(await applyMigrations(url, { dir }), [], "a re-run applies nothing");
       const [{ n }] = await sql`select count(*)::int as n from log`;
       assert.equal(n, 3);
+      assert.equal((await Array.fromAsync(Deno.readDir(dir))).length, 3, "the folder is untouched");
     } finally {
-      await Deno.remove(workdir, { recursive: true });
+      await Deno.remove(dir, { recursive: true });
     }
   }, { template: "template1" });
 });
