@@ -86,10 +86,10 @@ async function pointVaultAtLocalFunctions(dbUrl: string): Promise<void> {
 }
 
 /**
- * Applies the pending migrations, makes the chosen model the default of tables
- * attached from now on (and says which, and why), then runs the seed when
- * asked (`db reset`; without it, `db push`), so the seed's demo table uses that
- * model too. Returns the previous default.
+ * Applies the pending migrations (`supabase db push`), makes the chosen model
+ * the default of tables attached from now on (and says which, and why), then
+ * runs the seed when asked (`supabase db push --include-seed`), so the seed's
+ * demo table uses that model too. Returns the previous default.
  */
 export async function migrateLocalDatabase(
   dbUrl: string,
@@ -125,7 +125,8 @@ async function start(): Promise<void> {
   const dbUrl = databaseUrl("postgres");
   const fresh = !(await hasMigrationTable(dbUrl));
   const choice = await configuredModel();
-  // First start behaves like `supabase db reset` (migrations + seed); later ones like `db push`.
+  // Through the Supabase CLI: the first start pushes the migrations and the seed
+  // (`db reset` would keep Vault's secrets, see migrate.ts); later ones only `db push`.
   await migrateLocalDatabase(dbUrl, { seed: fresh, choice, log: say });
   await pointVaultAtLocalFunctions(dbUrl);
   // Functions first: requests queued while the stack was down (the cron tick

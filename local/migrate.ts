@@ -1,13 +1,21 @@
-// Migration runner with the semantics of `supabase db push` / `db reset`:
-// supabase/migrations/*.sql in filename order, each in its own transaction,
-// versions recorded in supabase_migrations.schema_migrations; then seed.sql.
-import { basename, join } from "node:path";
+// Migrations through the real Supabase CLI (npm package `supabase`, pinned in
+// package.json), Docker-free through `--db-url`: `db push` applies
+// supabase/migrations/*.sql and records them, `db push --include-seed` runs the
+// seed once. Between the two the local stack runs its own step (the default
+// model). Not `db reset --db-url`: it has no such step, and it drops our
+// schemas but keeps Vault's secrets, so seed.sql's create_secret collides.
+import { basename, dirname, join, resolve } from "node:path";
 import postgres from "postgres";
 import { ROOT } from "./config.ts";
-import { readTextIfExists } from "./proc.ts";
+import { capture, type RunResult } from "./proc.ts";
 
-export const MIGRATIONS_DIR = join(ROOT, "supabase", "migrations");
-export const SEED_FILE = join(ROOT, "supabase", "seed.sql");
+/** The Supabase project folder the CLI works in (`--workdir`): it holds `supabase/`. */
+export const PROJECT_DIR = ROOT;
+export const MIGRATIONS_DIR = join(PROJECT_DIR, "supabase", "migrations");
+export const SEED_FILE = join(PROJECT_DIR, "supabase", "seed.sql");
+
+/** The CLI's entry point that `npm install` puts in node_modules/.bin. */
+export const SUPABASE_CLI = join(ROOT, "node_modules", ".bin", "supabase");
 
 /** A migration file named like the Supabase CLI expects: `<version>_<name>.sql`. */
 const MIGRATION_NAME = /^(\d+)_(.+)\.sql$/;
@@ -18,9 +26,10 @@ export interface Migration {
   path: string;
 }
 
+/** A failed CLI run; the message is the CLI's own, from the file it was applying on. */
 export class MigrationError extends Error {
-  constructor(readonly file: string, message: string) {
-    super(`${file}: ${message}`);
+  constructor(message: string, readonly file: string | null) {
+    super(message);
   }
 }
 
@@ -38,86 +47,135 @@ export async function listMigrations(dir = MIGRATIONS_DIR): Promise<Migration[]>
   return found.sort((a, b) => (a.version < b.version ? -1 : a.version > b.version ? 1 : 0));
 }
 
-/** Line number of a 1-based character position in `text`, for error messages. */
-export function lineOf(text: string, position: number): number {
-  return text.slice(0, Math.max(0, position - 1)).split("\n").length;
+/** The URL as the CLI needs it: the local cluster speaks no TLS, and the CLI would try it first. */
+export function cliDbUrl(dbUrl: string): string {
+  const url = new URL(dbUrl);
+  if (!url.searchParams.has("sslmode")) url.searchParams.set("sslmode", "disable");
+  return url.toString();
 }
 
-function describe(err: unknown, text: string): string {
-  const e = err as postgres.PostgresError;
-  if (e?.name !== "PostgresError") return String((err as Error)?.message ?? err);
-  const where = e.position ? ` (line ${lineOf(text, Number(e.position))})` : "";
-  const extra = [e.detail && `DETAIL: ${e.detail}`, e.hint && `HINT: ${e.hint}`].filter(Boolean);
-  return [`ERROR ${e.code}: ${e.message}${where}`, ...extra].join("\n  ");
+/**
+ * Runs the Supabase CLI to completion, never prompting, without telemetry or
+ * update checks (this machine reaches no service of theirs, and a test must not wait on one).
+ */
+export async function supabaseCli(args: string[], cwd = PROJECT_DIR): Promise<RunResult> {
+  return await capture(SUPABASE_CLI, args, {
+    cwd,
+    env: { SUPABASE_TELEMETRY_DISABLED: "1", SUPABASE_NO_UPDATE_NOTIFIER: "1", NO_COLOR: "1" },
+  });
+}
+
+/** Lines of the CLI's progress output worth echoing: one per migration or seed file it ran. */
+const PROGRESS = /^(?:Applying migration|Seeding data from) (\S+?)(?:\.\.\.)?$/;
+
+/**
+ * The CLI's own account of a failure: from the last file it started on (its
+ * name) to the end. Its closing advice to rerun with --debug is left out: the
+ * user ran npm, not the CLI.
+ */
+function failure(command: string, result: RunResult): MigrationError {
+  const lines = `${result.stderr}\n${result.stdout}`.split("\n").map((l) => l.trimEnd())
+    .filter((l) => l && !/^Try rerunning the command with --debug/.test(l));
+  let from = -1;
+  for (let i = 0; i < lines.length; i++) if (PROGRESS.test(lines[i])) from = i;
+  const told = from >= 0 ? lines.slice(from) : lines.slice(-15);
+  const file = from >= 0 ? basename(lines[from].match(PROGRESS)![1]) : null;
+  return new MigrationError(
+    `supabase ${command} failed (exit ${result.code}):\n  ${told.join("\n  ")}`,
+    file,
+  );
+}
+
+async function push(
+  dbUrl: string,
+  workdir: string,
+  extra: string[],
+  log: (line: string) => void,
+): Promise<void> {
+  const args = ["db", "push", "--db-url", cliDbUrl(dbUrl), "--workdir", workdir, "--yes", ...extra];
+  const result = await supabaseCli(args, workdir);
+  if (result.code !== 0) throw failure(["db push", ...extra].join(" "), result);
+  for (const line of result.stderr.split("\n")) {
+    const m = line.trim().match(PROGRESS);
+    if (m) log(line.trim().replace(/\.\.\.$/, ""));
+  }
+}
+
+async function recordedVersions(dbUrl: string): Promise<Set<string>> {
+  const sql = postgres(dbUrl, { max: 1, onnotice: () => {} });
+  try {
+    const [{ present }] =
+      await sql`select to_regclass('supabase_migrations.schema_migrations') is not null as present`;
+    if (!present) return new Set();
+    const rows = await sql`select version from supabase_migrations.schema_migrations`;
+    return new Set(rows.map((r) => r.version as string));
+  } finally {
+    await sql.end();
+  }
 }
 
 export interface ApplyOptions {
+  /** Supabase project folder holding `supabase/migrations` (and `supabase/seed.sql`). */
+  workdir?: string;
+  /** Or only a folder of migrations: the CLI is given a project around it. */
   dir?: string;
-  /** Also run seed.sql (after migrations) — `db reset` does, `db push` does not. */
+  /** Also run the seed after the migrations, as `db reset` does; `db push` alone does not. */
   seed?: boolean;
-  seedFile?: string;
   /** Runs after the migrations and before the seed, e.g. to set what the seed relies on. */
   afterMigrations?: (sql: postgres.Sql) => Promise<void>;
   log?: (line: string) => void;
 }
 
 /**
- * Applies the migrations not yet recorded, in order. A failing file rolls back
- * alone and stops the run: nothing after it is applied. Returns the versions applied.
+ * Applies the migrations not yet recorded with `supabase db push --db-url`,
+ * each file in its own transaction: a failing file rolls back alone and stops
+ * the run. Then the hook, then the seed (`db push --include-seed`), which the
+ * CLI records in supabase_migrations.seed_files and runs only once.
+ * Returns the versions applied.
  */
 export async function applyMigrations(
   dbUrl: string,
   options: ApplyOptions = {},
 ): Promise<string[]> {
   const log = options.log ?? (() => {});
-  const sql = postgres(dbUrl, { max: 1, onnotice: () => {} });
-  const applied: string[] = [];
+  const project = await projectFor(options);
   try {
-    await sql.unsafe(`
-      create schema if not exists supabase_migrations;
-      create table if not exists supabase_migrations.schema_migrations (
-        version text primary key,
-        statements text[],
-        name text
-      );
-    `).simple();
-    const done = new Set(
-      (await sql`select version from supabase_migrations.schema_migrations`).map((r) =>
-        r.version as string
-      ),
-    );
-    for (const migration of await listMigrations(options.dir)) {
-      if (done.has(migration.version)) continue;
-      const text = await Deno.readTextFile(migration.path);
+    const before = await recordedVersions(dbUrl);
+    await push(dbUrl, project.workdir, [], log);
+    const applied = [...await recordedVersions(dbUrl)].filter((v) => !before.has(v)).sort();
+    if (options.afterMigrations) {
+      const sql = postgres(dbUrl, { max: 1, onnotice: () => {} });
       try {
-        await sql.begin(async (tx) => {
-          await tx.unsafe(text).simple();
-          await tx`
-            insert into supabase_migrations.schema_migrations (version, statements, name)
-            values (${migration.version}, ${[text]}, ${migration.name})
-          `;
-        });
-      } catch (err) {
-        throw new MigrationError(basename(migration.path), describe(err, text));
-      }
-      log(`applied ${basename(migration.path)}`);
-      applied.push(migration.version);
-    }
-    await options.afterMigrations?.(sql);
-    if (options.seed) {
-      const seedFile = options.seedFile ?? SEED_FILE;
-      const text = await readTextIfExists(seedFile);
-      if (text !== null) {
-        try {
-          await sql.begin((tx) => tx.unsafe(text).simple());
-        } catch (err) {
-          throw new MigrationError(basename(seedFile), describe(err, text));
-        }
-        log(`seeded ${basename(seedFile)}`);
+        await options.afterMigrations(sql);
+      } finally {
+        await sql.end();
       }
     }
+    if (options.seed) await push(dbUrl, project.workdir, ["--include-seed"], log);
+    return applied;
   } finally {
-    await sql.end();
+    await project.cleanup();
   }
-  return applied;
+}
+
+/**
+ * The `--workdir` for these options. A bare migrations folder that is not
+ * already some project's `supabase/migrations` gets a throw-away project
+ * whose `supabase/migrations` links to it.
+ */
+async function projectFor(
+  options: ApplyOptions,
+): Promise<{ workdir: string; cleanup: () => Promise<void> }> {
+  const keep = async () => {};
+  if (options.workdir || !options.dir) {
+    return { workdir: options.workdir ?? PROJECT_DIR, cleanup: keep };
+  }
+  const dir = resolve(options.dir);
+  if (basename(dir) === "migrations" && basename(dirname(dir)) === "supabase") {
+    return { workdir: dirname(dirname(dir)), cleanup: keep };
+  }
+  const workdir = await Deno.makeTempDir({ prefix: "autoembed-project-" });
+  await Deno.mkdir(join(workdir, "supabase"));
+  await Deno.symlink(dir, join(workdir, "supabase", "migrations"));
+  return { workdir, cleanup: () => Deno.remove(workdir, { recursive: true }) };
 }

@@ -6,11 +6,15 @@ import { join } from "node:path";
 import { PG_BIN, ROOT, STACK_DIR } from "./config.ts";
 import { capture, CommandError, fileExists, isRoot, readTextIfExists, run } from "./proc.ts";
 
-/** Debian packages the stack needs; PostgreSQL 15, pg_cron and what builds pgvector. */
+/**
+ * Debian packages the stack needs: PostgreSQL 15, pg_cron, plpgsql_check (for
+ * `supabase db lint`) and what builds pgvector.
+ */
 export const REQUIRED_PACKAGES = [
   "postgresql-15",
   "postgresql-contrib",
   "postgresql-15-cron",
+  "postgresql-15-plpgsql-check",
   "postgresql-server-dev-15",
   "build-essential",
   "dpkg-dev",

@@ -1,5 +1,5 @@
 // The Docker-free local stack: setup idempotence, the cluster's extensions,
-// the migration runner, and the function server.
+// migrations through the Supabase CLI, and the function server.
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { startFunctions } from "../../local/functions.ts";
@@ -7,7 +7,7 @@ import { localJwt } from "../../local/functions.ts";
 import { applyMigrations, MigrationError, MIGRATIONS_DIR } from "../../local/migrate.ts";
 import { PUSH_TICK_APPLICATION_NAME, type PushTick, startPushTick } from "../../local/push_tick.ts";
 import { ensureSetup } from "../../local/setup.ts";
-import { ADMIN_URL, connect, withTestDb } from "../_support/db.ts";
+import { ADMIN_URL, connect, type Sql, withTestDb } from "../_support/db.ts";
 import { waitFor } from "../_support/wait.ts";
 
 Deno.test("setup is idempotent: on a prepared machine it changes nothing", async () => {
@@ -164,13 +164,25 @@ Deno.test("roles: anon, authenticated and service_role exist", async () => {
   });
 });
 
+/** A scratch Supabase project folder: `supabase/migrations/<files>` and an optional seed. */
+async function projectDir(files: Record<string, string>, seed?: string): Promise<string> {
+  const dir = await Deno.makeTempDir();
+  await Deno.mkdir(join(dir, "supabase", "migrations"), { recursive: true });
+  for (const [name, text] of Object.entries(files)) {
+    await Deno.writeTextFile(join(dir, "supabase", "migrations", name), text);
+  }
+  if (seed !== undefined) await Deno.writeTextFile(join(dir, "supabase", "seed.sql"), seed);
+  return dir;
+}
+
+/** A bare folder of migration files, outside any Supabase project. */
 async function migrationsDir(files: Record<string, string>): Promise<string> {
   const dir = await Deno.makeTempDir();
   for (const [name, text] of Object.entries(files)) await Deno.writeTextFile(join(dir, name), text);
   return dir;
 }
 
-Deno.test("migration runner: filename order, one transaction each, recorded versions, idempotent re-run", async () => {
+Deno.test("migrations through the Supabase CLI: filename order, one transaction each, recorded versions, idempotent re-run", async () => {
   await withTestDb(async (sql, url) => {
     const dir = await migrationsDir({
       "20240102000000_second.sql": "insert into log values ('second');",
@@ -180,8 +192,14 @@ Deno.test("migration runner: filename order, one transaction each, recorded vers
         "insert into log values ('third');\ncreate function f() returns int language sql as $$ select 1; $$;",
     });
     try {
-      const applied = await applyMigrations(url, { dir });
+      const logged: string[] = [];
+      const applied = await applyMigrations(url, { dir, log: (line) => logged.push(line) });
       assert.deepEqual(applied, ["20240101000000", "20240102000000", "20240103000000"]);
+      assert.deepEqual(logged, [
+        "Applying migration 20240101000000_first.sql",
+        "Applying migration 20240102000000_second.sql",
+        "Applying migration 20240103000000_third.sql",
+      ]);
       const order = (await sql`select what from log order by at`).map((r) => r.what);
       assert.deepEqual(order, ["first", "second", "third"]);
       const recorded =
@@ -190,25 +208,28 @@ Deno.test("migration runner: filename order, one transaction each, recorded vers
       assert.deepEqual(await applyMigrations(url, { dir }), [], "a re-run applies nothing");
       const [{ n }] = await sql`select count(*)::int as n from log`;
       assert.equal(n, 3);
+      assert.equal((await Array.fromAsync(Deno.readDir(dir))).length, 3, "the folder is untouched");
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
   }, { template: "template1" });
 });
 
-Deno.test("migration runner: a failing migration stops the run with its file name and the server's error", async () => {
+Deno.test("migrations through the Supabase CLI: a failing file stops the run with the CLI's message and the file name", async () => {
   await withTestDb(async (sql, url) => {
-    const dir = await migrationsDir({
+    const workdir = await projectDir({
       "20240101000000_ok.sql": "create table a (x int);",
       "20240102000000_broken.sql": "create table b (x int);\n\nselect * from no_such_table;",
       "20240103000000_after.sql": "create table c (x int);",
     });
     try {
-      const err = await applyMigrations(url, { dir }).then(() => null, (e) => e);
+      const err = await applyMigrations(url, { workdir }).then(() => null, (e) => e);
       assert.ok(err instanceof MigrationError, String(err));
-      assert.match(err.message, /20240102000000_broken\.sql/);
-      assert.match(err.message, /no_such_table/);
-      assert.match(err.message, /line 3/);
+      assert.equal(err.file, "20240102000000_broken.sql");
+      assert.match(err.message, /^supabase db push failed/);
+      assert.match(err.message, /Applying migration 20240102000000_broken\.sql/);
+      assert.match(err.message, /relation "no_such_table" does not exist \(SQLSTATE 42P01\)/);
+      assert.doesNotMatch(err.message, /20240103000000_after|postgres:postgres/);
       const tables = (await sql`select tablename from pg_tables where tablename in ('a', 'b', 'c')`)
         .map((r) => r.tablename);
       assert.deepEqual(tables, ["a"], "the failing file rolled back; nothing after it ran");
@@ -216,25 +237,57 @@ Deno.test("migration runner: a failing migration stops the run with its file nam
         r,
       ) => r.version);
       assert.deepEqual(versions, ["20240101000000"]);
-      await Deno.writeTextFile(join(dir, "20240102000000_broken.sql"), "create table b (x int);");
-      assert.deepEqual(await applyMigrations(url, { dir }), ["20240102000000", "20240103000000"]);
+      await Deno.writeTextFile(
+        join(workdir, "supabase", "migrations", "20240102000000_broken.sql"),
+        "create table b (x int);",
+      );
+      assert.deepEqual(await applyMigrations(url, { workdir }), [
+        "20240102000000",
+        "20240103000000",
+      ]);
     } finally {
-      await Deno.remove(dir, { recursive: true });
+      await Deno.remove(workdir, { recursive: true });
     }
   }, { template: "template1" });
 });
 
-Deno.test("migration runner: seed runs after the migrations when asked", async () => {
+Deno.test("migrations through the Supabase CLI: the hook runs between migrations and seed", async () => {
   await withTestDb(async (sql, url) => {
-    const dir = await migrationsDir({ "20240101000000_t.sql": "create table t (x int);" });
-    const seedFile = join(dir, "seed.sql");
-    await Deno.writeTextFile(seedFile, "insert into t values (42);");
+    const workdir = await projectDir(
+      {
+        "20240101000000_t.sql": "create table t (x int, at timestamptz default clock_timestamp());",
+      },
+      "insert into t (x) values (42);",
+    );
     try {
-      await applyMigrations(url, { dir, seed: true, seedFile });
-      const [{ x }] = await sql`select x from t`;
-      assert.equal(x, 42);
+      const afterMigrations = async (tx: Sql) => void await tx`insert into t (x) values (1)`;
+      await applyMigrations(url, { workdir, seed: true, afterMigrations });
+      assert.deepEqual((await sql`select x from t order by at`).map((r) => r.x), [1, 42]);
+      const [{ path }] = await sql`select path from supabase_migrations.seed_files`;
+      assert.equal(path, "supabase/seed.sql", "the CLI recorded the seed (it runs it once)");
     } finally {
-      await Deno.remove(dir, { recursive: true });
+      await Deno.remove(workdir, { recursive: true });
+    }
+  }, { template: "template1" });
+});
+
+Deno.test("migrations through the Supabase CLI: a failing seed names seed.sql and leaves nothing behind", async () => {
+  await withTestDb(async (sql, url) => {
+    const workdir = await projectDir(
+      { "20240101000000_t.sql": "create table t (x int);" },
+      "insert into t values (42);\ninsert into no_such_table values (1);",
+    );
+    try {
+      const err = await applyMigrations(url, { workdir, seed: true }).then(() => null, (e) => e);
+      assert.ok(err instanceof MigrationError, String(err));
+      assert.equal(err.file, "seed.sql");
+      assert.match(err.message, /^supabase db push --include-seed failed/);
+      assert.match(err.message, /Seeding data from supabase\/seed\.sql/);
+      assert.match(err.message, /relation "no_such_table" does not exist/);
+      const [{ n }] = await sql`select count(*)::int as n from t`;
+      assert.equal(n, 0, "the seed rolled back as a whole");
+    } finally {
+      await Deno.remove(workdir, { recursive: true });
     }
   }, { template: "template1" });
 });

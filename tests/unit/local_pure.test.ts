@@ -1,7 +1,7 @@
 // Pure helpers of the local stack and the CLI.
 import assert from "node:assert/strict";
 import { localJwt, parseDotenv, parseVerifyJwt, verifyLocalJwt } from "../../local/functions.ts";
-import { lineOf, listMigrations } from "../../local/migrate.ts";
+import { cliDbUrl, listMigrations } from "../../local/migrate.ts";
 import { chooseDefaultModel } from "../../local/default_model.ts";
 import { type CronJob, planPushTick } from "../../local/push_tick.ts";
 import { parseArgs, parseDuration, progressLine, UsageError } from "../../cli/autoembed.ts";
@@ -30,11 +30,19 @@ Deno.test("local JWTs verify; tampered ones do not", async () => {
   assert.equal(await verifyLocalJwt(""), false);
 });
 
-Deno.test("lineOf maps a 1-based position to its line", () => {
-  const text = "a\nbb\nccc";
-  assert.equal(lineOf(text, 1), 1);
-  assert.equal(lineOf(text, 3), 2);
-  assert.equal(lineOf(text, 6), 3);
+Deno.test("cliDbUrl turns TLS off for the CLI unless the URL already says", () => {
+  assert.equal(
+    cliDbUrl("postgresql://postgres:postgres@127.0.0.1:54322/postgres"),
+    "postgresql://postgres:postgres@127.0.0.1:54322/postgres?sslmode=disable",
+  );
+  assert.equal(
+    cliDbUrl("postgresql://u:p@db.example:5432/app?application_name=x"),
+    "postgresql://u:p@db.example:5432/app?application_name=x&sslmode=disable",
+  );
+  assert.equal(
+    cliDbUrl("postgresql://u:p@db.example:5432/app?sslmode=require"),
+    "postgresql://u:p@db.example:5432/app?sslmode=require",
+  );
 });
 
 Deno.test("listMigrations orders by version and ignores other files", async () => {
