@@ -63,7 +63,7 @@ as $$
 declare
   key_type text;
   id text;
-  invalid text[] := '{}';
+  invalid text[] := array[]::text[];
 begin
   select pg_catalog.format_type(a.atttypid, a.atttypmod) into key_type
     from util.embedding_targets t
@@ -101,6 +101,8 @@ declare
   base int := util._setting('backoff_base_seconds')::int;
   cap int := util._setting('backoff_max_seconds')::int;
 begin
+  -- For plpgsql_check only (a no-op at run time): the temp table below, as it is created.
+  perform 'PRAGMA:TABLE: _autoembed_failed (job_id bigint, target_id int, table_name text, row_id text, error text, retryable boolean, retry_after int, attempt int, dead boolean, delay int)';
   create temp table if not exists _autoembed_failed (
     job_id bigint, target_id int, table_name text, row_id text, error text,
     retryable boolean, retry_after int, attempt int, dead boolean, delay int
