@@ -1,4 +1,4 @@
-// `deno run -A bench/drain_pull.ts [sizes...] [--reps N] [-c C]`: the pull
+// `deno run -A bench/drain_pull.ts [sizes...] [--reps N] [-c C] [--v8-flags F]`: the pull
 // drain of scenario 1 alone (bench/scenarios/drain.ts), with the V8 heap
 // limits `deno task autoembed` gives the worker, so peak RSS is the one users
 // see. Prints each run's rows/s, CPU per 1,000 rows and peak RSS; for
@@ -21,6 +21,8 @@ const { values, positionals } = parseArgs({
   options: {
     reps: { type: "string", default: "3" },
     c: { type: "string", short: "c", default: "4" },
+    // To try other heap limits than deno.json's.
+    "v8-flags": { type: "string", default: WORKER_V8_FLAGS },
   },
   allowPositionals: true,
 });
@@ -37,7 +39,7 @@ try {
     const runs: DrainResult[] = [];
     for (let i = 0; i < reps; i++) {
       const r = await drainPull(ctx, size, concurrency, PROVIDER_LATENCY_MS, {
-        DENO_V8_FLAGS: WORKER_V8_FLAGS,
+        DENO_V8_FLAGS: values["v8-flags"],
       });
       print(ctx, r);
       runs.push(r);
