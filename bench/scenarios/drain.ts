@@ -66,7 +66,7 @@ function cpuFigures(
   };
 }
 
-async function drainPull(
+export async function drainPull(
   ctx: BenchContext,
   rows: number,
   concurrency: number,
@@ -207,7 +207,7 @@ async function drainNaive(ctx: BenchContext, rows: number, durationMs: number) {
   }
 }
 
-function print(ctx: BenchContext, r: DrainResult) {
+export function print(ctx: BenchContext, r: DrainResult) {
   const cpu = r.cpuPer1000
     ? `; CPU/1k rows: pipeline ${fmt(r.cpuPer1000.pipeline)} ms, provider+bench ${
       fmt(r.cpuPer1000.bench)

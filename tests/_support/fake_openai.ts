@@ -20,7 +20,9 @@ export type Fault =
   /** 200 with vectors one dimension longer than requested. */
   | { kind: "wrong-dimensions"; times?: number }
   /** 400 for any request with an input containing `contains`. */
-  | { kind: "reject-text"; contains: string };
+  | { kind: "reject-text"; contains: string }
+  /** Answers lists of floats whatever encoding was asked for, as some compatible servers do. */
+  | { kind: "floats" };
 
 export interface FakeOpenAIStats {
   /** Every request to the embeddings path, failed or not. */
@@ -211,6 +213,7 @@ export async function startFakeOpenAI(
       : takeFault();
     let wrongDimensions = false;
     let failed = false;
+    let floats = false;
     if (active) {
       switch (active.kind) {
         case "status": {
@@ -247,6 +250,9 @@ export async function startFakeOpenAI(
         case "reject-text":
           stats.failedRequests++;
           return apiError(400, "an input was rejected (injected)", "invalid_request_error");
+        case "floats":
+          floats = true;
+          break;
       }
     }
     if (failed) stats.failedRequests++;
@@ -262,7 +268,7 @@ export async function startFakeOpenAI(
       return {
         object: "embedding",
         index,
-        embedding: format === "base64" ? base64Float32(vector) : vector,
+        embedding: format === "base64" && !floats ? base64Float32(vector) : vector,
       };
     }).reverse();
     return json(200, {

@@ -70,6 +70,17 @@ Deno.test("vectorLiteral: halfvec values rounded as halfvec_in would, vector val
   assert.equal(vectorLiteral([-0], "halfvec(1)"), "[-0]");
 });
 
+Deno.test("vectorLiteral: halfvec text is the table's text of each float16, for arrays and Float32Array", () => {
+  const table = float16TextTable();
+  const values = Array.from({ length: 1536 }, (_, i) => Math.sin(i * 7.3) * (i % 5 ? 0.05 : 3));
+  values.push(0, -0, 65504, 1e-8, -6e-5, 1e9);
+  const bits = new Uint16Array(new Float16Array(Float32Array.from(values)).buffer);
+  const want = `[${Array.from(bits, (b) => table[b]).join(",")}]`;
+  assert.equal(vectorLiteral(values, "halfvec(1542)"), want);
+  assert.equal(vectorLiteral(Float32Array.from(values), "halfvec(1542)"), want);
+  assert.equal(vectorLiteral(Float32Array.of(0.5, -0.25), "vector(2)"), "[0.5,-0.25]");
+});
+
 Deno.test("database errors: unreachable vs failing statement vs retry-at-once, by code", () => {
   const pg = (code: string, message = "x") =>
     Object.assign(new Error(message), { name: "PostgresError", code });

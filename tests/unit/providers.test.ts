@@ -539,6 +539,22 @@ Deno.test("openai provider: malformed JSON and wrong dimensions are retryable", 
   });
 });
 
+Deno.test("openai provider: base64 float32 decoded exactly; an endpoint answering floats works too", async () => {
+  await withFake(async (fake) => {
+    const texts = ["alpha", "beta"];
+    const fromBase64 = await provider(fake.baseURL).embed(texts);
+    fake.setFault({ kind: "floats" });
+    const fromFloats = await provider(fake.baseURL).embed(texts);
+    texts.forEach((text, i) => {
+      assert.ok(fromBase64[i] instanceof Float32Array, "base64 decodes straight to float32");
+      assert.ok(Array.isArray(fromFloats[i]), "floats are kept as the endpoint sent them");
+      // Exactly the float32 of each value the fake sent, in input order.
+      assert.deepEqual([...fromBase64[i]], [...Float32Array.from(fakeVector(text, 16))]);
+      assert.deepEqual([...fromFloats[i]], fakeVector(text, 16));
+    });
+  });
+});
+
 Deno.test("openai provider: one rejected text fails its request as permanent", async () => {
   await withFake(async (fake) => {
     fake.setFault({ kind: "reject-text", contains: "poison" });

@@ -4,6 +4,7 @@
 // halves to find the one bad input, so the others still embed (I5).
 import { type EmbeddingProvider, ProviderError } from "./providers/types.ts";
 import { planBatches } from "./providers/tokens.ts";
+import type { Vector } from "./vectors.ts";
 
 export interface EmbedRequest {
   text: string;
@@ -12,7 +13,7 @@ export interface EmbedRequest {
 }
 
 export type EmbedOutcome =
-  | { vector: number[] }
+  | { vector: Vector }
   | { error: string; retryable: boolean; retryAfterMs?: number }
   | { handedBack: true };
 

@@ -17,9 +17,14 @@ import { type EmbeddingProvider, ProviderError } from "./types.ts";
  * with nothing but whitespace maps to a fixed unit vector (first dimension
  * 1), never to a zero vector, whose cosine distance is undefined.
  */
+/** Its vectors are plain numbers (computed here, never decoded). */
+export interface LocalProvider extends EmbeddingProvider {
+  embed(texts: string[], signal?: AbortSignal): Promise<number[][]>;
+}
+
 export function createLocalProvider(
   opts: { model: string; dimensions: number },
-): EmbeddingProvider {
+): LocalProvider {
   const { model, dimensions } = opts;
   if (!Number.isInteger(dimensions) || dimensions < 1) {
     throw new ProviderError(

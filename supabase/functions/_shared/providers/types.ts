@@ -1,6 +1,7 @@
 // The one interface every embedding provider implements, and the one place
 // that decides whether a provider failure is worth retrying.
 import { APIConnectionError, APIConnectionTimeoutError, APIError, APIUserAbortError } from "openai";
+import type { Vector } from "../vectors.ts";
 
 export interface EmbeddingProvider {
   /** Model name as configured on the table (util.embedding_targets). */
@@ -17,7 +18,7 @@ export interface EmbeddingProvider {
    * One vector per text, in the order of `texts`. Fails with a ProviderError,
    * or with whatever aborted the call when `signal` is aborted.
    */
-  embed(texts: string[], signal?: AbortSignal): Promise<number[][]>;
+  embed(texts: string[], signal?: AbortSignal): Promise<Vector[]>;
 }
 
 /**

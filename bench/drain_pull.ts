@@ -1,0 +1,60 @@
+// `deno run -A bench/drain_pull.ts [sizes...] [--reps N] [-c C] [--v8-flags F]`: the pull
+// drain of scenario 1 alone (bench/scenarios/drain.ts), with the V8 heap
+// limits `deno task autoembed` gives the worker, so peak RSS is the one users
+// see. Prints each run's rows/s, CPU per 1,000 rows and peak RSS; for
+// comparing a change with its parent back to back.
+import { parseArgs } from "node:util";
+import { stopCluster } from "../local/cluster.ts";
+import { fmt, median } from "./report.ts";
+import { drainPull, type DrainResult, print, WORKER_V8_FLAGS } from "./scenarios/drain.ts";
+import {
+  type BenchContext,
+  buildTemplate,
+  dropBenchDatabases,
+  prepareStack,
+  PROVIDER_LATENCY_MS,
+  startProvider,
+} from "./stack.ts";
+
+const { values, positionals } = parseArgs({
+  args: Deno.args,
+  options: {
+    reps: { type: "string", default: "3" },
+    c: { type: "string", short: "c", default: "4" },
+    // To try other heap limits than deno.json's.
+    "v8-flags": { type: "string", default: WORKER_V8_FLAGS },
+  },
+  allowPositionals: true,
+});
+const sizes = positionals.length ? positionals.map(Number) : [10_000, 100_000];
+const reps = Number(values.reps);
+const concurrency = Number(values.c);
+const log = (line: string) => console.log(line);
+const startedCluster = await prepareStack((line) => log(`setup: ${line}`));
+const fake = await startProvider();
+const ctx: BenchContext = { fake, log, quick: false };
+try {
+  await buildTemplate();
+  for (const size of sizes) {
+    const runs: DrainResult[] = [];
+    for (let i = 0; i < reps; i++) {
+      const r = await drainPull(ctx, size, concurrency, PROVIDER_LATENCY_MS, {
+        DENO_V8_FLAGS: values["v8-flags"],
+      });
+      print(ctx, r);
+      runs.push(r);
+    }
+    const load = (await Deno.readTextFile("/proc/loadavg")).split(" ").slice(0, 3).join(" ");
+    log(
+      `${size} rows, -c ${concurrency}: median ${fmt(median(runs.map((r) => r.rate)))} rows/s ` +
+        `(${runs.map((r) => fmt(r.rate)).join(", ")}); pipeline CPU/1k ${
+          fmt(median(runs.map((r) => r.cpuPer1000!.pipeline)))
+        } ms, Postgres CPU/1k ${fmt(median(runs.map((r) => r.cpuPer1000!.postgres)))} ms; ` +
+        `peak RSS max ${fmt(Math.max(...runs.map((r) => r.peakRssMb ?? 0)))} MB; load ${load}`,
+    );
+  }
+} finally {
+  await fake.close();
+  await dropBenchDatabases();
+  if (startedCluster) await stopCluster();
+}
