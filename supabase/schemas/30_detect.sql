@@ -26,6 +26,8 @@ as $$ select pg_catalog.pg_notify('embedding_jobs', '') $$;
 -- itself (the message, visible at once, as pgmq.send writes it): pgmq.send
 -- runs its insert through dynamic SQL planned again on every call, which was
 -- most of what the trigger added to a one-row insert (bench/RESULTS.md).
+-- In push mode it also kicks the pipeline when it is idle
+-- (util._kick_embeddings), so a change need not wait for the next tick.
 create or replace function util.queue_embeddings()
 returns trigger
 language plpgsql
@@ -104,6 +106,7 @@ begin
       'contentFunction', content_function,
       'embeddingColumn', embedding_column));
     perform pg_catalog.pg_notify('embedding_jobs', '');
+    perform util._kick_embeddings();
     return null;
   end if;
 
@@ -143,6 +146,7 @@ begin
   get diagnostics enqueued = row_count;
   if enqueued > 0 then
     perform pg_catalog.pg_notify('embedding_jobs', '');
+    perform util._kick_embeddings();
   end if;
   return null;
 end
