@@ -106,7 +106,10 @@ begin
       'contentFunction', content_function,
       'embeddingColumn', embedding_column));
     perform pg_catalog.pg_notify('embedding_jobs', '');
-    perform util._kick_embeddings();
+    -- Once per transaction: a bulk statement's rows do not each look again.
+    if pg_catalog.current_setting('autoembed.kick_checked', true) is distinct from 'on' then
+      perform util._kick_embeddings();
+    end if;
     return null;
   end if;
 
@@ -146,7 +149,9 @@ begin
   get diagnostics enqueued = row_count;
   if enqueued > 0 then
     perform pg_catalog.pg_notify('embedding_jobs', '');
-    perform util._kick_embeddings();
+    if pg_catalog.current_setting('autoembed.kick_checked', true) is distinct from 'on' then
+      perform util._kick_embeddings();
+    end if;
   end if;
   return null;
 end

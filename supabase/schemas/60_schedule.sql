@@ -213,10 +213,13 @@ $$;
 -- nothing. While calls are in flight it does nothing: each finishing call
 -- already asks for the next slice, so the change rides that chain. A kick
 -- sent less than a second ago and not yet served (util.embedding_kick_clock)
--- stands for the whole burst. It never fails the user's write: without pg_net
--- or a Vault secret the change simply waits for the tick, whose failure
--- (AE004) is where a missing secret shows. Takes no lock beyond the user's
--- own statement's: the clock is a sequence, the in-flight check a plain read.
+-- stands for the whole burst. The trigger asks once per transaction
+-- (autoembed.kick_checked, a transaction-local setting), so a bulk statement
+-- through row-level triggers pays for one look, not one per row. It never
+-- fails the user's write: without pg_net or a Vault secret the change
+-- simply waits for the tick, whose failure (AE004) is where a missing secret
+-- shows. Takes no lock beyond the user's own statement's: the clock is a
+-- sequence, the in-flight check a plain read.
 create or replace function util._kick_embeddings()
 returns void
 language plpgsql
@@ -225,6 +228,7 @@ as $$
 declare
   now_ms bigint;
 begin
+  perform pg_catalog.set_config('autoembed.kick_checked', 'on', true);
   if exists (select from util.embedding_requests) then
     return;
   end if;
