@@ -3,6 +3,9 @@
 -- (sent when its transaction commits), which runs util.process_embeddings at
 -- once; later changes ride the calls in flight. The 10 s tick stays as the
 -- safety net. On where pg_cron runs process-embeddings (setting kick_on_change).
+-- In push mode changes no longer NOTIFY: Postgres commits notifying
+-- transactions one at a time, which with fsync on cost single-row writes
+-- about two thirds of their rate; without pg_cron they NOTIFY as before.
 -- Also: util._target_for_trigger no longer fails a write when another
 -- transaction's first write registered the same target at the same time.
 --
@@ -14,7 +17,7 @@
 
 insert into util.settings (name, value, description) values
   ('kick_on_change', 'off',
-   'on: the first change while no push-mode call is in flight POSTs one kick to the embed function at once instead of waiting for the next tick (set on where pg_cron runs process-embeddings)')
+   'on: push mode; the first change while no call is in flight POSTs one kick to the embed function at once instead of waiting for the next tick, and changes send no NOTIFY (set on where pg_cron runs process-embeddings); off: changes NOTIFY listening workers')
 on conflict (name) do update set description = excluded.description;
 
 -- When the last kick was sent (epoch milliseconds; 0: none pending), so a
@@ -81,8 +84,13 @@ $$;
 -- itself (the message, visible at once, as pgmq.send writes it): pgmq.send
 -- runs its insert through dynamic SQL planned again on every call, which was
 -- most of what the trigger added to a one-row insert (bench/RESULTS.md).
--- In push mode it also kicks the pipeline when it is idle
--- (util._kick_embeddings), so a change need not wait for the next tick.
+-- It wakes the pipeline once per transaction: in push mode (setting
+-- kick_on_change) by kicking it when it is idle (util._kick_embeddings), so a
+-- change need not wait for the next tick; otherwise by a NOTIFY for listening
+-- workers. Push mode sends no NOTIFY: Postgres commits notifying transactions
+-- one at a time (a lock held until the commit is flushed), which with fsync
+-- on cost single-row writes about two thirds of their rate (bench/RESULTS.md);
+-- a worker beside push mode then finds the jobs by its poll.
 create or replace function util.queue_embeddings()
 returns trigger
 language plpgsql
@@ -160,10 +168,13 @@ begin
       'table', tg_table_name,
       'contentFunction', content_function,
       'embeddingColumn', embedding_column));
-    perform pg_catalog.pg_notify('embedding_jobs', '');
-    -- Once per transaction: a bulk statement's rows do not each look again.
-    if pg_catalog.current_setting('autoembed.kick_checked', true) is distinct from 'on' then
+    -- How to wake the pipeline, decided once per transaction
+    -- (util._kick_embeddings): a bulk statement's rows do not each look again.
+    if coalesce(pg_catalog.current_setting('autoembed.wake', true), '') not in ('kick', 'notify') then
       perform util._kick_embeddings();
+    end if;
+    if pg_catalog.current_setting('autoembed.wake', true) = 'notify' then
+      perform pg_catalog.pg_notify('embedding_jobs', '');
     end if;
     return null;
   end if;
@@ -203,9 +214,11 @@ begin
   end if;
   get diagnostics enqueued = row_count;
   if enqueued > 0 then
-    perform pg_catalog.pg_notify('embedding_jobs', '');
-    if pg_catalog.current_setting('autoembed.kick_checked', true) is distinct from 'on' then
+    if coalesce(pg_catalog.current_setting('autoembed.wake', true), '') not in ('kick', 'notify') then
       perform util._kick_embeddings();
+    end if;
+    if pg_catalog.current_setting('autoembed.wake', true) = 'notify' then
+      perform pg_catalog.pg_notify('embedding_jobs', '');
     end if;
   end if;
   return null;
@@ -298,9 +311,10 @@ begin
 end
 $$;
 
--- internal, called by util.queue_embeddings after it enqueued jobs: when
--- push mode is on (setting kick_on_change) and no call to the embed function
--- is in flight, POSTs one kick to it, which runs util.process_embeddings at
+-- internal, called by util.queue_embeddings after it enqueued jobs, once per
+-- transaction; records in autoembed.wake how this transaction wakes the
+-- pipeline. When push mode is on (setting kick_on_change) and no call to the
+-- embed function is in flight, POSTs one kick to it, which runs util.process_embeddings at
 -- once instead of at the next tick. pg_net sends the request only after the
 -- user's transaction commits (its queue is a table), so the kick never runs
 -- before the jobs it is for are visible, and a rolled-back write sends
@@ -308,8 +322,9 @@ $$;
 -- already asks for the next slice, so the change rides that chain. A kick
 -- sent less than a second ago and not yet served (util.embedding_kick_clock)
 -- stands for the whole burst. The trigger asks once per transaction
--- (autoembed.kick_checked, a transaction-local setting), so a bulk statement
--- through row-level triggers pays for one look, not one per row. It never
+-- (autoembed.wake, a transaction-local setting: 'kick' in push mode, else
+-- 'notify'), so a bulk statement through row-level triggers pays for one
+-- look, not one per row. It never
 -- fails the user's write: without pg_net or a Vault secret the change
 -- simply waits for the tick, whose failure (AE004) is where a missing secret
 -- shows. Takes no lock beyond the user's own statement's: the clock is a
@@ -322,11 +337,12 @@ as $$
 declare
   now_ms bigint;
 begin
-  perform pg_catalog.set_config('autoembed.kick_checked', 'on', true);
-  if exists (select from util.embedding_requests) then
+  if (select s.value from util.settings s where s.name = 'kick_on_change') is distinct from 'on' then
+    perform pg_catalog.set_config('autoembed.wake', 'notify', true);
     return;
   end if;
-  if (select s.value from util.settings s where s.name = 'kick_on_change') is distinct from 'on' then
+  perform pg_catalog.set_config('autoembed.wake', 'kick', true);
+  if exists (select from util.embedding_requests) then
     return;
   end if;
   now_ms := (extract(epoch from pg_catalog.clock_timestamp()) * 1000)::bigint;

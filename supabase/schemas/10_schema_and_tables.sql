@@ -43,7 +43,7 @@ insert into util.settings (name, value, description) values
   ('sweep_slice_rows', '10000',
    'rows a backfill, recheck or model change visits per step; a step runs only while the queue holds fewer jobs'),
   ('kick_on_change', 'off',
-   'on: the first change while no push-mode call is in flight POSTs one kick to the embed function at once instead of waiting for the next tick (set on where pg_cron runs process-embeddings)')
+   'on: push mode; the first change while no call is in flight POSTs one kick to the embed function at once instead of waiting for the next tick, and changes send no NOTIFY (set on where pg_cron runs process-embeddings); off: changes NOTIFY listening workers')
 on conflict (name) do update set description = excluded.description;
 
 -- internal: a setting's value; raises (AE003) when the name is unknown.

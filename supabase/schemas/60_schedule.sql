@@ -204,9 +204,10 @@ begin
 end
 $$;
 
--- internal, called by util.queue_embeddings after it enqueued jobs: when
--- push mode is on (setting kick_on_change) and no call to the embed function
--- is in flight, POSTs one kick to it, which runs util.process_embeddings at
+-- internal, called by util.queue_embeddings after it enqueued jobs, once per
+-- transaction; records in autoembed.wake how this transaction wakes the
+-- pipeline. When push mode is on (setting kick_on_change) and no call to the
+-- embed function is in flight, POSTs one kick to it, which runs util.process_embeddings at
 -- once instead of at the next tick. pg_net sends the request only after the
 -- user's transaction commits (its queue is a table), so the kick never runs
 -- before the jobs it is for are visible, and a rolled-back write sends
@@ -214,8 +215,9 @@ $$;
 -- already asks for the next slice, so the change rides that chain. A kick
 -- sent less than a second ago and not yet served (util.embedding_kick_clock)
 -- stands for the whole burst. The trigger asks once per transaction
--- (autoembed.kick_checked, a transaction-local setting), so a bulk statement
--- through row-level triggers pays for one look, not one per row. It never
+-- (autoembed.wake, a transaction-local setting: 'kick' in push mode, else
+-- 'notify'), so a bulk statement through row-level triggers pays for one
+-- look, not one per row. It never
 -- fails the user's write: without pg_net or a Vault secret the change
 -- simply waits for the tick, whose failure (AE004) is where a missing secret
 -- shows. Takes no lock beyond the user's own statement's: the clock is a
@@ -228,11 +230,12 @@ as $$
 declare
   now_ms bigint;
 begin
-  perform pg_catalog.set_config('autoembed.kick_checked', 'on', true);
-  if exists (select from util.embedding_requests) then
+  if (select s.value from util.settings s where s.name = 'kick_on_change') is distinct from 'on' then
+    perform pg_catalog.set_config('autoembed.wake', 'notify', true);
     return;
   end if;
-  if (select s.value from util.settings s where s.name = 'kick_on_change') is distinct from 'on' then
+  perform pg_catalog.set_config('autoembed.wake', 'kick', true);
+  if exists (select from util.embedding_requests) then
     return;
   end if;
   now_ms := (extract(epoch from pg_catalog.clock_timestamp()) * 1000)::bigint;

@@ -2,7 +2,7 @@
 // that runs util.process_embeddings at once, so it need not wait for a tick.
 import assert from "node:assert/strict";
 import type postgres from "postgres";
-import { type Sql, withTestDb } from "../_support/db.ts";
+import { connect, type Sql, withTestDb } from "../_support/db.ts";
 import { createDocuments, queueLength, startPipeline } from "../_support/pipeline.ts";
 import { embeddedCount } from "../_support/rows.ts";
 import { waitFor } from "../_support/wait.ts";
@@ -82,6 +82,37 @@ Deno.test("kick: none while calls are in flight, one per burst, none when off", 
       await insertDocument(sql, "idle again");
       assert.equal(await kicksQueued(sql), 2);
     } finally {
+      await p.stop();
+    }
+  });
+});
+
+Deno.test("kick: push mode sends no NOTIFY (commits stay concurrent); without it changes NOTIFY workers", async () => {
+  await withTestDb(async (sql, url) => {
+    const p = await startPipeline(sql, url, { dispatcher: false });
+    const listener = connect(url, { max: 1 });
+    try {
+      await createDocuments(sql);
+      const received: string[] = [];
+      await listener.listen("embedding_jobs", (payload) => void received.push(payload));
+      // Notifications arrive in commit order: the marker sent after the
+      // insert shows whether the insert's transaction notified.
+      const firstAfter = async (title: string, marker: string) => {
+        received.length = 0;
+        await insertDocument(sql, title);
+        await sql`select pg_notify('embedding_jobs', ${marker})`;
+        await waitFor(() => received.includes(marker), { what: `notification ${marker}` });
+        return received[0];
+      };
+      assert.equal(
+        await firstAfter("pull mode", "m1"),
+        "",
+        "kick_on_change off: the insert notifies",
+      );
+      await sql`update util.settings set value = 'on' where name = 'kick_on_change'`;
+      assert.equal(await firstAfter("push mode", "m2"), "m2", "kick_on_change on: no NOTIFY");
+    } finally {
+      await listener.end();
       await p.stop();
     }
   });
