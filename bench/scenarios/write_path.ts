@@ -263,8 +263,8 @@ Inserts add a new row (about 450 characters of text); updates change the text of
 || ' v2'\` of all its rows, each in a fresh database. **Durable**: a throw-away cluster with
 fsync, full_page_writes and synchronous_commit on (PostgreSQL's defaults, what a production server
 runs). **fsync off**: the local development cluster (local/cluster.ts). Both measured in the same
-run; pg_net's kick is off in both (no pg_cron job in these databases), as it is whenever calls
-are in flight.`);
+run. These databases have no pg_cron job, so \`kick_on_change\` is off: changes NOTIFY as in a
+pull-only install (push mode sends no NOTIFY; see the round-two section of RESULTS.md).`);
   report(section, "Durable (fsync on)", durable);
   report(section, "fsync off (development cluster)", fast);
   const d = durable;
