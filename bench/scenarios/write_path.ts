@@ -1,9 +1,21 @@
 // Scenario 4, write-path overhead: what the triggers cost the application's
 // writes. Single-row transactions from several clients with pgbench, and one
-// bulk statement of 100,000 rows, each with and without the triggers.
+// bulk statement of 100,000 rows: no triggers, the Supabase guide's trigger,
+// ours in its guide-style and enable_embeddings forms; on a durable cluster
+// (fsync on) and on the fsync-off development cluster, in the same run.
 import { installNaive } from "../naive/pipeline.ts";
 import { fmt, median, Section, spread } from "../report.ts";
-import { type BenchContext, cloneDb, insertRows, type Sql } from "../stack.ts";
+import { startEphemeralCluster } from "../../local/cluster.ts";
+import { databaseUrl } from "../../local/config.ts";
+import {
+  type BenchContext,
+  buildTemplate,
+  cloneDb,
+  connect,
+  insertRows,
+  type Sql,
+  useServer,
+} from "../stack.ts";
 
 const PGBENCH = "/usr/lib/postgresql/15/bin/pgbench";
 const PREFILL = 100_000;
@@ -19,19 +31,29 @@ interface Config {
 const CONFIGS: Config[] = [
   { label: "no triggers", key: "none", install: () => Promise.resolve() },
   {
+    label: "the Supabase guide's triggers (row level, `pgmq.send` per row; clear_column on update)",
+    key: "guide",
+    install: installNaive,
+  },
+  {
+    label: "autoembed, guide-style row triggers (util.queue_embeddings + util.clear_column)",
+    key: "ours_row",
+    install: (sql) =>
+      sql.unsafe(`
+        create trigger embed_on_insert after insert on public.bench_docs
+          for each row execute function util.queue_embeddings('bench_docs_input', 'embedding');
+        create trigger embed_on_update after update of title, body on public.bench_docs
+          for each row execute function util.queue_embeddings('bench_docs_input', 'embedding');
+        create trigger clear_on_update before update of title, body on public.bench_docs
+          for each row execute function util.clear_column('embedding');
+      `).simple(),
+  },
+  {
     label: "autoembed: util.enable_embeddings (statement-level triggers)",
     key: "ours",
     install: (sql) =>
       sql`select util.enable_embeddings('public.bench_docs', 'bench_docs_input', backfill => false)`,
   },
-  {
-    label: "autoembed, clear_on_change => true (+ row-level BEFORE UPDATE)",
-    key: "ours_clear",
-    install: (sql) =>
-      sql`select util.enable_embeddings('public.bench_docs', 'bench_docs_input',
-                                        clear_on_change => true, backfill => false)`,
-  },
-  { label: "naive: guide-style row-level triggers", key: "naive", install: installNaive },
 ];
 
 const SCRIPTS = {
@@ -83,26 +105,32 @@ async function timed(fn: () => Promise<unknown>): Promise<number> {
   return (performance.now() - started) / 1000;
 }
 
+/** The figures of one cluster: pgbench tps and bulk seconds per configuration. */
+interface ClusterFigures {
+  tps: Record<string, Record<string, number[]>>;
+  bulk: Record<string, { insert: number[]; update: number[] }>;
+}
+
 export interface WritePathFigures {
   section: Section;
-  /** 1 − inserts/s with our triggers / without. */
+  /** 1 − inserts/s with enable_embeddings / without, durable. */
   insertCost: number;
-  /** Bulk insert seconds with our triggers / without. */
+  /** inserts/s with enable_embeddings / with the guide's trigger, durable. */
+  vsGuide: number;
+  /** inserts/s with our row trigger / with the guide's trigger, durable. */
+  rowVsGuide: number;
+  /** Bulk insert seconds with enable_embeddings / without, durable. */
   bulkRatio: number;
 }
 
-export async function writePathScenario(ctx: BenchContext): Promise<WritePathFigures> {
-  const reps = ctx.quick ? 1 : 3;
-  const seconds = ctx.quick ? 3 : 8;
-  ctx.log(`4. write path (pgbench ${CLIENTS} clients × ${seconds} s × ${reps}; bulk ${BULK})`);
-  const dir = await Deno.makeTempDir({ prefix: "autoembed-bench-" });
-  const scripts: Record<string, string> = {};
-  for (const [name, text] of Object.entries(SCRIPTS)) {
-    scripts[name] = `${dir}/${name}.sql`;
-    await Deno.writeTextFile(scripts[name], text);
-  }
-
-  const tps: Record<string, Record<string, number[]>> = {};
+async function measureCluster(
+  ctx: BenchContext,
+  name: string,
+  scripts: Record<string, string>,
+  reps: number,
+  seconds: number,
+): Promise<ClusterFigures> {
+  const tps: ClusterFigures["tps"] = {};
   const dbs = new Map<string, Awaited<ReturnType<typeof cloneDb>>>();
   try {
     for (const config of CONFIGS) {
@@ -111,6 +139,7 @@ export async function writePathScenario(ctx: BenchContext): Promise<WritePathFig
       await insertRows(db.sql, PREFILL, "prefill");
       await config.install(db.sql);
       await db.sql`vacuum analyze bench_docs`;
+      await db.sql`checkpoint`;
     }
     // Interleaved, so drift on the machine spreads over every configuration.
     for (let rep = 0; rep < reps; rep++) {
@@ -118,71 +147,132 @@ export async function writePathScenario(ctx: BenchContext): Promise<WritePathFig
         for (const op of ["insert", "update"]) {
           const value = await pgbench(dbs.get(config.key)!.url, scripts[op], seconds);
           ((tps[config.key] ??= {})[op] ??= []).push(value);
-          ctx.log(`  ${config.key} ${op}: ${fmt(value)} tps`);
+          ctx.log(`  ${name} ${config.key} ${op}: ${fmt(value)} tps`);
         }
       }
     }
   } finally {
     for (const db of dbs.values()) await db.drop();
-    await Deno.remove(dir, { recursive: true });
   }
 
-  const bulkConfigs = CONFIGS.filter((c) => c.key !== "ours_clear");
-  const bulk: Record<string, { insert: number[]; update: number[] }> = {};
+  const bulk: ClusterFigures["bulk"] = {};
   for (let rep = 0; rep < reps; rep++) {
-    for (const config of bulkConfigs) {
+    for (const config of CONFIGS) {
       const db = await cloneDb(`bulk_${config.key}`);
       try {
         await config.install(db.sql);
+        await db.sql`checkpoint`;
         const insert = await timed(() => insertRows(db.sql, BULK, "bulk"));
         const update = await timed(() => db.sql`update bench_docs set body = body || ' v2'`);
         const entry = (bulk[config.key] ??= { insert: [], update: [] });
         entry.insert.push(insert);
         entry.update.push(update);
-        ctx.log(`  bulk ${config.key}: insert ${fmt(insert)} s, update ${fmt(update)} s`);
+        ctx.log(`  ${name} bulk ${config.key}: insert ${fmt(insert)} s, update ${fmt(update)} s`);
       } finally {
         await db.drop();
       }
     }
   }
+  return { tps, bulk };
+}
 
-  const base = tps.none;
-  const section = new Section("4. Write-path overhead");
-  section.text(`
-Single-row transactions: pgbench (${PGBENCH}), ${CLIENTS} clients, 2 threads, ${seconds} s per run,
-${reps} interleaved runs per configuration, on a table of ${PREFILL.toLocaleString("en-US")} rows.
-Inserts add a new row (about 450 characters of text); updates change the text of a random row
-(so every update is a real change that enqueues a job).`);
+function report(section: Section, title: string, f: ClusterFigures): void {
+  const base = f.tps.none;
+  const guide = f.tps.guide;
+  const pct = (a: number[], b: number[]) => `${fmt((median(a) / median(b) - 1) * 100)}%`;
+  section.text(`\n**${title}.** Single-row transactions (pgbench):`);
   section.table(
-    ["triggers", "inserts/s", "vs none", "updates/s", "vs none"],
+    ["triggers", "inserts/s", "vs none", "vs guide", "updates/s", "vs none", "vs guide"],
     CONFIGS.map((c) => [
       c.label,
-      spread(tps[c.key].insert),
-      `${fmt((median(tps[c.key].insert) / median(base.insert) - 1) * 100)}%`,
-      spread(tps[c.key].update),
-      `${fmt((median(tps[c.key].update) / median(base.update) - 1) * 100)}%`,
+      spread(f.tps[c.key].insert),
+      pct(f.tps[c.key].insert, base.insert),
+      pct(f.tps[c.key].insert, guide.insert),
+      spread(f.tps[c.key].update),
+      pct(f.tps[c.key].update, base.update),
+      pct(f.tps[c.key].update, guide.update),
     ]),
   );
-  section.text(`
-One statement: \`insert into bench_docs ... select ... from generate_series(1, ${BULK})\` into an empty
-table, then \`update bench_docs set body = body || ' v2'\` of all ${
-    BULK.toLocaleString("en-US")
-  } rows
-(each in a fresh database; ${reps} runs).`);
-  const noneBulk = bulk.none;
+  section.text(`\n**${title}.** One statement of ${BULK.toLocaleString("en-US")} rows:`);
+  const none = f.bulk.none;
   section.table(
     ["triggers", "bulk insert s", "vs none", "bulk update s", "vs none"],
-    bulkConfigs.map((c) => [
+    CONFIGS.map((c) => [
       c.label,
-      spread(bulk[c.key].insert),
-      `${fmt(median(bulk[c.key].insert) / median(noneBulk.insert))}×`,
-      spread(bulk[c.key].update),
-      `${fmt(median(bulk[c.key].update) / median(noneBulk.update))}×`,
+      spread(f.bulk[c.key].insert),
+      `${fmt(median(f.bulk[c.key].insert) / median(none.insert))}×`,
+      spread(f.bulk[c.key].update),
+      `${fmt(median(f.bulk[c.key].update) / median(none.update))}×`,
     ]),
   );
+}
+
+export async function writePathScenario(ctx: BenchContext): Promise<WritePathFigures> {
+  const reps = ctx.quick ? 1 : 3;
+  const seconds = ctx.quick ? 3 : 6;
+  ctx.log(`4. write path (pgbench ${CLIENTS} clients × ${seconds} s × ${reps}; bulk ${BULK})`);
+  const dir = await Deno.makeTempDir({ prefix: "autoembed-bench-" });
+  const scripts: Record<string, string> = {};
+  for (const [name, text] of Object.entries(SCRIPTS)) {
+    scripts[name] = `${dir}/${name}.sql`;
+    await Deno.writeTextFile(scripts[name], text);
+  }
+
+  let fast: ClusterFigures;
+  let durable: ClusterFigures;
+  const cluster = await startEphemeralCluster();
+  try {
+    fast = await measureCluster(ctx, "fsync off", scripts, reps, seconds);
+    // The throw-away cluster made durable: what a production server does.
+    const admin = connect(cluster.url("postgres"), 1);
+    try {
+      await admin`alter system set fsync = on`;
+      await admin`alter system set full_page_writes = on`;
+      await admin`alter system set synchronous_commit = on`;
+    } finally {
+      await admin.end();
+    }
+    await cluster.restart();
+    useServer(cluster.url);
+    await buildTemplate();
+    const check = connect(cluster.url("postgres"), 1);
+    try {
+      const rows = await check`
+        select name, setting from pg_settings
+         where name in ('fsync', 'full_page_writes', 'synchronous_commit') order by name`;
+      ctx.log(`  durable cluster: ${rows.map((r) => `${r.name}=${r.setting}`).join(", ")}`);
+    } finally {
+      await check.end();
+    }
+    durable = await measureCluster(ctx, "durable", scripts, reps, seconds);
+  } finally {
+    useServer(databaseUrl);
+    await cluster.destroy();
+    await Deno.remove(dir, { recursive: true });
+  }
+
+  const section = new Section("4. Write path, durable and fsync off");
+  section.text(`
+Single-row transactions: pgbench (${PGBENCH}), ${CLIENTS} clients, 2 threads, ${seconds} s per run,
+${reps} interleaved runs per configuration (median, min–max), on a table of ${
+    PREFILL.toLocaleString("en-US")
+  } rows.
+Inserts add a new row (about 450 characters of text); updates change the text of a random row
+(so every update is a real change that enqueues a job). Bulk: \`insert into bench_docs ... select
+... from generate_series(1, ${BULK})\` into an empty table, then \`update bench_docs set body = body
+|| ' v2'\` of all its rows, each in a fresh database. **Durable**: a throw-away cluster with
+fsync, full_page_writes and synchronous_commit on (PostgreSQL's defaults, what a production server
+runs). **fsync off**: the local development cluster (local/cluster.ts). Both measured in the same
+run. These databases have no pg_cron job, so \`kick_on_change\` is off: changes NOTIFY as in a
+pull-only install (push mode sends no NOTIFY; see the round-two section of RESULTS.md).`);
+  report(section, "Durable (fsync on)", durable);
+  report(section, "fsync off (development cluster)", fast);
+  const d = durable;
   return {
     section,
-    insertCost: 1 - median(tps.ours.insert) / median(base.insert),
-    bulkRatio: median(bulk.ours.insert) / median(noneBulk.insert),
+    insertCost: 1 - median(d.tps.ours.insert) / median(d.tps.none.insert),
+    vsGuide: median(d.tps.ours.insert) / median(d.tps.guide.insert),
+    rowVsGuide: median(d.tps.ours_row.insert) / median(d.tps.guide.insert),
+    bulkRatio: median(d.bulk.ours.insert) / median(d.bulk.none.insert),
   };
 }

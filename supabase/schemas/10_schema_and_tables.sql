@@ -41,7 +41,9 @@ insert into util.settings (name, value, description) values
   ('backoff_base_seconds', '5', 'first retry delay; doubles with each attempt'),
   ('backoff_max_seconds', '600', 'upper bound of the retry delay'),
   ('sweep_slice_rows', '10000',
-   'rows a backfill, recheck or model change visits per step; a step runs only while the queue holds fewer jobs')
+   'rows a backfill, recheck or model change visits per step; a step runs only while the queue holds fewer jobs'),
+  ('kick_on_change', 'off',
+   'on: push mode; the first change while no call is in flight POSTs one kick to the embed function at once instead of waiting for the next tick, and changes send no NOTIFY (set on where pg_cron runs process-embeddings); off: changes NOTIFY listening workers')
 on conflict (name) do update set description = excluded.description;
 
 -- internal: a setting's value; raises (AE003) when the name is unknown.
@@ -165,3 +167,10 @@ create table if not exists util.embedding_requests (
   max_requests int not null default 4,
   timeout_milliseconds int not null default 120000
 );
+
+-- When the last kick was sent (epoch milliseconds; 0: none pending), so a
+-- burst of changes while the pipeline is idle sends one kick, not one per
+-- transaction. A sequence because setval is not transactional and takes no
+-- lock held to the end of the user's transaction, as a table row would.
+-- util.process_embeddings sets it back to 0 before it reads the queue.
+create sequence if not exists util.embedding_kick_clock minvalue 0 start 0;

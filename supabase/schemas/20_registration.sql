@@ -200,8 +200,15 @@ begin
   select * into found from util.embedding_targets t
    where t.table_oid = target_table and t.embedding_column = _target_for_trigger.embedding_column;
   if found.id is null or found.content_function <> _target_for_trigger.content_function then
-    perform util._register_target(target_table, content_function, embedding_column,
-                                  case when found.id is null then null else found.model end);
+    begin
+      perform util._register_target(target_table, content_function, embedding_column,
+                                    case when found.id is null then null else found.model end);
+    exception when unique_violation then
+      -- Another transaction's first write registered the target at the same
+      -- time (it waited for that one's commit): use its registration rather
+      -- than fail this write.
+      null;
+    end;
     select * into found from util.embedding_targets t
      where t.table_oid = target_table and t.embedding_column = _target_for_trigger.embedding_column;
   end if;

@@ -26,6 +26,13 @@ as $$ select pg_catalog.pg_notify('embedding_jobs', '') $$;
 -- itself (the message, visible at once, as pgmq.send writes it): pgmq.send
 -- runs its insert through dynamic SQL planned again on every call, which was
 -- most of what the trigger added to a one-row insert (bench/RESULTS.md).
+-- It wakes the pipeline once per transaction: in push mode (setting
+-- kick_on_change) by kicking it when it is idle (util._kick_embeddings), so a
+-- change need not wait for the next tick; otherwise by a NOTIFY for listening
+-- workers. Push mode sends no NOTIFY: Postgres commits notifying transactions
+-- one at a time (a lock held until the commit is flushed), which with fsync
+-- on cost single-row writes about two thirds of their rate (bench/RESULTS.md);
+-- a worker beside push mode then finds the jobs by its poll.
 create or replace function util.queue_embeddings()
 returns trigger
 language plpgsql
@@ -103,7 +110,14 @@ begin
       'table', tg_table_name,
       'contentFunction', content_function,
       'embeddingColumn', embedding_column));
-    perform pg_catalog.pg_notify('embedding_jobs', '');
+    -- How to wake the pipeline, decided once per transaction
+    -- (util._kick_embeddings): a bulk statement's rows do not each look again.
+    if coalesce(pg_catalog.current_setting('autoembed.wake', true), '') not in ('kick', 'notify') then
+      perform util._kick_embeddings();
+    end if;
+    if pg_catalog.current_setting('autoembed.wake', true) = 'notify' then
+      perform pg_catalog.pg_notify('embedding_jobs', '');
+    end if;
     return null;
   end if;
 
@@ -142,7 +156,12 @@ begin
   end if;
   get diagnostics enqueued = row_count;
   if enqueued > 0 then
-    perform pg_catalog.pg_notify('embedding_jobs', '');
+    if coalesce(pg_catalog.current_setting('autoembed.wake', true), '') not in ('kick', 'notify') then
+      perform util._kick_embeddings();
+    end if;
+    if pg_catalog.current_setting('autoembed.wake', true) = 'notify' then
+      perform pg_catalog.pg_notify('embedding_jobs', '');
+    end if;
   end if;
   return null;
 end

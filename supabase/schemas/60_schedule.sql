@@ -139,6 +139,12 @@ begin
   -- Serialises concurrent callers (cron tick and finishing calls) so the
   -- in-flight bound holds; held for a few milliseconds.
   lock table util.embedding_requests in share row exclusive mode;
+  -- A kick that was pending is being served: from here on a change that
+  -- sees no call in flight may kick again (util._kick_embeddings). Before
+  -- the read, so a change committed after the read is never left waiting.
+  if (select c.last_value from util.embedding_kick_clock c) <> 0 then
+    perform pg_catalog.setval('util.embedding_kick_clock', 0);
+  end if;
   perform util._release_ended_leases();
   select process_embeddings.max_requests - count(*) into free_slots from util.embedding_requests;
   if free_slots <= 0 then
@@ -198,6 +204,57 @@ begin
 end
 $$;
 
+-- internal, called by util.queue_embeddings after it enqueued jobs, once per
+-- transaction; records in autoembed.wake how this transaction wakes the
+-- pipeline. When push mode is on (setting kick_on_change) and no call to the
+-- embed function is in flight, POSTs one kick to it, which runs util.process_embeddings at
+-- once instead of at the next tick. pg_net sends the request only after the
+-- user's transaction commits (its queue is a table), so the kick never runs
+-- before the jobs it is for are visible, and a rolled-back write sends
+-- nothing. While calls are in flight it does nothing: each finishing call
+-- already asks for the next slice, so the change rides that chain. A kick
+-- sent less than a second ago and not yet served (util.embedding_kick_clock)
+-- stands for the whole burst. The trigger asks once per transaction
+-- (autoembed.wake, a transaction-local setting: 'kick' in push mode, else
+-- 'notify'), so a bulk statement through row-level triggers pays for one
+-- look, not one per row. It never
+-- fails the user's write: without pg_net or a Vault secret the change
+-- simply waits for the tick, whose failure (AE004) is where a missing secret
+-- shows. Takes no lock beyond the user's own statement's: the clock is a
+-- sequence, the in-flight check a plain read.
+create or replace function util._kick_embeddings()
+returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  now_ms bigint;
+begin
+  if (select s.value from util.settings s where s.name = 'kick_on_change') is distinct from 'on' then
+    perform pg_catalog.set_config('autoembed.wake', 'notify', true);
+    return;
+  end if;
+  perform pg_catalog.set_config('autoembed.wake', 'kick', true);
+  if exists (select from util.embedding_requests) then
+    return;
+  end if;
+  now_ms := (extract(epoch from pg_catalog.clock_timestamp()) * 1000)::bigint;
+  if (select c.last_value from util.embedding_kick_clock c) > now_ms - 1000 then
+    return;
+  end if;
+  perform pg_catalog.setval('util.embedding_kick_clock', now_ms);
+  begin
+    perform util.invoke_edge_function(
+      name => 'embed',
+      body => '[]'::jsonb,
+      timeout_milliseconds => 60 * 1000,
+      params => jsonb_build_object('kick', 1));
+  exception when others then
+    null;
+  end;
+end
+$$;
+
 -- The tick: every 10 seconds where pg_cron accepts second schedules (1.5+,
 -- as on Supabase), every minute otherwise (Debian's 1.4). cron.schedule
 -- updates a job of the same name. Skipped where pg_cron is not installed in
@@ -214,5 +271,7 @@ begin
   exception when others then
     perform cron.schedule('process-embeddings', '* * * * *', 'select util.process_embeddings()');
   end;
+  -- Push mode is on here: changes kick an idle pipeline (util._kick_embeddings).
+  update util.settings set value = 'on' where name = 'kick_on_change';
 end
 $$;

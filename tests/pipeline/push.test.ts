@@ -1,7 +1,7 @@
 // Push mode end to end: util.process_embeddings -> pg_net -> embed function
 // -> Postgres, against the real local cluster and the fake provider.
 import assert from "node:assert/strict";
-import { withTestDb } from "../_support/db.ts";
+import { connect, withTestDb } from "../_support/db.ts";
 import {
   createDocuments,
   drainPush,
@@ -497,6 +497,43 @@ Deno.test("shutdown: jobs pending when the runtime stops are handed back, not lo
       assert.equal(visible, 3, "handed back jobs are visible again at once");
     } finally {
       await p.stop();
+    }
+  });
+});
+
+Deno.test("guide-style row triggers: two transactions' first inserts at once both succeed (one registration)", async () => {
+  await withTestDb(async (sql, url) => {
+    await createDocuments(sql, { attach: false });
+    await sql.unsafe(`
+      create trigger embed_on_insert after insert on documents
+        for each row execute function util.queue_embeddings('documents_input', 'embedding');
+    `).simple();
+    const other = connect(url, { max: 1 });
+    try {
+      // The first transaction registers the target and keeps it uncommitted;
+      // the second one's registration waits for it, then finds it taken.
+      const first = await sql.reserve();
+      try {
+        await first`begin`;
+        await first`insert into documents (title, content) values ('first', 'text one')`;
+        const second = other`insert into documents (title, content) values ('second', 'text two')`
+          .execute();
+        await waitFor(async () => {
+          const [{ n }] = await sql`
+            select count(*)::int as n from pg_stat_activity
+             where datname = current_database() and wait_event_type = 'Lock'`;
+          return n > 0;
+        }, { what: "the second insert to wait for the first registration" });
+        await first`commit`;
+        await second;
+      } finally {
+        first.release();
+      }
+      const [{ n }] = await sql`select count(*)::int as n from util.embedding_targets`;
+      assert.equal(n, 1);
+      assert.equal(await queueLength(sql), 2);
+    } finally {
+      await other.end();
     }
   });
 });

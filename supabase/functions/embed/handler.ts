@@ -80,6 +80,17 @@ export function createEmbedHandler(config: EmbedHandlerConfig): EmbedHandler {
     ? postgres(dbUrl, { max: 3, prepare: false, onnotice: () => {}, idle_timeout: 30 })
     : null;
 
+  async function kick(db: postgres.Sql): Promise<Response> {
+    try {
+      const [{ requests }] = await db`select util.process_embeddings() as requests`;
+      return Response.json({ requests });
+    } catch (err) {
+      if (isConnectionError(err)) return problem(503, "database unreachable; the tick will retry");
+      log(JSON.stringify({ event: "kick_failed", message: (err as Error).message }));
+      return problem(500, "kick failed; the tick will retry");
+    }
+  }
+
   async function fetch(req: Request): Promise<Response> {
     if (req.method !== "POST") {
       return problem(405, "use POST with a JSON array of jobs", { Allow: "POST" });
@@ -93,6 +104,10 @@ export function createEmbedHandler(config: EmbedHandlerConfig): EmbedHandler {
     const token = req.headers.get("authorization")?.match(/^Bearer\s+(.+)$/i)?.[1] ?? "";
     if (!timingSafeEqual(token, secret)) return problem(401, "missing or wrong bearer secret");
     if (!sql) return problem(500, "SUPABASE_DB_URL is not set");
+
+    // Push mode, a kick (util._kick_embeddings): a change found the pipeline
+    // idle; start the calls its tick would start, now.
+    if (intParam(new URL(req.url), "kick") !== undefined) return await kick(sql);
 
     const body = await readBody(req);
     if (body instanceof Response) return body;
