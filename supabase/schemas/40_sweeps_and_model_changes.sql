@@ -279,6 +279,9 @@ declare
   l util.embedding_targets := util._live_target(target_table, embedding_column);
   s util.embedding_targets;
 begin
+  -- The bookkeeping rows first, then the table: the order util.maintain_embeddings
+  -- takes them in, so a cancel and a tick never deadlock.
+  perform from util.embedding_targets x where x.id = l.id or x.shadow_of = l.id for update;
   select * into s from util.embedding_targets where shadow_of = l.id;
   if s.id is null then
     return false;
@@ -321,6 +324,8 @@ declare
   shadow_column name := ('_autoembed_next_' || l.id)::name;
   shadow_id int;
 begin
+  -- The bookkeeping rows first, then the table (see util.cancel_reembed).
+  perform from util.embedding_targets x where x.id = l.id or x.shadow_of = l.id for update;
   if model is not null and (pg_catalog.btrim(model) = '' or pg_catalog.length(model) > 200) then
     raise exception 'autoembed: "%" is not a model name', pg_catalog.left(model, 200)
       using errcode = 'AE003', hint = 'Name the provider''s model, e.g. text-embedding-3-small, or a local-* model.';
