@@ -168,18 +168,27 @@ export function makeDocument(seed: number, paragraphs = 60): string {
 }
 
 /**
- * `doc` with its `index`-th prose paragraph edited as a writer would: its
- * middle sentence rewritten (a word replaced, a clause added), so the
- * paragraph's length changes at one place.
+ * `doc` with its `index`-th prose paragraph edited as a writer would: one
+ * sentence rewritten (a word replaced, a clause added), so the paragraph's
+ * length changes at one place. `where` picks the sentence: the middle one
+ * (default), the first or the last.
  */
-export function editParagraph(doc: string, index: number): string {
+export function editParagraph(
+  doc: string,
+  index: number,
+  where: "middle" | "first" | "last" = "middle",
+): string {
   const trailing = doc.endsWith("\n") ? "\n" : "";
   const blocks = doc.slice(0, doc.length - trailing.length).split("\n\n");
   let seen = -1;
   const at = blocks.findIndex((block) => isProse(block) && ++seen === index);
   if (at < 0) throw new RangeError(`the document has no prose paragraph ${index}`);
   const sentences = blocks[at].split(/(?<=[.?]) /);
-  const middle = Math.floor(sentences.length / 2);
+  const middle = where === "first"
+    ? 0
+    : where === "last"
+    ? sentences.length - 1
+    : Math.floor(sentences.length / 2);
   const words = sentences[middle].slice(0, -1).split(" ");
   const word = Math.floor(words.length / 2);
   words[word] = words[word] === "revised" ? "amended" : "revised";

@@ -6,7 +6,7 @@
 // uuids, text with quotes, spaces and non-ASCII, bigints beyond 2^53. The
 // poison is dead-lettered with its error and blocks no other row.
 import assert from "node:assert/strict";
-import { truncateToTokens } from "../../supabase/functions/_shared/providers/tokens.ts";
+import { tokenCounterFor } from "../../supabase/functions/_shared/providers/tokens.ts";
 import { assertConsistent, checkConsistency, trackJobs } from "../_support/consistency.ts";
 import { type Sql, withTestDb } from "../_support/db.ts";
 import { createDocuments, TEST_MODEL } from "../_support/pipeline.ts";
@@ -44,8 +44,8 @@ async function createPoisonTable(sql: Sql) {
         when 'null' then return null;
         when 'empty' then return '';
         when 'blank' then return E'  \\n\\t ';
-        -- about 12,000 estimated tokens: over the 8,191-token input limit
-        when 'huge' then return p.body || repeat(' lorem ipsum', 3000);
+        -- 18,000 tokens (cl100k_base): over the 8,191-token input limit
+        when 'huge' then return p.body || repeat(' lorem ipsum', 9000);
         else return p.body;
       end case;
     end $$;
@@ -145,7 +145,7 @@ async function poisonScenario(mode: Mode, truncate: boolean) {
           assert.match(
             e.error,
             new RegExp(
-              `text is about \\d+ tokens, over the ${INPUT_LIMIT_TOKENS}-token input limit of ` +
+              `text is (?:about )?\\d+ tokens, over the ${INPUT_LIMIT_TOKENS}-token input limit of ` +
                 `${TEST_MODEL}: .*EMBEDDING_TRUNCATE=true`,
             ),
           );
@@ -159,7 +159,7 @@ async function poisonScenario(mode: Mode, truncate: boolean) {
         assert.equal(s.dead_lettered, 0, `${s.table_name}: nothing dead-lettered`);
       }
       const expectedText = truncate
-        ? (t: string) => truncateToTokens(t, INPUT_LIMIT_TOKENS)
+        ? (t: string) => tokenCounterFor(TEST_MODEL).truncate(t, INPUT_LIMIT_TOKENS)
         : undefined;
       const poisoned = await checkConsistency(sql, { fake: drive.fake, expectedText });
       assertConsistent(poisoned, {
@@ -177,7 +177,7 @@ async function poisonScenario(mode: Mode, truncate: boolean) {
             when 'null' then return null;
             when 'empty' then return '';
             when 'blank' then return E'  \\n\\t ';
-            when 'huge' then return p.body || repeat(' lorem ipsum', 3000);
+            when 'huge' then return p.body || repeat(' lorem ipsum', 9000);
             else return p.body;
           end case;
         end $$`);

@@ -288,12 +288,16 @@ Deno.test("edge cases: one huge word, a grapheme over the limit, the estimate co
   assert.ok(est.every((c) => c.tokens === estimateCounter.count(c.text) && c.tokens <= 128));
 });
 
-/** Chunks of the edited document whose text was not a chunk before, for each paragraph edited. */
-function changedPerEdit(settings: ChunkSettings, seed: number): number[] {
+/** For each prose paragraph: chunks of the edited document whose text was not a chunk before. */
+function changedPerEdit(
+  settings: ChunkSettings,
+  seed: number,
+  where: "first" | "middle" | "last",
+): number[] {
   const doc = makeDocument(seed);
   const before = new Set(splitIntoChunks(doc, settings, cl100k).map((c) => c.text));
   return Array.from({ length: 60 }, (_, i) => {
-    const after = splitIntoChunks(editParagraph(doc, i), settings, cl100k);
+    const after = splitIntoChunks(editParagraph(doc, i, where), settings, cl100k);
     return after.filter((c) => !before.has(c.text)).length;
   });
 }
@@ -302,7 +306,9 @@ Deno.test("stable boundaries: editing one paragraph of 60 changes at most 3 chun
   for (const splitter of ["recursive", "markdown"] as const) {
     for (const [chunkSize, chunkOverlap] of [[512, 64], [128, 16]]) {
       const settings = { splitter, chunkSize, chunkOverlap };
-      const changed = changedPerEdit(settings, 1);
+      const changed = (["first", "middle", "last"] as const).flatMap((where) =>
+        changedPerEdit(settings, 1, where)
+      );
       const histogram: Record<number, number> = {};
       for (const n of changed) histogram[n] = (histogram[n] ?? 0) + 1;
       console.log(`${splitter} ${chunkSize}/${chunkOverlap}: chunks changed per edit`, histogram);
@@ -317,9 +323,15 @@ Deno.test("stable boundaries: editing one paragraph of 60 changes at most 3 chun
 
 Deno.test("editParagraph changes one paragraph's length at one place", () => {
   const doc = makeDocument(1);
-  const edited = editParagraph(doc, 10);
-  assert.notEqual(edited, doc);
-  assert.ok(edited.length > doc.length);
+  for (const where of ["first", "middle", "last"] as const) {
+    const edited = editParagraph(doc, 10, where);
+    assert.ok(edited.length > doc.length);
+    let from = 0;
+    while (edited[from] === doc[from]) from++;
+    let back = 0;
+    while (edited[edited.length - 1 - back] === doc[doc.length - 1 - back]) back++;
+    assert.ok(edited.length - back - from < 200, `${where}: within one sentence`);
+  }
   assert.equal(makeDocument(1), doc, "deterministic");
   assert.throws(() => editParagraph(doc, 60), RangeError);
 });

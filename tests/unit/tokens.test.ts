@@ -6,9 +6,12 @@ import { Tiktoken } from "js-tiktoken/lite";
 import cl100kBase from "js-tiktoken/ranks/cl100k_base";
 import {
   estimateCounter,
+  mayExceedTokens,
   planBatches,
   tokenCounterFor,
 } from "../../supabase/functions/_shared/providers/tokens.ts";
+import { createLocalProvider } from "../../supabase/functions/_shared/providers/local.ts";
+import { createOpenAIProvider } from "../../supabase/functions/_shared/providers/openai.ts";
 import { makeDocument } from "../_support/documents.ts";
 
 const cl100k = tokenCounterFor("text-embedding-3-small");
@@ -104,4 +107,43 @@ Deno.test("planBatches counts with the counter it is given", () => {
     2,
   ]]);
   assert.deepEqual(planBatches(texts, { maxInputs: 10, maxTokens: 4 }), [[0], [1], [2]]);
+});
+
+Deno.test("mayExceedTokens is false only when no counter can exceed the limit", () => {
+  const cases: [string, number, boolean][] = [
+    ["", 0, false],
+    ["abc", 9, false],
+    ["abcd", 9, true],
+    ["😀😀", 12, false], // 8 bytes, 4 UTF-16 units
+    ["x".repeat(2730), 8191, false],
+    ["x".repeat(2731), 8191, true],
+  ];
+  for (const [text, max, want] of cases) {
+    assert.equal(mayExceedTokens(text, max), want, `${text.length} units within ${max}`);
+    if (!want) {
+      for (const counter of [cl100k, estimateCounter]) assert.ok(counter.count(text) <= max);
+    }
+  }
+});
+
+Deno.test("providers expose their model's token counter", () => {
+  const openai = createOpenAIProvider({
+    apiKey: "sk-test",
+    model: "text-embedding-3-small",
+    dimensions: 8,
+    timeoutMs: 1000,
+  });
+  assert.equal(openai.tokens, cl100k);
+  const other = createOpenAIProvider({
+    apiKey: "sk-test",
+    baseURL: "http://127.0.0.1:9/v1",
+    model: "nomic-embed-text",
+    dimensions: 8,
+    timeoutMs: 1000,
+  });
+  assert.equal(other.tokens.name, "estimate");
+  assert.equal(
+    createLocalProvider({ model: "local-hash-v1", dimensions: 8 }).tokens.name,
+    "estimate",
+  );
 });

@@ -20,7 +20,7 @@ import { embedTexts } from "./embed_texts.ts";
 import type { Job, RefusedJob } from "./jobs.ts";
 import { idFitsKeyType } from "./keys.ts";
 import { type EmbeddingProvider, ProviderError } from "./providers/types.ts";
-import { estimateTokens, truncateToTokens } from "./providers/tokens.ts";
+import { mayExceedTokens } from "./providers/tokens.ts";
 import { deleteJobs, type Failure, handBack, recordFailures } from "./sql/queue.ts";
 import { loadDonorVectors, loadRows } from "./sql/rows.ts";
 import { loadTargets, tableLabel, type Target, type Targets } from "./sql/targets.ts";
@@ -327,17 +327,19 @@ function forProvider(
   if (provider instanceof ProviderError) {
     return outcome.fail(work, provider.message, provider.retryable);
   }
-  const tokens = estimateTokens(text);
+  const counter = provider.tokens;
+  const tokens = mayExceedTokens(text, provider.maxInputTokens) ? counter.count(text) : 0;
   if (tokens > provider.maxInputTokens) {
     if (!options.truncate) {
+      const about = counter.name === "estimate" ? "about " : "";
       return outcome.fail(
         work,
-        `text is about ${tokens} tokens, over the ${provider.maxInputTokens}-token input limit of ` +
+        `text is ${about}${tokens} tokens, over the ${provider.maxInputTokens}-token input limit of ` +
           `${work.target.model}: shorten what the content function returns, or set EMBEDDING_TRUNCATE=true`,
         false,
       );
     }
-    text = truncateToTokens(text, provider.maxInputTokens);
+    text = counter.truncate(text, provider.maxInputTokens);
   }
   work.text = text;
   plan.toEmbed.push(work);

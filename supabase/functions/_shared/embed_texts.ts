@@ -101,7 +101,7 @@ export async function embedTexts(
     const plan = planBatches(texts, {
       maxInputs: provider.maxBatchInputs,
       maxTokens: provider.maxBatchTokens,
-    });
+    }, (text) => provider.tokens.count(text));
     for (const indices of plan) {
       tasks.push(() => call(provider, indices.map((i) => texts[i]), byText));
     }

@@ -79,7 +79,7 @@ export function packBlocks(text: string, blocks: Block[], options: PackOptions):
   for (const block of blocks) {
     const tokens = count(block);
     const limit = block.keepWhole ? chunkSize - prefixTokens : budget;
-    const blockHash = hash32(text.slice(block.start, block.end));
+    const blockHash = startHash(text, block);
     // A heading's boundary ranks below every other: it is cut after only
     // when nothing else is left to cut.
     const level = block.keepWithNext ? Level.Grapheme : Level.Paragraph;
@@ -128,7 +128,7 @@ function atomsWithin(
     const unitEnd = i === units.length - 1 ? endLevel : level;
     const tokens = count(unit);
     if (level === Level.Grapheme || tokens <= budget) {
-      const hash = hash32(text.slice(unit.start, unit.end));
+      const hash = startHash(text, unit);
       atoms.push({ ...unit, level: unitEnd, hash, tokens });
     } else atoms.push(...atomsWithin(text, unit, level, unitEnd, count, budget));
   });
@@ -148,16 +148,17 @@ function splitSegment(atoms: Atom[], fits: (span: Span) => boolean, budget: numb
   if (atoms.length === 1 || fits(span)) return [atoms];
   const total = atoms.reduce((sum, atom) => sum + atom.tokens, 0);
   let best = 1;
-  let bestKey = -1;
+  let bestKey = [-1, -1, -1];
   let left = 0;
   for (let i = 0; i < atoms.length - 1; i++) {
     left += atoms[i].tokens;
-    const balanced = left <= budget && total - left <= budget;
-    const key = (balanced ? 2 ** 40 : 0) + atoms[i].level * 2 ** 32 + atoms[i].hash;
+    const balanced = left <= budget && total - left <= budget ? 1 : 0;
+    const key = [balanced, atoms[i].level, strength(atoms[i])];
+    const order = compareKeys(key, bestKey);
     // Equal keys (repeated text, e.g. a run of one character): the one
     // nearest the middle, so that the recursion stays shallow.
     const nearer = Math.abs(i + 1 - atoms.length / 2) < Math.abs(best - atoms.length / 2);
-    if (key > bestKey || (key === bestKey && nearer)) {
+    if (order > 0 || (order === 0 && nearer)) {
       bestKey = key;
       best = i + 1;
     }
@@ -166,6 +167,19 @@ function splitSegment(atoms: Atom[], fits: (span: Span) => boolean, budget: numb
     ...splitSegment(atoms.slice(0, best), fits, budget),
     ...splitSegment(atoms.slice(best), fits, budget),
   ];
+}
+
+/**
+ * How strongly a unit's end is a boundary: its share of a chunk over its
+ * hash, the same ratio that makes a block end a segment when over 1.
+ */
+function strength(unit: { tokens: number; hash: number }): number {
+  return unit.tokens / (unit.hash + 1);
+}
+
+function compareKeys(a: number[], b: number[]): number {
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return a[i] < b[i] ? -1 : 1;
+  return 0;
 }
 
 /**
@@ -197,6 +211,18 @@ function overlapStart(
     span = units[units.length - 1];
   }
   return end;
+}
+
+/**
+ * Characters of a unit's start that its boundary ranks depend on. An edit
+ * past them leaves the unit's rank (and so the cut decisions around it) as
+ * they were, unless it changes the unit's size a lot.
+ */
+const HASHED_PREFIX = 64;
+
+/** Hash of the first HASHED_PREFIX characters of `span`. */
+function startHash(text: string, span: Span): number {
+  return hash32(text.slice(span.start, Math.min(span.end, span.start + HASHED_PREFIX)));
 }
 
 /** FNV-1a over UTF-16 code units with a murmur3 finaliser: a well-mixed 32-bit hash. */

@@ -1,5 +1,6 @@
 // The offline embedder behind `local-*` models: lets the demo and the tests
 // run with no API key and no network.
+import { tokenCounterFor } from "./tokens.ts";
 import { type EmbeddingProvider, ProviderError } from "./types.ts";
 
 /**
@@ -38,6 +39,7 @@ export function createLocalProvider(
     maxBatchInputs: 2048,
     maxBatchTokens: 10_000_000,
     maxInputTokens: 8191,
+    tokens: tokenCounterFor(model),
     embed(texts: string[], signal?: AbortSignal): Promise<number[][]> {
       try {
         signal?.throwIfAborted();

@@ -2,6 +2,7 @@
 // vLLM, TEI, LM Studio) through the official SDK.
 import OpenAI from "openai";
 import type { Vector } from "../vectors.ts";
+import { tokenCounterFor } from "./tokens.ts";
 import { classifyProviderError, type EmbeddingProvider, ProviderError } from "./types.ts";
 
 const OPENAI_BASE_URL = "https://api.openai.com/v1";
@@ -52,6 +53,7 @@ export function createOpenAIProvider(opts: OpenAIProviderOptions): EmbeddingProv
     maxBatchInputs: opts.maxBatchInputs ?? 2048,
     maxBatchTokens: 300_000,
     maxInputTokens: 8191,
+    tokens: tokenCounterFor(model),
     async embed(texts: string[], signal?: AbortSignal): Promise<Vector[]> {
       if (texts.length === 0) return [];
       try {

@@ -86,6 +86,17 @@ export function truncateToTokens(text: string, maxTokens: number): string {
 }
 
 /**
+ * Whether `text` can have more than `maxTokens` tokens by any counter here:
+ * false when it has at most `maxTokens` UTF-8 bytes (every token is at least
+ * one byte, and a UTF-16 unit at most three), so short texts are never
+ * tokenized (and a process that sees only short texts never loads a rank
+ * table).
+ */
+export function mayExceedTokens(text: string, maxTokens: number): boolean {
+  return 3 * text.length > maxTokens;
+}
+
+/**
  * Splits the indices of `texts` into consecutive batches of at most
  * `maxInputs` texts and at most `maxTokens` tokens by `count` (default: the
  * estimate). A text that is
@@ -99,11 +110,15 @@ export function planBatches(
   count: (text: string) => number = estimateTokens,
 ): number[][] {
   const maxInputs = Math.max(1, Math.floor(limits.maxInputs));
+  // When all texts together cannot exceed the token limit, only the number
+  // of inputs matters, and no text needs counting.
+  const length = texts.reduce((sum, text) => sum + text.length, 0);
+  const costOf = 3 * length > limits.maxTokens ? count : () => 0;
   const batches: number[][] = [];
   let current: number[] = [];
   let tokens = 0;
   texts.forEach((text, index) => {
-    const cost = count(text);
+    const cost = costOf(text);
     if (current.length > 0 && (current.length >= maxInputs || tokens + cost > limits.maxTokens)) {
       batches.push(current);
       current = [];

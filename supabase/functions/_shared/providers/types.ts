@@ -2,6 +2,7 @@
 // that decides whether a provider failure is worth retrying.
 import { APIConnectionError, APIConnectionTimeoutError, APIError, APIUserAbortError } from "openai";
 import type { Vector } from "../vectors.ts";
+import type { TokenCounter } from "./tokens.ts";
 
 export interface EmbeddingProvider {
   /** Model name as configured on the table (util.embedding_targets). */
@@ -10,10 +11,16 @@ export interface EmbeddingProvider {
   readonly dimensions: number;
   /** Most inputs one `embed` call may carry. */
   readonly maxBatchInputs: number;
-  /** Most estimated tokens (see tokens.ts) one `embed` call may carry. */
+  /** Most tokens (by `tokens`) one `embed` call may carry. */
   readonly maxBatchTokens: number;
-  /** Most estimated tokens one input may have. */
+  /** Most tokens (by `tokens`) one input may have. */
   readonly maxInputTokens: number;
+  /**
+   * Counts tokens as the model does (its real tokenizer where one is known,
+   * else an estimate that errs high; see tokens.ts): the unit of the limits
+   * above and of chunk sizes.
+   */
+  readonly tokens: TokenCounter;
   /**
    * One vector per text, in the order of `texts`. Fails with a ProviderError,
    * or with whatever aborted the call when `signal` is aborted.
