@@ -214,6 +214,40 @@ Deno.test("markdown chunks carry their heading path and keep code fences whole",
   );
 });
 
+Deno.test("markdown heading lines: closing hashes dropped, long paths shortened from the top", () => {
+  const body = "Some words about the section that make it long enough to need two chunks. ".repeat(
+    4,
+  );
+  const text = `# Top ##\n\n## Middle part of the guide\n\n### Leaf #\n\n${body}\n\n${body}\n`;
+  const roomy = splitIntoChunks(
+    text,
+    { splitter: "markdown", chunkSize: 128, chunkOverlap: 0 },
+    cl100k,
+  );
+  assert.ok(
+    roomy.some((c) => c.text.startsWith("# Top > ## Middle part of the guide > ### Leaf\n")),
+  );
+  // A quarter of 32 tokens holds "### Leaf" but not the path above it.
+  const tight = splitIntoChunks(
+    text,
+    { splitter: "markdown", chunkSize: 32, chunkOverlap: 0 },
+    cl100k,
+  );
+  assertWellFormed(text, { splitter: "markdown", chunkSize: 32, chunkOverlap: 0 }, tight);
+  assert.ok(
+    tight.some((c) => c.text.startsWith("### Leaf\n")),
+    JSON.stringify(tight.map((c) => c.text)),
+  );
+  // A one-line document that is a heading is one long section, quickly.
+  const line = `# ${"word ".repeat(20000)}`;
+  const chunks = splitIntoChunks(
+    line,
+    { splitter: "markdown", chunkSize: 512, chunkOverlap: 64 },
+    cl100k,
+  );
+  assertWellFormed(line, { splitter: "markdown", chunkSize: 512, chunkOverlap: 64 }, chunks);
+});
+
 Deno.test("markdown splits a code block only when it alone exceeds chunkSize", () => {
   const code = Array.from({ length: 40 }, (_, i) => `  step_${i}();`).join("\n");
   const text = `# Code\n\nSome text.\n\n~~~js\n${code}\n~~~\n\nAfter.\n`;

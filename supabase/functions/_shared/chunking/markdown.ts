@@ -34,7 +34,8 @@ interface Line extends Span {
   content: string;
 }
 
-const HEADING = /^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$/;
+/** An ATX heading's marks; the title is the rest of the line, without closing `#`s. */
+const HEADING = /^ {0,3}(#{1,6})(?:[ \t]|$)/;
 const FENCE_OPEN = /^ {0,3}(`{3,}|~{3,})/;
 
 /** The sections of a markdown text, covering it in order. */
@@ -86,7 +87,13 @@ export function markdownSections(text: string): Section[] {
         paths.push([...path]);
       }
       const level = heading[1].length;
-      const title = (heading[2] ?? "").trim();
+      // No regex over the whole title: a line can be very long.
+      let title = line.content.slice(heading[0].length).trim();
+      const closing =
+        title.lastIndexOf(" #") >= 0 && /^#+$/.test(title.slice(title.lastIndexOf(" #") + 1))
+          ? title.lastIndexOf(" #")
+          : title.length;
+      title = /^#+$/.test(title) ? "" : title.slice(0, closing).trim();
       const label = title ? `${heading[1]} ${title}` : heading[1];
       while (path.length > 0 && levelOf(path[path.length - 1]) >= level) path.pop();
       path.push(label);

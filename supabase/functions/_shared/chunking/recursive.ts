@@ -86,7 +86,7 @@ export function packBlocks(text: string, blocks: Block[], options: PackOptions):
     if (tokens <= limit) {
       segment.push({ start: block.start, end: block.end, level, hash: blockHash, tokens });
     } else {
-      segment.push(...atomsWithin(text, block, Level.Paragraph, level, count, budget));
+      segment.push(...atomsWithin(text, block, tokens, Level.Paragraph, level, count, budget));
     }
     if (!block.keepWithNext && blockHash / 2 ** 32 < (2 * tokens) / budget) endSegment();
   }
@@ -110,12 +110,14 @@ export function packBlocks(text: string, blocks: Block[], options: PackOptions):
 }
 
 /**
- * The atoms of `span`: its units at `level`, each cut further at finer
- * levels while over `budget`. The last atom's boundary is `endLevel`.
+ * The atoms of `span` (of `spanTokens` tokens): its units at the level
+ * below `parentLevel`, each cut further at finer levels while over
+ * `budget`. The last atom's boundary is `endLevel`.
  */
 function atomsWithin(
   text: string,
   span: Span,
+  spanTokens: number,
   parentLevel: Level,
   endLevel: Level,
   count: (span: Span) => number,
@@ -126,11 +128,13 @@ function atomsWithin(
   const atoms: Atom[] = [];
   units.forEach((unit, i) => {
     const unitEnd = i === units.length - 1 ? endLevel : level;
-    const tokens = count(unit);
+    // A span that is one unit at this level keeps its count (counting a
+    // long span again is what costs).
+    const tokens = units.length === 1 ? spanTokens : count(unit);
     if (level === Level.Grapheme || tokens <= budget) {
       const hash = startHash(text, unit);
       atoms.push({ ...unit, level: unitEnd, hash, tokens });
-    } else atoms.push(...atomsWithin(text, unit, level, unitEnd, count, budget));
+    } else atoms.push(...atomsWithin(text, unit, tokens, level, unitEnd, count, budget));
   });
   return atoms;
 }
@@ -145,8 +149,12 @@ function atomsWithin(
 function splitSegment(atoms: Atom[], fits: (span: Span) => boolean, budget: number): Atom[][] {
   if (atoms.length === 0) return [];
   const span = { start: atoms[0].start, end: atoms[atoms.length - 1].end };
-  if (atoms.length === 1 || fits(span)) return [atoms];
   const total = atoms.reduce((sum, atom) => sum + atom.tokens, 0);
+  // Far over the budget by the sum of its atoms: no need to count the span
+  // (cutting is always safe; only keeping a span whole needs the exact count).
+  if (atoms.length === 1 || (total <= 2 * budget && fits(span))) {
+    return [atoms];
+  }
   let best = 1;
   let bestKey = [-1, -1, -1];
   let left = 0;

@@ -79,21 +79,22 @@ export function splitIntoChunks(
       // are dropped first.
       const maxPrefix = Math.floor(chunkSize / 4);
       return markdownSections(text).flatMap((section) => {
-        const prefix = (start: number) => {
+        const shortened = (start: number) => {
           let line = headingPrefix(section, start);
           for (let drop = 1; line && counter.count(line) > maxPrefix; drop++) {
             line = headingPrefix({ ...section, path: section.path.slice(drop) }, start);
           }
           return line;
         };
+        const first = shortened(section.start);
+        const rest = shortened(-1);
         return packBlocks(text, section.blocks, {
           chunkSize,
           chunkOverlap,
           counter,
-          prefix,
+          prefix: (start) => (start === section.start ? first : rest),
           // Shortening can leave a section's first line longer than the rest's.
-          longestPrefix: [prefix(section.start), prefix(-1)]
-            .reduce((a, b) => (counter.count(a) >= counter.count(b) ? a : b)),
+          longestPrefix: counter.count(first) > counter.count(rest) ? first : rest,
         });
       });
     }
