@@ -3,92 +3,23 @@
 // sentences, one bullet list and one fenced code block (with a `#` comment
 // line that is not a heading).
 
-const NOUNS = [
-  "embedding",
-  "vector",
-  "table",
-  "row",
-  "queue",
-  "worker",
-  "model",
-  "chunk",
-  "index",
-  "query",
-  "trigger",
-  "function",
-  "batch",
-  "provider",
-  "token",
-  "schema",
-  "column",
-  "migration",
-  "cluster",
-  "search",
-  "document",
-  "paragraph",
-  "heading",
-  "secret",
-  "backlog",
-  "tenant",
-  "replica",
-  "cache",
-];
-const VERBS = [
-  "keeps",
-  "updates",
-  "splits",
-  "embeds",
-  "stores",
-  "reads",
-  "writes",
-  "drains",
-  "checks",
-  "skips",
-  "retries",
-  "batches",
-  "hashes",
-  "copies",
-  "replaces",
-  "indexes",
-  "returns",
-  "notices",
-];
-const ADJECTIVES = [
-  "fresh",
-  "stale",
-  "long",
-  "short",
-  "cheap",
-  "local",
-  "remote",
-  "durable",
-  "atomic",
-  "lexical",
-  "semantic",
-  "careful",
-  "quiet",
-  "busy",
-  "empty",
-  "large",
-  "small",
-  "stable",
-  "new",
-  "old",
-];
-const OTHERS = [
-  "quickly",
-  "again",
-  "later",
-  "once",
-  "in order",
-  "without a call",
-  "for every row",
-  "at the next tick",
-  "under load",
-  "by its hash",
-  "with backoff",
-  "in one statement",
-];
+const NOUNS = (
+  "embedding vector table row queue worker model chunk index query trigger function " +
+  "batch provider token schema column migration cluster search document paragraph " +
+  "heading secret backlog tenant replica cache"
+).split(" ");
+const VERBS = (
+  "keeps updates splits embeds stores reads writes drains checks skips retries " +
+  "batches hashes copies replaces indexes returns notices"
+).split(" ");
+const ADJECTIVES = (
+  "fresh stale long short cheap local remote durable atomic lexical semantic " +
+  "careful quiet busy empty large small stable new old"
+).split(" ");
+const OTHERS = (
+  "quickly|again|later|once|in order|without a call|for every row|at the next tick|" +
+  "under load|by its hash|with backoff|in one statement"
+).split("|");
 
 /** A small deterministic PRNG (mulberry32), in [0, 1). */
 function random(seed: number): () => number {

@@ -13,6 +13,7 @@ import {
   estimateCounter,
   tokenCounterFor,
 } from "../../supabase/functions/_shared/providers/tokens.ts";
+import { markdownSections } from "../../supabase/functions/_shared/chunking/markdown.ts";
 import { editParagraph, makeDocument } from "../_support/documents.ts";
 
 const cl100k = tokenCounterFor("text-embedding-3-small");
@@ -246,6 +247,30 @@ Deno.test("markdown heading lines: closing hashes dropped, long paths shortened 
     cl100k,
   );
   assertWellFormed(line, { splitter: "markdown", chunkSize: 512, chunkOverlap: 64 }, chunks);
+});
+
+Deno.test("markdownSections: ATX headings only, outside fences, with their paths", () => {
+  const cases: [string, string[][]][] = [
+    ["# A\n\ntext\n\n## B\n\ntext\n", [["# A"], ["# A", "## B"]]],
+    ["## C#\n\ntext\n", [["## C#"]]],
+    ["# Closed ###\n\ntext\n", [["# Closed"]]],
+    ["#\n\ntext\n", [["#"]]],
+    ["#NoSpace\n\n####### seven\n", [[]]],
+    ["    # indented code\n\ntext\n", [[]]],
+    ["# A\n\n```\n# in code\n```\n\n### C\n\nx\n\n## D\n\ny\n", [["# A"], ["# A", "### C"], [
+      "# A",
+      "## D",
+    ]]],
+    ["~~~\n# open fence to the end\n", [[]]],
+    ["Title\n=====\n\ntext\n", [[]]],
+  ];
+  for (const [text, paths] of cases) {
+    const sections = markdownSections(text);
+    assert.deepEqual(sections.map((s) => s.path), paths, JSON.stringify(text));
+    assert.equal(sections[0].start, 0);
+    assert.equal(sections[sections.length - 1].end, text.length);
+    for (let i = 1; i < sections.length; i++) assert.equal(sections[i].start, sections[i - 1].end);
+  }
 });
 
 Deno.test("markdown splits a code block only when it alone exceeds chunkSize", () => {

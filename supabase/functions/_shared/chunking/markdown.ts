@@ -4,7 +4,8 @@
 // to the next heading of any level; text before the first heading is a
 // section with no heading. A section with nothing but its heading is joined
 // to the next one, so no chunk is a bare heading. Chunks never span two
-// sections.
+// sections, and the overlap does not cross into a section from the one
+// before.
 //
 // Heading path: every chunk of a section carries the headings above it, as
 // one first line before the chunk's source text, the headings as written
@@ -87,13 +88,7 @@ export function markdownSections(text: string): Section[] {
         paths.push([...path]);
       }
       const level = heading[1].length;
-      // No regex over the whole title: a line can be very long.
-      let title = line.content.slice(heading[0].length).trim();
-      const closing =
-        title.lastIndexOf(" #") >= 0 && /^#+$/.test(title.slice(title.lastIndexOf(" #") + 1))
-          ? title.lastIndexOf(" #")
-          : title.length;
-      title = /^#+$/.test(title) ? "" : title.slice(0, closing).trim();
+      const title = headingTitle(line.content.slice(heading[0].length));
       const label = title ? `${heading[1]} ${title}` : heading[1];
       while (path.length > 0 && levelOf(path[path.length - 1]) >= level) path.pop();
       path.push(label);
@@ -148,6 +143,22 @@ export function headingPrefix(section: Section, start: number): string {
     ? section.path.filter((heading) => !section.leading.includes(heading))
     : section.path;
   return shown.length > 0 ? `${shown.join(" > ")}\n` : "";
+}
+
+/**
+ * A heading's title: the rest of its line, trimmed, without a closing
+ * sequence of `#`s (one that stands alone or follows a space). Scanned
+ * by hand: a heading line can be very long.
+ */
+function headingTitle(rest: string): string {
+  const title = rest.trim();
+  let end = title.length;
+  while (end > 0 && title[end - 1] === "#") end--;
+  if (end === 0) return "";
+  if (end < title.length && (title[end - 1] === " " || title[end - 1] === "\t")) {
+    return title.slice(0, end).trim();
+  }
+  return title;
 }
 
 function levelOf(label: string): number {

@@ -5,20 +5,28 @@
 // 1. Atoms: a block over the budget is cut at lines, then sentences, words,
 //    grapheme clusters, until every piece fits (a single grapheme cluster
 //    that does not is "oversize").
-// 2. Segments: after a block whose hash falls under 2·tokens/budget (so on
-//    average every budget/2 tokens) the text is always cut. Whether a block
-//    ends a segment depends on that block alone, so segments resynchronise
-//    right after an edit.
-// 3. Inside a segment over the budget: cut at the boundary of the coarsest
-//    level (paragraph, line, sentence, word, grapheme) with the highest
-//    hash, and again in each half until every piece fits. The cut points
-//    again depend on the text around them only, not on where the segment
-//    starts (unlike greedy packing, where one length change moves every
-//    later boundary).
+// 2. Segments: the text is always cut after a block whose strength
+//    (tokens / hash of its first 64 characters) is over budget / 2³³, i.e.
+//    with probability 2·tokens/budget: about every budget/2 tokens. Whether
+//    a block ends a segment depends on that block alone, so segments
+//    resynchronise right after an edit (and an edit past a block's first
+//    64 characters rarely changes the decision at all).
+// 3. Inside a segment over the budget: cut at the strongest boundary, by
+//    (both sides within the budget, coarsest level: paragraph, line,
+//    sentence, word, grapheme; then strength), and again in each part until
+//    every part fits. The cut points again depend on the text around them,
+//    not on where the segment starts (unlike greedy packing, where one
+//    length change moves every later boundary).
 // 4. Overlap: each chunk after the first also starts with the trailing whole
 //    units (atoms, else finer units) of the chunk before, at most
 //    chunkOverlap tokens; bodies are packed to chunkSize - chunkOverlap so
-//    the whole fits.
+//    the whole fits (if it still does not, the overlap is dropped).
+//
+// Measured on generated 60-paragraph documents (tests/_support/documents.ts,
+// 10 seeds, first/middle/last sentence of each paragraph edited, recursive
+// and markdown at 512/64 and 128/16): one edit changed 1 to 3 chunk texts,
+// except 1 edit in 7,200 that changed 4 (two segments joined when the
+// edited block stopped ending one).
 import type { TokenCounter } from "../providers/tokens.ts";
 import { Level, type Span, unitsAt } from "./units.ts";
 
@@ -51,7 +59,7 @@ export interface PackOptions {
 interface Atom extends Span {
   /** Level of the boundary at its end. */
   level: Level;
-  /** Hash of its text: ranks boundaries of the same level. */
+  /** Hash of its first characters (see startHash): ranks boundaries of the same level. */
   hash: number;
   tokens: number;
 }

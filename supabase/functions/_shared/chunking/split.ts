@@ -1,12 +1,20 @@
 // Splitting a row's text into the chunks a chunked target embeds: the
 // public entry of the chunking modules. Pure functions, no I/O.
 //
+// Splitters: `recursive` (default) cuts at paragraphs, then lines,
+// sentences, words and grapheme clusters, with content-defined boundaries
+// (recursive.ts); `markdown` first cuts at ATX headings and puts the heading
+// path before each chunk, keeping fenced code whole (markdown.ts); `none`
+// gives the whole text as one chunk.
+//
 // Every chunk's `text` is `source.slice(start, end)`, after a heading-path
-// line for the markdown splitter (see markdown.ts). The spans cover the
-// whole source in order; consecutive spans overlap by the chunkOverlap
-// tokens taken from the end of the previous chunk. A text that is empty or
-// only whitespace has no chunks (there is nothing to embed, as for an
-// empty whole-row text).
+// line for the markdown splitter. The spans cover the whole source in
+// order; a span repeats at most chunkOverlap tokens (whole units) from the
+// end of the one before. No chunk has more than chunkSize tokens by the
+// counter given, unless one indivisible unit (a grapheme cluster, or for
+// `none` the text) alone has more: that chunk is marked `oversize`. A text
+// that is empty or only whitespace has no chunks (there is nothing to embed,
+// as for an empty whole-row text).
 import type { TokenCounter } from "../providers/tokens.ts";
 import { headingPrefix, markdownSections } from "./markdown.ts";
 import { packBlocks } from "./recursive.ts";

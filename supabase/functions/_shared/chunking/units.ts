@@ -10,8 +10,6 @@ export enum Level {
   Sentence = 2,
   Line = 3,
   Paragraph = 4,
-  /** A heading or a section start in markdown: never merged across. */
-  Section = 5,
 }
 
 export interface Span {
@@ -31,7 +29,6 @@ export function unitsAt(text: string, span: Span, level: Level): Span[] {
   const part = text.slice(span.start, span.end);
   let cuts: number[];
   switch (level) {
-    case Level.Section:
     case Level.Paragraph:
       cuts = cutsAfter(part, /\n(?:[ \t]*\n)+/g);
       break;
