@@ -109,6 +109,61 @@ Deno.test("every splitter covers generated documents in order within the size li
   }
 });
 
+/** Random text from fragments that are hard for splitters, the same for a seed. */
+function nastyText(seed: number): string {
+  const fragments = [
+    "word ",
+    "Sentence ends here. ",
+    "Question? ",
+    "\n",
+    "\n\n",
+    "\r\n",
+    "\t",
+    "   ",
+    "# Heading\n",
+    "## Sub #\n",
+    "```\n",
+    "~~~~\n",
+    "code();\n",
+    "- item\n",
+    "向量嵌入。",
+    "数据库",
+    "👨‍👩‍👧",
+    "🇯🇵",
+    "e\u0301",
+    "ﬁ",
+    "x".repeat(50),
+    "<|endoftext|>",
+    "1234567",
+  ];
+  let state = seed;
+  const next = () => (state = (Math.imul(state, 1103515245) + 12345) >>> 0) / 2 ** 32;
+  let text = "";
+  const length = 20 + Math.floor(next() * 400);
+  for (let i = 0; i < length; i++) text += fragments[Math.floor(next() * fragments.length)];
+  return text;
+}
+
+Deno.test("every splitter covers random hard text, cutting only between graphemes", () => {
+  const graphemes = new Intl.Segmenter(undefined, { granularity: "grapheme" });
+  for (let seed = 1; seed <= 30; seed++) {
+    const text = nastyText(seed);
+    const starts = new Set([...graphemes.segment(text)].map((s) => s.index));
+    starts.add(text.length);
+    for (const splitter of SPLITTERS) {
+      for (const [chunkSize, chunkOverlap] of [[16, 8], [64, 0], [200, 50]]) {
+        const settings = { splitter, chunkSize, chunkOverlap };
+        const chunks = splitIntoChunks(text, settings, cl100k);
+        assertWellFormed(text, settings, chunks);
+        for (const c of chunks) {
+          assert.ok(starts.has(c.start) && starts.has(c.end), `seed ${seed}: grapheme cut`);
+          if (c.oversize) assert.equal(splitter, "none", `seed ${seed}: oversize ${c.text}`);
+        }
+      }
+    }
+  }
+});
+
 Deno.test("none gives the whole text as one chunk, oversize when over", () => {
   const doc = makeDocument(3, 10);
   const [small] = splitIntoChunks(

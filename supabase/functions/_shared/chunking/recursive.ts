@@ -103,11 +103,19 @@ export function packBlocks(text: string, blocks: Block[], options: PackOptions):
   const chunks: PackedChunk[] = [];
   bodies.forEach((body, i) => {
     let start = i === 0 ? body.start : overlapStart(text, atomsOf[i - 1], chunkOverlap, counter);
+    let withPrefix = true;
     for (;;) {
-      const chunkText = (options.prefix?.(start) ?? "") + text.slice(start, body.end);
+      const prefix = withPrefix ? options.prefix?.(start) ?? "" : "";
+      const chunkText = prefix + text.slice(start, body.end);
       const tokens = counter.count(chunkText);
+      // Over the size only beside one indivisible unit (or a code block that
+      // fills the chunk): drop the overlap, then the context line.
       if (tokens > chunkSize && start < body.start) {
-        start = body.start; // the overlap does not fit beside this body: drop it
+        start = body.start;
+        continue;
+      }
+      if (tokens > chunkSize && prefix) {
+        withPrefix = false;
         continue;
       }
       chunks.push({ start, end: body.end, text: chunkText, tokens, oversize: tokens > chunkSize });
