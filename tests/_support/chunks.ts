@@ -58,10 +58,14 @@ export async function chunkProblems(
   for (const c of chunks) bySource.set(c.source_id, [...bySource.get(c.source_id) ?? [], c]);
   const problems: string[] = [];
   for (const a of articles) {
-    const want = a.body.trim() === "" ? [] : splitIntoChunks(a.body, settings, counter).map((c) => c.text);
+    const want = a.body.trim() === ""
+      ? []
+      : splitIntoChunks(a.body, settings, counter).map((c) => c.text);
     const got = bySource.get(a.id) ?? [];
     bySource.delete(a.id);
-    if (got.length !== want.length) problems.push(`${a.id}: ${got.length} chunks, expected ${want.length}`);
+    if (got.length !== want.length) {
+      problems.push(`${a.id}: ${got.length} chunks, expected ${want.length}`);
+    }
     got.forEach((c, i) => {
       if (c.chunk_seq !== i) problems.push(`${a.id}: chunk_seq ${c.chunk_seq} at position ${i}`);
       if (c.chunk !== want[i]) problems.push(`${a.id}/${i}: not the chunk of the current text`);

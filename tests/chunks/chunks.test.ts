@@ -3,7 +3,7 @@
 // texts, deletes, settings changes, and status.
 import assert from "node:assert/strict";
 import { ARTICLE_SETTINGS, chunkProblems, createArticles } from "../_support/chunks.ts";
-import { withTestDb } from "../_support/db.ts";
+import { connect, type Sql, withTestDb } from "../_support/db.ts";
 import { editParagraph, makeDocument } from "../_support/documents.ts";
 import { startPipeline } from "../_support/pipeline.ts";
 import { settle } from "../_support/settle.ts";
@@ -42,3 +42,133 @@ Deno.test("chunks: 20 long documents embedded chunk by chunk; a one-paragraph ed
     }
   });
 });
+
+Deno.test("chunks: a shrinking text drops surplus chunks, deletes cascade, a settings change pays only new chunk texts", async () => {
+  await withTestDb(async (sql, url) => {
+    const pipeline = await startPipeline(sql, url);
+    try {
+      await createArticles(sql);
+      for (let i = 1; i <= 3; i++) {
+        await sql`insert into articles (id, title, body) values (${i}, ${"doc " + i}, ${
+          makeDocument(i, 40)
+        })`;
+      }
+      await settle(sql);
+      assert.deepEqual(await chunkProblems(sql), []);
+      const count = async (id: number) =>
+        (await sql`select count(*)::int as n from article_chunks where source_id = ${id}`)[0].n;
+      const before = await count(1);
+
+      const [{ body }] = await sql`select body from articles where id = 1`;
+      await sql`update articles set body = ${
+        body.slice(0, Math.floor(body.length / 3))
+      } where id = 1`;
+      await sql`update articles set body = '   ' where id = 3`;
+      await settle(sql);
+      assert.deepEqual(await chunkProblems(sql), []);
+      assert.ok((await count(1)) < before, "the shorter text has fewer chunks");
+      assert.equal(await count(3), 0, "a blank text has no chunks");
+      const [blank] = await sql`
+        select count(*)::int as n from util.embedding_fingerprints f
+          join util.embedding_targets t on t.id = f.target_id
+         where t.destination = 'public.article_chunks'::regclass and f.row_id = '3'`;
+      assert.equal(blank.n, 0, "nor a fingerprint");
+
+      await sql`delete from articles where id = 2`;
+      assert.equal(await count(2), 0, "the delete cascaded to the chunks");
+      await settle(sql);
+
+      const [status] = await sql`
+        select total_rows::int, embedded::int, missing::int, stale::int, chunks::int, destination
+          from util.embedding_status where embedding_column = 'article_chunks'`;
+      assert.deepEqual(
+        { ...status },
+        {
+          total_rows: 2,
+          embedded: 1,
+          missing: 0,
+          stale: 0,
+          chunks: await count(1),
+          destination: "public.article_chunks",
+        },
+      );
+
+      // A larger chunk size: every row is re-chunked; the provider sees only
+      // chunk texts no chunk held before.
+      const settings = { ...ARTICLE_SETTINGS, chunkSize: 256 };
+      const old = new Set((await sql`select chunk from article_chunks`).map((r) => r.chunk));
+      pipeline.fake.resetStats();
+      await sql`select util.set_chunking('public.articles', chunk_size => 256)`;
+      const [stale] =
+        await sql`select stale::int from util.embedding_status where embedding_column = 'article_chunks'`;
+      assert.equal(stale.stale, 1, "the settings change made the row stale");
+      await settle(sql);
+      assert.deepEqual(await chunkProblems(sql, settings), []);
+      const fresh = pipeline.fake.stats.embeddedTexts;
+      assert.ok(fresh.length > 0, "new chunk texts were embedded");
+      assert.deepEqual(fresh.filter((t) => old.has(t)), [], "no chunk text was paid for twice");
+    } finally {
+      await pipeline.stop();
+    }
+  });
+});
+
+Deno.test("chunks: arguments are checked, model changes refused, disable says what it leaves", async () => {
+  await withTestDb(async (sql, url) => {
+    await createArticles(sql);
+    const codeOf = async (statement: string) => {
+      try {
+        await sql.unsafe(statement);
+        return "ok";
+      } catch (err) {
+        return (err as { code?: string }).code;
+      }
+    };
+    assert.equal(await codeOf("select util.set_chunking('articles', chunk_size => 8)"), "AE003");
+    assert.equal(
+      await codeOf("select util.set_chunking('articles', chunk_overlap => 100)"),
+      "AE003",
+    );
+    assert.equal(await codeOf("select util.set_chunking('articles', splitter => 'html')"), "AE003");
+    assert.equal(
+      await codeOf("select util.enable_embeddings('articles', 'article_text', chunk_size => 100)"),
+      "AE003",
+    );
+    assert.equal(
+      await codeOf(
+        "select util.reembed('articles', 'article_chunks', model => 'text-embedding-3-large')",
+      ),
+      "AE003",
+    );
+    assert.equal(await codeOf("select util.set_chunking('articles', chunk_size => 64)"), "ok");
+    const notices: string[] = [];
+    const listening = connect(url, { onnotice: (n) => notices.push(n.message) });
+    try {
+      await listening`select util.disable_embeddings('articles', 'article_chunks')`;
+    } finally {
+      await listening.end();
+    }
+    assert.ok(
+      notices.some((n) => n.includes("article_chunks") && n.includes("stays")),
+      notices.join(),
+    );
+    const [kept] = await sql`select to_regclass('public.article_chunks') is not null as kept`;
+    assert.ok(kept.kept, "the destination stays by default");
+    await reattach(sql);
+  });
+});
+
+/** Enabling onto an existing table of the same name is refused (AE003); drop_destination drops it. */
+async function reattach(sql: Sql) {
+  try {
+    await sql`select util.enable_embeddings('articles', 'article_text', destination => 'public.article_chunks')`;
+    assert.fail("enabling onto an existing table must be refused");
+  } catch (err) {
+    assert.equal((err as { code?: string }).code, "AE003");
+  }
+  await sql`drop table article_chunks`;
+  await sql`select util.enable_embeddings('articles', 'article_text', destination => 'public.article_chunks')`;
+  await sql`select util.disable_embeddings('articles', 'article_chunks', drop_destination => true)`;
+  const [gone] = await sql`select to_regclass('public.article_chunks') is null as gone`;
+  assert.ok(gone.gone, "drop_destination drops it");
+}

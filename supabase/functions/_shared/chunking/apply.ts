@@ -7,7 +7,7 @@
 import { createHash } from "node:crypto";
 import type postgres from "postgres";
 import { isConnectionError } from "../db_errors.ts";
-import { embedTexts, type EmbedRequest } from "../embed_texts.ts";
+import { type EmbedRequest, embedTexts } from "../embed_texts.ts";
 import { type EmbeddingProvider, ProviderError } from "../providers/types.ts";
 import { tokenCounterFor } from "../providers/tokens.ts";
 import {
@@ -94,11 +94,16 @@ export async function applyChunked<W extends ChunkedWork>(
   const requested: { piece: Piece; target: Target }[] = [];
   for (const [target, rows] of rowsByTarget) {
     stats.rows += rows.size;
-    const loaded = await loadChunkedRows(sql, target, [...rows.keys()], (rowId, message, retryable) => {
-      if (!retryable) stats.refused++;
-      outcome.fail(rows.get(rowId)!, message, retryable);
-      rows.delete(rowId);
-    });
+    const loaded = await loadChunkedRows(
+      sql,
+      target,
+      [...rows.keys()],
+      (rowId, message, retryable) => {
+        if (!retryable) stats.refused++;
+        outcome.fail(rows.get(rowId)!, message, retryable);
+        rows.delete(rowId);
+      },
+    );
     const counter = tokenCounterFor(target.model);
     const settings = chunkSettingsOf(target);
     const targetPlans: RowPlan<W>[] = [];
@@ -149,7 +154,8 @@ export async function applyChunked<W extends ChunkedWork>(
           const notes = truncated.get(target) ?? [];
           notes.push({
             rowId: plan.work.rowId,
-            error: `a chunk of ${tokens} tokens is over the ${provider.maxInputTokens}-token input ` +
+            error:
+              `a chunk of ${tokens} tokens is over the ${provider.maxInputTokens}-token input ` +
               `limit of ${target.model}: embedded its first ${provider.maxInputTokens} tokens ` +
               "(split the text with a splitter other than none, or break up the long unit)",
           });
@@ -167,7 +173,10 @@ export async function applyChunked<W extends ChunkedWork>(
     signal: options.signal,
     concurrency: options.providerConcurrency,
   }, stats);
-  const failures = new Map<Piece, { error: string; retryable: boolean; retryAfterMs?: number } | "handedBack">();
+  const failures = new Map<
+    Piece,
+    { error: string; retryable: boolean; retryAfterMs?: number } | "handedBack"
+  >();
   requested.forEach(({ piece, target }, i) => {
     const result = results[i];
     if ("vector" in result) {
@@ -182,8 +191,9 @@ export async function applyChunked<W extends ChunkedWork>(
     if (plan.failed) continue;
     const failure = plan.pieces.map((p) => failures.get(p)).find((f) => f !== undefined);
     if (failure === "handedBack") outcome.handBack(plan.work);
-    else if (failure) outcome.fail(plan.work, failure.error, failure.retryable, failure.retryAfterMs);
-    else {
+    else if (failure) {
+      outcome.fail(plan.work, failure.error, failure.retryable, failure.retryAfterMs);
+    } else {
       const list = byTarget.get(plan.target) ?? [];
       list.push(plan);
       byTarget.set(plan.target, list);
@@ -214,7 +224,9 @@ export async function applyChunked<W extends ChunkedWork>(
         } else stats.superseded++; // its text changed since it was read; its newer job writes it
       }
       const notes = truncated.get(target) ?? [];
-      const writtenRows = new Set(list.filter((p) => written.get(p.work.rowId) === "written").map((p) => p.work.rowId));
+      const writtenRows = new Set(
+        list.filter((p) => written.get(p.work.rowId) === "written").map((p) => p.work.rowId),
+      );
       await recordTruncatedChunks(sql, target, notes.filter((n) => writtenRows.has(n.rowId)));
     } catch (err) {
       if (isConnectionError(err)) throw err;
@@ -224,7 +236,10 @@ export async function applyChunked<W extends ChunkedWork>(
   }
 }
 
-function safeProvider(options: ChunkApplyOptions, target: Target): EmbeddingProvider | ProviderError {
+function safeProvider(
+  options: ChunkApplyOptions,
+  target: Target,
+): EmbeddingProvider | ProviderError {
   try {
     return options.providerFor(target.model, target.dimensions);
   } catch (err) {

@@ -67,7 +67,11 @@ export async function loadChunkedRows(
       select util._invalid_keys(${target.id}, ${params[2]}::text::jsonb) as invalid`;
     const refused = new Set(invalid);
     for (const rowId of refused) {
-      onRowError(rowId, `refused: the job's id is not a valid ${target.pk_type_sql} primary key value`, false);
+      onRowError(
+        rowId,
+        `refused: the job's id is not a valid ${target.pk_type_sql} primary key value`,
+        false,
+      );
     }
     rowIds = rowIds.filter((id) => !refused.has(id));
     if (rowIds.length === 0) return new Map();
@@ -78,7 +82,9 @@ export async function loadChunkedRows(
     rows = await sql.begin((tx) => tx.unsafe<ChunkedRow[]>(loadQuery(target, true), params));
   } catch (err) {
     if (isConnectionError(err)) throw err;
-    for (const rowId of rowIds) onRowError(rowId, `reading the row failed: ${(err as Error).message}`, true);
+    for (const rowId of rowIds) {
+      onRowError(rowId, `reading the row failed: ${(err as Error).message}`, true);
+    }
     return new Map();
   }
   const result = new Map<string, ChunkedRow>();
@@ -143,7 +149,8 @@ export type ChunkSetOutcome = "written" | "superseded" | "incomplete";
 function writeQuery(target: Target): { lock: string; write: string } {
   const pk = target.pk_sql;
   const dest = target.destination_sql!;
-  const ids = `array(select i.row_id from jsonb_to_recordset($1::text::jsonb) as i(row_id text))::${target.pk_type_sql}[]`;
+  const ids =
+    `array(select i.row_id from jsonb_to_recordset($1::text::jsonb) as i(row_id text))::${target.pk_type_sql}[]`;
   const lock = `
     select from ${target.table_sql} r where r.${pk} = any (${ids})
      order by r.${pk} for no key update`;
