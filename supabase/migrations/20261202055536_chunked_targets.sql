@@ -368,8 +368,8 @@ begin
   -- subquery runs under the source's own RLS policies.
   execute pg_catalog.format('alter table %s enable row level security', dest);
   execute pg_catalog.format(
-    'create policy %I on %s for select using (exists (select 1 from %s s where s.%I = source_id))',
-    'chunks visible with their source row', dest, target_table, pk.attname);
+    'create policy %I on %s for select using (exists (select 1 from %s s where s.%I = %I.source_id))',
+    'chunks visible with their source row', dest, target_table, pk.attname, dest_name);
   for grantee in
     select distinct case when a.grantee = 0 then 'public' else pg_catalog.quote_ident(r.rolname) end
       from pg_catalog.pg_class c
