@@ -5,7 +5,9 @@ import assert from "node:assert/strict";
 import { ARTICLE_SETTINGS, chunkProblems, createArticles } from "../_support/chunks.ts";
 import { connect, type Sql, withTestDb } from "../_support/db.ts";
 import { editParagraph, makeDocument } from "../_support/documents.ts";
-import { startPipeline } from "../_support/pipeline.ts";
+import { startPipeline, TEST_MODEL } from "../_support/pipeline.ts";
+import { embeddingProblem } from "../_support/rows.ts";
+import { tokenCounterFor } from "../../supabase/functions/_shared/providers/tokens.ts";
 import { settle } from "../_support/settle.ts";
 
 Deno.test("chunks: 20 long documents embedded chunk by chunk; a one-paragraph edit costs at most 3 inputs", async () => {
@@ -172,3 +174,35 @@ async function reattach(sql: Sql) {
   const [gone] = await sql`select to_regclass('public.article_chunks') is null as gone`;
   assert.ok(gone.gone, "drop_destination drops it");
 }
+
+Deno.test("chunks: a unit over the model's input limit is stored whole, embedded from its start, and noted", async () => {
+  await withTestDb(async (sql, url) => {
+    const pipeline = await startPipeline(sql, url);
+    try {
+      const settings = { splitter: "none" as const, chunkSize: 8191, chunkOverlap: 0 };
+      await createArticles(sql, settings);
+      const counter = tokenCounterFor(TEST_MODEL);
+      const long = Array.from({ length: 9000 }, (_, i) => `word${i % 50}`).join(" ");
+      assert.ok(counter.count(long) > 8191, "the premise: one text over the limit");
+      await sql`insert into articles (id, title, body) values (1, 'long', ${long}), (2, 'short', 'a short text')`;
+      await settle(sql);
+      const chunks = await sql`
+        select source_id::int as id, chunk, embedding::text from article_chunks order by source_id, chunk_seq`;
+      assert.deepEqual(chunks.map((c) => c.id), [1, 2]);
+      assert.equal(chunks[0].chunk, long, "the chunk holds the whole text");
+      assert.equal(embeddingProblem(chunks[0].embedding, counter.truncate(long, 8191)), null);
+      assert.equal(embeddingProblem(chunks[1].embedding, "a short text"), null);
+      const notes =
+        await sql`select row_id, retryable, dead_lettered, error from util.embedding_errors`;
+      assert.equal(notes.length, 1);
+      assert.equal(notes[0].row_id, "1");
+      assert.equal(notes[0].retryable, false);
+      assert.equal(notes[0].dead_lettered, false);
+      assert.match(notes[0].error, /over the 8191-token input limit/);
+      const [{ dead }] = await sql`select count(*)::int as dead from pgmq.a_embedding_jobs`;
+      assert.equal(dead, 0, "nothing was dead-lettered");
+    } finally {
+      await pipeline.stop();
+    }
+  });
+});

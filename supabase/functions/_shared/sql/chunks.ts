@@ -252,5 +252,7 @@ export async function recordTruncatedChunks(
   await sql`
     insert into util.embedding_errors (target_id, table_name, row_id, retryable, error)
     select ${target.id}, ${`${target.schema_name}.${target.table_name}`}, n.row_id, false, n.error
-      from jsonb_to_recordset(${JSON.stringify(notes)}::text::jsonb) as n(row_id text, error text)`;
+      from jsonb_to_recordset(${
+    JSON.stringify(notes.map((n) => ({ row_id: n.rowId, error: n.error })))
+  }::text::jsonb) as n(row_id text, error text)`;
 }
