@@ -1,6 +1,45 @@
-// Token estimates and request batching for embedding providers. Pure
-// functions: no tokenizer is shipped, so counts are estimates that err on the
-// side of too many tokens.
+// Token counts and request batching for embedding providers: the model's
+// real tokenizer where one is known (OpenAI's models, through js-tiktoken's
+// rank files), else an estimate that errs on the side of too many tokens.
+import cl100kBase from "js-tiktoken/ranks/cl100k_base";
+import { createBpeCounter } from "./bpe.ts";
+
+export interface TokenCounter {
+  /** Stable name of the encoding, e.g. "cl100k_base", or "estimate" */
+  readonly name: string;
+  count(text: string): number;
+  /** longest prefix of text with at most maxTokens tokens, cut between code points */
+  truncate(text: string, maxTokens: number): string;
+}
+
+/** The conservative estimate (see estimateTokens), for models with no known tokenizer. */
+export const estimateCounter: TokenCounter = {
+  name: "estimate",
+  count: estimateTokens,
+  truncate: truncateToTokens,
+};
+
+/**
+ * One counter per encoding for the whole process: its rank table is parsed
+ * on first use only (a few hundred milliseconds), then kept.
+ */
+const cl100kCounter: TokenCounter = createBpeCounter("cl100k_base", cl100kBase);
+
+/** The encoding of each OpenAI embedding model. */
+const ENCODINGS: Record<string, TokenCounter> = {
+  "text-embedding-3-small": cl100kCounter,
+  "text-embedding-3-large": cl100kCounter,
+  "text-embedding-ada-002": cl100kCounter,
+};
+
+/**
+ * The token counter of `model`: its real tokenizer for OpenAI's embedding
+ * models, the estimate for any other name (local models, and models served
+ * by other OpenAI-compatible endpoints, whose tokenizers are not shipped).
+ */
+export function tokenCounterFor(model: string): TokenCounter {
+  return Object.hasOwn(ENCODINGS, model) ? ENCODINGS[model] : estimateCounter;
+}
 
 /** Bytes of the UTF-8 encoding of the code point starting at `text[i]`, and its UTF-16 length. */
 function codePointAt(text: string, i: number): { bytes: number; units: number } {
@@ -48,7 +87,8 @@ export function truncateToTokens(text: string, maxTokens: number): string {
 
 /**
  * Splits the indices of `texts` into consecutive batches of at most
- * `maxInputs` texts and at most `maxTokens` estimated tokens. A text that is
+ * `maxInputs` texts and at most `maxTokens` tokens by `count` (default: the
+ * estimate). A text that is
  * over `maxTokens` on its own gets a batch of its own (the provider then
  * rejects or truncates it, without taking others down). Every index appears
  * exactly once, in order.
@@ -56,13 +96,14 @@ export function truncateToTokens(text: string, maxTokens: number): string {
 export function planBatches(
   texts: string[],
   limits: { maxInputs: number; maxTokens: number },
+  count: (text: string) => number = estimateTokens,
 ): number[][] {
   const maxInputs = Math.max(1, Math.floor(limits.maxInputs));
   const batches: number[][] = [];
   let current: number[] = [];
   let tokens = 0;
   texts.forEach((text, index) => {
-    const cost = estimateTokens(text);
+    const cost = count(text);
     if (current.length > 0 && (current.length >= maxInputs || tokens + cost > limits.maxTokens)) {
       batches.push(current);
       current = [];

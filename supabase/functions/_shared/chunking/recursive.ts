@@ -1,0 +1,215 @@
+// Packing blocks (paragraphs, or markdown blocks) into chunks of at most
+// chunkSize tokens with content-defined boundaries, so that editing one part
+// of a long text changes only the chunks around the edit.
+//
+// 1. Atoms: a block over the budget is cut at lines, then sentences, words,
+//    grapheme clusters, until every piece fits (a single grapheme cluster
+//    that does not is "oversize").
+// 2. Segments: after a block whose hash falls under 2·tokens/budget (so on
+//    average every budget/2 tokens) the text is always cut. Whether a block
+//    ends a segment depends on that block alone, so segments resynchronise
+//    right after an edit.
+// 3. Inside a segment over the budget: cut at the boundary of the coarsest
+//    level (paragraph, line, sentence, word, grapheme) with the highest
+//    hash, and again in each half until every piece fits. The cut points
+//    again depend on the text around them only, not on where the segment
+//    starts (unlike greedy packing, where one length change moves every
+//    later boundary).
+// 4. Overlap: each chunk after the first also starts with the trailing whole
+//    units (atoms, else finer units) of the chunk before, at most
+//    chunkOverlap tokens; bodies are packed to chunkSize - chunkOverlap so
+//    the whole fits.
+import type { TokenCounter } from "../providers/tokens.ts";
+import { Level, type Span, unitsAt } from "./units.ts";
+
+export interface Block extends Span {
+  /** Split only when it alone exceeds chunkSize (a fenced code block). */
+  keepWhole?: boolean;
+  /** Never cut right after it unless it alone fills a chunk (a heading line). */
+  keepWithNext?: boolean;
+}
+
+export interface PackedChunk extends Span {
+  text: string;
+  tokens: number;
+  oversize: boolean;
+}
+
+export interface PackOptions {
+  chunkSize: number;
+  chunkOverlap: number;
+  counter: TokenCounter;
+  /**
+   * Context put before a chunk's text (markdown heading path), given where
+   * the chunk starts; `longestPrefix` is the longest it returns, used to
+   * size bodies.
+   */
+  prefix?: (start: number) => string;
+  longestPrefix?: string;
+}
+
+interface Atom extends Span {
+  /** Level of the boundary at its end. */
+  level: Level;
+  /** Hash of its text: ranks boundaries of the same level. */
+  hash: number;
+  tokens: number;
+}
+
+/** Chunks covering `blocks` (contiguous spans of `text`), in order. */
+export function packBlocks(text: string, blocks: Block[], options: PackOptions): PackedChunk[] {
+  const { chunkSize, chunkOverlap, counter } = options;
+  const longestPrefix = options.longestPrefix ?? "";
+  const prefixTokens = longestPrefix ? counter.count(longestPrefix) : 0;
+  const budget = Math.max(1, chunkSize - chunkOverlap - prefixTokens);
+  const count = (span: Span) => counter.count(text.slice(span.start, span.end));
+  const fits = (span: Span) =>
+    counter.count(longestPrefix + text.slice(span.start, span.end)) <= budget + prefixTokens;
+
+  const bodies: Span[] = [];
+  const atomsOf: Atom[][] = [];
+  let segment: Atom[] = [];
+  const endSegment = () => {
+    for (const leaf of splitSegment(segment, fits, budget)) {
+      bodies.push({ start: leaf[0].start, end: leaf[leaf.length - 1].end });
+      atomsOf.push(leaf);
+    }
+    segment = [];
+  };
+  for (const block of blocks) {
+    const tokens = count(block);
+    const limit = block.keepWhole ? chunkSize - prefixTokens : budget;
+    const blockHash = hash32(text.slice(block.start, block.end));
+    // A heading's boundary ranks below every other: it is cut after only
+    // when nothing else is left to cut.
+    const level = block.keepWithNext ? Level.Grapheme : Level.Paragraph;
+    if (tokens <= limit) {
+      segment.push({ start: block.start, end: block.end, level, hash: blockHash, tokens });
+    } else {
+      segment.push(...atomsWithin(text, block, Level.Paragraph, level, count, budget));
+    }
+    if (!block.keepWithNext && blockHash / 2 ** 32 < (2 * tokens) / budget) endSegment();
+  }
+  if (segment.length > 0) endSegment();
+
+  const chunks: PackedChunk[] = [];
+  bodies.forEach((body, i) => {
+    let start = i === 0 ? body.start : overlapStart(text, atomsOf[i - 1], chunkOverlap, counter);
+    for (;;) {
+      const chunkText = (options.prefix?.(start) ?? "") + text.slice(start, body.end);
+      const tokens = counter.count(chunkText);
+      if (tokens > chunkSize && start < body.start) {
+        start = body.start; // the overlap does not fit beside this body: drop it
+        continue;
+      }
+      chunks.push({ start, end: body.end, text: chunkText, tokens, oversize: tokens > chunkSize });
+      break;
+    }
+  });
+  return chunks;
+}
+
+/**
+ * The atoms of `span`: its units at `level`, each cut further at finer
+ * levels while over `budget`. The last atom's boundary is `endLevel`.
+ */
+function atomsWithin(
+  text: string,
+  span: Span,
+  parentLevel: Level,
+  endLevel: Level,
+  count: (span: Span) => number,
+  budget: number,
+): Atom[] {
+  const level = parentLevel - 1 as Level;
+  const units = unitsAt(text, span, level);
+  const atoms: Atom[] = [];
+  units.forEach((unit, i) => {
+    const unitEnd = i === units.length - 1 ? endLevel : level;
+    const tokens = count(unit);
+    if (level === Level.Grapheme || tokens <= budget) {
+      const hash = hash32(text.slice(unit.start, unit.end));
+      atoms.push({ ...unit, level: unitEnd, hash, tokens });
+    } else atoms.push(...atomsWithin(text, unit, level, unitEnd, count, budget));
+  });
+  return atoms;
+}
+
+/**
+ * Leaves of the segment: the whole if it fits, else both sides of its
+ * strongest inner boundary (coarsest level, then highest hash of the atom
+ * before it), recursively. Boundaries that leave both sides within the
+ * budget (by the sum of their atoms' tokens) are preferred, so that a
+ * segment just over the budget becomes two chunks, not three.
+ */
+function splitSegment(atoms: Atom[], fits: (span: Span) => boolean, budget: number): Atom[][] {
+  if (atoms.length === 0) return [];
+  const span = { start: atoms[0].start, end: atoms[atoms.length - 1].end };
+  if (atoms.length === 1 || fits(span)) return [atoms];
+  const total = atoms.reduce((sum, atom) => sum + atom.tokens, 0);
+  let best = 1;
+  let bestKey = -1;
+  let left = 0;
+  for (let i = 0; i < atoms.length - 1; i++) {
+    left += atoms[i].tokens;
+    const balanced = left <= budget && total - left <= budget;
+    const key = (balanced ? 2 ** 40 : 0) + atoms[i].level * 2 ** 32 + atoms[i].hash;
+    // Equal keys (repeated text, e.g. a run of one character): the one
+    // nearest the middle, so that the recursion stays shallow.
+    const nearer = Math.abs(i + 1 - atoms.length / 2) < Math.abs(best - atoms.length / 2);
+    if (key > bestKey || (key === bestKey && nearer)) {
+      bestKey = key;
+      best = i + 1;
+    }
+  }
+  return [
+    ...splitSegment(atoms.slice(0, best), fits, budget),
+    ...splitSegment(atoms.slice(best), fits, budget),
+  ];
+}
+
+/**
+ * Where the overlap taken from the previous chunk's body (`atoms`) starts:
+ * the longest run of its trailing whole atoms within `overlap` tokens, or,
+ * when its last atom alone is over, the trailing whole units of that atom
+ * at the finest level needed (lines, sentences, words, grapheme clusters).
+ */
+function overlapStart(
+  text: string,
+  atoms: Atom[],
+  overlap: number,
+  counter: TokenCounter,
+): number {
+  const end = atoms[atoms.length - 1].end;
+  if (overlap <= 0) return end;
+  // Whitespace alone is no useful context: it is not taken as overlap.
+  const within = (start: number) =>
+    counter.count(text.slice(start, end)) <= overlap || text.slice(start, end).trim() === "";
+  const found = (start: number) => start < end && text.slice(start, end).trim() !== "";
+  let start = end;
+  for (let i = atoms.length - 1; i >= 0 && within(atoms[i].start); i--) start = atoms[i].start;
+  if (found(start)) return start;
+  let span: Span = atoms[atoms.length - 1];
+  for (let level = Level.Line; level >= Level.Grapheme; level--) {
+    const units = unitsAt(text, span, level);
+    for (let i = units.length - 1; i >= 0 && within(units[i].start); i--) start = units[i].start;
+    if (found(start)) return start;
+    span = units[units.length - 1];
+  }
+  return end;
+}
+
+/** FNV-1a over UTF-16 code units with a murmur3 finaliser: a well-mixed 32-bit hash. */
+export function hash32(text: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) {
+    h ^= text.charCodeAt(i);
+    h = Math.imul(h, 0x01000193);
+  }
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  h ^= h >>> 16;
+  return h >>> 0;
+}

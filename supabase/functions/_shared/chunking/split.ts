@@ -1,0 +1,101 @@
+// Splitting a row's text into the chunks a chunked target embeds: the
+// public entry of the chunking modules. Pure functions, no I/O.
+//
+// Every chunk's `text` is `source.slice(start, end)`, after a heading-path
+// line for the markdown splitter (see markdown.ts). The spans cover the
+// whole source in order; consecutive spans overlap by the chunkOverlap
+// tokens taken from the end of the previous chunk. A text that is empty or
+// only whitespace has no chunks (there is nothing to embed, as for an
+// empty whole-row text).
+import type { TokenCounter } from "../providers/tokens.ts";
+import { headingPrefix, markdownSections } from "./markdown.ts";
+import { packBlocks } from "./recursive.ts";
+import { paragraphs } from "./units.ts";
+
+export type SplitterName = "recursive" | "markdown" | "none";
+
+export interface ChunkSettings {
+  splitter: SplitterName;
+  chunkSize: number;
+  chunkOverlap: number;
+}
+
+export interface TextChunk {
+  /** Exactly the text to embed and store in the `chunk` column. */
+  text: string;
+  /** UTF-16 offsets of the source span this chunk covers (overlap included). */
+  start: number;
+  end: number;
+  /** Token count of `text` by the counter used. */
+  tokens: number;
+  /** True only when one indivisible unit alone exceeds chunkSize. */
+  oversize: boolean;
+}
+
+export const SPLITTERS: readonly SplitterName[] = ["recursive", "markdown", "none"];
+export const MIN_CHUNK_SIZE = 16;
+export const MAX_CHUNK_SIZE = 8191;
+
+/** A message saying what is wrong with `s`, or null when the settings are usable. */
+export function validateChunkSettings(s: ChunkSettings): string | null {
+  if (!SPLITTERS.includes(s.splitter)) {
+    return `unknown splitter ${JSON.stringify(s.splitter)}: use one of ${SPLITTERS.join(", ")}`;
+  }
+  if (
+    !Number.isInteger(s.chunkSize) || s.chunkSize < MIN_CHUNK_SIZE || s.chunkSize > MAX_CHUNK_SIZE
+  ) {
+    return `chunk size must be a whole number of tokens from ${MIN_CHUNK_SIZE} to ${MAX_CHUNK_SIZE}, got ${s.chunkSize}`;
+  }
+  const maxOverlap = Math.floor(s.chunkSize / 2);
+  if (!Number.isInteger(s.chunkOverlap) || s.chunkOverlap < 0 || s.chunkOverlap > maxOverlap) {
+    return `chunk overlap must be a whole number of tokens from 0 to half the chunk size (${maxOverlap}), got ${s.chunkOverlap}`;
+  }
+  return null;
+}
+
+/** The chunks of `text` (see the module comment); throws on invalid settings. */
+export function splitIntoChunks(
+  text: string,
+  settings: ChunkSettings,
+  counter: TokenCounter,
+): TextChunk[] {
+  const problem = validateChunkSettings(settings);
+  if (problem) throw new RangeError(problem);
+  if (text.trim() === "") return [];
+  const { chunkSize, chunkOverlap } = settings;
+  switch (settings.splitter) {
+    case "none": {
+      const tokens = counter.count(text);
+      return [{ text, start: 0, end: text.length, tokens, oversize: tokens > chunkSize }];
+    }
+    case "recursive":
+      return packBlocks(text, paragraphs(text, { start: 0, end: text.length }), {
+        chunkSize,
+        chunkOverlap,
+        counter,
+      });
+    case "markdown": {
+      // A heading path may take at most a quarter of a chunk: outer headings
+      // are dropped first.
+      const maxPrefix = Math.floor(chunkSize / 4);
+      return markdownSections(text).flatMap((section) => {
+        const prefix = (start: number) => {
+          let line = headingPrefix(section, start);
+          for (let drop = 1; line && counter.count(line) > maxPrefix; drop++) {
+            line = headingPrefix({ ...section, path: section.path.slice(drop) }, start);
+          }
+          return line;
+        };
+        return packBlocks(text, section.blocks, {
+          chunkSize,
+          chunkOverlap,
+          counter,
+          prefix,
+          // Shortening can leave a section's first line longer than the rest's.
+          longestPrefix: [prefix(section.start), prefix(-1)]
+            .reduce((a, b) => (counter.count(a) >= counter.count(b) ? a : b)),
+        });
+      });
+    }
+  }
+}

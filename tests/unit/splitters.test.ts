@@ -1,0 +1,325 @@
+// Text splitters: coverage of all text, size limits with the real
+// tokenizer, overlap, markdown headings and code fences, Unicode, edge
+// cases, and stable boundaries under a one-paragraph edit.
+import assert from "node:assert/strict";
+import {
+  type ChunkSettings,
+  splitIntoChunks,
+  type SplitterName,
+  type TextChunk,
+  validateChunkSettings,
+} from "../../supabase/functions/_shared/chunking/split.ts";
+import {
+  estimateCounter,
+  tokenCounterFor,
+} from "../../supabase/functions/_shared/providers/tokens.ts";
+import { editParagraph, makeDocument } from "../_support/documents.ts";
+
+const cl100k = tokenCounterFor("text-embedding-3-small");
+const SPLITTERS: SplitterName[] = ["recursive", "markdown", "none"];
+
+/** The prefix the markdown splitter may put before the source text. */
+function sourcePart(chunk: TextChunk, source: string): string {
+  const span = source.slice(chunk.start, chunk.end);
+  assert.ok(
+    chunk.text.endsWith(span),
+    `chunk text ends with its span ${chunk.start}..${chunk.end}`,
+  );
+  return chunk.text.slice(0, chunk.text.length - span.length);
+}
+
+/** Coverage, order, size and token-count invariants of any split. */
+function assertWellFormed(source: string, settings: ChunkSettings, chunks: TextChunk[]) {
+  const counter = cl100k;
+  if (source.trim() === "") return assert.deepEqual(chunks, []);
+  assert.ok(chunks.length > 0);
+  assert.equal(chunks[0].start, 0, "starts at 0");
+  assert.equal(chunks[chunks.length - 1].end, source.length, "ends at the end");
+  for (let i = 0; i < chunks.length; i++) {
+    const c = chunks[i];
+    assert.ok(c.start < c.end, "non-empty span");
+    if (i > 0) {
+      assert.ok(c.start >= chunks[i - 1].start, "starts do not decrease");
+      assert.ok(c.start <= chunks[i - 1].end, "no gap between spans");
+      assert.ok(c.end > chunks[i - 1].end, "ends increase");
+    }
+    const prefix = sourcePart(c, source);
+    if (settings.splitter !== "markdown") assert.equal(prefix, "");
+    else assert.ok(prefix === "" || /^#{1,6} [^\n]*\n$/.test(prefix), JSON.stringify(prefix));
+    assert.equal(c.tokens, counter.count(c.text), "tokens is the text's count");
+    assert.equal(c.oversize, c.tokens > settings.chunkSize, "oversize exactly when over");
+  }
+}
+
+Deno.test("validateChunkSettings accepts good settings and explains bad ones", () => {
+  const cases: [ChunkSettings, RegExp | null][] = [
+    [{ splitter: "recursive", chunkSize: 512, chunkOverlap: 64 }, null],
+    [{ splitter: "markdown", chunkSize: 16, chunkOverlap: 8 }, null],
+    [{ splitter: "none", chunkSize: 8191, chunkOverlap: 0 }, null],
+    [
+      { splitter: "words" as SplitterName, chunkSize: 512, chunkOverlap: 0 },
+      /unknown splitter "words"/,
+    ],
+    [{ splitter: "recursive", chunkSize: 15, chunkOverlap: 0 }, /chunk size .* 16 to 8191, got 15/],
+    [{ splitter: "recursive", chunkSize: 8192, chunkOverlap: 0 }, /got 8192/],
+    [{ splitter: "recursive", chunkSize: 100.5, chunkOverlap: 0 }, /whole number/],
+    [{ splitter: "recursive", chunkSize: 100, chunkOverlap: 51 }, /overlap .* \(50\), got 51/],
+    [{ splitter: "recursive", chunkSize: 100, chunkOverlap: -1 }, /got -1/],
+    [{ splitter: "recursive", chunkSize: NaN, chunkOverlap: 0 }, /got NaN/],
+  ];
+  for (const [settings, want] of cases) {
+    const message = validateChunkSettings(settings);
+    if (want === null) assert.equal(message, null, JSON.stringify(settings));
+    else assert.match(message ?? "", want, JSON.stringify(settings));
+  }
+  assert.throws(
+    () => splitIntoChunks("text", { splitter: "recursive", chunkSize: 1, chunkOverlap: 0 }, cl100k),
+    RangeError,
+  );
+});
+
+Deno.test("empty and whitespace-only text has no chunks", () => {
+  for (const splitter of SPLITTERS) {
+    for (const text of ["", " ", "\n\n\t  \n"]) {
+      assert.deepEqual(
+        splitIntoChunks(text, { splitter, chunkSize: 64, chunkOverlap: 8 }, cl100k),
+        [],
+      );
+    }
+  }
+});
+
+Deno.test("every splitter covers generated documents in order within the size limit", () => {
+  const sizes: [number, number][] = [[16, 0], [16, 8], [48, 12], [128, 16], [512, 64], [2000, 0]];
+  for (let seed = 1; seed <= 6; seed++) {
+    const doc = makeDocument(seed, 5 + seed * 4);
+    for (const splitter of SPLITTERS) {
+      for (const [chunkSize, chunkOverlap] of sizes) {
+        const settings = { splitter, chunkSize, chunkOverlap };
+        const chunks = splitIntoChunks(doc, settings, cl100k);
+        assertWellFormed(doc, settings, chunks);
+        if (splitter !== "none") {
+          for (const c of chunks) {
+            assert.ok(!c.oversize, `${splitter} ${chunkSize}: nothing indivisible`);
+          }
+        }
+      }
+    }
+  }
+});
+
+Deno.test("none gives the whole text as one chunk, oversize when over", () => {
+  const doc = makeDocument(3, 10);
+  const [small] = splitIntoChunks(
+    "just this",
+    { splitter: "none", chunkSize: 16, chunkOverlap: 0 },
+    cl100k,
+  );
+  assert.deepEqual(small, { text: "just this", start: 0, end: 9, tokens: 2, oversize: false });
+  const chunks = splitIntoChunks(doc, { splitter: "none", chunkSize: 64, chunkOverlap: 0 }, cl100k);
+  assert.equal(chunks.length, 1);
+  assert.equal(chunks[0].text, doc);
+  assert.equal(chunks[0].oversize, true);
+});
+
+Deno.test("recursive prefers paragraph, then sentence boundaries", () => {
+  const para = (n: number) =>
+    `Paragraph ${n} says one thing about tokens. It then says another thing about chunks.`;
+  const text = [1, 2, 3, 4, 5, 6].map(para).join("\n\n");
+  const chunks = splitIntoChunks(
+    text,
+    { splitter: "recursive", chunkSize: 30, chunkOverlap: 0 },
+    cl100k,
+  );
+  assertWellFormed(text, { splitter: "recursive", chunkSize: 30, chunkOverlap: 0 }, chunks);
+  for (const c of chunks) assert.match(c.text, /^Paragraph \d/, "chunks start at paragraphs");
+  const small = splitIntoChunks(
+    para(1),
+    { splitter: "recursive", chunkSize: 16, chunkOverlap: 0 },
+    cl100k,
+  );
+  assert.deepEqual(small.map((c) => c.text), [
+    "Paragraph 1 says one thing about tokens. ",
+    "It then says another thing about chunks.",
+  ]);
+});
+
+Deno.test("overlap repeats whole trailing units of the previous chunk, within the budget", () => {
+  const doc = makeDocument(11, 30);
+  for (const [chunkSize, chunkOverlap] of [[128, 16], [128, 64], [512, 64], [64, 32]]) {
+    const settings = { splitter: "recursive" as const, chunkSize, chunkOverlap };
+    const chunks = splitIntoChunks(doc, settings, cl100k);
+    assertWellFormed(doc, settings, chunks);
+    let overlapped = 0;
+    for (let i = 1; i < chunks.length; i++) {
+      const shared = doc.slice(chunks[i].start, chunks[i - 1].end);
+      assert.ok(cl100k.count(shared) <= chunkOverlap, `overlap ${i} within ${chunkOverlap}`);
+      if (shared.trim() !== "") {
+        overlapped++;
+        // Whole words at least: the shared text starts at a word start.
+        if (chunks[i].start > 0) {
+          assert.match(doc.slice(chunks[i].start - 1, chunks[i].start + 1), /^[\s\p{P}]\S/u);
+        }
+      }
+    }
+    assert.ok(overlapped >= (chunks.length - 1) / 2, "most chunks carry an overlap");
+  }
+  const none = splitIntoChunks(
+    doc,
+    { splitter: "recursive", chunkSize: 128, chunkOverlap: 0 },
+    cl100k,
+  );
+  for (let i = 1; i < none.length; i++) assert.equal(none[i].start, none[i - 1].end);
+});
+
+Deno.test("markdown chunks carry their heading path and keep code fences whole", () => {
+  const text = [
+    "Intro before any heading.",
+    "# Guide",
+    "## Install",
+    "Run the installer. It copies files.\n\nThen start the stack with one command.",
+    "```sh\n# a comment, not a heading\nnpm start\n\nnpm test\n```",
+    "### Options",
+    "Set the port with an environment variable.",
+    "## Use",
+    "Attach a table.",
+  ].join("\n\n") + "\n";
+  const settings = { splitter: "markdown" as const, chunkSize: 40, chunkOverlap: 0 };
+  const chunks = splitIntoChunks(text, settings, cl100k);
+  assertWellFormed(text, settings, chunks);
+  const texts = chunks.map((c) => c.text);
+  assert.equal(texts[0], "Intro before any heading.\n\n");
+  assert.ok(
+    texts.some((t) => t.startsWith("# Guide\n\n## Install\n\nRun the installer.")),
+    "empty section joined",
+  );
+  const fence = texts.find((t) => t.includes("npm start"))!;
+  assert.match(
+    fence,
+    /```sh\n# a comment, not a heading\nnpm start\n\nnpm test\n```/,
+    "fence whole",
+  );
+  assert.match(fence, /^# Guide > ## Install\n/, "path before a chunk inside a section");
+  assert.ok(
+    !texts.some((t) => t.includes("# a comment, not a heading >")),
+    "no heading from a fence",
+  );
+  assert.ok(
+    texts.some((t) => t.startsWith("# Guide > ## Install\n### Options\n")),
+    "ancestors before a subsection",
+  );
+  assert.ok(
+    texts.some((t) => t.startsWith("# Guide\n## Use\n")),
+    "a sibling section resets the path",
+  );
+});
+
+Deno.test("markdown splits a code block only when it alone exceeds chunkSize", () => {
+  const code = Array.from({ length: 40 }, (_, i) => `  step_${i}();`).join("\n");
+  const text = `# Code\n\nSome text.\n\n~~~js\n${code}\n~~~\n\nAfter.\n`;
+  const settings = { splitter: "markdown" as const, chunkSize: 64, chunkOverlap: 0 };
+  const chunks = splitIntoChunks(text, settings, cl100k);
+  assertWellFormed(text, settings, chunks);
+  const inside = chunks.filter((c) => c.text.includes("step_"));
+  assert.ok(inside.length > 1, "the block is split");
+  for (const c of inside) assert.match(c.text, /^# Code\n/, "with its heading path");
+  for (const c of inside.slice(1)) assert.match(text.slice(c.start - 1, c.start), /\n/, "at lines");
+  const big = { splitter: "markdown" as const, chunkSize: 512, chunkOverlap: 0 };
+  const whole = splitIntoChunks(text, big, cl100k);
+  assert.equal(whole.filter((c) => c.text.includes("step_")).length, 1);
+});
+
+Deno.test("Unicode: CJK without spaces, emoji sequences and combining marks are never cut", () => {
+  const cjk = "向量嵌入让数据库里的每一行都保持新鲜。它在后台处理队列，并且只为改变了的文本付费。"
+    .repeat(6);
+  const family = "👨‍👩‍👧‍👦";
+  const flags = "🇫🇷🇯🇵";
+  const combining = "e\u0301\u0302a\u0308o\u0303";
+  const texts = [
+    cjk,
+    `${family}${flags}`.repeat(40),
+    combining.repeat(60),
+    `mixed ${cjk} ${family} é`,
+  ];
+  const graphemes = new Intl.Segmenter(undefined, { granularity: "grapheme" });
+  for (const text of texts) {
+    const starts = new Set([...graphemes.segment(text)].map((s) => s.index));
+    starts.add(text.length);
+    for (const [chunkSize, chunkOverlap] of [[16, 0], [16, 8], [40, 10]]) {
+      const settings = { splitter: "recursive" as const, chunkSize, chunkOverlap };
+      const chunks = splitIntoChunks(text, settings, cl100k);
+      assertWellFormed(text, settings, chunks);
+      for (const c of chunks) {
+        assert.ok(
+          starts.has(c.start) && starts.has(c.end),
+          `cut between graphemes at ${c.start}..${c.end}`,
+        );
+      }
+    }
+  }
+  // CJK sentences are units: a sentence that fits is not cut.
+  const sentences = splitIntoChunks(
+    cjk,
+    { splitter: "recursive", chunkSize: 40, chunkOverlap: 0 },
+    cl100k,
+  );
+  for (const c of sentences) assert.match(c.text, /[。，]$/, "ends at a sentence or clause");
+});
+
+Deno.test("edge cases: one huge word, a grapheme over the limit, the estimate counter", () => {
+  const word = "x".repeat(5000);
+  const settings = { splitter: "recursive" as const, chunkSize: 16, chunkOverlap: 4 };
+  const chunks = splitIntoChunks(word, settings, cl100k);
+  assertWellFormed(word, settings, chunks);
+  assert.ok(chunks.every((c) => !c.oversize));
+  // One grapheme cluster of 40 combining marks is indivisible.
+  const cluster = "a" + "\u0301".repeat(40);
+  const lone = splitIntoChunks(`ok ${cluster} ok`, { ...settings, chunkOverlap: 0 }, cl100k);
+  assertWellFormed(`ok ${cluster} ok`, { ...settings, chunkOverlap: 0 }, lone);
+  assert.equal(lone.filter((c) => c.oversize).length, 1);
+  assert.ok(lone.find((c) => c.oversize)!.text.includes(cluster));
+  // Any counter works: the estimate for models without a tokenizer.
+  const doc = makeDocument(5, 20);
+  const est = splitIntoChunks(
+    doc,
+    { splitter: "markdown", chunkSize: 128, chunkOverlap: 16 },
+    estimateCounter,
+  );
+  assert.ok(est.every((c) => c.tokens === estimateCounter.count(c.text) && c.tokens <= 128));
+});
+
+/** Chunks of the edited document whose text was not a chunk before, for each paragraph edited. */
+function changedPerEdit(settings: ChunkSettings, seed: number): number[] {
+  const doc = makeDocument(seed);
+  const before = new Set(splitIntoChunks(doc, settings, cl100k).map((c) => c.text));
+  return Array.from({ length: 60 }, (_, i) => {
+    const after = splitIntoChunks(editParagraph(doc, i), settings, cl100k);
+    return after.filter((c) => !before.has(c.text)).length;
+  });
+}
+
+Deno.test("stable boundaries: editing one paragraph of 60 changes at most 3 chunks", () => {
+  for (const splitter of ["recursive", "markdown"] as const) {
+    for (const [chunkSize, chunkOverlap] of [[512, 64], [128, 16]]) {
+      const settings = { splitter, chunkSize, chunkOverlap };
+      const changed = changedPerEdit(settings, 1);
+      const histogram: Record<number, number> = {};
+      for (const n of changed) histogram[n] = (histogram[n] ?? 0) + 1;
+      console.log(`${splitter} ${chunkSize}/${chunkOverlap}: chunks changed per edit`, histogram);
+      assert.ok(
+        Math.max(...changed) <= 3,
+        `${splitter} ${chunkSize}: ${JSON.stringify(histogram)}`,
+      );
+      assert.ok(changed.every((n) => n >= 1), "an edit changes its own chunk");
+    }
+  }
+});
+
+Deno.test("editParagraph changes one paragraph's length at one place", () => {
+  const doc = makeDocument(1);
+  const edited = editParagraph(doc, 10);
+  assert.notEqual(edited, doc);
+  assert.ok(edited.length > doc.length);
+  assert.equal(makeDocument(1), doc, "deterministic");
+  assert.throws(() => editParagraph(doc, 60), RangeError);
+});
