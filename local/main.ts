@@ -313,7 +313,9 @@ async function showChunkedDemo(sql: postgres.Sql, choice: ModelChoice): Promise<
     await new Promise((r) => setTimeout(r, 200));
     s = await status();
   }
-  say(`demo: public.articles: ${s.total_rows} articles in ${s.chunks} sections (public.article_sections)`);
+  say(
+    `demo: public.articles: ${s.total_rows} articles in ${s.chunks} sections (public.article_sections)`,
+  );
   const question = "how do I rotate the secret of the embed function";
   const provider = coreSettings(choice.env).providerFor(s.model, 1536);
   const [vector] = await provider.embed([question]);

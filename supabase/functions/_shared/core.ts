@@ -186,7 +186,8 @@ export async function processBatch(
     if (chunked.size) {
       await applyChunked(sql, chunked, options, {
         stats: outcome.stats,
-        fail: (work, error, retryable, retryAfterMs) => outcome.fail(work, error, retryable, retryAfterMs),
+        fail: (work, error, retryable, retryAfterMs) =>
+          outcome.fail(work, error, retryable, retryAfterMs),
         handBack: (work) => work.jobIds.forEach((id) => outcome.handedBack.add(id)),
       });
     }
