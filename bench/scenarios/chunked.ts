@@ -138,9 +138,9 @@ the batch). Then one paragraph of a ${big.chunks}-chunk document is edited and d
 an index took ${fmt(figures.plainSeconds)} s, and building an HNSW index on that copy in bulk
 ${
       fmt(figures.bulkIndexSeconds)
-    } s. The HNSW index is where the drain's time goes: building it in bulk already costs most of
-the time a plain write does not, and inserting the vectors into it one at a time, as a drain does,
-costs more (pgvector's own advice is to build HNSW indexes after loading). For a large first
+    } s. The HNSW index is where the drain's time goes: the rows alone write in seconds, the index
+built over them in bulk takes far longer, and inserting vectors into it one at a time, as a
+drain does, costs more still (pgvector advises building HNSW indexes after a load). For a large first
 backfill, drop the destination's \`<destination>_embedding_idx\` and create it again once the
 backfill is done.`);
     section.table(
