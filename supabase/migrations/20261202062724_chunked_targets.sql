@@ -543,8 +543,10 @@ begin
       using errcode = 'AE003';
   end if;
   -- The nearest chunks through the HNSW index (a few per wanted row, as
-  -- several chunks of one row are often near each other), then each row's best.
-  return query execute pg_catalog.format(
+  -- several chunks of one row are often near each other), then each row's
+  -- best. A loop over the result rather than return query execute, so the
+  -- linter sees the OUT columns set.
+  for source_id, chunk_seq, chunk, similarity in execute pg_catalog.format(
     'select b.source_id::text, b.chunk_seq, b.chunk, b.similarity
        from (select distinct on (n.source_id) n.source_id, n.chunk_seq, n.chunk, n.similarity
                from (select d.source_id, d.chunk_seq, d.chunk,
@@ -557,7 +559,10 @@ begin
               order by n.source_id, n.similarity desc, n.chunk_seq) b
       order by b.similarity desc, b.chunk_seq
       limit $2', destination)
-    using query_embedding, match_count, match_threshold;
+    using query_embedding, match_count, match_threshold
+  loop
+    return next;
+  end loop;
 end
 $$;
 
