@@ -3,7 +3,9 @@
 // fixed number of round trips — per batch one read of the targets, one read
 // of rows per target, one provider call per provider batch, one write per
 // target, one delete, one failure record (plus one read per other target
-// whose rows lend a vector for the same text).
+// whose rows lend a vector for the same text). Chunked targets take their
+// own path (chunking/apply.ts) with the same counts, plus one look-up per
+// target of the chunk texts that already have a vector.
 //
 // A job names a live target; it applies to that target and, while a model
 // change is in progress, to its shadow target too (I7): the live column stays
