@@ -324,9 +324,9 @@ async function showChunkedDemo(sql: postgres.Sql, choice: ModelChoice): Promise<
       from public.match_article_sections(${JSON.stringify(vector)}::halfvec(1536), 0.0, 3)`;
   say(`demo: search "${question}" with public.match_article_sections:`);
   for (const h of hits) {
-    const lines = String(h.section).split("\n").filter((l) => l.trim() !== "");
-    const shown = lines.find((l) => l.startsWith("#")) ?? lines[0] ?? "";
-    console.log(`    ${h.similarity}  ${h.title}: ${shown.slice(0, 70)}`);
+    // The section's heading path (the markdown splitter keeps it in each chunk).
+    const headings = String(h.section).split("\n").filter((l) => l.startsWith("#"));
+    console.log(`    ${h.similarity}  ${headings.join(" > ").slice(0, 90)}`);
   }
 }
 
