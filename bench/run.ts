@@ -1,11 +1,12 @@
 // `deno task bench`: brings up the local stack, runs every scenario against
 // throw-away databases on it and writes bench/RESULTS.md (figures are also
 // printed as they come). Options: --quick (small sizes, for trying it out)
-// and --only drain,cost,freshness,write-path,profile; both write
+// and --only drain,cost,freshness,write-path,storage,chunked,profile; both write
 // bench/RESULTS.partial.md instead.
 import { parseArgs } from "node:util";
 import { stopCluster } from "../local/cluster.ts";
 import { goal, Section } from "./report.ts";
+import { type ChunkedFigures, chunkedScenario } from "./scenarios/chunked.ts";
 import { type CostFigures, costScenario } from "./scenarios/cost.ts";
 import {
   BATCH_SIZE,
@@ -33,7 +34,7 @@ import {
 import { databaseUrl } from "../local/config.ts";
 import { FINDINGS } from "./findings.ts";
 
-const SCENARIOS = ["drain", "cost", "freshness", "write-path", "storage", "profile"];
+const SCENARIOS = ["drain", "cost", "freshness", "write-path", "storage", "chunked", "profile"];
 
 async function machine(): Promise<[string, string][]> {
   const meminfo = await Deno.readTextFile("/proc/meminfo");
@@ -109,8 +110,18 @@ function goals(
   fresh?: FreshnessFigures,
   write?: WritePathFigures,
   storage?: StorageFigures,
+  chunked?: ChunkedFigures,
 ): Goal[] {
   const list: Goal[] = [];
+  if (chunked) {
+    list.push({
+      goal: "one-paragraph edit of a 100-chunk document ≤ 3 provider inputs",
+      figure: `${chunked.editInputs} inputs for a ${chunked.editChunks}-chunk document ` +
+        `(re-embedding every chunk: ${chunked.editChunks})`,
+      met: chunked.editInputs <= 3,
+      limit: "",
+    });
+  }
   if (storage) {
     const worst = Math.max(...storage.runs.map((r) => r.utilShare));
     list.push({
@@ -245,6 +256,7 @@ async function main(): Promise<number> {
   let write: WritePathFigures | undefined;
   let profile: Section | undefined;
   let storage: StorageFigures | undefined;
+  let chunked: ChunkedFigures | undefined;
   const machineFacts = await machine();
   log(machineFacts.map(([k, v]) => `${k}: ${v}`).join("\n"));
   try {
@@ -254,6 +266,7 @@ async function main(): Promise<number> {
     if (only.includes("freshness")) fresh = await freshnessScenario(ctx);
     if (only.includes("write-path")) write = await writePathScenario(ctx);
     if (only.includes("storage")) storage = await storageScenario(ctx);
+    if (only.includes("chunked")) chunked = await chunkedScenario(ctx);
     if (only.includes("profile")) profile = await profileScenario(ctx);
   } finally {
     await fake.close();
@@ -269,12 +282,13 @@ async function main(): Promise<number> {
       write?.section,
       drain?.footprint,
       storage?.section,
+      chunked?.section,
       profile,
     ]
   ) {
     if (s) sections.push(s);
   }
-  const goalList = goals(drain, cost, fresh, write, storage);
+  const goalList = goals(drain, cost, fresh, write, storage, chunked);
   const summary = new Section("Goals");
   summary.text("Measured, not asserted: the bench reports, it does not fail.");
   summary.table(

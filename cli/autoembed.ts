@@ -298,13 +298,14 @@ async function worker(args: ParsedArgs): Promise<number> {
   const tty = Deno.stdout.isTerminal();
   const startedAt = Date.now();
   let done = 0;
+  let chunks = 0;
   let backlog: number | null = null;
   let idle = false;
   // On a terminal: a live line with the backlog, refreshed once a second by a
   // count of the queue (one cheap query; the worker's own pool is untouched).
   const counter = tty ? postgres(dbUrl, { max: 1, onnotice: () => {} }) : null;
   const refresh = () => {
-    const line = progressLine({ done, backlog, elapsedMs: Date.now() - startedAt });
+    const line = progressLine({ done, chunks, backlog, elapsedMs: Date.now() - startedAt });
     Deno.stdout.writeSync(new TextEncoder().encode(`\r\x1b[2K${line}`));
   };
   const ticker = counter
@@ -320,6 +321,7 @@ async function worker(args: ParsedArgs): Promise<number> {
     log: (line) => console.error(tty ? `\r\x1b[2K${line}` : line),
     onBatch: (e) => {
       done = e.totalCompleted;
+      chunks = e.totalChunks;
       if (tty) refresh();
       else if (e.jobs > 0) {
         idle = false;
@@ -357,11 +359,16 @@ async function installInto(args: ParsedArgs, mode: Mode): Promise<number> {
 
 /** The live progress line: rows done, backlog, rate and ETA while draining. */
 export function progressLine(
-  p: { done: number; backlog: number | null; elapsedMs: number },
+  p: { done: number; chunks?: number; backlog: number | null; elapsedMs: number },
 ): string {
   const seconds = Math.max(p.elapsedMs / 1000, 0.001);
   const rate = p.done / seconds;
   const parts = [`done ${p.done}`];
+  // Chunked targets: the chunks written so far, and their rate.
+  if (p.chunks) {
+    const chunkRate = p.chunks / seconds;
+    parts.push(`chunks ${p.chunks} (${chunkRate.toFixed(chunkRate < 10 ? 1 : 0)}/s)`);
+  }
   if (p.backlog !== null) parts.push(`backlog ${p.backlog}`);
   parts.push(`${rate.toFixed(rate < 10 ? 1 : 0)} rows/s`);
   if (p.backlog !== null && p.backlog > 0 && rate > 0) {

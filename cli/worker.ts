@@ -41,14 +41,19 @@ export interface BatchEvent {
   completed: number;
   failed: number;
   providerCalls: number;
+  /** Chunks written for chunked targets (rows of their side tables). */
+  chunks: number;
   durationMs: number;
   totalCompleted: number;
+  totalChunks: number;
 }
 
 export interface WorkerResult {
   batches: number;
   completed: number;
   failed: number;
+  /** Chunks written for chunked targets. */
+  chunks: number;
 }
 
 interface Message {
@@ -90,7 +95,7 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerResult> {
       connection: { application_name: "autoembed worker" },
     });
   let sql = newClient();
-  const result: WorkerResult = { batches: 0, completed: 0, failed: 0 };
+  const result: WorkerResult = { batches: 0, completed: 0, failed: 0, chunks: 0 };
   const filters = claimFilters(options.tables);
   let filterTurn = 0;
   const stopping = options.signal;
@@ -265,8 +270,10 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerResult> {
           completed: 0,
           failed: 0,
           providerCalls: 0,
+          chunks: 0,
           durationMs: 0,
           totalCompleted: result.completed,
+          totalChunks: result.chunks,
         });
         await sleep(options.pollIntervalMs, wake, stopped);
         continue;
@@ -281,14 +288,17 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerResult> {
         });
         result.batches++;
         result.completed += batch.completedJobs.length;
+        result.chunks += batch.stats.chunks;
         result.failed += batch.failedJobs.length;
         options.onBatch?.({
           jobs: jobs.length + refused.length,
           completed: batch.completedJobs.length,
           failed: batch.failedJobs.length,
           providerCalls: batch.stats.providerCalls,
+          chunks: batch.stats.chunks,
           durationMs: batch.stats.durationMs,
           totalCompleted: result.completed,
+          totalChunks: result.chunks,
         });
       } catch (err) {
         const unreachable = isConnectionError(err);

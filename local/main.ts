@@ -279,12 +279,54 @@ async function showDemo(dbUrl: string, choice: ModelChoice): Promise<void> {
     await sql`select util.process_embeddings()`;
     await waitForDemo(sql, "after the edit");
     await answer(sql, "run SQL every minute", model, choice.env);
+    await showChunkedDemo(sql, choice);
     say(
       "demo: try it yourself in psql: insert or update public.documents, then " +
         "select * from util.embedding_status;",
     );
   } finally {
     await sql.end();
+  }
+}
+
+/**
+ * The chunked demo table: waits until every article's sections are embedded,
+ * then asks a question whose answer is one section of one article, through
+ * public.match_article_sections (as supabase.rpc would call it).
+ */
+async function showChunkedDemo(sql: postgres.Sql, choice: ModelChoice): Promise<void> {
+  const status = async () => {
+    const [s] = await sql`
+      select model, total_rows::int, embedded::int, stale::int, queued::int, chunks::int
+        from util.embedding_status where embedding_column = 'article_sections'`;
+    return s;
+  };
+  let s = await status();
+  if (!s) return;
+  const deadline = Date.now() + 60_000;
+  while (s.embedded < s.total_rows || s.stale > 0 || s.queued > 0) {
+    if (Date.now() > deadline) {
+      say(`demo: articles still embedding (${s.embedded}/${s.total_rows} rows); search skipped`);
+      return;
+    }
+    await sql`select util.process_embeddings()`;
+    await new Promise((r) => setTimeout(r, 200));
+    s = await status();
+  }
+  say(
+    `demo: public.articles: ${s.total_rows} articles in ${s.chunks} sections (public.article_sections)`,
+  );
+  const question = "how do I rotate the secret of the embed function";
+  const provider = coreSettings(choice.env).providerFor(s.model, 1536);
+  const [vector] = await provider.embed([question]);
+  const hits = await sql`
+    select title, round(similarity::numeric, 3) as similarity, section
+      from public.match_article_sections(${JSON.stringify(vector)}::halfvec(1536), 0.0, 3)`;
+  say(`demo: search "${question}" with public.match_article_sections:`);
+  for (const h of hits) {
+    // The section's heading path (the markdown splitter keeps it in each chunk).
+    const headings = String(h.section).split("\n").filter((l) => l.startsWith("#"));
+    console.log(`    ${h.similarity}  ${headings.join(" > ").slice(0, 90)}`);
   }
 }
 

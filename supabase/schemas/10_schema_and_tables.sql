@@ -102,7 +102,15 @@ create table if not exists util.embedding_targets (
   sweep_enqueued bigint not null default 0,
   -- a live target replaced by its shadow: its fingerprints are being deleted
   retired_at timestamptz,
-  unique (table_oid, embedding_column)
+  unique (table_oid, embedding_column),
+  -- a chunked target (null: whole-row): the side table of chunks the
+  -- pipeline created and owns; embedding_column then names the target (the
+  -- destination's table name), the vectors go to the destination's `embedding`
+  destination regclass,
+  -- chunk size and overlap in tokens of the model's tokenizer, and the splitter
+  chunk_size int,
+  chunk_overlap int,
+  splitter text
 );
 -- At most one model change per live target.
 create unique index if not exists embedding_targets_one_shadow on util.embedding_targets (shadow_of);

@@ -261,14 +261,23 @@ $$;
 -- (util.reembed) instead of relabelling the live column. Everything it
 -- creates is created by this one statement, so an error leaves nothing.
 -- Prints nothing on success.
+-- With `destination`, the target is chunked (see 25_chunked_targets): each
+-- row's text is split into chunks of chunk_size tokens (chunk_overlap shared
+-- with the previous chunk) kept with their embeddings in the destination
+-- table, which this call creates; embedding_column and clear_on_change do
+-- not apply, and the target is named by the destination's table name.
 create or replace function util.enable_embeddings(
   target_table regclass,                      -- the table to keep embedded
   content_function text,                      -- f(row of target_table) returns text
   embedding_column name default 'embedding',  -- vector/halfvec column to fill
   model text default null,                    -- default: the target's, else util.settings default_model
-  dimensions int default null,                -- default: the column's declared dimensions
+  dimensions int default null,                -- default: the column's declared dimensions (chunked: the model's)
   clear_on_change boolean default false,      -- NULL the embedding as soon as its text changes
-  backfill boolean default true               -- enqueue existing rows now
+  backfill boolean default true,              -- enqueue existing rows now
+  destination text default null,              -- chunked: the side table to create, e.g. 'public.article_chunks'
+  chunk_size int default null,                -- chunked: tokens per chunk, 16..8191 (default 512)
+  chunk_overlap int default null,             -- chunked: tokens shared with the previous chunk (default 64)
+  splitter text default null                  -- chunked: recursive (default) | markdown | none
 )
 returns bigint
 language plpgsql
@@ -278,8 +287,24 @@ declare
   target_id int;
   prefix text := 'embed_' || embedding_column;
   existing util.embedding_targets;
-  change_model boolean;
+  change_model boolean := false;
 begin
+  if destination is null and (chunk_size is not null or chunk_overlap is not null or splitter is not null) then
+    raise exception 'autoembed: chunk_size, chunk_overlap and splitter apply to chunked targets only'
+      using errcode = 'AE003', hint = 'Name the side table of chunks: destination => ''public.<table>_chunks''.';
+  end if;
+  if destination is not null then
+    if clear_on_change then
+      raise exception 'autoembed: clear_on_change does not apply to a chunked target'
+        using errcode = 'AE003', detail = 'Its chunks are replaced as a whole, atomically, when the text changed.';
+    end if;
+    chunk_size := coalesce(chunk_size, 512);
+    target_id := util._register_chunked_target(
+      target_table, content_function, destination, chunk_size,
+      coalesce(chunk_overlap, least(64, chunk_size / 2)), coalesce(splitter, 'recursive'), model, dimensions);
+    select t.embedding_column into embedding_column from util.embedding_targets t where t.id = target_id;
+    prefix := 'embed_' || embedding_column;
+  end if;
   -- Longer names would be cut to 63 bytes, and the triggers' names collide.
   if pg_catalog.octet_length(prefix || '_insert') > 63 then
     raise exception 'autoembed: the embedding column name "%" is too long for the trigger names', embedding_column
@@ -287,16 +312,18 @@ begin
             detail = 'The triggers are named embed_<column>_insert, _update and _delete, at most 63 bytes.',
             hint = 'Rename the column (50 bytes at most), or create util.queue_embeddings triggers by hand.';
   end if;
-  select * into existing from util.embedding_targets t
-   where t.table_oid = target_table and t.embedding_column = enable_embeddings.embedding_column
-     and t.shadow_of is null and t.retired_at is null;
-  change_model := existing.id is not null
-    and (model is distinct from null and model <> existing.model
-         or dimensions is distinct from null and dimensions <> existing.dimensions);
-  if change_model then
-    target_id := util._register_target(target_table, content_function, embedding_column);
-  else
-    target_id := util._register_target(target_table, content_function, embedding_column, model, dimensions);
+  if destination is null then
+    select * into existing from util.embedding_targets t
+     where t.table_oid = target_table and t.embedding_column = enable_embeddings.embedding_column
+       and t.shadow_of is null and t.retired_at is null;
+    change_model := existing.id is not null
+      and (model is distinct from null and model <> existing.model
+           or dimensions is distinct from null and dimensions <> existing.dimensions);
+    if change_model then
+      target_id := util._register_target(target_table, content_function, embedding_column);
+    else
+      target_id := util._register_target(target_table, content_function, embedding_column, model, dimensions);
+    end if;
   end if;
   perform util._drop_trigger(target_table, (prefix || '_insert')::name);
   perform util._drop_trigger(target_table, (prefix || '_update')::name);
@@ -333,10 +360,14 @@ $$;
 -- public: the inverse of enable_embeddings. Drops its triggers, a model
 -- change in progress (shadow column included), its pending jobs and its
 -- fingerprints; leaves the embeddings in the table. Raises when the table is
--- not attached (under that embedding column).
+-- not attached (under that embedding column). A chunked target is named by
+-- its destination's table name (embedding_column => 'article_chunks'); its
+-- destination table (chunks, vectors, index, policy) stays, and a notice says
+-- so, unless drop_destination => true drops it.
 create or replace function util.disable_embeddings(
   target_table regclass,
-  embedding_column name default 'embedding'
+  embedding_column name default 'embedding',
+  drop_destination boolean default false      -- chunked: drop the side table of chunks too
 )
 returns void
 language plpgsql
@@ -345,6 +376,7 @@ as $$
 declare
   prefix text := 'embed_' || embedding_column;
   rel record;
+  dest regclass;
 begin
   select n.nspname, c.relname, c.relkind into rel
     from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
@@ -374,7 +406,15 @@ begin
   delete from pgmq.q_embedding_jobs q
    where q.message ->> 'schema' = rel.nspname and q.message ->> 'table' = rel.relname
      and q.message ->> 'embeddingColumn' = embedding_column;
+  select t.destination into dest from util.embedding_targets t
+   where t.table_oid = target_table and t.embedding_column = disable_embeddings.embedding_column;
   delete from util.embedding_targets t
    where t.table_oid = target_table and t.embedding_column = disable_embeddings.embedding_column;
+  if dest is not null and drop_destination then
+    execute pg_catalog.format('drop table %s', dest);
+  elsif dest is not null then
+    raise notice 'autoembed: % is no longer kept fresh; it stays, with its chunks, vectors, index and policy', dest
+      using hint = pg_catalog.format('Drop it with drop table %s; or util.disable_embeddings(..., drop_destination => true).', dest);
+  end if;
 end
 $$;

@@ -50,9 +50,11 @@ begin
     return 0;
   end if;
   job := util._job_base(coalesce(t.shadow_of, t.id));
+  -- A chunked target's vectors are in its destination: a row without a
+  -- fingerprint has no chunks, and its fingerprint hashes the chunk settings too.
   scan := pg_catalog.format(
     'with slice as (
-       select r.%1$s as key, r.%2$s is null as unembedded, r as source
+       select r.%1$s as key, %2$s as unembedded, r as source
          from %3$s r
         where $1::text is null or r.%1$s > $1::%4$s
         order by r.%1$s
@@ -61,7 +63,7 @@ begin
        select s.key from slice s
          left join util.embedding_fingerprints f on f.target_id = $3 and f.row_id = s.key::text
         where case when s.unembedded or f.row_id is null then true
-                   else f.content_hash is distinct from util._content_hash(%5$s(s.source)) end
+                   else f.content_hash is distinct from %5$s end
      ), queued as (
        insert into pgmq.q_embedding_jobs (vt, message)
        select pg_catalog.clock_timestamp(), $4 || jsonb_build_object(''id'', p.key) from picked p
@@ -70,7 +72,11 @@ begin
      select (select count(*) from slice),
             (select s.key::text from slice s order by s.key desc limit 1),
             (select count(*) from queued)',
-    c.pk_sql, c.embedding_sql, c.table_sql, c.pk_type_sql, c.content_function_sql);
+    c.pk_sql,
+    case when c.destination_sql is null then pg_catalog.format('r.%s is null', c.embedding_sql) else 'false' end,
+    c.table_sql, c.pk_type_sql,
+    case when c.destination_sql is null then pg_catalog.format('util._content_hash(%s(s.source))', c.content_function_sql)
+         else pg_catalog.format('util._chunked_hash(%L, %s(s.source))', c.chunking_key, c.content_function_sql) end);
   begin
     execute scan into visited, last_key, enqueued using t.sweep_after, max_rows, t.id, job;
   exception when others then
@@ -338,6 +344,13 @@ begin
   if model is not null or dimensions is not null then
     model := coalesce(model, l.model);
     dimensions := coalesce(dimensions, l.dimensions);
+  end if;
+  if l.destination is not null and model is not null and (model <> l.model or dimensions <> l.dimensions) then
+    raise exception 'autoembed: a model change of the chunked target % of % is not supported', l.destination, target_table
+      using errcode = 'AE003',
+            detail = pg_catalog.format('It keeps model %s (%s dimensions).', l.model, l.dimensions),
+            hint = pg_catalog.format('Attach another destination with the new model, then util.disable_embeddings(%L, %L, '
+                                     'drop_destination => true) the old one.', target_table::text, embedding_column);
   end if;
 
   if model is null or (model = l.model and dimensions = l.dimensions) then

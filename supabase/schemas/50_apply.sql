@@ -18,15 +18,25 @@ select t.id,
        t.table_oid::text as table_sql,
        pg_catalog.quote_ident(t.pk_column) as pk_sql,
        pg_catalog.format_type(pk.atttypid, pk.atttypmod) as pk_type_sql,
-       pg_catalog.quote_ident(t.embedding_column) as embedding_sql,
+       pg_catalog.quote_ident(emb.attname) as embedding_sql,
        pg_catalog.format_type(emb.atttypid, emb.atttypmod) as embedding_type_sql,
        pg_catalog.format('%I.%I', t.content_function_schema, t.content_function_name) as content_function_sql,
-       t.shadow_of
+       t.shadow_of,
+       -- chunked targets (null for whole-row ones): the side table, its
+       -- settings, and what the row fingerprints hash besides the text
+       t.destination::text as destination_sql,
+       t.chunk_size,
+       t.chunk_overlap,
+       t.splitter,
+       case when t.destination is not null then util._chunking_key(t) end as chunking_key
   from util.embedding_targets t
   join pg_catalog.pg_class c on c.oid = t.table_oid
   join pg_catalog.pg_namespace n on n.oid = c.relnamespace
   join pg_catalog.pg_attribute pk on pk.attrelid = t.table_oid and pk.attname = t.pk_column
-  join pg_catalog.pg_attribute emb on emb.attrelid = t.table_oid and emb.attname = t.embedding_column
+  -- the vectors: the table's embedding column, or a chunked target's destination's
+  join pg_catalog.pg_attribute emb
+    on emb.attrelid = coalesce(t.destination, t.table_oid)
+   and emb.attname = case when t.destination is null then t.embedding_column else 'embedding' end
  where t.retired_at is null;
 
 -- internal: the hash the fingerprints and the compare-and-set use.

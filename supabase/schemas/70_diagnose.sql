@@ -28,7 +28,9 @@ returns table (
   next_model text,
   next_dimensions int,
   next_embedded bigint,
-  next_started_at timestamptz
+  next_started_at timestamptz,
+  destination text,
+  chunks bigint
 )
 language plpgsql
 stable
@@ -54,31 +56,60 @@ begin
     content_changed_at := t.content_changed_at;
     sweep_started_at := t.sweep_started_at;
     sweep_checked := case when t.sweep_started_at is not null then t.sweep_checked end;
+    destination := t.destination_sql;
+    chunks := null;
+    if t.destination_sql is not null then
+      -- A chunked target: embedded rows are those with a chunk set
+      -- (a fingerprint), stale ones those whose text or settings changed since.
+      execute format('select count(*) from %s', t.destination_sql) into chunks;
+    end if;
     begin
-      execute format(
-        'select count(*),
-                count(*) filter (where r.%2$s is not null),
-                count(*) filter (where r.%2$s is null and coalesce(x.content, '''') !~ ''^[[:space:]]*$''),
-                count(*) filter (where r.%2$s is not null and (f.row_id is null
-                                   or f.content_hash <> util._content_hash(x.content)))
-           from %1$s r
-           cross join lateral (select %3$s(r) as content) x
-           left join util.embedding_fingerprints f on f.target_id = $1 and f.row_id = r.%4$s::text',
-        t.table_sql, t.embedding_sql, t.content_function_sql, t.pk_sql)
-        into total_rows, embedded, missing, stale using t.id;
+      if t.destination_sql is not null then
+        execute format(
+          'select count(*),
+                  count(*) filter (where f.row_id is not null),
+                  count(*) filter (where f.row_id is null and coalesce(x.content, '''') !~ ''^[[:space:]]*$''),
+                  count(*) filter (where f.content_hash <> util._chunked_hash($2, x.content))
+             from %1$s r
+             cross join lateral (select %2$s(r) as content) x
+             left join util.embedding_fingerprints f on f.target_id = $1 and f.row_id = r.%3$s::text',
+          t.table_sql, t.content_function_sql, t.pk_sql)
+          into total_rows, embedded, missing, stale using t.id, t.chunking_key;
+      else
+        execute format(
+          'select count(*),
+                  count(*) filter (where r.%2$s is not null),
+                  count(*) filter (where r.%2$s is null and coalesce(x.content, '''') !~ ''^[[:space:]]*$''),
+                  count(*) filter (where r.%2$s is not null and (f.row_id is null
+                                     or f.content_hash <> util._content_hash(x.content)))
+             from %1$s r
+             cross join lateral (select %3$s(r) as content) x
+             left join util.embedding_fingerprints f on f.target_id = $1 and f.row_id = r.%4$s::text',
+          t.table_sql, t.embedding_sql, t.content_function_sql, t.pk_sql)
+          into total_rows, embedded, missing, stale using t.id;
+      end if;
     exception when others then
       -- A content function that raises for some row must not take status
       -- down: count without it (missing then includes rows without text,
       -- stale only rows without a fingerprint).
-      execute format(
-        'select count(*),
-                count(*) filter (where r.%2$s is not null),
-                count(*) filter (where r.%2$s is null),
-                count(*) filter (where r.%2$s is not null and f.row_id is null)
-           from %1$s r
-           left join util.embedding_fingerprints f on f.target_id = $1 and f.row_id = r.%3$s::text',
-        t.table_sql, t.embedding_sql, t.pk_sql)
-        into total_rows, embedded, missing, stale using t.id;
+      if t.destination_sql is not null then
+        execute format(
+          'select count(*), count(f.row_id), count(*) - count(f.row_id), 0::bigint
+             from %1$s r
+             left join util.embedding_fingerprints f on f.target_id = $1 and f.row_id = r.%2$s::text',
+          t.table_sql, t.pk_sql)
+          into total_rows, embedded, missing, stale using t.id;
+      else
+        execute format(
+          'select count(*),
+                  count(*) filter (where r.%2$s is not null),
+                  count(*) filter (where r.%2$s is null),
+                  count(*) filter (where r.%2$s is not null and f.row_id is null)
+             from %1$s r
+             left join util.embedding_fingerprints f on f.target_id = $1 and f.row_id = r.%3$s::text',
+          t.table_sql, t.embedding_sql, t.pk_sql)
+          into total_rows, embedded, missing, stale using t.id;
+      end if;
     end;
     select count(*) into fingerprinted from util.embedding_fingerprints f where f.target_id = t.id;
     models := case when fingerprinted > 0 then jsonb_build_object(t.model, fingerprinted) else '{}'::jsonb end;
@@ -111,5 +142,9 @@ $$;
 -- oldest queued job's age, dead-lettered jobs, the last error; when the
 -- content function last changed and how far a sweep (backfill, recheck) has
 -- come; and a model change in progress: next_model, next_dimensions,
--- next_embedded (rows the new model holds so far), next_started_at.
+-- next_embedded (rows the new model holds so far), next_started_at. For a
+-- chunked target (embedding_column is then its destination's table name):
+-- destination, and chunks (rows of the destination); embedded counts source
+-- rows with a current chunk set, missing those without, stale those whose
+-- text or chunk settings changed since.
 create or replace view util.embedding_status as select * from util._embedding_status();

@@ -20,7 +20,9 @@ grant execute on function
   util.refresh_embeddings(regclass, name),
   util.cancel_reembed(regclass, name),
   util.retry_failed(regclass),
-  util._embedding_status()
+  util._embedding_status(),
+  util.set_chunking(regclass, int, int, text, regclass),
+  util.match_chunks(regclass, extensions.halfvec, int, float)
   to service_role;
 
 -- The queue: the pipeline and service_role only. Skipped with a notice where

@@ -96,7 +96,7 @@ Deno.test("CLI parses durations and options", () => {
   assert.throws(() => parseArgs(["worker", "-c"]), UsageError);
 });
 
-Deno.test("progressLine shows done, backlog, rate and ETA", () => {
+Deno.test("progressLine shows done, chunks, backlog, rate and ETA", () => {
   const cases: [Parameters<typeof progressLine>[0], string][] = [
     [{ done: 500, backlog: 1500, elapsedMs: 1000 }, "done 500  backlog 1500  500 rows/s  ETA 3s"],
     [
@@ -105,6 +105,10 @@ Deno.test("progressLine shows done, backlog, rate and ETA", () => {
     ],
     [{ done: 3, backlog: 0, elapsedMs: 2000 }, "done 3  backlog 0  1.5 rows/s  idle, listening"],
     [{ done: 0, backlog: null, elapsedMs: 0 }, "done 0  0.0 rows/s"],
+    [
+      { done: 20, chunks: 400, backlog: 0, elapsedMs: 2000 },
+      "done 20  chunks 400 (200/s)  backlog 0  10 rows/s  idle, listening",
+    ],
   ];
   for (const [input, want] of cases) assert.equal(progressLine(input), want);
 });

@@ -3,7 +3,9 @@
 // fixed number of round trips — per batch one read of the targets, one read
 // of rows per target, one provider call per provider batch, one write per
 // target, one delete, one failure record (plus one read per other target
-// whose rows lend a vector for the same text).
+// whose rows lend a vector for the same text). Chunked targets take their
+// own path (chunking/apply.ts) with the same counts, plus one look-up per
+// target of the chunk texts that already have a vector.
 //
 // A job names a live target; it applies to that target and, while a model
 // change is in progress, to its shadow target too (I7): the live column stays
@@ -15,6 +17,7 @@
 // when the fingerprints show the text is already embedded and they finish at
 // zero provider cost. Nothing is lost or written stale.
 import type postgres from "postgres";
+import { applyChunked } from "./chunking/apply.ts";
 import { isConnectionError } from "./db_errors.ts";
 import { embedTexts } from "./embed_texts.ts";
 import type { Job, RefusedJob } from "./jobs.ts";
@@ -65,6 +68,9 @@ export interface BatchStats {
   emptyText: number;
   providerCalls: number;
   providerInputs: number;
+  /** Chunks in the chunk sets written for chunked targets, and of those the newly embedded. */
+  chunks: number;
+  chunksEmbedded: number;
   failed: number;
   refused: number;
   handedBack: number;
@@ -116,6 +122,8 @@ class Outcome {
       emptyText: 0,
       providerCalls: 0,
       providerInputs: 0,
+      chunks: 0,
+      chunksEmbedded: 0,
       failed: 0,
       refused: 0,
       handedBack: 0,
@@ -168,9 +176,23 @@ export async function processBatch(
   if (jobs.length) {
     const targets = await loadTargets(sql);
     const rowsByTarget = assignJobs(jobs, targets, outcome);
+    // Chunked targets (a side table of chunks) take their own path: chunking/apply.ts.
+    const chunked = new Map<Target, Map<string, RowWork>>();
+    for (const [target, rows] of rowsByTarget) {
+      if (target.destination_sql !== null) chunked.set(target, rows);
+    }
+    for (const target of chunked.keys()) rowsByTarget.delete(target);
     const plan = await readRows(sql, rowsByTarget, targets, options, outcome);
     await embed(plan, options, outcome);
     await write(sql, plan.toWrite, outcome);
+    if (chunked.size) {
+      await applyChunked(sql, chunked, options, {
+        stats: outcome.stats,
+        fail: (work, error, retryable, retryAfterMs) =>
+          outcome.fail(work, error, retryable, retryAfterMs),
+        handBack: (work) => work.jobIds.forEach((id) => outcome.handedBack.add(id)),
+      });
+    }
   }
   return await acknowledge(sql, outcome, started, options);
 }

@@ -20,6 +20,13 @@ export interface Target {
   content_function_sql: string;
   /** For a shadow target (a model change in progress): the live target it will replace. */
   shadow_of: number | null;
+  /** A chunked target's side table of chunks (null: a whole-row target), and its settings. */
+  destination_sql: string | null;
+  chunk_size: number | null;
+  chunk_overlap: number | null;
+  splitter: string | null;
+  /** What a chunked row's fingerprint hashes besides its text (util._chunking_key). */
+  chunking_key: string | null;
 }
 
 export interface Targets {
