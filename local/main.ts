@@ -13,7 +13,7 @@ import {
 } from "./config.ts";
 import { bootstrapCluster, removeCluster, startCluster, stopCluster } from "./cluster.ts";
 import { chooseDefaultModel, type ModelChoice, setDefaultModel } from "./default_model.ts";
-import { FUNCTIONS_DIR, startFunctions } from "./functions.ts";
+import { FUNCTIONS_DIR, localJwt, startFunctions } from "./functions.ts";
 import { applyMigrations, MigrationError } from "./migrate.ts";
 import { startNetDispatcher } from "./net_dispatcher.ts";
 import { CommandError, readTextIfExists } from "./proc.ts";
@@ -146,10 +146,14 @@ async function start(): Promise<void> {
   const tick = await startPushTick({ dbUrl, log: (line) => say(`push tick: ${line}`) });
   say(`push tick: ${tick.plan.reason}`);
   say("ready");
+  // As `supabase status` prints them; the same keys on every start (see localJwt).
+  console.log(`  API URL:       ${API_URL}`);
   console.log(`  Database URL:  ${dbUrl}`);
   console.log(
     `  Functions URL: ${functions.url}/<name>  (${functions.names.join(", ") || "none yet"})`,
   );
+  console.log(`  anon key: ${await localJwt("anon")}`);
+  console.log(`  service_role key: ${await localJwt("service_role")}`);
   const signalled = waitForSignal();
   await Promise.race([
     showDemo(dbUrl, choice).catch((err) => say(`demo: ${(err as Error).message}`)),
