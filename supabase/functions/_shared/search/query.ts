@@ -43,7 +43,7 @@ export async function queryAsCaller(
       }
       await tx.unsafe(`set local role ${SEARCH_ROLES[caller.role]}`);
       await tx`
-        select set_config('request.jwt.claims', ${JSON.stringify(caller.claims)}, true),
+        select set_config('request.jwt.claims', ${JSON.stringify(caller.claims)}::text, true),
                set_config('statement_timeout', ${String(options.statementTimeoutMs)}, true)`;
       const hybrid = request.mode === "hybrid";
       const rows = await tx<MatchRow[]>`
@@ -55,7 +55,7 @@ export async function queryAsCaller(
                  ${hybrid ? target.content_function_oid : null}::oid::regprocedure,
                  ${request.match_count}::int,
                  ${request.match_threshold}::float8,
-                 ${JSON.stringify(request.filter)}::jsonb,
+                 ${JSON.stringify(request.filter)}::text::jsonb,
                  ${target.embedding_column}::name)`;
       return rows.map((r) => ({ id: r.id, similarity: r.similarity, row: r.row_data ?? {} }));
     });
