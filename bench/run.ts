@@ -1,7 +1,7 @@
 // `deno task bench`: brings up the local stack, runs every scenario against
 // throw-away databases on it and writes bench/RESULTS.md (figures are also
 // printed as they come). Options: --quick (small sizes, for trying it out)
-// and --only drain,cost,freshness,write-path,profile; both write
+// and --only drain,cost,freshness,write-path,storage,search,profile; both write
 // bench/RESULTS.partial.md instead.
 import { parseArgs } from "node:util";
 import { stopCluster } from "../local/cluster.ts";
@@ -16,6 +16,7 @@ import {
 } from "./scenarios/drain.ts";
 import { type FreshnessFigures, freshnessScenario } from "./scenarios/freshness.ts";
 import { profileScenario } from "./scenarios/profile.ts";
+import { type SearchFigures, searchScenario } from "./scenarios/search.ts";
 import { type StorageFigures, storageScenario } from "./scenarios/storage.ts";
 import { type WritePathFigures, writePathScenario } from "./scenarios/write_path.ts";
 import {
@@ -33,7 +34,7 @@ import {
 import { databaseUrl } from "../local/config.ts";
 import { FINDINGS } from "./findings.ts";
 
-const SCENARIOS = ["drain", "cost", "freshness", "write-path", "storage", "profile"];
+const SCENARIOS = ["drain", "cost", "freshness", "write-path", "storage", "search", "profile"];
 
 async function machine(): Promise<[string, string][]> {
   const meminfo = await Deno.readTextFile("/proc/meminfo");
@@ -245,6 +246,7 @@ async function main(): Promise<number> {
   let write: WritePathFigures | undefined;
   let profile: Section | undefined;
   let storage: StorageFigures | undefined;
+  let search: SearchFigures | undefined;
   const machineFacts = await machine();
   log(machineFacts.map(([k, v]) => `${k}: ${v}`).join("\n"));
   try {
@@ -254,6 +256,7 @@ async function main(): Promise<number> {
     if (only.includes("freshness")) fresh = await freshnessScenario(ctx);
     if (only.includes("write-path")) write = await writePathScenario(ctx);
     if (only.includes("storage")) storage = await storageScenario(ctx);
+    if (only.includes("search")) search = await searchScenario(ctx);
     if (only.includes("profile")) profile = await profileScenario(ctx);
   } finally {
     await fake.close();
@@ -269,6 +272,7 @@ async function main(): Promise<number> {
       write?.section,
       drain?.footprint,
       storage?.section,
+      search?.section,
       profile,
     ]
   ) {
