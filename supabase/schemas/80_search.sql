@@ -22,6 +22,8 @@
 -- embedding is not computed yet), its score (vector only: the similarity;
 -- hybrid: 1/(rrf_k + rank) summed over both rankings, weighted) and the row
 -- as jsonb without its embedding columns. Raises AE003 on a bad argument.
+-- One piece: the catalog checks and the statement built from what they found
+-- share every name, and util.match is a thin wrapper of it.
 create or replace function util.match_hybrid(
   target_table regclass,                 -- the table to search (a single-column primary key)
   query_embedding extensions.vector,     -- the query's vector, from the column's model
@@ -159,10 +161,15 @@ begin
      order by 3 desc, 1
      limit $5
   $sql$, pk, emb.attname, emb.type_sql, target_table, conditions, full_text, emb.attname::text);
-  return query execute fused
+  -- Row by row into the OUT columns (at most 200 rows), which plpgsql_check
+  -- can follow, unlike return query execute.
+  for id, similarity, score, row_data in execute fused
     using query_embedding, case when text_sql is null then null else query_text end,
           coalesce(filter, '{}'), match_threshold, match_count, text_search_config,
-          full_text_weight, semantic_weight, rrf_k::float8;
+          full_text_weight, semantic_weight, rrf_k::float8
+  loop
+    return next;
+  end loop;
 end
 $$;
 
