@@ -244,6 +244,17 @@ Deno.test("search refuses bad JWTs (401), other roles (403), bad input (400), un
       },
     );
 
+    await t.step("a browser's CORS preflight passes the gateway without a JWT", async () => {
+      const res = await fetch(`${stack.apiUrl}/functions/v1/search`, {
+        method: "OPTIONS",
+        headers: { origin: "http://app.example", "access-control-request-method": "POST" },
+      });
+      assert.equal(res.status, 200);
+      assert.equal(res.headers.get("access-control-allow-origin"), "*");
+      assert.match(res.headers.get("access-control-allow-headers") ?? "", /authorization/);
+      await res.body?.cancel();
+    });
+
     await t.step("a valid token with another role gets 403", async () => {
       for (const role of ["postgres", "supabase_admin", "pg_read_all_data"]) {
         const res = await invokeSearch(stack.client(await userToken(ALICE, { role })), body);
