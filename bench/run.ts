@@ -1,7 +1,7 @@
 // `deno task bench`: brings up the local stack, runs every scenario against
 // throw-away databases on it and writes bench/RESULTS.md (figures are also
 // printed as they come). Options: --quick (small sizes, for trying it out)
-// and --only drain,cost,freshness,write-path,storage,chunked,profile; both write
+// and --only drain,cost,freshness,write-path,storage,chunked,search,profile; both write
 // bench/RESULTS.partial.md instead.
 import { parseArgs } from "node:util";
 import { stopCluster } from "../local/cluster.ts";
@@ -17,6 +17,7 @@ import {
 } from "./scenarios/drain.ts";
 import { type FreshnessFigures, freshnessScenario } from "./scenarios/freshness.ts";
 import { profileScenario } from "./scenarios/profile.ts";
+import { type SearchFigures, searchScenario } from "./scenarios/search.ts";
 import { type StorageFigures, storageScenario } from "./scenarios/storage.ts";
 import { type WritePathFigures, writePathScenario } from "./scenarios/write_path.ts";
 import {
@@ -34,7 +35,7 @@ import {
 import { databaseUrl } from "../local/config.ts";
 import { FINDINGS } from "./findings.ts";
 
-const SCENARIOS = ["drain", "cost", "freshness", "write-path", "storage", "chunked", "profile"];
+const SCENARIOS = ["drain", "cost", "freshness", "write-path", "storage", "chunked", "search", "profile"];
 
 async function machine(): Promise<[string, string][]> {
   const meminfo = await Deno.readTextFile("/proc/meminfo");
@@ -257,6 +258,7 @@ async function main(): Promise<number> {
   let profile: Section | undefined;
   let storage: StorageFigures | undefined;
   let chunked: ChunkedFigures | undefined;
+  let search: SearchFigures | undefined;
   const machineFacts = await machine();
   log(machineFacts.map(([k, v]) => `${k}: ${v}`).join("\n"));
   try {
@@ -267,6 +269,7 @@ async function main(): Promise<number> {
     if (only.includes("write-path")) write = await writePathScenario(ctx);
     if (only.includes("storage")) storage = await storageScenario(ctx);
     if (only.includes("chunked")) chunked = await chunkedScenario(ctx);
+    if (only.includes("search")) search = await searchScenario(ctx);
     if (only.includes("profile")) profile = await profileScenario(ctx);
   } finally {
     await fake.close();
@@ -283,6 +286,7 @@ async function main(): Promise<number> {
       drain?.footprint,
       storage?.section,
       chunked?.section,
+      search?.section,
       profile,
     ]
   ) {

@@ -208,6 +208,40 @@ const DATABASE_BOOTSTRAP = `
   alter default privileges for role postgres in schema public grant all on sequences to anon, authenticated, service_role;
   alter default privileges for role postgres in schema public grant all on functions to anon, authenticated, service_role;
   create extension if not exists supabase_vault;
+  create schema if not exists auth;
+  grant usage on schema auth to anon, authenticated, service_role;
+  do $bootstrap$
+  begin
+    -- Supabase's auth.uid(), auth.role() and auth.jwt() for RLS policies: the
+    -- claims PostgREST (and the search function) put in request.jwt.claims,
+    -- or the older per-claim settings. Created only where missing.
+    if pg_catalog.to_regprocedure('auth.uid()') is null then
+      create function auth.uid() returns uuid language sql stable as $$
+        select coalesce(
+          nullif(current_setting('request.jwt.claim.sub', true), ''),
+          nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub'
+        )::uuid
+      $$;
+    end if;
+    if pg_catalog.to_regprocedure('auth.role()') is null then
+      create function auth.role() returns text language sql stable as $$
+        select coalesce(
+          nullif(current_setting('request.jwt.claim.role', true), ''),
+          nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'role'
+        )::text
+      $$;
+    end if;
+    if pg_catalog.to_regprocedure('auth.jwt()') is null then
+      create function auth.jwt() returns jsonb language sql stable as $$
+        select coalesce(
+          nullif(current_setting('request.jwt.claim', true), ''),
+          nullif(current_setting('request.jwt.claims', true), '')
+        )::jsonb
+      $$;
+    end if;
+  end
+  $bootstrap$;
+  grant execute on function auth.uid(), auth.role(), auth.jwt() to anon, authenticated, service_role;
 `;
 
 /** Roles and schemas a Supabase database has before any migration runs. Idempotent. */

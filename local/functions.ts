@@ -7,6 +7,7 @@
 import { join } from "node:path";
 import { API_URL, LOCAL_JWT_SECRET, ROOT } from "./config.ts";
 import { CommandError, fileExists, readTextIfExists } from "./proc.ts";
+import { bearerToken, JwtError, signJwt, verifyJwt } from "../supabase/functions/_shared/jwt.ts";
 
 export const FUNCTIONS_DIR = join(ROOT, "supabase", "functions");
 
@@ -62,56 +63,26 @@ export function parseVerifyJwt(toml: string): Map<string, boolean> {
   return result;
 }
 
-function base64url(bytes: Uint8Array): string {
-  return btoa(String.fromCharCode(...bytes)).replaceAll("+", "-").replaceAll("/", "_").replace(
-    /=+$/,
-    "",
-  );
-}
+/**
+ * Claims of the local stack's keys: the Supabase CLI's demo keys (issuer
+ * `supabase-demo`, a fixed expiry in 2032), so the same role always gets the
+ * same key and a restart of the stack changes no key an app holds.
+ */
+const LOCAL_KEY_EXPIRES = 1983812996;
 
-async function hmacKey(): Promise<CryptoKey> {
-  return await crypto.subtle.importKey(
-    "raw",
-    new TextEncoder().encode(LOCAL_JWT_SECRET),
-    { name: "HMAC", hash: "SHA-256" },
-    false,
-    ["sign", "verify"],
-  );
-}
-
-/** A local-only HS256 JWT for `role` (anon or service_role), like the CLI's demo keys. */
+/** The local stack's key for `role` (anon or service_role), like `supabase status` prints. */
 export async function localJwt(role: string): Promise<string> {
-  const enc = new TextEncoder();
-  const header = base64url(enc.encode(JSON.stringify({ alg: "HS256", typ: "JWT" })));
-  const payload = base64url(
-    enc.encode(JSON.stringify({ iss: "supabase-demo", role, exp: 1983812996 })),
-  );
-  const signature = new Uint8Array(
-    await crypto.subtle.sign("HMAC", await hmacKey(), enc.encode(`${header}.${payload}`)),
-  );
-  return `${header}.${payload}.${base64url(signature)}`;
+  return await signJwt({ iss: "supabase-demo", role, exp: LOCAL_KEY_EXPIRES }, LOCAL_JWT_SECRET);
 }
 
-/** True when `token` is an unexpired HS256 JWT signed with the local secret. */
+/** True when `token` is an unexpired HS256 JWT signed with the local secret (the gateway's check). */
 export async function verifyLocalJwt(token: string): Promise<boolean> {
-  const parts = token.split(".");
-  if (parts.length !== 3) return false;
   try {
-    const sig = Uint8Array.from(
-      atob(parts[2].replaceAll("-", "+").replaceAll("_", "/")),
-      (c) => c.charCodeAt(0),
-    );
-    const ok = await crypto.subtle.verify(
-      "HMAC",
-      await hmacKey(),
-      sig,
-      new TextEncoder().encode(`${parts[0]}.${parts[1]}`),
-    );
-    if (!ok) return false;
-    const payload = JSON.parse(atob(parts[1].replaceAll("-", "+").replaceAll("_", "/")));
-    return typeof payload.exp !== "number" || payload.exp * 1000 > Date.now();
-  } catch {
-    return false;
+    await verifyJwt(token, LOCAL_JWT_SECRET);
+    return true;
+  } catch (err) {
+    if (err instanceof JwtError) return false;
+    throw err;
   }
 }
 
@@ -206,6 +177,8 @@ export async function startFunctions(options: FunctionsOptions): Promise<Functio
     SUPABASE_URL: API_URL,
     SUPABASE_ANON_KEY: await localJwt("anon"),
     SUPABASE_SERVICE_ROLE_KEY: await localJwt("service_role"),
+    // Lets a function check the caller's token again itself (search does).
+    SUPABASE_JWT_SECRET: LOCAL_JWT_SECRET,
     ...options.env,
     ...dotenv,
   };
@@ -253,9 +226,9 @@ export async function startFunctions(options: FunctionsOptions): Promise<Functio
       return Response.json({ msg: "Function not found" }, { status: 404 });
     }
     const name = m[1];
-    if (verify.get(name) ?? true) {
-      const token = req.headers.get("authorization")?.match(/^Bearer\s+(.+)$/i)?.[1] ?? "";
-      if (!(await verifyLocalJwt(token))) {
+    // Browsers send CORS preflights without credentials; the function answers them.
+    if (req.method !== "OPTIONS" && (verify.get(name) ?? true)) {
+      if (!(await verifyLocalJwt(bearerToken(req.headers.get("authorization"))))) {
         return Response.json({ msg: "Invalid JWT" }, { status: 401 });
       }
     }

@@ -2,6 +2,7 @@
 // (npm test), `stop`. Each step installs or creates what is missing first,
 // so both commands work on a fresh clone.
 import { join } from "node:path";
+import { createClient } from "@supabase/supabase-js";
 import postgres from "postgres";
 import {
   API_PORT,
@@ -13,13 +14,12 @@ import {
 } from "./config.ts";
 import { bootstrapCluster, removeCluster, startCluster, stopCluster } from "./cluster.ts";
 import { chooseDefaultModel, type ModelChoice, setDefaultModel } from "./default_model.ts";
-import { FUNCTIONS_DIR, startFunctions } from "./functions.ts";
+import { FUNCTIONS_DIR, localJwt, startFunctions } from "./functions.ts";
 import { applyMigrations, MigrationError } from "./migrate.ts";
 import { startNetDispatcher } from "./net_dispatcher.ts";
 import { CommandError, readTextIfExists } from "./proc.ts";
 import { startPushTick } from "./push_tick.ts";
 import { ensureSetup } from "./setup.ts";
-import { coreSettings } from "../supabase/functions/_shared/settings.ts";
 import { surviveDatabaseDisconnects } from "../supabase/functions/_shared/postgres_guard.ts";
 
 const say = (line: string) => console.log(`autoembed: ${line}`);
@@ -146,10 +146,14 @@ async function start(): Promise<void> {
   const tick = await startPushTick({ dbUrl, log: (line) => say(`push tick: ${line}`) });
   say(`push tick: ${tick.plan.reason}`);
   say("ready");
+  // As `supabase status` prints them; the same keys on every start (see localJwt).
+  console.log(`  API URL:       ${API_URL}`);
   console.log(`  Database URL:  ${dbUrl}`);
   console.log(
     `  Functions URL: ${functions.url}/<name>  (${functions.names.join(", ") || "none yet"})`,
   );
+  console.log(`  anon key: ${await localJwt("anon")}`);
+  console.log(`  service_role key: ${await localJwt("service_role")}`);
   const signalled = waitForSignal();
   await Promise.race([
     showDemo(dbUrl, choice).catch((err) => say(`demo: ${(err as Error).message}`)),
@@ -228,25 +232,22 @@ async function waitForDemo(sql: postgres.Sql, what: string) {
 }
 
 /**
- * Answers a question the way an application would: embeds it with the table's
- * model (the same provider code the function uses) and calls
- * public.match_documents, as in the Supabase guide.
+ * Answers a question the way an application would: supabase-js with the anon
+ * key calls the search function, which embeds the question with the table's
+ * model and searches as the caller.
  */
-async function answer(
-  sql: postgres.Sql,
-  question: string,
-  model: string,
-  env: (name: string) => string | undefined,
-) {
-  const provider = coreSettings(env).providerFor(model, 1536);
-  const [vector] = await provider.embed([question]);
-  const hits = await sql`
-    select title, round((1 - (embedding <=> ${
-    JSON.stringify(vector)
-  }::halfvec(1536)))::numeric, 3) as similarity
-      from public.match_documents(${JSON.stringify(vector)}::halfvec(1536), 0.0, 3)`;
-  say(`demo: search "${question}" with public.match_documents:`);
-  for (const h of hits) console.log(`    ${h.similarity}  ${h.title}`);
+async function answer(question: string) {
+  const supabase = createClient(API_URL, await localJwt("anon"), {
+    auth: { persistSession: false, autoRefreshToken: false },
+  });
+  const { data, error } = await supabase.functions.invoke("search", {
+    body: { table: "documents", query: question, match_count: 3 },
+  });
+  if (error) throw new Error(`search failed: ${error.message}`);
+  say(`demo: supabase.functions.invoke('search', "${question}") with the anon key:`);
+  for (const hit of data.results) {
+    console.log(`    ${hit.similarity.toFixed(3)}  ${hit.row.title}`);
+  }
 }
 
 /**
@@ -268,8 +269,8 @@ async function showDemo(dbUrl: string, choice: ModelChoice): Promise<void> {
       say(`demo: public.documents moves from ${target} to ${choice.model}: ${n} rows queued`);
     }
     await sql`select util.process_embeddings()`;
-    const { model } = await waitForDemo(sql, "initial embedding");
-    await answer(sql, "run SQL on a schedule", model, choice.env);
+    await waitForDemo(sql, "initial embedding");
+    await answer("run SQL on a schedule");
     await sql`
       update public.documents
          set content = 'pg_cron runs SQL on a schedule inside the database, e.g. every minute ' ||
@@ -278,7 +279,7 @@ async function showDemo(dbUrl: string, choice: ModelChoice): Promise<void> {
     say("demo: edited 'Scheduling jobs'; the update trigger queued it");
     await sql`select util.process_embeddings()`;
     await waitForDemo(sql, "after the edit");
-    await answer(sql, "run SQL every minute", model, choice.env);
+    await answer("run SQL every minute");
     await showChunkedDemo(sql, choice);
     say(
       "demo: try it yourself in psql: insert or update public.documents, then " +

@@ -57,3 +57,22 @@ exception when insufficient_privilege then
     using hint = 'The platform owns pg_net here; its grants decide who may read net.http_request_queue.';
 end
 $$;
+
+-- Search (80_search): util.match and util.match_hybrid are security invoker
+-- and read only the system catalog and the table they are given, so they
+-- run with the caller's privileges and row-level security. App roles may
+-- call them (the search function calls them as the caller's role); the rest
+-- of util stays closed to them.
+grant usage on schema util to anon, authenticated;
+-- service_role first, in a statement of its own: the revoke above keeps its
+-- grant, so a second run lists the roles in the same order as the first.
+grant execute on function
+  util.match(regclass, extensions.vector, int, float8, jsonb, name),
+  util.match_hybrid(regclass, extensions.vector, text, regprocedure, int, float8, jsonb, name,
+                    regconfig, float8, float8, int)
+  to service_role;
+grant execute on function
+  util.match(regclass, extensions.vector, int, float8, jsonb, name),
+  util.match_hybrid(regclass, extensions.vector, text, regprocedure, int, float8, jsonb, name,
+                    regconfig, float8, float8, int)
+  to anon, authenticated;

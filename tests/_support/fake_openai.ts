@@ -3,6 +3,7 @@
 // injectable latency and faults (status codes, outages, slowness, malformed or
 // wrong-sized answers).
 import { Buffer } from "node:buffer";
+import { hashEmbed } from "../../supabase/functions/_shared/providers/local.ts";
 import { estimateTokens } from "../../supabase/functions/_shared/providers/tokens.ts";
 
 export type Fault =
@@ -118,8 +119,18 @@ function base64Float32(vector: number[]): string {
 }
 
 export async function startFakeOpenAI(
-  opts: { latencyMs?: number; perInputMs?: number } = {},
+  opts: {
+    latencyMs?: number;
+    perInputMs?: number;
+    /**
+     * "random" (default): pseudo-random vectors per text (fakeVector);
+     * "lexical": the offline embedder's feature hashing (texts sharing words
+     * come out close), for tests of search relevance.
+     */
+    vectors?: "random" | "lexical";
+  } = {},
 ): Promise<FakeOpenAI> {
+  const vectorOf = opts.vectors === "lexical" ? hashEmbed : fakeVector;
   let latencyMs = opts.latencyMs ?? 0;
   const perInputMs = opts.perInputMs ?? 0;
   let fault: Fault | null = null;
@@ -264,7 +275,7 @@ export async function startFakeOpenAI(
     const size = wrongDimensions ? dimensions + 1 : dimensions;
     // Listed in reverse: the API promises `index`, not order, so clients must sort.
     const data = texts.map((text, index) => {
-      const vector = fakeVector(text, size);
+      const vector = vectorOf(text, size);
       return {
         object: "embedding",
         index,

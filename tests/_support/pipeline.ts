@@ -39,6 +39,8 @@ export interface PipelineOptions {
   env?: Record<string, string>;
   /** Start the pg_net dispatcher (default true). */
   dispatcher?: boolean;
+  /** The fake provider's vectors (see startFakeOpenAI). */
+  vectors?: "random" | "lexical";
 }
 
 export async function startPipeline(
@@ -46,7 +48,10 @@ export async function startPipeline(
   dbUrl: string,
   options: PipelineOptions = {},
 ): Promise<Pipeline> {
-  const fake = await startFakeOpenAI({ latencyMs: options.latencyMs ?? 0 });
+  const fake = await startFakeOpenAI({
+    latencyMs: options.latencyMs ?? 0,
+    vectors: options.vectors,
+  });
   const shutdown = new AbortController();
   const logs: string[] = [];
   const env: Record<string, string> = {

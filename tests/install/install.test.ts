@@ -61,7 +61,9 @@ Deno.test("install into a Supabase project: its migrations build a database wher
     const importMap = JSON.parse(
       await Deno.readTextFile(join(dir, "supabase", "functions", "embed", "deno.json")),
     );
-    assert.deepEqual(Object.keys(importMap.imports), ["js-tiktoken", "openai", "postgres", "zod"]);
+    // Every bare import of the shipped sources, _shared/ included (its search
+    // helpers verify JWTs with jose).
+    assert.deepEqual(Object.keys(importMap.imports), ["jose", "js-tiktoken", "openai", "postgres", "zod"]);
     assert.match(result.stdout, /next: supabase db push/);
 
     await withTestDb(async (sql, url) => {

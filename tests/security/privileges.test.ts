@@ -185,7 +185,12 @@ Deno.test("app roles' writes through RLS still enqueue: guide-style row triggers
   });
 });
 
-Deno.test("catalog: every util function pins search_path; none (definer or not) is executable by PUBLIC, anon or authenticated", async () => {
+const SEARCH_FUNCTIONS = [
+  "util.match(regclass,vector,integer,double precision,jsonb,name)",
+  "util.match_hybrid(regclass,vector,text,regprocedure,integer,double precision,jsonb,name,regconfig,double precision,double precision,integer)",
+];
+
+Deno.test("catalog: every util function pins search_path; none but the search functions (security invoker) is executable by PUBLIC, anon or authenticated", async () => {
   await withTestDb(async (sql) => {
     const functions = await sql`
       select p.oid::regprocedure::text as fn, p.prosecdef as definer,
@@ -206,7 +211,19 @@ Deno.test("catalog: every util function pins search_path; none (definer or not) 
       [],
       "functions without set search_path (STYLE: pinned on every one)",
     );
-    const open = functions.filter((f) => f.anon || f.authenticated || f.public).map((f) =>
+    // The search functions are the one exception: security invoker, reading
+    // only the catalog and the caller's own table, so RLS applies (80_search).
+    const search = functions.filter((f) => SEARCH_FUNCTIONS.includes(f.fn));
+    assert.deepEqual(
+      search.map((f) =>
+        `${f.fn}: ${f.definer ? "definer" : "invoker"} ${f.anon && f.authenticated}`
+      ),
+      SEARCH_FUNCTIONS.map((fn) => `${fn}: invoker true`),
+      "util.match and util.match_hybrid run as the caller, and app roles may call them",
+    );
+    const open = functions.filter((f) =>
+      !SEARCH_FUNCTIONS.includes(f.fn) && (f.anon || f.authenticated || f.public)
+    ).map((f) =>
       `${f.fn}${f.definer ? " (security definer)" : ""}: ${
         ["anon", "authenticated", "public"].filter((r) => f[r]).join(", ")
       }`
@@ -226,6 +243,7 @@ Deno.test("catalog: every util function pins search_path; none (definer or not) 
     const [schema] = await sql`
       select has_schema_privilege('anon', 'util', 'usage') as anon,
              has_schema_privilege('authenticated', 'util', 'usage') as authenticated`;
-    assert.deepEqual({ ...schema }, { anon: false, authenticated: false });
+    // Usage on util lets app roles reach the search functions; nothing else in it is theirs.
+    assert.deepEqual({ ...schema }, { anon: true, authenticated: true });
   });
 });

@@ -30,6 +30,18 @@ Deno.test("local JWTs verify; tampered ones do not", async () => {
   assert.equal(await verifyLocalJwt(""), false);
 });
 
+Deno.test("local keys are the Supabase CLI's demo keys: the same on every start", async () => {
+  // The keys `supabase status` prints for a local stack with the default JWT secret.
+  assert.equal(
+    await localJwt("anon"),
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpc3MiOiJzdXBhYmFzZS1kZW1vIiwicm9sZSI6ImFub24iLCJleHAiOjE5ODM4MTI5OTZ9.CRXP1A7WOeoJeXxjNni43kdQwgnWNReilDMblYTn_I0",
+  );
+  assert.equal(
+    await localJwt("service_role"),
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpc3MiOiJzdXBhYmFzZS1kZW1vIiwicm9sZSI6InNlcnZpY2Vfcm9sZSIsImV4cCI6MTk4MzgxMjk5Nn0.EGIM96RAZx35lJzdJsyH-qQwv8Hdp7fsn3W0YpN81IU",
+  );
+});
+
 Deno.test("cliDbUrl turns TLS off for the CLI unless the URL already says", () => {
   assert.equal(
     cliDbUrl("postgresql://postgres:postgres@127.0.0.1:54322/postgres"),

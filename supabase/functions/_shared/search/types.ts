@@ -1,0 +1,81 @@
+// What the search function accepts and answers: the request schema (zod) with
+// its caps, the result shape, and the one error type that carries an HTTP
+// status from wherever a search fails.
+import { z } from "zod";
+
+/** Caps of one search request. */
+export const SEARCH_LIMITS = {
+  /** Most rows one search returns. */
+  maxMatchCount: 100,
+  defaultMatchCount: 10,
+  /** Longest query text, in characters (a query is a question, not a document). */
+  maxQueryChars: 2000,
+  /** Most columns one filter names. */
+  maxFilterColumns: 16,
+} as const;
+
+const identifier = z.string().min(1).max(63);
+
+/** POST body of the search function. */
+export const searchRequestSchema = z.strictObject({
+  /** `table` or `schema.table` of an attached table. */
+  table: z.string().min(1).max(127),
+  query: z.string().trim().min(1, "query is empty").max(
+    SEARCH_LIMITS.maxQueryChars,
+    `query is longer than ${SEARCH_LIMITS.maxQueryChars} characters`,
+  ),
+  match_count: z.number().int().min(1).max(SEARCH_LIMITS.maxMatchCount).default(
+    SEARCH_LIMITS.defaultMatchCount,
+  ),
+  /** Least cosine similarity of the vector ranking (-1 to 1). */
+  match_threshold: z.number().min(-1).max(1).default(0),
+  mode: z.enum(["vector", "hybrid"]).default("vector"),
+  /** Equality on columns of the table; values are bound, never interpolated. */
+  filter: z.record(identifier, z.union([z.string(), z.number(), z.boolean(), z.null()]))
+    .refine((f) => Object.keys(f).length <= SEARCH_LIMITS.maxFilterColumns, {
+      message: `filter names more than ${SEARCH_LIMITS.maxFilterColumns} columns`,
+    })
+    .default({}),
+  /** The embedding column, when the table has more than one attached. */
+  column: identifier.optional(),
+});
+
+export type SearchRequest = z.infer<typeof searchRequestSchema>;
+
+/**
+ * The best chunk of a row, for chunked targets (side table of chunks). Not
+ * filled yet: the chunked search joins here once chunked targets exist.
+ */
+export interface SearchChunk {
+  seq: number;
+  text: string;
+  similarity: number;
+}
+
+export interface SearchResult {
+  /** The row's primary key, as text. */
+  id: string;
+  /** Cosine similarity of the row's embedding to the query's (null: not embedded yet). */
+  similarity: number | null;
+  /** The row's columns without its embedding. */
+  row: Record<string, unknown>;
+  chunk?: SearchChunk;
+}
+
+export interface SearchResponse {
+  /** The model the query was embedded with: the table's current model. */
+  model: string;
+  results: SearchResult[];
+}
+
+/** A search that ends with an HTTP status other than 200; `message` is safe to show the caller. */
+export class SearchError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+    readonly headers: Record<string, string> = {},
+  ) {
+    super(message);
+    this.name = "SearchError";
+  }
+}

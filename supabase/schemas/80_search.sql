@@ -1,0 +1,196 @@
+-- autoembed schema 80: search. util.match (nearest rows to a query vector,
+-- the match_documents pattern for any table) and util.match_hybrid (the same
+-- fused by reciprocal rank with a full-text ranking, as in Supabase's
+-- hybrid-search guide). The `search` edge function embeds a query text with
+-- the table's model and calls util.match_hybrid as the caller.
+--
+-- Both are security invoker and read only the system catalog and the table
+-- they are given: they run with the caller's privileges, so row-level
+-- security decides which rows exist for the caller (a hidden row is neither
+-- returned nor counted nor ranked). That is why app roles may execute them
+-- (90_privileges), unlike every other util function.
+--
+-- The query vector must come from the model and dimensions the column holds
+-- now: select model, dimensions from util.embedding_status (service_role), or
+-- let the search function embed the text. Names are checked against the
+-- catalog and quoted (format %I); values are always bound parameters.
+
+-- public: rows of `target_table` nearest to `query_embedding`, best first,
+-- optionally fused with a full-text ranking of `query_text` over
+-- `content_function(row)`. Returns each row's primary key as text, the cosine
+-- similarity of its embedding (null for a row found by its words alone whose
+-- embedding is not computed yet), its score (vector only: the similarity;
+-- hybrid: 1/(rrf_k + rank) summed over both rankings, weighted) and the row
+-- as jsonb without its embedding columns. Raises AE003 on a bad argument.
+-- One piece: the catalog checks and the statement built from what they found
+-- share every name, and util.match is a thin wrapper of it.
+create or replace function util.match_hybrid(
+  target_table regclass,                 -- the table to search (a single-column primary key)
+  query_embedding extensions.vector,     -- the query's vector, from the column's model
+  query_text text default null,          -- the query's words for full-text ranking; null: vector only
+  content_function regprocedure default null, -- the text of a row for full-text ranking (the target's content function)
+  match_count int default 10,            -- rows returned, 1 to 200
+  match_threshold float8 default 0,      -- least cosine similarity a row of the vector ranking must have
+  filter jsonb default '{}',             -- equality on columns, {"column": value}; null matches null
+  embedding_column name default 'embedding', -- the vector or halfvec column
+  text_search_config regconfig default 'english', -- for to_tsvector and websearch_to_tsquery
+  full_text_weight float8 default 1,     -- weight of the full-text ranking in the fused score
+  semantic_weight float8 default 1,      -- weight of the vector ranking in the fused score
+  rrf_k int default 50                   -- smoothing constant of reciprocal rank fusion
+)
+returns table (id text, similarity float8, score float8, row_data jsonb)
+language plpgsql
+stable
+security invoker
+set search_path = ''
+as $$
+declare
+  rel record;
+  emb record;
+  pk name;
+  col record;
+  key text;
+  conditions text := '';
+  text_sql text;
+  full_text text;
+  fused text;
+begin
+  if match_count is null or match_count < 1 or match_count > 200 then
+    raise exception 'autoembed: match_count must be between 1 and 200, got %', match_count
+      using errcode = 'AE003', hint = 'Ask for fewer rows, and page by raising the threshold.';
+  end if;
+  select c.oid, c.reltype, c.relkind into rel from pg_catalog.pg_class c where c.oid = target_table;
+  if rel.oid is null or rel.relkind not in ('r', 'p') then
+    raise exception 'autoembed: % is not a table', target_table using errcode = 'AE003';
+  end if;
+  select a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod) as type_sql into emb
+    from pg_catalog.pg_attribute a join pg_catalog.pg_type t on t.oid = a.atttypid
+   where a.attrelid = target_table and a.attname = embedding_column and a.attnum > 0
+     and not a.attisdropped and t.typname in ('vector', 'halfvec');
+  if emb.attname is null then
+    raise exception 'autoembed: % has no vector or halfvec column "%"', target_table, embedding_column
+      using errcode = 'AE003', hint = 'Name the embedding column with embedding_column => ...';
+  end if;
+  select min(a.attname) into pk
+    from pg_catalog.pg_index i
+    join pg_catalog.pg_attribute a on a.attrelid = i.indrelid and a.attnum = any (i.indkey)
+   where i.indrelid = target_table and i.indisprimary
+  having count(*) = 1;
+  if pk is null then
+    raise exception 'autoembed: % needs a single-column primary key', target_table using errcode = 'AE003';
+  end if;
+
+  if filter is not null and pg_catalog.jsonb_typeof(filter) <> 'object' then
+    raise exception 'autoembed: filter must be a JSON object of column names and values'
+      using errcode = 'AE003';
+  end if;
+  -- Each key must be a column of the table (and not an embedding column); its
+  -- value is bound ($3) and read as the column's type.
+  for key in select k from pg_catalog.jsonb_object_keys(coalesce(filter, '{}')) k order by k loop
+    select a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod) as type_sql into col
+      from pg_catalog.pg_attribute a
+     where a.attrelid = target_table and a.attname::text = key and a.attnum > 0 and not a.attisdropped;
+    if col.attname is null or col.attname = embedding_column or key like '\_autoembed\_next\_%' then
+      raise exception 'autoembed: filter names "%", which is no column of % that can be filtered', key, target_table
+        using errcode = 'AE003', hint = 'Filter on the table''s own columns, by equality.';
+    end if;
+    conditions := conditions || pg_catalog.format(' and r.%I is not distinct from ($3 ->> %L)::%s',
+                                                  col.attname, key, col.type_sql);
+  end loop;
+
+  if query_text is not null then
+    if content_function is null then
+      raise exception 'autoembed: a hybrid search needs the content function'
+        using errcode = 'AE003', hint = 'Pass content_function => ''public.documents_input(public.documents)''.';
+    end if;
+    select pg_catalog.format('%I.%I', n.nspname, p.proname) into text_sql
+      from pg_catalog.pg_proc p join pg_catalog.pg_namespace n on n.oid = p.pronamespace
+     where p.oid = content_function and p.pronargs = 1 and p.proargtypes[0] = rel.reltype
+       and p.prorettype = 'text'::regtype;
+    if text_sql is null then
+      raise exception 'autoembed: % does not take a row of % and return text', content_function, target_table
+        using errcode = 'AE003';
+    end if;
+  end if;
+
+  -- Vector ranking: the nearest rows in index order (an HNSW or IVFFlat index
+  -- on the column serves it). Full-text ranking: rows whose text matches the
+  -- query, by ts_rank_cd. Both take twice the rows asked for, as the guide
+  -- does, then reciprocal rank fusion orders their union. Parameters: $1
+  -- vector, $2 text, $3 filter, $4 threshold, $5 count, $6 text search
+  -- configuration, $7 and $8 weights, $9 rrf_k.
+  if text_sql is null then
+    full_text := pg_catalog.format(
+      'select r.%I as key, null::bigint as rank_ix from %s r where false', pk, target_table);
+  else
+    full_text := pg_catalog.format($sql$
+      select f.key, pg_catalog.row_number() over (order by f.rank desc) as rank_ix
+        from (select r.%1$I as key,
+                     pg_catalog.ts_rank_cd(pg_catalog.to_tsvector($6, %3$s(r)),
+                                           pg_catalog.websearch_to_tsquery($6, $2)) as rank
+                from %2$s r
+               where pg_catalog.to_tsvector($6, %3$s(r))
+                     operator(pg_catalog.@@) pg_catalog.websearch_to_tsquery($6, $2) %4$s
+               order by 2 desc
+               limit $5 * 2) f
+    $sql$, pk, target_table, text_sql, conditions);
+  end if;
+  fused := pg_catalog.format($sql$
+    with semantic as (
+      select s.key, pg_catalog.row_number() over (order by s.distance) as rank_ix
+        from (select r.%1$I as key, r.%2$I operator(extensions.<=>) $1::%3$s as distance
+                from %4$s r
+               where r.%2$I operator(extensions.<=>) $1::%3$s < 1 - $4 %5$s
+               order by r.%2$I operator(extensions.<=>) $1::%3$s
+               limit $5 * 2) s
+    ), full_text as (%6$s
+    ), ranked as (
+      select coalesce(s.key, f.key) as key,
+             case when $2 is not null
+                  then coalesce($7 / ($9 + f.rank_ix), 0.0) + coalesce($8 / ($9 + s.rank_ix), 0.0)
+             end as fused
+        from semantic s full join full_text f on f.key = s.key
+    )
+    select r.%1$I::text,
+           1 - (r.%2$I operator(extensions.<=>) $1::%3$s)::float8,
+           coalesce(k.fused, 1 - (r.%2$I operator(extensions.<=>) $1::%3$s)::float8),
+           (select pg_catalog.jsonb_object_agg(j.key, j.value)
+              from pg_catalog.jsonb_each(pg_catalog.to_jsonb(r)) j
+             where j.key <> %7$L and j.key not like '\_autoembed\_next\_%%')
+      from ranked k join %4$s r on r.%1$I = k.key
+     order by 3 desc, 1
+     limit $5
+  $sql$, pk, emb.attname, emb.type_sql, target_table, conditions, full_text, emb.attname::text);
+  -- Row by row into the OUT columns (at most 200 rows), which plpgsql_check
+  -- can follow, unlike return query execute.
+  for id, similarity, score, row_data in execute fused
+    using query_embedding, case when text_sql is null then null else query_text end,
+          coalesce(filter, '{}'), match_threshold, match_count, text_search_config,
+          full_text_weight, semantic_weight, rrf_k::float8
+  loop
+    return next;
+  end loop;
+end
+$$;
+
+-- public: rows of `target_table` nearest to `query_embedding`, best first
+-- (the match_documents pattern for any table): primary key as text, cosine
+-- similarity, and the row as jsonb without its embedding columns.
+create or replace function util.match(
+  target_table regclass,                 -- the table to search (a single-column primary key)
+  query_embedding extensions.vector,     -- the query's vector, from the column's model
+  match_count int default 10,            -- rows returned, 1 to 200
+  match_threshold float8 default 0,      -- least cosine similarity
+  filter jsonb default '{}',             -- equality on columns, {"column": value}; null matches null
+  embedding_column name default 'embedding' -- the vector or halfvec column
+)
+returns table (id text, similarity float8, row_data jsonb)
+language sql
+stable
+security invoker
+set search_path = ''
+as $$
+  select m.id, m.similarity, m.row_data
+    from util.match_hybrid(target_table, query_embedding, null, null, match_count, match_threshold,
+                           filter, embedding_column) m
+$$;
