@@ -21,6 +21,7 @@ import { CommandError, readTextIfExists } from "./proc.ts";
 import { startPushTick } from "./push_tick.ts";
 import { ensureSetup } from "./setup.ts";
 import { surviveDatabaseDisconnects } from "../supabase/functions/_shared/postgres_guard.ts";
+import { coreSettings } from "../supabase/functions/_shared/settings.ts";
 
 const say = (line: string) => console.log(`autoembed: ${line}`);
 
