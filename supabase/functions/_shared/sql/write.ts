@@ -3,13 +3,17 @@
 import type postgres from "postgres";
 import { isRetryableNow } from "../db_errors.ts";
 import type { Target } from "./targets.ts";
+import { type Vector, vectorList } from "../vectors.ts";
 
 export interface EmbeddingWrite {
   rowId: string;
   /** sha256 (hex) of the text the vector was computed from. */
   hash: string;
-  /** Vector text, or null to clear the embedding (the row has no text any more). */
-  vector: string | null;
+  /**
+   * The provider's vector, or the text of one copied from a row that holds
+   * it, or null to clear the embedding (the row has no text any more).
+   */
+  vector: Vector | string | null;
 }
 
 /**
@@ -69,7 +73,7 @@ export async function writeEmbeddings(
 ): Promise<Set<string>> {
   const rowIds = textArrayLiteral(writes.map((w) => w.rowId));
   const hashes = textArrayLiteral(writes.map((w) => w.hash));
-  const vectors = vectorList(writes);
+  const vectors = vectorList(writes.map((w) => w.vector), target.embedding_type_sql);
   for (let attempt = 1;; attempt++) {
     try {
       const rows = await sql.begin(async (tx) => {
@@ -94,22 +98,4 @@ export async function writeEmbeddings(
 /** `values` as a text[] literal: each quoted, its quotes and backslashes escaped. */
 export function textArrayLiteral(values: string[]): string {
   return `{${values.map((v) => `"${v.replace(/[\\"]/g, "\\$&")}"`).join(",")}}`;
-}
-
-/**
- * The vectors as one text, `[…];[…];` with an empty field for a null (the
- * statement reads it as NULL; no vector's text is empty). A vector text
- * (numbers, commas, brackets) never holds the ';'; one with any other
- * character is refused here rather than misread.
- */
-export function vectorList(writes: EmbeddingWrite[]): string {
-  const parts = new Array<string>(writes.length);
-  for (let i = 0; i < writes.length; i++) {
-    const vector = writes[i].vector;
-    if (vector !== null && !/^\[[-+0-9.,eE ]*\]$/.test(vector)) {
-      throw new Error("a vector text holds characters no vector literal has");
-    }
-    parts[i] = vector ?? "";
-  }
-  return parts.join(";");
 }
