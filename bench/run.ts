@@ -369,7 +369,7 @@ function scenarioOf(goalText: string): string {
  * findings. The goals table keeps the rows of scenarios that did not run.
  * The findings are bench/findings.ts's current text.
  */
-function mergeSections(old: string, sections: Section[], only: string[]): string {
+export function mergeSections(old: string, sections: Section[], only: string[]): string {
   const parts = old.split(/^(?=## )/m);
   const head = parts.shift()!;
   const key = (title: string) => /^\d+[a-z]?\./.test(title) ? title.split(" ")[0] : title;
