@@ -1,5 +1,5 @@
 // `deno run -A bench/drain_pull.ts [sizes...] [--reps N] [-c C] [--v8-flags F]
-// [--env K=V]... [--task] [--memory] [--hnsw]`: the pull drain of scenario 1 alone
+// [--env K=V]... [--task] [--memory] [--cpu-prof DIR] [--hnsw]`: the pull drain of scenario 1 alone
 // (bench/scenarios/drain.ts), with the V8 heap limits `deno task autoembed`
 // gives the worker, or (--task) started by `deno task autoembed worker`
 // exactly as users run it, so peak RSS is the one users see; --memory
@@ -32,6 +32,8 @@ const { values, positionals } = parseArgs({
     task: { type: "boolean", default: false },
     // Run the worker inside bench/worker_memory.ts (deno.json's V8 flags): where its memory goes.
     memory: { type: "boolean", default: false },
+    // Write a V8 CPU profile of the worker (deno.json's V8 flags) into this directory.
+    "cpu-prof": { type: "string" },
     // An HNSW index on the embedding column, as real tables have.
     hnsw: { type: "boolean", default: false },
   },
@@ -59,6 +61,15 @@ try {
         hnsw: values.hnsw,
         command: values.memory
           ? ["run", "-A", `--v8-flags=${values["v8-flags"]}`, "bench/worker_memory.ts"]
+          : values["cpu-prof"]
+          ? [
+            "run",
+            "-A",
+            "--cpu-prof",
+            `--cpu-prof-dir=${values["cpu-prof"]}`,
+            `--v8-flags=${values["v8-flags"]}`,
+            "cli/autoembed.ts",
+          ]
           : undefined,
       });
       print(ctx, r);

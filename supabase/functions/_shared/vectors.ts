@@ -27,7 +27,7 @@ export function vectorLiteral(values: Vector, columnType: string): string {
  */
 export function vectorList(vectors: (Vector | string | null)[], columnType: string): string {
   const half = columnType.startsWith("halfvec") && typeof Float16Array === "function";
-  const { bytes, offsets } = half ? (float16Bytes ??= float16ByteTable()) : EMPTY_TABLE;
+  const { bytes, offsets, longest } = half ? (float16Bytes ??= float16ByteTable()) : EMPTY_TABLE;
   const parts = vectors.map((v): Uint16Array | string | null => {
     if (v === null) return null;
     if (typeof v === "string") {
@@ -44,14 +44,12 @@ export function vectorList(vectors: (Vector | string | null)[], columnType: stri
     }
     return `[${Array.prototype.join.call(v, ",")}]`;
   });
-  let size = Math.max(parts.length - 1, 0); // separators
+  // An upper bound of the text's length (every value at the table's longest),
+  // so the values are looked up once.
+  let size = parts.length; // separators
   for (const part of parts) {
-    if (part === null) continue;
     if (typeof part === "string") size += part.length;
-    else {
-      size += part.length + 1; // brackets and commas
-      for (let i = 0; i < part.length; i++) size += offsets[part[i] + 1] - offsets[part[i]];
-    }
+    else if (part !== null) size += part.length * (longest + 1) + 1;
   }
   const out = new Uint8Array(size);
   let at = 0;
@@ -70,17 +68,17 @@ export function vectorList(vectors: (Vector | string | null)[], columnType: stri
     }
     out[at++] = 0x5d; // ]
   });
-  return ascii.decode(out);
+  return ascii.decode(out.subarray(0, at));
 }
 
 /** What a vector's text may hold: numbers, commas, brackets. */
 const VECTOR_TEXT = /^\[[-+0-9.,eE ]*\]$/;
-const EMPTY_TABLE = { bytes: new Uint8Array(0), offsets: new Uint32Array(0) };
+const EMPTY_TABLE = { bytes: new Uint8Array(0), offsets: new Uint32Array(0), longest: 0 };
 const ascii = new TextDecoder();
-let float16Bytes: { bytes: Uint8Array; offsets: Uint32Array } | undefined;
+let float16Bytes: { bytes: Uint8Array; offsets: Uint32Array; longest: number } | undefined;
 
 /** float16TextTable as one ASCII buffer: value b's text is bytes[offsets[b] .. offsets[b + 1]). */
-function float16ByteTable(): { bytes: Uint8Array; offsets: Uint32Array } {
+function float16ByteTable(): { bytes: Uint8Array; offsets: Uint32Array; longest: number } {
   const table = float16TextTable();
   const offsets = new Uint32Array(table.length + 1);
   for (let b = 0; b < table.length; b++) offsets[b + 1] = offsets[b] + table[b].length;
@@ -88,7 +86,9 @@ function float16ByteTable(): { bytes: Uint8Array; offsets: Uint32Array } {
   for (let b = 0; b < table.length; b++) {
     for (let k = 0; k < table[b].length; k++) bytes[offsets[b] + k] = table[b].charCodeAt(k);
   }
-  return { bytes, offsets };
+  let longest = 0;
+  for (const text of table) longest = Math.max(longest, text.length);
+  return { bytes, offsets, longest };
 }
 
 /** The shortest decimal text of every float16 value that reads back as that value. */
