@@ -33,12 +33,12 @@ function writeQuery(target: Target): string {
   return `
     with input as (
       -- Parsed once here: the vectors are most of the work. They come as one
-      -- text split on ';' (string_to_array: 15-50 ms of backend CPU per 1,000
-      -- vectors of 1,536, against 130 for a jsonb document and 220 for a
-      -- text[] literal; bench/write_statement.ts), the short ids and hashes
-      -- as text[]. unnest pairs the three by position. Its estimate (100
-      -- rows) keeps the join on the primary key index: string_to_table,
-      -- estimated at 1,000, made the planner hash the whole table instead.
+      -- text that string_to_array splits on ';': a jsonb document (as
+      -- before) or a text[] literal costs Postgres more CPU to take apart
+      -- (bench/RESULTS.md, section 1b); the short ids and hashes as text[].
+      -- unnest pairs the three by position. Its estimate (100 rows) keeps the
+      -- join on the primary key index: string_to_table, estimated at 1,000,
+      -- made the planner hash the whole table instead.
       select i.row_id, i.hash, i.embedding::${target.embedding_type_sql} as embedding
         from unnest($1::text::text[], $2::text::text[], string_to_array($3::text, ';', ''))
              as i(row_id, hash, embedding)
