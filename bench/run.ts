@@ -374,7 +374,7 @@ export function mergeSections(old: string, sections: Section[], only: string[]):
   const titleOf = (part: string) => part.slice(3, part.indexOf("\n")).trim();
   const findings = FINDINGS.trim().split(/^(?=## )/m).filter((p) => p.trim());
   const findingTitles = new Set(findings.map(titleOf));
-  let kept = parts.filter((p) => !findingTitles.has(titleOf(p)));
+  let kept = parts.filter((p) => !findingTitles.has(titleOf(p)) && !/^Findings/.test(titleOf(p)));
   for (const section of sections) {
     let markdown = section.markdown();
     if (section.title === "Goals") {
