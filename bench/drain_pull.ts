@@ -1,8 +1,11 @@
-// `deno run -A bench/drain_pull.ts [sizes...] [--reps N] [-c C] [--v8-flags F]`: the pull
-// drain of scenario 1 alone (bench/scenarios/drain.ts), with the V8 heap
-// limits `deno task autoembed` gives the worker, so peak RSS is the one users
-// see. Prints each run's rows/s, CPU per 1,000 rows and peak RSS; for
-// comparing a change with its parent back to back.
+// `deno run -A bench/drain_pull.ts [sizes...] [--reps N] [-c C] [--v8-flags F]
+// [--env K=V]... [--task] [--memory] [--cpu-prof DIR] [--hnsw]`: the pull drain of scenario 1 alone
+// (bench/scenarios/drain.ts), with the V8 heap limits `deno task autoembed`
+// gives the worker, or (--task) started by `deno task autoembed worker`
+// exactly as users run it, so peak RSS is the one users see; --memory
+// prints the worker's memory at its peak (bench/worker_memory.ts). Prints each
+// run's rows/s, CPU per 1,000 rows and peak RSS; for comparing a change with
+// its parent back to back.
 import { parseArgs } from "node:util";
 import { stopCluster } from "../local/cluster.ts";
 import { fmt, median } from "./report.ts";
@@ -23,6 +26,16 @@ const { values, positionals } = parseArgs({
     c: { type: "string", short: "c", default: "4" },
     // To try other heap limits than deno.json's.
     "v8-flags": { type: "string", default: WORKER_V8_FLAGS },
+    // Extra environment of the worker, NAME=VALUE (e.g. glibc's MALLOC_ARENA_MAX=2).
+    env: { type: "string", multiple: true, default: [] },
+    // Start the worker as users do, `deno task autoembed worker` (deno.json's V8 flags).
+    task: { type: "boolean", default: false },
+    // Run the worker inside bench/worker_memory.ts (deno.json's V8 flags): where its memory goes.
+    memory: { type: "boolean", default: false },
+    // Write a V8 CPU profile of the worker (deno.json's V8 flags) into this directory.
+    "cpu-prof": { type: "string" },
+    // An HNSW index on the embedding column, as real tables have.
+    hnsw: { type: "boolean", default: false },
   },
   allowPositionals: true,
 });
@@ -39,7 +52,25 @@ try {
     const runs: DrainResult[] = [];
     for (let i = 0; i < reps; i++) {
       const r = await drainPull(ctx, size, concurrency, PROVIDER_LATENCY_MS, {
-        DENO_V8_FLAGS: values["v8-flags"],
+        ...(values.task ? {} : { DENO_V8_FLAGS: values["v8-flags"] }),
+        ...Object.fromEntries(
+          values.env.map((e) => [e.slice(0, e.indexOf("=")), e.slice(e.indexOf("=") + 1)]),
+        ),
+      }, {
+        asTask: values.task,
+        hnsw: values.hnsw,
+        command: values.memory
+          ? ["run", "-A", `--v8-flags=${values["v8-flags"]}`, "bench/worker_memory.ts"]
+          : values["cpu-prof"]
+          ? [
+            "run",
+            "-A",
+            "--cpu-prof",
+            `--cpu-prof-dir=${values["cpu-prof"]}`,
+            `--v8-flags=${values["v8-flags"]}`,
+            "cli/autoembed.ts",
+          ]
+          : undefined,
       });
       print(ctx, r);
       runs.push(r);
@@ -50,7 +81,11 @@ try {
         `(${runs.map((r) => fmt(r.rate)).join(", ")}); pipeline CPU/1k ${
           fmt(median(runs.map((r) => r.cpuPer1000!.pipeline)))
         } ms, Postgres CPU/1k ${fmt(median(runs.map((r) => r.cpuPer1000!.postgres)))} ms; ` +
-        `peak RSS max ${fmt(Math.max(...runs.map((r) => r.peakRssMb ?? 0)))} MB; load ${load}`,
+        `peak RSS max ${fmt(Math.max(...runs.map((r) => r.peakRssMb ?? 0)))} MB` +
+        (values.task
+          ? ` (with the task runner ${fmt(Math.max(...runs.map((r) => r.peakTreeRssMb ?? 0)))} MB)`
+          : "") +
+        `; load ${load}`,
     );
   }
 } finally {

@@ -1,173 +1,148 @@
-// The analysis behind bench/RESULTS.md: what the profiles showed, what was
-// fixed (with the figures measured before and after, during development on
-// the same machine) and what limits the goals still missed. Static text: the
-// tables above it are re-measured on every run.
+// The analysis behind bench/RESULTS.md: what the profiles show, what was
+// changed, and what limits the goals still missed. Static text with no
+// figures of its own: every figure it explains is in a section above, written
+// by the bench run stamped on it.
 
 export const FINDINGS = `
-## Findings: what was profiled, fixed, and what limits the rest
+## Findings: where the time goes, what was changed, what limits the rest
 
-Figures in this section were measured while the fixes were made, on this machine with the same
-fake provider (before = the code as it was, after = with the fix alone); the machine is shared,
-so single figures move by ±20% from run to run.
+This text has no figures of its own: it points at the sections above, which the bench writes. A
+section's stamp gives its run's date and load average; on this 2-core machine shared with other
+sessions, "Postgres" CPU (the machine's busy time minus the processes the bench names) includes
+their work whenever the load average is above about 2, so compare rows of one section, not
+sections of different runs.
 
-### Fixed: the write of a batch (drain rate, Postgres CPU)
+### The drain (goals 1 and 4)
 
-pg_stat_statements (see the profile above) showed one statement taking most of Postgres's time:
-the core's write of a batch (UPDATE + fingerprints + cache), 52 ms per 100-row batch on a quiet
-machine. EXPLAIN ANALYZE split it: sending and parsing the 3.3 MB jsonb parameter (13 + 10 ms),
-parsing 100 × 1,536 numbers into halfvec (12 ms), and parsing them a second time for the cache
-insert (14 ms). The vectors were sent as full double-precision text (about 33 KB per vector)
-and the provider answered JSON floats (\`encoding_format: "float"\`).
+What one batch of 100 rows costs, in order: the worker claims it (\`pgmq.read\`), reads the targets,
+reads the rows (text, hash, fingerprint), calls the provider, decodes its base64 answer into
+\`Float32Array\`s, formats the vectors as text, and sends one write statement (embeddings and
+fingerprints, compare-and-set on the content hash) and one delete. "Profile: Postgres time per
+statement" shows the write is most of Postgres's time; section 1b splits the write by its backend's
+CPU.
 
-- \`supabase/functions/_shared/core.ts\`: for a halfvec column, each value is rounded to float16
-  in the core (through float32, as halfvec_in reads it) and written with the fewest digits that
-  read back as that float16, from a table of all 65,536: 13 KB per vector instead of 33 KB, and
-  the stored halfvecs are identical (checked on 200 random vectors × 1,536 values, including
-  subnormals and -0). Other column types get the doubles as before.
-- same file: the write parses each vector once, in its input CTE, for the table and the cache.
-- \`supabase/functions/_shared/providers/openai.ts\`: no \`encoding_format\`, so the SDK asks for
-  base64 and decodes it itself (its default): a quarter of the JSON to parse; endpoints that
-  answer floats anyway still work.
+Changed in round two, each measured before/after back to back:
 
-| 10,000-row drain | before | after |
-| --- | --- | --- |
-| write statement per 100-row batch (pg_stat_statements) | 52 ms | 28 ms |
-| Postgres CPU per 10,000 rows (machine busy time minus worker and bench) | 6.4 s | 3.5 s |
-| worker CPU per 10,000 rows | 3.9 s | 3.0 s |
-| fake provider CPU per 10,000 rows | 1.9 s | 1.5 s |
-| \`worker --once -c 4\` rows/s | 1,300–1,410 | 1,650–2,200 |
-| \`worker --once -c 1\` rows/s | 640–710 | 1,000–1,050 |
+- **The write's parameters** (\`supabase/functions/_shared/sql/write.ts\`): the vectors are one
+  text that \`string_to_array\` splits on ';', the row ids and hashes two \`text[]\`, paired by
+  \`unnest\`; before, one jsonb document. Section 1b's parse rows time the three forms of the same
+  vectors: the jsonb document, a \`text[]\` literal (tried first: Postgres's array parser is slower
+  than its JSON parser for 13 KB elements) and the split text. What is left is \`halfvec_in\`
+  itself, one \`strtof\` per value. \`string_to_table\` splits as fast but is estimated at 1,000
+  rows, which made the planner hash the whole table for every batch of a 10,000-row table; the
+  \`unnest\` form keeps the estimate (100) of the jsonb form, and the join on the primary key.
+- **The worker's formatting** (\`supabase/functions/_shared/vectors.ts\`): the vectors of a write
+  are formatted into one ASCII buffer and decoded once, no string per vector and no join (the same
+  text, unit-tested); with the earlier float16 text table and base64 decoded straight to
+  \`Float32Array\`, formatting is a small part of the worker's CPU.
+- **How the worker is measured**: section 1 starts it as users do, \`deno task autoembed worker\`,
+  so its rates and memory are those of deno.json's V8 flags.
 
-### Drain, round two (issue 12, goals 1 and 4), measured 2026-12-02
+Tried and left out: binary halfvecs through \`COPY ... (format binary)\` into a temporary table
+(postgres.js sends every parameter as text, so COPY is the only binary path): the stored halfvecs
+were identical, but the COPY round trip and its extra statements cost more than the text parse they
+save.
 
-Settings: \`bench/drain_pull.ts\` (scenario 1's pull drain alone),
-\`worker --once -c 4 --batch-size 100\`, the fake provider at 20 ms + 0.02 ms per input,
-\`halfvec(1536)\`, no vector index, the worker with deno.json's heap limits
-(\`--max-old-space-size=96,--max-semi-space-size=4\`, as \`deno task autoembed worker\` runs it).
-Before = the tree before this change, after = with it, run back to back
-on one cluster. **The machine was not quiet**: other engineers' test suites kept both cores busy
-(load average 4.4–7.8, machine 90–100% busy in every run), so absolute rates are a third to a fifth
-of the quiet-machine figures above, and "Postgres" CPU (the machine's busy time minus the worker and
-the bench) includes their work and is left out. The worker's own CPU is its process's.
+**What limits goal 1 (≥ 5,000 rows/s) here: CPU.** At 5,000 rows/s two cores have 400 ms of CPU per
+1,000 rows for everything: the worker, Postgres and the fake provider. Section 1's CPU table gives
+each share per 1,000 rows; the worker's and Postgres's alone are above that budget, and section 1b
+shows how much of Postgres's is the write, most of it the vectors' parse and the row update. The
+provider bound (18,000 rows/s) is not what stops it: with a slow provider the worker reaches the
+share of its bound shown in section 1. On a machine where Postgres has its own cores the same
+worker would be bounded by its own CPU per row (section 1, "pipeline").
 
-Profile (the worker's CPU, per 1,000 vectors of 1,536, microbenchmarks on the same machine):
+**HNSW**: with an index on the column every write also inserts each vector into the graph
+(pgvector's defaults, m 16, ef_construction 64), which costs many times the rest of the write
+(section 1b, HNSW column; section 1, the HNSW row): with a real index the drain is bounded by
+Postgres's index inserts, not by anything in the pipeline.
 
-| step                                                                  | before    | after   |
-| --------------------------------------------------------------------- | --------- | ------- |
-| halfvec text of the vectors (\`vectorLiteral\`)                         | 520–740 ms | 70–90 ms |
-| provider base64 → vectors, and the finiteness check                   | 286 ms    | 71 ms   |
-| JSON of the write's parameter (\`JSON.stringify\`)                      | 20 ms     | 20 ms   |
+**The worker's CPU and its heap limits**: the push rows of section 1 run the same core in the
+\`embed\` function with V8's default heap limits, and the provider-bound check runs the worker with
+\`deno run\` (default limits too); both spend less CPU per 1,000 rows than the worker under
+deno.json's limits (\`--max-old-space-size=96,--max-semi-space-size=4\`), which buy its lower
+peak memory (section 5) with collector time. That trade is goal 4 against goal 1 on this machine.
 
-- \`supabase/functions/_shared/vectors.ts\`: the text is assembled as ASCII bytes from the float16
-  table (one buffer of all 65,536 shortest texts) and decoded once, instead of concatenating 1,536
-  strings per vector. Same text, byte for byte (unit test against the table, and 301 random vectors
-  compared with the old function).
-- \`supabase/functions/_shared/providers/openai.ts\`: asks for \`encoding_format: "base64"\`
-  explicitly, so the SDK hands over the base64 text and it is decoded straight into a
-  \`Float32Array\` (the SDK's own decoding made an array of numbers of each vector). Supersedes the
-  "no \`encoding_format\`" point above. Endpoints that answer floats anyway still work (tested).
+**Push mode** adds per batch a pg_net request, the dispatcher, the gateway and a continuation call;
+its rate next to pull -c 4 is in section 1's ratio table.
 
-Drain, back to back (rows/s of each run; worker CPU per 1,000 rows; peak RSS of the worker):
+### Worker memory (goal 4)
 
-| run (time, UTC)        | tree   | rows    | rows/s       | worker CPU / 1k rows | peak RSS   |
-| ---------------------- | ------ | ------- | ------------ | -------------------- | ---------- |
-| 04:53                  | before | 10,000  | 546, 444     | 914, 986 ms          | 169 MB      |
-| 04:54                  | before | 100,000 | 510          | 903 ms               | 184 MB     |
-| 04:57                  | after  | 10,000  | 1,670, 1,186 | 389, 416 ms          | 143 MB     |
-| 04:58                  | after  | 100,000 | 1,060        | 376 ms               | 155 MB     |
-| 04:59                  | before | 10,000  | 403, 459     | 909 ms (median)      | 168 MB     |
-| 05:09                  | after  | 100,000 | 853          | 386 ms               | 158 MB     |
-| 05:11                  | before | 10,000  | 688, 747     | 918, 946 ms          | 177, 180 MB |
-| 05:11                  | after  | 10,000  | 998, 1,434   | 409, 393 ms          | 140, 146 MB |
+Section 5 shows the worker's peak as users run it, and where its memory is at the peak: V8's heap,
+the ArrayBuffers V8 accounts for outside it (response bodies, postgres.js's message buffers, the
+\`Float32Array\`s of batches in flight), and the rest, which is the runtime itself (compare the
+idle worker). What is ours is the batches in flight: -c 4 slots, each holding at most one batch's
+provider answer, vectors and write text (a few MB), and the garbage they leave until V8 collects
+it; the heap limits in deno.json bound that headroom. Lowering them further was tried with
+\`bench/drain_pull.ts --memory --v8-flags ...\` (old space 48 MB): the peak moved by less than the
+run-to-run spread, because the runtime's share does not move; glibc's \`MALLOC_ARENA_MAX=2\` and a
+fixed \`MALLOC_MMAP_THRESHOLD_\` did not move it beyond the spread either. The peak is met for the
+worker process at the rate this shared machine allowed; at a higher rate more batches are in flight
+per second, so goal 4 "at the throughput of goal 1" is not shown here.
 
-Back to back, the drain ran 1.7–2.9× as fast (medians per pair: 495 → 1,428, 510 → 1,060, 717 →
-1,216 rows/s) and the worker spent 2.3× less CPU per row (about 930 → 400 ms per 1,000 rows with
-the capped heap, which adds collector time to the quiet-machine figures above). Goal 1 (≥ 5,000
-rows/s, and CPU per 1,000 rows at most half) cannot be shown on a machine this busy: the worker's
-share is halved, Postgres's is not measured here and is unchanged by this work.
+### Write path (goal 3)
 
-Memory: the heap cap is not what holds the peak up. At 100,000 rows the worker peaked at 155–158 MB
-after (168–184 MB before); with \`--max-old-space-size=64,--max-semi-space-size=2\` it peaked at
-153 MB and drained slower (627 rows/s, 441 ms CPU per 1,000 rows, same hour), so deno.json keeps
-its limits. Goal 4 (≤ 150 MB) is not met; the rest of the peak is outside V8's old generation
-(the runtime and its code, and off-heap buffers: response bodies, postgres.js's write buffers).
+Section 4 runs every configuration side by side in one run, on a durable cluster and on the
+fsync-off one, and profiles one extra insert run per configuration with
+\`track_functions = all\`. In push mode (as the guide's pipeline runs, with pg_cron) our triggers'
+single-row inserts land next to the guide's, durable and fsync off, within the spread of the runs;
+single-row updates cost more than the guide's, because ours call the content function for the old
+and the new row to enqueue only real changes (the guide enqueues, and clears, on every update of
+the columns, changed or not); the pull-only
+install, which NOTIFYs, is the one far below with fsync on: that was the gap of the round-two
+measurement (NOTIFY per commit), now gone in push mode. The function profile shows what our
+single-row statement costs in CPU next to the guide's \`pgmq.send\`: \`util.queue_embeddings\`
+(its dynamic INSERT planned per statement, its transition table), \`util._target_for_trigger\`
+and, once per transaction in push mode, \`util._kick_embeddings\` (four small reads). These are
+what to make static or cache next (e.g. a per-table trigger function generated by
+\`enable_embeddings\`). Each change that needs an embedding is, by design, a job row: a second
+heap insert with two btree entries (msg_id, vt) and its WAL, for our triggers as for the guide's.
+Above that, our statement-level trigger plans its INSERT as dynamic SQL once per statement (the key
+column and content function are per table), and on UPDATE calls the content function for the old
+and the new row (that is what keeps no-op updates free). In a pull-only install each transaction
+also sends a NOTIFY for listening workers, and Postgres commits notifying transactions one at a
+time (a lock held until the commit record is flushed), so with fsync on they lose group commit:
+the pull-only row of section 4. Push mode (\`kick_on_change\`, set where pg_cron runs
+\`process-embeddings\`) sends no NOTIFY.
 
-Where Postgres goes, and what was tried and left out:
+Bulk insert (goal ≤ 2×): inserting one job row per inserted row into the queue table (jsonb
+messages, two indexes) costs about as much as inserting the rows themselves; the trigger runs one
+set-based INSERT over the transition table, so ≤ 2× would need fewer queue rows than changed rows,
+which changes the job contract.
 
-- The write statement is 74% of Postgres's time (profile above, 26 ms per 100-row batch). Measured
-  again here (wall per 1,000 rows, one connection, loaded machine): parsing the write's jsonb
-  parameter alone 260–400 ms, plus 220–380 ms for halfvec_in of 13 KB of text per vector.
-- Binary halfvecs (int16 dimensions, int16 unused, float16 values big-endian, as halfvec_recv
-  reads them): postgres.js sends every parameter as text, so the only binary path is
-  \`COPY ... (format binary)\` into a temporary table. Tried: the stored halfvecs are identical
-  to the text
-  path (100 of 100), building the COPY data takes 15 ms per 1,000 rows, but the COPY through
-  postgres.js took 80 ms per 100-row batch (808–821 ms per 1,000 rows) against 26–35 ms for the
-  text path, and it adds statements (temporary table, COPY). Not adopted; finding why the COPY
-  round trip is slow (it looks like a fixed wait, not work) is the next step for the Postgres side.
-- Statements per batch are unchanged: targets; begin, rows, commit; begin, applying, write, commit;
-  delete (9, plus the worker's claim). Crash safety is unchanged (write and fingerprints in one
-  transaction, delete after its commit).
+### Push freshness (goal 2)
 
-### Fixed: the triggers' cost per statement
+Section 3. How the kick works (\`util._kick_embeddings\`): the first time in a transaction that
+\`util.queue_embeddings\` enqueues a job, it looks at \`util.embedding_requests\`. If a call to the
+\`embed\` function is in flight it does nothing more: each finishing call already asks for the next
+slice (\`util._embedding_request_done\`), so the change rides that chain. If none is, and no kick
+was sent in the last second without being served yet (a sequence, \`util.embedding_kick_clock\`,
+which \`util.process_embeddings\` sets back to 0 before it reads the queue), it queues one
+\`net.http_post\` to \`embed?kick=1\`, which makes the function run \`util.process_embeddings()\`
+at once. Inside the user's transaction this is safe: pg_net's queue is a table, so the request
+exists only once the transaction commits (a rolled-back write sends nothing, and the kick never
+runs before its jobs are visible); the sequence is not transactional and takes no lock held to
+commit; the look at \`util.embedding_requests\` is a plain read; a missing pg_net or Vault secret is
+caught, so the write never fails (the change then waits for the tick, whose AE004 error is where
+the misconfiguration shows). Known edge: a transaction that enqueued while calls were in flight but
+commits after the last of them read the queue waits for the tick; the same after a kick whose
+transaction rolled back, for one second.
 
-One session inserting 5,000 rows one statement at a time (the trigger's CPU, without the
-contention of the pgbench figures): a row insert costs 3 µs without triggers; the
-statement-level trigger added 85–120 µs. Of that, \`pgmq.send_batch\` was 50 µs per call: its
-SQL-language overload is planned again on every call, and its INSERT is dynamic SQL (upstream
-pgmq is built the same way, so Supabase pays the same). \`util.queue_embeddings\` now makes the
-same insert into \`pgmq.q_embedding_jobs (vt, message)\` itself, in one statement over the
-transition tables, with the per-table part of the message built once per statement (new
-migration \`20261125000300_performance.sql\`).
-
-| per statement (one session) | before | after | floor* |
-| --- | --- | --- | --- |
-| single-row INSERT, trigger cost | 85–120 µs | 32–47 µs | 8–11 µs |
-| single-row UPDATE, trigger cost | 150–205 µs | 85–140 µs | |
-| 100,000-row INSERT, whole statement | 0.71–1.1 s | 0.52–0.58 s | 0.59 s |
-| pgbench single-row inserts/s, 4 clients (no triggers: 36,000–44,000) | 8,800 | 11,400–15,500 | |
-
-\\* floor: a hand-written statement-level trigger with a static insert of the same jobs and
-nothing else (no target lookup, no dynamic SQL).
-
-### Still missed, and why
-
-- **Single-row write overhead (goal ≤ 25%).** Every change that needs an embedding is, by design,
-  a job row: a second heap insert with two btree entries (msg_id, vt) and its WAL, which on its
-  own makes a one-row INSERT about 3–4 times the work of the bare insert on this table. What is
-  left above that floor is the trigger's dynamic SQL, planned per statement because the key
-  column and content function are per table, and for UPDATE the content function called for the
-  old and the new row plus a subtransaction that keeps a raising content function from failing
-  the user's write. Generating a per-table trigger function with static SQL in
-  \`enable_embeddings\` would remove most of the planning; the job row itself stays. The guide's
-  row-level triggers cost about the same per single-row statement, and 6× more in bulk.
-- **Bulk insert (goal ≤ 2×).** Inserting 100,000 job rows into the queue table (0.5 s: the
-  jsonb messages, two indexes) costs more than inserting the 100,000 rows themselves (0.2 s
-  here: fsync off, one index). The trigger now runs at that floor, so ≤ 2× would need fewer
-  queue rows than changed rows (one job per statement chunk), which changes the job contract.
-  A bulk UPDATE costs more (about 4×): the content function runs for the old and the new
-  version of every row, to enqueue only rows whose text changed (which is what makes no-op
-  updates free).
-- **Provider bound with a 20 ms provider.** Four batches of 100 in flight allow about 18,000
-  rows/s; two cores shared by Postgres, the worker and the fake provider run out first (machine
-  90% busy in section 1). With a provider that is the limit (500 ms per request) the worker
-  reaches the share of the bound shown in section 1.
-- **Worker memory (goal ≤ 200 MB).** The peak is V8's heap headroom, not live data: with V8's
-  default limits the worker's old generation grows to several hundred MB before it is collected.
-  \`deno task autoembed\` therefore runs the worker with
-  \`--v8-flags=--max-old-space-size=96,--max-semi-space-size=4\` (deno.json); measured during
-  development on 100,000 rows with \`-c 4\`: 184 MB at 1,719 rows/s, against 458 MB at 1,859
-  rows/s without the limits (old space alone at 96 MB: 237 MB). Run the worker with plain
-  \`deno run -A cli/autoembed.ts\` for the last few percent of throughput at the cost of memory.
+Why it holds with real pg_net: its background worker (\`src/worker.c\` in supabase/pg_net) does not
+poll on a timer when idle: \`net.http_post\` registers a commit callback that sets the worker's
+latch, and the worker then sends the queued requests at once (up to \`pg_net.batch_size\`) through
+curl's multi interface; between batches it waits at most one second, cut short when a commit sets
+the latch. So a change found idle costs two HTTP round trips to the edge function (the kick, then
+the batch) plus one provider call, as measured here with the shim's LISTEN-driven dispatcher (the
+same "send on commit"). Older pg_net releases polled their queue once a second instead, which would
+add up to a second twice (kick, then batch): still inside the goal. On Supabase an edge function's
+cold start adds to the first call after idle.
 
 ### Not a problem
 
-- pgmq.read and pgmq.delete on a 10,000-message queue: 1.4 ms and 0.3 ms per call; the shim
-  has upstream's \`(vt)\` index.
-- The UPDATE trigger fired by the core's own writes (\`autoembed.applying\` on): 0.05 ms per
-  batch, including its transition tables.
+- \`pgmq.read\` and \`pgmq.delete\` on a large queue: the shim has upstream's \`(vt)\` index (see
+  "Profile: Postgres time per statement").
+- The UPDATE trigger fired by the core's own writes (\`autoembed.applying\` on) returns at once.
 - \`util._record_failures\` and its temp table are not on the happy path (no failures here).
-- The push path keeps 4 calls in flight through the continuation alone (0 rescue ticks): at
-  100,000 rows it drains at about the pull worker's -c 4 rate; at 10,000 it varies more, as its
-  extra processes (dispatcher, gateway, function) compete for the same 2 busy cores.
+- Crash safety is unchanged by round two: write and fingerprints in one transaction, the delete
+  after its commit.
 `;

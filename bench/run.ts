@@ -13,13 +13,13 @@ import {
   type DrainFigures,
   drainScenario,
   PUSH_MAX_REQUESTS,
-  WORKER_V8_FLAGS,
 } from "./scenarios/drain.ts";
 import { type FreshnessFigures, freshnessScenario } from "./scenarios/freshness.ts";
 import { profileScenario } from "./scenarios/profile.ts";
 import { type SearchFigures, searchScenario } from "./scenarios/search.ts";
 import { type StorageFigures, storageScenario } from "./scenarios/storage.ts";
 import { type WritePathFigures, writePathScenario } from "./scenarios/write_path.ts";
+import { writeStatementScenario } from "./scenarios/write_statement.ts";
 import {
   type BenchContext,
   buildTemplate,
@@ -138,40 +138,66 @@ function goals(
     const big = Math.max(...Object.keys(drain.rate.pull4).map(Number));
     const small = Math.min(...Object.keys(drain.rate.pull4).map(Number));
     const pull4 = drain.rate.pull4[small];
+    const cpu = drain.cpuPer1000.pull4;
+    const cpuTotal = cpu ? cpu.pipeline + cpu.postgres : NaN;
     list.push({
-      goal: "pull -c 4 ≥ 1,000 rows/s (20 ms provider, this machine)",
+      goal: "pull -c 4 ≥ 5,000 rows/s at 10,000 and 100,000 rows (20 ms provider)",
       figure: `${Math.round(pull4)} rows/s (${small.toLocaleString("en-US")} rows), ${
         Math.round(drain.rate.pull4[big])
       } rows/s (${big.toLocaleString("en-US")})`,
-      met: pull4 >= 1000 && drain.rate.pull4[big] >= 1000,
-      limit: "CPU: 2 cores shared by Postgres, the worker and the fake provider (see section 1)",
+      met: pull4 >= 5000 && drain.rate.pull4[big] >= 5000,
+      limit: "CPU: at 5,000 rows/s 2 cores have 400 ms per 1,000 rows for the worker, Postgres " +
+        "and the provider together; the worker alone and the write's backend alone (section 1b) " +
+        "use more than that share; see Findings",
     });
+    list.push({
+      goal: "CPU per 1,000 rows (pipeline + Postgres) ≤ half of issue 12's (280 + 310 ms)",
+      figure: cpu
+        ? `${Math.round(cpu.pipeline)} + ${Math.round(cpu.postgres)} ms (${
+          big.toLocaleString("en-US")
+        } rows, -c 4; Postgres = the machine's busy time minus the named processes)`
+        : "n/a",
+      met: cpuTotal <= 295,
+      limit: "Postgres here is the machine's busy time minus the named processes, so other " +
+        "sessions' load counts in it (see the stamp); the write's own backend CPU is in section " +
+        "1b, most of it halfvec_in and the row update; the worker's includes collector time " +
+        "from deno.json's heap limits (section 1: pull vs push pipeline CPU)",
+    });
+    const hnsw = drain.rate.pull4hnsw;
+    if (hnsw) {
+      list.push({
+        goal: "drain with an HNSW index on the column (reported)",
+        figure: `${Math.round(hnsw[small])} rows/s (${small.toLocaleString("en-US")} rows, -c 4): ${
+          Math.round((hnsw[small] / drain.rate.pull4[small]) * 100)
+        }% of the drain without`,
+        met: true,
+        limit: "",
+      });
+    }
     list.push({
       goal: "≥ 70% of the provider bound where Postgres is not the limit",
       figure: `${Math.round(drain.boundFraction * 100)}% with a 500 ms provider`,
       met: drain.boundFraction >= 0.7,
       limit:
-        "with the 20 ms provider the bound (18,000 rows/s) is far above what 2 cores can write",
+        "the machine: when other sessions keep both cores busy (see the stamp), even 4 × 100 " +
+        "inputs per 500 ms are more than the worker and Postgres get done",
     });
     const ratio = drain.rate.push[small] / drain.rate.pull4[small];
     list.push({
-      goal: "push ≥ 30% of pull -c 4",
+      goal: "push ≥ 80% of pull -c 4",
       figure: `${Math.round(ratio * 100)}% (${small.toLocaleString("en-US")} rows), ${
         Math.round((drain.rate.push[big] / drain.rate.pull4[big]) * 100)
       }% (${big.toLocaleString("en-US")})`,
-      met: ratio >= 0.3 && drain.rate.push[big] / drain.rate.pull4[big] >= 0.3,
+      met: ratio >= 0.8 && drain.rate.push[big] / drain.rate.pull4[big] >= 0.8,
       limit: "the extra hops per batch (pg_net queue, dispatcher, gateway, continuation call)",
     });
-    const rss = Math.max(drain.peakRssMb.pull1 ?? 0, drain.peakRssMb.pull4 ?? 0);
-    const capped = drain.peakRssMb.pull4capped ?? NaN;
     list.push({
-      goal: "worker peak RSS ≤ 200 MB draining 100,000 rows",
-      figure: `${Math.round(capped)} MB as \`deno task autoembed worker -c 4\` runs it ` +
-        `(--v8-flags=${WORKER_V8_FLAGS}); ${Math.round(rss)} MB with V8's default heap limits`,
-      met: capped <= 200,
-      limit:
-        "V8 heap headroom, not live data: the task's heap limits trade some throughput for it " +
-        "(section 5)",
+      goal: "worker peak RSS ≤ 150 MB draining 100,000 rows, as users run it",
+      figure:
+        `${Math.round(drain.peakRssMb.pull4)} MB, \`deno task autoembed worker --once -c 4\` ` +
+        `(${Math.round(drain.peakRssMb.pull4tree)} MB with the task runner)`,
+      met: drain.peakRssMb.pull4 <= 150,
+      limit: "the runtime and V8's heap headroom, not live data (section 5)",
     });
   }
   if (cost) {
@@ -218,15 +244,16 @@ function goals(
         Math.round(write.rowVsGuide * 100)
       }% of the guide trigger's inserts/s (${Math.round(write.insertCost * 100)}% below none)`,
       met: write.vsGuide >= 0.97 && write.rowVsGuide >= 0.97,
-      limit: "within ±3%, the spread of repeated runs on this shared machine",
+      limit: "single-row CPU per statement: the statement-level trigger plans its INSERT " +
+        "(dynamic SQL) and looks up its target and the kick per transaction (section 4's " +
+        "function profile); the durable medians' spreads overlap",
     });
     list.push({
       goal: "100,000-row bulk insert with triggers ≤ 2× without, durable",
       figure: `${write.bulkRatio.toFixed(2)}×`,
       met: write.bulkRatio <= 2,
-      limit:
-        "inserting 100,000 job rows into pgmq's queue table costs more than the 100,000 rows " +
-        "themselves; see Findings",
+      limit: "one job row per changed row: inserting 100,000 job rows into the queue table " +
+        "(jsonb message, two indexes) costs about as much as the 100,000 rows; see Findings",
     });
   }
   return list;
@@ -256,6 +283,7 @@ async function main(): Promise<number> {
   let fresh: FreshnessFigures | undefined;
   let write: WritePathFigures | undefined;
   let profile: Section | undefined;
+  let writeProfile: Section | undefined;
   let storage: StorageFigures | undefined;
   let chunked: ChunkedFigures | undefined;
   let search: SearchFigures | undefined;
@@ -263,7 +291,10 @@ async function main(): Promise<number> {
   log(machineFacts.map(([k, v]) => `${k}: ${v}`).join("\n"));
   try {
     await buildTemplate();
-    if (only.includes("drain")) drain = await drainScenario(ctx);
+    if (only.includes("drain")) {
+      drain = await drainScenario(ctx);
+      writeProfile = await writeStatementScenario(ctx);
+    }
     if (only.includes("cost")) cost = await costScenario(ctx);
     if (only.includes("freshness")) fresh = await freshnessScenario(ctx);
     if (only.includes("write-path")) write = await writePathScenario(ctx);
@@ -280,6 +311,7 @@ async function main(): Promise<number> {
   for (
     const s of [
       drain?.section,
+      writeProfile,
       cost?.section,
       fresh?.section,
       write?.section,
@@ -299,30 +331,102 @@ async function main(): Promise<number> {
     ["goal", "measured", "", "what limits it"],
     goalList.map((g) => [g.goal, g.figure, goal(g.met), g.met ? "" : g.limit]),
   );
-  const doc = [
-    "# autoembed benchmarks",
-    `Written by \`deno task bench\` (bench/run.ts) on ${
-      new Date().toISOString().slice(0, 16)
-    } UTC; ` +
-    `the whole run took ${minutes.toFixed(1)} minutes${
-      values.quick ? " (--quick: small sizes)" : ""
-    }. ` +
-    "Figures are medians with min–max in brackets where a measurement was repeated.",
-    "## Machine\n\n" +
-    ["| | |", "| --- | --- |", ...machineFacts.map(([k, v]) => `| ${k} | ${v} |`)].join("\n"),
-    "## Settings\n\n" +
-    ["| | |", "| --- | --- |", ...settings().map(([k, v]) => `| ${k} | ${v} |`)].join("\n"),
-    summary.markdown(),
-    ...sections.map((s) => s.markdown()),
-    FINDINGS.trim(),
-  ].join("\n\n") + "\n";
-  const file = values.quick || values.only ? "RESULTS.partial.md" : "RESULTS.md";
-  const path = new URL(`./${file}`, import.meta.url);
+  const stamp = `Written by \`deno task bench${
+    values.only ? ` --only ${values.only}` : ""
+  }\` (bench/run.ts) on ${new Date().toISOString().slice(0, 16)} UTC; the run took ${
+    minutes.toFixed(1)
+  } minutes${values.quick ? " (--quick: small sizes)" : ""}; load average at its start ${
+    machineFacts.find(([k]) => k === "load average at start")![1]
+  }, at its end ${await loadAverage()}.`;
+  for (const s of sections) s.parts.unshift(`_${stamp}_`);
+  const path = new URL(`./${values.quick ? "RESULTS.partial.md" : "RESULTS.md"}`, import.meta.url);
+  let doc: string;
+  if (values.only && !values.quick) {
+    // Only some scenarios ran: their sections (and their goals) replace the
+    // ones of earlier runs in RESULTS.md; every section says when it was made.
+    const machineSection = new Section("Machine").table(["", ""], machineFacts);
+    const settingsSection = new Section("Settings").table(["", ""], settings());
+    doc = mergeSections(
+      await Deno.readTextFile(path),
+      [machineSection, settingsSection, summary, ...sections],
+      only,
+    );
+  } else {
+    doc = [
+      "# autoembed benchmarks",
+      `${stamp} Figures are medians with min–max in brackets where a measurement was repeated.`,
+      "## Machine\n\n" +
+      ["| | |", "| --- | --- |", ...machineFacts.map(([k, v]) => `| ${k} | ${v} |`)].join("\n"),
+      "## Settings\n\n" +
+      ["| | |", "| --- | --- |", ...settings().map(([k, v]) => `| ${k} | ${v} |`)].join("\n"),
+      summary.markdown(),
+      ...sections.map((s) => s.markdown()),
+      FINDINGS.trim(),
+    ].join("\n\n") + "\n";
+  }
   await Deno.writeTextFile(path, doc);
   // Formatted as `deno fmt --check` (CI) wants it.
   await new Deno.Command(Deno.execPath(), { args: ["fmt", "-q", path.pathname] }).output();
+  const file = path.pathname.split("/").pop();
   log(`bench: wrote bench/${file} (${minutes.toFixed(1)} min)`);
   return 0;
+}
+
+async function loadAverage(): Promise<string> {
+  return (await Deno.readTextFile("/proc/loadavg")).split(" ").slice(0, 3).join(" ");
+}
+
+/** The scenario a goal of the table belongs to, by its wording. */
+function scenarioOf(goalText: string): string {
+  if (/trigger|bulk insert/.test(goalText)) return "write-path";
+  if (/commit → embedding/.test(goalText)) return "freshness";
+  if (/util\.\*/.test(goalText)) return "storage";
+  if (/requests|cached|already holds/.test(goalText)) return "cost";
+  return "drain";
+}
+
+/**
+ * RESULTS.md with `sections` in place of the sections of the same number (the
+ * title up to its first space, e.g. "4.") or title; new ones go before the
+ * findings. The goals table keeps the rows of scenarios that did not run.
+ * The findings are bench/findings.ts's current text.
+ */
+export function mergeSections(old: string, sections: Section[], only: string[]): string {
+  const parts = old.split(/^(?=## )/m);
+  const head = parts.shift()!;
+  const key = (title: string) => /^\d+[a-z]?\./.test(title) ? title.split(" ")[0] : title;
+  const titleOf = (part: string) => part.slice(3, part.indexOf("\n")).trim();
+  const findings = FINDINGS.trim().split(/^(?=## )/m).filter((p) => p.trim());
+  const findingTitles = new Set(findings.map(titleOf));
+  let kept = parts.filter((p) => !findingTitles.has(titleOf(p)) && !/^Findings/.test(titleOf(p)));
+  for (const section of sections) {
+    let markdown = section.markdown();
+    if (section.title === "Goals") {
+      const oldGoals = parts.find((p) => titleOf(p) === "Goals") ?? "";
+      const rows = oldGoals.split("\n").filter((l) => l.startsWith("| ") && !l.startsWith("| goal"))
+        .filter((l) => !l.startsWith("| ---") && !only.includes(scenarioOf(l.split("|")[1])));
+      markdown = markdown.replace(
+        /(\| --- \|[^\n]*\n(?:\|[^\n]*\n?)*)/,
+        (table) => table.trimEnd() + "\n" + rows.join("\n") + "\n",
+      ).trimEnd();
+    }
+    const at = kept.findIndex((p) => key(titleOf(p)) === key(section.title));
+    if (at >= 0) kept[at] = markdown + "\n\n";
+    else {
+      // Numbered sections in order of their number; others before the findings.
+      const numbered = /^\d+[a-z]?\./.test(section.title);
+      const before = kept.findIndex((p) => {
+        const t = titleOf(p);
+        if (/^(Goals|Machine|Settings)$/.test(t)) return false;
+        if (!/^\d+[a-z]?\./.test(t)) return true;
+        return numbered && key(t).localeCompare(key(section.title), "en", { numeric: true }) > 0;
+      });
+      kept = before < 0
+        ? [...kept, markdown + "\n\n"]
+        : [...kept.slice(0, before), markdown + "\n\n", ...kept.slice(before)];
+    }
+  }
+  return head + kept.join("") + findings.map((f) => f.trimEnd() + "\n\n").join("").trimEnd() + "\n";
 }
 
 if (import.meta.main) Deno.exit(await main());

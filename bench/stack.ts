@@ -9,7 +9,7 @@ import { startFunctions } from "../local/functions.ts";
 import { applyMigrations } from "../local/migrate.ts";
 import { type NetDispatcher, startNetDispatcher } from "../local/net_dispatcher.ts";
 import { ensureSetup } from "../local/setup.ts";
-import { spawnWorker, type WorkerProcess } from "../tests/_support/cli.ts";
+import { spawnDeno, spawnWorker, type WorkerProcess } from "../tests/_support/cli.ts";
 import { type FakeOpenAI, startFakeOpenAI } from "../tests/_support/fake_openai.ts";
 
 export type Sql = postgres.Sql;
@@ -174,31 +174,75 @@ export function providerEnv(fake: FakeOpenAI): Record<string, string> {
   };
 }
 
-/** A worker subprocess (`deno task autoembed worker ...`) with its peak RSS sampled. */
+/** A worker subprocess with its peak RSS sampled. */
 export interface BenchWorker {
   process: WorkerProcess;
   /** Largest VmHWM seen, in kB (the kernel's peak resident set of the process). */
   peakRssKb(): number;
+  /**
+   * Largest sum of VmRSS over the process and its descendants seen in one
+   * sample, kB: with `asTask`, the `deno task` runner and the worker it starts.
+   */
+  peakTreeRssKb(): number;
+  /** The process and its descendants now. */
+  pids(): number[];
   /** Waits for exit; returns exit code and seconds since spawn. */
   finished(): Promise<{ code: number; seconds: number }>;
   stop(): Promise<number>;
 }
 
-export function startWorker(
-  args: string[],
-  env: Record<string, string>,
-): BenchWorker {
-  const started = performance.now();
-  const process = spawnWorker(args, env);
-  let peak = 0;
-  const sample = () => {
+/** `pid` and its descendants (from /proc/<pid>/task/<tid>/children). */
+export function processTree(pid: number): number[] {
+  const pids = [pid];
+  for (let i = 0; i < pids.length; i++) {
     try {
-      const status = Deno.readTextFileSync(`/proc/${process.child.pid}/status`);
-      const kb = Number(status.match(/^VmHWM:\s+(\d+) kB/m)?.[1] ?? 0);
-      if (kb > peak) peak = kb;
+      for (const task of Deno.readDirSync(`/proc/${pids[i]}/task`)) {
+        const children = Deno.readTextFileSync(`/proc/${pids[i]}/task/${task.name}/children`);
+        for (const child of children.trim().split(/\s+/)) if (child) pids.push(Number(child));
+      }
     } catch {
       // exited
     }
+  }
+  return pids;
+}
+
+function statusKb(pid: number, field: "VmHWM" | "VmRSS"): number {
+  try {
+    const status = Deno.readTextFileSync(`/proc/${pid}/status`);
+    return Number(status.match(new RegExp(`^${field}:\\s+(\\d+) kB`, "m"))?.[1] ?? 0);
+  } catch {
+    return 0; // exited
+  }
+}
+
+/**
+ * Starts `worker <args>` as `deno run -A cli/autoembed.ts`, or with `asTask`
+ * exactly as the README tells users to: `deno task autoembed worker`, which
+ * adds deno.json's V8 flags and runs the worker as a child of the task runner,
+ * or as `deno <command...> worker <args>`.
+ */
+export function startWorker(
+  args: string[],
+  env: Record<string, string>,
+  options: { asTask?: boolean; command?: string[] } = {},
+): BenchWorker {
+  const started = performance.now();
+  const process = options.asTask
+    ? spawnDeno(["task", "-q", "autoembed", "worker", ...args], env)
+    : options.command
+    ? spawnDeno([...options.command, "worker", ...args], env)
+    : spawnWorker(args, env);
+  const root = process.child.pid;
+  let peak = 0, treePeak = 0;
+  const sample = () => {
+    let tree = 0;
+    for (const pid of processTree(root)) {
+      tree += statusKb(pid, "VmRSS");
+      // The largest process's own peak: the worker's (the task runner is small).
+      peak = Math.max(peak, statusKb(pid, "VmHWM"));
+    }
+    treePeak = Math.max(treePeak, tree);
   };
   const timer = setInterval(sample, 100);
   const done = process.status.then((s) => {
@@ -208,6 +252,8 @@ export function startWorker(
   return {
     process,
     peakRssKb: () => peak,
+    peakTreeRssKb: () => treePeak,
+    pids: () => processTree(root),
     finished: () => done,
     async stop() {
       sample();

@@ -17,6 +17,7 @@ import {
   providerCost,
   providerEnv,
   sleep,
+  type Sql,
   startPushPath,
   startWorker,
 } from "../stack.ts";
@@ -40,6 +41,8 @@ export interface DrainResult {
   providerBound: number;
   /** Peak resident memory of the worker process, MB (pull mode). */
   peakRssMb?: number;
+  /** Peak of the summed resident memory of the task runner and the worker, MB (`asTask`). */
+  peakTreeRssMb?: number;
   /** CPU ms per 1,000 rows: [pipeline process, bench process (fake provider, dispatcher), rest (Postgres)]. */
   cpuPer1000?: { pipeline: number; bench: number; postgres: number; busy: number };
   /** Push mode: times a stand-in cron tick had to restart a stalled drain. */
@@ -72,28 +75,37 @@ export async function drainPull(
   concurrency: number,
   latencyMs = PROVIDER_LATENCY_MS,
   workerEnv: Record<string, string> = {},
+  options: { asTask?: boolean; hnsw?: boolean; command?: string[] } = {},
 ): Promise<DrainResult> {
   const db = await cloneDb(`pull_c${concurrency}`);
   try {
     await attach(db.sql, false);
+    if (options.hnsw) await createHnswIndex(db.sql);
     await insertRows(db.sql, rows, "drain");
     ctx.fake.setLatency(latencyMs);
-    let pid = 0;
-    const meter = new CpuMeter(() => (pid ? [pid] : []));
+    let pids = () => [] as number[];
+    let memoryLine: Promise<string> | undefined;
+    const meter = new CpuMeter(() => pids());
     const { result, requests, inputs } = await providerCost(ctx.fake, async () => {
       const worker = startWorker(
         ["--once", "-c", String(concurrency), "--batch-size", String(BATCH_SIZE)],
         { DATABASE_URL: db.url, ...providerEnv(ctx.fake), ...workerEnv },
+        { asTask: options.asTask, command: options.command },
       );
-      pid = worker.process.child.pid;
+      pids = worker.pids;
       await worker.process.waitForLine(/"event":"started"/, 60_000);
+      if (options.command) memoryLine = worker.process.waitForLine(/"event":"memory"/, 600_000);
       const ready = performance.now();
       const { code } = await worker.finished();
       const seconds = (performance.now() - ready) / 1000;
       if (code !== 0) {
         throw new Error(`worker exited ${code}:\n${worker.process.lines.slice(-20).join("\n")}`);
       }
-      return { seconds, peakRssMb: worker.peakRssKb() / 1024 };
+      return {
+        seconds,
+        peakRssMb: worker.peakRssKb() / 1024,
+        peakTreeRssMb: worker.peakTreeRssKb() / 1024,
+      };
     });
     const cpu = meter.stop();
     ctx.fake.setLatency(PROVIDER_LATENCY_MS);
@@ -102,7 +114,8 @@ export async function drainPull(
       throw new Error(`pull drain left ${after.embedded}/${rows} embedded, ${after.queued} queued`);
     }
     return {
-      mode: `pull, worker --once -c ${concurrency}`,
+      mode: `pull, ${options.asTask ? "deno task autoembed " : ""}worker --once -c ${concurrency}` +
+        (options.hnsw ? ", HNSW index" : ""),
       rows,
       seconds: result.seconds,
       rate: rows / result.seconds,
@@ -110,6 +123,8 @@ export async function drainPull(
       inputs,
       providerBound: providerBound(BATCH_SIZE, concurrency, latencyMs),
       peakRssMb: result.peakRssMb,
+      peakTreeRssMb: options.asTask ? result.peakTreeRssMb : undefined,
+      note: memoryLine ? await memoryLine : undefined,
       cpuPer1000: cpuFigures(cpu, result.seconds, rows),
     };
   } finally {
@@ -207,6 +222,14 @@ async function drainNaive(ctx: BenchContext, rows: number, durationMs: number) {
   }
 }
 
+/** The index real tables have: HNSW with cosine distance on the embedding column (README). */
+export async function createHnswIndex(sql: Sql): Promise<void> {
+  await sql.unsafe(
+    `create index bench_docs_embedding_hnsw on public.bench_docs
+       using hnsw (embedding halfvec_cosine_ops)`,
+  );
+}
+
 export function print(ctx: BenchContext, r: DrainResult) {
   const cpu = r.cpuPer1000
     ? `; CPU/1k rows: pipeline ${fmt(r.cpuPer1000.pipeline)} ms, provider+bench ${
@@ -215,7 +238,8 @@ export function print(ctx: BenchContext, r: DrainResult) {
     : "";
   ctx.log(
     `  ${r.mode}: ${r.rows} rows in ${fmt(r.seconds)} s = ${fmt(r.rate)} rows/s, ` +
-      `${r.requests} requests` + (r.peakRssMb ? `, peak RSS ${fmt(r.peakRssMb)} MB` : "") + cpu +
+      `${r.requests} requests` + (r.peakRssMb ? `, peak RSS ${fmt(r.peakRssMb)} MB` : "") +
+      (r.peakTreeRssMb ? ` (with the task runner ${fmt(r.peakTreeRssMb)} MB)` : "") + cpu +
       (r.note ? ` (${r.note})` : ""),
   );
 }
@@ -226,6 +250,8 @@ export interface DrainFigures {
   /** Median rows/s per mode and size, e.g. rate["pull4"][10000]. */
   rate: Record<string, Record<number, number>>;
   peakRssMb: Record<string, number>;
+  /** CPU ms per 1,000 rows of the median run per mode at the largest size. */
+  cpuPer1000: Record<string, { pipeline: number; bench: number; postgres: number; busy: number }>;
   boundFraction: number;
   providerBoundCheck: DrainResult;
 }
@@ -236,6 +262,7 @@ export async function drainScenario(ctx: BenchContext): Promise<DrainFigures> {
   const section = new Section("1. Backfill drain");
   const rate: Record<string, Record<number, number>> = {};
   const peakRssMb: Record<string, number> = {};
+  const cpuBy: DrainFigures["cpuPer1000"] = {};
   const rows: (string | number)[][] = [];
   const cpuRows: (string | number)[][] = [];
   const naiveRates: Record<number, number> = {};
@@ -244,13 +271,16 @@ export async function drainScenario(ctx: BenchContext): Promise<DrainFigures> {
   for (const size of sizes) {
     const reps = size <= 10_000 ? 3 : 1;
     const modes: [string, () => Promise<DrainResult>][] = [
-      ["pull1", () => drainPull(ctx, size, 1)],
-      ["pull4", () => drainPull(ctx, size, 4)],
+      // As users run the worker: `deno task autoembed worker` (deno.json's V8 heap limits).
+      ["pull1", () => drainPull(ctx, size, 1, PROVIDER_LATENCY_MS, {}, { asTask: true })],
+      ["pull4", () => drainPull(ctx, size, 4, PROVIDER_LATENCY_MS, {}, { asTask: true })],
       ["push", () => drainPush(ctx, size)],
     ];
     for (const [key, run] of modes) {
+      // -c 1 is for comparison only: once, at the smaller size (the machine is shared).
+      if (key === "pull1" && size !== Math.min(...sizes)) continue;
       const results: DrainResult[] = [];
-      for (let i = 0; i < reps; i++) {
+      for (let i = 0; i < (key === "pull1" ? 1 : reps); i++) {
         const r = await run();
         print(ctx, r);
         results.push(r);
@@ -258,7 +288,11 @@ export async function drainScenario(ctx: BenchContext): Promise<DrainFigures> {
       const rates = results.map((r) => r.rate);
       (rate[key] ??= {})[size] = median(rates);
       const mid = results.find((r) => r.rate === median(rates)) ?? results[0];
-      if (mid.peakRssMb && size === Math.max(...sizes)) peakRssMb[key] = mid.peakRssMb;
+      if (mid.cpuPer1000 && size === Math.max(...sizes)) cpuBy[key] = mid.cpuPer1000;
+      if (mid.peakRssMb && size === Math.max(...sizes)) {
+        peakRssMb[key] = mid.peakRssMb;
+        peakRssMb[`${key}tree`] = mid.peakTreeRssMb ?? NaN;
+      }
       rows.push([
         mid.mode,
         size.toLocaleString("en-US"),
@@ -298,24 +332,72 @@ export async function drainScenario(ctx: BenchContext): Promise<DrainFigures> {
     ]);
   }
 
+  // With an HNSW index on the column, as real tables have: every write also
+  // inserts into the graph, which on this machine costs more than the rest of
+  // the drain, so one run at the smaller size.
+  const hnswRows = Math.min(...sizes);
+  const hnsw = await drainPull(ctx, hnswRows, 4, PROVIDER_LATENCY_MS, {}, {
+    asTask: true,
+    hnsw: true,
+  });
+  print(ctx, hnsw);
+  rate.pull4hnsw = { [hnswRows]: hnsw.rate };
+  rows.push([
+    hnsw.mode,
+    hnswRows.toLocaleString("en-US"),
+    fmt(hnsw.seconds),
+    fmt(hnsw.rate),
+    1,
+    `${hnsw.requests} / ${hnsw.inputs}`,
+    fmt(hnsw.providerBound),
+    `${fmt((hnsw.rate / hnsw.providerBound) * 100)}%`,
+    "",
+  ]);
+  if (hnsw.cpuPer1000) {
+    cpuRows.push([
+      hnsw.mode,
+      hnswRows.toLocaleString("en-US"),
+      fmt(hnsw.cpuPer1000.pipeline),
+      fmt(hnsw.cpuPer1000.bench),
+      fmt(hnsw.cpuPer1000.postgres),
+      `${fmt(hnsw.cpuPer1000.busy * 100)}%`,
+    ]);
+  }
+
   // Where the provider, not the machine, is the limit: a slow provider.
   const slowMs = 500;
   const check = await drainPull(ctx, ctx.quick ? 2_000 : 10_000, 4, slowMs);
   print(ctx, check);
   const boundFraction = check.rate / check.providerBound;
 
-  // The same drain with the heap limits `deno task autoembed` sets, which trade some CPU for memory.
-  const capped = await drainPull(ctx, Math.max(...sizes), 4, PROVIDER_LATENCY_MS, {
-    DENO_V8_FLAGS: WORKER_V8_FLAGS,
+  // Where the worker's memory is at its peak: the same drain with the worker
+  // inside bench/worker_memory.ts, with deno.json's V8 flags.
+  const inside = await drainPull(ctx, Math.max(...sizes), 4, PROVIDER_LATENCY_MS, {}, {
+    command: ["run", "-A", `--v8-flags=${WORKER_V8_FLAGS}`, "bench/worker_memory.ts"],
   });
-  print(ctx, capped);
-  peakRssMb.pull4capped = capped.peakRssMb!;
+  print(ctx, inside);
+  // And the same worker with nothing to drain: the runtime and our modules, loaded.
+  const idle = await drainPull(ctx, 0, 4, PROVIDER_LATENCY_MS, {}, {
+    command: ["run", "-A", `--v8-flags=${WORKER_V8_FLAGS}`, "bench/worker_memory.ts"],
+  });
+  type Memory = {
+    vmHwmMb: number;
+    atPeakRss: Record<string, number>;
+    maxima: Record<string, number>;
+  };
+  const parse = (r: DrainResult) => JSON.parse(r.note!.slice(r.note!.indexOf("{"))) as Memory;
+  const memory = parse(inside);
+  const idleMemory = parse(idle);
 
   section.text(`
 N rows are inserted in one statement (the statement-level trigger enqueues N jobs), then the clock
-runs until every row has its embedding. Pull mode: the worker CLI as a subprocess,
-\`worker --once -c C --batch-size ${BATCH_SIZE}\`, timed from its \`started\` line to its exit
-(process start-up, about half a second, excluded). Push mode: \`util.process_embeddings(${BATCH_SIZE}, ${PUSH_MAX_REQUESTS})\`
+runs until every row has its embedding. Pull mode: the worker CLI as a subprocess, started as the
+README tells users to, \`deno task autoembed worker --once -c C --batch-size ${BATCH_SIZE}\` (deno.json's
+V8 flags \`${WORKER_V8_FLAGS}\`), timed from its \`started\` line to its exit (process start-up,
+about half a second, excluded). "HNSW index": the same with
+\`create index ... using hnsw (embedding halfvec_cosine_ops)\` (pgvector's defaults, m 16,
+ef_construction 64) on the empty table first, so every write also inserts into the index, as on a
+real table; one run, at the smaller size only. Push mode: \`util.process_embeddings(${BATCH_SIZE}, ${PUSH_MAX_REQUESTS})\`
 called once; the pg_net shim's dispatcher (local/net_dispatcher.ts) POSTs each batch to the real
 \`embed\` function served by local/functions.ts (its own Deno process behind the local gateway, as
 \`npm start\` serves it), and each finishing call starts the next through
@@ -368,27 +450,43 @@ ${check.rows.toLocaleString("en-US")} rows at ${fmt(check.rate)} rows/s against 
   } rows/s (${fmt(boundFraction * 100)}%).`);
 
   const footprint = new Section("5. Worker footprint");
+  const big = Math.max(...sizes);
   footprint.text(`
-Peak resident memory (VmHWM from /proc/<pid>/status, sampled every 100 ms) of the worker process
-while draining ${Math.max(...sizes).toLocaleString("en-US")} rows:`);
-  const names: Record<string, string> = {
-    pull1: "`worker --once -c 1`",
-    pull4: "`worker --once -c 4`",
-    pull4capped:
-      `\`worker --once -c 4\` with \`--v8-flags=${WORKER_V8_FLAGS}\` (as \`deno task autoembed\` runs it)`,
-  };
+Peak resident memory while draining ${big.toLocaleString("en-US")} rows, as users run the worker
+(\`deno task autoembed worker --once\`): the worker process's VmHWM (/proc/<pid>/status), and the
+largest sum of VmRSS over the task runner and the worker (sampled every 100 ms), which is what the
+command costs the machine.`);
   footprint.table(
-    ["worker", "peak RSS MB", "rows/s"],
-    Object.entries(peakRssMb).map(([k, v]) => [
-      names[k],
-      fmt(v),
-      fmt(k === "pull4capped" ? capped.rate : rate[k][Math.max(...sizes)]),
+    ["worker", "worker peak RSS MB", "with the task runner MB", "rows/s"],
+    ["pull1", "pull4"].filter((k) => peakRssMb[k]).map((k) => [
+      `\`deno task autoembed worker --once -c ${k === "pull1" ? 1 : 4}\``,
+      fmt(peakRssMb[k]),
+      fmt(peakRssMb[`${k}tree`]),
+      fmt(rate[k][big]),
     ]),
   );
   footprint.text(`
-The worker's live data is small (a batch of 100 vectors is a few MB: the provider's answer, the
-vector texts and the write's parameter); the rest is V8 letting its heap grow before it collects,
-plus the runtime itself (about 100 MB for a worker that drains 100 rows). Capping the old
-generation lowers the peak for some CPU spent in the collector.`);
-  return { section, footprint, rate, peakRssMb, boundFraction, providerBoundCheck: check };
+Where the worker's memory is at its peak: the same drain (-c 4) with the worker run inside
+bench/worker_memory.ts with the same V8 flags, sampling \`Deno.memoryUsage()\` every 50 ms. At the
+sample of highest RSS (${fmt(memory.atPeakRss.rssMb)} MB; VmHWM ${fmt(memory.vmHwmMb)} MB): V8 heap
+${fmt(memory.atPeakRss.v8HeapTotalMb)} MB reserved, ${fmt(memory.atPeakRss.v8HeapUsedMb)} MB used;
+memory outside the heap that V8 accounts for (ArrayBuffers: response bodies, postgres.js's
+message buffers) ${fmt(memory.atPeakRss.externalMb)} MB; the rest, ${
+    fmt(memory.atPeakRss.restMb)
+  } MB, is the runtime itself (its code, V8's code space, the allocator's arenas). Maxima over the
+run: heap reserved ${fmt(memory.maxima.v8HeapTotalMb)} MB, heap used ${
+    fmt(memory.maxima.v8HeapUsedMb)
+  } MB, external ${fmt(memory.maxima.externalMb)} MB. The same worker with an empty queue (the
+runtime and our modules loaded, nothing drained) peaks at ${
+    fmt(idleMemory.vmHwmMb)
+  } MB (heap used ${fmt(idleMemory.maxima.v8HeapUsedMb)} MB).`);
+  return {
+    section,
+    footprint,
+    rate,
+    peakRssMb,
+    boundFraction,
+    providerBoundCheck: check,
+    cpuPer1000: cpuBy,
+  };
 }

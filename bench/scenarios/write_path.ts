@@ -36,25 +36,46 @@ const CONFIGS: Config[] = [
     install: installNaive,
   },
   {
-    label: "autoembed, guide-style row triggers (util.queue_embeddings + util.clear_column)",
+    label:
+      "autoembed, guide-style row triggers (util.queue_embeddings + util.clear_column), push mode",
     key: "ours_row",
-    install: (sql) =>
-      sql.unsafe(`
+    install: async (sql) => {
+      await pushMode(sql);
+      await sql.unsafe(`
         create trigger embed_on_insert after insert on public.bench_docs
           for each row execute function util.queue_embeddings('bench_docs_input', 'embedding');
         create trigger embed_on_update after update of title, body on public.bench_docs
           for each row execute function util.queue_embeddings('bench_docs_input', 'embedding');
         create trigger clear_on_update before update of title, body on public.bench_docs
           for each row execute function util.clear_column('embedding');
-      `).simple(),
+      `).simple();
+    },
   },
   {
-    label: "autoembed: util.enable_embeddings (statement-level triggers)",
+    label: "autoembed: util.enable_embeddings (statement-level triggers), push mode",
     key: "ours",
+    install: async (sql) => {
+      await pushMode(sql);
+      await sql`select util.enable_embeddings('public.bench_docs', 'bench_docs_input', backfill => false)`;
+    },
+  },
+  {
+    label: "autoembed: util.enable_embeddings, pull-only install (a NOTIFY per transaction)",
+    key: "ours_notify",
     install: (sql) =>
       sql`select util.enable_embeddings('public.bench_docs', 'bench_docs_input', backfill => false)`,
   },
 ];
+
+/**
+ * Push mode as the migration sets it where pg_cron runs process-embeddings
+ * (these databases have no cron job): changes kick an idle pipeline through
+ * pg_net (at most one request a second; nothing serves it here) and send no
+ * NOTIFY.
+ */
+async function pushMode(sql: Sql): Promise<void> {
+  await sql`update util.settings set value = 'on' where name = 'kick_on_change'`;
+}
 
 const SCRIPTS = {
   insert: `\\set n random(1, 1000000000)
@@ -108,6 +129,10 @@ async function timed(fn: () => Promise<unknown>): Promise<number> {
 /** The figures of one cluster: pgbench tps and bulk seconds per configuration. */
 interface ClusterFigures {
   tps: Record<string, Record<string, number[]>>;
+  /** Per configuration: functions called by one insert run with track_functions = all. */
+  functions: Record<string, { name: string; calls: number; totalUs: number; selfUs: number }[]>;
+  /** Inserts/s of that profiling run (tracking every function call costs some). */
+  profiledTps: Record<string, number>;
   bulk: Record<string, { insert: number[]; update: number[] }>;
 }
 
@@ -131,6 +156,8 @@ async function measureCluster(
   seconds: number,
 ): Promise<ClusterFigures> {
   const tps: ClusterFigures["tps"] = {};
+  const functions: ClusterFigures["functions"] = {};
+  const profiledTps: ClusterFigures["profiledTps"] = {};
   const dbs = new Map<string, Awaited<ReturnType<typeof cloneDb>>>();
   try {
     for (const config of CONFIGS) {
@@ -150,6 +177,24 @@ async function measureCluster(
           ctx.log(`  ${name} ${config.key} ${op}: ${fmt(value)} tps`);
         }
       }
+    }
+    // Where a trigger's time goes: one more insert run per configuration with
+    // every function call timed (pg_stat_user_functions, per call).
+    for (const config of CONFIGS) {
+      const db = dbs.get(config.key)!;
+      await db.sql.unsafe(`alter database ${db.name} set track_functions = 'all'`);
+      await db.sql`select pg_stat_reset()`;
+      profiledTps[config.key] = await pgbench(db.url, scripts.insert, Math.min(seconds, 4));
+      const rows = await db.sql<{ name: string; calls: number; total: number; self: number }[]>`
+        select schemaname || '.' || funcname as name, calls::int as calls,
+               total_time as total, self_time as self
+          from pg_stat_user_functions where calls > 0 order by total_time desc limit 6`;
+      functions[config.key] = rows.map((r) => ({
+        name: r.name,
+        calls: r.calls,
+        totalUs: (r.total * 1000) / r.calls,
+        selfUs: (r.self * 1000) / r.calls,
+      }));
     }
   } finally {
     for (const db of dbs.values()) await db.drop();
@@ -173,7 +218,7 @@ async function measureCluster(
       }
     }
   }
-  return { tps, bulk };
+  return { tps, bulk, functions, profiledTps };
 }
 
 function report(section: Section, title: string, f: ClusterFigures): void {
@@ -191,6 +236,20 @@ function report(section: Section, title: string, f: ClusterFigures): void {
       spread(f.tps[c.key].update),
       pct(f.tps[c.key].update, base.update),
       pct(f.tps[c.key].update, guide.update),
+    ]),
+  );
+  section.text(
+    `\n**${title}.** Where the time of one single-row insert goes: an extra insert run per ` +
+      `configuration with \`track_functions = all\` (pg_stat_user_functions; µs per call, ` +
+      `total includes what the function calls; SQL functions are not inlined while tracked):`,
+  );
+  section.table(
+    ["triggers", "inserts/s (tracked)", "function: calls, total µs / self µs per call"],
+    CONFIGS.map((c) => [
+      c.label,
+      fmt(f.profiledTps[c.key]),
+      f.functions[c.key].map((x) => `${x.name}: ${x.calls}, ${fmt(x.totalUs)} / ${fmt(x.selfUs)}`)
+        .join("; ") || "none",
     ]),
   );
   section.text(`\n**${title}.** One statement of ${BULK.toLocaleString("en-US")} rows:`);
@@ -263,8 +322,10 @@ Inserts add a new row (about 450 characters of text); updates change the text of
 || ' v2'\` of all its rows, each in a fresh database. **Durable**: a throw-away cluster with
 fsync, full_page_writes and synchronous_commit on (PostgreSQL's defaults, what a production server
 runs). **fsync off**: the local development cluster (local/cluster.ts). Both measured in the same
-run. These databases have no pg_cron job, so \`kick_on_change\` is off: changes NOTIFY as in a
-pull-only install (push mode sends no NOTIFY; see the round-two section of RESULTS.md).`);
+run. "Push mode" is \`kick_on_change\` on, as the migration sets it where pg_cron runs
+\`process-embeddings\` (the guide's setting): a change kicks an idle pipeline through pg_net (at most
+one request a second, unserved here) and sends no NOTIFY. "Pull-only" is an install without pg_cron:
+a NOTIFY per transaction for listening workers.`);
   report(section, "Durable (fsync on)", durable);
   report(section, "fsync off (development cluster)", fast);
   const d = durable;

@@ -61,8 +61,13 @@ export function spawnScript(
   args: string[],
   env: Record<string, string>,
 ): WorkerProcess {
+  return spawnDeno(["run", "-A", script, ...args], env);
+}
+
+/** Runs `deno <args>` (e.g. `task autoembed worker ...`) from the repository root in the background. */
+export function spawnDeno(args: string[], env: Record<string, string>): WorkerProcess {
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", script, ...args],
+    args,
     cwd: ROOT,
     env: { NO_COLOR: "1", ...env },
     stdin: "null",

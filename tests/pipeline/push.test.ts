@@ -385,7 +385,8 @@ Deno.test("pitfall: uuid and text primary keys work", async () => {
       await createDocuments(sql, { table: "by_uuid", pkType: "uuid" });
       await createDocuments(sql, { table: "by_text", pkType: "text" });
       await sql`insert into by_uuid (title, content) values ('u1', 'uuid row'), ('u2', 'another uuid row')`;
-      await sql`insert into by_text (id, title, content) values ('a''b', 't1', 'text key with a quote'), ('k2', 't2', 'text row')`;
+      // Keys that need escaping in the write's text[] literal, and one that reads as its NULL.
+      await sql`insert into by_text (id, title, content) values ('a''b', 't1', 'text key with a quote'), ('k2', 't2', 'text row'), ('q"u\\o,{t}', 't3', 'array syntax in a key'), ('NULL', 't4', 'a key spelled NULL')`;
       await drainPush(sql);
       await assertAllFresh(sql, "by_uuid");
       await assertAllFresh(sql, "by_text");

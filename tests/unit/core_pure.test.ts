@@ -8,7 +8,11 @@ import {
   PIPELINE_SQLSTATES,
 } from "../../supabase/functions/_shared/db_errors.ts";
 import { EXACTLY_CHECKED_KEY_TYPES, idFitsKeyType } from "../../supabase/functions/_shared/keys.ts";
-import { float16TextTable, vectorLiteral } from "../../supabase/functions/_shared/vectors.ts";
+import {
+  float16TextTable,
+  vectorList,
+  vectorLiteral,
+} from "../../supabase/functions/_shared/vectors.ts";
 
 Deno.test("idFitsKeyType accepts exactly the values of each key type", () => {
   const cases: [string, string, boolean][] = [
@@ -79,6 +83,21 @@ Deno.test("vectorLiteral: halfvec text is the table's text of each float16, for 
   assert.equal(vectorLiteral(values, "halfvec(1542)"), want);
   assert.equal(vectorLiteral(Float32Array.from(values), "halfvec(1542)"), want);
   assert.equal(vectorLiteral(Float32Array.of(0.5, -0.25), "vector(2)"), "[0.5,-0.25]");
+});
+
+Deno.test("vectorList: a batch's vectors, texts and nulls as one ';'-separated text", () => {
+  const a = Float32Array.of(0.1, -0.5), b = [1, 1e-8];
+  const donor = "[0.25,-1e-05]";
+  assert.equal(
+    vectorList([a, null, donor, b], "halfvec(2)"),
+    [vectorLiteral(a, "halfvec(2)"), "", donor, vectorLiteral(b, "halfvec(2)")].join(";"),
+  );
+  assert.equal(vectorList([null], "halfvec(2)"), "");
+  assert.equal(vectorList([], "halfvec(2)"), "");
+  assert.equal(vectorList([[0.5, -0.25], "[1,2]"], "vector(2)"), "[0.5,-0.25];[1,2]");
+  for (const bad of ["[1;2]", "[1,2]\n", "x", '["1"]', "[1,2],[3]x"]) {
+    assert.throws(() => vectorList([bad], "halfvec(2)"), /no vector text has/, bad);
+  }
 });
 
 Deno.test("database errors: unreachable vs failing statement vs retry-at-once, by code", () => {

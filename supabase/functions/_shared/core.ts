@@ -28,7 +28,7 @@ import { deleteJobs, type Failure, handBack, recordFailures } from "./sql/queue.
 import { loadDonorVectors, loadRows } from "./sql/rows.ts";
 import { loadTargets, tableLabel, type Target, type Targets } from "./sql/targets.ts";
 import { writeEmbeddings } from "./sql/write.ts";
-import { vectorLiteral } from "./vectors.ts";
+import type { Vector } from "./vectors.ts";
 
 export interface ProcessOptions {
   /** The provider for a target's model and dimensions (may throw ProviderError, e.g. missing key). */
@@ -90,8 +90,8 @@ interface RowWork {
   jobIds: number[];
   hash?: string;
   text?: string;
-  /** The embedding to write; null clears it (the row has no text any more). */
-  vector?: string | null;
+  /** The embedding to write (the provider's, or a row's text); null clears it. */
+  vector?: Vector | string | null;
 }
 
 const REFUSED_TARGET = "refused: the job names no attached table, embedding column and content " +
@@ -386,7 +386,7 @@ async function embed(plan: Plan, options: ProcessOptions, outcome: Outcome): Pro
   plan.toEmbed.forEach((work, i) => {
     const result = results[i];
     if ("vector" in result) {
-      work.vector = vectorLiteral(result.vector, work.target.embedding_type_sql);
+      work.vector = result.vector; // formatted with the rest of its write (sql/write.ts)
       pushTo(plan.toWrite, work.target, work);
     } else if ("error" in result) {
       outcome.fail(work, result.error, result.retryable, result.retryAfterMs);

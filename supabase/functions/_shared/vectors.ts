@@ -10,37 +10,75 @@ export type Vector = Float32Array | number[];
  * A vector as Postgres reads it. For a halfvec column each value is rounded
  * to float16 here, as halfvec_in would, and written with the fewest digits
  * that read back as the same float16 (a table of all 65,536): less than half
- * the text of the full doubles. The text is assembled as ASCII bytes from
- * that table and decoded once, not concatenated value by value. Other
- * columns get the values as they are.
+ * the text of the full doubles. Other columns get the values as they are.
  */
 export function vectorLiteral(values: Vector, columnType: string): string {
-  if (columnType.startsWith("halfvec") && typeof Float16Array === "function") {
-    const { bytes, offsets } = float16Bytes ??= float16ByteTable();
-    // Through float32 first, as halfvec_in reads the text (strtof), then to float16.
-    const floats = values instanceof Float32Array ? values : Float32Array.from(values);
-    const bits = new Uint16Array(new Float16Array(floats).buffer);
-    let size = bits.length + 1; // brackets and commas
-    for (let i = 0; i < bits.length; i++) size += offsets[bits[i] + 1] - offsets[bits[i]];
-    const out = new Uint8Array(size);
-    out[0] = 0x5b; // [
-    let at = 1;
-    for (let i = 0; i < bits.length; i++) {
-      if (i) out[at++] = 0x2c; // ,
-      const from = offsets[bits[i]], to = offsets[bits[i] + 1];
-      for (let j = from; j < to; j++) out[at++] = bytes[j];
-    }
-    out[at] = 0x5d; // ]
-    return ascii.decode(out);
-  }
-  return `[${Array.prototype.join.call(values, ",")}]`;
+  return vectorList([values], columnType);
 }
 
+/**
+ * The vectors of one write as one text, `[…];[…];…`, with an empty field for
+ * a null (the row's embedding is cleared; no vector's text is empty), as
+ * sql/write.ts sends them. The text of a whole batch is assembled as ASCII
+ * bytes (halfvec values from the float16 table) and decoded once: no string
+ * per vector, no join. Texts (vectors copied from rows that hold them) go in
+ * as they are; one with a character no vector text has (';' included) is
+ * refused rather than misread.
+ */
+export function vectorList(vectors: (Vector | string | null)[], columnType: string): string {
+  const half = columnType.startsWith("halfvec") && typeof Float16Array === "function";
+  const { bytes, offsets, longest } = half ? (float16Bytes ??= float16ByteTable()) : EMPTY_TABLE;
+  const parts = vectors.map((v): Uint16Array | string | null => {
+    if (v === null) return null;
+    if (typeof v === "string") {
+      if (!VECTOR_TEXT.test(v)) {
+        throw new Error("a vector text holds characters no vector text has");
+      }
+      return v;
+    }
+    // Through float32 first, as halfvec_in reads the text (strtof), then to float16.
+    if (half) {
+      return new Uint16Array(
+        new Float16Array(v instanceof Float32Array ? v : Float32Array.from(v)).buffer,
+      );
+    }
+    return `[${Array.prototype.join.call(v, ",")}]`;
+  });
+  // An upper bound of the text's length (every value at the table's longest),
+  // so the values are looked up once.
+  let size = parts.length; // separators
+  for (const part of parts) {
+    if (typeof part === "string") size += part.length;
+    else if (part !== null) size += part.length * (longest + 1) + 1;
+  }
+  const out = new Uint8Array(size);
+  let at = 0;
+  parts.forEach((part, k) => {
+    if (k) out[at++] = 0x3b; // ;
+    if (part === null) return;
+    if (typeof part === "string") {
+      for (let i = 0; i < part.length; i++) out[at++] = part.charCodeAt(i);
+      return;
+    }
+    out[at++] = 0x5b; // [
+    for (let i = 0; i < part.length; i++) {
+      if (i) out[at++] = 0x2c; // ,
+      const from = offsets[part[i]], to = offsets[part[i] + 1];
+      for (let j = from; j < to; j++) out[at++] = bytes[j];
+    }
+    out[at++] = 0x5d; // ]
+  });
+  return ascii.decode(out.subarray(0, at));
+}
+
+/** What a vector's text may hold: numbers, commas, brackets. */
+const VECTOR_TEXT = /^\[[-+0-9.,eE ]*\]$/;
+const EMPTY_TABLE = { bytes: new Uint8Array(0), offsets: new Uint32Array(0), longest: 0 };
 const ascii = new TextDecoder();
-let float16Bytes: { bytes: Uint8Array; offsets: Uint32Array } | undefined;
+let float16Bytes: { bytes: Uint8Array; offsets: Uint32Array; longest: number } | undefined;
 
 /** float16TextTable as one ASCII buffer: value b's text is bytes[offsets[b] .. offsets[b + 1]). */
-function float16ByteTable(): { bytes: Uint8Array; offsets: Uint32Array } {
+function float16ByteTable(): { bytes: Uint8Array; offsets: Uint32Array; longest: number } {
   const table = float16TextTable();
   const offsets = new Uint32Array(table.length + 1);
   for (let b = 0; b < table.length; b++) offsets[b + 1] = offsets[b] + table[b].length;
@@ -48,7 +86,9 @@ function float16ByteTable(): { bytes: Uint8Array; offsets: Uint32Array } {
   for (let b = 0; b < table.length; b++) {
     for (let k = 0; k < table[b].length; k++) bytes[offsets[b] + k] = table[b].charCodeAt(k);
   }
-  return { bytes, offsets };
+  let longest = 0;
+  for (const text of table) longest = Math.max(longest, text.length);
+  return { bytes, offsets, longest };
 }
 
 /** The shortest decimal text of every float16 value that reads back as that value. */

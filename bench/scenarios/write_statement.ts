@@ -1,0 +1,187 @@
+// Section 1b: the core's write of a batch (sql/write.ts, batches of 100)
+// alone, timed by the CPU of its Postgres backend (/proc/<pid>/stat), which
+// other work on a shared machine does not inflate the way it does wall time;
+// and the parse of the vectors alone in three forms of the same parameter
+// (what the write sends, a jsonb document, a text[] literal), to show where
+// the write's time goes. Every rep writes into NULL embeddings, as a drain
+// does. Also run alone by bench/write_statement.ts.
+import postgres from "postgres";
+import { loadTargets } from "../../supabase/functions/_shared/sql/targets.ts";
+import {
+  type EmbeddingWrite,
+  writeEmbeddings,
+} from "../../supabase/functions/_shared/sql/write.ts";
+import {
+  type Vector,
+  vectorList,
+  vectorLiteral,
+} from "../../supabase/functions/_shared/vectors.ts";
+import { fmt, median, Section, spread } from "../report.ts";
+import {
+  attach,
+  type BenchContext,
+  cloneDb,
+  DIMENSIONS,
+  insertRows,
+  processCpuSeconds,
+} from "../stack.ts";
+import { createHnswIndex } from "./drain.ts";
+
+const BATCH = 100;
+
+export interface WriteProfile {
+  rows: number;
+  hnsw: boolean;
+  /** Backend CPU and wall ms per 1,000 rows, per measurement, one entry per rep. */
+  results: Record<string, { cpu: number; wall: number }[]>;
+  load: string;
+}
+
+export async function profileWrite(
+  rows: number,
+  reps: number,
+  hnsw: boolean,
+): Promise<WriteProfile> {
+  const db = await cloneDb("write_statement");
+  try {
+    await attach(db.sql, false);
+    await insertRows(db.sql, rows, "write");
+    if (hnsw) await createHnswIndex(db.sql);
+    const target = [...(await db.sql`select id from util.embedding_targets`)].map((t) => t.id)[0];
+    const targets = await loadTargets(db.sql);
+    const t = targets.byId(target)!;
+    const found = await db.sql<{ id: string; hash: string }[]>`
+      select id::text as id, encode(util._content_hash(public.bench_docs_input(b)), 'hex') as hash
+        from public.bench_docs b order by id`;
+    const vector = new Float32Array(DIMENSIONS);
+    const writes: EmbeddingWrite[] = found.map((r) => {
+      let norm = 0;
+      for (let i = 0; i < DIMENSIONS; i++) norm += (vector[i] = Math.random() - 0.5) ** 2;
+      for (let i = 0; i < DIMENSIONS; i++) vector[i] /= Math.sqrt(norm);
+      return { rowId: r.id, hash: r.hash, vector: Float32Array.from(vector) };
+    });
+    const batches: EmbeddingWrite[][] = [];
+    for (let i = 0; i < writes.length; i += BATCH) batches.push(writes.slice(i, i + BATCH));
+
+    const one = postgres(db.url, { max: 1, onnotice: () => {} });
+    const [{ pid }] = await one`select pg_backend_pid() as pid`;
+    const per1000 = (seconds: number) => (seconds * 1000 * 1000) / rows;
+    const measure = async (run: () => Promise<void>) => {
+      const cpu = processCpuSeconds(pid), wall = performance.now();
+      await run();
+      return {
+        cpu: per1000(processCpuSeconds(pid) - cpu),
+        wall: per1000((performance.now() - wall) / 1000),
+      };
+    };
+    const results: Record<string, { cpu: number; wall: number }[]> = {};
+    const record = (name: string, r: { cpu: number; wall: number }) =>
+      (results[name] ??= []).push(r);
+    for (let rep = 0; rep < reps; rep++) {
+      await db.sql.begin(async (tx) => {
+        await tx`select set_config('autoembed.applying', 'on', true)`;
+        await tx`update public.bench_docs set embedding = null`;
+        await tx`delete from util.embedding_fingerprints`;
+      });
+      await db.sql`vacuum public.bench_docs`;
+      // The vectors' parse alone, in three forms of the same parameter: what
+      // sql/write.ts sends (one text split on ';'), a jsonb document (before),
+      // and a text[] literal (tried).
+      const type = t.embedding_type_sql;
+      const text = (v: EmbeddingWrite["vector"]) => vectorLiteral(v as Vector, type);
+      const forms: [string, string, (b: EmbeddingWrite[]) => string][] = [
+        [
+          "parse: vector list (string_to_array), then halfvec",
+          `select count(x::${type}) from unnest(string_to_array($1::text, ';', '')) x`,
+          (b) => vectorList(b.map((w) => w.vector), type),
+        ],
+        [
+          "parse: jsonb document, then halfvec",
+          `select count(i.embedding::${type})
+             from jsonb_to_recordset($1::text::jsonb) as i(row_id text, hash text, embedding text)`,
+          (b) =>
+            JSON.stringify(
+              b.map((w) => ({ row_id: w.rowId, hash: w.hash, embedding: text(w.vector) })),
+            ),
+        ],
+        [
+          "parse: text[] literal, then halfvec",
+          `select count(x::${type}) from unnest($1::text::text[]) x`,
+          (b) => `{${b.map((w) => `"${text(w.vector)}"`).join(",")}}`,
+        ],
+      ];
+      for (const [name, query, param] of forms) {
+        const params = batches.map(param);
+        record(
+          name,
+          await measure(async () => {
+            for (const p of params) await one.unsafe(query, [p]);
+          }),
+        );
+      }
+      let written = 0;
+      record(
+        "write (sql/write.ts: embeddings + fingerprints)",
+        await measure(async () => {
+          for (const b of batches) written += (await writeEmbeddings(one, t, b)).size;
+        }),
+      );
+      if (written !== rows) throw new Error(`wrote ${written} of ${rows}`);
+    }
+    await one.end();
+
+    const load = (await Deno.readTextFile("/proc/loadavg")).split(" ").slice(0, 3).join(" ");
+    return { rows, hnsw, results, load };
+  } finally {
+    await db.drop();
+  }
+}
+
+export function printProfile(log: (line: string) => void, p: WriteProfile, reps: number) {
+  log(
+    `  ${p.rows} rows in batches of ${BATCH}, ${reps} reps, ${
+      p.hnsw ? "HNSW index" : "no vector index"
+    }; load ${p.load}`,
+  );
+  for (const [name, rs] of Object.entries(p.results)) {
+    log(
+      `    ${name}: backend CPU ${fmt(median(rs.map((r) => r.cpu)))} ms per 1,000 rows ` +
+        `(${rs.map((r) => fmt(r.cpu)).join(", ")}), wall ${fmt(median(rs.map((r) => r.wall)))} ms`,
+    );
+  }
+}
+
+export async function writeStatementScenario(ctx: BenchContext): Promise<Section> {
+  const rows = ctx.quick ? 2_000 : 10_000;
+  const reps = 3;
+  ctx.log("1b. the write of a batch, profiled");
+  const plain = await profileWrite(rows, reps, false);
+  printProfile(ctx.log, plain, reps);
+  // An HNSW insert costs far more than the rest of the write: fewer rows, once.
+  const indexed = await profileWrite(Math.min(rows, 2_000), 1, true);
+  printProfile(ctx.log, indexed, reps);
+  const section = new Section("1b. The write of a batch, profiled");
+  section.text(`
+The core's write (supabase/functions/_shared/sql/write.ts: embeddings and fingerprints in one
+statement, compare-and-set on the content hash) of ${
+    rows.toLocaleString("en-US")
+  } rows in batches of
+${BATCH}, one connection, timed by the CPU its Postgres backend used (/proc/<pid>/stat), which the
+load of a shared machine does not inflate the way it does wall time; ${reps} reps, each into NULL
+embeddings as in a drain (with the HNSW index: ${indexed.rows.toLocaleString("en-US")} rows, once).
+The parse rows time only the vectors' parse, in three forms of the same
+parameter: what the write sends (one text, split by \`string_to_array\` on ';'), a jsonb document
+(the write before this round), and a text[] literal. ms per 1,000 rows, median (min–max).
+Load average at the end: ${plain.load} (no index), ${indexed.load} (HNSW).`);
+  section.table(
+    ["measurement", "backend CPU, no vector index", "wall", "backend CPU, HNSW index", "wall"],
+    Object.keys(plain.results).map((name) => [
+      name,
+      spread(plain.results[name].map((r) => r.cpu)),
+      fmt(median(plain.results[name].map((r) => r.wall))),
+      spread(indexed.results[name].map((r) => r.cpu)),
+      fmt(median(indexed.results[name].map((r) => r.wall))),
+    ]),
+  );
+  return section;
+}
