@@ -1,7 +1,7 @@
 // `deno task autoembed install|upgrade --into <Supabase project>`: copies the
 // migrations (same file names, so `supabase db push` records the same
-// versions), the `embed` function with the `_shared` core, an import map for
-// the function, and the `[functions.embed]` entry of config.toml into a
+// versions), the `embed` and `search` functions with the `_shared` core, an
+// import map for each, and the `[functions.embed]` entry of config.toml into a
 // user's project. Nothing that differs is ever overwritten silently: install
 // refuses any file that differs; upgrade also replaces function files that
 // still hold exactly what autoembed installed (recorded in a manifest), and
@@ -17,7 +17,11 @@ export class InstallError extends Error {}
 /** Where install records what it wrote (path -> sha256), so upgrade can tell a user's edits. */
 export const MANIFEST = "supabase/.autoembed-install.json";
 /** The import map Supabase deploys the function with (one deno.json per function). */
-export const FUNCTION_IMPORT_MAP = "supabase/functions/embed/deno.json";
+/** The edge functions autoembed ships: `embed` (the pipeline) and `search` (search by text). */
+export const SHIPPED_FUNCTIONS = ["embed", "search"] as const;
+/** The import map Supabase deploys a shipped function with. */
+export const functionImportMap = (name: string) => `supabase/functions/${name}/deno.json`;
+export const FUNCTION_IMPORT_MAP = functionImportMap("embed");
 export const CONFIG_TOML = "supabase/config.toml";
 
 export type Mode = "install" | "upgrade";
@@ -224,15 +228,19 @@ export async function shippedFiles(root = ROOT): Promise<{
   const paths = [
     ...(await filesUnder(join(root, "supabase", "migrations"), root))
       .filter((p) => /\/\d+_[^/]+\.sql$/.test(p)),
-    ...await filesUnder(join(root, "supabase", "functions", "embed"), root),
+    ...(await Promise.all(
+      SHIPPED_FUNCTIONS.map((name) => filesUnder(join(root, "supabase", "functions", name), root)),
+    )).flat(),
     ...await filesUnder(join(root, "supabase", "functions", "_shared"), root),
   ];
   for (const path of paths) source.set(path, await Deno.readTextFile(join(root, path)));
   const functionSources = [...source].filter(([p]) => p.startsWith("supabase/functions/"));
-  if (!source.has(FUNCTION_IMPORT_MAP)) {
-    const denoJson = JSON.parse(await Deno.readTextFile(join(root, "deno.json")));
-    const imports = importMapFor(functionSources.map(([, text]) => text), denoJson.imports ?? {});
-    source.set(FUNCTION_IMPORT_MAP, JSON.stringify({ imports }, null, 2) + "\n");
+  const denoJson = JSON.parse(await Deno.readTextFile(join(root, "deno.json")));
+  // One map for both functions: they share _shared/, which holds nearly every import.
+  const imports = importMapFor(functionSources.map(([, text]) => text), denoJson.imports ?? {});
+  for (const name of SHIPPED_FUNCTIONS) {
+    const path = functionImportMap(name);
+    if (!source.has(path)) source.set(path, JSON.stringify({ imports }, null, 2) + "\n");
   }
   const config = await readIfExists(join(root, "supabase", "config.toml"));
   return { source, embedBlock: (config && embedBlockOf(config)) ?? DEFAULT_EMBED_BLOCK };
@@ -324,7 +332,7 @@ export function report(mode: Mode, plan: Plan): string[] {
     lines.push(
       "next: " + [
         migrations ? "supabase db push" : "",
-        "supabase functions deploy embed",
+        "supabase functions deploy embed search",
         mode === "install" ? "set the secrets (README: Install on a Supabase project)" : "",
       ].filter(Boolean).join(", then "),
     );

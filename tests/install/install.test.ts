@@ -51,7 +51,15 @@ Deno.test("install into a Supabase project: its migrations build a database wher
     assert.deepEqual(installed.map((m) => m.version), shipped.map((m) => m.version));
     assert.ok(shipped.length >= 11);
     for (
-      const path of ["embed/index.ts", "embed/handler.ts", "embed/deno.json", "_shared/core.ts"]
+      const path of [
+        "embed/index.ts",
+        "embed/handler.ts",
+        "embed/deno.json",
+        "search/index.ts",
+        "search/handler.ts",
+        "search/deno.json",
+        "_shared/core.ts",
+      ]
     ) {
       await Deno.stat(join(dir, "supabase", "functions", path)); // throws when missing
     }
@@ -63,8 +71,24 @@ Deno.test("install into a Supabase project: its migrations build a database wher
     );
     // Every bare import of the shipped sources, _shared/ included (its search
     // helpers verify JWTs with jose).
-    assert.deepEqual(Object.keys(importMap.imports), ["jose", "js-tiktoken", "openai", "postgres", "zod"]);
-    assert.match(result.stdout, /next: supabase db push/);
+    assert.deepEqual(Object.keys(importMap.imports), [
+      "jose",
+      "js-tiktoken",
+      "openai",
+      "postgres",
+      "zod",
+    ]);
+    assert.deepEqual(
+      JSON.parse(
+        await Deno.readTextFile(join(dir, "supabase", "functions", "search", "deno.json")),
+      ),
+      importMap,
+      "search deploys with the same import map",
+    );
+    assert.match(
+      result.stdout,
+      /next: supabase db push, then supabase functions deploy embed search/,
+    );
 
     await withTestDb(async (sql, url) => {
       await applyMigrations(url, { dir: join(dir, "supabase", "migrations") });
