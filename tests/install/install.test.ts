@@ -63,7 +63,13 @@ Deno.test("install into a Supabase project: its migrations build a database wher
     );
     // Every bare import of the shipped sources, _shared/ included (its search
     // helpers verify JWTs with jose).
-    assert.deepEqual(Object.keys(importMap.imports), ["jose", "js-tiktoken", "openai", "postgres", "zod"]);
+    assert.deepEqual(Object.keys(importMap.imports), [
+      "jose",
+      "js-tiktoken",
+      "openai",
+      "postgres",
+      "zod",
+    ]);
     assert.match(result.stdout, /next: supabase db push/);
 
     await withTestDb(async (sql, url) => {
