@@ -220,8 +220,8 @@ Deno.test("catalog: every util function pins search_path; none but the search fu
     assert.deepEqual(
       search.map((f) =>
         `${f.fn}: ${f.definer ? "definer" : "invoker"} ${f.anon && f.authenticated}`
-      ),
-      SEARCH_FUNCTIONS.map((fn) => `${fn}: invoker true`),
+      ).sort(),
+      SEARCH_FUNCTIONS.map((fn) => `${fn}: invoker true`).sort(),
       "the search functions run as the caller, and app roles may call them",
     );
     const open = functions.filter((f) =>
