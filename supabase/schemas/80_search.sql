@@ -258,6 +258,21 @@ declare
   vector_columns name[];
   conditions text;
   fused text;
+  scan_setting text;
+  candidates int;
+  pool bigint;
+  found_ids text[];
+  found_similarities float8[];
+  found_scores float8[];
+  found_seqs int[];
+  found_chunks text[];
+  found_rows jsonb[];
+  r_id text;
+  r_similarity float8;
+  r_score float8;
+  r_seq int;
+  r_chunk text;
+  r_row jsonb;
 begin
   if match_count is null or match_count < 1 or match_count > 200 then
     raise exception 'autoembed: match_count must be between 1 and 200, got %', match_count
@@ -297,12 +312,12 @@ begin
 
   -- Both rankings are of chunks of rows the caller may see (joined to the
   -- source under its RLS, filtered): the nearest chunks in index order, and
-  -- the chunks whose text matches the query by ts_rank_cd. Each takes eight
-  -- chunks per row asked for (several chunks of one row are often near each
-  -- other, as in util.match_chunks); reciprocal rank fusion scores each
-  -- chunk, then each row keeps its best chunk. Parameters: $1 vector, $2
-  -- text, $3 filter, $4 threshold, $5 count, $6 text search configuration,
-  -- $7 and $8 weights, $9 rrf_k, $10 the source's vector columns.
+  -- the chunks whose text matches the query by ts_rank_cd. Each takes $11
+  -- chunks; reciprocal rank fusion scores each chunk, then each row keeps
+  -- its best chunk. `pool` is how many chunks the vector ranking took.
+  -- Parameters: $1 vector, $2 text, $3 filter, $4 threshold, $5 count, $6
+  -- text search configuration, $7 and $8 weights, $9 rrf_k, $10 the
+  -- source's vector columns, $11 chunks per ranking.
   fused := pg_catalog.format($sql$
     with semantic as (
       select s.source_id, s.chunk_seq, pg_catalog.row_number() over (order by s.distance) as rank_ix
@@ -310,7 +325,7 @@ begin
                 from %2$s d join %3$s r on r.%4$I = d.source_id
                where d.embedding operator(extensions.<=>) $1::%1$s < 1 - $4 %5$s
                order by d.embedding operator(extensions.<=>) $1::%1$s
-               limit $5 * 8) s
+               limit $11) s
     ), full_text as (
       select f.source_id, f.chunk_seq, pg_catalog.row_number() over (order by f.rank desc) as rank_ix
         from (select d.source_id, d.chunk_seq,
@@ -321,7 +336,7 @@ begin
                  and pg_catalog.to_tsvector($6, d.chunk)
                      operator(pg_catalog.@@) pg_catalog.websearch_to_tsquery($6, $2) %5$s
                order by 3 desc
-               limit $5 * 8) f
+               limit $11) f
     ), ranked as (
       select coalesce(s.source_id, f.source_id) as source_id, coalesce(s.chunk_seq, f.chunk_seq) as chunk_seq,
              case when $2 is not null
@@ -340,18 +355,55 @@ begin
     select b.source_id::text, b.similarity, b.score, b.chunk_seq, b.chunk,
            (select pg_catalog.jsonb_object_agg(j.key, j.value)
               from pg_catalog.jsonb_each(pg_catalog.to_jsonb(r)) j
-             where j.key <> all ($10) and j.key not like '\_autoembed\_next\_%%')
+             where j.key <> all ($10) and j.key not like '\_autoembed\_next\_%%'),
+           (select pg_catalog.count(*) from semantic)
       from best b join %3$s r on r.%4$I = b.source_id
      order by b.score desc nulls last, 1
      limit $5
   $sql$, emb.type_sql, destination, target_table, pk, conditions);
-  -- Row by row into the OUT columns (at most 200 rows), which plpgsql_check
-  -- can follow, unlike return query execute.
-  for id, similarity, score, chunk_seq, chunk, row_data in execute fused
-    using query_embedding, query_text, coalesce(filter, '{}'), match_threshold, match_count,
-          text_search_config, full_text_weight, semantic_weight, rrf_k::float8, vector_columns::text[]
+  -- A plain HNSW scan yields at most hnsw.ef_search (40) chunks: those of a
+  -- few rows when a row's chunks lie close together, fewer still after RLS
+  -- and the filter. pgvector 0.8+ scans on until the limit is met
+  -- (iterative scan); the ranking above orders by distance itself, so
+  -- relaxed_order is enough. Set for this statement and restored after (on
+  -- an error the transaction ends anyway); older pgvector has no such setting.
+  scan_setting := pg_catalog.current_setting('hnsw.iterative_scan', true);
+  if scan_setting is not null then
+    perform pg_catalog.set_config('hnsw.iterative_scan', 'relaxed_order', true);
+  end if;
+  -- Eight chunks per row asked for, at first. When the chunks taken cover
+  -- fewer rows than asked (a row's chunks crowd the nearest) and there were
+  -- more to take, take four times as many: once they cover match_count rows,
+  -- those rows are the best (a row not among them has no nearer chunk).
+  -- Rows are kept in arrays (at most 200) until then; scalars, which
+  -- plpgsql_check can follow, unlike return query execute.
+  candidates := match_count * 8;
   loop
+    found_ids := '{}'; found_similarities := '{}'; found_scores := '{}';
+    found_seqs := '{}'; found_chunks := '{}'; found_rows := '{}';
+    pool := 0;
+    for r_id, r_similarity, r_score, r_seq, r_chunk, r_row, pool in execute fused
+      using query_embedding, query_text, coalesce(filter, '{}'), match_threshold, match_count,
+            text_search_config, full_text_weight, semantic_weight, rrf_k::float8, vector_columns::text[],
+            candidates
+    loop
+      found_ids := found_ids || r_id;
+      found_similarities := found_similarities || r_similarity;
+      found_scores := found_scores || r_score;
+      found_seqs := found_seqs || r_seq;
+      found_chunks := found_chunks || r_chunk;
+      found_rows := found_rows || r_row;
+    end loop;
+    exit when pg_catalog.cardinality(found_ids) >= match_count or pool < candidates or candidates >= 10000;
+    candidates := candidates * 4;
+  end loop;
+  for i in 1 .. pg_catalog.cardinality(found_ids) loop
+    id := found_ids[i]; similarity := found_similarities[i]; score := found_scores[i];
+    chunk_seq := found_seqs[i]; chunk := found_chunks[i]; row_data := found_rows[i];
     return next;
   end loop;
+  if scan_setting is not null then
+    perform pg_catalog.set_config('hnsw.iterative_scan', scan_setting, true);
+  end if;
 end
 $$;

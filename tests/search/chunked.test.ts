@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import { createArticles } from "../_support/chunks.ts";
 import { type Sql, withTestDb } from "../_support/db.ts";
 import { makeDocument } from "../_support/documents.ts";
+import { fakeVector } from "../_support/fake_openai.ts";
 import { startPipeline, TEST_DIMENSIONS, TEST_MODEL } from "../_support/pipeline.ts";
 import {
   invokeSearch,
@@ -260,5 +261,50 @@ Deno.test("search on a source with a whole-row and a chunked target: the whole r
     } finally {
       await stack.stop();
     }
+  });
+});
+
+Deno.test("util.match_chunked returns match_count rows through the HNSW index, though each row's chunks crowd its nearest", async () => {
+  await withTestDb(async (sql) => {
+    await createArticles(sql);
+    // 20 articles of 20 chunks each; an article's chunks lie close together,
+    // so the 40 chunks a plain HNSW scan yields (hnsw.ef_search) belong to a
+    // few articles only. Chunks written directly: no pipeline is running.
+    const articles = 20, chunksEach = 20;
+    for (let a = 1; a <= articles; a++) {
+      await sql`insert into articles (id, title, body) values (${a}, ${"article " + a}, 'text')`;
+      const base = fakeVector(`article ${a}`, TEST_DIMENSIONS);
+      const rows = Array.from({ length: chunksEach }, (_, seq) => {
+        const noise = fakeVector(`article ${a} chunk ${seq}`, TEST_DIMENSIONS);
+        const v = base.map((x, i) => x + 0.05 * noise[i]);
+        return {
+          source_id: a,
+          chunk_seq: seq,
+          chunk: `chunk ${seq}`,
+          embedding: JSON.stringify(v),
+        };
+      });
+      for (const r of rows) {
+        await sql`insert into article_chunks (source_id, chunk_seq, chunk, embedding, chunk_hash)
+                  values (${r.source_id}, ${r.chunk_seq}, ${r.chunk}, ${r.embedding}::halfvec,
+                          sha256(${r.chunk}::bytea))`;
+      }
+    }
+    await sql`analyze article_chunks`;
+    const query = JSON.stringify(fakeVector("article 7", TEST_DIMENSIONS));
+    const found = await sql.begin(async (tx) => {
+      // As on a large table: the index, not a sort of every chunk.
+      await tx`set local enable_seqscan = off`;
+      await tx`set local enable_sort = off`;
+      const [plan] = await tx`
+        explain (format json) select * from article_chunks order by embedding <=> ${query}::halfvec limit 160`;
+      assert.match(JSON.stringify(plan), /article_chunks_embedding_idx/, "the plan uses the index");
+      return await tx<{ id: string }[]>`
+        select id from util.match_chunked('public.articles', 'public.article_chunks',
+                                          ${query}::extensions.vector, match_count => 20,
+                                          match_threshold => -1)`;
+    });
+    assert.equal(found[0]?.id, "7");
+    assert.equal(found.length, articles, "every article, each once");
   });
 });
