@@ -35,7 +35,16 @@ import {
 import { databaseUrl } from "../local/config.ts";
 import { FINDINGS } from "./findings.ts";
 
-const SCENARIOS = ["drain", "cost", "freshness", "write-path", "storage", "chunked", "search", "profile"];
+const SCENARIOS = [
+  "drain",
+  "cost",
+  "freshness",
+  "write-path",
+  "storage",
+  "chunked",
+  "search",
+  "profile",
+];
 
 async function machine(): Promise<[string, string][]> {
   const meminfo = await Deno.readTextFile("/proc/meminfo");

@@ -21,7 +21,6 @@ import { CommandError, readTextIfExists } from "./proc.ts";
 import { startPushTick } from "./push_tick.ts";
 import { ensureSetup } from "./setup.ts";
 import { surviveDatabaseDisconnects } from "../supabase/functions/_shared/postgres_guard.ts";
-import { coreSettings } from "../supabase/functions/_shared/settings.ts";
 
 const say = (line: string) => console.log(`autoembed: ${line}`);
 
@@ -281,7 +280,7 @@ async function showDemo(dbUrl: string, choice: ModelChoice): Promise<void> {
     await sql`select util.process_embeddings()`;
     await waitForDemo(sql, "after the edit");
     await answer("run SQL every minute");
-    await showChunkedDemo(sql, choice);
+    await showChunkedDemo(sql);
     say(
       "demo: try it yourself in psql: insert or update public.documents, then " +
         "select * from util.embedding_status;",
@@ -293,10 +292,11 @@ async function showDemo(dbUrl: string, choice: ModelChoice): Promise<void> {
 
 /**
  * The chunked demo table: waits until every article's sections are embedded,
- * then asks a question whose answer is one section of one article, through
- * public.match_article_sections (as supabase.rpc would call it).
+ * then asks a question whose answer is one section of one article, the way
+ * an application would: supabase-js with the anon key calls the search
+ * function on public.articles, which answers each article with its best section.
  */
-async function showChunkedDemo(sql: postgres.Sql, choice: ModelChoice): Promise<void> {
+async function showChunkedDemo(sql: postgres.Sql): Promise<void> {
   const status = async () => {
     const [s] = await sql`
       select model, total_rows::int, embedded::int, stale::int, queued::int, chunks::int
@@ -319,16 +319,18 @@ async function showChunkedDemo(sql: postgres.Sql, choice: ModelChoice): Promise<
     `demo: public.articles: ${s.total_rows} articles in ${s.chunks} sections (public.article_sections)`,
   );
   const question = "how do I rotate the secret of the embed function";
-  const provider = coreSettings(choice.env).providerFor(s.model, 1536);
-  const [vector] = await provider.embed([question]);
-  const hits = await sql`
-    select title, round(similarity::numeric, 3) as similarity, section
-      from public.match_article_sections(${JSON.stringify(vector)}::halfvec(1536), 0.0, 3)`;
-  say(`demo: search "${question}" with public.match_article_sections:`);
-  for (const h of hits) {
+  const supabase = createClient(API_URL, await localJwt("anon"), {
+    auth: { persistSession: false, autoRefreshToken: false },
+  });
+  const { data, error } = await supabase.functions.invoke("search", {
+    body: { table: "articles", query: question, match_count: 3 },
+  });
+  if (error) throw new Error(`search failed: ${error.message}`);
+  say(`demo: supabase.functions.invoke('search', {table: 'articles', query: "${question}"}):`);
+  for (const hit of data.results) {
     // The section's heading path (the markdown splitter keeps it in each chunk).
-    const headings = String(h.section).split("\n").filter((l) => l.startsWith("#"));
-    console.log(`    ${h.similarity}  ${headings.join(" > ").slice(0, 90)}`);
+    const headings = String(hit.chunk.text).split("\n").filter((l) => l.startsWith("#"));
+    console.log(`    ${hit.similarity.toFixed(3)}  ${headings.join(" > ").slice(0, 90)}`);
   }
 }
 

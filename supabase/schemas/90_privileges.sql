@@ -58,8 +58,9 @@ exception when insufficient_privilege then
 end
 $$;
 
--- Search (80_search): util.match and util.match_hybrid are security invoker
--- and read only the system catalog and the table they are given, so they
+-- Search (80_search): util.match, util.match_hybrid, util.match_chunked and
+-- their filter check util._match_filter_conditions are security invoker and
+-- read only the system catalog and the tables they are given, so they
 -- run with the caller's privileges and row-level security. App roles may
 -- call them (the search function calls them as the caller's role); the rest
 -- of util stays closed to them.
@@ -69,10 +70,16 @@ grant usage on schema util to anon, authenticated;
 grant execute on function
   util.match(regclass, extensions.vector, int, float8, jsonb, name),
   util.match_hybrid(regclass, extensions.vector, text, regprocedure, int, float8, jsonb, name,
-                    regconfig, float8, float8, int)
+                    regconfig, float8, float8, int),
+  util.match_chunked(regclass, regclass, extensions.vector, text, int, float8, jsonb, regconfig,
+                     float8, float8, int),
+  util._match_filter_conditions(regclass, jsonb, name[])
   to service_role;
 grant execute on function
   util.match(regclass, extensions.vector, int, float8, jsonb, name),
   util.match_hybrid(regclass, extensions.vector, text, regprocedure, int, float8, jsonb, name,
-                    regconfig, float8, float8, int)
+                    regconfig, float8, float8, int),
+  util.match_chunked(regclass, regclass, extensions.vector, text, int, float8, jsonb, regconfig,
+                     float8, float8, int),
+  util._match_filter_conditions(regclass, jsonb, name[])
   to anon, authenticated;

@@ -16,16 +16,20 @@ export const ARTICLE_SETTINGS: ChunkSettings = {
   chunkOverlap: 16,
 };
 
-/** Attaches public.articles (id bigint, title, body, public; created unless told) as a chunked target. */
+/**
+ * Attaches public.articles (id bigint, title, body, public; created unless
+ * told) as a chunked target, with vectors of `dimensions` (default TEST_DIMENSIONS).
+ */
 export async function createArticles(
   sql: Sql,
   settings: ChunkSettings = ARTICLE_SETTINGS,
-  options: { createTable?: boolean } = {},
+  options: { createTable?: boolean; dimensions?: number } = {},
 ): Promise<void> {
   if (options.createTable !== false) await createArticlesTable(sql);
   await sql`
     select util.enable_embeddings('public.articles', 'article_text',
-      destination => 'public.article_chunks', model => ${TEST_MODEL}, dimensions => ${TEST_DIMENSIONS},
+      destination => 'public.article_chunks', model => ${TEST_MODEL},
+      dimensions => ${options.dimensions ?? TEST_DIMENSIONS},
       chunk_size => ${settings.chunkSize}, chunk_overlap => ${settings.chunkOverlap},
       splitter => ${settings.splitter})`;
 }

@@ -115,5 +115,11 @@ export async function invokeSearch<T = SearchAnswer>(
 
 export interface SearchAnswer {
   model: string;
-  results: { id: string; similarity: number | null; row: Record<string, unknown> }[];
+  results: {
+    id: string;
+    similarity: number | null;
+    row: Record<string, unknown>;
+    /** A chunked target's best chunk of the row. */
+    chunk?: { seq: number; text: string; similarity: number | null };
+  }[];
 }

@@ -10,7 +10,10 @@ export interface SearchTarget {
   table_name: string;
   /** pg_class oid of the table (bound as a parameter, cast to regclass). */
   table_oid: string;
+  /** The vector column, or for a chunked target the destination's table name. */
   embedding_column: string;
+  /** pg_class oid of a chunked target's side table of chunks; null for a whole-row target. */
+  destination_oid: string | null;
   /** pg_proc oid of the content function, null when it no longer exists. */
   content_function_oid: string | null;
   model: string;
@@ -34,7 +37,9 @@ export function parseTableName(table: string): { schema: string; name: string } 
 
 /**
  * The live (not shadow, not retired) target of `table`, and of `column` when
- * given (else the table's only one, or the one named `embedding`). 404 when
+ * given (else the table's only one, or the one named `embedding`). `table` is
+ * always the source table; a chunked target is named by its destination's
+ * table name (its embedding_column), as in util.embedding_status. 404 when
  * the table is not attached.
  */
 export async function findSearchTarget(
@@ -46,6 +51,7 @@ export async function findSearchTarget(
   const rows = await sql<SearchTarget[]>`
     select t.id, n.nspname::text as schema_name, c.relname::text as table_name,
            c.oid::int8::text as table_oid, t.embedding_column::text as embedding_column,
+           t.destination::oid::int8::text as destination_oid,
            util._content_function_of(t)::oid::int8::text as content_function_oid,
            t.model, t.dimensions
       from util.embedding_targets t
@@ -66,7 +72,8 @@ export async function findSearchTarget(
   if (column === undefined && found.length > 1 && found[0].embedding_column !== "embedding") {
     throw new SearchError(
       400,
-      `${schema}.${name} has several embedding columns: name one with "column"`,
+      `${schema}.${name} has several embedding targets: name one with "column" ` +
+        "(an embedding column, or the table of chunks of a chunked target)",
     );
   }
   return found[0];

@@ -42,23 +42,27 @@ export const searchRequestSchema = z.strictObject({
 
 export type SearchRequest = z.infer<typeof searchRequestSchema>;
 
-/**
- * The best chunk of a row, for chunked targets (side table of chunks). Not
- * filled yet: the chunked search joins here once chunked targets exist.
- */
+/** The best chunk of a row, for a chunked target (its side table of chunks). */
 export interface SearchChunk {
+  /** The chunk's chunk_seq: its place in the row's text, from 0. */
   seq: number;
+  /** The chunk's text (with the markdown splitter, led by its heading path). */
   text: string;
-  similarity: number;
+  /** Cosine similarity of the chunk to the query (null: found by its words, not embedded yet). */
+  similarity: number | null;
 }
 
 export interface SearchResult {
   /** The row's primary key, as text. */
   id: string;
-  /** Cosine similarity of the row's embedding to the query's (null: not embedded yet). */
+  /**
+   * Cosine similarity of the row's embedding to the query's (null: not
+   * embedded yet); for a chunked target, its best chunk's.
+   */
   similarity: number | null;
   /** The row's columns without its embedding. */
   row: Record<string, unknown>;
+  /** For a chunked target: the row's best chunk. */
   chunk?: SearchChunk;
 }
 
