@@ -6,7 +6,12 @@ import { createQueryCache } from "../../supabase/functions/_shared/search/cache.
 import { callerOf } from "../../supabase/functions/_shared/search/caller.ts";
 import { parseTableName } from "../../supabase/functions/_shared/search/target.ts";
 import { SearchError, searchRequestSchema } from "../../supabase/functions/_shared/search/types.ts";
-import { JwtError, signJwt, verifyJwt } from "../../supabase/functions/_shared/jwt.ts";
+import {
+  createJwtVerifier,
+  JwtError,
+  signJwt,
+  verifyJwt,
+} from "../../supabase/functions/_shared/jwt.ts";
 
 const SECRET = "unit-test-jwt-secret-of-at-least-32-characters";
 const inAnHour = () => Math.floor(Date.now() / 1000) + 3600;
@@ -107,13 +112,16 @@ Deno.test("verifyJwt: HS256 with the secret and an unexpired exp only", async ()
 Deno.test("callerOf: the three API roles; 401 for bad tokens, 403 for other roles", async () => {
   const token = (role: string) => signJwt({ role, sub: "u1", exp: inAnHour() }, SECRET);
   for (const role of ["anon", "authenticated", "service_role"]) {
-    const caller = await callerOf(`Bearer ${await token(role)}`, SECRET);
+    const caller = await callerOf(
+      `Bearer ${await token(role)}`,
+      createJwtVerifier({ secret: SECRET }),
+    );
     assert.equal(caller.role, role);
     assert.equal(caller.claims.sub, "u1");
   }
   const status = async (header: string | null, secret: string | undefined = SECRET) => {
     try {
-      await callerOf(header, secret);
+      await callerOf(header, createJwtVerifier({ secret }));
       return 200;
     } catch (err) {
       return (err as SearchError).status;

@@ -1,14 +1,39 @@
-// JSON Web Tokens as Supabase's API gateway checks them, with the maintained
-// `jose` library: HS256 only (`alg: none` and every other algorithm refused),
-// the signature checked against the project's JWT secret, `exp` required and
-// checked. Used by the local functions gateway and by functions that check
-// the caller's token again themselves.
-import { decodeJwt, errors, type JWTPayload, jwtVerify, SignJWT } from "jose";
+// JSON Web Tokens as Supabase signs them, checked with the maintained `jose`
+// library: HS256 with the project's JWT secret (legacy keys, the local stack)
+// and ES256/RS256 with the project's signing keys, published as a JSON Web Key
+// Set at `<SUPABASE_URL>/auth/v1/.well-known/jwks.json`. `alg: none` and every
+// other algorithm are refused; `exp` is required and checked. Used by the
+// local functions gateway and by functions that check the caller's token
+// themselves.
+import {
+  createRemoteJWKSet,
+  decodeJwt,
+  decodeProtectedHeader,
+  errors,
+  type FlattenedJWSInput,
+  type JWTHeaderParameters,
+  type JWTPayload,
+  jwtVerify,
+  SignJWT,
+} from "jose";
 
 /** The claims of a token that passed verification. */
 export type JwtClaims = JWTPayload & { role?: unknown; sub?: unknown };
 
+/** The token is refused (401): says why, never quotes the token. */
 export class JwtError extends Error {}
+
+/** The signing keys could not be fetched, so an asymmetric token could not be checked (503). */
+export class JwksUnavailableError extends Error {}
+
+/** The algorithms Supabase signs with: HS256 (JWT secret), ES256 and RS256 (signing keys). */
+export const SYMMETRIC_ALGORITHMS = ["HS256"] as const;
+export const ASYMMETRIC_ALGORITHMS = ["ES256", "RS256"] as const;
+
+/** Where a project publishes its signing keys. */
+export function jwksUrlOf(supabaseUrl: string): URL {
+  return new URL("/auth/v1/.well-known/jwks.json", supabaseUrl);
+}
 
 function keyOf(secret: string): Uint8Array {
   return new TextEncoder().encode(secret);
@@ -17,6 +42,23 @@ function keyOf(secret: string): Uint8Array {
 /** The bearer token of an `Authorization` header, or "" when there is none. */
 export function bearerToken(header: string | null | undefined): string {
   return header?.match(/^Bearer\s+(\S+)\s*$/i)?.[1] ?? "";
+}
+
+/** jose's refusal as a JwtError that says why; anything else passes through. */
+function refusal(err: unknown): unknown {
+  if (err instanceof JwtError || err instanceof JwksUnavailableError) return err;
+  if (err instanceof errors.JWTExpired) return new JwtError("the token has expired");
+  if (err instanceof errors.JOSEAlgNotAllowed) {
+    return new JwtError("the token's algorithm is not allowed");
+  }
+  if (err instanceof errors.JWSSignatureVerificationFailed) {
+    return new JwtError("the token's signature does not match the key");
+  }
+  if (err instanceof errors.JWKSNoMatchingKey) {
+    return new JwtError("no signing key of the project matches the token");
+  }
+  if (err instanceof errors.JOSEError) return new JwtError(`invalid token (${err.code})`);
+  return new JwtError("invalid token");
 }
 
 /**
@@ -28,21 +70,89 @@ export async function verifyJwt(token: string, secret: string): Promise<JwtClaim
   if (!token) throw new JwtError("no bearer token");
   try {
     const { payload } = await jwtVerify(token, keyOf(secret), {
-      algorithms: ["HS256"],
+      algorithms: [...SYMMETRIC_ALGORITHMS],
       requiredClaims: ["exp"],
     });
     return payload as JwtClaims;
   } catch (err) {
-    if (err instanceof errors.JWTExpired) throw new JwtError("the token has expired");
-    if (err instanceof errors.JOSEAlgNotAllowed) {
-      throw new JwtError("the token's algorithm is not HS256");
-    }
-    if (err instanceof errors.JWSSignatureVerificationFailed) {
-      throw new JwtError("the token's signature does not match the JWT secret");
-    }
-    if (err instanceof errors.JOSEError) throw new JwtError(`invalid token (${err.code})`);
-    throw new JwtError("invalid token");
+    throw refusal(err);
   }
+}
+
+export interface JwtVerifierOptions {
+  /** The project's JWT secret: HS256 tokens are verified with it. */
+  secret?: string;
+  /** The project's JWKS: ES256/RS256 tokens are verified against it (fetched, cached by jose). */
+  jwksUrl?: URL;
+  /** A JWKS request that takes longer fails (503); default 5000 ms. */
+  jwksTimeoutMs?: number;
+}
+
+/**
+ * What a function that runs behind the gateway (verify_jwt = true) does with
+ * the caller's token: `verify(token)` checks it itself whenever it holds the
+ * key for the token's algorithm (HS256: `secret`; ES256/RS256: `jwksUrl`), and
+ * only reads the claims of an HS256/ES256/RS256 token it holds no key for,
+ * relying on the gateway's check. Any other algorithm (`none` included), a
+ * bearer that is not a JWT, a bad signature, a missing or passed `exp`:
+ * JwtError. The JWKS not answering: JwksUnavailableError, never unverified claims.
+ */
+export interface JwtVerifier {
+  verify(token: string): Promise<JwtClaims>;
+  /** True when every platform algorithm is verified here, none left to the gateway. */
+  readonly verifiesAll: boolean;
+}
+
+export function createJwtVerifier(options: JwtVerifierOptions): JwtVerifier {
+  const secret = options.secret ? keyOf(options.secret) : undefined;
+  const remote = options.jwksUrl
+    ? createRemoteJWKSet(options.jwksUrl, { timeoutDuration: options.jwksTimeoutMs ?? 5000 })
+    : undefined;
+  const keyed: string[] = [
+    ...(secret ? SYMMETRIC_ALGORITHMS : []),
+    ...(remote ? ASYMMETRIC_ALGORITHMS : []),
+  ];
+  const platform: string[] = [...SYMMETRIC_ALGORITHMS, ...ASYMMETRIC_ALGORITHMS];
+
+  // The key for a token's header: the secret for HS256, else the JWKS's. A
+  // JWKS that cannot be fetched or read is told apart from a token no key matches.
+  async function keyFor(header: JWTHeaderParameters, token: FlattenedJWSInput) {
+    if (header.alg === "HS256") return secret!;
+    try {
+      return await remote!(header, token);
+    } catch (err) {
+      if (
+        err instanceof errors.JWKSNoMatchingKey || err instanceof errors.JWKSMultipleMatchingKeys ||
+        err instanceof errors.JOSENotSupported
+      ) throw err;
+      throw new JwksUnavailableError("the project's signing keys could not be fetched");
+    }
+  }
+
+  async function verify(token: string): Promise<JwtClaims> {
+    if (!token) throw new JwtError("no bearer token");
+    let alg: unknown;
+    try {
+      alg = decodeProtectedHeader(token).alg;
+    } catch {
+      throw new JwtError("the bearer token is not a JWT");
+    }
+    if (typeof alg !== "string" || !platform.includes(alg)) {
+      throw new JwtError("the token's algorithm is not allowed");
+    }
+    if (!keyed.includes(alg)) return readVerifiedJwt(token);
+    try {
+      const { payload } = await jwtVerify(token, keyFor, {
+        algorithms: keyed,
+        requiredClaims: ["exp"],
+      });
+      return payload as JwtClaims;
+    } catch (err) {
+      throw refusal(err);
+    }
+  }
+
+  return { verify, verifiesAll: keyed.length === platform.length };
 }
 
 /**

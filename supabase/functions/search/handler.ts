@@ -3,6 +3,7 @@
 // tests call it directly; index.ts hands it to Deno.serve.
 import postgres from "postgres";
 import { isConnectionError } from "../_shared/db_errors.ts";
+import { createJwtVerifier, jwksUrlOf, type JwtVerifier } from "../_shared/jwt.ts";
 import { createQueryCache } from "../_shared/search/cache.ts";
 import { callerOf } from "../_shared/search/caller.ts";
 import { searchByText } from "../_shared/search/search.ts";
@@ -59,12 +60,28 @@ async function parseRequest(req: Request): Promise<SearchRequest | Response> {
   return parsed.data;
 }
 
+/**
+ * How the caller's token is checked (see createJwtVerifier): HS256 with
+ * SUPABASE_JWT_SECRET when set; ES256/RS256 against SUPABASE_JWKS_URL, else
+ * the project's own `<SUPABASE_URL>/auth/v1/.well-known/jwks.json` (SUPABASE_URL
+ * is always set on the platform). A token of an algorithm without a key here
+ * is read on the gateway's word (verify_jwt = true).
+ */
+export function jwtVerifierOf(env: Env): JwtVerifier {
+  const jwksUrl = env("SUPABASE_JWKS_URL") || undefined;
+  const supabaseUrl = env("SUPABASE_URL") || undefined;
+  return createJwtVerifier({
+    secret: env("SUPABASE_JWT_SECRET") || undefined,
+    jwksUrl: jwksUrl ? new URL(jwksUrl) : supabaseUrl ? jwksUrlOf(supabaseUrl) : undefined,
+    jwksTimeoutMs: positiveInt(env, "SEARCH_JWKS_TIMEOUT_MS", 5000),
+  });
+}
+
 export function createSearchHandler(config: SearchHandlerConfig): SearchHandler {
   const log = config.log ?? ((line: string) => console.log(line));
   const settings = coreSettings(config.env);
   const dbUrl = config.env("SUPABASE_DB_URL") ?? "";
-  // Set: the token is checked here as well as at the gateway (see callerOf).
-  const jwtSecret = config.env("SUPABASE_JWT_SECRET") || undefined;
+  const verifier = jwtVerifierOf(config.env);
   const sql = dbUrl
     ? postgres(dbUrl, { max: 4, prepare: false, onnotice: () => {}, idle_timeout: 30 })
     : null;
@@ -79,7 +96,7 @@ export function createSearchHandler(config: SearchHandlerConfig): SearchHandler 
     }
     if (!sql) return problem(500, "SUPABASE_DB_URL is not set");
     try {
-      const caller = await callerOf(req.headers.get("authorization"), jwtSecret);
+      const caller = await callerOf(req.headers.get("authorization"), verifier);
       const request = await parseRequest(req);
       if (request instanceof Response) return request;
       const response = await searchByText(

@@ -1,7 +1,13 @@
 // Who is searching: the role and claims of the caller's JWT, which the search
 // runs with (set local role, request.jwt.claims), as PostgREST does. Only the
 // three API roles are accepted.
-import { bearerToken, type JwtClaims, JwtError, readVerifiedJwt, verifyJwt } from "../jwt.ts";
+import {
+  bearerToken,
+  JwksUnavailableError,
+  type JwtClaims,
+  JwtError,
+  type JwtVerifier,
+} from "../jwt.ts";
 import { SearchError } from "./types.ts";
 
 /** The roles a search may run as, each with the SQL that names it (a fixed text, never input). */
@@ -19,23 +25,26 @@ export interface Caller {
 }
 
 /**
- * The caller of `authorization` (the request's header). With `jwtSecret`
- * the token is verified here too (defense in depth: the function stays safe
- * if it is ever deployed with verify_jwt = false); without one, the gateway's
- * verification (verify_jwt = true) is relied on and the claims are only read.
- * Missing or invalid tokens get 401; a role other than anon, authenticated or
- * service_role gets 403.
+ * The caller of `authorization` (the request's header), its token checked by
+ * `verifier` (see createJwtVerifier: verified here with the key for its
+ * algorithm, or read on the gateway's word when the function holds none).
+ * Missing or invalid tokens get 401; signing keys that cannot be fetched get
+ * 503 (the token may be valid: retry); a role other than anon, authenticated
+ * or service_role gets 403.
  */
 export async function callerOf(
   authorization: string | null,
-  jwtSecret: string | undefined,
+  verifier: JwtVerifier,
 ): Promise<Caller> {
   const token = bearerToken(authorization);
   let claims: JwtClaims;
   try {
-    claims = jwtSecret ? await verifyJwt(token, jwtSecret) : readVerifiedJwt(token);
+    claims = await verifier.verify(token);
   } catch (err) {
     if (err instanceof JwtError) throw new SearchError(401, `invalid JWT: ${err.message}`);
+    if (err instanceof JwksUnavailableError) {
+      throw new SearchError(503, `${err.message}; try again`, { "Retry-After": "5" });
+    }
     throw err;
   }
   const role = claims.role;
