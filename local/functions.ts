@@ -7,7 +7,15 @@
 import { join } from "node:path";
 import { API_URL, LOCAL_JWT_SECRET, ROOT } from "./config.ts";
 import { CommandError, fileExists, readTextIfExists } from "./proc.ts";
-import { bearerToken, JwtError, signJwt, verifyJwt } from "../supabase/functions/_shared/jwt.ts";
+import {
+  bearerToken,
+  createJwtVerifier,
+  JwksUnavailableError,
+  JwtError,
+  type JwtVerifier,
+  signJwt,
+  verifyJwt,
+} from "../supabase/functions/_shared/jwt.ts";
 
 export const FUNCTIONS_DIR = join(ROOT, "supabase", "functions");
 
@@ -22,6 +30,12 @@ export interface FunctionsOptions {
   /** Folder of the functions (default supabase/functions) and the config.toml to read. */
   dir?: string;
   configToml?: string;
+  /**
+   * A JSON Web Key Set of signing keys (as a hosted project publishes): the
+   * gateway then also accepts ES256/RS256 tokens verified against it, and the
+   * functions get it as SUPABASE_JWKS_URL. Default: HS256 with the local secret only.
+   */
+  jwksUrl?: string;
 }
 
 export interface FunctionsServer {
@@ -77,13 +91,26 @@ export async function localJwt(role: string): Promise<string> {
 
 /** True when `token` is an unexpired HS256 JWT signed with the local secret (the gateway's check). */
 export async function verifyLocalJwt(token: string): Promise<boolean> {
+  return await gatewayAccepts(token, (t) => verifyJwt(t, LOCAL_JWT_SECRET));
+}
+
+async function gatewayAccepts(token: string, verify: (token: string) => Promise<unknown>) {
   try {
-    await verifyJwt(token, LOCAL_JWT_SECRET);
+    await verify(token);
     return true;
   } catch (err) {
-    if (err instanceof JwtError) return false;
+    if (err instanceof JwtError || err instanceof JwksUnavailableError) return false;
     throw err;
   }
+}
+
+/** The gateway's check with signing keys too: every token verified, none read on trust. */
+function gatewayVerifier(jwksUrl: string): JwtVerifier {
+  return createJwtVerifier({
+    secret: LOCAL_JWT_SECRET,
+    jwksUrl: new URL(jwksUrl),
+    keyless: "refuse",
+  });
 }
 
 function freePort(): number {
@@ -179,9 +206,13 @@ export async function startFunctions(options: FunctionsOptions): Promise<Functio
     SUPABASE_SERVICE_ROLE_KEY: await localJwt("service_role"),
     // Lets a function check the caller's token again itself (search does).
     SUPABASE_JWT_SECRET: LOCAL_JWT_SECRET,
+    ...(options.jwksUrl ? { SUPABASE_JWKS_URL: options.jwksUrl } : {}),
     ...options.env,
     ...dotenv,
   };
+  const gateway = options.jwksUrl ? gatewayVerifier(options.jwksUrl) : undefined;
+  const accepts = (token: string) =>
+    gateway ? gatewayAccepts(token, gateway.verify) : verifyLocalJwt(token);
   const deno = Deno.execPath();
   const running = new Map<string, Running>();
 
@@ -228,7 +259,7 @@ export async function startFunctions(options: FunctionsOptions): Promise<Functio
     const name = m[1];
     // Browsers send CORS preflights without credentials; the function answers them.
     if (req.method !== "OPTIONS" && (verify.get(name) ?? true)) {
-      if (!(await verifyLocalJwt(bearerToken(req.headers.get("authorization"))))) {
+      if (!(await accepts(bearerToken(req.headers.get("authorization"))))) {
         return Response.json({ msg: "Invalid JWT" }, { status: 401 });
       }
     }

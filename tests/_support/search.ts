@@ -41,12 +41,14 @@ export async function userToken(
 export async function startSearchStack(
   dbUrl: string,
   env: Record<string, string> = {},
+  jwksUrl?: string,
 ): Promise<SearchStack> {
   const fake = await startFakeOpenAI({ vectors: "lexical" });
   const logs: string[] = [];
   const functions = await startFunctions({
     port: 0,
     only: ["search"],
+    jwksUrl,
     env: {
       SUPABASE_DB_URL: dbUrl,
       OPENAI_API_KEY: "sk-test-key-not-secret",

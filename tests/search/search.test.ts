@@ -8,6 +8,7 @@ import { signJwt } from "../../supabase/functions/_shared/jwt.ts";
 import { type Sql, withTestDb } from "../_support/db.ts";
 import { drainPush, startPipeline, TEST_DIMENSIONS, TEST_MODEL } from "../_support/pipeline.ts";
 import { invokeSearch, type SearchStack, startSearchStack, userToken } from "../_support/search.ts";
+import { es256Key, startJwksServer } from "../_support/jwks.ts";
 
 const ALICE = "00000000-0000-4000-8000-00000000a11c";
 const BOB = "00000000-0000-4000-8000-000000000b0b";
@@ -59,12 +60,14 @@ async function createNotes(sql: Sql, dbUrl: string): Promise<void> {
   assert.equal(missing, 0, "every note is embedded before searching");
 }
 
-async function withSearch(fn: (stack: SearchStack, sql: Sql) => Promise<void>): Promise<void> {
+async function withSearch(
+  fn: (stack: SearchStack, sql: Sql, dbUrl: string) => Promise<void>,
+): Promise<void> {
   await withTestDb(async (sql, url) => {
     await createNotes(sql, url);
     const stack = await startSearchStack(url);
     try {
-      await fn(stack, sql);
+      await fn(stack, sql, url);
     } finally {
       await stack.stop();
     }
@@ -75,7 +78,7 @@ const titles = (answer: { results: { row: Record<string, unknown> }[] } | null) 
   (answer?.results ?? []).map((r) => r.row.title as string);
 
 Deno.test("search through supabase-js: relevance, RLS as the caller, service key, query cache", async (t) => {
-  await withSearch(async (stack, sql) => {
+  await withSearch(async (stack, sql, dbUrl) => {
     const anon = stack.client();
 
     await t.step(
@@ -130,6 +133,39 @@ Deno.test("search through supabase-js: relevance, RLS as the caller, service key
         assert.equal(titles(res.data)[0], "Secret vector plans");
         assert.ok(!titles(res.data).includes("Secret queue plans"), "Bob's row stays hidden");
         assert.equal(res.data!.results.length, PUBLIC_NOTES.length + 1);
+      },
+    );
+
+    await t.step(
+      "with a hosted project's signing keys: a user's ES256 token is verified (gateway and function) and searches as that user",
+      async () => {
+        const jwks = await startJwksServer();
+        const hosted = await startSearchStack(dbUrl, {}, jwks.jwksUrl);
+        try {
+          const now = Math.floor(Date.now() / 1000);
+          const claims = {
+            sub: ALICE,
+            role: "authenticated",
+            aud: "authenticated",
+            exp: now + 600,
+          };
+          const body = { table: "notes", query: "secret vector plans", match_threshold: -1 };
+          const res = await invokeSearch(hosted.client(await jwks.sign(claims)), body);
+          assert.equal(res.status, 200, res.error ?? "");
+          assert.equal(titles(res.data)[0], "Secret vector plans");
+          assert.ok(!titles(res.data).includes("Secret queue plans"), "Bob's row stays hidden");
+          assert.ok(jwks.requests() >= 1, "the key set was fetched");
+          // The legacy keys (HS256, the local secret) still pass.
+          const anon = await invokeSearch(hosted.client(), body);
+          assert.equal(anon.status, 200, anon.error ?? "");
+          assert.ok(!titles(anon.data).includes("Secret vector plans"));
+          // A token signed with a key the project does not publish: 401.
+          const stranger = await (await es256Key("test-signing-key")).sign(claims);
+          assert.equal((await invokeSearch(hosted.client(stranger), body)).status, 401);
+        } finally {
+          await hosted.stop();
+          await jwks.close();
+        }
       },
     );
 

@@ -151,6 +151,9 @@ Deno.test("JWKS: a token of an algorithm without a key here is read on the gatew
     assert.equal(await status(secretOnly, hs256), 401, "HS256 is verified where the secret is");
     assert.equal(jwks.requests(), 0, "no key set was fetched");
     await assert.rejects(createJwtVerifier({}).verify("not-a-jwt"), JwtError);
+    // The gateway's own verifier reads nothing on trust.
+    const gateway = createJwtVerifier({ secret: SECRET, keyless: "refuse" });
+    await assert.rejects(gateway.verify(es256), JwtError);
   } finally {
     await jwks.close();
   }

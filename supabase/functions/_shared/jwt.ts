@@ -86,6 +86,12 @@ export interface JwtVerifierOptions {
   jwksUrl?: URL;
   /** A JWKS request that takes longer fails (503); default 5000 ms. */
   jwksTimeoutMs?: number;
+  /**
+   * A token of a platform algorithm this verifier holds no key for: "gateway"
+   * (default) reads its claims, for a function behind a gateway that verified
+   * it; "refuse" makes it a JwtError, for the gateway itself.
+   */
+  keyless?: "gateway" | "refuse";
 }
 
 /**
@@ -140,7 +146,10 @@ export function createJwtVerifier(options: JwtVerifierOptions): JwtVerifier {
     if (typeof alg !== "string" || !platform.includes(alg)) {
       throw new JwtError("the token's algorithm is not allowed");
     }
-    if (!keyed.includes(alg)) return readVerifiedJwt(token);
+    if (!keyed.includes(alg)) {
+      if (options.keyless === "refuse") throw new JwtError(`no key here verifies ${alg} tokens`);
+      return readVerifiedJwt(token);
+    }
     try {
       const { payload } = await jwtVerify(token, keyFor, {
         algorithms: keyed,
