@@ -105,8 +105,6 @@ export interface JwtVerifierOptions {
  */
 export interface JwtVerifier {
   verify(token: string): Promise<JwtClaims>;
-  /** True when every platform algorithm is verified here, none left to the gateway. */
-  readonly verifiesAll: boolean;
 }
 
 export function createJwtVerifier(options: JwtVerifierOptions): JwtVerifier {
@@ -161,7 +159,7 @@ export function createJwtVerifier(options: JwtVerifierOptions): JwtVerifier {
     }
   }
 
-  return { verify, verifiesAll: keyed.length === platform.length };
+  return { verify };
 }
 
 /**
