@@ -381,7 +381,8 @@ $$;
 -- the source and both destinations taken with a short lock_timeout (a busy
 -- table is tried again at the next tick): the live destination is dropped,
 -- the shadow table takes its name (its primary key, reference and index
--- twins theirs), and the shadow target becomes the live one. Readers see the
+-- twins theirs; the destination's other policies and forced RLS are made
+-- again on it), and the shadow target becomes the live one. Readers see the
 -- old model's chunks before and the new one's after, never a mix (I7).
 -- Returns whether it switched; when the drop is refused (a view depends on
 -- the destination), the reason goes to util.embedding_errors, once an hour.
@@ -400,6 +401,8 @@ declare
   index_name name;
   pkey_name name;
   fkey_name name;
+  policies text[];
+  policy text;
   problem text;
   detail text;
   check_sql text;
@@ -419,7 +422,7 @@ begin
   end if;
   -- Indexes made on the live destination since the change began get their twin now.
   perform util._twin_chunk_indexes(s.id);
-  select n.nspname, c.relname into live
+  select n.nspname, c.relname, c.relforcerowsecurity into live
     from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
    where c.oid = l.destination;
   begin
@@ -437,6 +440,22 @@ begin
      where i.indrelid = l.destination;
     select pg_catalog.min(k.conname) into fkey_name
       from pg_catalog.pg_constraint k where k.conrelid = l.destination and k.contype = 'f';
+    -- The live destination's other policies (and forced RLS), created again
+    -- on the shadow once it has the destination's name, which they may use.
+    select pg_catalog.array_agg(pg_catalog.format('create policy %I on %I.%I as %s for %s to %s%s%s',
+             p.polname, live.nspname, live.relname,
+             case when p.polpermissive then 'permissive' else 'restrictive' end,
+             case p.polcmd when 'r' then 'select' when 'a' then 'insert' when 'w' then 'update'
+                           when 'd' then 'delete' else 'all' end,
+             (select pg_catalog.string_agg(case when r.oid = 0 then 'public' else pg_catalog.quote_ident(r.rolname) end, ', ')
+                from pg_catalog.unnest(p.polroles) x(oid)
+                left join pg_catalog.pg_roles r on r.oid = x.oid),
+             ' using (' || pg_catalog.pg_get_expr(p.polqual, p.polrelid) || ')',
+             ' with check (' || pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid) || ')'))
+      into policies
+      from pg_catalog.pg_policy p
+     where p.polrelid = l.destination
+       and not exists (select from pg_catalog.pg_policy x where x.polrelid = s.destination and x.polname = p.polname);
     execute pg_catalog.format('drop table %s', l.destination);
     execute pg_catalog.format('alter table %s rename to %I', s.destination, live.relname);
     if pkey_name is not null then
@@ -451,6 +470,12 @@ begin
     foreach index_name in array coalesce(index_names, '{}') loop
       execute pg_catalog.format('alter index %I.%I rename to %I', live.nspname, util._twin_name(s.id, index_name), index_name);
     end loop;
+    foreach policy in array coalesce(policies, '{}') loop
+      execute policy;
+    end loop;
+    if live.relforcerowsecurity then
+      execute pg_catalog.format('alter table %s force row level security', s.destination);
+    end if;
     update util.embedding_targets t
        set embedding_column = ('_autoembed_retired_' || t.id)::name, retired_at = now(),
            sweep_started_at = null, destination = null
