@@ -209,8 +209,10 @@ begin
   end if;
   if existing.id is not null then
     -- The same target again: its content function may change (noticed and
-    -- swept by util.maintain_embeddings), its chunks stay.
-    perform util._register_target_function(existing.id, content_function);
+    -- swept by util.maintain_embeddings; a model change in progress builds
+    -- from the same text), its chunks stay.
+    perform util._register_target_function(t.id, _register_chunked_target.content_function)
+       from util.embedding_targets t where t.id = existing.id or t.shadow_of = existing.id;
     if (existing.chunk_size, existing.chunk_overlap, existing.splitter) is distinct from (chunk_size, chunk_overlap, splitter) then
       perform util._set_chunking(existing.id, chunk_size, chunk_overlap, splitter);
     end if;
@@ -312,19 +314,26 @@ $$;
 -- internal: sets the chunk settings of chunked target `target_id` and starts
 -- a sweep: every row's fingerprint includes the settings, so every row is
 -- re-chunked; chunks whose text is unchanged keep their vectors (matched by
--- hash), so only new chunk texts cost provider calls. Returns the jobs
+-- hash), so only new chunk texts cost provider calls. A model change in
+-- progress (its shadow target) takes the same settings. Returns the jobs
 -- enqueued now.
 create or replace function util._set_chunking(target_id int, chunk_size int, chunk_overlap int, splitter text)
 returns bigint
 language plpgsql
 set search_path = ''
 as $$
+declare
+  shadow_id int;
 begin
   perform util._check_chunk_settings(chunk_size, chunk_overlap, splitter);
   update util.embedding_targets t
      set chunk_size = _set_chunking.chunk_size, chunk_overlap = _set_chunking.chunk_overlap,
          splitter = _set_chunking.splitter
-   where t.id = target_id;
+   where t.id = target_id or t.shadow_of = target_id;
+  select t.id into shadow_id from util.embedding_targets t where t.shadow_of = target_id;
+  if shadow_id is not null then
+    perform util._start_sweep(shadow_id);
+  end if;
   return util._start_sweep(target_id);
 end
 $$;
@@ -350,7 +359,7 @@ declare
   found int;
 begin
   select count(*) into found from util.embedding_targets x
-   where x.table_oid = target_table and x.destination is not null and x.retired_at is null
+   where x.table_oid = target_table and x.destination is not null and x.retired_at is null and x.shadow_of is null
      and (set_chunking.destination is null or x.destination = set_chunking.destination);
   if found = 0 then
     raise exception 'autoembed: % has no chunked target%', target_table,
@@ -362,7 +371,7 @@ begin
       using errcode = 'AE003', hint = 'Name the one to change: destination => ''schema.table''.';
   end if;
   select * into t from util.embedding_targets x
-   where x.table_oid = target_table and x.destination is not null and x.retired_at is null
+   where x.table_oid = target_table and x.destination is not null and x.retired_at is null and x.shadow_of is null
      and (set_chunking.destination is null or x.destination = set_chunking.destination)
      for update;
   return util._set_chunking(t.id, coalesce(chunk_size, t.chunk_size),

@@ -14,6 +14,8 @@ import { settle } from "../_support/settle.ts";
 
 const NEW_MODEL = "text-embedding-3-large";
 const NEW_DIMENSIONS = 32;
+/** The chunk settings after the set_chunking made during the change. */
+const SETTINGS = { ...ARTICLE_SETTINGS, chunkSize: 96 };
 
 const asAnon = <T>(sql: Sql, fn: (tx: Sql) => Promise<T>) =>
   sql.begin(async (tx) => {
@@ -103,17 +105,22 @@ Deno.test("chunks model change: 16 → 32 dimensions, fresh under edits, held ba
         },
       );
 
-      // An edit during the change reaches the live destination (old model)
-      // and the shadow (new model).
+      // An edit and a settings change during the change reach the live
+      // destination (old model) and the shadow (new model).
       const [{ body }] = await sql`select body from articles where id = 3`;
       await sql`update articles set body = ${editParagraph(body, 5)} where id = 3`;
+      await sql`select util.set_chunking('public.articles', chunk_size => ${SETTINGS.chunkSize})`;
       await settle(sql, { switches: false });
       assert.equal(
         await dimensionsOf(sql),
         TEST_DIMENSIONS,
         "the live destination is not switched yet",
       );
-      assert.deepEqual(await chunkProblems(sql), [], "the live destination: old model, fresh");
+      assert.deepEqual(
+        await chunkProblems(sql, SETTINGS),
+        [],
+        "the live destination: old model, fresh",
+      );
       const shadowChunks = await sql.unsafe<
         { source_id: string; chunk: string; embedding: string }[]
       >(
@@ -146,7 +153,7 @@ Deno.test("chunks model change: 16 → 32 dimensions, fresh under edits, held ba
       await settle(sql);
       assert.equal(await dimensionsOf(sql), NEW_DIMENSIONS);
       assert.deepEqual(
-        await chunkProblems(sql, ARTICLE_SETTINGS, NEW_DIMENSIONS),
+        await chunkProblems(sql, SETTINGS, NEW_DIMENSIONS),
         [],
         "every chunk holds the new model's vector of its text",
       );
@@ -188,7 +195,7 @@ Deno.test("chunks model change: 16 → 32 dimensions, fresh under edits, held ba
       // Edits after the switch go to the new model's chunks.
       await sql`update articles set body = ${makeDocument(40, 8)} where id = 5`;
       await settle(sql);
-      assert.deepEqual(await chunkProblems(sql, ARTICLE_SETTINGS, NEW_DIMENSIONS), []);
+      assert.deepEqual(await chunkProblems(sql, SETTINGS, NEW_DIMENSIONS), []);
     } finally {
       await pipeline.stop();
     }
