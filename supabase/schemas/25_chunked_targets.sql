@@ -9,7 +9,9 @@
 -- triggers (embed_<destination>_insert ...) and in util.disable_embeddings,
 -- util.refresh_embeddings and util.embedding_status. A row's fingerprint is
 -- the hash of its text with the chunk settings (util._chunked_hash), so a
--- settings change (util.set_chunking) makes every row stale (I10).
+-- settings change (util.set_chunking) makes every row stale (I10). A model
+-- change builds a shadow destination table and switches it in whole
+-- (util.reembed, 40_sweeps_and_model_changes).
 -- util.match_chunks searches a destination as the caller (I13).
 
 -- internal: raises AE003 when chunk settings are out of range (the same

@@ -4,8 +4,9 @@
 -- text no longer hashes to its fingerprint: backfills (enable_embeddings),
 -- rechecks (refresh_embeddings, reembed without a model, a changed content
 -- function, I10) and model changes. A model change builds the new model's
--- vectors in a shadow column with twins of the live column's indexes and
--- switches in one transaction when complete (I7). util.maintain_embeddings,
+-- vectors in a shadow column with twins of the live column's indexes (for a
+-- chunked target: a shadow destination table) and switches in one
+-- transaction when complete (I7). util.maintain_embeddings,
 -- run on every push tick and worker poll, drives all of it.
 
 -- internal: the job message (without its row id) that names live target
