@@ -302,8 +302,12 @@ begin
     target_id := util._register_chunked_target(
       target_table, content_function, destination, chunk_size,
       coalesce(chunk_overlap, least(64, chunk_size / 2)), coalesce(splitter, 'recursive'), model, dimensions);
-    select t.embedding_column into embedding_column from util.embedding_targets t where t.id = target_id;
+    select * into existing from util.embedding_targets t where t.id = target_id;
+    embedding_column := existing.embedding_column;
     prefix := 'embed_' || embedding_column;
+    -- Another model for an attached destination: a model change (util.reembed).
+    change_model := model is distinct from null and model <> existing.model
+                    or dimensions is distinct from null and dimensions <> existing.dimensions;
   end if;
   -- Longer names would be cut to 63 bytes, and the triggers' names collide.
   if pg_catalog.octet_length(prefix || '_insert') > 63 then

@@ -9,7 +9,9 @@
 -- triggers (embed_<destination>_insert ...) and in util.disable_embeddings,
 -- util.refresh_embeddings and util.embedding_status. A row's fingerprint is
 -- the hash of its text with the chunk settings (util._chunked_hash), so a
--- settings change (util.set_chunking) makes every row stale (I10).
+-- settings change (util.set_chunking) makes every row stale (I10). A model
+-- change builds a shadow destination table and switches it in whole
+-- (util.reembed, 40_sweeps_and_model_changes).
 -- util.match_chunks searches a destination as the caller (I13).
 
 -- internal: raises AE003 when chunk settings are out of range (the same
@@ -76,10 +78,55 @@ as $$
          end
 $$;
 
+-- internal: creates a chunk table `dest_schema`.`dest_name` for source
+-- `target_table`: (source_id, chunk_seq, chunk, embedding halfvec(dimensions),
+-- chunk_hash), its primary key, its reference to the source row (on delete
+-- cascade) and its RLS policy; the caller adds indexes and grants. Used for
+-- a chunked target's destination and for the shadow destination of its
+-- model change.
+create or replace function util._create_chunk_table(
+  target_table regclass,
+  dest_schema name,
+  dest_name name,
+  dimensions int
+)
+returns regclass
+language plpgsql
+set search_path = ''
+as $$
+declare
+  pk record;
+  dest regclass;
+begin
+  select a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod) as type_sql into pk
+    from pg_catalog.pg_index i
+    join pg_catalog.pg_attribute a on a.attrelid = i.indrelid and a.attnum = any (i.indkey)
+   where i.indrelid = target_table and i.indisprimary;
+  execute pg_catalog.format(
+    'create table %1$I.%2$I (
+       source_id %3$s not null references %4$s (%5$I) on delete cascade,
+       chunk_seq int not null,
+       chunk text not null,
+       embedding extensions.halfvec(%6$s),
+       chunk_hash bytea not null,
+       primary key (source_id, chunk_seq)
+     )', dest_schema, dest_name, pk.type_sql, target_table, pk.attname, dimensions);
+  dest := pg_catalog.format('%I.%I', dest_schema, dest_name)::regclass;
+  -- A role sees the chunks of exactly the source rows it sees: the
+  -- subquery runs under the source's own RLS policies.
+  execute pg_catalog.format('alter table %s enable row level security', dest);
+  execute pg_catalog.format(
+    'create policy %I on %s for select using (exists (select 1 from %s s where s.%I = %I.source_id))',
+    'chunks visible with their source row', dest, target_table, pk.attname, dest_name);
+  return dest;
+end
+$$;
+
 -- internal: creates the destination of a chunked target and records the
 -- target (enable_embeddings with destination => ...). An existing chunked
--- target with the same destination keeps its chunks: changed settings go
--- through util.set_chunking. Returns the target id.
+-- target with the same destination keeps its chunks and its model (another
+-- model goes through util.reembed, as enable_embeddings does): changed
+-- settings go through util.set_chunking. Returns the target id.
 create or replace function util._register_chunked_target(
   target_table regclass,   -- the source table
   content_function text,   -- f(row of target_table) returns text
@@ -147,56 +194,38 @@ begin
             detail = 'The destination of a chunked target is created and owned by the pipeline.',
             hint = 'Name a new table, or drop this one first.';
   end if;
-  model := coalesce(model, existing.model, util._setting('default_model'));
+  if existing.id is not null then
+    model := existing.model;
+    dimensions := existing.dimensions;
+  end if;
+  model := coalesce(model, util._setting('default_model'));
   if pg_catalog.btrim(model) = '' or pg_catalog.length(model) > 200 then
     raise exception 'autoembed: "%" is not a model name', pg_catalog.left(model, 200)
       using errcode = 'AE003', hint = 'Name the provider''s model, e.g. text-embedding-3-small, or a local-* model.';
   end if;
-  dimensions := coalesce(dimensions, existing.dimensions, util._default_dimensions(model));
+  dimensions := coalesce(dimensions, util._default_dimensions(model));
   if dimensions is null or dimensions < 1 or dimensions > 4000 then
     raise exception 'autoembed: dimensions must be between 1 and 4000 for a chunked target, got %', coalesce(dimensions::text, 'none')
       using errcode = 'AE003',
             hint = 'Pass the model''s vector size, e.g. dimensions => 1536 (halfvec HNSW indexes take up to 4000).';
   end if;
-  if existing.id is not null and (existing.model <> model or existing.dimensions <> dimensions) then
-    raise exception 'autoembed: the chunked target % of % uses model % (% dimensions)', dest, target_table,
-      existing.model, existing.dimensions
-      using errcode = 'AE003',
-            detail = 'A model change of a chunked target is not supported.',
-            hint = pg_catalog.format('Attach a new destination with the other model, or select util.disable_embeddings(%L, %L, '
-                                     'drop_destination => true); and enable it again.', target_table::text, dest_name);
-  end if;
-
   if existing.id is not null then
     -- The same target again: its content function may change (noticed and
-    -- swept by util.maintain_embeddings), its chunks stay.
-    perform util._register_target_function(existing.id, content_function);
+    -- swept by util.maintain_embeddings; a model change in progress builds
+    -- from the same text), its chunks stay.
+    perform util._register_target_function(t.id, _register_chunked_target.content_function)
+       from util.embedding_targets t where t.id = existing.id or t.shadow_of = existing.id;
     if (existing.chunk_size, existing.chunk_overlap, existing.splitter) is distinct from (chunk_size, chunk_overlap, splitter) then
       perform util._set_chunking(existing.id, chunk_size, chunk_overlap, splitter);
     end if;
     return existing.id;
   end if;
 
-  execute pg_catalog.format(
-    'create table %1$I.%2$I (
-       source_id %3$s not null references %4$s (%5$I) on delete cascade,
-       chunk_seq int not null,
-       chunk text not null,
-       embedding extensions.halfvec(%6$s),
-       chunk_hash bytea not null,
-       primary key (source_id, chunk_seq)
-     )', dest_schema, dest_name, pk.type_sql, target_table, pk.attname, dimensions);
-  dest := pg_catalog.format('%I.%I', dest_schema, dest_name)::regclass;
+  dest := util._create_chunk_table(target_table, dest_schema, dest_name, dimensions);
   execute pg_catalog.format('create index %I on %s using hnsw (embedding extensions.halfvec_cosine_ops)',
                             dest_name || '_embedding_idx', dest);
   -- Reuse of a vector for the same chunk text, in this row or another.
   execute pg_catalog.format('create index %I on %s using hash (chunk_hash)', dest_name || '_chunk_hash_idx', dest);
-  -- A role sees the chunks of exactly the source rows it sees: the
-  -- subquery runs under the source's own RLS policies.
-  execute pg_catalog.format('alter table %s enable row level security', dest);
-  execute pg_catalog.format(
-    'create policy %I on %s for select using (exists (select 1 from %s s where s.%I = %I.source_id))',
-    'chunks visible with their source row', dest, target_table, pk.attname, dest_name);
   for grantee in
     select distinct case when a.grantee = 0 then 'public' else pg_catalog.quote_ident(r.rolname) end
       from pg_catalog.pg_class c
@@ -287,19 +316,26 @@ $$;
 -- internal: sets the chunk settings of chunked target `target_id` and starts
 -- a sweep: every row's fingerprint includes the settings, so every row is
 -- re-chunked; chunks whose text is unchanged keep their vectors (matched by
--- hash), so only new chunk texts cost provider calls. Returns the jobs
+-- hash), so only new chunk texts cost provider calls. A model change in
+-- progress (its shadow target) takes the same settings. Returns the jobs
 -- enqueued now.
 create or replace function util._set_chunking(target_id int, chunk_size int, chunk_overlap int, splitter text)
 returns bigint
 language plpgsql
 set search_path = ''
 as $$
+declare
+  shadow_id int;
 begin
   perform util._check_chunk_settings(chunk_size, chunk_overlap, splitter);
   update util.embedding_targets t
      set chunk_size = _set_chunking.chunk_size, chunk_overlap = _set_chunking.chunk_overlap,
          splitter = _set_chunking.splitter
-   where t.id = target_id;
+   where t.id = target_id or t.shadow_of = target_id;
+  select t.id into shadow_id from util.embedding_targets t where t.shadow_of = target_id;
+  if shadow_id is not null then
+    perform util._start_sweep(shadow_id);
+  end if;
   return util._start_sweep(target_id);
 end
 $$;
@@ -325,7 +361,7 @@ declare
   found int;
 begin
   select count(*) into found from util.embedding_targets x
-   where x.table_oid = target_table and x.destination is not null and x.retired_at is null
+   where x.table_oid = target_table and x.destination is not null and x.retired_at is null and x.shadow_of is null
      and (set_chunking.destination is null or x.destination = set_chunking.destination);
   if found = 0 then
     raise exception 'autoembed: % has no chunked target%', target_table,
@@ -337,7 +373,7 @@ begin
       using errcode = 'AE003', hint = 'Name the one to change: destination => ''schema.table''.';
   end if;
   select * into t from util.embedding_targets x
-   where x.table_oid = target_table and x.destination is not null and x.retired_at is null
+   where x.table_oid = target_table and x.destination is not null and x.retired_at is null and x.shadow_of is null
      and (set_chunking.destination is null or x.destination = set_chunking.destination)
      for update;
   return util._set_chunking(t.id, coalesce(chunk_size, t.chunk_size),

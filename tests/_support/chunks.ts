@@ -49,12 +49,13 @@ async function createArticlesTable(sql: Sql): Promise<void> {
 
 /**
  * Why the chunks of public.article_chunks are not, for every article, the
- * chunks `settings` makes of its current text with the vector of each chunk
- * text: one line per problem, empty when all are right.
+ * chunks `settings` makes of its current text with the vector (of
+ * `dimensions`) of each chunk text: one line per problem, empty when all are right.
  */
 export async function chunkProblems(
   sql: Sql,
   settings: ChunkSettings = ARTICLE_SETTINGS,
+  dimensions = TEST_DIMENSIONS,
 ): Promise<string[]> {
   const counter = tokenCounterFor(TEST_MODEL);
   const articles = await sql<{ id: string; body: string }[]>`
@@ -78,7 +79,7 @@ export async function chunkProblems(
     got.forEach((c, i) => {
       if (c.chunk_seq !== i) problems.push(`${a.id}: chunk_seq ${c.chunk_seq} at position ${i}`);
       if (c.chunk !== want[i]) problems.push(`${a.id}/${i}: not the chunk of the current text`);
-      const problem = embeddingProblem(c.embedding, c.chunk);
+      const problem = embeddingProblem(c.embedding, c.chunk, dimensions);
       if (problem) problems.push(`${a.id}/${i}: ${problem}`);
     });
   }

@@ -115,7 +115,7 @@ Deno.test("chunks: a shrinking text drops surplus chunks, deletes cascade, a set
   });
 });
 
-Deno.test("chunks: arguments are checked, model changes refused, disable says what it leaves", async () => {
+Deno.test("chunks: arguments are checked, disable says what it leaves (a model change in progress goes)", async () => {
   await withTestDb(async (sql, url) => {
     await createArticles(sql);
     const codeOf = async (statement: string) => {
@@ -138,11 +138,19 @@ Deno.test("chunks: arguments are checked, model changes refused, disable says wh
     );
     assert.equal(
       await codeOf(
-        "select util.reembed('articles', 'article_chunks', model => 'text-embedding-3-large')",
+        "select util.reembed('articles', 'article_chunks', model => 'text-embedding-3-large', dimensions => 4001)",
       ),
       "AE003",
+      "halfvec HNSW indexes take up to 4000 dimensions",
     );
     assert.equal(await codeOf("select util.set_chunking('articles', chunk_size => 64)"), "ok");
+    // A model change in progress goes with the target (its shadow table too).
+    assert.equal(
+      await codeOf(
+        "select util.reembed('articles', 'article_chunks', model => 'text-embedding-3-large', dimensions => 32)",
+      ),
+      "ok",
+    );
     const notices: string[] = [];
     const listening = connect(url, { onnotice: (n) => notices.push(n.message) });
     try {
@@ -156,6 +164,9 @@ Deno.test("chunks: arguments are checked, model changes refused, disable says wh
     );
     const [kept] = await sql`select to_regclass('public.article_chunks') is not null as kept`;
     assert.ok(kept.kept, "the destination stays by default");
+    const shadows =
+      await sql`select relname from pg_class where relname like '\_autoembed\_chunks\_%'`;
+    assert.deepEqual([...shadows], [], "the model change's shadow table is gone");
     await reattach(sql);
   });
 });
