@@ -92,18 +92,38 @@ export function pickDeclarations(all: Declaration[], requested: string[]): Decla
 /**
  * GRANT/REVOKE statements of the schema files that concern `picked`: those
  * naming one of them, and the schema-wide revokes of their kind (a function
- * created new is executable by PUBLIC until revoked). All are idempotent.
+ * created new is executable by PUBLIC until revoked). A schema-wide revoke
+ * also takes back every grant of its kind the schema files make after it,
+ * so those grants come along, in order, whatever they name (a migration that
+ * revoked them and stopped there would close functions the schema files keep
+ * open). All are idempotent.
  */
 export function privilegesFor(all: Declaration[], picked: Declaration[]): Declaration[] {
   const schemas = new Set(picked.map((d) => d.name!.split(".")[0]));
   const kinds = new Set<string>(
     picked.map((d) => (d.kind === "function" ? "functions" : "tables")),
   );
+  const revoked = new Set<string>(); // "functions util", "tables util"
   return all.filter((d) => {
     if (!isPrivilegeStatement(d.text)) return false;
     const wide = d.text.match(/\bon\s+all\s+(functions|tables)\s+in\s+schema\s+(\w+)/i);
-    if (wide) return kinds.has(wide[1].toLowerCase()) && schemas.has(wide[2].toLowerCase());
-    return picked.some((p) => mentions(d.text, p.name!));
+    if (wide) {
+      const [kind, schema] = [wide[1].toLowerCase(), wide[2].toLowerCase()];
+      const wanted = kinds.has(kind) && schemas.has(schema);
+      if (wanted && /^revoke\b/i.test(d.text)) revoked.add(`${kind} ${schema}`);
+      return wanted;
+    }
+    return picked.some((p) => mentions(d.text, p.name!)) || regrants(d.text, revoked);
+  });
+}
+
+/** Whether `statement` is a GRANT on an object of a kind and schema in `revoked`. */
+function regrants(statement: string, revoked: Set<string>): boolean {
+  if (!/^grant\b/i.test(statement)) return false;
+  return [...revoked].some((key) => {
+    const [kind, schema] = key.split(" ");
+    const on = kind === "functions" ? "function\\s+" : "(?:table\\s+)?";
+    return new RegExp(`\\bon\\s+${on}${schema}\\.`, "i").test(statement);
   });
 }
 

@@ -130,7 +130,7 @@ Deno.test("pickDeclarations takes every overload, in schema file order, and refu
   assert.throws(() => pickDeclarations(all, []), SchemaMigrationError);
 });
 
-Deno.test("privilegesFor keeps the grants naming the objects and the schema-wide revokes of their kind", () => {
+Deno.test("privilegesFor keeps the grants naming the objects, the schema-wide revokes of their kind and the grants those revokes take back", () => {
   const all = declarations(FILES);
   const texts = (names: string[]) =>
     privilegesFor(all, pickDeclarations(all, names)).map((d) => d.text);
@@ -141,6 +141,13 @@ Deno.test("privilegesFor keeps the grants naming the objects and the schema-wide
   assert.deepEqual(texts(["util.v"]), [
     "revoke all on all tables in schema util from public;",
     "grant select on util.v to service_role;",
+    // The revoke took util.t's grant back too: a migration must give it again.
+    "grant select on util.t to service_role;",
+  ]);
+  // util.g has no grant of its own; the revoke it needs takes back util.f's.
+  assert.deepEqual(texts(["util.g"]), [
+    "revoke all on all functions in schema util from public;",
+    "grant execute on function util.f(int) to service_role;",
   ]);
 });
 
@@ -175,6 +182,7 @@ create or replace function util.g() returns int language sql as $$ select 1 $$;
 
 -- Privileges, as supabase/schemas declares them.
 revoke all on all functions in schema util from public;
+grant execute on function util.f(int) to service_role;
 `,
   );
   assert.match(
