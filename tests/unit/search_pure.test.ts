@@ -44,7 +44,8 @@ Deno.test("query cache: identical queries in flight share one call; a failure is
     cache.vector("m", 2, "q", slow),
   ]);
   assert.equal(calls, 1);
-  assert.deepEqual([a.hit, b.hit], [false, true]);
+  // One miss and one hit; which of the two resumes first from hashing its key is not fixed.
+  assert.deepEqual([a.hit, b.hit].sort(), [false, true]);
   const failing = () => Promise.reject(new Error("provider down"));
   await assert.rejects(cache.vector("m", 2, "x", failing), /provider down/);
   assert.equal((await cache.vector("m", 2, "x", () => Promise.resolve([3, 4]))).hit, false);
