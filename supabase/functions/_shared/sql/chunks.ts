@@ -3,8 +3,8 @@
 // of which chunk texts already have a vector in the destination, and one
 // transaction writing every row's chunk set under a compare-and-set (I2, I12).
 import type postgres from "postgres";
-import { isConnectionError, isRetryableNow } from "../db_errors.ts";
-import { EXACTLY_CHECKED_KEY_TYPES } from "../keys.ts";
+import { isRetryableNow } from "../db_errors.ts";
+import { contentOfRow, readRowsIsolated } from "./rows.ts";
 import type { Target } from "./targets.ts";
 
 export interface ChunkedRow {
@@ -25,9 +25,7 @@ export interface ChunkedRow {
  * (util._try_content), the fallback when the plain read failed.
  */
 function loadQuery(target: Target, safe: boolean): string {
-  const content = safe
-    ? `util._try_content('${target.content_function_sql.replaceAll("'", "''")}', r)`
-    : `(select ${target.content_function_sql}(r) as content, null::text as error)`;
+  const content = contentOfRow(target, safe);
   const pk = target.pk_sql;
   return `
     select r.${pk}::text as row_id,
@@ -49,50 +47,20 @@ function loadQuery(target: Target, safe: boolean): string {
  * that are no key value and a safe read that isolates rows whose content
  * function raises (I5).
  */
-export async function loadChunkedRows(
+export function loadChunkedRows(
   sql: postgres.Sql,
   target: Target,
   rowIds: string[],
   onRowError: (rowId: string, message: string, retryable: boolean) => void,
 ): Promise<Map<string, ChunkedRow>> {
-  const params = [target.id, target.chunking_key!, JSON.stringify(rowIds)];
-  const byId = (rows: ChunkedRow[]) => new Map(rows.map((r) => [r.row_id, r]));
-  try {
-    return byId(await sql.begin((tx) => tx.unsafe<ChunkedRow[]>(loadQuery(target, false), params)));
-  } catch (err) {
-    if (isConnectionError(err)) throw err;
-  }
-  if (!EXACTLY_CHECKED_KEY_TYPES.has(target.pk_type_sql)) {
-    const [{ invalid }] = await sql<{ invalid: string[] }[]>`
-      select util._invalid_keys(${target.id}, ${params[2]}::text::jsonb) as invalid`;
-    const refused = new Set(invalid);
-    for (const rowId of refused) {
-      onRowError(
-        rowId,
-        `refused: the job's id is not a valid ${target.pk_type_sql} primary key value`,
-        false,
-      );
-    }
-    rowIds = rowIds.filter((id) => !refused.has(id));
-    if (rowIds.length === 0) return new Map();
-    params[2] = JSON.stringify(rowIds);
-  }
-  let rows: ChunkedRow[];
-  try {
-    rows = await sql.begin((tx) => tx.unsafe<ChunkedRow[]>(loadQuery(target, true), params));
-  } catch (err) {
-    if (isConnectionError(err)) throw err;
-    for (const rowId of rowIds) {
-      onRowError(rowId, `reading the row failed: ${(err as Error).message}`, true);
-    }
-    return new Map();
-  }
-  const result = new Map<string, ChunkedRow>();
-  for (const row of rows) {
-    if (row.error === null) result.set(row.row_id, row);
-    else onRowError(row.row_id, `the content function failed: ${row.error}`, true);
-  }
-  return result;
+  return readRowsIsolated<ChunkedRow>(
+    sql,
+    target,
+    (safe) => loadQuery(target, safe),
+    target.chunking_key!,
+    rowIds,
+    onRowError,
+  );
 }
 
 /**

@@ -32,10 +32,7 @@ export interface LoadedRow {
  * snapshot as its fingerprint, so its vector is the one of that text.
  */
 function loadQuery(target: Target, safe: boolean): string {
-  // Identifiers come from util._target_config (quoted there), never from the job.
-  const content = safe
-    ? `util._try_content('${target.content_function_sql.replaceAll("'", "''")}', r)`
-    : `(select ${target.content_function_sql}(r) as content, null::text as error)`;
+  const content = contentOfRow(target, safe);
   const pk = target.pk_sql;
   const emb = target.embedding_sql;
   return `
@@ -78,17 +75,53 @@ function loadQuery(target: Target, safe: boolean): string {
  * connection clean for the next query (postgres.js miscounts result rows
  * after an error in the middle of a result).
  */
-export async function loadRows(
+export function loadRows(
   sql: postgres.Sql,
   target: Target,
   donorTargets: number[],
   rowIds: string[],
   onRowError: (rowId: string, message: string, retryable: boolean) => void,
 ): Promise<Map<string, LoadedRow>> {
-  const params = [target.id, JSON.stringify(donorTargets), JSON.stringify(rowIds)];
-  const byId = (rows: LoadedRow[]) => new Map(rows.map((r) => [r.row_id, r]));
+  return readRowsIsolated<LoadedRow>(
+    sql,
+    target,
+    (safe) => loadQuery(target, safe),
+    JSON.stringify(donorTargets),
+    rowIds,
+    onRowError,
+  );
+}
+
+/**
+ * The content function's text of row `r` as `(content, error)`. `safe` goes
+ * through util._try_content, which catches its errors per row (slower: one
+ * subtransaction per row). Identifiers come from util._target_config (quoted
+ * there), never from the job.
+ */
+export function contentOfRow(target: Target, safe: boolean): string {
+  return safe
+    ? `util._try_content('${target.content_function_sql.replaceAll("'", "''")}', r)`
+    : `(select ${target.content_function_sql}(r) as content, null::text as error)`;
+}
+
+/**
+ * The read of `loadRows`, for any row query with parameters ($1 target id,
+ * $2 `second`, $3 the ids as a JSON array) whose rows carry `row_id` and the
+ * content function's `error`; chunked targets read their rows through it too.
+ */
+export async function readRowsIsolated<R extends { row_id: string; error: string | null }>(
+  sql: postgres.Sql,
+  target: Target,
+  query: (safe: boolean) => string,
+  second: string,
+  rowIds: string[],
+  onRowError: (rowId: string, message: string, retryable: boolean) => void,
+): Promise<Map<string, R>> {
+  const params = [target.id, second, JSON.stringify(rowIds)];
+  const read = async (safe: boolean) =>
+    (await sql.begin((tx) => tx.unsafe(query(safe), params))) as unknown as R[];
   try {
-    return byId(await sql.begin((tx) => tx.unsafe<LoadedRow[]>(loadQuery(target, false), params)));
+    return new Map((await read(false)).map((r) => [r.row_id, r]));
   } catch (err) {
     if (isConnectionError(err)) throw err;
   }
@@ -109,9 +142,9 @@ export async function loadRows(
       params[2] = JSON.stringify(rowIds);
     }
   }
-  let rows: LoadedRow[];
+  let rows: R[];
   try {
-    rows = await sql.begin((tx) => tx.unsafe<LoadedRow[]>(loadQuery(target, true), params));
+    rows = await read(true);
   } catch (err) {
     if (isConnectionError(err)) throw err;
     for (const rowId of rowIds) {
@@ -119,7 +152,7 @@ export async function loadRows(
     }
     return new Map();
   }
-  const result = new Map<string, LoadedRow>();
+  const result = new Map<string, R>();
   for (const row of rows) {
     if (row.error === null) result.set(row.row_id, row);
     else onRowError(row.row_id, `the content function failed: ${row.error}`, true);
