@@ -29,6 +29,7 @@
 // edited block stopped ending one).
 import type { TokenCounter } from "../providers/tokens.ts";
 import { Level, type Span, unitsAt } from "./units.ts";
+import { hash32 } from "../hash32.ts";
 
 export interface Block extends Span {
   /** Split only when it alone exceeds chunkSize (a fenced code block). */
@@ -247,19 +248,4 @@ const HASHED_PREFIX = 64;
 /** Hash of the first HASHED_PREFIX characters of `span`. */
 function startHash(text: string, span: Span): number {
   return hash32(text.slice(span.start, Math.min(span.end, span.start + HASHED_PREFIX)));
-}
-
-/** FNV-1a over UTF-16 code units with a murmur3 finaliser: a well-mixed 32-bit hash. */
-export function hash32(text: string): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < text.length; i++) {
-    h ^= text.charCodeAt(i);
-    h = Math.imul(h, 0x01000193);
-  }
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x85ebca6b);
-  h ^= h >>> 13;
-  h = Math.imul(h, 0xc2b2ae35);
-  h ^= h >>> 16;
-  return h >>> 0;
 }

@@ -2,6 +2,7 @@
 // run with no API key and no network.
 import { tokenCounterFor } from "./tokens.ts";
 import { type EmbeddingProvider, ProviderError } from "./types.ts";
+import { hash32 } from "../hash32.ts";
 
 /**
  * A deterministic, dependency-free embedder by feature hashing: every
@@ -85,19 +86,4 @@ export function hashEmbed(text: string, dimensions: number): number[] {
     return unit;
   }
   return Array.from(vector, (value) => value / norm);
-}
-
-/** FNV-1a over UTF-16 code units, then a murmur3 finaliser so every bit depends on every input. */
-function hash32(text: string): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < text.length; i++) {
-    h ^= text.charCodeAt(i);
-    h = Math.imul(h, 0x01000193);
-  }
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x85ebca6b);
-  h ^= h >>> 13;
-  h = Math.imul(h, 0xc2b2ae35);
-  h ^= h >>> 16;
-  return h >>> 0;
 }
