@@ -5,7 +5,9 @@
 // exactly as users run it, so peak RSS is the one users see; --memory
 // prints the worker's memory at its peak (bench/worker_memory.ts). Prints each
 // run's rows/s, CPU per 1,000 rows and peak RSS; for comparing a change with
-// its parent back to back.
+// its parent back to back. `--v8-flags` given more than once compares heap
+// settings: within each rep every setting runs in turn (interleaved A/B),
+// and each gets its own median line.
 import { parseArgs } from "node:util";
 import { stopCluster } from "../local/cluster.ts";
 import { fmt, median } from "./report.ts";
