@@ -5,7 +5,9 @@
 // exactly as users run it, so peak RSS is the one users see; --memory
 // prints the worker's memory at its peak (bench/worker_memory.ts). Prints each
 // run's rows/s, CPU per 1,000 rows and peak RSS; for comparing a change with
-// its parent back to back.
+// its parent back to back. `--v8-flags` given more than once compares heap
+// settings: within each rep every setting runs in turn (interleaved A/B),
+// and each gets its own median line.
 import { parseArgs } from "node:util";
 import { stopCluster } from "../local/cluster.ts";
 import { fmt, median } from "./report.ts";
@@ -24,8 +26,9 @@ const { values, positionals } = parseArgs({
   options: {
     reps: { type: "string", default: "3" },
     c: { type: "string", short: "c", default: "4" },
-    // To try other heap limits than deno.json's.
-    "v8-flags": { type: "string", default: WORKER_V8_FLAGS },
+    // To try other heap limits than deno.json's; given more than once, the settings take turns
+    // within each rep (A/B interleaved back to back) and each gets its own summary line.
+    "v8-flags": { type: "string", multiple: true, default: [WORKER_V8_FLAGS] },
     // Extra environment of the worker, NAME=VALUE (e.g. glibc's MALLOC_ARENA_MAX=2).
     env: { type: "string", multiple: true, default: [] },
     // Start the worker as users do, `deno task autoembed worker` (deno.json's V8 flags).
@@ -48,45 +51,56 @@ const fake = await startProvider();
 const ctx: BenchContext = { fake, log, quick: false };
 try {
   await buildTemplate();
+  const settings = values["v8-flags"];
   for (const size of sizes) {
-    const runs: DrainResult[] = [];
+    const runsOf = settings.map((): DrainResult[] => []);
     for (let i = 0; i < reps; i++) {
-      const r = await drainPull(ctx, size, concurrency, PROVIDER_LATENCY_MS, {
-        ...(values.task ? {} : { DENO_V8_FLAGS: values["v8-flags"] }),
-        ...Object.fromEntries(
-          values.env.map((e) => [e.slice(0, e.indexOf("=")), e.slice(e.indexOf("=") + 1)]),
-        ),
-      }, {
-        asTask: values.task,
-        hnsw: values.hnsw,
-        command: values.memory
-          ? ["run", "-A", `--v8-flags=${values["v8-flags"]}`, "bench/worker_memory.ts"]
-          : values["cpu-prof"]
-          ? [
-            "run",
-            "-A",
-            "--cpu-prof",
-            `--cpu-prof-dir=${values["cpu-prof"]}`,
-            `--v8-flags=${values["v8-flags"]}`,
-            "cli/autoembed.ts",
-          ]
-          : undefined,
-      });
-      print(ctx, r);
-      runs.push(r);
+      for (const [k, flags] of settings.entries()) {
+        const r = await drainPull(ctx, size, concurrency, PROVIDER_LATENCY_MS, {
+          ...(values.task ? {} : { DENO_V8_FLAGS: flags }),
+          ...Object.fromEntries(
+            values.env.map((e) => [e.slice(0, e.indexOf("=")), e.slice(e.indexOf("=") + 1)]),
+          ),
+        }, {
+          asTask: values.task,
+          hnsw: values.hnsw,
+          command: values.memory
+            ? ["run", "-A", `--v8-flags=${flags}`, "bench/worker_memory.ts"]
+            : values["cpu-prof"]
+            ? [
+              "run",
+              "-A",
+              "--cpu-prof",
+              `--cpu-prof-dir=${values["cpu-prof"]}`,
+              `--v8-flags=${flags}`,
+              "cli/autoembed.ts",
+            ]
+            : undefined,
+        });
+        const load = (await Deno.readTextFile("/proc/loadavg")).split(" ").slice(0, 3).join(" ");
+        log(`--v8-flags=${flags} (load ${load}):`);
+        print(ctx, r);
+        runsOf[k].push(r);
+      }
     }
     const load = (await Deno.readTextFile("/proc/loadavg")).split(" ").slice(0, 3).join(" ");
-    log(
-      `${size} rows, -c ${concurrency}: median ${fmt(median(runs.map((r) => r.rate)))} rows/s ` +
-        `(${runs.map((r) => fmt(r.rate)).join(", ")}); pipeline CPU/1k ${
-          fmt(median(runs.map((r) => r.cpuPer1000!.pipeline)))
-        } ms, Postgres CPU/1k ${fmt(median(runs.map((r) => r.cpuPer1000!.postgres)))} ms; ` +
-        `peak RSS max ${fmt(Math.max(...runs.map((r) => r.peakRssMb ?? 0)))} MB` +
-        (values.task
-          ? ` (with the task runner ${fmt(Math.max(...runs.map((r) => r.peakTreeRssMb ?? 0)))} MB)`
-          : "") +
-        `; load ${load}`,
-    );
+    for (const [k, runs] of runsOf.entries()) {
+      log(
+        `${size} rows, -c ${concurrency}, ${
+          values.task ? "deno.json's flags" : `--v8-flags=${settings[k]}`
+        }: median ${fmt(median(runs.map((r) => r.rate)))} rows/s ` +
+          `(${runs.map((r) => fmt(r.rate)).join(", ")}); pipeline CPU/1k ${
+            fmt(median(runs.map((r) => r.cpuPer1000!.pipeline)))
+          } ms, Postgres CPU/1k ${fmt(median(runs.map((r) => r.cpuPer1000!.postgres)))} ms; ` +
+          `peak RSS max ${fmt(Math.max(...runs.map((r) => r.peakRssMb ?? 0)))} MB` +
+          (values.task
+            ? ` (with the task runner ${
+              fmt(Math.max(...runs.map((r) => r.peakTreeRssMb ?? 0)))
+            } MB)`
+            : "") +
+          `; load ${load}`,
+      );
+    }
   }
 } finally {
   await fake.close();

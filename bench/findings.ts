@@ -61,6 +61,10 @@ Postgres's index inserts, not by anything in the pipeline.
 \`deno run\` (default limits too); both spend less CPU per 1,000 rows than the worker under
 deno.json's limits (\`--max-old-space-size=96,--max-semi-space-size=4\`), which buy its lower
 peak memory (section 5) with collector time. That trade is goal 4 against goal 1 on this machine.
+The settings tried to win the CPU back (a larger semi-space, with the old space at 96 or 64 MB,
+and \`--single-threaded-gc\`) gave back CPU only with more peak memory than goal 4 allows:
+section "Worker heap settings" has the runs, measured with \`bench/drain_pull.ts\` and repeated
+\`--v8-flags\`. deno.json keeps its limits.
 
 **Push mode** adds per batch a pg_net request, the dispatcher, the gateway and a continuation call;
 its rate next to pull -c 4 is in section 1's ratio table.
