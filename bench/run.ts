@@ -390,6 +390,7 @@ function scenarioOf(goalText: string): string {
   if (/trigger|bulk insert/.test(goalText)) return "write-path";
   if (/commit → embedding/.test(goalText)) return "freshness";
   if (/util\.\*/.test(goalText)) return "storage";
+  if (/one-paragraph edit/.test(goalText)) return "chunked";
   if (/requests|cached|already holds/.test(goalText)) return "cost";
   return "drain";
 }
