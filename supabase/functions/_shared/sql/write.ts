@@ -58,6 +58,9 @@ function writeQuery(target: Target): string {
       select $4, w.row_id, decode(w.hash, 'hex') from written w where not w.cleared
       on conflict (target_id, row_id) do update
         set content_hash = excluded.content_hash, embedded_at = now()
+        -- A second job for the same text (a sweep and a trigger both queued
+        -- the row) leaves the fingerprint as it is: no dead row per repeat.
+        where f.content_hash is distinct from excluded.content_hash
     ), unfingerprinted as (
       delete from util.embedding_fingerprints f
        using written w
