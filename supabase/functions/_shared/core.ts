@@ -22,7 +22,7 @@ import { isConnectionError } from "./db_errors.ts";
 import { embedTexts } from "./embed_texts.ts";
 import type { Job, RefusedJob } from "./jobs.ts";
 import { idFitsKeyType } from "./keys.ts";
-import { type EmbeddingProvider, ProviderError } from "./providers/types.ts";
+import { type EmbeddingProvider, ProviderError, providerOrError } from "./providers/types.ts";
 import { mayExceedTokens } from "./providers/tokens.ts";
 import { deleteJobs, type Failure, handBack, recordFailures } from "./sql/queue.ts";
 import { loadDonorVectors, loadRows } from "./sql/rows.ts";
@@ -270,7 +270,7 @@ async function readRows(
   const texts = new Map<RowWork, string>();
   for (const [target, rows] of rowsByTarget) {
     stats.rows += rows.size;
-    const provider = safeProvider(options, target);
+    const provider = providerOrError(options.providerFor, target);
     const loaded = await loadRows(
       sql,
       target,
@@ -329,7 +329,7 @@ async function readRows(
         work.vector = vector;
         pushTo(plan.toWrite, work.target, work);
       } else {
-        const provider = safeProvider(options, work.target);
+        const provider = providerOrError(options.providerFor, work.target);
         forProvider(work, texts.get(work)!, provider, options, plan, outcome);
       }
     }
@@ -459,16 +459,4 @@ function pushTo(map: Map<Target, RowWork[]>, target: Target, work: RowWork) {
   const list = map.get(target);
   if (list) list.push(work);
   else map.set(target, [work]);
-}
-
-function safeProvider(options: ProcessOptions, target: Target): EmbeddingProvider | ProviderError {
-  try {
-    return options.providerFor(target.model, target.dimensions);
-  } catch (err) {
-    if (err instanceof ProviderError) return err;
-    return new ProviderError(
-      `cannot set up the provider for ${target.model}: ${(err as Error).message}`,
-      { retryable: false },
-    );
-  }
 }

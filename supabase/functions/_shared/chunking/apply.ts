@@ -8,7 +8,7 @@ import { createHash } from "node:crypto";
 import type postgres from "postgres";
 import { isConnectionError } from "../db_errors.ts";
 import { type EmbedRequest, embedTexts } from "../embed_texts.ts";
-import { type EmbeddingProvider, ProviderError } from "../providers/types.ts";
+import { type EmbeddingProvider, ProviderError, providerOrError } from "../providers/types.ts";
 import { tokenCounterFor } from "../providers/tokens.ts";
 import {
   existingChunkHashes,
@@ -138,7 +138,7 @@ export async function applyChunked<W extends ChunkedWork>(
       plans.push(plan);
       const fresh = plan.pieces.filter((c) => !known.has(c.hash));
       if (fresh.length === 0) continue;
-      provider ??= safeProvider(options, target);
+      provider ??= providerOrError(options.providerFor, target);
       if (provider instanceof ProviderError) {
         plan.failed = true;
         outcome.fail(plan.work, provider.message, provider.retryable);
@@ -233,20 +233,5 @@ export async function applyChunked<W extends ChunkedWork>(
       const message = `writing chunks failed: ${(err as Error).message}`;
       for (const plan of list) outcome.fail(plan.work, message, true);
     }
-  }
-}
-
-function safeProvider(
-  options: ChunkApplyOptions,
-  target: Target,
-): EmbeddingProvider | ProviderError {
-  try {
-    return options.providerFor(target.model, target.dimensions);
-  } catch (err) {
-    if (err instanceof ProviderError) return err;
-    return new ProviderError(
-      `cannot set up the provider for ${target.model}: ${(err as Error).message}`,
-      { retryable: false },
-    );
   }
 }

@@ -226,3 +226,23 @@ function describeCause(cause: unknown, redact: readonly string[] = []): string {
     .replace(/\/\/[^/@\s]+@/g, "//[redacted]@");
   return ` (${text.length > 200 ? `${text.slice(0, 200)}...` : text})`;
 }
+
+/**
+ * The provider for a target's model, or the ProviderError that setting it
+ * up raised (a missing key, an unknown model): the caller fails that
+ * target's rows with it instead of the whole batch.
+ */
+export function providerOrError(
+  providerFor: (model: string, dimensions: number) => EmbeddingProvider,
+  target: { model: string; dimensions: number },
+): EmbeddingProvider | ProviderError {
+  try {
+    return providerFor(target.model, target.dimensions);
+  } catch (err) {
+    if (err instanceof ProviderError) return err;
+    return new ProviderError(
+      `cannot set up the provider for ${target.model}: ${(err as Error).message}`,
+      { retryable: false },
+    );
+  }
+}
