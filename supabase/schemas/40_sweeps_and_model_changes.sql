@@ -525,8 +525,11 @@ declare
   s util.embedding_targets;
 begin
   -- The bookkeeping rows first, then the table: the order util.maintain_embeddings
-  -- takes them in, so a cancel and a tick never deadlock.
-  perform from util.embedding_targets x where x.id = l.id or x.shadow_of = l.id for update;
+  -- takes them in, so a cancel and a tick never deadlock. NO KEY UPDATE, not
+  -- UPDATE: a writer of this table checks its fingerprints' foreign key with
+  -- KEY SHARE on these rows while it holds the table, which FOR UPDATE would
+  -- block while this waits for the table: a deadlock.
+  perform from util.embedding_targets x where x.id = l.id or x.shadow_of = l.id for no key update;
   select * into s from util.embedding_targets where shadow_of = l.id;
   if s.id is null then
     return false;
@@ -575,7 +578,7 @@ declare
   shadow_id int;
 begin
   -- The bookkeeping rows first, then the table (see util.cancel_reembed).
-  perform from util.embedding_targets x where x.id = l.id or x.shadow_of = l.id for update;
+  perform from util.embedding_targets x where x.id = l.id or x.shadow_of = l.id for no key update;
   if model is not null and (pg_catalog.btrim(model) = '' or pg_catalog.length(model) > 200) then
     raise exception 'autoembed: "%" is not a model name', pg_catalog.left(model, 200)
       using errcode = 'AE003', hint = 'Name the provider''s model, e.g. text-embedding-3-small, or a local-* model.';
@@ -690,11 +693,11 @@ begin
     enqueued := enqueued + util._sweep_step(t.id, slice);
   end loop;
 
-  -- 3. Finished model changes.
+  -- 3. Finished model changes (NO KEY UPDATE: see util.cancel_reembed).
   for t in
     select x.shadow_of as live_id from util.embedding_targets x
      where x.shadow_of is not null and x.sweep_started_at is null
-     for update skip locked
+     for no key update skip locked
   loop
     if exists (select from util.embedding_targets x where x.id = t.live_id and x.destination is not null) then
       perform util._switch_chunks(t.live_id);

@@ -36,8 +36,29 @@ async function untilFresh(sql: Sql, timeoutMs: number): Promise<number> {
     } catch {
       return false;
     }
-  }, { what: "every row fresh", timeoutMs, intervalMs: 100 });
+  }, { what: "every row fresh", timeoutMs, intervalMs: 100, describe: () => pipelineState(sql) });
   return Math.round(performance.now() - started);
+}
+
+/** What a timeout should say: where the jobs are, and the leases and requests that hold them. */
+async function pipelineState(sql: Sql): Promise<string> {
+  try {
+    const [s] = await sql`
+      select (select count(*) from pgmq.q_embedding_jobs)::int as queued,
+             (select count(*) from pgmq.q_embedding_jobs where vt > now())::int as hidden,
+             (select round(extract(epoch from max(vt) - now()))::int from pgmq.q_embedding_jobs) as last_vt_s,
+             (select count(*) from documents where embedding is null)::int as missing,
+             (select count(*) from util.embedding_requests)::int as leases,
+             (select count(*) from util.embedding_requests
+               where started_at < pg_postmaster_start_time())::int as leases_before_restart,
+             (select count(*) from net.http_request_queue)::int as net_queued,
+             (select count(*) from net._http_response)::int as responses,
+             (select count(*) from pg_stat_activity
+               where application_name = 'autoembed pg_net dispatcher')::int as dispatcher_sessions`;
+    return JSON.stringify(s);
+  } catch (err) {
+    return `state unreadable: ${(err as Error).message}`;
+  }
 }
 
 /** The pg_cron tick at its Supabase rate, with the default parameters. */

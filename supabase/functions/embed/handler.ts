@@ -3,7 +3,7 @@
 // it directly; index.ts hands it to Deno.serve.
 import postgres from "postgres";
 import { processBatch } from "../_shared/core.ts";
-import { isConnectionError } from "../_shared/db_errors.ts";
+import { errorCode, isConnectionError, waitOutDisconnect } from "../_shared/db_errors.ts";
 import { parseJobBatch, parseJobJson } from "../_shared/jobs.ts";
 import { coreSettings, type Env } from "../_shared/settings.ts";
 
@@ -62,6 +62,14 @@ async function readBody(req: Request): Promise<string | Response> {
   for (const c of chunks) all.set(c, (offset += c.length) - c.length);
   return new TextDecoder().decode(all);
 }
+
+/**
+ * How long a call waits out a database that went away (a restart, a
+ * failover) before it gives up with 503. Its jobs are hidden under its lease
+ * meanwhile, so waiting here is what brings them back soonest: giving up
+ * leaves them to the next tick and a backoff.
+ */
+const RECONNECT_WINDOW_MS = 30_000;
 
 /** Positive integer query parameter, or undefined. */
 function intParam(url: URL, name: string): number | undefined {
@@ -122,17 +130,28 @@ export function createEmbedHandler(config: EmbedHandlerConfig): EmbedHandler {
     const batch = parseJobBatch(json);
     if ("error" in batch) return problem(400, `invalid jobs: ${batch.error}`);
 
+    // A batch cut off by a lost connection runs again once the database
+    // answers: the jobs it finished are fresh by their fingerprints (no
+    // provider call), the rest are done now instead of after a tick.
+    const deadline = Date.now() + settings.timeBudgetMs;
+    const reconnect = {
+      deadline: Math.min(deadline, Date.now() + RECONNECT_WINDOW_MS),
+      signal: config.shutdown,
+      onRetry: (attempt: number, err: unknown) =>
+        log(JSON.stringify({ event: "db_reconnecting", attempt, code: errorCode(err) })),
+    };
     let result;
     try {
-      result = await processBatch(sql, batch.jobs, {
-        refused: batch.refused,
-        providerFor: settings.providerFor,
-        deadline: Date.now() + settings.timeBudgetMs,
-        signal: config.shutdown,
-        truncate: settings.truncate,
-        providerConcurrency: settings.providerConcurrency,
-        log: (event) => log(JSON.stringify(event)),
-      });
+      result = await waitOutDisconnect(() =>
+        processBatch(sql, batch.jobs, {
+          refused: batch.refused,
+          providerFor: settings.providerFor,
+          deadline,
+          signal: config.shutdown,
+          truncate: settings.truncate,
+          providerConcurrency: settings.providerConcurrency,
+          log: (event) => log(JSON.stringify(event)),
+        }), reconnect);
     } catch (err) {
       if (isConnectionError(err)) {
         return problem(
@@ -152,7 +171,10 @@ export function createEmbedHandler(config: EmbedHandlerConfig): EmbedHandler {
     const lease = intParam(new URL(req.url), "lease");
     if (lease !== undefined && !config.shutdown?.aborted) {
       try {
-        await sql`select util._embedding_request_done(${lease})`;
+        await waitOutDisconnect(
+          () => sql`select util._embedding_request_done(${lease})`,
+          { ...reconnect, deadline: Date.now() + RECONNECT_WINDOW_MS },
+        );
       } catch (err) {
         log(JSON.stringify({ event: "continue_failed", message: (err as Error).message }));
       }
