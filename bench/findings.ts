@@ -86,27 +86,26 @@ per second, so goal 4 "at the throughput of goal 1" is not shown here.
 ### Write path (goal 3)
 
 Section 4 runs every configuration side by side in one run, on a durable cluster and on the
-fsync-off one, and profiles one extra insert run per configuration with
-\`track_functions = all\`. What changed in round three: \`util.enable_embeddings\` now writes each
-target its own insert/update trigger function (\`util._create_queue_function\`,
-\`util._queue_embeddings_<table oid>_<hash>\`), with the key column and the content function in
-static SQL. plpgsql plans its statements once per session, where the generic
-\`util.queue_embeddings\` planned its dynamic INSERT (and, on UPDATE, the comparison of old and new
-text) on every statement and called \`util._target_for_trigger\` to read the target. Deletes still go
-through \`util.queue_embeddings\` (the fingerprints of the live and shadow targets), and the
-guide-style row trigger reads its target inline, calling \`util._target_for_trigger\` only to
-register it. \`util._kick_embeddings\`, once per transaction in push mode, reads its setting, the
-calls in flight and its clock and records its decision in one statement instead of four. Section 4's
-row "autoembed before" is the former form (\`enable_embeddings\`' triggers through the generic
-function) measured in the same run: the A/B of the change, both in push mode. The profile rows are the
-steadiest evidence (pgbench's durable medians swing with the other sessions' disk and CPU use, see
-their min–max): per single-row insert, the generated function with the kick it calls costs well
-under half of what the generic function did, and less than the guide's trigger with its two
-\`pgmq.send\` levels; the guide-style row trigger, which no longer calls
-\`util._target_for_trigger\`, also costs less than the guide's. Single-row updates gain the most,
-since the generic trigger planned the old/new text comparison per statement. Bulk statements are
-unchanged by this (the same one set-based INSERT; the two rows' bulk figures differ within their
-spread).
+fsync-off one, and profiles one extra insert run per configuration with \`track_functions = all\`.
+What changed in round three: \`util.enable_embeddings\` now writes each target its own insert/update
+trigger function (\`util._create_queue_function\`, \`util._queue_embeddings_<table oid>_<hash>\`),
+with the key column and the content function in static SQL (the migration moves tables attached
+before). plpgsql plans its statements once per session, where the generic \`util.queue_embeddings\`
+planned its dynamic INSERT (and, on UPDATE, the comparison of old and new text) on every statement
+and called \`util._target_for_trigger\` to read the target. Deletes still go through
+\`util.queue_embeddings\` (the fingerprints of the live and shadow targets), and the guide-style row
+trigger reads its target inline, calling \`util._target_for_trigger\` only to register it.
+\`util._kick_embeddings\`, once per transaction in push mode, reads its setting, the calls in flight
+and its clock and records its decision in one statement instead of four. Section 4's row "autoembed
+before" is the former form (\`enable_embeddings\`' triggers through the generic function) measured
+in the same run: the A/B of the change, both in push mode. The profile rows are the steadiest
+evidence (pgbench's durable medians swing with the other sessions' disk and CPU use, see their
+min–max): per single-row insert, the generated function with the kick it calls costs about half
+of what the generic function did, and less than the guide's trigger with its two \`pgmq.send\`
+levels; the guide-style row trigger, which no longer calls \`util._target_for_trigger\`, also costs
+less than the guide's. Single-row updates gain the most, since the generic trigger planned the
+old/new text comparison per statement. Bulk statements are unchanged by this (the same one set-based
+INSERT; the two rows' bulk figures differ within their spread).
 
 What is left per single-row statement is intrinsic to the design. A statement-level trigger with a
 transition table costs a little more for one row than a row-level trigger does (the transition
