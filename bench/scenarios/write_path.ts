@@ -60,6 +60,27 @@ const CONFIGS: Config[] = [
     },
   },
   {
+    label:
+      "autoembed before: enable_embeddings' triggers through the generic util.queue_embeddings (statement level, dynamic SQL), push mode",
+    key: "ours_generic",
+    install: async (sql) => {
+      await pushMode(sql);
+      await sql`select util.enable_embeddings('public.bench_docs', 'bench_docs_input', backfill => false)`;
+      // The triggers enable_embeddings created before it wrote a function per
+      // target (util._create_queue_function): the A/B of that change.
+      await sql.unsafe(`
+        drop trigger embed_embedding_insert on public.bench_docs;
+        drop trigger embed_embedding_update on public.bench_docs;
+        create trigger embed_embedding_insert after insert on public.bench_docs
+          referencing new table as new_rows
+          for each statement execute function util.queue_embeddings('bench_docs_input', 'embedding');
+        create trigger embed_embedding_update after update on public.bench_docs
+          referencing old table as old_rows new table as new_rows
+          for each statement execute function util.queue_embeddings('bench_docs_input', 'embedding');
+      `).simple();
+    },
+  },
+  {
     label: "autoembed: util.enable_embeddings, pull-only install (a NOTIFY per transaction)",
     key: "ours_notify",
     install: (sql) =>
@@ -146,6 +167,8 @@ export interface WritePathFigures {
   rowVsGuide: number;
   /** Bulk insert seconds with enable_embeddings / without, durable. */
   bulkRatio: number;
+  /** inserts/s with enable_embeddings / with its triggers through the generic function, durable. */
+  vsGeneric: number;
 }
 
 async function measureCluster(
@@ -335,5 +358,6 @@ a NOTIFY per transaction for listening workers.`);
     vsGuide: median(d.tps.ours.insert) / median(d.tps.guide.insert),
     rowVsGuide: median(d.tps.ours_row.insert) / median(d.tps.guide.insert),
     bulkRatio: median(d.bulk.ours.insert) / median(d.bulk.none.insert),
+    vsGeneric: median(d.tps.ours.insert) / median(d.tps.ours_generic.insert),
   };
 }

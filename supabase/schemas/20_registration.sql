@@ -253,8 +253,9 @@ end
 $$;
 
 -- public: attaches the pipeline to a table in one call. Creates statement
--- level insert/update/delete triggers (one queue call per statement, however
--- many rows), optionally the clear trigger, records the configuration and
+-- level insert/update/delete triggers (one queue insert per statement,
+-- however many rows; inserts and updates through a trigger function written
+-- for this target, util._create_queue_function), optionally the clear trigger, records the configuration and
 -- starts a backfill of the existing rows (the first slice is enqueued now,
 -- the rest in the background). Returns the jobs enqueued now. Safe to call
 -- again: with another model or dimensions it starts a model change
@@ -288,6 +289,7 @@ declare
   prefix text := 'embed_' || embedding_column;
   existing util.embedding_targets;
   change_model boolean := false;
+  queue_fn regprocedure;
 begin
   if destination is null and (chunk_size is not null or chunk_overlap is not null or splitter is not null) then
     raise exception 'autoembed: chunk_size, chunk_overlap and splitter apply to chunked targets only'
@@ -333,14 +335,18 @@ begin
   perform util._drop_trigger(target_table, (prefix || '_update')::name);
   perform util._drop_trigger(target_table, (prefix || '_delete')::name);
   perform util._drop_trigger(target_table, (prefix || '_clear')::name);
+  -- Inserts and updates go through the target's own trigger function, its
+  -- SQL static (util._create_queue_function), written again on every call so
+  -- it always has the registration just made.
+  queue_fn := util._create_queue_function(target_id);
   execute format(
     'create trigger %I after insert on %s referencing new table as new_rows
-       for each statement execute function util.queue_embeddings(%L, %L)',
-    prefix || '_insert', target_table, content_function, embedding_column);
+       for each statement execute function %s()',
+    prefix || '_insert', target_table, queue_fn::oid::regproc);
   execute format(
     'create trigger %I after update on %s referencing old table as old_rows new table as new_rows
-       for each statement execute function util.queue_embeddings(%L, %L)',
-    prefix || '_update', target_table, content_function, embedding_column);
+       for each statement execute function %s()',
+    prefix || '_update', target_table, queue_fn::oid::regproc);
   execute format(
     'create trigger %I after delete on %s referencing old table as old_rows
        for each statement execute function util.queue_embeddings(%L, %L)',
@@ -407,6 +413,7 @@ begin
   perform util._drop_trigger(target_table, (prefix || '_update')::name);
   perform util._drop_trigger(target_table, (prefix || '_delete')::name);
   perform util._drop_trigger(target_table, (prefix || '_clear')::name);
+  perform util._drop_queue_function(target_table, embedding_column);
   delete from pgmq.q_embedding_jobs q
    where q.message ->> 'schema' = rel.nspname and q.message ->> 'table' = rel.relname
      and q.message ->> 'embeddingColumn' = embedding_column;

@@ -17,8 +17,10 @@ as $$ select pg_catalog.pg_notify('embedding_jobs', '') $$;
 --   * a row-level trigger (the guide's form): one message per row; on UPDATE
 --     only when the content function's text changed;
 --   * a statement-level trigger with transition tables named new_rows (and
---     old_rows for UPDATE and DELETE), as util.enable_embeddings creates it:
---     one insert into the queue per statement, however many rows.
+--     old_rows for UPDATE and DELETE): one insert into the queue per
+--     statement, however many rows. util.enable_embeddings uses it for
+--     DELETE; for INSERT and UPDATE it writes the target its own function
+--     with the same behaviour and static SQL (util._create_queue_function).
 -- On DELETE (row level, or statement level with old_rows) and TRUNCATE it
 -- deletes the fingerprints of the rows that went, so the bookkeeping stays
 -- as small as the table. Must fire AFTER: as a BEFORE trigger its NULL
@@ -87,7 +89,13 @@ begin
       using errcode = 'AE003',
             hint = 'execute function util.queue_embeddings(''embedding_input'', ''embedding'')';
   end if;
-  target := util._target_for_trigger(tg_relid, content_function, embedding_column);
+  -- The registered target, read here (one cached plan); only a first firing
+  -- or another content function goes through util._target_for_trigger.
+  select * into target from util.embedding_targets t
+   where t.table_oid = tg_relid and t.embedding_column = tg_argv[1] and t.content_function = tg_argv[0];
+  if target.id is null then
+    target := util._target_for_trigger(tg_relid, content_function, embedding_column);
+  end if;
   call_fn := format('%I.%I', target.content_function_schema, target.content_function_name);
 
   if tg_level = 'ROW' then
@@ -217,5 +225,129 @@ begin
     new := pg_catalog.jsonb_populate_record(new, jsonb_build_object(clear_column, null));
   end if;
   return new;
+end
+$$;
+
+
+-- internal: the name of the trigger function util.enable_embeddings generates
+-- for (table, embedding column): _queue_embeddings_<table oid>_<8 hex digits
+-- of md5(column)>, short and free of the column's characters. By the oid, as
+-- the triggers are: renaming the table keeps it; the target's id would not
+-- (a model change switches to the shadow's row).
+create or replace function util._queue_function_name(target_table regclass, embedding_column name)
+returns name
+language sql
+immutable
+set search_path = ''
+as $$
+  select ('_queue_embeddings_' || target_table::oid::text || '_'
+          || pg_catalog.left(pg_catalog.md5(embedding_column::text), 8))::name
+$$;
+
+-- internal: (re)writes util.<util._queue_function_name>(), the insert and
+-- update trigger function of one target, and returns it. It does what
+-- util.queue_embeddings does at statement level, with the target's key column
+-- and content function written into its SQL: its statements are static, so
+-- plpgsql plans them once per session instead of once per statement (the
+-- generic trigger's dynamic INSERT and target look-up were most of what it
+-- added to a single-row insert, bench/RESULTS.md section 4), and it reads no
+-- target. util.enable_embeddings calls it whenever it (re)creates the
+-- triggers, i.e. whenever the key column, the content function's name or the
+-- target changes; a create or replace of the content function needs nothing
+-- (the cached plans depend on the function and are replanned). Deletes stay
+-- with util.queue_embeddings (fingerprints of the live and shadow targets).
+-- Identifiers go through %I, literals through %L, the whole body as a literal.
+create or replace function util._create_queue_function(target_id int)
+returns regprocedure
+language plpgsql
+set search_path = ''
+as $$
+declare
+  t util.embedding_targets;
+  fn_name name;
+  call_fn text;
+  body text;
+begin
+  select * into t from util.embedding_targets x where x.id = target_id;
+  if t.id is null then
+    raise exception 'autoembed: no target with id %', target_id using errcode = 'AE002';
+  end if;
+  fn_name := util._queue_function_name(t.table_oid, t.embedding_column);
+  call_fn := pg_catalog.format('%I.%I', t.content_function_schema, t.content_function_name);
+  -- %1$I key column, %2$s content function (quoted), %3$L and %4$L the
+  -- message's contentFunction and embeddingColumn, %5$L the content function
+  -- as text for util._try_content.
+  body := pg_catalog.format($body$
+declare
+  job jsonb;
+  enqueued bigint;
+begin
+  -- The pipeline's own writes of embeddings need no new jobs.
+  if pg_catalog.current_setting('autoembed.applying', true) = 'on' then
+    return null;
+  end if;
+  job := pg_catalog.jsonb_build_object('schema', tg_table_schema, 'table', tg_table_name,
+                                       'contentFunction', %3$L::text, 'embeddingColumn', %4$L::text);
+  if tg_op = 'INSERT' then
+    insert into pgmq.q_embedding_jobs (vt, message)
+    select pg_catalog.clock_timestamp(), job || pg_catalog.jsonb_build_object('id', n.%1$I)
+      from new_rows n;
+  else
+    begin
+      -- Only rows whose text changed (I4).
+      insert into pgmq.q_embedding_jobs (vt, message)
+      select pg_catalog.clock_timestamp(), job || pg_catalog.jsonb_build_object('id', n.%1$I)
+        from new_rows n left join old_rows o on o.%1$I = n.%1$I
+       where o.%1$I is null or %2$s(n) is distinct from %2$s(o);
+    exception when others then
+      -- The content function raises for some row: compare row by row, a row
+      -- whose text cannot be built counting as changed.
+      insert into pgmq.q_embedding_jobs (vt, message)
+      select pg_catalog.clock_timestamp(), job || pg_catalog.jsonb_build_object('id', n.%1$I)
+        from new_rows n left join old_rows o on o.%1$I = n.%1$I
+        cross join lateral util._try_content(%5$L, n) x
+        cross join lateral util._try_content(%5$L, o) y
+       where o.%1$I is null or x.error is not null or y.error is not null
+          or x.content is distinct from y.content;
+    end;
+  end if;
+  get diagnostics enqueued = row_count;
+  if enqueued > 0 then
+    if coalesce(pg_catalog.current_setting('autoembed.wake', true), '') not in ('kick', 'notify') then
+      perform util._kick_embeddings();
+    end if;
+    if pg_catalog.current_setting('autoembed.wake', true) = 'notify' then
+      perform pg_catalog.pg_notify('embedding_jobs', '');
+    end if;
+  end if;
+  return null;
+end
+$body$, t.pk_column, call_fn, t.content_function, t.embedding_column, call_fn);
+  execute pg_catalog.format(
+    'create or replace function util.%I() returns trigger language plpgsql security definer '
+    'set search_path = '''' as %L', fn_name, body);
+  execute pg_catalog.format('revoke all on function util.%I() from public, anon, authenticated', fn_name);
+  execute pg_catalog.format(
+    'comment on function util.%I() is %L', fn_name,
+    pg_catalog.format('autoembed: insert and update trigger of %s (%s), generated by util.enable_embeddings',
+                      t.table_oid, t.embedding_column));
+  return pg_catalog.format('util.%I()', fn_name)::regprocedure;
+end
+$$;
+
+-- internal: drops the generated trigger function of (table, column) when it
+-- exists (drop function if exists would print a notice when it does not).
+create or replace function util._drop_queue_function(target_table regclass, embedding_column name)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  fn regprocedure := pg_catalog.to_regprocedure(
+    pg_catalog.format('util.%I()', util._queue_function_name(target_table, embedding_column)));
+begin
+  if fn is not null then
+    execute pg_catalog.format('drop function %s', fn);
+  end if;
 end
 $$;

@@ -228,18 +228,20 @@ language plpgsql
 set search_path = ''
 as $$
 declare
+  wake text;
+  busy boolean;
+  last_kick bigint;
   now_ms bigint;
 begin
-  if (select s.value from util.settings s where s.name = 'kick_on_change') is distinct from 'on' then
-    perform pg_catalog.set_config('autoembed.wake', 'notify', true);
-    return;
-  end if;
-  perform pg_catalog.set_config('autoembed.wake', 'kick', true);
-  if exists (select from util.embedding_requests) then
-    return;
-  end if;
-  now_ms := (extract(epoch from pg_catalog.clock_timestamp()) * 1000)::bigint;
-  if (select c.last_value from util.embedding_kick_clock c) > now_ms - 1000 then
+  -- One statement for the setting, the calls in flight and the clock, and
+  -- the record of the decision: it runs once in every single-row
+  -- transaction, where each statement counts (bench/RESULTS.md section 4).
+  select pg_catalog.set_config('autoembed.wake', case when s.value = 'on' then 'kick' else 'notify' end, true),
+         exists (select from util.embedding_requests), c.last_value,
+         (extract(epoch from pg_catalog.clock_timestamp()) * 1000)::bigint
+    into wake, busy, last_kick, now_ms
+    from util.embedding_kick_clock c left join util.settings s on s.name = 'kick_on_change';
+  if wake = 'notify' or busy or last_kick > now_ms - 1000 then
     return;
   end if;
   perform pg_catalog.setval('util.embedding_kick_clock', now_ms);
