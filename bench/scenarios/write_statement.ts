@@ -5,14 +5,17 @@
 // (what the write sends, a jsonb document, a text[] literal), to show where
 // the write's time goes. Every rep writes into NULL embeddings, as a drain
 // does. Also run alone by bench/write_statement.ts.
+import pg from "pg";
 import postgres from "postgres";
 import { loadTargets } from "../../supabase/functions/_shared/sql/targets.ts";
 import {
+  BinaryWrites,
   type EmbeddingWrite,
   writeEmbeddings,
 } from "../../supabase/functions/_shared/sql/write.ts";
 import {
   type Vector,
+  vectorArrayBinary,
   vectorList,
   vectorLiteral,
 } from "../../supabase/functions/_shared/vectors.ts";
@@ -64,7 +67,18 @@ export async function profileWrite(
     for (let i = 0; i < writes.length; i += BATCH) batches.push(writes.slice(i, i + BATCH));
 
     const one = postgres(db.url, { max: 1, onnotice: () => {} });
-    const [{ pid }] = await one`select pg_backend_pid() as pid`;
+    const [{ pid: textPid }] = await one`select pg_backend_pid() as pid`;
+    // The binary forms: a node-postgres client for the parse alone, and the
+    // pool the core's binary write uses (its one connection found by name).
+    const raw = new pg.Client({ connectionString: db.url });
+    await raw.connect();
+    const rawPid = (await raw.query("select pg_backend_pid() as pid")).rows[0].pid;
+    const binaryWrites = new BinaryWrites(db.url, { max: 1, applicationName: "bench binary" });
+    await writeEmbeddings(one, t, [], binaryWrites);
+    const [{ pid: binaryPid }] = await one`
+      select pid from pg_stat_activity where application_name = 'bench binary'`;
+    const [{ oid }] = await one`select ${t.embedding_type_sql}::regtype::oid as oid`;
+    let pid = textPid;
     const per1000 = (seconds: number) => (seconds * 1000 * 1000) / rows;
     const measure = async (run: () => Promise<void>) => {
       const cpu = processCpuSeconds(pid), wall = performance.now();
@@ -110,6 +124,7 @@ export async function profileWrite(
           (b) => `{${b.map((w) => `"${text(w.vector)}"`).join(",")}}`,
         ],
       ];
+      pid = textPid;
       for (const [name, query, param] of forms) {
         const params = batches.map(param);
         record(
@@ -119,16 +134,46 @@ export async function profileWrite(
           }),
         );
       }
-      let written = 0;
+      pid = rawPid;
+      const binaryParams = batches.map((b) =>
+        vectorArrayBinary(b.map((w) => w.vector), "halfvec", Number(oid))
+      );
       record(
-        "write (sql/write.ts: embeddings + fingerprints)",
+        "parse: binary halfvec[] (array_recv, halfvec_recv)",
         await measure(async () => {
-          for (const b of batches) written += (await writeEmbeddings(one, t, b)).size;
+          for (const p of binaryParams) {
+            await raw.query(`select count(x) from unnest($1::${type}[]) x`, [p]);
+          }
         }),
       );
-      if (written !== rows) throw new Error(`wrote ${written} of ${rows}`);
+      for (const binary of [false, true]) {
+        if (binary) {
+          await db.sql.begin(async (tx) => {
+            await tx`select set_config('autoembed.applying', 'on', true)`;
+            await tx`update public.bench_docs set embedding = null`;
+            await tx`delete from util.embedding_fingerprints`;
+          });
+          await db.sql`vacuum public.bench_docs`;
+        }
+        pid = binary ? binaryPid : textPid;
+        let written = 0;
+        record(
+          binary
+            ? "write, vectors in binary (node-postgres)"
+            : "write, vectors as text (postgres.js)",
+          await measure(async () => {
+            for (const b of batches) {
+              written += (await writeEmbeddings(one, t, b, binary ? binaryWrites : undefined))
+                .size;
+            }
+          }),
+        );
+        if (written !== rows) throw new Error(`wrote ${written} of ${rows}`);
+      }
     }
     await one.end();
+    await raw.end();
+    await binaryWrites.end();
 
     const load = (await Deno.readTextFile("/proc/loadavg")).split(" ").slice(0, 3).join(" ");
     return { rows, hnsw, results, load };
