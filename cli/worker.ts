@@ -98,7 +98,7 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerResult> {
   let sql = newClient();
   // The write's vectors go in binary through node-postgres (one connection
   // per slot); the rest through postgres.js.
-  const binaryWrites = new BinaryWrites(options.dbUrl, {
+  const binaryWrites = options.settings.textVectors ? undefined : new BinaryWrites(options.dbUrl, {
     max: options.concurrency,
     applicationName: "autoembed worker",
   });
@@ -133,7 +133,7 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerResult> {
   try {
     await listen();
   } catch (err) {
-    await Promise.all([sql.end({ timeout: 1 }), binaryWrites.end()]);
+    await Promise.all([sql.end({ timeout: 1 }), binaryWrites?.end()]);
     throw err;
   }
 
@@ -332,7 +332,7 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerResult> {
     await listener?.unlisten().catch(() => {});
     unguard();
     clearTimeout(graceTimer);
-    await Promise.all([sql.end({ timeout: 5 }), binaryWrites.end()]);
+    await Promise.all([sql.end({ timeout: 5 }), binaryWrites?.end()]);
   }
   return result;
 }

@@ -80,9 +80,14 @@ export function createEmbedHandler(config: EmbedHandlerConfig): EmbedHandler {
   // The write's vectors go in binary through node-postgres (one connection,
   // unnamed statements); the rest through postgres.js: three connections in all.
   const sql = dbUrl
-    ? postgres(dbUrl, { max: 2, prepare: false, onnotice: () => {}, idle_timeout: 30 })
+    ? postgres(dbUrl, {
+      max: settings.textVectors ? 3 : 2,
+      prepare: false,
+      onnotice: () => {},
+      idle_timeout: 30,
+    })
     : null;
-  const binaryWrites = dbUrl
+  const binaryWrites = dbUrl && !settings.textVectors
     ? new BinaryWrites(dbUrl, { max: 1, applicationName: "autoembed embed" })
     : undefined;
 
