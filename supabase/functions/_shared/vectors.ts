@@ -175,7 +175,7 @@ export function vectorArrayBinary(
     // Plain numbers through float32 first, as halfvec_in reads a text (strtof).
     const floats = v instanceof Float32Array ? v : Float32Array.from(v);
     if (type === "halfvec") {
-      const bits = new Uint16Array(new Float16Array(floats).buffer);
+      const bits = float16Bits(floats);
       for (let i = 0; i < bits.length; i++) {
         const b = bits[i];
         out[at++] = b >>> 8;
@@ -194,6 +194,17 @@ export function vectorArrayBinary(
   }
   return out;
 }
+
+/** `floats` rounded to float16, as bits in a scratch array reused by the next call. */
+function float16Bits(floats: Float32Array): Uint16Array {
+  if (scratch?.halves.length !== floats.length) {
+    const halves = new Float16Array(floats.length);
+    scratch = { halves, bits: new Uint16Array(halves.buffer) };
+  }
+  scratch.halves.set(floats);
+  return scratch.bits;
+}
+let scratch: { halves: Float16Array; bits: Uint16Array } | undefined;
 
 /** A vector's text (`[1,2.5,…]`, as Postgres writes it) as numbers. */
 function parseVectorText(text: string): number[] {

@@ -132,15 +132,17 @@ function vectorsInOrder(
 function float32FromBase64(text: string): Float32Array | null {
   let bytes: Uint8Array;
   try {
-    const binary = atob(text);
-    bytes = new Uint8Array(binary.length);
-    for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
+    bytes = Uint8Array.fromBase64(text);
   } catch {
     return null;
   }
   if (bytes.length % 4 !== 0) return null;
+  // On a little-endian host the decoded bytes are the floats: no copy.
+  if (LITTLE_ENDIAN) return new Float32Array(bytes.buffer, bytes.byteOffset, bytes.length / 4);
   const view = new DataView(bytes.buffer);
   const floats = new Float32Array(bytes.length / 4);
   for (let i = 0; i < floats.length; i++) floats[i] = view.getFloat32(i * 4, true);
   return floats;
 }
+
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
