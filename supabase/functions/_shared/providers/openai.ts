@@ -117,15 +117,23 @@ function vectorsInOrder(
           `dimensions match the model (or use a model that accepts a dimensions parameter)`,
       );
     }
-    for (let i = 0; i < embedding.length; i++) {
-      const v = embedding[i];
-      if (typeof v !== "number" || !Number.isFinite(v)) {
-        throw malformed("a vector with values that are not finite numbers");
-      }
+    if (!allFinite(embedding)) {
+      throw malformed("a vector with values that are not finite numbers");
     }
     vectors[index] = embedding;
   });
   return vectors;
+}
+
+/** Whether every value is a finite number. */
+function allFinite(values: Float32Array | unknown[]): boolean {
+  if (values instanceof Float32Array) {
+    // One branch-free pass: x * 0 is NaN for NaN and ±Infinity, 0 otherwise.
+    let sum = 0;
+    for (let i = 0; i < values.length; i++) sum += values[i] * 0;
+    return sum === 0;
+  }
+  return values.every((v) => typeof v === "number" && Number.isFinite(v));
 }
 
 /** Little-endian float32 values from base64, as the embeddings API sends them; null if not whole floats. */
