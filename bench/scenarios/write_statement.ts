@@ -243,10 +243,14 @@ statement, compare-and-set on the content hash) of ${
 ${BATCH}, one connection, timed by the CPU its Postgres backend used (/proc/<pid>/stat), which the
 load of a shared machine does not inflate the way it does wall time; ${reps} reps, each into NULL
 embeddings as in a drain (with the HNSW index: ${indexed.rows.toLocaleString("en-US")} rows, once).
-The parse rows time only the vectors' parse, in three forms of the same
-parameter: what the write sends (one text, split by \`string_to_array\` on ';'), a jsonb document
-(the write before this round), and a text[] literal. ms per 1,000 rows, median (min–max).
-Load average at the end: ${plain.load} (no index), ${indexed.load} (HNSW).`);
+The two write rows send the same vectors two ways: in binary (node-postgres binds the
+\`halfvec[]\` parameter in binary; array_recv, halfvec_recv), as the worker and the function do, and
+as text through postgres.js (\`EMBEDDING_TEXT_VECTORS=true\`, the write before this round). The
+parse rows time only the vectors' parse, in four forms of the same parameter: the binary array, one
+text split by \`string_to_array\` on ';', a jsonb document and a text[] literal. The last row is a
+later text-only UPDATE of every row (one statement), which does not rewrite an out-of-line vector.
+ms per 1,000 rows, median (min–max). Load average at the end: ${plain.load} (no index),
+${indexed.load} (HNSW).`);
   section.table(
     ["measurement", "backend CPU, no vector index", "wall", "backend CPU, HNSW index", "wall"],
     Object.keys(plain.results).map((name) => [
