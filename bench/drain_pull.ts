@@ -14,7 +14,13 @@
 import { parseArgs } from "node:util";
 import { stopCluster } from "../local/cluster.ts";
 import { fmt, median } from "./report.ts";
-import { drainPull, type DrainResult, print, WORKER_V8_FLAGS } from "./scenarios/drain.ts";
+import {
+  drainPull,
+  drainPush,
+  type DrainResult,
+  print,
+  WORKER_V8_FLAGS,
+} from "./scenarios/drain.ts";
 import {
   type BenchContext,
   buildTemplate,
@@ -44,6 +50,9 @@ const { values, positionals } = parseArgs({
     "cpu-prof": { type: "string" },
     // An HNSW index on the embedding column, as real tables have.
     hnsw: { type: "boolean", default: false },
+    // Push mode instead (process_embeddings, the pg_net shim, the embed function), with each
+    // --ab-env given to the function: e.g. the function's binary write against its text one.
+    push: { type: "boolean", default: false },
   },
   allowPositionals: true,
 });
@@ -65,25 +74,27 @@ try {
     const runsOf = settings.map((): DrainResult[] => []);
     for (let i = 0; i < reps; i++) {
       for (const [k, { flags, env, label }] of settings.entries()) {
-        const r = await drainPull(ctx, size, concurrency, PROVIDER_LATENCY_MS, {
-          ...(values.task ? {} : { DENO_V8_FLAGS: flags }),
-          ...Object.fromEntries([...values.env, ...env].map(pair)),
-        }, {
-          asTask: values.task,
-          hnsw: values.hnsw,
-          command: values.memory
-            ? ["run", "-A", `--v8-flags=${flags}`, "bench/worker_memory.ts"]
-            : values["cpu-prof"]
-            ? [
-              "run",
-              "-A",
-              "--cpu-prof",
-              `--cpu-prof-dir=${values["cpu-prof"]}`,
-              `--v8-flags=${flags}`,
-              "cli/autoembed.ts",
-            ]
-            : undefined,
-        });
+        const r = values.push
+          ? await drainPush(ctx, size, Object.fromEntries([...values.env, ...env].map(pair)))
+          : await drainPull(ctx, size, concurrency, PROVIDER_LATENCY_MS, {
+            ...(values.task ? {} : { DENO_V8_FLAGS: flags }),
+            ...Object.fromEntries([...values.env, ...env].map(pair)),
+          }, {
+            asTask: values.task,
+            hnsw: values.hnsw,
+            command: values.memory
+              ? ["run", "-A", `--v8-flags=${flags}`, "bench/worker_memory.ts"]
+              : values["cpu-prof"]
+              ? [
+                "run",
+                "-A",
+                "--cpu-prof",
+                `--cpu-prof-dir=${values["cpu-prof"]}`,
+                `--v8-flags=${flags}`,
+                "cli/autoembed.ts",
+              ]
+              : undefined,
+          });
         const load = (await Deno.readTextFile("/proc/loadavg")).split(" ").slice(0, 3).join(" ");
         log(`--v8-flags=${flags}${label} (load ${load}):`);
         print(ctx, r);
