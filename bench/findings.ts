@@ -54,7 +54,8 @@ and the row update itself. The worker's profile (\`bench/drain_pull.ts --cpu-pro
 -c 4) after this round: about 40% idle, V8's collector 19% (of all samples; a third of the busy
 time), socket writes (\`writeBuffer\`, \`writev\`, i.e. the kernel's loopback TCP path) 14%, the
 provider answer's checks and decoding 7%, the float16 encoding 2%. The fake provider in the bench
-process takes a share of the same two cores. The provider bound (18,000 rows/s) is not what stops
+process takes a share of the same two cores: at the rate reached, the worker, Postgres and the fake
+provider each use about half a core, and \`-c 8\` drains no faster than \`-c 4\` ("Binary vectors"). The provider bound (18,000 rows/s) is not what stops
 it: with a slow provider the worker reaches the share of its bound shown in section 1.
 
 **HNSW**: with an index on the column every write also inserts each vector into the graph
