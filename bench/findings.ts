@@ -16,40 +16,47 @@ compare rows of one section, not sections of different runs.
 
 What one batch of 100 rows costs, in order: the worker claims it (\`pgmq.read\`), reads the targets,
 reads the rows (text, hash, fingerprint), calls the provider, decodes its base64 answer into
-\`Float32Array\`s, formats the vectors as text, and sends one write statement (embeddings and
-fingerprints, compare-and-set on the content hash) and one delete. "Profile: Postgres time per
-statement" shows the write is most of Postgres's time; section 1b splits the write by its backend's
-CPU.
+\`Float32Array\`s, encodes the vectors as one binary \`halfvec[]\`, and sends one write statement
+(embeddings and fingerprints, compare-and-set on the content hash) and one delete. "Profile:
+Postgres time per statement" shows the write was most of Postgres's time; section 1b splits the
+write by its backend's CPU.
 
-Changed in round two, each measured before/after back to back:
+Changed in round three (issue 12), each measured A/B back to back ("Binary vectors" has the
+figures):
 
-- **The write's parameters** (\`supabase/functions/_shared/sql/write.ts\`): the vectors are one
-  text that \`string_to_array\` splits on ';', the row ids and hashes two \`text[]\`, paired by
-  \`unnest\`; before, one jsonb document. Section 1b's parse rows time the three forms of the same
-  vectors: the jsonb document, a \`text[]\` literal (tried first: Postgres's array parser is slower
-  than its JSON parser for 13 KB elements) and the split text. What is left is \`halfvec_in\`
-  itself, one \`strtof\` per value. \`string_to_table\` splits as fast but is estimated at 1,000
-  rows, which made the planner hash the whole table for every batch of a 10,000-row table; the
-  \`unnest\` form keeps the estimate (100) of the jsonb form, and the join on the primary key.
-- **The worker's formatting** (\`supabase/functions/_shared/vectors.ts\`): the vectors of a write
-  are formatted into one ASCII buffer and decoded once, no string per vector and no join (the same
-  text, unit-tested); with the earlier float16 text table and base64 decoded straight to
-  \`Float32Array\`, formatting is a small part of the worker's CPU.
-- **How the worker is measured**: section 1 starts it as users do, \`deno task autoembed worker\`,
-  so its rates and memory are those of deno.json's V8 flags.
+- **Binary vectors** (\`supabase/functions/_shared/sql/write.ts\`, \`vectors.ts\`): the write's
+  vectors are one \`halfvec[]\` (or \`vector[]\`) parameter in Postgres's binary array format,
+  each element in pgvector's send/recv layout, sent through node-postgres (\`BinaryWrites\`: it binds
+  a \`Uint8Array\` parameter in binary; postgres.js binds every parameter as text). The float32 →
+  float16 rounding moved into TypeScript (\`Float16Array\`, round to nearest even as pgvector's
+  \`Float4ToHalf\`); tests/pipeline/binary_write.test.ts writes the same vectors both ways and
+  compares the stored halfvecs bit for bit, edge values included. Postgres no longer runs
+  \`halfvec_in\` (section 1b: the binary parse costs a tenth of the text one, and the whole write a
+  fifth), the worker formats no text, and a batch's parameter is 300 KB instead of about 900 KB.
+  The worker and the \`embed\` function both use it; the text path stays for other column types and
+  behind \`EMBEDDING_TEXT_VECTORS=true\`.
+- **The worker's decoding** (\`providers/openai.ts\`): base64 decoded by \`Uint8Array.fromBase64\`
+  and viewed as float32 in place (no \`atob\` string, no copy loops), the finite check one
+  branch-free pass; the float16 rounding reuses one scratch array.
 
-Tried and left out: binary halfvecs through \`COPY ... (format binary)\` into a temporary table
-(postgres.js sends every parameter as text, so COPY is the only binary path): the stored halfvecs
-were identical, but the COPY round trip and its extra statements cost more than the text parse they
-save.
+Round two's changes (the write's text parameters split by \`string_to_array\`, the formatting into
+one ASCII buffer) remain the text path. Tried and left out: binary halfvecs through
+\`COPY ... (format binary)\` into a temporary table (the extra statements cost more than the parse
+they saved), and \`set storage plain\` on the embedding column ("Binary vectors": the write's
+backend saves a little, but a later text-only UPDATE costs about 2.5× as much, since it copies the
+vector in the row, and the table grows by half).
 
 **What limits goal 1 (≥ 5,000 rows/s) here: CPU.** At 5,000 rows/s two cores have 400 ms of CPU per
 1,000 rows for everything: the worker, Postgres and the fake provider. Section 1's CPU table gives
-each share per 1,000 rows; the worker's and Postgres's alone are above that budget, and section 1b
-shows how much of Postgres's is the write, most of it the vectors' parse and the row update. The
-provider bound (18,000 rows/s) is not what stops it: with a slow provider the worker reaches the
-share of its bound shown in section 1. On a machine where Postgres has its own cores the same
-worker would be bounded by its own CPU per row (section 1, "pipeline").
+each share per 1,000 rows. With binary vectors the write's backend costs a fraction of what it did
+(section 1b); the rest of Postgres's share is the other statements of a batch (claim, rows, delete)
+and the row update itself. The worker's profile (\`bench/drain_pull.ts --cpu-prof\`, 100,000 rows,
+-c 4) after this round: about 40% idle, V8's collector 19% (of all samples; a third of the busy
+time), socket writes (\`writeBuffer\`, \`writev\`, i.e. the kernel's loopback TCP path) 14%, the
+provider answer's checks and decoding 7%, the float16 encoding 2%. The fake provider in the bench
+process takes a share of the same two cores: at the rate reached, the worker, Postgres and the fake
+provider each use about half a core, and \`-c 8\` drains no faster than \`-c 4\` ("Binary vectors"). The provider bound (18,000 rows/s) is not what stops
+it: with a slow provider the worker reaches the share of its bound shown in section 1.
 
 **HNSW**: with an index on the column every write also inserts each vector into the graph
 (pgvector's defaults, m 16, ef_construction 64), which costs many times the rest of the write

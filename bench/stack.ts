@@ -270,7 +270,11 @@ export interface PushPath {
   stop(): Promise<void>;
 }
 
-export async function startPushPath(db: BenchDb, fake: FakeOpenAI): Promise<PushPath> {
+export async function startPushPath(
+  db: BenchDb,
+  fake: FakeOpenAI,
+  env: Record<string, string> = {},
+): Promise<PushPath> {
   const logs: string[] = [];
   const functions = await startFunctions({
     port: 0,
@@ -278,6 +282,7 @@ export async function startPushPath(db: BenchDb, fake: FakeOpenAI): Promise<Push
       SUPABASE_DB_URL: db.url,
       EMBED_SECRET,
       ...providerEnv(fake),
+      ...env,
     },
     only: ["embed"],
     log: (line) => {

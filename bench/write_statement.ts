@@ -1,4 +1,4 @@
-// `deno run -A bench/write_statement.ts [rows] [--reps N] [--hnsw]`: section
+// `deno run -A bench/write_statement.ts [rows] [--reps N] [--hnsw] [--plain]`: section
 // 1b of the bench alone (bench/scenarios/write_statement.ts), printed: the
 // core's write of a batch timed by its Postgres backend's CPU.
 import { parseArgs } from "node:util";
@@ -8,7 +8,12 @@ import { buildTemplate, dropBenchDatabases, prepareStack } from "./stack.ts";
 
 const { values, positionals } = parseArgs({
   args: Deno.args,
-  options: { reps: { type: "string", default: "3" }, hnsw: { type: "boolean", default: false } },
+  options: {
+    reps: { type: "string", default: "3" },
+    hnsw: { type: "boolean", default: false },
+    // The embedding column stored plain (in the row) rather than halfvec's external.
+    plain: { type: "boolean", default: false },
+  },
   allowPositionals: true,
 });
 const rows = Number(positionals[0] ?? 5_000);
@@ -16,7 +21,11 @@ const reps = Number(values.reps);
 const startedCluster = await prepareStack((line) => console.log(`setup: ${line}`));
 try {
   await buildTemplate();
-  printProfile((line) => console.log(line), await profileWrite(rows, reps, values.hnsw), reps);
+  printProfile(
+    (line) => console.log(line),
+    await profileWrite(rows, reps, values.hnsw, values.plain ? "plain" : undefined),
+    reps,
+  );
 } finally {
   await dropBenchDatabases();
   if (startedCluster) await stopCluster();

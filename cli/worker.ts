@@ -6,6 +6,7 @@ import postgres from "postgres";
 import { processBatch } from "../supabase/functions/_shared/core.ts";
 import { isConnectionError } from "../supabase/functions/_shared/db_errors.ts";
 import { surviveDatabaseDisconnects } from "../supabase/functions/_shared/postgres_guard.ts";
+import { BinaryWrites } from "../supabase/functions/_shared/sql/write.ts";
 import {
   checkJobMessage,
   type Job,
@@ -95,6 +96,12 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerResult> {
       connection: { application_name: "autoembed worker" },
     });
   let sql = newClient();
+  // The write's vectors go in binary through node-postgres (one connection
+  // per slot); the rest through postgres.js.
+  const binaryWrites = options.settings.textVectors ? undefined : new BinaryWrites(options.dbUrl, {
+    max: options.concurrency,
+    applicationName: "autoembed worker",
+  });
   const result: WorkerResult = { batches: 0, completed: 0, failed: 0, chunks: 0 };
   const filters = claimFilters(options.tables);
   let filterTurn = 0;
@@ -126,7 +133,7 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerResult> {
   try {
     await listen();
   } catch (err) {
-    await sql.end({ timeout: 1 });
+    await Promise.all([sql.end({ timeout: 1 }), binaryWrites?.end()]);
     throw err;
   }
 
@@ -285,6 +292,7 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerResult> {
           signal: abortProviders.signal,
           truncate: options.settings.truncate,
           providerConcurrency: options.settings.providerConcurrency,
+          binaryWrites,
         });
         result.batches++;
         result.completed += batch.completedJobs.length;
@@ -324,7 +332,7 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerResult> {
     await listener?.unlisten().catch(() => {});
     unguard();
     clearTimeout(graceTimer);
-    await sql.end({ timeout: 5 });
+    await Promise.all([sql.end({ timeout: 5 }), binaryWrites?.end()]);
   }
   return result;
 }

@@ -133,9 +133,13 @@ export async function drainPull(
   }
 }
 
-async function drainPush(ctx: BenchContext, rows: number): Promise<DrainResult> {
+export async function drainPush(
+  ctx: BenchContext,
+  rows: number,
+  env: Record<string, string> = {},
+): Promise<DrainResult> {
   const db = await cloneDb("push");
-  const push = await startPushPath(db, ctx.fake);
+  const push = await startPushPath(db, ctx.fake, env);
   try {
     await attach(db.sql, false);
     await insertRows(db.sql, rows, "drain");

@@ -5,14 +5,17 @@
 // (what the write sends, a jsonb document, a text[] literal), to show where
 // the write's time goes. Every rep writes into NULL embeddings, as a drain
 // does. Also run alone by bench/write_statement.ts.
+import pg from "pg";
 import postgres from "postgres";
 import { loadTargets } from "../../supabase/functions/_shared/sql/targets.ts";
 import {
+  BinaryWrites,
   type EmbeddingWrite,
   writeEmbeddings,
 } from "../../supabase/functions/_shared/sql/write.ts";
 import {
   type Vector,
+  vectorArrayBinary,
   vectorList,
   vectorLiteral,
 } from "../../supabase/functions/_shared/vectors.ts";
@@ -35,16 +38,24 @@ export interface WriteProfile {
   /** Backend CPU and wall ms per 1,000 rows, per measurement, one entry per rep. */
   results: Record<string, { cpu: number; wall: number }[]>;
   load: string;
+  /** The table with its TOAST table and indexes at the end, MB. */
+  sizeMb: number;
 }
 
 export async function profileWrite(
   rows: number,
   reps: number,
   hnsw: boolean,
+  storage?: "plain",
 ): Promise<WriteProfile> {
   const db = await cloneDb("write_statement");
   try {
     await attach(db.sql, false);
+    // halfvec's storage is external (out of line past ~2 KB: a 1536-dimension
+    // vector is 3 KB); plain keeps it in the row.
+    if (storage) {
+      await db.sql.unsafe(`alter table public.bench_docs alter embedding set storage ${storage}`);
+    }
     await insertRows(db.sql, rows, "write");
     if (hnsw) await createHnswIndex(db.sql);
     const target = [...(await db.sql`select id from util.embedding_targets`)].map((t) => t.id)[0];
@@ -64,7 +75,23 @@ export async function profileWrite(
     for (let i = 0; i < writes.length; i += BATCH) batches.push(writes.slice(i, i + BATCH));
 
     const one = postgres(db.url, { max: 1, onnotice: () => {} });
-    const [{ pid }] = await one`select pg_backend_pid() as pid`;
+    const [{ pid: textPid }] = await one`select pg_backend_pid() as pid`;
+    // The binary forms: a node-postgres client for the parse alone, and the
+    // pool the core's binary write uses (its one connection found by name).
+    const raw = new pg.Client({ connectionString: db.url });
+    raw.on("error", () => {}); // the database is dropped at the end (with force)
+    await raw.connect();
+    const rawPid = (await raw.query("select pg_backend_pid() as pid")).rows[0].pid;
+    const binaryWrites = new BinaryWrites(db.url, { max: 1, applicationName: "bench binary" });
+    // Its connection (closed when idle for 30 s, so found anew before each use).
+    const binaryPid = async () => {
+      await writeEmbeddings(one, t, [], binaryWrites);
+      const [{ pid }] = await one`
+        select pid from pg_stat_activity where application_name = 'bench binary'`;
+      return pid;
+    };
+    const [{ oid }] = await one`select ${t.embedding_type_sql}::regtype::oid as oid`;
+    let pid = textPid;
     const per1000 = (seconds: number) => (seconds * 1000 * 1000) / rows;
     const measure = async (run: () => Promise<void>) => {
       const cpu = processCpuSeconds(pid), wall = performance.now();
@@ -110,6 +137,7 @@ export async function profileWrite(
           (b) => `{${b.map((w) => `"${text(w.vector)}"`).join(",")}}`,
         ],
       ];
+      pid = textPid;
       for (const [name, query, param] of forms) {
         const params = batches.map(param);
         record(
@@ -119,19 +147,65 @@ export async function profileWrite(
           }),
         );
       }
-      let written = 0;
+      pid = rawPid;
+      const binaryParams = batches.map((b) =>
+        vectorArrayBinary(b.map((w) => w.vector), "halfvec", Number(oid))
+      );
       record(
-        "write (sql/write.ts: embeddings + fingerprints)",
+        "parse: binary halfvec[] (array_recv, halfvec_recv)",
         await measure(async () => {
-          for (const b of batches) written += (await writeEmbeddings(one, t, b)).size;
+          for (const p of binaryParams) {
+            await raw.query(`select count(x) from unnest($1::${type}[]) x`, [p]);
+          }
         }),
       );
-      if (written !== rows) throw new Error(`wrote ${written} of ${rows}`);
+      for (const binary of [false, true]) {
+        if (binary) {
+          await db.sql.begin(async (tx) => {
+            await tx`select set_config('autoembed.applying', 'on', true)`;
+            await tx`update public.bench_docs set embedding = null`;
+            await tx`delete from util.embedding_fingerprints`;
+          });
+          await db.sql`vacuum public.bench_docs`;
+        }
+        pid = binary ? await binaryPid() : textPid;
+        let written = 0;
+        record(
+          binary
+            ? "write, vectors in binary (node-postgres)"
+            : "write, vectors as text (postgres.js)",
+          await measure(async () => {
+            for (const b of batches) {
+              written += (await writeEmbeddings(one, t, b, binary ? binaryWrites : undefined))
+                .size;
+            }
+          }),
+        );
+        if (written !== rows) throw new Error(`wrote ${written} of ${rows}`);
+      }
+      // What a later edit of the text costs the row holding the vector
+      // (the trigger-free part: autoembed.applying on). Last rep only: it
+      // changes the text the writes' hashes were taken from.
+      if (rep < reps - 1) continue;
+      pid = textPid;
+      record(
+        "text-only UPDATE of every row, after the write",
+        await measure(async () => {
+          await one.begin(async (tx) => {
+            await tx`select set_config('autoembed.applying', 'on', true)`;
+            await tx`update public.bench_docs set title = title || '.'`;
+          });
+        }),
+      );
     }
     await one.end();
+    await raw.end();
+    await binaryWrites.end();
 
     const load = (await Deno.readTextFile("/proc/loadavg")).split(" ").slice(0, 3).join(" ");
-    return { rows, hnsw, results, load };
+    const [{ size }] = await db.sql`
+      select pg_total_relation_size('public.bench_docs')::float8 / 1048576 as size`;
+    return { rows, hnsw, results, load, sizeMb: size };
   } finally {
     await db.drop();
   }
@@ -141,7 +215,7 @@ export function printProfile(log: (line: string) => void, p: WriteProfile, reps:
   log(
     `  ${p.rows} rows in batches of ${BATCH}, ${reps} reps, ${
       p.hnsw ? "HNSW index" : "no vector index"
-    }; load ${p.load}`,
+    }; table ${fmt(p.sizeMb)} MB at the end; load ${p.load}`,
   );
   for (const [name, rs] of Object.entries(p.results)) {
     log(
@@ -169,10 +243,14 @@ statement, compare-and-set on the content hash) of ${
 ${BATCH}, one connection, timed by the CPU its Postgres backend used (/proc/<pid>/stat), which the
 load of a shared machine does not inflate the way it does wall time; ${reps} reps, each into NULL
 embeddings as in a drain (with the HNSW index: ${indexed.rows.toLocaleString("en-US")} rows, once).
-The parse rows time only the vectors' parse, in three forms of the same
-parameter: what the write sends (one text, split by \`string_to_array\` on ';'), a jsonb document
-(the write before this round), and a text[] literal. ms per 1,000 rows, median (min–max).
-Load average at the end: ${plain.load} (no index), ${indexed.load} (HNSW).`);
+The two write rows send the same vectors two ways: in binary (node-postgres binds the
+\`halfvec[]\` parameter in binary; array_recv, halfvec_recv), as the worker and the function do, and
+as text through postgres.js (\`EMBEDDING_TEXT_VECTORS=true\`, the write before this round). The
+parse rows time only the vectors' parse, in four forms of the same parameter: the binary array, one
+text split by \`string_to_array\` on ';', a jsonb document and a text[] literal. The last row is a
+later text-only UPDATE of every row (one statement), which does not rewrite an out-of-line vector.
+ms per 1,000 rows, median (min–max). Load average at the end: ${plain.load} (no index),
+${indexed.load} (HNSW).`);
   section.table(
     ["measurement", "backend CPU, no vector index", "wall", "backend CPU, HNSW index", "wall"],
     Object.keys(plain.results).map((name) => [

@@ -23,7 +23,9 @@ export type Fault =
   /** 400 for any request with an input containing `contains`. */
   | { kind: "reject-text"; contains: string }
   /** Answers lists of floats whatever encoding was asked for, as some compatible servers do. */
-  | { kind: "floats" };
+  | { kind: "floats" }
+  /** 200 with `value` (NaN, ±Infinity) as the first value of every vector (base64 answers). */
+  | { kind: "non-finite"; value: number; times?: number };
 
 export interface FakeOpenAIStats {
   /** Every request to the embeddings path, failed or not. */
@@ -243,6 +245,7 @@ export async function startFakeOpenAI(
     let wrongDimensions = false;
     let failed = false;
     let floats = false;
+    let first: number | undefined;
     if (active) {
       switch (active.kind) {
         case "status": {
@@ -282,6 +285,10 @@ export async function startFakeOpenAI(
         case "floats":
           floats = true;
           break;
+        case "non-finite":
+          first = active.value;
+          failed = true;
+          break;
       }
     }
     if (failed) stats.failedRequests++;
@@ -294,6 +301,7 @@ export async function startFakeOpenAI(
     // Listed in reverse: the API promises `index`, not order, so clients must sort.
     const data = texts.map((text, index) => {
       const vector = vectorOf(text, size);
+      if (first !== undefined) vector[0] = first;
       return {
         object: "embedding",
         index,

@@ -75,6 +75,7 @@ Deno.test("install into a Supabase project: its migrations build a database wher
       "jose",
       "js-tiktoken",
       "openai",
+      "pg",
       "postgres",
       "zod",
     ]);

@@ -539,6 +539,20 @@ Deno.test("openai provider: malformed JSON and wrong dimensions are retryable", 
   });
 });
 
+Deno.test("openai provider: a vector with NaN or an infinite value is refused (retryable)", async () => {
+  await withFake(async (fake) => {
+    for (const value of [NaN, Infinity, -Infinity]) {
+      fake.setFault({ kind: "non-finite", value, times: 1 });
+      await rejectsWith(provider(fake.baseURL).embed([SECRET_TEXT, "b"]), {
+        retryable: true,
+        says: /values that are not finite numbers/,
+      });
+    }
+    assert.equal(fake.stats.failedRequests, 3);
+    assert.ok(Number.isFinite((await provider(fake.baseURL).embed(["x"]))[0][0]));
+  });
+});
+
 Deno.test("openai provider: base64 float32 decoded exactly; an endpoint answering floats works too", async () => {
   await withFake(async (fake) => {
     const texts = ["alpha", "beta"];

@@ -27,7 +27,7 @@ import { mayExceedTokens } from "./providers/tokens.ts";
 import { deleteJobs, type Failure, handBack, recordFailures } from "./sql/queue.ts";
 import { loadDonorVectors, loadRows } from "./sql/rows.ts";
 import { loadTargets, tableLabel, type Target, type Targets } from "./sql/targets.ts";
-import { writeEmbeddings } from "./sql/write.ts";
+import { type BinaryWrites, writeEmbeddings } from "./sql/write.ts";
 import type { Vector } from "./vectors.ts";
 
 export interface ProcessOptions {
@@ -45,6 +45,11 @@ export interface ProcessOptions {
   log?: (event: Record<string, unknown>) => void;
   /** Messages of this batch refused as malformed before it ran: recorded with its failures. */
   refused?: RefusedJob[];
+  /**
+   * Where whole-row writes send their vectors in binary (halfvec and vector
+   * columns); without it they go as text through `sql` (bench/RESULTS.md, 1b).
+   */
+  binaryWrites?: BinaryWrites;
 }
 
 export interface FailedJob {
@@ -184,7 +189,7 @@ export async function processBatch(
     for (const target of chunked.keys()) rowsByTarget.delete(target);
     const plan = await readRows(sql, rowsByTarget, targets, options, outcome);
     await embed(plan, options, outcome);
-    await write(sql, plan.toWrite, outcome);
+    await write(sql, plan.toWrite, outcome, options.binaryWrites);
     if (chunked.size) {
       await applyChunked(sql, chunked, options, {
         stats: outcome.stats,
@@ -399,6 +404,7 @@ async function write(
   sql: postgres.Sql,
   toWrite: Map<Target, RowWork[]>,
   outcome: Outcome,
+  binaryWrites: BinaryWrites | undefined,
 ): Promise<void> {
   for (const [target, works] of toWrite) {
     try {
@@ -406,6 +412,7 @@ async function write(
         sql,
         target,
         works.map((w) => ({ rowId: w.rowId, hash: w.hash!, vector: w.vector ?? null })),
+        binaryWrites,
       );
       for (const work of works) {
         if (written.has(work.rowId)) outcome.stats.written++;

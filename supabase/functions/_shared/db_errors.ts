@@ -2,6 +2,7 @@
 // the worker and the local stack: which mean "the database is unreachable"
 // (wait and reconnect), which are worth retrying at once, and which SQLSTATEs
 // the pipeline's own SQL raises.
+import pg from "pg";
 
 /** SQLSTATEs worth retrying at once (deadlock, serialization failure). */
 export const RETRY_NOW_SQLSTATES = new Set(["40P01", "40001"]);
@@ -51,7 +52,9 @@ export function isConnectionError(err: unknown): boolean {
   const e = err as { name?: string; message?: string } | null;
   const code = errorCode(err) ?? "";
   if (code.startsWith("08") || CONNECTION_CODES.has(code)) return true;
-  return e?.name !== "PostgresError" && /socket|connection/i.test(e?.message ?? "");
+  // A server's error answer (postgres.js's or node-postgres's) is a failing statement.
+  if (e?.name === "PostgresError" || err instanceof pg.DatabaseError) return false;
+  return /socket|connection/i.test(e?.message ?? "");
 }
 
 /** Whether a failed statement is worth running again at once. */

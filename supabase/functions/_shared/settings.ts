@@ -35,6 +35,12 @@ export interface CoreSettings {
   providerTimeoutMs: number;
   providerConcurrency: number;
   truncate: boolean;
+  /**
+   * Send the write's vectors as text through postgres.js instead of binary
+   * through node-postgres (EMBEDDING_TEXT_VECTORS): for comparing the two
+   * (bench/drain_pull.ts), or a connection path that refuses binary parameters.
+   */
+  textVectors: boolean;
   providerFor: (model: string, dimensions: number) => EmbeddingProvider;
 }
 
@@ -78,6 +84,7 @@ export function coreSettings(env: Env): CoreSettings {
     providerTimeoutMs,
     providerConcurrency: positiveInt(env, "EMBEDDING_CONCURRENCY", 2),
     truncate: flag(env, "EMBEDDING_TRUNCATE"),
+    textVectors: flag(env, "EMBEDDING_TEXT_VECTORS"),
     providerFor,
   };
 }

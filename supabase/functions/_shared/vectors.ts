@@ -111,3 +111,103 @@ export function float16TextTable(): string[] {
   }
   return table;
 }
+
+/** How a column's vectors travel in binary: pgvector's send/recv layout, per type. */
+export type BinaryVectorType = "halfvec" | "vector";
+
+/** The type a column's vectors can be sent as in binary, or null (sent as text). */
+export function binaryVectorType(columnType: string): BinaryVectorType | null {
+  const name = columnType.replace(/\(.*$/, "").replace(/^.*\./, "").replaceAll('"', "");
+  return name === "halfvec" && typeof Float16Array === "function"
+    ? "halfvec"
+    : name === "vector"
+    ? "vector"
+    : null;
+}
+
+/**
+ * The vectors of one write as one `halfvec[]` (or `vector[]`) parameter in
+ * Postgres's binary array format (array_recv), each element in pgvector's
+ * binary layout (halfvec_recv / vector_recv: int16 dim, int16 unused = 0,
+ * then dim float16 / float32, all big-endian); a null element clears the
+ * row's embedding. No text is made and none parsed: the float32 → float16
+ * rounding happens here, through Float16Array, which rounds to nearest even
+ * as pgvector's Float4ToHalf does; a value beyond float16's range becomes
+ * infinite, which halfvec_recv refuses as halfvec_in refuses its text, and so
+ * are NaN and ±Infinity. `elementOid` is the element type's oid in the target
+ * database (array_recv checks it). Vector texts (copied from a row that holds
+ * them) are read back into numbers first.
+ */
+export function vectorArrayBinary(
+  vectors: (Vector | string | null)[],
+  type: BinaryVectorType,
+  elementOid: number,
+): Uint8Array {
+  const width = type === "halfvec" ? 2 : 4;
+  const values = vectors.map((v) => (typeof v === "string" ? parseVectorText(v) : v));
+  let size = 20;
+  let nulls = 0;
+  for (const v of values) {
+    size += 4;
+    if (v === null) nulls = 1;
+    else size += 4 + width * v.length;
+  }
+  const out = new Uint8Array(size);
+  const view = new DataView(out.buffer);
+  view.setInt32(0, 1); // dimensions
+  view.setInt32(4, nulls); // has nulls
+  view.setUint32(8, elementOid);
+  view.setInt32(12, values.length);
+  view.setInt32(16, 1); // lower bound
+  let at = 20;
+  for (const v of values) {
+    if (v === null) {
+      view.setInt32(at, -1);
+      at += 4;
+      continue;
+    }
+    view.setInt32(at, 4 + width * v.length);
+    view.setInt16(at + 4, v.length);
+    view.setInt16(at + 6, 0);
+    at += 8;
+    // Host-order words through a typed array, then written big-endian byte by byte:
+    // a DataView call per value costs more.
+    // Plain numbers through float32 first, as halfvec_in reads a text (strtof).
+    const floats = v instanceof Float32Array ? v : Float32Array.from(v);
+    if (type === "halfvec") {
+      const bits = float16Bits(floats);
+      for (let i = 0; i < bits.length; i++) {
+        const b = bits[i];
+        out[at++] = b >>> 8;
+        out[at++] = b & 0xff;
+      }
+    } else {
+      const bits = new Uint32Array(floats.buffer, floats.byteOffset, floats.length);
+      for (let i = 0; i < bits.length; i++) {
+        const b = bits[i];
+        out[at++] = b >>> 24;
+        out[at++] = (b >>> 16) & 0xff;
+        out[at++] = (b >>> 8) & 0xff;
+        out[at++] = b & 0xff;
+      }
+    }
+  }
+  return out;
+}
+
+/** `floats` rounded to float16, as bits in a scratch array reused by the next call. */
+function float16Bits(floats: Float32Array): Uint16Array {
+  if (scratch?.halves.length !== floats.length) {
+    const halves = new Float16Array(floats.length);
+    scratch = { halves, bits: new Uint16Array(halves.buffer) };
+  }
+  scratch.halves.set(floats);
+  return scratch.bits;
+}
+let scratch: { halves: Float16Array; bits: Uint16Array } | undefined;
+
+/** A vector's text (`[1,2.5,…]`, as Postgres writes it) as numbers. */
+function parseVectorText(text: string): number[] {
+  if (!VECTOR_TEXT.test(text)) throw new Error("a vector text holds characters no vector text has");
+  return text.slice(1, -1).split(",").map(Number);
+}

@@ -4,6 +4,7 @@
 import postgres from "postgres";
 import { processBatch } from "../_shared/core.ts";
 import { errorCode, isConnectionError, waitOutDisconnect } from "../_shared/db_errors.ts";
+import { BinaryWrites } from "../_shared/sql/write.ts";
 import { parseJobBatch, parseJobJson } from "../_shared/jobs.ts";
 import { coreSettings, type Env } from "../_shared/settings.ts";
 
@@ -84,9 +85,19 @@ export function createEmbedHandler(config: EmbedHandlerConfig): EmbedHandler {
   const secret = config.env("EMBED_SECRET") ?? "";
   const dbUrl = config.env("SUPABASE_DB_URL") ?? "";
   // One small pool per function instance; prepare: false works behind poolers.
+  // The write's vectors go in binary through node-postgres (one connection,
+  // unnamed statements); the rest through postgres.js: three connections in all.
   const sql = dbUrl
-    ? postgres(dbUrl, { max: 3, prepare: false, onnotice: () => {}, idle_timeout: 30 })
+    ? postgres(dbUrl, {
+      max: settings.textVectors ? 3 : 2,
+      prepare: false,
+      onnotice: () => {},
+      idle_timeout: 30,
+    })
     : null;
+  const binaryWrites = dbUrl && !settings.textVectors
+    ? new BinaryWrites(dbUrl, { max: 1, applicationName: "autoembed embed" })
+    : undefined;
 
   async function kick(db: postgres.Sql): Promise<Response> {
     try {
@@ -151,6 +162,7 @@ export function createEmbedHandler(config: EmbedHandlerConfig): EmbedHandler {
           truncate: settings.truncate,
           providerConcurrency: settings.providerConcurrency,
           log: (event) => log(JSON.stringify(event)),
+          binaryWrites,
         }), reconnect);
     } catch (err) {
       if (isConnectionError(err)) {
@@ -202,7 +214,7 @@ export function createEmbedHandler(config: EmbedHandlerConfig): EmbedHandler {
   return {
     fetch,
     async close(timeoutSeconds = 5) {
-      await sql?.end({ timeout: timeoutSeconds });
+      await Promise.all([sql?.end({ timeout: timeoutSeconds }), binaryWrites?.end()]);
     },
   };
 }

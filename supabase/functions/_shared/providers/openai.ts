@@ -117,30 +117,40 @@ function vectorsInOrder(
           `dimensions match the model (or use a model that accepts a dimensions parameter)`,
       );
     }
-    for (let i = 0; i < embedding.length; i++) {
-      const v = embedding[i];
-      if (typeof v !== "number" || !Number.isFinite(v)) {
-        throw malformed("a vector with values that are not finite numbers");
-      }
+    if (!allFinite(embedding)) {
+      throw malformed("a vector with values that are not finite numbers");
     }
     vectors[index] = embedding;
   });
   return vectors;
 }
 
+/** Whether every value is a finite number. */
+function allFinite(values: Float32Array | unknown[]): boolean {
+  if (values instanceof Float32Array) {
+    // One branch-free pass: x * 0 is NaN for NaN and ±Infinity, 0 otherwise.
+    let sum = 0;
+    for (let i = 0; i < values.length; i++) sum += values[i] * 0;
+    return sum === 0;
+  }
+  return values.every((v) => typeof v === "number" && Number.isFinite(v));
+}
+
 /** Little-endian float32 values from base64, as the embeddings API sends them; null if not whole floats. */
 function float32FromBase64(text: string): Float32Array | null {
   let bytes: Uint8Array;
   try {
-    const binary = atob(text);
-    bytes = new Uint8Array(binary.length);
-    for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
+    bytes = Uint8Array.fromBase64(text);
   } catch {
     return null;
   }
   if (bytes.length % 4 !== 0) return null;
+  // On a little-endian host the decoded bytes are the floats: no copy.
+  if (LITTLE_ENDIAN) return new Float32Array(bytes.buffer, bytes.byteOffset, bytes.length / 4);
   const view = new DataView(bytes.buffer);
   const floats = new Float32Array(bytes.length / 4);
   for (let i = 0; i < floats.length; i++) floats[i] = view.getFloat32(i * 4, true);
   return floats;
 }
+
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;

@@ -1,9 +1,12 @@
 // Writes a target's embeddings and fingerprints in one statement and one
-// transaction, under a compare-and-set on the content hash (I2).
+// transaction, under a compare-and-set on the content hash (I2): the vectors
+// in binary through node-postgres where the column is a pgvector type and the
+// caller gave a BinaryWrites pool, as text through postgres.js otherwise.
+import pg from "pg";
 import type postgres from "postgres";
-import { isRetryableNow } from "../db_errors.ts";
+import { errorCode, isRetryableNow } from "../db_errors.ts";
 import type { Target } from "./targets.ts";
-import { type Vector, vectorList } from "../vectors.ts";
+import { binaryVectorType, type Vector, vectorArrayBinary, vectorList } from "../vectors.ts";
 
 export interface EmbeddingWrite {
   rowId: string;
@@ -28,20 +31,23 @@ export interface EmbeddingWrite {
  * clears the row's embedding and deletes its fingerprint. Returns the row
  * ids written.
  */
-function writeQuery(target: Target): string {
+function writeQuery(target: Target, binary: boolean): string {
   const pk = target.pk_sql;
+  const type = target.embedding_type_sql;
+  // Binary: one ${type}[] parameter that array_recv hands to halfvec_recv
+  // element by element: no text to parse (most of the text form's cost).
+  // Text: one text that string_to_array splits on ';', each part parsed here
+  // once: a jsonb document or a text[] literal costs Postgres more CPU to take
+  // apart (bench/RESULTS.md, section 1b).
+  const vectors = binary ? `$3::${type}[]` : `string_to_array($3::text, ';', '')`;
   return `
     with input as (
-      -- Parsed once here: the vectors are most of the work. They come as one
-      -- text that string_to_array splits on ';': a jsonb document (as
-      -- before) or a text[] literal costs Postgres more CPU to take apart
-      -- (bench/RESULTS.md, section 1b); the short ids and hashes as text[].
-      -- unnest pairs the three by position. Its estimate (100 rows) keeps the
-      -- join on the primary key index: string_to_table, estimated at 1,000,
-      -- made the planner hash the whole table instead.
-      select i.row_id, i.hash, i.embedding::${target.embedding_type_sql} as embedding
-        from unnest($1::text::text[], $2::text::text[], string_to_array($3::text, ';', ''))
-             as i(row_id, hash, embedding)
+      -- The short ids and hashes as text[]; unnest pairs the three by
+      -- position. Its estimate (100 rows) keeps the join on the primary key
+      -- index: string_to_table, estimated at 1,000, made the planner hash the
+      -- whole table instead.
+      select i.row_id, i.hash, i.embedding::${type} as embedding
+        from unnest($1::text::text[], $2::text::text[], ${vectors}) as i(row_id, hash, embedding)
     ), written as (
       update ${target.table_sql} r
          set ${target.embedding_sql} = i.embedding
@@ -69,27 +75,102 @@ function writeQuery(target: Target): string {
     select row_id from written`;
 }
 
+/**
+ * A node-postgres pool for the write alone. node-postgres binds a Uint8Array
+ * parameter in binary (format code 1 in its Bind message); postgres.js binds
+ * every parameter as text. Everything but the write stays on postgres.js.
+ */
+export class BinaryWrites {
+  readonly #pool: pg.Pool;
+  /** The oid of each embedding column type's element, by its SQL name (array_recv checks it). */
+  readonly #oids = new Map<string, number>();
+
+  constructor(dbUrl: string, options: { max: number; applicationName?: string }) {
+    this.#pool = new pg.Pool({
+      connectionString: dbUrl,
+      max: options.max,
+      idleTimeoutMillis: 30_000,
+      connectionTimeoutMillis: 10_000,
+      application_name: options.applicationName,
+    });
+    // A pooled connection the server closed while idle: the pool drops it and
+    // the next write connects anew. Without a listener the event would be thrown.
+    this.#pool.on("error", () => {});
+  }
+
+  /**
+   * One transaction: set autoembed.applying (our own write must not enqueue
+   * jobs through the update trigger), then `query` with the parameters
+   * `params` makes from the oid of the column type's element.
+   */
+  async write(
+    typeSql: string,
+    query: string,
+    params: (elementOid: number) => unknown[],
+  ): Promise<{ row_id: string }[]> {
+    const client = await this.#pool.connect();
+    try {
+      // One round trip (simple protocol, two statements) opens the transaction.
+      await client.query("begin; select set_config('autoembed.applying', 'on', true)");
+      const oid = await this.#elementOid(client, typeSql);
+      const result = await client.query<{ row_id: string }>(query, params(oid));
+      await client.query("commit");
+      client.release();
+      return result.rows;
+    } catch (err) {
+      // The type was dropped and made anew (another oid): look it up again next time.
+      if (errorCode(err) === "42804") this.#oids.delete(typeSql);
+      // Closing the connection rolls back whatever the transaction had done.
+      client.release(true);
+      throw err;
+    }
+  }
+
+  async #elementOid(client: pg.PoolClient, type: string): Promise<number> {
+    let oid = this.#oids.get(type);
+    if (oid === undefined) {
+      const { rows } = await client.query<{ oid: number }>("select $1::regtype::oid as oid", [
+        type,
+      ]);
+      oid = Number(rows[0].oid);
+      this.#oids.set(type, oid);
+    }
+    return oid;
+  }
+
+  async end(): Promise<void> {
+    await this.#pool.end();
+  }
+}
+
 export async function writeEmbeddings(
   sql: postgres.Sql,
   target: Target,
   writes: EmbeddingWrite[],
+  binaryWrites?: BinaryWrites,
 ): Promise<Set<string>> {
   const rowIds = textArrayLiteral(writes.map((w) => w.rowId));
   const hashes = textArrayLiteral(writes.map((w) => w.hash));
-  const vectors = vectorList(writes.map((w) => w.vector), target.embedding_type_sql);
+  const type = target.embedding_type_sql;
+  const binaryType = binaryWrites ? binaryVectorType(type) : null;
+  const query = writeQuery(target, binaryType !== null);
+  const vectors = writes.map((w) => w.vector);
+  const text = binaryType ? "" : vectorList(vectors, type);
+  const params = (vectors: string | Uint8Array) =>
+    [rowIds, hashes, vectors, target.id, target.embedding_column] as const;
   for (let attempt = 1;; attempt++) {
     try {
-      const rows = await sql.begin(async (tx) => {
-        // Our own write must not enqueue new jobs through the update trigger.
-        await tx`select set_config('autoembed.applying', 'on', true)`;
-        return await tx.unsafe<{ row_id: string }[]>(writeQuery(target), [
-          rowIds,
-          hashes,
-          vectors,
-          target.id,
-          target.embedding_column,
-        ]);
-      });
+      const rows = binaryType
+        ? await binaryWrites!.write(
+          type,
+          query,
+          (oid) => [...params(vectorArrayBinary(vectors, binaryType, oid))],
+        )
+        : await sql.begin(async (tx) => {
+          // Our own write must not enqueue new jobs through the update trigger.
+          await tx`select set_config('autoembed.applying', 'on', true)`;
+          return await tx.unsafe<{ row_id: string }[]>(query, [...params(text)]);
+        });
       return new Set(rows.map((r) => r.row_id));
     } catch (err) {
       if (attempt < 3 && isRetryableNow(err)) continue;
