@@ -149,7 +149,7 @@ export async function startFakeOpenAI(
     vectors?: "random" | "lexical";
   } = {},
 ): Promise<FakeOpenAI> {
-  const vectorOf: (text: string, dimensions: number) => ArrayLike<number> =
+  const vectorOf: (text: string, dimensions: number) => number[] | Float64Array =
     opts.vectors === "lexical" ? hashEmbed : fakeValues;
   let latencyMs = opts.latencyMs ?? 0;
   const perInputMs = opts.perInputMs ?? 0;
