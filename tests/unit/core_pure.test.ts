@@ -123,6 +123,15 @@ Deno.test("database errors: unreachable vs failing statement vs retry-at-once, b
       connection: true,
       retryNow: false,
     }],
+    // node-postgres's own messages when the server is gone or never answers.
+    ["node-postgres: terminated", new Error("Connection terminated unexpectedly"), {
+      connection: true,
+      retryNow: false,
+    }],
+    ["node-postgres: connect timeout", new Error("timeout exceeded when trying to connect"), {
+      connection: true,
+      retryNow: false,
+    }],
     ["deadlock 40P01", pg("40P01"), { connection: false, retryNow: true }],
     ["serialization 40001", pg("40001"), { connection: false, retryNow: true }],
     ["syntax error 42601", pg("42601"), { connection: false, retryNow: false }],

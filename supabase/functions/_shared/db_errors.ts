@@ -54,7 +54,9 @@ export function isConnectionError(err: unknown): boolean {
   if (code.startsWith("08") || CONNECTION_CODES.has(code)) return true;
   // A server's error answer (postgres.js's or node-postgres's) is a failing statement.
   if (e?.name === "PostgresError" || err instanceof pg.DatabaseError) return false;
-  return /socket|connection/i.test(e?.message ?? "");
+  // Socket errors, and node-postgres's "Connection terminated unexpectedly" and
+  // "timeout exceeded when trying to connect" (its pool's connect timeout).
+  return /socket|connection|trying to connect/i.test(e?.message ?? "");
 }
 
 /** Whether a failed statement is worth running again at once. */
