@@ -310,7 +310,7 @@ async function worker(args: ParsedArgs): Promise<number> {
   };
   const ticker = counter
     ? setInterval(() => {
-      counter`select count(*)::int as n from pgmq.q_embedding_jobs`
+      counter`select coalesce(sum(util._job_rows(message)), 0)::int as n from pgmq.q_embedding_jobs`
         .then(([row]) => (backlog = row.n), () => (backlog = null))
         .finally(refresh);
     }, 1000)

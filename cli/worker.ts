@@ -10,6 +10,7 @@ import { BinaryWrites } from "../supabase/functions/_shared/sql/write.ts";
 import {
   checkJobMessage,
   type Job,
+  jobsOf,
   NOTIFY_CHANNEL,
   parseJobJson,
   QUEUE_NAME,
@@ -64,7 +65,7 @@ interface Message {
   message: string | null;
 }
 
-/** Conditions for pgmq.read: one per table filter, or a single unconditional read. */
+/** Conditions for util._read_jobs: one per table filter, or a single unconditional read. */
 function claimFilters(tables: string[]): Record<string, string>[] {
   if (tables.length === 0) return [{}];
   return tables.map((t): Record<string, string> => {
@@ -166,15 +167,17 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerResult> {
   }));
 
   /**
-   * One claim: the jobs read and the malformed messages among them (both
-   * empty when there was nothing to read). The core records the refused ones
-   * with the batch's other failures, so they are dead-lettered at once.
+   * One claim of about --batch-size rows (util._read_jobs: pgmq.read sized
+   * by rows, a packed message expanded into its rows): the jobs read and the
+   * malformed messages among them (both empty when there was nothing to
+   * read). The core records the refused ones with the batch's other
+   * failures, so they are dead-lettered at once.
    */
   async function claim(): Promise<{ jobs: Job[]; refused: RefusedJob[] }> {
     const filter = filters[filterTurn++ % filters.length];
     const rows = await sql<Message[]>`
       select msg_id, read_ct, message::text as message
-        from pgmq.read(${QUEUE_NAME}, ${options.visibilitySeconds}, ${options.batchSize}, ${
+        from util._read_jobs(${options.visibilitySeconds}, ${options.batchSize}, ${
       sql.json(filter)
     })`;
     const jobs: Job[] = [];
@@ -182,7 +185,7 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerResult> {
     for (const row of rows) {
       const checked = checkJobMessage(row.message === null ? null : parseJobJson(row.message));
       if ("job" in checked) {
-        jobs.push({ ...checked.job, jobId: Number(row.msg_id), attempt: row.read_ct });
+        jobs.push(...jobsOf(checked.job, Number(row.msg_id), row.read_ct));
       } else refused.push({ jobId: Number(row.msg_id), error: checked.error });
     }
     return { jobs, refused };
@@ -295,12 +298,12 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerResult> {
           binaryWrites,
         });
         result.batches++;
-        result.completed += batch.completedJobs.length;
+        result.completed += batch.completedRows;
         result.chunks += batch.stats.chunks;
         result.failed += batch.failedJobs.length;
         options.onBatch?.({
           jobs: jobs.length + refused.length,
-          completed: batch.completedJobs.length,
+          completed: batch.completedRows,
           failed: batch.failedJobs.length,
           providerCalls: batch.stats.providerCalls,
           chunks: batch.stats.chunks,

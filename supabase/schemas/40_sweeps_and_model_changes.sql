@@ -27,7 +27,7 @@ $$;
 
 -- internal: one step of target `target_id`'s sweep: visits up to `max_rows`
 -- rows after the cursor in primary-key order and enqueues a job (naming the
--- live target, as the triggers do) for each row whose embedding is missing
+-- live target, as the triggers do; up to 100 rows a message) for each row whose embedding is missing
 -- or whose text no longer hashes to its fingerprint. The content function
 -- runs only for rows that have a fingerprint to compare. Ends the sweep when
 -- the table is exhausted. Returns the jobs enqueued.
@@ -67,12 +67,15 @@ begin
                    else f.content_hash is distinct from %5$s end
      ), queued as (
        insert into pgmq.q_embedding_jobs (vt, message)
-       select pg_catalog.clock_timestamp(), $4 || jsonb_build_object(''id'', p.key) from picked p
+       select pg_catalog.clock_timestamp(), $4 || util._job_ids(k.ids)
+         from (select pg_catalog.jsonb_agg(c.key) as ids
+                 from (select p.key, (pg_catalog.row_number() over () - 1) / 100 as pack from picked p) c
+                group by c.pack) k
        returning 1
      )
      select (select count(*) from slice),
             (select s.key::text from slice s order by s.key desc limit 1),
-            (select count(*) from queued)',
+            (select count(*) from picked)',
     c.pk_sql,
     case when c.destination_sql is null then pg_catalog.format('r.%s is null', c.embedding_sql) else 'false' end,
     c.table_sql, c.pk_type_sql,
@@ -681,14 +684,15 @@ begin
     enqueued := enqueued + util._start_sweep(t.id);
   end loop;
 
-  -- 2. Sweeps, while the queue is short (counted up to the slice size only).
+  -- 2. Sweeps, while the queue is short (rows, counted over the first slice-size messages only).
   for t in
     select x.id from util.embedding_targets x
      where x.sweep_started_at is not null and x.retired_at is null
      order by x.sweep_started_at
      for update skip locked
   loop
-    select count(*) into queued from (select from pgmq.q_embedding_jobs limit slice) q;
+    select coalesce(sum(util._job_rows(q.message)), 0) into queued
+      from (select x.message from pgmq.q_embedding_jobs x limit slice) q;
     exit when queued >= slice;
     enqueued := enqueued + util._sweep_step(t.id, slice);
   end loop;

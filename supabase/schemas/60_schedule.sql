@@ -99,9 +99,10 @@ $$;
 -- public: moves queued jobs to the embed function. First runs
 -- util.maintain_embeddings (content function changes, sweeps, model
 -- switches) and ends the leases of calls that are over
--- (util._release_ended_leases). Then reads up to (max_requests - calls in
--- flight) * batch_size jobs, hiding them for the call's timeout, and POSTs
--- them in batches of batch_size. When a call finishes, the function asks for
+-- (util._release_ended_leases). Then, for each free slot (max_requests -
+-- calls in flight), claims up to batch_size rows' jobs (util._read_jobs: a
+-- packed message counts its rows), hiding them for the call's timeout, and
+-- POSTs them as one batch. When a call finishes, the function asks for
 -- the next slice through util._embedding_request_done, so a backlog drains
 -- continuously at max_requests calls in flight instead of one slice per cron
 -- tick. An empty queue costs one read and nothing else. A message that is
@@ -151,17 +152,14 @@ begin
     return 0;
   end if;
 
-  for batch in
+  while requests < free_slots loop
     select jsonb_agg(
              case when jsonb_typeof(m.message) = 'object' then m.message else '{}'::jsonb end
              || jsonb_build_object('jobId', m.msg_id, 'attempt', m.read_ct)
              order by m.msg_id)
-      from (select r.*, (row_number() over (order by r.msg_id) - 1) / batch_size as batch_no
-              from pgmq.read('embedding_jobs', ceil(timeout_milliseconds / 1000.0)::int + 5,
-                             free_slots * batch_size) r) m
-     group by m.batch_no
-     order by m.batch_no
-  loop
+      into batch
+      from util._read_jobs(ceil(timeout_milliseconds / 1000.0)::int + 5, batch_size) m;
+    exit when batch is null;
     insert into util.embedding_requests
       (jobs, expires_at, job_ids, batch_size, max_requests, timeout_milliseconds)
     values (jsonb_array_length(batch), now() + make_interval(secs => timeout_milliseconds / 1000.0 + 5),

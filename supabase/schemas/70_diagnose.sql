@@ -120,12 +120,14 @@ begin
     next_started_at := s.created_at;
     next_embedded := case when s.id is not null
                           then (select count(*) from util.embedding_fingerprints f where f.target_id = s.id) end;
-    select count(*), count(*) filter (where q.read_ct > 0 and q.vt > now()), now() - min(q.enqueued_at)
+    select coalesce(sum(util._job_rows(q.message)), 0),
+           coalesce(sum(util._job_rows(q.message)) filter (where q.read_ct > 0 and q.vt > now()), 0),
+           now() - min(q.enqueued_at)
       into queued, in_flight, oldest_queued_age
       from pgmq.q_embedding_jobs q
      where q.message ->> 'schema' = t.schema_name and q.message ->> 'table' = t.table_name
        and q.message ->> 'embeddingColumn' = t.embedding_column;
-    select count(*) into dead_lettered
+    select coalesce(sum(util._job_rows(a.message)), 0) into dead_lettered
       from pgmq.a_embedding_jobs a
      where a.message ->> 'schema' = t.schema_name and a.message ->> 'table' = t.table_name
        and a.message ->> 'embeddingColumn' = t.embedding_column;

@@ -11,6 +11,11 @@ import { embeddingProblem } from "./rows.ts";
 /** Schema of the job ledger that trackJobs installs. */
 const LEDGER = "reliability_ledger";
 
+/** Joined to a queue table `q`: a row per row id its message names (`id`, or each of `ids`). */
+const EACH_ROW = `cross join lateral jsonb_array_elements_text(
+  case when jsonb_typeof(q.message -> 'ids') = 'array' then q.message -> 'ids'
+       else jsonb_build_array(q.message -> 'id') end) e(id_text)`;
+
 /**
  * Records every message that enters the embedding_jobs queue (by any path:
  * triggers, backfills, retry_failed) in a ledger table, so the check can tell
@@ -139,22 +144,30 @@ export async function checkConsistency(
   const keyOf = (m: Record<string, unknown>) =>
     rowKey(String(m.schema), String(m.table), String(m.embeddingColumn), String(m.id));
   const queuedIds = new Set<string>();
+  /** (message, row) pairs still queued: a packed message loses its rows as they are done. */
+  const queuedRows = new Set<string>();
   for (
-    const q
-      of await sql`select msg_id::text, message, message ->> 'id' as id_text from pgmq.q_embedding_jobs`
+    const q of await sql.unsafe(
+      `select q.msg_id::text, q.message, e.id_text from pgmq.q_embedding_jobs q ${EACH_ROW}`,
+    )
   ) {
     queued.add(keyOf({ ...q.message, id: q.id_text }));
     queuedIds.add(q.msg_id);
+    queuedRows.add(`${q.msg_id}:${q.id_text}`);
   }
   report.jobsQueued = queuedIds.size;
   const archivedIds = new Map<string, boolean>();
   for (
-    const a of await sql`
-      select a.msg_id::text, a.message, a.message ->> 'id' as id_text,
+    const a of await sql.unsafe(`
+      select a.msg_id::text, a.message, e.id_text,
              exists (select 1 from util.embedding_errors e
                       where e.job_id = a.msg_id and e.dead_lettered) as has_error
-        from pgmq.a_embedding_jobs a`
+        from pgmq.a_embedding_jobs a ${EACH_ROW.replaceAll("q.", "a.")}`)
   ) {
+    if (archivedIds.has(a.msg_id)) {
+      dead.add(keyOf({ ...a.message, id: a.id_text }));
+      continue;
+    }
     archivedIds.set(a.msg_id, a.has_error);
     if (a.has_error) {
       dead.add(keyOf({ ...a.message, id: a.id_text }));
@@ -235,11 +248,11 @@ export async function checkConsistency(
   if (present) {
     for (
       const j of await sql.unsafe(
-        `select msg_id::text, message, message ->> 'id' as id_text from ${LEDGER}.jobs`,
+        `select q.msg_id::text, q.message, e.id_text from ${LEDGER}.jobs q ${EACH_ROW}`,
       )
     ) {
       report.jobsTracked++;
-      if (queuedIds.has(j.msg_id) || archivedIds.has(j.msg_id)) continue;
+      if (queuedRows.has(`${j.msg_id}:${j.id_text}`) || archivedIds.has(j.msg_id)) continue;
       report.jobsDone++;
       const key = keyOf({ ...j.message, id: j.id_text });
       if (wrongRows.has(key)) report.jobsLost++;

@@ -127,7 +127,15 @@ export async function startPipeline(
 }
 
 /** Jobs still in the queue (visible or hidden). */
+/** Rows the queue asks for (a packed message counts each of its rows). */
 export async function queueLength(sql: Sql): Promise<number> {
+  const [row] = await sql`
+    select coalesce(sum(util._job_rows(message)), 0)::int as n from pgmq.q_embedding_jobs`;
+  return row.n;
+}
+
+/** Messages in the queue (a packed message counts once). */
+export async function queueMessages(sql: Sql): Promise<number> {
   const [row] = await sql`select count(*)::int as n from pgmq.q_embedding_jobs`;
   return row.n;
 }

@@ -4,7 +4,12 @@
 import assert from "node:assert/strict";
 import postgres from "postgres";
 import { processBatch } from "../../supabase/functions/_shared/core.ts";
-import type { Job } from "../../supabase/functions/_shared/jobs.ts";
+import {
+  checkJobMessage,
+  type Job,
+  jobsOf,
+  parseJobJson,
+} from "../../supabase/functions/_shared/jobs.ts";
 import { coreSettings } from "../../supabase/functions/_shared/settings.ts";
 import { type Sql, withTestDb } from "../_support/db.ts";
 import { createDocuments } from "../_support/pipeline.ts";
@@ -12,11 +17,15 @@ import { insertRows } from "../_support/rows.ts";
 
 const LOCAL = "local-hash-v1";
 
-/** Reads the queued jobs as the worker would. */
+/** Reads the queued jobs as the worker would (a packed message is a job per row). */
 async function claimAll(sql: Sql): Promise<Job[]> {
-  const rows =
-    await sql`select msg_id, read_ct, message from pgmq.read('embedding_jobs', 60, 10000)`;
-  return rows.map((r) => ({ ...r.message, jobId: Number(r.msg_id), attempt: r.read_ct }));
+  const rows = await sql`
+    select msg_id, read_ct, message::text as message from util._read_jobs(60, 10000)`;
+  return rows.flatMap((r) => {
+    const checked = checkJobMessage(parseJobJson(r.message));
+    if (!("job" in checked)) throw new Error(checked.error);
+    return jobsOf(checked.job, Number(r.msg_id), r.read_ct);
+  });
 }
 
 /** The kind of each statement, in order. */
@@ -48,7 +57,7 @@ async function countBatch(url: string, jobs: Job[]): Promise<string[]> {
       providerFor: coreSettings(() => undefined).providerFor,
     });
     assert.equal(result.failedJobs.length, 0);
-    assert.equal(result.completedJobs.length, jobs.length);
+    assert.equal(result.completedRows, jobs.length);
   } finally {
     await sql.end();
   }

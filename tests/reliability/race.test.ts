@@ -126,7 +126,8 @@ Deno.test("reliability: 4 workers and push mode race random edits, deletes and r
                     sha256(convert_to(coalesce(${table}_input(r), ''), 'UTF8')) as stale,
                   exists (select from pgmq.q_embedding_jobs q
                            where q.message ->> 'table' = '${table}'
-                             and q.message ->> 'id' = r.id::text) as pending
+                             and coalesce(q.message -> 'ids', jsonb_build_array(q.message -> 'id'))
+                                 @> jsonb_build_array(r.id)) as pending
              from ${table} r
              join util.embedding_targets t on t.table_oid = '${table}'::regclass
              left join util.embedding_fingerprints f on f.target_id = t.id and f.row_id = r.id::text

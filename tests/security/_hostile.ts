@@ -121,6 +121,16 @@ export function forgedMessages(realJobId: number): { what: string; json: string 
     forge("fractional id", { id: 1.5 }),
     forge("empty id", { id: "" }),
     forge("1001-character id", { id: "7".repeat(1001) }),
+    // packed messages (ids), refused whole
+    forge("packed: no ids", { id: undefined, ids: [] }),
+    forge("packed: ids not an array", { id: undefined, ids: "1,2" }),
+    forge("packed: both id and ids", { ids: [2] }),
+    forge("packed: another schema", { id: undefined, ids: [1, 2], schema: "evil" }),
+    forge("packed: another content function", {
+      id: undefined,
+      ids: [1],
+      contentFunction: "canary_fn",
+    }),
     // wrong JSON types
     forge("array id", { id: [1] }),
     forge("object id", { id: { id: 1 } }),

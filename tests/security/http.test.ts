@@ -16,8 +16,10 @@ import { CANARY_TEXT } from "./_hostile.ts";
 /** Three genuine jobs, read as process_embeddings would (so hidden), in the function's wire form. */
 async function inFlightJobs(sql: Sql): Promise<Record<string, unknown>[]> {
   await createDocuments(sql);
-  await sql`insert into documents (title, content)
-            select ${CANARY_TEXT} || g, 'row ' || g from generate_series(1, 3) g`;
+  // A statement each: three single-row messages (one statement's rows share a packed message).
+  for (const g of [1, 2, 3]) {
+    await sql`insert into documents (title, content) values (${CANARY_TEXT + g}, ${"row " + g})`;
+  }
   const rows = await sql`select msg_id, read_ct, message from pgmq.read('embedding_jobs', 300, 10)`;
   return rows.map((r) => ({ ...r.message, jobId: Number(r.msg_id), attempt: r.read_ct }));
 }

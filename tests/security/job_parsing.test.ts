@@ -112,3 +112,39 @@ Deno.test("parseJobBatch refuses bad jobs one by one; only a body that is no bat
     assert.ok("error" in parsed, JSON.stringify(body).slice(0, 100));
   }
 });
+
+Deno.test("packed messages: exact ids, one job per row under the message's jobId, bad ones refused whole", () => {
+  const { id: _, ...target } = MESSAGE;
+  assert.deepEqual(parseJobJson('{"ids": [9007199254740993, 7, 1.50, "k"]}'), {
+    ids: ["9007199254740993", 7, "1.50", "k"],
+  });
+  const packed = { ...target, ids: [1, "two"], jobId: 4, attempt: 2 };
+  const batch = parseJobBatch([packed, { ...MESSAGE, jobId: 5 }]);
+  assert.ok("jobs" in batch);
+  assert.deepEqual(batch.jobs, [
+    { ...target, id: 1, jobId: 4, attempt: 2, packed: true },
+    { ...target, id: "two", jobId: 4, attempt: 2, packed: true },
+    { ...MESSAGE, jobId: 5, attempt: undefined },
+  ]);
+  const cases: [unknown, RegExp][] = [
+    [{ ...target, ids: [] }, /\(ids: /],
+    [{ ...target, ids: "1,2" }, /\(ids: /],
+    [{ ...target, ids: [1, 2.5] }, /\(ids\.1: /],
+    [{ ...target, ids: [`${CANARY_TEXT}\u0000`] }, /\(ids\.0: /],
+    [{ ...target, ids: Array(1001).fill(1) }, /\(ids: /],
+    [{ ...target, ids: [1], schema: undefined }, /\(schema: /],
+  ];
+  for (const [message, reason] of cases) {
+    const checked = checkJobMessage(message);
+    assert.ok("error" in checked, JSON.stringify(message).slice(0, 100));
+    assert.match(checked.error, reason);
+    assert.ok(!checked.error.includes(CANARY_TEXT), checked.error);
+  }
+  // More rows than a request may carry, packed messages expanded: the body fails whole.
+  const many = Array.from({ length: 11 }, (_, i) => ({
+    ...target,
+    ids: Array.from({ length: 1000 }, (_, j) => j + 1),
+    jobId: i + 1,
+  }));
+  assert.ok("error" in parseJobBatch(many));
+});

@@ -26,7 +26,9 @@ async function as(sql: Sql, role: string, statement: string): Promise<string> {
 /** Something to steal or break behind each statement: a secret, a queued and a dead job, an error. */
 async function populate(sql: Sql): Promise<void> {
   await createDocuments(sql);
-  await sql`insert into documents (title, content) values ('a', 'b'), ('c', 'd')`;
+  // Two statements, two messages (one statement's rows share a packed message).
+  await sql`insert into documents (title, content) values ('a', 'b')`;
+  await sql`insert into documents (title, content) values ('c', 'd')`;
   await sql`select vault.create_secret('http://127.0.0.1:1', 'project_url')`;
   await sql`select vault.create_secret('privileges-test-secret', 'embed_secret')`;
   await sql`select pgmq.archive('embedding_jobs', 1::bigint)`;

@@ -103,7 +103,9 @@ Deno.test("SIGTERM mid-batch: the worker exits 0 within the grace period and not
       const [{ unaccounted }] = await sql`
         select count(*)::int as unaccounted from documents d
          where d.embedding is null
-           and not exists (select 1 from pgmq.q_embedding_jobs q where (q.message ->> 'id')::bigint = d.id)`;
+           and not exists (select 1 from pgmq.q_embedding_jobs q
+                            where coalesce(q.message -> 'ids', jsonb_build_array(q.message -> 'id'))
+                                  @> jsonb_build_array(d.id))`;
       assert.equal(unaccounted, 0);
       fake.setLatency(0);
       await sql`update pgmq.q_embedding_jobs set vt = now()`; // skip the wait for the visibility timeout

@@ -24,7 +24,7 @@ import type { Job, RefusedJob } from "./jobs.ts";
 import { idFitsKeyType } from "./keys.ts";
 import { type EmbeddingProvider, ProviderError, providerOrError } from "./providers/types.ts";
 import { mayExceedTokens } from "./providers/tokens.ts";
-import { deleteJobs, type Failure, handBack, recordFailures } from "./sql/queue.ts";
+import { deleteJobs, type Failure, failureKey, handBack, recordFailures } from "./sql/queue.ts";
 import { loadDonorVectors, loadRows } from "./sql/rows.ts";
 import { loadTargets, tableLabel, type Target, type Targets } from "./sql/targets.ts";
 import { type BinaryWrites, writeEmbeddings } from "./sql/write.ts";
@@ -83,7 +83,10 @@ export interface BatchStats {
 }
 
 export interface BatchResult {
+  /** Queue messages deleted as done. */
   completedJobs: number[];
+  /** Rows whose jobs are done (a packed message counts each of its rows). */
+  completedRows: number;
   failedJobs: FailedJob[];
   stats: BatchStats;
 }
@@ -104,15 +107,21 @@ const REFUSED_TARGET = "refused: the job names no attached table, embedding colu
 
 /**
  * What happens to the jobs of one batch, as the stages find out: accepted,
- * failed (once per job, however many of its (target, row) pairs failed),
- * handed back unstarted; and the counts.
+ * failed (once per job, however many of its (target, row) pairs failed; a
+ * packed message once per row), handed back unstarted; and the counts.
  */
 class Outcome {
   readonly stats: BatchStats;
-  readonly accepted: number[] = [];
+  readonly accepted = new Set<number>();
   readonly failures: Failure[] = [];
+  /** Jobs with a failure; `failedRows` has the (job, row) keys of packed ones. */
   readonly failed = new Set<number>();
+  readonly failedRows = new Set<string>();
+  /** Jobs handed back; the rows of packed ones, by job. */
   readonly handedBack = new Set<number>();
+  readonly handedBackRows = new Map<number, Set<string>>();
+  /** The queue messages of this batch that pack several rows. */
+  readonly packed = new Set<number>();
 
   constructor(jobs: number) {
     this.stats = {
@@ -144,7 +153,11 @@ class Outcome {
 
   fail(work: RowWork, error: string, retryable: boolean, retryAfterMs?: number) {
     for (const jobId of work.jobIds) {
-      if (this.failed.has(jobId)) continue;
+      if (this.packed.has(jobId)) {
+        const key = rowKey(jobId, work.rowId);
+        if (this.failedRows.has(key)) continue;
+        this.failedRows.add(key);
+      } else if (this.failed.has(jobId)) continue;
       this.failed.add(jobId);
       this.failures.push({
         job_id: jobId,
@@ -157,7 +170,20 @@ class Outcome {
       });
     }
   }
+
+  handBack(work: { rowId: string; jobIds: number[] }) {
+    for (const jobId of work.jobIds) {
+      this.handedBack.add(jobId);
+      if (!this.packed.has(jobId)) continue;
+      let rows = this.handedBackRows.get(jobId);
+      if (!rows) this.handedBackRows.set(jobId, rows = new Set());
+      rows.add(work.rowId);
+    }
+  }
 }
+
+/** A row of a packed message, as a key. */
+const rowKey = (jobId: number, rowId: string) => failureKey(jobId, rowId);
 
 /** Processes one batch of jobs. Throws only when the database itself is unreachable. */
 export async function processBatch(
@@ -167,6 +193,7 @@ export async function processBatch(
 ): Promise<BatchResult> {
   const started = performance.now();
   const outcome = new Outcome(jobs.length);
+  for (const job of jobs) if (job.packed) outcome.packed.add(job.jobId);
   for (const r of options.refused ?? []) {
     outcome.stats.jobs++;
     outcome.refuse({
@@ -195,11 +222,11 @@ export async function processBatch(
         stats: outcome.stats,
         fail: (work, error, retryable, retryAfterMs) =>
           outcome.fail(work, error, retryable, retryAfterMs),
-        handBack: (work) => work.jobIds.forEach((id) => outcome.handedBack.add(id)),
+        handBack: (work) => outcome.handBack(work),
       });
     }
   }
-  return await acknowledge(sql, outcome, started, options);
+  return await acknowledge(sql, jobs, outcome, started, options);
 }
 
 /**
@@ -217,28 +244,32 @@ function assignJobs(
     const live = targets.live(job.schema, job.table, job.embeddingColumn);
     const rowId = String(job.id);
     if (!live || live.content_function !== job.contentFunction) {
+      // A packed message is refused whole, once (row_id null).
+      if (job.packed && outcome.failed.has(job.jobId)) continue;
       outcome.refuse({
         job_id: job.jobId,
         target_id: null,
         table_name: `${job.schema}.${job.table}`,
-        row_id: rowId,
+        row_id: job.packed ? null : rowId,
         error: REFUSED_TARGET,
         retryable: false,
       });
       continue;
     }
     if (!idFitsKeyType(rowId, live.pk_type_sql)) {
+      // A packed message's row is named exactly: it leaves the message, dead-lettered alone.
+      if (job.packed) outcome.failedRows.add(rowKey(job.jobId, rowId));
       outcome.refuse({
         job_id: job.jobId,
         target_id: live.id,
         table_name: tableLabel(live),
-        row_id: rowId.slice(0, 100),
+        row_id: job.packed ? rowId : rowId.slice(0, 100),
         error: `refused: the job's id is not a valid ${live.pk_type_sql} primary key value`,
         retryable: false,
       });
       continue;
     }
-    outcome.accepted.push(job.jobId);
+    outcome.accepted.add(job.jobId);
     for (const target of targets.appliesTo(live)) {
       let rows = rowsByTarget.get(target);
       if (!rows) rowsByTarget.set(target, rows = new Map());
@@ -395,7 +426,7 @@ async function embed(plan: Plan, options: ProcessOptions, outcome: Outcome): Pro
       pushTo(plan.toWrite, work.target, work);
     } else if ("error" in result) {
       outcome.fail(work, result.error, result.retryable, result.retryAfterMs);
-    } else for (const jobId of work.jobIds) outcome.handedBack.add(jobId);
+    } else outcome.handBack(work);
   });
 }
 
@@ -428,38 +459,71 @@ async function write(
 
 /**
  * 5. Acknowledge, reschedule, hand back: one call each. A job is done when
- * none of its (target, row) pairs failed or was left unstarted.
+ * none of its (target, row) pairs failed or was left unstarted. A packed
+ * message with rows not done is settled by util._record_failures, row by
+ * row: its failed rows and its unstarted ones (`handed_back`) stay or leave
+ * it there, the rest are done.
  */
 async function acknowledge(
   sql: postgres.Sql,
+  jobs: Job[],
   outcome: Outcome,
   started: number,
   options: ProcessOptions,
 ): Promise<BatchResult> {
-  const { stats, failed, handedBack, failures } = outcome;
-  const completed = outcome.accepted.filter((id) => !failed.has(id) && !handedBack.has(id));
-  const returned = [...handedBack].filter((id) => !failed.has(id));
+  const { stats, failed, failedRows, handedBack, handedBackRows, packed, failures } = outcome;
+  const completed = [...outcome.accepted].filter((id) => !failed.has(id) && !handedBack.has(id));
+  const returned = [...handedBack].filter((id) => !failed.has(id) && !packed.has(id));
+  const unstarted: Failure[] = [];
+  for (const [jobId, rows] of handedBackRows) {
+    for (const rowId of rows) {
+      if (failedRows.has(rowKey(jobId, rowId))) continue;
+      unstarted.push({
+        job_id: jobId,
+        target_id: null,
+        table_name: null,
+        row_id: rowId,
+        error: "",
+        retryable: true,
+        handed_back: true,
+      });
+    }
+  }
   await deleteJobs(sql, completed);
-  const dead = await recordFailures(sql, failures);
+  const dead = await recordFailures(sql, [...failures, ...unstarted]);
   await handBack(sql, returned);
+  const deadLettered = (f: Failure) =>
+    dead.get(failureKey(f.job_id, packed.has(f.job_id) ? f.row_id : null));
   const failedJobs: FailedJob[] = failures.map((f) => ({
     jobId: f.job_id,
     error: f.error,
     retryable: f.retryable,
-    deadLettered: dead.get(f.job_id),
+    deadLettered: deadLettered(f),
   }));
-  for (const jobId of returned) {
+  const packedReturned = new Set(unstarted.map((u) => u.job_id));
+  for (const jobId of [...returned, ...packedReturned]) {
     failedJobs.push({
       jobId,
       error: "handed back unprocessed (time budget or shutdown); retried at once",
       retryable: true,
     });
   }
+  let completedRows = 0;
+  const done = new Set(completed);
+  for (const job of jobs) {
+    if (done.has(job.jobId)) completedRows++;
+    else if (job.packed && outcome.accepted.has(job.jobId)) {
+      const key = rowKey(job.jobId, String(job.id));
+      if (!failedRows.has(key) && !handedBackRows.get(job.jobId)?.has(String(job.id))) {
+        completedRows++;
+      }
+    }
+  }
   stats.failed = failures.length;
-  stats.handedBack = returned.length;
+  stats.handedBack = returned.length + unstarted.length;
   stats.durationMs = Math.round(performance.now() - started);
   options.log?.({ event: "batch", ...stats });
-  return { completedJobs: completed, failedJobs, stats };
+  return { completedJobs: completed, completedRows, failedJobs, stats };
 }
 
 function pushTo(map: Map<Target, RowWork[]>, target: Target, work: RowWork) {

@@ -13,29 +13,52 @@ const STORABLE = "contains NUL or an unpaired surrogate";
 /** Postgres identifiers as users write them: no NUL, at most 63 bytes. */
 const identifier = z.string().min(1).max(63).refine(storable, STORABLE);
 
-/** A queue message body (what the triggers enqueue). */
-export const jobMessageSchema = z.object({
-  id: z.union([
-    z.string().min(1).max(1000).refine(storable, STORABLE),
-    z.number().int().refine(Number.isSafeInteger, "unsafe integer"),
-  ]),
+/** A row's primary key value as a message holds it. */
+const rowId = z.union([
+  z.string().min(1).max(1000).refine(storable, STORABLE),
+  z.number().int().refine(Number.isSafeInteger, "unsafe integer"),
+]);
+
+/** Most row ids one packed message holds (the triggers and sweeps pack 100). */
+export const MAX_PACKED_IDS = 1000;
+
+const target = {
   schema: identifier,
   table: identifier,
   contentFunction: z.string().min(1).max(200).refine(storable, STORABLE),
   embeddingColumn: identifier,
+};
+
+/** A queue message body for one row (a row-level trigger's). */
+export const jobMessageSchema = z.object({ id: rowId, ...target });
+
+/**
+ * A packed message: the rows of one statement or sweep step, up to 100 a
+ * message (util._job_ids). The core expands it into one job per row and
+ * settles it row by row (sql/queue.ts).
+ */
+export const packedMessageSchema = z.object({
+  ids: z.array(rowId).min(1).max(MAX_PACKED_IDS),
+  ...target,
 });
 
 /** A job as the embed function receives it: the message plus its queue id and attempt. */
 export const jobSchema = jobMessageSchema.extend({
   jobId: z.number().int().positive(),
   attempt: z.number().int().nonnegative().optional(),
+  /** One row of a packed message (its other rows share the jobId). */
+  packed: z.boolean().optional(),
 });
 
 export type JobMessage = z.infer<typeof jobMessageSchema>;
+export type PackedMessage = z.infer<typeof packedMessageSchema>;
 export type Job = z.infer<typeof jobSchema>;
 
-/** Most jobs one request to the embed function may carry. */
+/** Most jobs (queue messages) one request to the embed function may carry. */
 export const MAX_BATCH_JOBS = 5000;
+
+/** Most rows they may ask for, packed messages expanded. */
+export const MAX_BATCH_ROWS = 10_000;
 
 /** A message refused before any SQL ran: recorded and dead-lettered, never retried. */
 export interface RefusedJob {
@@ -44,31 +67,62 @@ export interface RefusedJob {
 }
 
 /**
- * JSON.parse for job messages and batches, keeping ids exact: an `id` no JS
- * number holds (a bigint key beyond 2^53, a fractional numeric key) becomes
- * its source text, which the core compares as text like any other key.
+ * JSON.parse for job messages and batches, keeping ids exact: an `id` (or an
+ * element of `ids`) no JS number holds (a bigint key beyond 2^53, a
+ * fractional numeric key) becomes its source text, which the core compares
+ * as text like any other key.
  */
 export function parseJobJson(text: string): unknown {
   return JSON.parse(
     text,
-    (key: string, value: unknown, context?: { source?: string }) =>
-      key === "id" && typeof value === "number" && !Number.isSafeInteger(value) &&
-        context?.source !== undefined
+    function (this: unknown, key: string, value: unknown, context?: { source?: string }) {
+      return (key === "id" || Array.isArray(this)) && typeof value === "number" &&
+          !Number.isSafeInteger(value) && context?.source !== undefined
         ? context.source
-        : value,
+        : value;
+    },
   );
 }
 
 /**
- * One queue message: the job, or why it is refused. The reason names the
- * field and the rule it breaks, never the message's content.
+ * One queue message: the job (one row, or packed rows), or why it is
+ * refused. The reason names the field and the rule it breaks, never the
+ * message's content.
  */
-export function checkJobMessage(message: unknown): { job: JobMessage } | { error: string } {
-  const parsed = jobMessageSchema.safeParse(message);
+export function checkJobMessage(
+  message: unknown,
+): { job: JobMessage | PackedMessage } | { error: string } {
+  const packed = typeof message === "object" && message !== null && "ids" in message;
+  if (packed && "id" in message) {
+    return { error: "refused: malformed job message (ids: a message has id or ids, not both)" };
+  }
+  const parsed = (packed ? packedMessageSchema : jobMessageSchema).safeParse(message);
   if (parsed.success) return { job: parsed.data };
   const issue = parsed.error.issues[0];
   const field = issue.path.length ? `${issue.path.join(".")}: ` : "";
   return { error: `refused: malformed job message (${field}${issue.message})` };
+}
+
+/** The jobs of one queue message: one per row (a packed message's share its jobId). */
+export function jobsOf(
+  message: JobMessage | PackedMessage,
+  jobId: number,
+  attempt: number | undefined,
+): Job[] {
+  const { schema, table, contentFunction, embeddingColumn } = message;
+  if ("id" in message) {
+    return [{ id: message.id, schema, table, contentFunction, embeddingColumn, jobId, attempt }];
+  }
+  return message.ids.map((id) => ({
+    id,
+    schema,
+    table,
+    contentFunction,
+    embeddingColumn,
+    jobId,
+    attempt,
+    packed: true,
+  }));
 }
 
 const isJobId = (v: unknown): v is number =>
@@ -103,8 +157,11 @@ export function parseJobBatch(body: unknown): { jobs: Job[]; refused: RefusedJob
     }
     const checked = checkJobMessage(item);
     if ("job" in checked) {
-      jobs.push({ ...checked.job, jobId: item.jobId, attempt: attempt as number | undefined });
+      jobs.push(...jobsOf(checked.job, item.jobId, attempt as number | undefined));
     } else refused.push({ jobId: item.jobId, error: checked.error });
+  }
+  if (jobs.length > MAX_BATCH_ROWS) {
+    return { error: `a batch holds at most ${MAX_BATCH_ROWS} rows, this one ${jobs.length}` };
   }
   return { jobs, refused };
 }
