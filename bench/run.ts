@@ -266,9 +266,8 @@ function goals(
       goal: "100,000-row bulk insert with triggers ≤ 2× without, durable",
       figure: `${write.bulkRatio.toFixed(2)}×`,
       met: write.bulkRatio <= 2,
-      limit: "one job row per changed row: inserting 100,000 job rows into the queue table " +
-        "(jsonb message, two indexes) costs about as much as the 100,000 rows; packing many " +
-        "row ids per message would change the job contract (not done; see Findings)",
+      limit: "the statement's own queue insert (1,000 packed messages) and its transition " +
+        "table; see section 4's bulk rows and Findings",
     });
   }
   return list;
