@@ -157,7 +157,7 @@ export async function insertRows(sql: Sql, count: number, seed: string, offset =
 export async function counts(sql: Sql): Promise<{ embedded: number; queued: number }> {
   const [row] = await sql`
     select (select count(*) from public.bench_docs where embedding is not null)::int as embedded,
-           (select count(*) from pgmq.q_embedding_jobs)::int as queued`;
+           (select coalesce(sum(util._job_rows(message)), 0) from pgmq.q_embedding_jobs)::int as queued`;
   return row as unknown as { embedded: number; queued: number };
 }
 
