@@ -185,7 +185,11 @@ export async function writeEmbeddings(
           query,
           (oid) => [...params(vectorArrayBinary(vectors, binaryType, oid))],
         )
-        : await sql.unsafe<{ row_id: string }[]>(query, [...params(text)]);
+        // Prepared (where the client allows it; the embed function's pool,
+        // made for poolers, does not): unprepared, sql.unsafe sends Parse and
+        // Describe and waits for the parameter types before it binds, two
+        // round trips per write instead of one.
+        : await sql.unsafe<{ row_id: string }[]>(query, [...params(text)], { prepare: true });
       return new Set(rows.map((r) => r.row_id));
     } catch (err) {
       if (attempt < 3 && isRetryableNow(err)) continue;
