@@ -20,12 +20,11 @@ import { BATCH_SIZE } from "./drain.ts";
 
 /** Names for the statements the core and the worker send, by what their text starts with. */
 const LABELS: [RegExp, string][] = [
-  [/^with input as/, "core: write embeddings + fingerprints + cache (one per batch)"],
+  [/^with applying as/, "core: write embeddings + fingerprints + cache (one per batch)"],
   [/^select r\.\S+::text as row_id/, "core: load rows (text, hash, fingerprint, cache hit)"],
   [/^select msg_id, read_ct, message::text as message\s+from util\._read_jobs/, "worker: claim (util._read_jobs)"],
   [/^select pgmq\.delete/, "core: acknowledge (pgmq.delete)"],
   [/^select \* from util\._target_config/, "core: targets"],
-  [/^select set_config/, "core: set autoembed.applying"],
   [/^select \* from util\._record_failures/, "core: record failures"],
 ];
 

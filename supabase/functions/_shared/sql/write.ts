@@ -1,10 +1,11 @@
-// Writes a target's embeddings and fingerprints in one statement and one
-// transaction, under a compare-and-set on the content hash (I2): the vectors
-// in binary through node-postgres where the column is a pgvector type and the
-// caller gave a BinaryWrites pool, as text through postgres.js otherwise.
+// Writes a target's embeddings and fingerprints in one statement, its own
+// implicit transaction (one round trip, no begin or commit), under a
+// compare-and-set on the content hash (I2): the vectors in binary through
+// node-postgres where the column is a pgvector type and the caller gave a
+// BinaryWrites pool, as text through postgres.js otherwise.
 import pg from "pg";
 import type postgres from "postgres";
-import { errorCode, isRetryableNow } from "../db_errors.ts";
+import { errorCode, isConnectionError, isRetryableNow } from "../db_errors.ts";
 import type { Target } from "./targets.ts";
 import { binaryVectorType, type Vector, vectorArrayBinary, vectorList } from "../vectors.ts";
 
@@ -30,6 +31,19 @@ export interface EmbeddingWrite {
  * and one row whose function raises would fail every write). A null vector
  * clears the row's embedding and deletes its fingerprint. Returns the row
  * ids written.
+ *
+ * The statement sets autoembed.applying itself, so it needs no transaction
+ * around it (one round trip, no begin or commit): while it is on, the
+ * insert and update triggers util.enable_embeddings generates and the
+ * guide's util.queue_embeddings return at once, so our own write enqueues no
+ * job. `applying` is read by the UPDATE's first one-time filter: Postgres
+ * checks that before the UPDATE reads its first row, so the setting is on
+ * before any BEFORE row trigger and the AFTER triggers at the statement's
+ * end, even when no row is written (a BEFORE statement trigger, fired
+ * earlier still, would not see it; the pipeline installs none). It is local
+ * to the transaction, so it ends with the statement: the connection's next
+ * statement (a user's update on the same pooled connection) enqueues as
+ * usual (tests/pipeline/write_applying.test.ts).
  */
 function writeQuery(target: Target, binary: boolean): string {
   const pk = target.pk_sql;
@@ -41,7 +55,9 @@ function writeQuery(target: Target, binary: boolean): string {
   // apart (bench/RESULTS.md, section 1b).
   const vectors = binary ? `$3::${type}[]` : `string_to_array($3::text, ';', '')`;
   return `
-    with input as (
+    with applying as materialized (
+      select pg_catalog.set_config('autoembed.applying', 'on', true)
+    ), input as (
       -- The short ids and hashes as text[]; unnest pairs the three by
       -- position. Its estimate (100 rows) keeps the join on the primary key
       -- index: string_to_table, estimated at 1,000, made the planner hash the
@@ -53,6 +69,8 @@ function writeQuery(target: Target, binary: boolean): string {
          set ${target.embedding_sql} = i.embedding
         from input i
        where r.${pk} = i.row_id::${target.pk_type_sql}
+         -- The one-time filters, in this order: applying first.
+         and exists (select from applying)
          and exists (select from util.embedding_targets t
                       where t.id = $4 and t.retired_at is null and t.embedding_column = $5)
          and case when r.${pk} = i.row_id::${target.pk_type_sql}
@@ -99,9 +117,9 @@ export class BinaryWrites {
   }
 
   /**
-   * One transaction: set autoembed.applying (our own write must not enqueue
-   * jobs through the update trigger), then `query` with the parameters
-   * `params` makes from the oid of the column type's element.
+   * `query`, one statement in its own implicit transaction (one round trip,
+   * after the element's oid is known), with the parameters `params` makes
+   * from the oid of the column type's element.
    */
   async write(
     typeSql: string,
@@ -110,18 +128,19 @@ export class BinaryWrites {
   ): Promise<{ row_id: string }[]> {
     const client = await this.#pool.connect();
     try {
-      // One round trip (simple protocol, two statements) opens the transaction.
-      await client.query("begin; select set_config('autoembed.applying', 'on', true)");
       const oid = await this.#elementOid(client, typeSql);
       const result = await client.query<{ row_id: string }>(query, params(oid));
-      await client.query("commit");
       client.release();
       return result.rows;
     } catch (err) {
       // The type was dropped and made anew (another oid): look it up again next time.
       if (errorCode(err) === "42804") this.#oids.delete(typeSql);
-      // Closing the connection rolls back whatever the transaction had done.
-      client.release(true);
+      // A statement the server refused leaves its connection ready for the
+      // next: the server rolled the implicit transaction back, settings and
+      // all. Anything else (a lost connection, an error before the statement
+      // was sent) discards the connection.
+      const refused = err instanceof pg.DatabaseError && !isConnectionError(err);
+      client.release(refused ? undefined : true);
       throw err;
     }
   }
@@ -166,11 +185,11 @@ export async function writeEmbeddings(
           query,
           (oid) => [...params(vectorArrayBinary(vectors, binaryType, oid))],
         )
-        : await sql.begin(async (tx) => {
-          // Our own write must not enqueue new jobs through the update trigger.
-          await tx`select set_config('autoembed.applying', 'on', true)`;
-          return await tx.unsafe<{ row_id: string }[]>(query, [...params(text)]);
-        });
+        // Prepared (where the client allows it; the embed function's pool,
+        // made for poolers, does not): unprepared, sql.unsafe sends Parse and
+        // Describe and waits for the parameter types before it binds, two
+        // round trips per write instead of one.
+        : await sql.unsafe<{ row_id: string }[]>(query, [...params(text)], { prepare: true });
       return new Set(rows.map((r) => r.row_id));
     } catch (err) {
       if (attempt < 3 && isRetryableNow(err)) continue;
