@@ -137,7 +137,8 @@ export async function costScenario(ctx: BenchContext): Promise<CostFigures> {
 
     for (const c of CASES) {
       await c.act(ours.sql);
-      const [{ jobs }] = await ours.sql`select coalesce(sum(util._job_rows(message)), 0)::int as jobs from pgmq.q_embedding_jobs`;
+      const [{ jobs }] = await ours
+        .sql`select coalesce(sum(util._job_rows(message)), 0)::int as jobs from pgmq.q_embedding_jobs`;
       const { requests, inputs } = await providerCost(ctx.fake, () => drainOnce(ctx, ours.url, 1));
       const after = await counts(ours.sql);
       const [{ total }] = await ours.sql`select count(*)::int as total from bench_docs`;

@@ -22,7 +22,10 @@ import { BATCH_SIZE } from "./drain.ts";
 const LABELS: [RegExp, string][] = [
   [/^with applying as/, "core: write embeddings + fingerprints + cache (one per batch)"],
   [/^select r\.\S+::text as row_id/, "core: load rows (text, hash, fingerprint, cache hit)"],
-  [/^select msg_id, read_ct, message::text as message\s+from util\._read_jobs/, "worker: claim (util._read_jobs)"],
+  [
+    /^select msg_id, read_ct, message::text as message\s+from util\._read_jobs/,
+    "worker: claim (util._read_jobs)",
+  ],
   [/^select pgmq\.delete/, "core: acknowledge (pgmq.delete)"],
   [/^select \* from util\._target_config/, "core: targets"],
   [/^select \* from util\._record_failures/, "core: record failures"],
