@@ -116,51 +116,64 @@ $$;
 -- their rows add up to at most `max_rows`. A first message with more rows
 -- than that is cut: the claim keeps its first max_rows ids, the rest go back
 -- to the queue as a message of their own, visible at once. `conditional` as
--- in pgmq.read: only messages containing it; '{}' or null for all.
+-- in pgmq.read: only messages containing it; '{}' or null for all. The
+-- cursor locks one message at a time, as it takes it, so concurrent claims
+-- skip only what this one takes (locking a whole candidate slice would make
+-- them find the queue empty while it holds more than it claims).
 create or replace function util._read_jobs(vt_seconds int, max_rows int, conditional jsonb default '{}')
 returns table (msg_id bigint, read_ct int, message jsonb)
-language sql
+language plpgsql
 set search_path = ''
 as $$
-  with claimable as (
-    select q.msg_id, q.read_ct, q.message
+declare
+  candidates cursor for
+    select q.msg_id, util._job_rows(q.message) as n
       from pgmq.q_embedding_jobs q
      where q.vt <= pg_catalog.clock_timestamp()
        and (conditional is null or conditional = '{}'::jsonb or q.message @> conditional)
      order by q.msg_id
-     limit max_rows
-       for update skip locked
-  ), sized as (
-    select c.*,
-           sum(util._job_rows(c.message)) over (order by c.msg_id) as rows_through,
-           pg_catalog.row_number() over (order by c.msg_id) as n
-      from claimable c
-  ), taken as (
-    select s.msg_id, s.read_ct, s.message, s.rows_through > max_rows as cut
-      from sized s
-     where s.n = 1 or s.rows_through <= max_rows
-  ), rest as (
+       for update skip locked;
+  candidate record;
+  taken bigint[] := '{}';
+  total int := 0;
+  cut bigint;
+begin
+  open candidates;
+  loop
+    fetch candidates into candidate;
+    exit when not found;
+    exit when total > 0 and total + candidate.n > max_rows;
+    taken := taken || candidate.msg_id;
+    total := total + candidate.n;
+    if total > max_rows then
+      cut := candidate.msg_id;
+    end if;
+    exit when total >= max_rows;
+  end loop;
+  close candidates;
+  if cut is not null then
     insert into pgmq.q_embedding_jobs (vt, read_ct, message)
-    select pg_catalog.clock_timestamp(), t.read_ct,
-           t.message || pg_catalog.jsonb_build_object('ids',
+    select pg_catalog.clock_timestamp(), q.read_ct,
+           q.message || pg_catalog.jsonb_build_object('ids',
              (select pg_catalog.jsonb_agg(e.value order by e.ordinality)
-                from pg_catalog.jsonb_array_elements(t.message -> 'ids') with ordinality e
+                from pg_catalog.jsonb_array_elements(q.message -> 'ids') with ordinality e
                where e.ordinality > max_rows))
-      from taken t
-     where t.cut
-  )
+      from pgmq.q_embedding_jobs q
+     where q.msg_id = cut;
+    update pgmq.q_embedding_jobs q
+       set message = q.message || pg_catalog.jsonb_build_object('ids',
+             (select pg_catalog.jsonb_agg(e.value order by e.ordinality)
+                from pg_catalog.jsonb_array_elements(q.message -> 'ids') with ordinality e
+               where e.ordinality <= max_rows))
+     where q.msg_id = cut;
+  end if;
+  return query
   update pgmq.q_embedding_jobs q
      set vt = pg_catalog.clock_timestamp() + pg_catalog.make_interval(secs => vt_seconds),
-         read_ct = q.read_ct + 1,
-         message = case when t.cut
-                        then t.message || pg_catalog.jsonb_build_object('ids',
-                               (select pg_catalog.jsonb_agg(e.value order by e.ordinality)
-                                  from pg_catalog.jsonb_array_elements(t.message -> 'ids') with ordinality e
-                                 where e.ordinality <= max_rows))
-                        else q.message end
-    from taken t
-   where q.msg_id = t.msg_id
-  returning q.msg_id, q.read_ct, q.message
+         read_ct = q.read_ct + 1
+   where q.msg_id = any (taken)
+  returning q.msg_id, q.read_ct, q.message;
+end
 $$;
 
 -- internal: records failed attempts and reschedules them in one call.
