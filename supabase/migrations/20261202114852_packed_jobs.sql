@@ -487,7 +487,7 @@ declare
      order by q.msg_id
        for update skip locked;
   candidate record;
-  taken bigint[] := '{}';
+  taken bigint[] := '{}'::bigint[];
   total int := 0;
   cut bigint;
 begin
