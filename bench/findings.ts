@@ -14,30 +14,37 @@ compare rows of one section, not sections of different runs.
 
 ### The drain (goals 1 and 4)
 
-What one batch of 100 rows costs, in order: the worker claims it (\`pgmq.read\`), reads the targets,
-reads the rows (text, hash, fingerprint), calls the provider, decodes its base64 answer into
+What one batch of 100 rows costs, in order: the worker claims it (\`util._read_jobs\`: one packed
+message of 100 row ids after a bulk statement or a backfill slice), reads the targets, reads the
+rows (text, hash, fingerprint), calls the provider, decodes its base64 answer into
 \`Float32Array\`s, encodes the vectors as one binary \`halfvec[]\`, and sends one write statement
-(embeddings and fingerprints, compare-and-set on the content hash) and one delete. "Profile:
-Postgres time per statement" shows the write was most of Postgres's time; section 1b splits the
-write by its backend's CPU.
+(embeddings and fingerprints, compare-and-set on the content hash; one round trip) and one delete.
+"Profile: Postgres time per statement" shows where Postgres's time goes per statement; section 1b
+splits the write by its backend's CPU.
 
-Changed in round three (issue 12), each measured A/B back to back ("Binary vectors" has the
-figures):
+Changed in round four (issue 12), after round three's binary vectors:
 
-- **Binary vectors** (\`supabase/functions/_shared/sql/write.ts\`, \`vectors.ts\`): the write's
-  vectors are one \`halfvec[]\` (or \`vector[]\`) parameter in Postgres's binary array format,
-  each element in pgvector's send/recv layout, sent through node-postgres (\`BinaryWrites\`: it binds
-  a \`Uint8Array\` parameter in binary; postgres.js binds every parameter as text). The float32 →
-  float16 rounding moved into TypeScript (\`Float16Array\`, round to nearest even as pgvector's
-  \`Float4ToHalf\`); tests/pipeline/binary_write.test.ts writes the same vectors both ways and
-  compares the stored halfvecs bit for bit, edge values included. Postgres no longer runs
-  \`halfvec_in\` (section 1b: the binary parse costs a tenth of the text one, and the whole write a
-  fifth), the worker formats no text, and a batch's parameter is 300 KB instead of about 900 KB.
-  The worker and the \`embed\` function both use it; the text path stays for other column types and
-  behind \`EMBEDDING_TEXT_VECTORS=true\`.
-- **The worker's decoding** (\`providers/openai.ts\`): base64 decoded by \`Uint8Array.fromBase64\`
-  and viewed as float32 in place (no \`atob\` string, no copy loops), the finite check one
-  branch-free pass; the float16 rounding reuses one scratch array.
+- **Packed queue messages** (the triggers' and sweeps' inserts, \`util._read_jobs\`, \`util._record_failures\`,
+  the core's \`jobsOf\` and acknowledgement): a statement's rows (and a backfill slice's) share
+  one queue message per 100 row ids, \`{"ids": [...]}\`. For the drain this means a claim updates
+  one queue row instead of 100 (each a non-HOT update, since \`vt\` is indexed), and the
+  acknowledgement deletes one; the worker parses one message instead of 100. Claims are sized by
+  rows (a larger message is cut, its rest re-queued), and a message is settled row by row in one
+  statement: done rows leave it, failed rows stay under their backoff, dead rows leave as dead
+  letters of their own (tests/pipeline/packed.test.ts). The claim's cursor locks one message at a
+  time as it takes it: the first form locked its whole candidate slice, so concurrent \`--once\`
+  slots found the queue empty while one claim held more than it took, and ended early (a 10,000-row
+  drain took 3.4 s instead of 1.8 s, measured by hand with the worker's batch events before and
+  after).
+- **The write in one round trip** (\`sql/write.ts\`): \`autoembed.applying\` is set inside the
+  write statement (a materialized CTE read by the UPDATE's first one-time filter, so it is on before
+  any row trigger fires and ends with the statement's implicit transaction) instead of
+  \`begin; set_config\` … \`commit\` around it: one round trip instead of three, the same
+  backend CPU (tests/pipeline/write_applying.test.ts proves our write enqueues nothing and the
+  setting does not outlive it on a pooled connection). The text path is prepared, so it too is one
+  round trip where the client prepares statements (the worker).
+
+Changed in round three, each measured A/B back to back ("Binary vectors" has the figures):
 
 Round two's changes (the write's text parameters split by \`string_to_array\`, the formatting into
 one ASCII buffer) remain the text path. Tried and left out: binary halfvecs through
@@ -46,17 +53,17 @@ they saved), and \`set storage plain\` on the embedding column ("Binary vectors"
 backend saves a little, but a later text-only UPDATE costs about 2.5× as much, since it copies the
 vector in the row, and the table grows by half).
 
-**What limits goal 1 (≥ 5,000 rows/s) here: CPU.** At 5,000 rows/s two cores have 400 ms of CPU per
-1,000 rows for everything: the worker, Postgres and the fake provider. Section 1's CPU table gives
-each share per 1,000 rows. With binary vectors the write's backend costs a fraction of what it did
-(section 1b); the rest of Postgres's share is the other statements of a batch (claim, rows, delete)
-and the row update itself. The worker's profile (\`bench/drain_pull.ts --cpu-prof\`, 100,000 rows,
--c 4) after this round: about 40% idle, V8's collector 19% (of all samples; a third of the busy
-time), socket writes (\`writeBuffer\`, \`writev\`, i.e. the kernel's loopback TCP path) 14%, the
-provider answer's checks and decoding 7%, the float16 encoding 2%. The fake provider in the bench
-process takes a share of the same two cores: at the rate reached, the worker, Postgres and the fake
-provider each use about half a core, and \`-c 8\` drains no faster than \`-c 4\` ("Binary vectors"). The provider bound (18,000 rows/s) is not what stops
-it: with a slow provider the worker reaches the share of its bound shown in section 1.
+**Goal 1 is met** (section 1), and the CPU per 1,000 rows of the pipeline and Postgres together is
+below half of issue 12's (section 1's CPU table). At these rates two cores have about 300 ms of CPU
+per 1,000 rows for the worker, Postgres and the fake provider together, and the machine is about
+two thirds busy: the rest is latency (the provider's 20 ms per request, the statements' round
+trips), so \`-c 4\` is what keeps the provider and the database busy at once. Postgres's share is
+now mostly the write (the row update with its TOASTed vector and WAL, and the fingerprints) and the
+rows' read (the content function and sha256 per row); the claim and the delete, which were about a
+third of its time per batch with a job row per row, are small (the Profile section). The worker's
+share is its collector, the socket writes of the write's 300 KB parameter, and the provider
+answer's decoding. The provider bound (18,000 rows/s) is not what stops it: with a slow provider the
+worker reaches the share of its bound shown in section 1.
 
 **HNSW**: with an index on the column every write also inserts each vector into the graph
 (pgvector's defaults, m 16, ef_construction 64), which costs many times the rest of the write
@@ -86,9 +93,10 @@ provider answer, vectors and write text (a few MB), and the garbage they leave u
 it; the heap limits in deno.json bound that headroom. Lowering them further was tried with
 \`bench/drain_pull.ts --memory --v8-flags ...\` (old space 48 MB): the peak moved by less than the
 run-to-run spread, because the runtime's share does not move; glibc's \`MALLOC_ARENA_MAX=2\` and a
-fixed \`MALLOC_MMAP_THRESHOLD_\` did not move it beyond the spread either. The peak is met for the
-worker process at the rate this shared machine allowed; at a higher rate more batches are in flight
-per second, so goal 4 "at the throughput of goal 1" is not shown here.
+fixed \`MALLOC_MMAP_THRESHOLD_\` did not move it beyond the spread either. Section 5's
+100,000-row drain runs at goal 1's throughput, so goal 4 is shown at that rate for the worker
+process; the task runner in front of it (\`deno task\`) adds its own 20 MB or so, which the
+second column shows.
 
 ### Write path (goal 3)
 

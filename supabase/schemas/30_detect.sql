@@ -12,30 +12,15 @@ language sql
 set search_path = ''
 as $$ select pg_catalog.pg_notify('embedding_jobs', '') $$;
 
--- internal: the row part of a queue message for the row ids `ids` (a JSON
--- array, as a statement packs them, up to 100 a message): `{"id": ...}` for
--- one, `{"ids": [...]}` for more. The core expands a packed message into its
--- rows and settles it row by row (util._record_failures); packing keeps a
--- bulk statement's queue inserts to one per 100 rows.
-create or replace function util._job_ids(ids jsonb)
-returns jsonb
-language sql
-immutable
-set search_path = ''
-as $$
-  select case when pg_catalog.jsonb_array_length(ids) = 1
-              then pg_catalog.jsonb_build_object('id', ids -> 0)
-              else pg_catalog.jsonb_build_object('ids', ids) end
-$$;
-
 -- public trigger: enqueues embedding jobs. Arguments: content function name,
 -- embedding column name (as in the Supabase guide). Works as
 --   * a row-level trigger (the guide's form): one message per row; on UPDATE
 --     only when the content function's text changed;
 --   * a statement-level trigger with transition tables named new_rows (and
 --     old_rows for UPDATE and DELETE): one insert into the queue per
---     statement, however many rows, of one message per 100 rows
---     (util._job_ids). util.enable_embeddings uses it for
+--     statement, however many rows: one message per 100 rows, `{"ids":
+--     [...]}` (`{"id": ...}` when it is one row). The core expands a packed
+--     message into its rows and settles it row by row (util._record_failures). util.enable_embeddings uses it for
 --     DELETE; for INSERT and UPDATE it writes the target its own function
 --     with the same behaviour and static SQL (util._create_queue_function).
 -- On DELETE (row level, or statement level with old_rows) and TRUNCATE it
@@ -153,7 +138,9 @@ begin
   if tg_op = 'INSERT' then
     execute format(
       'insert into pgmq.q_embedding_jobs (vt, message)
-       select pg_catalog.clock_timestamp(), $1 || util._job_ids(p.ids)
+       select pg_catalog.clock_timestamp(), $1 || case when pg_catalog.jsonb_array_length(p.ids) = 1
+                         then pg_catalog.jsonb_build_object(''id'', p.ids -> 0)
+                         else pg_catalog.jsonb_build_object(''ids'', p.ids) end
          from (select pg_catalog.jsonb_agg(c.id) as ids
                  from (select n.%1$I as id, (pg_catalog.row_number() over () - 1) / 100 as pack
                          from new_rows n) c
@@ -163,7 +150,9 @@ begin
     begin
       execute format(
         'insert into pgmq.q_embedding_jobs (vt, message)
-         select pg_catalog.clock_timestamp(), $1 || util._job_ids(p.ids)
+         select pg_catalog.clock_timestamp(), $1 || case when pg_catalog.jsonb_array_length(p.ids) = 1
+                         then pg_catalog.jsonb_build_object(''id'', p.ids -> 0)
+                         else pg_catalog.jsonb_build_object(''ids'', p.ids) end
            from (select pg_catalog.jsonb_agg(c.id) as ids
                    from (select n.%1$I as id, (pg_catalog.row_number() over () - 1) / 100 as pack
                            from new_rows n left join old_rows o on o.%1$I = n.%1$I
@@ -176,7 +165,9 @@ begin
       -- path), a row whose text cannot be built counting as changed.
       execute format(
         'insert into pgmq.q_embedding_jobs (vt, message)
-         select pg_catalog.clock_timestamp(), $1 || util._job_ids(p.ids)
+         select pg_catalog.clock_timestamp(), $1 || case when pg_catalog.jsonb_array_length(p.ids) = 1
+                         then pg_catalog.jsonb_build_object(''id'', p.ids -> 0)
+                         else pg_catalog.jsonb_build_object(''ids'', p.ids) end
            from (select pg_catalog.jsonb_agg(c.id) as ids
                    from (select n.%1$I as id, (pg_catalog.row_number() over () - 1) / 100 as pack
                            from new_rows n left join old_rows o on o.%1$I = n.%1$I
@@ -316,7 +307,9 @@ begin
                                        'contentFunction', %3$L::text, 'embeddingColumn', %4$L::text);
   if tg_op = 'INSERT' then
     insert into pgmq.q_embedding_jobs (vt, message)
-    select pg_catalog.clock_timestamp(), job || util._job_ids(p.ids)
+    select pg_catalog.clock_timestamp(), job || case when pg_catalog.jsonb_array_length(p.ids) = 1
+                        then pg_catalog.jsonb_build_object('id', p.ids -> 0)
+                        else pg_catalog.jsonb_build_object('ids', p.ids) end
       from (select pg_catalog.jsonb_agg(c.id) as ids
               from (select n.%1$I as id, (pg_catalog.row_number() over () - 1) / 100 as pack
                       from new_rows n) c
@@ -325,7 +318,9 @@ begin
     begin
       -- Only rows whose text changed (I4).
       insert into pgmq.q_embedding_jobs (vt, message)
-      select pg_catalog.clock_timestamp(), job || util._job_ids(p.ids)
+      select pg_catalog.clock_timestamp(), job || case when pg_catalog.jsonb_array_length(p.ids) = 1
+                        then pg_catalog.jsonb_build_object('id', p.ids -> 0)
+                        else pg_catalog.jsonb_build_object('ids', p.ids) end
         from (select pg_catalog.jsonb_agg(c.id) as ids
                 from (select n.%1$I as id, (pg_catalog.row_number() over () - 1) / 100 as pack
                         from new_rows n left join old_rows o on o.%1$I = n.%1$I
@@ -335,7 +330,9 @@ begin
       -- The content function raises for some row: compare row by row, a row
       -- whose text cannot be built counting as changed.
       insert into pgmq.q_embedding_jobs (vt, message)
-      select pg_catalog.clock_timestamp(), job || util._job_ids(p.ids)
+      select pg_catalog.clock_timestamp(), job || case when pg_catalog.jsonb_array_length(p.ids) = 1
+                        then pg_catalog.jsonb_build_object('id', p.ids -> 0)
+                        else pg_catalog.jsonb_build_object('ids', p.ids) end
         from (select pg_catalog.jsonb_agg(c.id) as ids
                 from (select n.%1$I as id, (pg_catalog.row_number() over () - 1) / 100 as pack
                         from new_rows n left join old_rows o on o.%1$I = n.%1$I

@@ -67,7 +67,9 @@ begin
                    else f.content_hash is distinct from %5$s end
      ), queued as (
        insert into pgmq.q_embedding_jobs (vt, message)
-       select pg_catalog.clock_timestamp(), $4 || util._job_ids(k.ids)
+       select pg_catalog.clock_timestamp(), $4 || case when pg_catalog.jsonb_array_length(k.ids) = 1
+                      then pg_catalog.jsonb_build_object(''id'', k.ids -> 0)
+                      else pg_catalog.jsonb_build_object(''ids'', k.ids) end
          from (select pg_catalog.jsonb_agg(c.key) as ids
                  from (select p.key, (pg_catalog.row_number() over () - 1) / 100 as pack from picked p) c
                 group by c.pack) k

@@ -1,5 +1,5 @@
 // Packed queue messages: a statement's (or a sweep step's) rows share one
-// message per 100 row ids (util._job_ids), claims are sized by rows
+// message per 100 row ids (the triggers' and sweeps' packing), claims are sized by rows
 // (util._read_jobs), and a message is settled row by row
 // (util._record_failures): done rows leave it, failed rows stay under their
 // backoff, dead rows leave as dead letters of their own.

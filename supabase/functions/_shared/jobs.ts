@@ -34,7 +34,7 @@ export const jobMessageSchema = z.object({ id: rowId, ...target });
 
 /**
  * A packed message: the rows of one statement or sweep step, up to 100 a
- * message (util._job_ids). The core expands it into one job per row and
+ * message (the triggers' and sweeps' packing). The core expands it into one job per row and
  * settles it row by row (sql/queue.ts).
  */
 export const packedMessageSchema = z.object({
