@@ -135,17 +135,26 @@ pull-only row of section 4. Push mode (\`kick_on_change\`, set where pg_cron run
 \`process-embeddings\`) sends no NOTIFY. The durable medians move a lot between runs on this
 shared machine (see their min–max); compare rows of one run.
 
-Bulk insert (goal ≤ 2×), not met, and why: the trigger runs one set-based INSERT over the transition
-table, and inserting one job row per inserted row into the queue table (jsonb message, two indexes)
-costs about as much as inserting the rows themselves. Taken apart by hand on the fsync-off cluster
-(100,000 rows of section 4's shape, best of three, load average about 2.5): the insert alone 0.31 s;
-with a statement trigger that only builds the transition table 0.36 s; inserting 100,000 queue rows
-whose message is an empty \`{}\` 0.57 s (1.8×); with the real message 0.71 s (2.3×). So even an
-empty job row per row leaves almost no room, and ≤ 2× needs fewer queue rows than changed rows:
-messages that pack many row ids (\`ids: [...]\`), expanded into jobs by the core, acknowledged when
-all are done, with the unfinished ids re-enqueued in the transaction of the delete so that attempts
-and dead-lettering stay per row, and \`util.process_embeddings\` sizing its batches by rows. That
-changes the job contract and the core's acknowledgement, so it was left for its own change.
+Bulk insert (goal ≤ 2×), met in round four by packing. Before it, the trigger inserted one job row
+per inserted row, which cost about as much as inserting the rows themselves; taken apart by hand
+on the fsync-off cluster (100,000 rows of section 4's shape, best of three, load average about 2.5,
+the earlier AMD machine): the insert alone 0.31 s; with a statement trigger that only builds the
+transition table 0.36 s; inserting 100,000 queue rows whose message is an empty \`{}\` 0.57 s
+(1.8×); with the real message 0.71 s (2.3×). Now the statement's rows share one message per 100 row
+ids, so a 100,000-row statement inserts 1,000 queue rows: what is left over the bare insert is the
+transition table and the grouping of its ids (section 4's bulk rows). The single-row form is
+unchanged (\`{"id": ...}\`), and its packing is inline SQL: as a call of a small SQL function it
+cost 22 µs of a single-row insert's trigger (a SQL function with a pinned \`search_path\` is never
+inlined; measured with \`track_functions\` in a run of this round, then removed). Bulk updates
+(3× here) are not the goal's: their cost is the content function run on the old and the new row of
+each changed row, which is what keeps no-op updates free.
+
+Single-row inserts against the guide's trigger (goal 3, first part): in the function profile, the
+steadiest evidence, a single-row insert's trigger work costs less than the guide's two
+\`pgmq.send\` levels for both our forms (section 4's profile rows: total µs per call, the kick
+included). pgbench's durable medians put \`enable_embeddings\` at parity with the guide and the
+guide-style row trigger a few per cent below it, inside each other's min–max spreads: on this shared
+machine the durable runs (fsync on every commit) swing by more than the difference.
 
 The guide-style row triggers' bulk update (section 4) is slow for another reason:
 \`util.queue_embeddings\` and \`util.clear_column\` at row level each compare old and new text
