@@ -60,7 +60,7 @@ two thirds busy: the rest is latency (the provider's 20 ms per request, the stat
 trips), so \`-c 4\` is what keeps the provider and the database busy at once. Postgres's share is
 now mostly the write (the row update with its TOASTed vector and WAL, and the fingerprints) and the
 rows' read (the content function and sha256 per row); the claim and the delete, which were about a
-third of its time per batch with a job row per row, are small (the Profile section). The worker's
+sixth of its statement time with a job row per row (the previous round's profile), are small (the Profile section). The worker's
 share is its collector, the socket writes of the write's 300 KB parameter, and the provider
 answer's decoding. The provider bound (18,000 rows/s) is not what stops it: with a slow provider the
 worker reaches the share of its bound shown in section 1.
