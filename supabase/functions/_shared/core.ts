@@ -154,7 +154,7 @@ class Outcome {
   fail(work: RowWork, error: string, retryable: boolean, retryAfterMs?: number) {
     for (const jobId of work.jobIds) {
       if (this.packed.has(jobId)) {
-        const key = rowKey(jobId, work.rowId);
+        const key = failureKey(jobId, work.rowId);
         if (this.failedRows.has(key)) continue;
         this.failedRows.add(key);
       } else if (this.failed.has(jobId)) continue;
@@ -181,9 +181,6 @@ class Outcome {
     }
   }
 }
-
-/** A row of a packed message, as a key. */
-const rowKey = (jobId: number, rowId: string) => failureKey(jobId, rowId);
 
 /** Processes one batch of jobs. Throws only when the database itself is unreachable. */
 export async function processBatch(
@@ -258,7 +255,7 @@ function assignJobs(
     }
     if (!idFitsKeyType(rowId, live.pk_type_sql)) {
       // A packed message's row is named exactly: it leaves the message, dead-lettered alone.
-      if (job.packed) outcome.failedRows.add(rowKey(job.jobId, rowId));
+      if (job.packed) outcome.failedRows.add(failureKey(job.jobId, rowId));
       outcome.refuse({
         job_id: job.jobId,
         target_id: live.id,
@@ -477,7 +474,7 @@ async function acknowledge(
   const unstarted: Failure[] = [];
   for (const [jobId, rows] of handedBackRows) {
     for (const rowId of rows) {
-      if (failedRows.has(rowKey(jobId, rowId))) continue;
+      if (failedRows.has(failureKey(jobId, rowId))) continue;
       unstarted.push({
         job_id: jobId,
         target_id: null,
@@ -513,7 +510,7 @@ async function acknowledge(
   for (const job of jobs) {
     if (done.has(job.jobId)) completedRows++;
     else if (job.packed && outcome.accepted.has(job.jobId)) {
-      const key = rowKey(job.jobId, String(job.id));
+      const key = failureKey(job.jobId, String(job.id));
       if (!failedRows.has(key) && !handedBackRows.get(job.jobId)?.has(String(job.id))) {
         completedRows++;
       }
