@@ -6,6 +6,7 @@ import postgres from "postgres";
 import { coreSettings, SettingsError } from "../supabase/functions/_shared/settings.ts";
 import { install, InstallError, type Mode, report } from "./install.ts";
 import { runWorker } from "./worker.ts";
+import { queuedRows } from "../supabase/functions/_shared/sql/queue.ts";
 
 export class UsageError extends Error {}
 
@@ -310,8 +311,8 @@ async function worker(args: ParsedArgs): Promise<number> {
   };
   const ticker = counter
     ? setInterval(() => {
-      counter`select coalesce(sum(util._job_rows(message)), 0)::int as n from pgmq.q_embedding_jobs`
-        .then(([row]) => (backlog = row.n), () => (backlog = null))
+      queuedRows(counter)
+        .then((n) => (backlog = n), () => (backlog = null))
         .finally(refresh);
     }, 1000)
     : undefined;

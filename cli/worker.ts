@@ -1,21 +1,17 @@
 // Pull-mode worker: claims batches from the embedding_jobs queue and applies
 // them with the same core as the embed function. LISTEN only nudges; polling
 // is the fallback, so a lost notification delays work by at most one poll
-// interval. Each concurrency slot makes at most one claim at a time.
+// interval. Each concurrency slot makes at most one claim at a time. The
+// queue is reached through the core's queue module, failures are read by the
+// recovery policy (recovery.ts), both shared with the embed function.
 import postgres from "postgres";
-import { processBatch } from "../supabase/functions/_shared/core.ts";
-import { isConnectionError } from "../supabase/functions/_shared/db_errors.ts";
+import { type BatchResult, processBatch } from "../supabase/functions/_shared/core.ts";
+import { errorCode, isConnectionError } from "../supabase/functions/_shared/db_errors.ts";
+import { type Job, NOTIFY_CHANNEL, type RefusedJob } from "../supabase/functions/_shared/jobs.ts";
 import { surviveDatabaseDisconnects } from "../supabase/functions/_shared/postgres_guard.ts";
+import { backoffMs, CLAIM_RETRY } from "../supabase/functions/_shared/recovery.ts";
+import { claimJobs, requeueJobs } from "../supabase/functions/_shared/sql/queue.ts";
 import { BinaryWrites } from "../supabase/functions/_shared/sql/write.ts";
-import {
-  checkJobMessage,
-  type Job,
-  jobsOf,
-  NOTIFY_CHANNEL,
-  parseJobJson,
-  QUEUE_NAME,
-  type RefusedJob,
-} from "../supabase/functions/_shared/jobs.ts";
 import type { CoreSettings } from "../supabase/functions/_shared/settings.ts";
 
 export interface WorkerOptions {
@@ -58,15 +54,8 @@ export interface WorkerResult {
   chunks: number;
 }
 
-interface Message {
-  msg_id: string;
-  read_ct: number;
-  /** As text: parseJobJson keeps ids exact that a JS number cannot hold. */
-  message: string | null;
-}
-
 /** Conditions for util._read_jobs: one per table filter, or a single unconditional read. */
-function claimFilters(tables: string[]): Record<string, string>[] {
+export function claimFilters(tables: string[]): Record<string, string>[] {
   if (tables.length === 0) return [{}];
   return tables.map((t): Record<string, string> => {
     const dot = t.indexOf(".");
@@ -86,68 +75,292 @@ function sleep(ms: number, ...wakers: Promise<void>[]): Promise<void> {
   ]).finally(() => clearTimeout(timer));
 }
 
-export async function runWorker(options: WorkerOptions): Promise<WorkerResult> {
-  const log = options.log ?? (() => {});
-  const newClient = () =>
-    postgres(options.dbUrl, {
-      max: options.concurrency + 1,
+/** A promise that idle slots await, resolved by every NOTIFY (and then renewed). */
+class Wakeup {
+  #resolve: () => void = () => {};
+  promise = this.#renew();
+
+  #renew(): Promise<void> {
+    return new Promise<void>((r) => (this.#resolve = r));
+  }
+
+  nudge = () => {
+    this.#resolve();
+    this.promise = this.#renew();
+  };
+}
+
+type Claimed = { jobs: Job[]; refused: RefusedJob[] };
+
+/** One worker process: its pools, its wake-ups, and the slots that claim and process. */
+class Worker {
+  readonly result: WorkerResult = { batches: 0, completed: 0, failed: 0, chunks: 0 };
+  readonly #log: (line: string) => void;
+  #sql: postgres.Sql;
+  readonly #binaryWrites?: BinaryWrites;
+  readonly #filters: Record<string, string>[];
+  #filterTurn = 0;
+  readonly #wake = new Wakeup();
+  #listener: { unlisten(): Promise<void> } | null = null;
+  /** Resolves when the stop signal came: every sleep races it. */
+  readonly stopped: Promise<void>;
+  readonly #abortProviders = new AbortController();
+  #graceTimer?: ReturnType<typeof setTimeout>;
+  #lastReset = 0;
+  #lastMaintained = 0;
+  #maintaining: Promise<number> | null = null;
+  #consecutiveErrors = 0;
+  /** Jobs of batches a lost connection interrupted, handed back once the database answers. */
+  readonly #interrupted = new Set<number>();
+
+  constructor(readonly options: WorkerOptions) {
+    this.#log = options.log ?? (() => {});
+    this.#sql = this.#newClient();
+    // The write's vectors go in binary through node-postgres (one connection
+    // per slot); the rest through postgres.js.
+    this.#binaryWrites = options.settings.textVectors
+      ? undefined
+      : new BinaryWrites(options.dbUrl, {
+        max: options.concurrency,
+        applicationName: "autoembed worker",
+      });
+    this.#filters = claimFilters(options.tables);
+    this.stopped = new Promise<void>((resolve) => {
+      const onStop = () => {
+        this.#graceTimer = setTimeout(
+          () => this.#abortProviders.abort(),
+          options.shutdownGraceMs ?? 10_000,
+        );
+        resolve();
+      };
+      if (options.signal?.aborted) onStop();
+      else options.signal?.addEventListener("abort", onStop, { once: true });
+    });
+  }
+
+  get stopping(): boolean {
+    return this.options.signal?.aborted ?? false;
+  }
+
+  #newClient(): postgres.Sql {
+    return postgres(this.options.dbUrl, {
+      max: this.options.concurrency + 1,
       onnotice: () => {},
       idle_timeout: 60,
       connect_timeout: 10,
       connection: { application_name: "autoembed worker" },
     });
-  let sql = newClient();
-  // The write's vectors go in binary through node-postgres (one connection
-  // per slot); the rest through postgres.js.
-  const binaryWrites = options.settings.textVectors ? undefined : new BinaryWrites(options.dbUrl, {
-    max: options.concurrency,
-    applicationName: "autoembed worker",
-  });
-  const result: WorkerResult = { batches: 0, completed: 0, failed: 0, chunks: 0 };
-  const filters = claimFilters(options.tables);
-  let filterTurn = 0;
-  const stopping = options.signal;
-  const abortProviders = new AbortController();
-  let graceTimer: ReturnType<typeof setTimeout> | undefined;
-  // Every sleep (poll wait, reconnect backoff) races this, so a stop during a
-  // database outage is not held up by a backoff of up to 45 s.
-  const stopped = new Promise<void>((resolve) => {
-    const onStop = () => {
-      graceTimer = setTimeout(() => abortProviders.abort(), options.shutdownGraceMs ?? 10_000);
-      resolve();
-    };
-    if (stopping?.aborted) onStop();
-    else stopping?.addEventListener("abort", onStop, { once: true });
-  });
-
-  // Wake-ups: every NOTIFY resolves the current promise, which all idle slots await.
-  let wakeResolve: () => void = () => {};
-  let wake = new Promise<void>((r) => (wakeResolve = r));
-  function nudge() {
-    wakeResolve();
-    wake = new Promise<void>((r) => (wakeResolve = r));
   }
-  let listener = null as { unlisten(): Promise<void> } | null;
-  const listen = async () => {
-    if (!options.once) listener = await sql.listen(NOTIFY_CHANNEL, () => nudge(), () => nudge());
-  };
-  try {
-    await listen();
-  } catch (err) {
-    await Promise.all([sql.end({ timeout: 1 }), binaryWrites?.end()]);
-    throw err;
+
+  async listen(): Promise<void> {
+    if (this.options.once) return;
+    this.#listener = await this.#sql.listen(NOTIFY_CHANNEL, this.#wake.nudge, this.#wake.nudge);
+  }
+
+  get listening(): boolean {
+    return this.#listener !== null;
   }
 
   /** Replaces the pool: queries on the old one fail, their batches come back after the vt. */
-  let lastReset = 0;
-  function resetClient(reason: string) {
-    if (Date.now() - lastReset < 200) return;
-    lastReset = Date.now();
-    log(JSON.stringify({ event: "client_reset", reason: reason.slice(0, 200) }));
-    const old = sql;
-    sql = newClient();
+  resetClient(reason: string): void {
+    if (Date.now() - this.#lastReset < 200) return;
+    this.#lastReset = Date.now();
+    this.#log(JSON.stringify({ event: "client_reset", reason: reason.slice(0, 200) }));
+    const old = this.#sql;
+    this.#sql = this.#newClient();
     old.end({ timeout: 0 }).catch(() => {});
-    listen().catch(() => nudge());
+    this.listen().catch(() => this.#wake.nudge());
+  }
+
+  /** One claim of about --batch-size rows, the table filters taken in turn. */
+  claim(): Promise<Claimed> {
+    return claimJobs(this.#sql, {
+      visibilitySeconds: this.options.visibilitySeconds,
+      maxRows: this.options.batchSize,
+      filter: this.#filters[this.#filterTurn++ % this.#filters.length],
+    });
+  }
+
+  /**
+   * The pipeline's background work (util.maintain_embeddings: content
+   * function changes, sweeps, model switches), at most once per poll
+   * interval across slots, and always when `force`. Returns the jobs it
+   * enqueued.
+   */
+  maintain(force = false): Promise<number> {
+    if (this.#maintaining) return this.#maintaining;
+    if (!force && Date.now() - this.#lastMaintained < this.options.pollIntervalMs) {
+      return Promise.resolve(0);
+    }
+    this.#lastMaintained = Date.now();
+    this.#maintaining = this.#sql<{ n: string }[]>`select util.maintain_embeddings() as n`
+      .then(([row]) => Number(row.n))
+      .finally(() => this.#maintaining = null);
+    return this.#maintaining;
+  }
+
+  /**
+   * --once: whether work is left that a claim may yet find (jobs waiting out
+   * a backoff, or behind an open circuit, are not "there"): the background
+   * work enqueued more, or a sweep whose last slice needed nothing is still
+   * to be finished.
+   */
+  async moreToDo(): Promise<boolean> {
+    if (await this.maintain(true) > 0) return true;
+    const [{ sweeping }] = await this.#sql<{ sweeping: boolean }[]>`
+      select exists (select from util.embedding_targets
+                      where sweep_started_at is not null) as sweeping`;
+    return sweeping;
+  }
+
+  /**
+   * Makes the jobs of batches a lost connection interrupted visible again in
+   * a few seconds (instead of after their visibility timeout), with their
+   * attempt back. Whatever the batch did write stays (compare-and-set, so a
+   * rerun finds it fresh at no provider cost).
+   */
+  async handBackInterrupted(): Promise<void> {
+    if (this.#interrupted.size === 0) return;
+    const ids = [...this.#interrupted];
+    await requeueJobs(this.#sql, ids, INTERRUPTED_RETRY_SECONDS, true);
+    for (const id of ids) this.#interrupted.delete(id);
+    this.#log(JSON.stringify({ event: "handed_back_interrupted", jobs: ids.length }));
+  }
+
+  /** Applies a claimed batch with the core, which settles it. */
+  process({ jobs, refused }: Claimed): Promise<BatchResult> {
+    const settings = this.options.settings;
+    return processBatch(this.#sql, jobs, {
+      refused,
+      providerFor: settings.providerFor,
+      signal: this.#abortProviders.signal,
+      truncate: settings.truncate,
+      providerConcurrency: settings.providerConcurrency,
+      binaryWrites: this.#binaryWrites,
+    });
+  }
+
+  /** Counts a finished batch and reports it. */
+  record(claimed: Claimed, batch: BatchResult): void {
+    const result = this.result;
+    result.batches++;
+    result.completed += batch.completedRows;
+    result.chunks += batch.stats.chunks;
+    result.failed += batch.failedJobs.length;
+    this.options.onBatch?.({
+      jobs: claimed.jobs.length + claimed.refused.length,
+      completed: batch.completedRows,
+      failed: batch.failedJobs.length,
+      providerCalls: batch.stats.providerCalls,
+      chunks: batch.stats.chunks,
+      durationMs: batch.stats.durationMs,
+      totalCompleted: result.completed,
+      totalChunks: result.chunks,
+    });
+  }
+
+  /** An idle poll: reports, then waits for a NOTIFY, the poll interval or the stop. */
+  async idle(): Promise<void> {
+    this.options.onBatch?.({
+      jobs: 0,
+      completed: 0,
+      failed: 0,
+      providerCalls: 0,
+      chunks: 0,
+      durationMs: 0,
+      totalCompleted: this.result.completed,
+      totalChunks: this.result.chunks,
+    });
+    await sleep(this.options.pollIntervalMs, this.#wake.promise, this.stopped);
+  }
+
+  /**
+   * A claim failed: an unreachable database is waited out with the recovery
+   * policy's claim curve (a fresh pool after two failures in a row); under
+   * --once, a failing statement is a bug to report, not to wait out.
+   */
+  async claimFailed(err: unknown): Promise<void> {
+    const unreachable = isConnectionError(err);
+    if (!unreachable && this.options.once) throw err;
+    this.#consecutiveErrors++;
+    // A pool whose connections ended keeps failing; start afresh.
+    if (this.#consecutiveErrors >= 2) this.resetClient(`repeated ${errorCode(err)}`);
+    const delay = backoffMs(this.#consecutiveErrors, CLAIM_RETRY);
+    this.#log(JSON.stringify({
+      event: unreachable ? "db_unavailable" : "claim_failed",
+      retryInMs: delay,
+      code: errorCode(err),
+      message: unreachable ? undefined : String((err as Error)?.message).slice(0, 200),
+    }));
+    await sleep(delay, this.stopped);
+  }
+
+  /**
+   * A batch failed as a whole: when the database was lost, its jobs are
+   * handed back once it answers; otherwise they reappear after their
+   * visibility timeout. Nothing is lost.
+   */
+  batchFailed(claimed: Claimed, err: unknown): void {
+    const unreachable = isConnectionError(err);
+    if (!unreachable && this.options.once) throw err;
+    if (unreachable) { for (const job of claimed.jobs) this.#interrupted.add(job.jobId); }
+    this.#log(JSON.stringify({
+      event: "batch_interrupted",
+      jobs: claimed.jobs.length + claimed.refused.length,
+      code: errorCode(err),
+      message: unreachable ? undefined : String((err as Error)?.message).slice(0, 200),
+    }));
+  }
+
+  /** One slot: claim, process (the core settles), or sleep until woken; until stopped. */
+  async slot(): Promise<void> {
+    while (!this.stopping) {
+      let claimed: Claimed;
+      try {
+        await this.handBackInterrupted();
+        await this.maintain();
+        claimed = await this.claim();
+        this.#consecutiveErrors = 0;
+      } catch (err) {
+        await this.claimFailed(err);
+        continue;
+      }
+      if (claimed.jobs.length === 0 && claimed.refused.length === 0) {
+        if (!this.options.once) {
+          await this.idle();
+          continue;
+        }
+        try {
+          if (await this.moreToDo()) continue;
+        } catch (err) {
+          if (!isConnectionError(err)) throw err;
+          continue;
+        }
+        return;
+      }
+      try {
+        this.record(claimed, await this.process(claimed));
+      } catch (err) {
+        this.batchFailed(claimed, err);
+      }
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.#listener?.unlisten().catch(() => {});
+    clearTimeout(this.#graceTimer);
+    await Promise.all([this.#sql.end({ timeout: 5 }), this.#binaryWrites?.end()]);
+  }
+}
+
+export async function runWorker(options: WorkerOptions): Promise<WorkerResult> {
+  const worker = new Worker(options);
+  const log = options.log ?? (() => {});
+  try {
+    await worker.listen();
+  } catch (err) {
+    await worker.close();
+    throw err;
   }
   // postgres.js can throw from a timer, or reject a promise nobody holds, when
   // a connection dies in the middle of a write (seen on Postgres restarts).
@@ -155,187 +368,20 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerResult> {
   // bug and still ends the process.
   const unguard = surviveDatabaseDisconnects(
     log,
-    (error) => resetClient(`disconnect ${(error as { code?: string }).code ?? "closed_socket"}`),
+    (error) => worker.resetClient(`disconnect ${errorCode(error) ?? "closed_socket"}`),
   );
-
   log(JSON.stringify({
     event: "started",
-    listening: listener !== null,
+    listening: worker.listening,
     concurrency: options.concurrency,
     batchSize: options.batchSize,
     pollIntervalMs: options.pollIntervalMs,
   }));
-
-  /**
-   * One claim of about --batch-size rows (util._read_jobs: pgmq.read sized
-   * by rows, a packed message expanded into its rows): the jobs read and the
-   * malformed messages among them (both empty when there was nothing to
-   * read). The core records the refused ones with the batch's other
-   * failures, so they are dead-lettered at once.
-   */
-  async function claim(): Promise<{ jobs: Job[]; refused: RefusedJob[] }> {
-    const filter = filters[filterTurn++ % filters.length];
-    const rows = await sql<Message[]>`
-      select msg_id, read_ct, message::text as message
-        from util._read_jobs(${options.visibilitySeconds}, ${options.batchSize}, ${
-      sql.json(filter)
-    })`;
-    const jobs: Job[] = [];
-    const refused: RefusedJob[] = [];
-    for (const row of rows) {
-      const checked = checkJobMessage(row.message === null ? null : parseJobJson(row.message));
-      if ("job" in checked) {
-        jobs.push(...jobsOf(checked.job, Number(row.msg_id), row.read_ct));
-      } else refused.push({ jobId: Number(row.msg_id), error: checked.error });
-    }
-    return { jobs, refused };
-  }
-
-  /**
-   * The pipeline's background work (util.maintain_embeddings: content
-   * function changes, sweeps, model switches), at most once per poll
-   * interval across slots, and always when --once finds the queue empty.
-   * Returns the jobs it enqueued.
-   */
-  let lastMaintained = 0;
-  let maintaining: Promise<number> | null = null;
-  function maintain(force = false): Promise<number> {
-    if (maintaining) return maintaining;
-    if (!force && Date.now() - lastMaintained < options.pollIntervalMs) return Promise.resolve(0);
-    lastMaintained = Date.now();
-    maintaining = sql<{ n: string }[]>`select util.maintain_embeddings() as n`
-      .then(([row]) => Number(row.n))
-      .finally(() => maintaining = null);
-    return maintaining;
-  }
-
-  let consecutiveErrors = 0;
-
-  /**
-   * Jobs of batches a lost connection interrupted: they would stay hidden for
-   * the rest of their visibility timeout (2 minutes by default), so once the
-   * database answers again they are made visible in a few seconds instead.
-   * Whatever the interrupted batch did write stays (compare-and-set, so a
-   * rerun finds it fresh at no provider cost).
-   */
-  const interrupted = new Set<number>();
-  async function handBackInterrupted(): Promise<void> {
-    if (interrupted.size === 0) return;
-    const ids = [...interrupted];
-    await sql`select pgmq.set_vt(${QUEUE_NAME}, id::bigint, ${INTERRUPTED_RETRY_SECONDS})
-                from jsonb_array_elements_text(${JSON.stringify(ids)}::text::jsonb) id`;
-    for (const id of ids) interrupted.delete(id);
-    log(JSON.stringify({ event: "handed_back_interrupted", jobs: ids.length }));
-  }
-
-  async function slot(): Promise<void> {
-    while (!stopping?.aborted) {
-      let jobs: Job[];
-      let refused: RefusedJob[];
-      try {
-        await handBackInterrupted();
-        await maintain();
-        ({ jobs, refused } = await claim());
-        consecutiveErrors = 0;
-      } catch (err) {
-        const unreachable = isConnectionError(err);
-        // --once is a batch job: a failing statement is a bug to report, not to wait out.
-        if (!unreachable && options.once) throw err;
-        // Reconnect with jittered exponential backoff; postgres.js reconnects on the next query.
-        consecutiveErrors++;
-        // A pool whose connections ended keeps failing; start afresh.
-        if (consecutiveErrors >= 2) resetClient(`repeated ${(err as { code?: string }).code}`);
-        const delay = Math.min(30_000, 250 * 2 ** Math.min(consecutiveErrors, 7)) *
-          (0.5 + Math.random());
-        log(
-          JSON.stringify({
-            event: unreachable ? "db_unavailable" : "claim_failed",
-            retryInMs: Math.round(delay),
-            code: (err as { code?: string }).code,
-            message: unreachable ? undefined : String((err as Error)?.message).slice(0, 200),
-          }),
-        );
-        await sleep(delay, stopped);
-        continue;
-      }
-      if (jobs.length === 0 && refused.length === 0) {
-        // --once: what was there is done (jobs waiting out a retry backoff are not
-        // "there"), once the background work has nothing more to enqueue.
-        if (options.once) {
-          try {
-            if (await maintain(true) > 0) continue;
-            // A sweep whose last slice needed nothing is still a sweep: finish it.
-            const [{ sweeping }] = await sql<{ sweeping: boolean }[]>`
-              select exists (select from util.embedding_targets
-                              where sweep_started_at is not null) as sweeping`;
-            if (sweeping) continue;
-          } catch (err) {
-            if (!isConnectionError(err)) throw err;
-            continue;
-          }
-          return;
-        }
-        options.onBatch?.({
-          jobs: 0,
-          completed: 0,
-          failed: 0,
-          providerCalls: 0,
-          chunks: 0,
-          durationMs: 0,
-          totalCompleted: result.completed,
-          totalChunks: result.chunks,
-        });
-        await sleep(options.pollIntervalMs, wake, stopped);
-        continue;
-      }
-      try {
-        const batch = await processBatch(sql, jobs, {
-          refused,
-          providerFor: options.settings.providerFor,
-          signal: abortProviders.signal,
-          truncate: options.settings.truncate,
-          providerConcurrency: options.settings.providerConcurrency,
-          binaryWrites,
-        });
-        result.batches++;
-        result.completed += batch.completedRows;
-        result.chunks += batch.stats.chunks;
-        result.failed += batch.failedJobs.length;
-        options.onBatch?.({
-          jobs: jobs.length + refused.length,
-          completed: batch.completedRows,
-          failed: batch.failedJobs.length,
-          providerCalls: batch.stats.providerCalls,
-          chunks: batch.stats.chunks,
-          durationMs: batch.stats.durationMs,
-          totalCompleted: result.completed,
-          totalChunks: result.chunks,
-        });
-      } catch (err) {
-        const unreachable = isConnectionError(err);
-        if (!unreachable && options.once) throw err;
-        // Unreachable: its jobs are handed back once the database answers;
-        // otherwise they reappear after the visibility timeout. Nothing is lost.
-        if (unreachable) { for (const job of jobs) interrupted.add(job.jobId); }
-        log(
-          JSON.stringify({
-            event: "batch_interrupted",
-            jobs: jobs.length + refused.length,
-            code: (err as { code?: string }).code,
-            message: unreachable ? undefined : String((err as Error)?.message).slice(0, 200),
-          }),
-        );
-      }
-    }
-  }
-
   try {
-    await Promise.all(Array.from({ length: options.concurrency }, () => slot()));
+    await Promise.all(Array.from({ length: options.concurrency }, () => worker.slot()));
   } finally {
-    await listener?.unlisten().catch(() => {});
     unguard();
-    clearTimeout(graceTimer);
-    await Promise.all([sql.end({ timeout: 5 }), binaryWrites?.end()]);
+    await worker.close();
   }
-  return result;
+  return worker.result;
 }

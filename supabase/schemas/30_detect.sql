@@ -18,18 +18,18 @@ as $$ select pg_catalog.pg_notify('embedding_jobs', '') $$;
 --     only when the content function's text changed;
 --   * a statement-level trigger with transition tables named new_rows (and
 --     old_rows for UPDATE and DELETE): one insert into the queue per
---     statement, however many rows: one message per 100 rows, `{"ids":
---     [...]}` (`{"id": ...}` when it is one row). The core expands a packed
---     message into its rows and settles it row by row (util._record_failures). util.enable_embeddings uses it for
+--     statement, however many rows: one message per pack_size rows, `{"ids":
+--     [...]}` (`{"id": ...}` when it is one row), built by util._enqueue_sql
+--     (15_jobs). The core expands a packed message into its rows and settles
+--     it row by row (util._settle_jobs). util.enable_embeddings uses it for
 --     DELETE; for INSERT and UPDATE it writes the target its own function
 --     with the same behaviour and static SQL (util._create_queue_function).
 -- On DELETE (row level, or statement level with old_rows) and TRUNCATE it
 -- deletes the fingerprints of the rows that went, so the bookkeeping stays
 -- as small as the table. Must fire AFTER: as a BEFORE trigger its NULL
--- result would cancel the user's write. It inserts into the queue table
--- itself (the message, visible at once, as pgmq.send writes it): pgmq.send
--- runs its insert through dynamic SQL planned again on every call, which was
--- most of what the trigger added to a one-row insert (bench/RESULTS.md).
+-- result would cancel the user's write. A row-level firing inserts its
+-- one-row message into the queue table itself, as util._enqueue_sql's
+-- statement does (pgmq.send plans its insert again on every call).
 -- It wakes the pipeline once per transaction: in push mode (setting
 -- kick_on_change) by kicking it when it is idle (util._kick_embeddings), so a
 -- change need not wait for the next tick; otherwise by a NOTIFY for listening
@@ -120,6 +120,8 @@ begin
       'table', tg_table_name,
       'contentFunction', content_function,
       'embeddingColumn', embedding_column));
+    -- (One row's message, as util._enqueue_sql's statement writes it: static
+    -- SQL here because this runs once per row.)
     -- How to wake the pipeline, decided once per transaction
     -- (util._kick_embeddings): a bulk statement's rows do not each look again.
     if coalesce(pg_catalog.current_setting('autoembed.wake', true), '') not in ('kick', 'notify') then
@@ -136,46 +138,24 @@ begin
   job := jsonb_build_object('schema', tg_table_schema, 'table', tg_table_name,
                             'contentFunction', content_function, 'embeddingColumn', embedding_column);
   if tg_op = 'INSERT' then
-    execute format(
-      'insert into pgmq.q_embedding_jobs (vt, message)
-       select pg_catalog.clock_timestamp(), $1 || case when pg_catalog.jsonb_array_length(p.ids) = 1
-                         then pg_catalog.jsonb_build_object(''id'', p.ids -> 0)
-                         else pg_catalog.jsonb_build_object(''ids'', p.ids) end
-         from (select pg_catalog.jsonb_agg(c.id) as ids
-                 from (select n.%1$I as id, (pg_catalog.row_number() over () - 1) / 100 as pack
-                         from new_rows n) c
-                group by c.pack) p', target.pk_column)
+    execute util._enqueue_sql(format('select n.%1$I as id from new_rows n', target.pk_column), '$1')
       using job;
   else
     begin
-      execute format(
-        'insert into pgmq.q_embedding_jobs (vt, message)
-         select pg_catalog.clock_timestamp(), $1 || case when pg_catalog.jsonb_array_length(p.ids) = 1
-                         then pg_catalog.jsonb_build_object(''id'', p.ids -> 0)
-                         else pg_catalog.jsonb_build_object(''ids'', p.ids) end
-           from (select pg_catalog.jsonb_agg(c.id) as ids
-                   from (select n.%1$I as id, (pg_catalog.row_number() over () - 1) / 100 as pack
-                           from new_rows n left join old_rows o on o.%1$I = n.%1$I
-                          where o.%1$I is null or %2$s(n) is distinct from %2$s(o)) c
-                  group by c.pack) p', target.pk_column, call_fn)
+      execute util._enqueue_sql(format(
+        'select n.%1$I as id from new_rows n left join old_rows o on o.%1$I = n.%1$I
+          where o.%1$I is null or %2$s(n) is distinct from %2$s(o)', target.pk_column, call_fn), '$1')
         using job;
     exception when others then
       -- The content function raises for some row of the statement. Compare
       -- row by row instead (a subtransaction per call, so only on this
       -- path), a row whose text cannot be built counting as changed.
-      execute format(
-        'insert into pgmq.q_embedding_jobs (vt, message)
-         select pg_catalog.clock_timestamp(), $1 || case when pg_catalog.jsonb_array_length(p.ids) = 1
-                         then pg_catalog.jsonb_build_object(''id'', p.ids -> 0)
-                         else pg_catalog.jsonb_build_object(''ids'', p.ids) end
-           from (select pg_catalog.jsonb_agg(c.id) as ids
-                   from (select n.%1$I as id, (pg_catalog.row_number() over () - 1) / 100 as pack
-                           from new_rows n left join old_rows o on o.%1$I = n.%1$I
-                          cross join lateral util._try_content($2, n) x
-                          cross join lateral util._try_content($2, o) y
-                          where o.%1$I is null or x.error is not null or y.error is not null
-                             or x.content is distinct from y.content) c
-                  group by c.pack) p', target.pk_column)
+      execute util._enqueue_sql(format(
+        'select n.%1$I as id from new_rows n left join old_rows o on o.%1$I = n.%1$I
+          cross join lateral util._try_content($2, n) x
+          cross join lateral util._try_content($2, o) y
+          where o.%1$I is null or x.error is not null or y.error is not null
+             or x.content is distinct from y.content', target.pk_column), '$1')
         using job, call_fn;
     end;
   end if;
@@ -291,9 +271,9 @@ begin
   end if;
   fn_name := util._queue_function_name(t.table_oid, t.embedding_column);
   call_fn := pg_catalog.format('%I.%I', t.content_function_schema, t.content_function_name);
-  -- %1$I key column, %2$s content function (quoted), %3$L and %4$L the
-  -- message's contentFunction and embeddingColumn, %5$L the content function
-  -- as text for util._try_content.
+  -- %3$L and %4$L the message's contentFunction and embeddingColumn, %6$s
+  -- to %8$s the enqueue statements (util._enqueue_sql) for inserts, for
+  -- updates, and for updates where the content function raises.
   body := pg_catalog.format($body$
 declare
   job jsonb;
@@ -306,41 +286,15 @@ begin
   job := pg_catalog.jsonb_build_object('schema', tg_table_schema, 'table', tg_table_name,
                                        'contentFunction', %3$L::text, 'embeddingColumn', %4$L::text);
   if tg_op = 'INSERT' then
-    insert into pgmq.q_embedding_jobs (vt, message)
-    select pg_catalog.clock_timestamp(), job || case when pg_catalog.jsonb_array_length(p.ids) = 1
-                        then pg_catalog.jsonb_build_object('id', p.ids -> 0)
-                        else pg_catalog.jsonb_build_object('ids', p.ids) end
-      from (select pg_catalog.jsonb_agg(c.id) as ids
-              from (select n.%1$I as id, (pg_catalog.row_number() over () - 1) / 100 as pack
-                      from new_rows n) c
-             group by c.pack) p;
+    %6$s;
   else
     begin
       -- Only rows whose text changed (I4).
-      insert into pgmq.q_embedding_jobs (vt, message)
-      select pg_catalog.clock_timestamp(), job || case when pg_catalog.jsonb_array_length(p.ids) = 1
-                        then pg_catalog.jsonb_build_object('id', p.ids -> 0)
-                        else pg_catalog.jsonb_build_object('ids', p.ids) end
-        from (select pg_catalog.jsonb_agg(c.id) as ids
-                from (select n.%1$I as id, (pg_catalog.row_number() over () - 1) / 100 as pack
-                        from new_rows n left join old_rows o on o.%1$I = n.%1$I
-                       where o.%1$I is null or %2$s(n) is distinct from %2$s(o)) c
-               group by c.pack) p;
+      %7$s;
     exception when others then
       -- The content function raises for some row: compare row by row, a row
       -- whose text cannot be built counting as changed.
-      insert into pgmq.q_embedding_jobs (vt, message)
-      select pg_catalog.clock_timestamp(), job || case when pg_catalog.jsonb_array_length(p.ids) = 1
-                        then pg_catalog.jsonb_build_object('id', p.ids -> 0)
-                        else pg_catalog.jsonb_build_object('ids', p.ids) end
-        from (select pg_catalog.jsonb_agg(c.id) as ids
-                from (select n.%1$I as id, (pg_catalog.row_number() over () - 1) / 100 as pack
-                        from new_rows n left join old_rows o on o.%1$I = n.%1$I
-                        cross join lateral util._try_content(%5$L, n) x
-                        cross join lateral util._try_content(%5$L, o) y
-                       where o.%1$I is null or x.error is not null or y.error is not null
-                          or x.content is distinct from y.content) c
-               group by c.pack) p;
+      %8$s;
     end;
   end if;
   get diagnostics enqueued = row_count;
@@ -354,7 +308,18 @@ begin
   end if;
   return null;
 end
-$body$, t.pk_column, call_fn, t.content_function, t.embedding_column, call_fn);
+$body$, t.pk_column, call_fn, t.content_function, t.embedding_column, call_fn,
+    -- %6$s to %8$s: the enqueue statements, static SQL in the generated function
+    util._enqueue_sql(pg_catalog.format('select n.%I as id from new_rows n', t.pk_column), 'job'),
+    util._enqueue_sql(pg_catalog.format(
+      'select n.%1$I as id from new_rows n left join old_rows o on o.%1$I = n.%1$I
+        where o.%1$I is null or %2$s(n) is distinct from %2$s(o)', t.pk_column, call_fn), 'job'),
+    util._enqueue_sql(pg_catalog.format(
+      'select n.%1$I as id from new_rows n left join old_rows o on o.%1$I = n.%1$I
+        cross join lateral util._try_content(%2$L, n) x
+        cross join lateral util._try_content(%2$L, o) y
+        where o.%1$I is null or x.error is not null or y.error is not null
+           or x.content is distinct from y.content', t.pk_column, call_fn), 'job'));
   execute pg_catalog.format(
     'create or replace function util.%I() returns trigger language plpgsql security definer '
     'set search_path = '''' as %L', fn_name, body);

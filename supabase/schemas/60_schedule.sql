@@ -57,21 +57,22 @@ end
 $$;
 
 -- internal: ends the leases of calls that are over without having reported
--- back and brings their jobs back after a short backoff (backoff_base_seconds
--- doubling with the attempt, capped at 30 s: the call never got to run them).
--- A call is over when pg_net recorded its response (it writes one for every
--- request it sent: the answer, a timeout or a connection error), when its
--- deadline passed, or when Postgres restarted since it began and its request
--- is no longer in pg_net's queue (what pg_net had in flight died with the
--- server; a request still queued is sent after the restart, so its lease
--- stays). Returns how many leases it ended. Runs under process_embeddings' lock.
+-- back and brings their jobs back (util._requeue_jobs) after a short pause
+-- (util._backoff_seconds of one attempt, at most 30 s) instead of at the
+-- end of their visibility timeout; the call counts as an attempt. A call is over when pg_net
+-- recorded its response (it writes one for every request it sent: the
+-- answer, a timeout or a connection error), when its deadline passed, or
+-- when Postgres restarted since it began and its request is no longer in
+-- pg_net's queue (what pg_net had in flight died with the server; a request
+-- still queued is sent after the restart, so its lease stays). Returns how
+-- many leases it ended. Runs under process_embeddings' lock.
 create or replace function util._release_ended_leases()
 returns int
 language plpgsql
 set search_path = ''
 as $$
 declare
-  base int := util._setting('backoff_base_seconds')::int;
+  ended_jobs bigint[];
   ended int;
 begin
   with gone as (
@@ -81,17 +82,14 @@ begin
         or (r.started_at < pg_catalog.pg_postmaster_start_time()
             and not exists (select from net.http_request_queue q where q.id = r.request_id))
     returning r.job_ids
-  ), jobs as (
-    select pg_catalog.unnest(g.job_ids) as msg_id from gone g
-  ), soon as (
-    update pgmq.q_embedding_jobs q
-       set vt = pg_catalog.clock_timestamp() + pg_catalog.make_interval(secs =>
-                  least(30, base * power(2, greatest(q.read_ct - 1, 0))) * (0.75 + random() * 0.5))
-      from jobs j
-     where q.msg_id = j.msg_id
-       and q.vt > pg_catalog.clock_timestamp() + pg_catalog.make_interval(secs => least(30, base))
   )
-  select count(*) into ended from gone;
+  select count(*), array(select pg_catalog.unnest(g.job_ids) from gone g)
+    into ended, ended_jobs from gone;
+  if ended > 0 then
+    -- Jobs the call settled are gone; the rest come back.
+    perform util._requeue_jobs(ended_jobs,
+      util._backoff_seconds(1, util._setting('backoff_base_seconds')::int, 30), false);
+  end if;
   return ended;
 end
 $$;

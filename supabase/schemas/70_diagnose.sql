@@ -1,6 +1,7 @@
 -- autoembed schema 70: diagnose with plain SQL. util.embedding_status has
 -- one row per attached (table, embedding column); util.embedding_errors (10)
--- one row per failed attempt; pgmq.a_embedding_jobs the dead letters.
+-- one row per failed attempt; the queue's figures come from the jobs module
+-- (15_jobs), the dead letters are in pgmq.a_embedding_jobs.
 
 -- internal: per-target figures behind util.embedding_status (live targets;
 -- a model change in progress shows in the next_* columns of its table).
@@ -30,7 +31,11 @@ returns table (
   next_embedded bigint,
   next_started_at timestamptz,
   destination text,
-  chunks bigint
+  chunks bigint,
+  provider text,
+  circuit_open_since timestamptz,
+  circuit_reason text,
+  circuit_retry_at timestamptz
 )
 language plpgsql
 stable
@@ -120,17 +125,12 @@ begin
     next_started_at := s.created_at;
     next_embedded := case when s.id is not null
                           then (select count(*) from util.embedding_fingerprints f where f.target_id = s.id) end;
-    select coalesce(sum(util._job_rows(q.message)), 0),
-           coalesce(sum(util._job_rows(q.message)) filter (where q.read_ct > 0 and q.vt > now()), 0),
-           now() - min(q.enqueued_at)
-      into queued, in_flight, oldest_queued_age
-      from pgmq.q_embedding_jobs q
-     where q.message ->> 'schema' = t.schema_name and q.message ->> 'table' = t.table_name
-       and q.message ->> 'embeddingColumn' = t.embedding_column;
-    select coalesce(sum(util._job_rows(a.message)), 0) into dead_lettered
-      from pgmq.a_embedding_jobs a
-     where a.message ->> 'schema' = t.schema_name and a.message ->> 'table' = t.table_name
-       and a.message ->> 'embeddingColumn' = t.embedding_column;
+    select c.queued, c.in_flight, c.oldest_queued_age, c.dead_lettered
+      into queued, in_flight, oldest_queued_age, dead_lettered
+      from util._queue_counts(t.schema_name, t.table_name, t.embedding_column) c;
+    provider := util._provider_of(t.model);
+    select p.opened_at, p.reason, p.retry_at into circuit_open_since, circuit_reason, circuit_retry_at
+      from util.provider_circuits p where p.provider = util._provider_of(t.model);
     select e.error, e.created_at into last_error, last_error_at
       from util.embedding_errors e where e.target_id in (t.id, s.id) order by e.created_at desc, e.id desc limit 1;
     return next;
@@ -148,5 +148,10 @@ $$;
 -- chunked target (embedding_column is then its destination's table name):
 -- destination, and chunks (rows of the destination); embedded counts source
 -- rows with a current chunk set, missing those without, stale those whose
--- text or chunk settings changed since.
+-- text or chunk settings changed since. provider: who embeds the model
+-- ('openai' for any OpenAI-compatible endpoint, 'local'); while all its
+-- calls fail, its circuit is open: since when (circuit_open_since), the
+-- last failure (circuit_reason), and when the next probe may go
+-- (circuit_retry_at). Its rows wait in the queue meanwhile, spending no
+-- attempts.
 create or replace view util.embedding_status as select * from util._embedding_status();

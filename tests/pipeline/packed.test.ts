@@ -1,8 +1,9 @@
 // Packed queue messages: a statement's (or a sweep step's) rows share one
 // message per 100 row ids (the triggers' and sweeps' packing), claims are sized by rows
 // (util._read_jobs), and a message is settled row by row
-// (util._record_failures): done rows leave it, failed rows stay under their
-// backoff, dead rows leave as dead letters of their own.
+// (util._settle_jobs): done rows leave it, failed rows leave as messages of
+// their own under their own backoff (or as dead letters of their own), rows
+// left unstarted stay, visible at once, with their attempt back.
 import assert from "node:assert/strict";
 import { providerEnv, runCli } from "../_support/cli.ts";
 import { type Sql, withTestDb } from "../_support/db.ts";
@@ -66,41 +67,50 @@ Deno.test("packed: claims are sized by rows; a message larger than the claim is 
   });
 });
 
-Deno.test("packed: a message is settled row by row (done leave, failed stay, dead leave alone)", async () => {
+Deno.test("packed: a message is settled row by row (done leave, failed go on alone, dead leave alone)", async () => {
   await withTestDb(async (sql) => {
     await createDocuments(sql);
     await sql`update util.settings set value = '3' where name = 'max_attempts'`;
     await insertRows(sql, 5);
     const [{ msg_id: job }] = await sql`select msg_id from util._read_jobs(300, 100)`;
-    const failure = (rowId: string, retryable: boolean, extra = {}) => ({
+    const outcome = (rowId: string, kind: string, retryable = true) => ({
       job_id: Number(job),
       target_id: 1,
       table_name: "public.documents",
       row_id: rowId,
+      kind,
       error: `row ${rowId} failed`,
       retryable,
-      ...extra,
     });
-    const settle = async (failures: object[]) =>
+    const settle = async (outcomes: object[], done: number[] = []) =>
       await sql`select job_id::int, row_id, dead_lettered, retry_in_seconds
-                  from util._record_failures(${JSON.stringify(failures)}::text::jsonb)
+                  from util._settle_jobs(${done}::bigint[], ${
+        JSON.stringify(outcomes)
+      }::text::jsonb)
                  order by row_id`;
     // Rows 1 and 5 done; 2 failed (retryable), 3 failed for good, 4 unstarted.
     const first = await settle([
-      failure("2", true),
-      failure("3", false),
-      failure("4", true, { handed_back: true }),
+      outcome("2", "failed"),
+      outcome("3", "failed", false),
+      outcome("4", "unstarted"),
     ]);
     assert.deepEqual(first.map((r) => [r.job_id, r.row_id, r.dead_lettered]), [
       [Number(job), "2", false],
       [Number(job), "3", true],
     ]);
     const [kept] = await sql`
-      select message -> 'ids' as ids, read_ct, vt > now() + interval '2 seconds' as hidden
+      select message -> 'ids' as ids, read_ct, vt <= now() as visible
         from pgmq.q_embedding_jobs where msg_id = ${job}`;
-    assert.deepEqual(kept.ids, [2, 4], "the rows still to do stay in the message");
-    assert.equal(kept.read_ct, 1);
-    assert.equal(kept.hidden, true, "under the failed row's backoff");
+    assert.deepEqual(kept.ids, [4], "only the unstarted row stays in the message");
+    assert.equal(kept.read_ct, 0, "its attempt given back");
+    assert.equal(kept.visible, true, "not held back by row 2's backoff");
+    const [own] = await sql`
+      select msg_id, message, read_ct, vt > now() + interval '2 seconds' as hidden
+        from pgmq.q_embedding_jobs where msg_id <> ${job}`;
+    assert.equal(own.message.id, 2, "the failed row goes on in a message of its own");
+    assert.equal(own.message.ids, undefined);
+    assert.equal(own.read_ct, 1, "with the attempt it had");
+    assert.equal(own.hidden, true, "under its own backoff");
     const dead = await sql`select msg_id, read_ct, message from pgmq.a_embedding_jobs`;
     assert.equal(dead.length, 1);
     assert.equal(dead[0].message.id, 3, "the dead row is a dead letter of its own");
@@ -109,25 +119,28 @@ Deno.test("packed: a message is settled row by row (done leave, failed stay, dea
     const errors = await sql`
       select job_id, row_id, attempt, dead_lettered from util.embedding_errors order by row_id`;
     assert.deepEqual(errors.map((e) => [Number(e.job_id), e.row_id, e.attempt, e.dead_lettered]), [
-      [Number(job), "2", 1, false],
+      [Number(own.msg_id), "2", 1, false],
       [Number(dead[0].msg_id), "3", 1, true],
     ]);
 
-    // At max attempts the failed row goes too; the unstarted one stays, visible at once.
-    await sql`update pgmq.q_embedding_jobs set read_ct = 3 where msg_id = ${job}`;
-    await settle([failure("2", true), failure("4", true, { handed_back: true })]);
-    const [left] = await sql`
-      select message -> 'ids' as ids, vt <= now() as visible from pgmq.q_embedding_jobs`;
-    assert.deepEqual(left.ids, [4]);
-    assert.equal(left.visible, true);
+    // Row 2 at max attempts: dead-lettered alone; row 4 is untouched by it.
+    await sql`update pgmq.q_embedding_jobs set read_ct = 3 where msg_id = ${own.msg_id}`;
+    const [last] = await sql`
+      select job_id::int, row_id, dead_lettered from util._settle_jobs('{}', ${
+      JSON.stringify([{ ...outcome("2", "failed"), job_id: Number(own.msg_id), row_id: "2" }])
+    }::text::jsonb)`;
+    assert.equal(last.dead_lettered, true);
     const archived = await sql`select message ->> 'id' as id from pgmq.a_embedding_jobs order by 1`;
     assert.deepEqual(archived.map((a) => a.id), ["2", "3"]);
+    const [left] = await sql`select message -> 'ids' as ids, read_ct from pgmq.q_embedding_jobs`;
+    assert.deepEqual(left.ids, [4]);
+    assert.equal(left.read_ct, 0);
 
-    // Its last row fails for good: nothing is left in it, so the message goes.
-    await settle([failure("4", false)]);
+    // Its last row done: the message goes.
+    await settle([], [Number(job)]);
     assert.equal(await queueMessages(sql), 0);
-    assert.equal(Number((await sql`select util.retry_failed() as n`)[0].n), 3, "rows 2, 3, 4");
-    assert.deepEqual((await queuedIds(sql)).flat().sort(), [2, 3, 4]);
+    assert.equal(Number((await sql`select util.retry_failed() as n`)[0].n), 2, "rows 2, 3");
+    assert.deepEqual((await queuedIds(sql)).flat().sort(), [2, 3]);
   });
 });
 

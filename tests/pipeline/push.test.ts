@@ -240,16 +240,17 @@ Deno.test("backoff: a failed job is hidden for an increasing delay, not the full
         target_id: 1,
         table_name: "public.documents",
         row_id: "1",
+        kind: "failed",
         error: "x",
         retryable: true,
       }]);
       const [msg] = await sql`select msg_id from pgmq.read('embedding_jobs', 300, 1)`;
       assert.equal(Number(msg.msg_id), 1);
       const [first] =
-        await sql`select retry_in_seconds from util._record_failures(${failures}::text::jsonb)`;
+        await sql`select retry_in_seconds from util._settle_jobs('{}', ${failures}::text::jsonb)`;
       await sql`update pgmq.q_embedding_jobs set vt = now(), read_ct = 3`;
       const [third] =
-        await sql`select retry_in_seconds from util._record_failures(${failures}::text::jsonb)`;
+        await sql`select retry_in_seconds from util._settle_jobs('{}', ${failures}::text::jsonb)`;
       assert.ok(
         first.retry_in_seconds >= 3 && first.retry_in_seconds <= 7,
         `first ${first.retry_in_seconds}`,

@@ -4,12 +4,8 @@
 import assert from "node:assert/strict";
 import postgres from "postgres";
 import { processBatch } from "../../supabase/functions/_shared/core.ts";
-import {
-  checkJobMessage,
-  type Job,
-  jobsOf,
-  parseJobJson,
-} from "../../supabase/functions/_shared/jobs.ts";
+import type { Job } from "../../supabase/functions/_shared/jobs.ts";
+import { claimJobs } from "../../supabase/functions/_shared/sql/queue.ts";
 import { coreSettings } from "../../supabase/functions/_shared/settings.ts";
 import { type Sql, withTestDb } from "../_support/db.ts";
 import { createDocuments } from "../_support/pipeline.ts";
@@ -17,15 +13,11 @@ import { insertRows } from "../_support/rows.ts";
 
 const LOCAL = "local-hash-v1";
 
-/** Reads the queued jobs as the worker would (a packed message is a job per row). */
+/** Reads the queued jobs as the worker does (a packed message is a job per row). */
 async function claimAll(sql: Sql): Promise<Job[]> {
-  const rows = await sql`
-    select msg_id, read_ct, message::text as message from util._read_jobs(60, 10000)`;
-  return rows.flatMap((r) => {
-    const checked = checkJobMessage(parseJobJson(r.message));
-    if (!("job" in checked)) throw new Error(checked.error);
-    return jobsOf(checked.job, Number(r.msg_id), r.read_ct);
-  });
+  const { jobs, refused } = await claimJobs(sql, { visibilitySeconds: 60, maxRows: 10000 });
+  assert.equal(refused.length, 0);
+  return jobs;
 }
 
 /** The kind of each statement, in order. */
@@ -37,9 +29,7 @@ function kindOf(statement: string): string {
   if (s.startsWith("with applying as")) return "write";
   if (s.includes("autoembed.applying")) return "applying";
   if (s.includes("util._content_hash(x.content)")) return "rows";
-  if (s.includes("pgmq.delete")) return "delete";
-  if (s.includes("util._record_failures")) return "failures";
-  if (s.includes("pgmq.set_vt")) return "hand back";
+  if (s.includes("util._settle_jobs")) return "settle";
   return s.slice(0, 60);
 }
 
@@ -74,7 +64,7 @@ Deno.test("round trips: a batch of 200 jobs of one table is 6 statements", async
     await createDocuments(sql, { model: LOCAL });
     await insertRows(sql, 200);
     const statements = await countBatch(url, await claimAll(sql));
-    assert.deepEqual(statements, ["targets", ...TARGET, "delete"]);
+    assert.deepEqual(statements, ["targets", ...TARGET, "settle"]);
   });
 });
 
@@ -86,7 +76,7 @@ Deno.test("round trips: two tables, one read and one write each", async () => {
     await insertRows(sql, 50, { table: "notes", prefix: "note" });
     const statements = await countBatch(url, await claimAll(sql));
     // Every table's rows are read before any provider call; the writes follow.
-    assert.deepEqual(statements, ["targets", ...READ, ...READ, ...WRITE, ...WRITE, "delete"]);
+    assert.deepEqual(statements, ["targets", ...READ, ...READ, ...WRITE, ...WRITE, "settle"]);
   });
 });
 
@@ -98,6 +88,6 @@ Deno.test("round trips: during a model change, the shadow adds one read and one 
     await sql`select util.reembed('documents', dimensions => 8)`;
     const statements = await countBatch(url, await claimAll(sql));
     // The live rows are fresh: only the shadow writes.
-    assert.deepEqual(statements, ["targets", ...READ, ...TARGET, "delete"]);
+    assert.deepEqual(statements, ["targets", ...READ, ...TARGET, "settle"]);
   });
 });

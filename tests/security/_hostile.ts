@@ -90,7 +90,7 @@ export function forgedMessages(realJobId: number): { what: string; json: string 
     forge("unattached table, the attached function", { table: "canary_table" }),
     forge("another content function", { contentFunction: "canary_fn" }),
     forge("a system function as content function", { contentFunction: "pg_read_file" }),
-    forge("a pipeline function as content function", { contentFunction: "util._record_failures" }),
+    forge("a pipeline function as content function", { contentFunction: "util._settle_jobs" }),
     forge("the function under another spelling", { contentFunction: "public.documents_input" }),
     forge("another schema's function", { contentFunction: "evil.documents_input" }),
     forge("a text column", { embeddingColumn: "title" }),

@@ -62,7 +62,7 @@ const FORBIDDEN = [
   "select * from util._target_config",
   // the pipeline's functions
   "select util.process_embeddings()",
-  "select * from util._record_failures('[]')",
+  "select * from util._settle_jobs('{}', '[]')",
   "select util.invoke_edge_function('embed', '[]')",
   "select util.enable_embeddings('documents', 'documents_input')",
   "select util.disable_embeddings('documents')",
@@ -125,7 +125,7 @@ Deno.test("service_role can run, diagnose and re-queue the pipeline, but not att
       const statement of [
         "select util.enable_embeddings('documents', 'documents_input')",
         "select util.disable_embeddings('documents')",
-        "select * from util._record_failures('[]')",
+        "select * from util._settle_jobs('{}', '[]')",
         "select util.invoke_edge_function('embed', '[]')",
         "select * from util._try_content('pg_catalog.version', 1)",
         "select util._sweep_step(1, 10)",

@@ -2,7 +2,7 @@
 // pull worker: turns a batch of queue jobs into written embeddings with a
 // fixed number of round trips — per batch one read of the targets, one read
 // of rows per target, one provider call per provider batch, one write per
-// target, one delete, one failure record (plus one read per other target
+// target, one settle of the batch's jobs (plus one read per other target
 // whose rows lend a vector for the same text). Chunked targets take their
 // own path (chunking/apply.ts) with the same counts, plus one look-up per
 // target of the chunk texts that already have a vector.
@@ -12,7 +12,7 @@
 // fresh under the old model while the shadow fills with the new one.
 //
 // Crash safety: the embeddings and fingerprints of a target are written in
-// one transaction; the queue messages are deleted after that commit. A crash
+// one transaction; the queue messages are settled after that commit. A crash
 // in between only makes the jobs reappear after their visibility timeout,
 // when the fingerprints show the text is already embedded and they finish at
 // zero provider cost. Nothing is lost or written stale.
@@ -24,7 +24,8 @@ import type { Job, RefusedJob } from "./jobs.ts";
 import { idFitsKeyType } from "./keys.ts";
 import { type EmbeddingProvider, ProviderError, providerOrError } from "./providers/types.ts";
 import { mayExceedTokens } from "./providers/tokens.ts";
-import { deleteJobs, type Failure, failureKey, handBack, recordFailures } from "./sql/queue.ts";
+import { ProviderHealth } from "./recovery.ts";
+import { failureKey, type SettledRow, settleJobs } from "./sql/queue.ts";
 import { loadDonorVectors, loadRows } from "./sql/rows.ts";
 import { loadTargets, tableLabel, type Target, type Targets } from "./sql/targets.ts";
 import { type BinaryWrites, writeEmbeddings } from "./sql/write.ts";
@@ -77,6 +78,8 @@ export interface BatchStats {
   chunks: number;
   chunksEmbedded: number;
   failed: number;
+  /** Rows stopped by a provider-wide failure: they wait for its circuit, no attempt spent. */
+  deferred: number;
   refused: number;
   handedBack: number;
   durationMs: number;
@@ -105,23 +108,23 @@ interface RowWork {
 const REFUSED_TARGET = "refused: the job names no attached table, embedding column and content " +
   "function (attach it with util.enable_embeddings or a util.queue_embeddings trigger)";
 
+/** What became of a job's row, worst first: a row failed, deferred and unstarted is failed. */
+const SEVERITY = { failed: 3, deferred: 2, unstarted: 1 } as const;
+
 /**
  * What happens to the jobs of one batch, as the stages find out: accepted,
- * failed (once per job, however many of its (target, row) pairs failed; a
- * packed message once per row), handed back unstarted; and the counts.
+ * and for what is not done, one settled outcome per job (per row of a
+ * packed message): failed (the row's own failure), deferred (a
+ * provider-wide failure), unstarted; and the counts.
  */
 class Outcome {
   readonly stats: BatchStats;
   readonly accepted = new Set<number>();
-  readonly failures: Failure[] = [];
-  /** Jobs with a failure; `failedRows` has the (job, row) keys of packed ones. */
-  readonly failed = new Set<number>();
-  readonly failedRows = new Set<string>();
-  /** Jobs handed back; the rows of packed ones, by job. */
-  readonly handedBack = new Set<number>();
-  readonly handedBackRows = new Map<number, Set<string>>();
+  /** By failureKey: the job, or the (job, row) of a packed message. */
+  readonly settled = new Map<string, SettledRow>();
   /** The queue messages of this batch that pack several rows. */
   readonly packed = new Set<number>();
+  readonly health = new ProviderHealth();
 
   constructor(jobs: number) {
     this.stats = {
@@ -139,46 +142,60 @@ class Outcome {
       chunks: 0,
       chunksEmbedded: 0,
       failed: 0,
+      deferred: 0,
       refused: 0,
       handedBack: 0,
       durationMs: 0,
     };
   }
 
-  refuse(failure: Failure) {
-    this.stats.refused++;
-    this.failures.push(failure);
-    this.failed.add(failure.job_id);
+  /** The key of `row`'s outcome: its job, and its row when the job is a packed message. */
+  keyOf(jobId: number, rowId: string | null): string {
+    return failureKey(jobId, this.packed.has(jobId) ? rowId : null);
   }
 
-  fail(work: RowWork, error: string, retryable: boolean, retryAfterMs?: number) {
+  /** Records `row` unless its key already holds an outcome as bad or worse. */
+  #settle(row: SettledRow) {
+    const key = this.keyOf(row.job_id, row.row_id);
+    const known = this.settled.get(key);
+    if (!known || SEVERITY[known.kind] < SEVERITY[row.kind]) this.settled.set(key, row);
+  }
+
+  /** A message refused before its rows were looked at (whole, or one row of a packed one). */
+  refuse(row: Omit<SettledRow, "kind">) {
+    this.stats.refused++;
+    this.#settle({ ...row, kind: "failed" });
+  }
+
+  #each(work: { target?: Target; rowId: string; jobIds: number[] }, row: Partial<SettledRow>) {
     for (const jobId of work.jobIds) {
-      if (this.packed.has(jobId)) {
-        const key = failureKey(jobId, work.rowId);
-        if (this.failedRows.has(key)) continue;
-        this.failedRows.add(key);
-      } else if (this.failed.has(jobId)) continue;
-      this.failed.add(jobId);
-      this.failures.push({
+      this.#settle({
         job_id: jobId,
-        target_id: work.target.id,
-        table_name: tableLabel(work.target),
         row_id: work.rowId,
-        error,
-        retryable,
-        retry_after: retryAfterMs ? Math.ceil(retryAfterMs / 1000) : undefined,
+        kind: "failed",
+        target_id: work.target?.id ?? null,
+        table_name: work.target ? tableLabel(work.target) : null,
+        ...row,
       });
     }
   }
 
-  handBack(work: { rowId: string; jobIds: number[] }) {
-    for (const jobId of work.jobIds) {
-      this.handedBack.add(jobId);
-      if (!this.packed.has(jobId)) continue;
-      let rows = this.handedBackRows.get(jobId);
-      if (!rows) this.handedBackRows.set(jobId, rows = new Set());
-      rows.add(work.rowId);
-    }
+  fail(work: RowWork, error: string, retryable: boolean, retryAfterMs?: number) {
+    this.#each(work, {
+      kind: "failed",
+      error,
+      retryable,
+      retry_after: retryAfterMs ? Math.ceil(retryAfterMs / 1000) : undefined,
+    });
+  }
+
+  /** Stopped by a failure of the provider as a whole: waits in the queue, no attempt spent. */
+  defer(work: { target?: Target; rowId: string; jobIds: number[] }) {
+    this.#each(work, { kind: "deferred" });
+  }
+
+  handBack(work: { target?: Target; rowId: string; jobIds: number[] }) {
+    this.#each(work, { kind: "unstarted" });
   }
 }
 
@@ -193,14 +210,7 @@ export async function processBatch(
   for (const job of jobs) if (job.packed) outcome.packed.add(job.jobId);
   for (const r of options.refused ?? []) {
     outcome.stats.jobs++;
-    outcome.refuse({
-      job_id: r.jobId,
-      target_id: null,
-      table_name: null,
-      row_id: null,
-      error: r.error,
-      retryable: false,
-    });
+    outcome.refuse({ job_id: r.jobId, row_id: null, error: r.error, retryable: false });
   }
   if (jobs.length) {
     const targets = await loadTargets(sql);
@@ -217,8 +227,10 @@ export async function processBatch(
     if (chunked.size) {
       await applyChunked(sql, chunked, options, {
         stats: outcome.stats,
+        health: outcome.health,
         fail: (work, error, retryable, retryAfterMs) =>
           outcome.fail(work, error, retryable, retryAfterMs),
+        defer: (work) => outcome.defer(work),
         handBack: (work) => outcome.handBack(work),
       });
     }
@@ -242,12 +254,12 @@ function assignJobs(
     const rowId = String(job.id);
     if (!live || live.content_function !== job.contentFunction) {
       // A packed message is refused whole, once (row_id null).
-      if (job.packed && outcome.failed.has(job.jobId)) continue;
+      if (job.packed && outcome.settled.has(outcome.keyOf(job.jobId, null))) continue;
       outcome.refuse({
         job_id: job.jobId,
         target_id: null,
         table_name: `${job.schema}.${job.table}`,
-        row_id: job.packed ? null : rowId,
+        row_id: null,
         error: REFUSED_TARGET,
         retryable: false,
       });
@@ -255,7 +267,6 @@ function assignJobs(
     }
     if (!idFitsKeyType(rowId, live.pk_type_sql)) {
       // A packed message's row is named exactly: it leaves the message, dead-lettered alone.
-      if (job.packed) outcome.failedRows.add(failureKey(job.jobId, rowId));
       outcome.refuse({
         job_id: job.jobId,
         target_id: live.id,
@@ -413,6 +424,7 @@ async function embed(plan: Plan, options: ProcessOptions, outcome: Outcome): Pro
       deadline: options.deadline,
       signal: options.signal,
       concurrency: options.providerConcurrency,
+      health: outcome.health,
     },
     outcome.stats,
   );
@@ -421,6 +433,8 @@ async function embed(plan: Plan, options: ProcessOptions, outcome: Outcome): Pro
     if ("vector" in result) {
       work.vector = result.vector; // formatted with the rest of its write (sql/write.ts)
       pushTo(plan.toWrite, work.target, work);
+    } else if ("deferred" in result) {
+      outcome.defer(work);
     } else if ("error" in result) {
       outcome.fail(work, result.error, result.retryable, result.retryAfterMs);
     } else outcome.handBack(work);
@@ -455,11 +469,10 @@ async function write(
 }
 
 /**
- * 5. Acknowledge, reschedule, hand back: one call each. A job is done when
- * none of its (target, row) pairs failed or was left unstarted. A packed
- * message with rows not done is settled by util._record_failures, row by
- * row: its failed rows and its unstarted ones (`handed_back`) stay or leave
- * it there, the rest are done.
+ * 5. Settle, in one call (util._settle_jobs): messages with every row done
+ * are deleted; a row that failed goes on alone under its own backoff (or is
+ * dead-lettered), one deferred or unstarted stays with its attempt back;
+ * the providers' circuits open or close as this batch found them.
  */
 async function acknowledge(
   sql: postgres.Sql,
@@ -468,40 +481,28 @@ async function acknowledge(
   started: number,
   options: ProcessOptions,
 ): Promise<BatchResult> {
-  const { stats, failed, failedRows, handedBack, handedBackRows, packed, failures } = outcome;
-  const completed = [...outcome.accepted].filter((id) => !failed.has(id) && !handedBack.has(id));
-  const returned = [...handedBack].filter((id) => !failed.has(id) && !packed.has(id));
-  const unstarted: Failure[] = [];
-  for (const [jobId, rows] of handedBackRows) {
-    for (const rowId of rows) {
-      if (failedRows.has(failureKey(jobId, rowId))) continue;
-      unstarted.push({
-        job_id: jobId,
-        target_id: null,
-        table_name: null,
-        row_id: rowId,
-        error: "",
-        retryable: true,
-        handed_back: true,
+  const { stats, settled } = outcome;
+  const rows = [...settled.values()];
+  const open = new Set(rows.map((r) => r.job_id));
+  const completed = [...outcome.accepted].filter((id) => !open.has(id));
+  const dead = await settleJobs(sql, completed, rows, outcome.health.reports());
+  const failedJobs: FailedJob[] = [];
+  for (const row of rows) {
+    if (row.kind === "failed") {
+      failedJobs.push({
+        jobId: row.job_id,
+        error: row.error ?? "",
+        retryable: row.retryable ?? true,
+        deadLettered: dead.get(outcome.keyOf(row.job_id, row.row_id)),
       });
     }
   }
-  await deleteJobs(sql, completed);
-  const dead = await recordFailures(sql, [...failures, ...unstarted]);
-  await handBack(sql, returned);
-  const deadLettered = (f: Failure) =>
-    dead.get(failureKey(f.job_id, packed.has(f.job_id) ? f.row_id : null));
-  const failedJobs: FailedJob[] = failures.map((f) => ({
-    jobId: f.job_id,
-    error: f.error,
-    retryable: f.retryable,
-    deadLettered: deadLettered(f),
-  }));
-  const packedReturned = new Set(unstarted.map((u) => u.job_id));
-  for (const jobId of [...returned, ...packedReturned]) {
+  const waiting = new Set(rows.filter((r) => r.kind !== "failed").map((r) => r.job_id));
+  for (const jobId of waiting) {
     failedJobs.push({
       jobId,
-      error: "handed back unprocessed (time budget or shutdown); retried at once",
+      error: "handed back unprocessed (provider failing, time budget or shutdown); retried " +
+        "without spending an attempt",
       retryable: true,
     });
   }
@@ -509,15 +510,14 @@ async function acknowledge(
   const done = new Set(completed);
   for (const job of jobs) {
     if (done.has(job.jobId)) completedRows++;
-    else if (job.packed && outcome.accepted.has(job.jobId)) {
-      const key = failureKey(job.jobId, String(job.id));
-      if (!failedRows.has(key) && !handedBackRows.get(job.jobId)?.has(String(job.id))) {
-        completedRows++;
-      }
-    }
+    else if (
+      job.packed && outcome.accepted.has(job.jobId) &&
+      !settled.has(outcome.keyOf(job.jobId, String(job.id)))
+    ) completedRows++;
   }
-  stats.failed = failures.length;
-  stats.handedBack = returned.length + unstarted.length;
+  stats.failed = rows.filter((r) => r.kind === "failed").length;
+  stats.deferred = rows.filter((r) => r.kind === "deferred").length;
+  stats.handedBack = rows.filter((r) => r.kind === "unstarted").length;
   stats.durationMs = Math.round(performance.now() - started);
   options.log?.({ event: "batch", ...stats });
   return { completedJobs: completed, completedRows, failedJobs, stats };

@@ -3,6 +3,7 @@
 // (wait and reconnect), which are worth retrying at once, and which SQLSTATEs
 // the pipeline's own SQL raises.
 import pg from "pg";
+import { backoffMs, pause, RECONNECT } from "./recovery.ts";
 
 /** SQLSTATEs worth retrying at once (deadlock, serialization failure). */
 export const RETRY_NOW_SQLSTATES = new Set(["40P01", "40001"]);
@@ -64,10 +65,6 @@ export function isRetryableNow(err: unknown): boolean {
   return RETRY_NOW_SQLSTATES.has(errorCode(err) ?? "");
 }
 
-/** Bounds of waitOutDisconnect's pauses; each is jittered between half and all of its step. */
-const RECONNECT_MIN_MS = 200;
-const RECONNECT_MAX_MS = 5_000;
-
 export interface ReconnectOptions {
   /** Epoch ms after which no attempt starts; the last error is thrown then. */
   deadline: number;
@@ -78,12 +75,13 @@ export interface ReconnectOptions {
 }
 
 /**
- * Runs `attempt` and runs it again, after a jittered pause that doubles
- * from 200 ms to 5 s, for as long as it fails because the database is
- * unreachable and `deadline` is ahead: a restart of Postgres then costs the
- * caller a few hundred milliseconds instead of the whole operation. Other
- * errors, and a client ended on purpose, are thrown at once. `attempt` must be safe to repeat (the core's
- * batch is: its writes compare and set on the content hash).
+ * Runs `attempt` and runs it again, after a pause of the recovery policy's
+ * reconnect curve (recovery.ts: 200 ms doubling to 5 s, jittered), for as
+ * long as it fails because the database is unreachable and `deadline` is
+ * ahead: a restart of Postgres then costs the caller a few hundred
+ * milliseconds instead of the whole operation. Other errors, and a client
+ * ended on purpose, are thrown at once. `attempt` must be safe to repeat
+ * (the core's batch is: its writes compare and set on the content hash).
  */
 export async function waitOutDisconnect<T>(
   attempt: () => Promise<T>,
@@ -96,20 +94,10 @@ export async function waitOutDisconnect<T>(
       // CONNECTION_ENDED: this client was ended on purpose; it will not come back.
       if (!isConnectionError(err) || errorCode(err) === "CONNECTION_ENDED") throw err;
       if (options.signal?.aborted) throw err;
-      const step = Math.min(RECONNECT_MAX_MS, RECONNECT_MIN_MS * 2 ** Math.min(n - 1, 10));
-      const pause = step / 2 + Math.random() * (step / 2);
-      if (Date.now() + pause >= options.deadline) throw err;
+      const wait = backoffMs(n, RECONNECT);
+      if (Date.now() + wait >= options.deadline) throw err;
       options.onRetry?.(n, err);
-      if (options.signal?.aborted) throw err;
-      await new Promise<void>((resolve) => {
-        const done = () => {
-          clearTimeout(timer);
-          options.signal?.removeEventListener("abort", done);
-          resolve();
-        };
-        const timer = setTimeout(done, pause);
-        options.signal?.addEventListener("abort", done);
-      });
+      await pause(wait, options.signal);
       if (options.signal?.aborted) throw err;
     }
   }

@@ -1,8 +1,11 @@
 // The provider calls of a batch: each distinct (model, dimensions, text)
 // once, in provider batches planned by count and token estimate, a few in
 // flight at a time. A permanent rejection of a multi-input batch is split in
-// halves to find the one bad input, so the others still embed (I5).
+// halves to find the one bad input, so the others still embed (I5). A
+// provider-wide failure (recovery.ts) stops the calls to that provider and
+// defers their texts instead of failing them.
 import { type EmbeddingProvider, ProviderError } from "./providers/types.ts";
+import { isProviderWide, ProviderHealth, providerOf } from "./recovery.ts";
 import { planBatches } from "./providers/tokens.ts";
 import type { Vector } from "./vectors.ts";
 
@@ -15,6 +18,8 @@ export interface EmbedRequest {
 export type EmbedOutcome =
   | { vector: Vector }
   | { error: string; retryable: boolean; retryAfterMs?: number }
+  /** Stopped by a failure of the provider as a whole: no attempt spent. */
+  | { deferred: true; error: string; retryAfterMs?: number }
   | { handedBack: true };
 
 export interface EmbedOptions {
@@ -23,6 +28,8 @@ export interface EmbedOptions {
   deadline?: number;
   signal?: AbortSignal;
   concurrency?: number;
+  /** How the providers fared: shared by the calls of a batch, reported to the circuits. */
+  health?: ProviderHealth;
 }
 
 export interface EmbedCounts {
@@ -46,6 +53,7 @@ export async function embedTexts(
 ): Promise<EmbedOutcome[]> {
   const outcomes = new Array<EmbedOutcome>(requests.length);
   // Group by model and dimensions, then by text: one input per distinct text.
+  const health = options.health ?? new ProviderHealth();
   const groups = new Map<string, { provider: EmbeddingProvider; byText: Map<string, number[]> }>();
   requests.forEach((r, i) => {
     const key = `${r.model}\u0000${r.dimensions}`;
@@ -68,10 +76,15 @@ export async function embedTexts(
     if ((options.deadline && Date.now() > options.deadline) || options.signal?.aborted) {
       return settle(byText, texts, { handedBack: true });
     }
+    const name = providerOf(provider.model);
+    if (health.isDown(name)) {
+      return settle(byText, texts, { deferred: true, error: "the provider is failing" });
+    }
     try {
       counts.providerCalls++;
       counts.providerInputs += texts.length;
       const vectors = await provider.embed(texts, options.signal);
+      health.succeeded(name);
       texts.forEach((text, t) => settle(byText, [text], { vector: vectors[t] }));
       counts.embedded += texts.length;
     } catch (err) {
@@ -86,6 +99,13 @@ export async function embedTexts(
         await call(provider, texts.slice(0, half), byText);
         await call(provider, texts.slice(half), byText);
         return;
+      }
+      if (isProviderWide(error) && health.failed(name, error) === "defer") {
+        return settle(byText, texts, {
+          deferred: true,
+          error: error.message,
+          retryAfterMs: error.retryAfterMs,
+        });
       }
       settle(byText, texts, {
         error: error.message,

@@ -10,6 +10,7 @@ import { isConnectionError } from "../db_errors.ts";
 import { type EmbedRequest, embedTexts } from "../embed_texts.ts";
 import { type EmbeddingProvider, ProviderError, providerOrError } from "../providers/types.ts";
 import { tokenCounterFor } from "../providers/tokens.ts";
+import type { ProviderHealth } from "../recovery.ts";
 import {
   existingChunkHashes,
   loadChunkedRows,
@@ -41,8 +42,12 @@ export interface ChunkOutcome<W extends ChunkedWork> {
     chunks: number;
     chunksEmbedded: number;
   };
+  /** How the providers fared in this batch (recovery.ts). */
+  health?: ProviderHealth;
   /** Fails every job of `work` (once each). */
   fail(work: W, error: string, retryable: boolean, retryAfterMs?: number): void;
+  /** Stopped by a provider-wide failure: waits, no attempt spent. */
+  defer(work: W): void;
   handBack(work: W): void;
 }
 
@@ -172,25 +177,31 @@ export async function applyChunked<W extends ChunkedWork>(
     deadline: options.deadline,
     signal: options.signal,
     concurrency: options.providerConcurrency,
+    health: outcome.health,
   }, stats);
   const failures = new Map<
     Piece,
-    { error: string; retryable: boolean; retryAfterMs?: number } | "handedBack"
+    { error: string; retryable: boolean; retryAfterMs?: number } | "handedBack" | "deferred"
   >();
   requested.forEach(({ piece, target }, i) => {
     const result = results[i];
     if ("vector" in result) {
       stats.chunksEmbedded++;
       piece.vector = vectorLiteral(result.vector, target.embedding_type_sql);
-    } else if ("error" in result) failures.set(piece, result);
+    } else if ("deferred" in result) failures.set(piece, "deferred");
+    else if ("error" in result) failures.set(piece, result);
     else failures.set(piece, "handedBack");
   });
 
   const byTarget = new Map<Target, RowPlan<W>[]>();
   for (const plan of plans) {
     if (plan.failed) continue;
-    const failure = plan.pieces.map((p) => failures.get(p)).find((f) => f !== undefined);
+    // A row's worst: its own failure, then a provider's, then time running out.
+    const found = plan.pieces.map((p) => failures.get(p)).filter((f) => f !== undefined);
+    const failure = found.find((f) => typeof f === "object") ??
+      found.find((f) => f === "deferred") ?? found[0];
     if (failure === "handedBack") outcome.handBack(plan.work);
+    else if (failure === "deferred") outcome.defer(plan.work);
     else if (failure) {
       outcome.fail(plan.work, failure.error, failure.retryable, failure.retryAfterMs);
     } else {

@@ -1,54 +1,114 @@
-// The batch's outcome, reported to the queue in one call each: finished jobs
-// deleted, failed ones recorded and rescheduled (or dead-lettered) by
-// util._record_failures, which also settles packed messages row by row,
-// unstarted ones handed back visible at once.
+// The queue, for the core, the embed function and the worker: the one
+// TypeScript module that reaches the jobs module's SQL (supabase/schemas/
+// 15_jobs.sql), which alone touches pgmq. Claims sized by rows, one settle
+// call per batch, hand-backs after a lost connection.
 import type postgres from "postgres";
-import { QUEUE_NAME } from "../jobs.ts";
+import { checkJobMessage, type Job, jobsOf, parseJobJson, type RefusedJob } from "../jobs.ts";
 
-/** A failed attempt as util._record_failures takes it. */
-export interface Failure {
+/** What became of a row (row_id) of a message that is not done, or of a whole message (null). */
+export interface SettledRow {
   job_id: number;
-  target_id: number | null;
-  table_name: string | null;
   row_id: string | null;
-  error: string;
-  retryable: boolean;
+  /**
+   * failed: the row's own failure, one attempt spent; deferred: stopped by a
+   * provider-wide failure, no attempt spent; unstarted: time budget or
+   * shutdown, no attempt spent.
+   */
+  kind: "failed" | "deferred" | "unstarted";
+  error?: string;
+  retryable?: boolean;
   /** Seconds the provider asked us to wait (Retry-After). */
   retry_after?: number;
-  /** A packed message's row left unstarted: it stays queued, no error, no backoff. */
-  handed_back?: boolean;
+  target_id?: number | null;
+  table_name?: string | null;
 }
 
-/** How recordFailures reports a failure: by job, or by job and row for a packed message's row. */
+/** A provider's health as one batch saw it: ok closes its circuit, a failure opens it. */
+export interface CircuitReport {
+  provider: string;
+  ok: boolean;
+  reason?: string;
+  /** Seconds the provider asked us to wait (Retry-After). */
+  retry_after?: number;
+}
+
+/** How settleJobs reports a failure: by job, or by job and row for a packed message's row. */
 export const failureKey = (jobId: number, rowId: string | null): string =>
   rowId === null ? String(jobId) : `${jobId}\u0000${rowId}`;
 
-export async function deleteJobs(sql: postgres.Sql, jobIds: number[]): Promise<void> {
-  if (!jobIds.length) return;
-  await sql`select pgmq.delete(${QUEUE_NAME}, array(select jsonb_array_elements_text(${
-    JSON.stringify(jobIds)
-  }::text::jsonb)::bigint))`;
+export interface ClaimOptions {
+  /** Seconds the claimed messages stay hidden: an unfinished batch reappears after it. */
+  visibilitySeconds: number;
+  /** Most rows (a packed message counts its rows). */
+  maxRows: number;
+  /** Only messages containing this (e.g. {table}); {} for all. */
+  filter?: Record<string, string>;
 }
 
 /**
- * Records failures and settles packed messages; returns, per failure
- * (failureKey), whether it was dead-lettered.
+ * One claim (util._read_jobs): the jobs read, a packed message expanded into
+ * its rows, and the malformed messages among them, which the core records
+ * with the batch's failures so that they are dead-lettered at once.
  */
-export async function recordFailures(
+export async function claimJobs(
   sql: postgres.Sql,
-  failures: Failure[],
-): Promise<Map<string, boolean>> {
-  if (!failures.length) return new Map();
-  const outcome = await sql<{ job_id: string; row_id: string | null; dead_lettered: boolean }[]>`
-    select job_id, row_id, dead_lettered from util._record_failures(${
-    JSON.stringify(failures)
-  }::text::jsonb)`;
-  return new Map(outcome.map((o) => [failureKey(Number(o.job_id), o.row_id), o.dead_lettered]));
+  options: ClaimOptions,
+): Promise<{ jobs: Job[]; refused: RefusedJob[] }> {
+  // The message as text: parseJobJson keeps ids exact that a JS number cannot hold.
+  const rows = await sql<{ msg_id: string; read_ct: number; message: string | null }[]>`
+    select msg_id, read_ct, message::text as message
+      from util._read_jobs(${options.visibilitySeconds}, ${options.maxRows}, ${
+    sql.json(options.filter ?? {})
+  })`;
+  const jobs: Job[] = [];
+  const refused: RefusedJob[] = [];
+  for (const row of rows) {
+    const checked = checkJobMessage(row.message === null ? null : parseJobJson(row.message));
+    if ("job" in checked) {
+      jobs.push(...jobsOf(checked.job, Number(row.msg_id), row.read_ct));
+    } else refused.push({ jobId: Number(row.msg_id), error: checked.error });
+  }
+  return { jobs, refused };
 }
 
-/** Makes jobs visible again at once (time budget spent, or shutdown). */
-export async function handBack(sql: postgres.Sql, jobIds: number[]): Promise<void> {
+/**
+ * Settles a batch in one call (util._settle_jobs): `done` messages are
+ * deleted, the rest settled row by row, circuits opened or closed. Returns,
+ * per failed outcome (failureKey), whether it was dead-lettered.
+ */
+export async function settleJobs(
+  sql: postgres.Sql,
+  done: number[],
+  outcomes: SettledRow[],
+  circuits: CircuitReport[],
+): Promise<Map<string, boolean>> {
+  if (!done.length && !outcomes.length && !circuits.length) return new Map();
+  const settled = await sql<{ job_id: string; row_id: string | null; dead_lettered: boolean }[]>`
+    select job_id, row_id, dead_lettered from util._settle_jobs(
+      array(select jsonb_array_elements_text(${JSON.stringify(done)}::text::jsonb)::bigint),
+      ${JSON.stringify(outcomes)}::text::jsonb, ${JSON.stringify(circuits)}::text::jsonb)`;
+  return new Map(settled.map((o) => [failureKey(Number(o.job_id), o.row_id), o.dead_lettered]));
+}
+
+/**
+ * Makes claimed messages visible again in `delaySeconds`; with
+ * `giveBackAttempt`, their claim costs their rows no attempt (a lost
+ * database connection is no row's failure).
+ */
+export async function requeueJobs(
+  sql: postgres.Sql,
+  jobIds: number[],
+  delaySeconds: number,
+  giveBackAttempt: boolean,
+): Promise<void> {
   if (!jobIds.length) return;
-  await sql`select pgmq.set_vt(${QUEUE_NAME}, id::bigint, 0)
-              from jsonb_array_elements_text(${JSON.stringify(jobIds)}::text::jsonb) id`;
+  await sql`select util._requeue_jobs(
+    array(select jsonb_array_elements_text(${JSON.stringify(jobIds)}::text::jsonb)::bigint),
+    ${delaySeconds}, ${giveBackAttempt})`;
+}
+
+/** Rows queued in all, visible or not. */
+export async function queuedRows(sql: postgres.Sql): Promise<number> {
+  const [{ n }] = await sql<{ n: string }[]>`select util._queued_rows() as n`;
+  return Number(n);
 }
