@@ -139,8 +139,8 @@ language plpgsql
 set search_path = ''
 as $$
 declare
-  blocked text[] := '{}';
-  probing text[] := '{}';
+  blocked text[] := '{}'::text[];
+  probing text[] := '{}'::text[];
   candidates cursor for
     -- util._job_rows, inline (a function call per message costs more than the rest)
     select q.msg_id,

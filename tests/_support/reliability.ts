@@ -225,3 +225,25 @@ export function workerArgs(batchSize: number, concurrency: number, timeoutMs: nu
     `${Math.max(1, Math.ceil(timeoutMs / 1000))}s`,
   ];
 }
+
+/** Single-row inserts (one transaction each) for `ms`; returns how many succeeded and failed. */
+export async function insertFor(sql: Sql, ms: number, tag: string) {
+  const until = performance.now() + ms;
+  let ok = 0;
+  let failed = 0;
+  const latencies: number[] = [];
+  while (performance.now() < until) {
+    const started = performance.now();
+    try {
+      await sql`insert into documents (title, content) values (${`${tag} ${ok}`}, ${`written ${tag} ${ok}`})`;
+      ok++;
+      latencies.push(performance.now() - started);
+    } catch {
+      failed++;
+    }
+  }
+  latencies.sort((a, b) => a - b);
+  const p = (q: number) =>
+    Number((latencies[Math.floor(q * (latencies.length - 1))] ?? 0).toFixed(2));
+  return { ok, failed, perSecond: Math.round(ok / (ms / 1000)), p50Ms: p(0.5), p99Ms: p(0.99) };
+}

@@ -4,9 +4,17 @@
 // every row is embedded with no duplicate provider work.
 import assert from "node:assert/strict";
 import { assertConsistent, checkConsistency, trackJobs } from "../_support/consistency.ts";
-import { connect, type Sql, withTestDb } from "../_support/db.ts";
+import { connect, withTestDb } from "../_support/db.ts";
 import { createDocuments, queueLength } from "../_support/pipeline.ts";
-import { drain, type Mode, report, sized, sleep, startDrive } from "../_support/reliability.ts";
+import {
+  drain,
+  insertFor,
+  type Mode,
+  report,
+  sized,
+  sleep,
+  startDrive,
+} from "../_support/reliability.ts";
 import { embeddedCount, insertRows } from "../_support/rows.ts";
 import { waitFor } from "../_support/wait.ts";
 
@@ -14,28 +22,6 @@ const ROWS = sized(1_000, 5_000);
 const OUTAGE_MS = sized(5_000, 30_000);
 /** Length of each insert-throughput window. */
 const WINDOW_MS = sized(1_000, 3_000);
-
-/** Single-row inserts (one transaction each) for `ms`; returns how many succeeded and failed. */
-async function insertFor(sql: Sql, ms: number, tag: string) {
-  const until = performance.now() + ms;
-  let ok = 0;
-  let failed = 0;
-  const latencies: number[] = [];
-  while (performance.now() < until) {
-    const started = performance.now();
-    try {
-      await sql`insert into documents (title, content) values (${`${tag} ${ok}`}, ${`written ${tag} ${ok}`})`;
-      ok++;
-      latencies.push(performance.now() - started);
-    } catch {
-      failed++;
-    }
-  }
-  latencies.sort((a, b) => a - b);
-  const p = (q: number) =>
-    Number((latencies[Math.floor(q * (latencies.length - 1))] ?? 0).toFixed(2));
-  return { ok, failed, perSecond: Math.round(ok / (ms / 1000)), p50Ms: p(0.5), p99Ms: p(0.99) };
-}
 
 async function outageScenario(mode: Mode) {
   await withTestDb(async (sql, url) => {
