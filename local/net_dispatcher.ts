@@ -5,6 +5,7 @@
 // them); timed_out is true on a timeout (0.14.0 left it NULL, later releases
 // set it); a timeout's error_msg lacks curl's per-phase timings.
 import { isConnectionError } from "../supabase/functions/_shared/db_errors.ts";
+import { type Backoff, backoffMs } from "../supabase/functions/_shared/recovery.ts";
 import postgres from "postgres";
 import { parseArgs } from "node:util";
 
@@ -21,8 +22,7 @@ const USER_AGENT = "pg_net/0.14.0";
 const STOP_GRACE_MS = 5_000;
 
 /** Reconnect backoff bounds; each wait is jittered between half and all of the step. */
-const BACKOFF_MIN_MS = 250;
-const BACKOFF_MAX_MS = 10_000;
+const RECONNECT_CURVE: Backoff = { baseMs: 250, capMs: 10_000 };
 
 /** Expired responses deleted per statement, so one sweep never holds locks for long. */
 const TTL_BATCH = 1_000;
@@ -371,10 +371,9 @@ async function within(promise: Promise<unknown>, ms: number): Promise<boolean> {
   }
 }
 
-/** Exponential step for attempt n (1-based), jittered so restarted peers do not retry in step. */
+/** The recovery policy's curve for attempt n (1-based), jittered so restarted peers do not retry in step. */
 function backoff(attempt: number): number {
-  const step = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** Math.min(attempt - 1, 10));
-  return step / 2 + Math.random() * (step / 2);
+  return backoffMs(attempt, RECONNECT_CURVE);
 }
 
 /** An error's message with its causes, as pg_net's error_msg would carry curl's. */

@@ -208,21 +208,29 @@ Deno.test("I5: a row whose content function raises is dead-lettered after max at
   });
 });
 
-Deno.test("I5: provider 500s are retried with backoff, then everything embeds", async () => {
+Deno.test("I5/I14: provider 500s open its circuit; the rows wait without spending attempts, then everything embeds", async () => {
   await withTestDb(async (sql, url) => {
     const p = await startPipeline(sql, url);
     try {
-      await sql`update util.settings set value = '0' where name = 'backoff_base_seconds'`;
+      await sql`update util.settings set value = '1' where name = 'max_attempts'`;
       await createDocuments(sql);
       p.fake.setFault({ kind: "status", status: 500, times: 2 });
       await insertRows(sql, 30);
+      await sql`select util.process_embeddings(10, 1, 10000)`;
+      await waitFor(async () => {
+        const [s] = await sql`
+          select circuit_open_since is not null as open, circuit_reason from util.embedding_status`;
+        return s.open && /500/.test(s.circuit_reason);
+      }, { what: "the provider's circuit to open" });
       await drainPush(sql, { batchSize: 10, maxRequests: 1 });
       await assertAllFresh(sql);
-      const [{ n }] =
-        await sql`select count(*)::int as n from util.embedding_errors where retryable`;
-      assert.ok(n >= 10, `retryable errors recorded: ${n}`);
+      assert.equal(p.fake.stats.failedRequests, 2, "the premise: two calls failed");
+      const [{ n }] = await sql`select count(*)::int as n from util.embedding_errors`;
+      assert.equal(n, 0, "a provider-wide failure is no row's failure");
       const [dead] = await sql`select count(*)::int as n from pgmq.a_embedding_jobs`;
-      assert.equal(dead.n, 0);
+      assert.equal(dead.n, 0, "nothing dead-lettered, even at max_attempts 1");
+      const [{ open }] = await sql`select count(*)::int as open from util.provider_circuits`;
+      assert.equal(open, 0, "the circuit closed on the first success");
     } finally {
       await p.stop();
     }
