@@ -249,7 +249,4 @@ export function modelFacts(model: string, dimensions?: number): ModelFacts {
  * The longest input any model takes, in tokens: the upper bound of a chunk
  * size (a chunk is one input; SQL's util._largest_input_tokens() says the same).
  */
-export const LARGEST_INPUT_TOKENS = Math.max(
-  UNKNOWN_MODEL.maxInputTokens,
-  ...MODELS.map((m) => m.maxInputTokens),
-);
+export const LARGEST_INPUT_TOKENS = Math.max(...MODELS.map((m) => m.maxInputTokens));
