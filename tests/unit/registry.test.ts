@@ -123,7 +123,8 @@ Deno.test("modelFacts refuses sizes outside the model's rule, and unknown models
   for (const [model, dimensions, says] of cases) {
     assert.throws(
       () => modelFacts(model, dimensions),
-      (err) => err instanceof ModelFactsError && err instanceof RangeError && says.test(err.message),
+      (err) =>
+        err instanceof ModelFactsError && err instanceof RangeError && says.test(err.message),
       `${model}/${dimensions}`,
     );
   }

@@ -33,7 +33,10 @@ export function createLocalProvider(
   // the embedder behaves the same under any name it is given.
   let facts;
   try {
-    facts = modelFacts(model.startsWith(LOCAL_MODEL_PREFIX) ? model : LOCAL_MODEL_PREFIX, dimensions);
+    facts = modelFacts(
+      model.startsWith(LOCAL_MODEL_PREFIX) ? model : LOCAL_MODEL_PREFIX,
+      dimensions,
+    );
   } catch (err) {
     if (!(err instanceof ModelFactsError)) throw err;
     throw new ProviderError(

@@ -217,7 +217,8 @@ export function modelFacts(model: string, dimensions?: number): ModelFacts {
     );
   }
   if (
-    dimensions < rule.minDimensions || (rule.maxDimensions !== null && dimensions > rule.maxDimensions)
+    dimensions < rule.minDimensions ||
+    (rule.maxDimensions !== null && dimensions > rule.maxDimensions)
   ) {
     const allowed = rule.minDimensions === rule.maxDimensions
       ? `only ${rule.minDimensions}-dimension vectors`
