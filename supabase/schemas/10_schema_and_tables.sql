@@ -8,7 +8,8 @@
 -- util.retry_failed, util.maintain_embeddings, util.process_embeddings,
 -- util.queue_embeddings (trigger), util.clear_column (trigger),
 -- util.project_url, util.invoke_edge_function, util.embedding_status (view),
--- util.embedding_errors (table), util.settings (table). Everything named
+-- util.embedding_errors (table), util.settings (table), util.embedding_models
+-- (table, read-only: the model registry, 15_models). Everything named
 -- util._* is internal. Errors carry SQLSTATEs of class AE:
 --   AE001  an index on the embedding column a model change cannot carry over
 --   AE002  not attached: no such target (table and embedding column)

@@ -15,16 +15,19 @@
 -- util.match_chunks searches a destination as the caller (I13).
 
 -- internal: raises AE003 when chunk settings are out of range (the same
--- limits as validateChunkSettings in supabase/functions/_shared/chunking/).
+-- limits as validateChunkSettings in supabase/functions/_shared/chunking/;
+-- the largest chunk is the longest input of the model registry, 15_models).
 create or replace function util._check_chunk_settings(chunk_size int, chunk_overlap int, splitter text)
 returns void
 language plpgsql
-immutable
+stable
 set search_path = ''
 as $$
+declare
+  largest int := util._largest_input_tokens();
 begin
-  if chunk_size is null or chunk_size < 16 or chunk_size > 8191 then
-    raise exception 'autoembed: chunk_size must be between 16 and 8191 tokens, got %', coalesce(chunk_size::text, 'null')
+  if chunk_size is null or chunk_size < 16 or chunk_size > largest then
+    raise exception 'autoembed: chunk_size must be between 16 and % tokens, got %', largest, coalesce(chunk_size::text, 'null')
       using errcode = 'AE003', hint = 'E.g. chunk_size => 512 (tokens of the model''s tokenizer).';
   end if;
   if chunk_overlap is null or chunk_overlap < 0 or chunk_overlap > chunk_size / 2 then
@@ -63,19 +66,17 @@ parallel safe
 set search_path = ''
 as $$ select pg_catalog.sha256(pg_catalog.convert_to(chunking_key || coalesce(content, ''), 'UTF8')) $$;
 
--- internal: vector size of a well-known model, for a destination created
--- without an explicit dimensions argument (null: unknown, pass dimensions).
+-- internal: vector size of a model the registry knows (15_models), for a
+-- destination created without an explicit dimensions argument (null:
+-- unknown, pass dimensions).
 create or replace function util._default_dimensions(model text)
 returns int
 language sql
-immutable
+stable
 set search_path = ''
 as $$
-  select case
-           when model in ('text-embedding-3-small', 'text-embedding-ada-002') then 1536
-           when model = 'text-embedding-3-large' then 3072
-           when model like 'local-%' then 1536
-         end
+  select m.native_dimensions from util.embedding_models m
+   where m.model = util._model_registry_key(_default_dimensions.model)
 $$;
 
 -- internal: creates a chunk table `dest_schema`.`dest_name` for source

@@ -122,6 +122,11 @@ export async function readCatalog(sql: Sql): Promise<Catalog> {
     put(`setting ${r.name}`, { value: r.value, description: r.description });
   }
 
+  // The model registry's rows (generated from providers/registry.ts).
+  for (const r of await sql`select m.* from util.embedding_models m`) {
+    put(`model ${r.model}`, { ...r });
+  }
+
   // Outside util: the queue's tables and their grants, the grants the
   // pipeline takes from pg_net, and the cron schedule where pg_cron lives.
   for (

@@ -58,6 +58,9 @@ Deno.test("supabase/schemas builds exactly what supabase/migrations build", asyn
         "index util.embedding_fingerprints_content_hash",
         "sequence util.embedding_errors_id_seq",
         "setting sweep_slice_rows",
+        "table util.embedding_models",
+        "model text-embedding-3-small",
+        "model local-",
         "relation pgmq.q_embedding_jobs",
       ]
     ) assert.ok(expected.has(key), `catalog lacks ${key}`);

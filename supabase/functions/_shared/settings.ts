@@ -3,12 +3,10 @@
 // (util.embedding_targets); the environment supplies credentials and limits.
 import { createLocalProvider } from "./providers/local.ts";
 import { createOpenAIProvider } from "./providers/openai.ts";
+import { type ModelFacts, modelFacts, ModelFactsError } from "./providers/registry.ts";
 import { type EmbeddingProvider, ProviderError } from "./providers/types.ts";
 
 export type Env = (name: string) => string | undefined;
-
-/** Models whose name starts with this are served by the offline lexical embedder. */
-export const LOCAL_MODEL_PREFIX = "local-";
 
 export class SettingsError extends Error {}
 
@@ -20,6 +18,16 @@ function positiveInt(env: Env, name: string, fallback: number): number {
     throw new SettingsError(`${name} must be a positive whole number, got "${raw}"`);
   }
   return value;
+}
+
+/** The registry's facts of a target's model and size; a size it does not make is permanent. */
+function checkedFacts(model: string, dimensions: number): ModelFacts {
+  try {
+    return modelFacts(model, dimensions);
+  } catch (err) {
+    if (!(err instanceof ModelFactsError)) throw err;
+    throw new ProviderError(err.message, { retryable: false, cause: err });
+  }
 }
 
 function flag(env: Env, name: string): boolean {
@@ -45,9 +53,12 @@ export interface CoreSettings {
 }
 
 /**
- * Reads settings from the environment. A model named `local-*` uses the
- * offline embedder; any other model goes to the OpenAI-compatible endpoint
- * (`OPENAI_BASE_URL`, default OpenAI) with `OPENAI_API_KEY`.
+ * Reads settings from the environment. The registry (providers/registry.ts)
+ * says which provider serves a model and which sizes it makes: `local-*`
+ * models use the offline embedder; any other model goes to the
+ * OpenAI-compatible endpoint (`OPENAI_BASE_URL`, default OpenAI) with
+ * `OPENAI_API_KEY`. A size the model does not make fails the target's rows
+ * as permanent, with a message that says so.
  */
 export function coreSettings(env: Env): CoreSettings {
   const providerTimeoutMs = positiveInt(env, "EMBEDDING_TIMEOUT_MS", 30_000);
@@ -58,7 +69,7 @@ export function coreSettings(env: Env): CoreSettings {
     const key = `${model}\u0000${dimensions}`;
     let provider = providers.get(key);
     if (provider) return provider;
-    if (model.startsWith(LOCAL_MODEL_PREFIX)) {
+    if (checkedFacts(model, dimensions).provider === "local") {
       provider = createLocalProvider({ model, dimensions });
     } else {
       if (!apiKey) {

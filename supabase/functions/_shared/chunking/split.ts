@@ -15,6 +15,7 @@
 // `none` the text) alone has more: that chunk is marked `oversize`. A text
 // that is empty or only whitespace has no chunks (there is nothing to embed,
 // as for an empty whole-row text).
+import { LARGEST_INPUT_TOKENS } from "../providers/registry.ts";
 import type { TokenCounter } from "../providers/tokens.ts";
 import { headingPrefix, markdownSections } from "./markdown.ts";
 import { packBlocks } from "./recursive.ts";
@@ -42,7 +43,8 @@ export interface TextChunk {
 
 export const SPLITTERS: readonly SplitterName[] = ["recursive", "markdown", "none"];
 export const MIN_CHUNK_SIZE = 16;
-export const MAX_CHUNK_SIZE = 8191;
+/** A chunk is one input: at most what the model with the longest inputs takes (registry.ts). */
+export const MAX_CHUNK_SIZE = LARGEST_INPUT_TOKENS;
 
 /** A message saying what is wrong with `s`, or null when the settings are usable. */
 export function validateChunkSettings(s: ChunkSettings): string | null {

@@ -1,5 +1,6 @@
 // The offline embedder behind `local-*` models: lets the demo and the tests
 // run with no API key and no network.
+import { LOCAL_MODEL_PREFIX, modelFacts, ModelFactsError } from "./registry.ts";
 import { tokenCounterFor } from "./tokens.ts";
 import { type EmbeddingProvider, ProviderError } from "./types.ts";
 import { hash32 } from "../hash32.ts";
@@ -28,18 +29,27 @@ export function createLocalProvider(
   opts: { model: string; dimensions: number },
 ): LocalProvider {
   const { model, dimensions } = opts;
-  if (!Number.isInteger(dimensions) || dimensions < 1) {
+  // The limits of the local family in the registry, whatever the name, so
+  // the embedder behaves the same under any name it is given.
+  let facts;
+  try {
+    facts = modelFacts(
+      model.startsWith(LOCAL_MODEL_PREFIX) ? model : LOCAL_MODEL_PREFIX,
+      dimensions,
+    );
+  } catch (err) {
+    if (!(err instanceof ModelFactsError)) throw err;
     throw new ProviderError(
       `the local embedder needs a positive whole number of dimensions, got ${dimensions}`,
-      { retryable: false },
+      { retryable: false, cause: err },
     );
   }
   return {
     model,
     dimensions,
-    maxBatchInputs: 2048,
-    maxBatchTokens: 10_000_000,
-    maxInputTokens: 8191,
+    maxBatchInputs: facts.maxBatchInputs,
+    maxBatchTokens: facts.maxBatchTokens,
+    maxInputTokens: facts.maxInputTokens,
     tokens: tokenCounterFor(model),
     embed(texts: string[], signal?: AbortSignal): Promise<number[][]> {
       try {

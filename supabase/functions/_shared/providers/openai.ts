@@ -2,6 +2,7 @@
 // vLLM, TEI, LM Studio) through the official SDK.
 import OpenAI from "openai";
 import type { Vector } from "../vectors.ts";
+import { modelLimits } from "./registry.ts";
 import { tokenCounterFor } from "./tokens.ts";
 import { classifyProviderError, type EmbeddingProvider, ProviderError } from "./types.ts";
 
@@ -15,22 +16,21 @@ export interface OpenAIProviderOptions {
   dimensions: number;
   /** Per request; a request that takes longer fails as retryable. */
   timeoutMs: number;
-  /** Inputs per request (OpenAI accepts 2048). */
+  /** Inputs per request; default the model's limit in the registry. */
   maxBatchInputs?: number;
 }
 
 /**
- * Whether to send `dimensions` with the request. OpenAI's text-embedding-3-*
- * models shorten their vectors to it; ada-002 rejects it. Other model names
- * only exist on other endpoints (with `baseURL`), where it is sent so that
- * servers supporting it return the configured size; a server that does not
- * support it either ignores it (its vectors are then checked against the
- * configured dimensions) or rejects the request as permanent.
+ * Whether to send `dimensions` with the request: as the registry says for a
+ * model it knows (OpenAI's text-embedding-3-* models shorten their vectors
+ * to it; ada-002 rejects it). Other model names only exist on other
+ * endpoints (with `baseURL`), where it is sent so that servers supporting it
+ * return the configured size; a server that does not support it either
+ * ignores it (its vectors are then checked against the configured
+ * dimensions) or rejects the request as permanent.
  */
 export function sendsDimensions(model: string, hasBaseURL: boolean): boolean {
-  if (model.startsWith("text-embedding-3-")) return true;
-  if (model === "text-embedding-ada-002") return false;
-  return hasBaseURL;
+  return modelLimits(model).dimensionsParameter ?? hasBaseURL;
 }
 
 export function createOpenAIProvider(opts: OpenAIProviderOptions): EmbeddingProvider {
@@ -46,13 +46,16 @@ export function createOpenAIProvider(opts: OpenAIProviderOptions): EmbeddingProv
     maxRetries: 0,
   });
   const withDimensions = sendsDimensions(model, opts.baseURL !== undefined);
+  // The size itself is checked by the caller (settings.ts, through
+  // modelFacts) and against every response; here only the limits are read.
+  const limits = modelLimits(model);
 
   return {
     model,
     dimensions,
-    maxBatchInputs: opts.maxBatchInputs ?? 2048,
-    maxBatchTokens: 300_000,
-    maxInputTokens: 8191,
+    maxBatchInputs: opts.maxBatchInputs ?? limits.maxBatchInputs,
+    maxBatchTokens: limits.maxBatchTokens,
+    maxInputTokens: limits.maxInputTokens,
     tokens: tokenCounterFor(model),
     async embed(texts: string[], signal?: AbortSignal): Promise<Vector[]> {
       if (texts.length === 0) return [];

@@ -3,6 +3,7 @@
 // rank files), else an estimate that errs on the side of too many tokens.
 import cl100kBase from "js-tiktoken/ranks/cl100k_base";
 import { createBpeCounter } from "./bpe.ts";
+import { modelLimits, type TokenizerName } from "./registry.ts";
 
 export interface TokenCounter {
   /** Stable name of the encoding, e.g. "cl100k_base", or "estimate" */
@@ -25,20 +26,20 @@ export const estimateCounter: TokenCounter = {
  */
 const cl100kCounter: TokenCounter = createBpeCounter("cl100k_base", cl100kBase);
 
-/** The encoding of each OpenAI embedding model. */
-const ENCODINGS: Record<string, TokenCounter> = {
-  "text-embedding-3-small": cl100kCounter,
-  "text-embedding-3-large": cl100kCounter,
-  "text-embedding-ada-002": cl100kCounter,
+/** The counter of each tokenizer the registry names. */
+const COUNTERS: Record<TokenizerName, TokenCounter> = {
+  cl100k_base: cl100kCounter,
+  estimate: estimateCounter,
 };
 
 /**
- * The token counter of `model`: its real tokenizer for OpenAI's embedding
- * models, the estimate for any other name (local models, and models served
- * by other OpenAI-compatible endpoints, whose tokenizers are not shipped).
+ * The token counter of `model`, as the registry (registry.ts) names it: the
+ * real tokenizer for OpenAI's embedding models, the estimate for any other
+ * name (local models, and models served by other OpenAI-compatible
+ * endpoints, whose tokenizers are not shipped).
  */
 export function tokenCounterFor(model: string): TokenCounter {
-  return Object.hasOwn(ENCODINGS, model) ? ENCODINGS[model] : estimateCounter;
+  return COUNTERS[modelLimits(model).tokenizer];
 }
 
 /** Bytes of the UTF-8 encoding of the code point starting at `text[i]`, and its UTF-16 length. */

@@ -4,6 +4,10 @@ import { APIConnectionError, APIConnectionTimeoutError, APIError, APIUserAbortEr
 import type { Vector } from "../vectors.ts";
 import type { TokenCounter } from "./tokens.ts";
 
+/**
+ * A provider for one model at one size. Its limits and token counter are
+ * the model's facts in the registry (registry.ts), never figures of its own.
+ */
 export interface EmbeddingProvider {
   /** Model name as configured on the table (util.embedding_targets). */
   readonly model: string;
