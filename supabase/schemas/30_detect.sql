@@ -20,7 +20,7 @@ as $$ select pg_catalog.pg_notify('embedding_jobs', '') $$;
 --     old_rows for UPDATE and DELETE): one insert into the queue per
 --     statement, however many rows: one message per pack_size rows, `{"ids":
 --     [...]}` (`{"id": ...}` when it is one row), built by util._enqueue_sql
---     (15_jobs). The core expands a packed message into its rows and settles
+--     (16_jobs). The core expands a packed message into its rows and settles
 --     it row by row (util._settle_jobs). util.enable_embeddings uses it for
 --     DELETE; for INSERT and UPDATE it writes the target its own function
 --     with the same behaviour and static SQL (util._create_queue_function).

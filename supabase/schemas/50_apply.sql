@@ -2,7 +2,7 @@
 -- (supabase/functions/_shared/) calls while it applies a batch, one round
 -- trip each: the targets' configuration, the text hash, and fallbacks for
 -- rows and ids that fail a set-based read. Settling the batch's jobs is the
--- jobs module's (15_jobs.sql).
+-- jobs module's (16_jobs.sql).
 
 -- internal: the configuration the core needs for the targets a batch names,
 -- identifiers already quoted for dynamic SQL. Retired targets are gone;

@@ -1,7 +1,7 @@
 -- autoembed schema 70: diagnose with plain SQL. util.embedding_status has
 -- one row per attached (table, embedding column); util.embedding_errors (10)
 -- one row per failed attempt; the queue's figures come from the jobs module
--- (15_jobs), the dead letters are in pgmq.a_embedding_jobs.
+-- (16_jobs), the dead letters are in pgmq.a_embedding_jobs.
 
 -- internal: per-target figures behind util.embedding_status (live targets;
 -- a model change in progress shows in the next_* columns of its table).
@@ -33,6 +33,7 @@ returns table (
   destination text,
   chunks bigint,
   provider text,
+  model_known boolean,
   circuit_open_since timestamptz,
   circuit_reason text,
   circuit_retry_at timestamptz
@@ -129,6 +130,7 @@ begin
       into queued, in_flight, oldest_queued_age, dead_lettered
       from util._queue_counts(t.schema_name, t.table_name, t.embedding_column) c;
     provider := util._provider_of(t.model);
+    model_known := util._model_known(t.model);
     select p.opened_at, p.reason, p.retry_at into circuit_open_since, circuit_reason, circuit_retry_at
       from util.provider_circuits p where p.provider = util._provider_of(t.model);
     select e.error, e.created_at into last_error, last_error_at
@@ -149,7 +151,9 @@ $$;
 -- destination, and chunks (rows of the destination); embedded counts source
 -- rows with a current chunk set, missing those without, stale those whose
 -- text or chunk settings changed since. provider: who embeds the model
--- ('openai' for any OpenAI-compatible endpoint, 'local'); while all its
+-- ('openai' for any OpenAI-compatible endpoint, 'local'); model_known: the
+-- registry (util.embedding_models) knows the model, else it runs with the
+-- dimensions given and conservative limits; while all its
 -- calls fail, its circuit is open: since when (circuit_open_since), the
 -- last failure (circuit_reason), and when the next probe may go
 -- (circuit_retry_at). Its rows wait in the queue meanwhile, spending no

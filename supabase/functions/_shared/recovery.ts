@@ -2,7 +2,8 @@
 // what a failure means (the row's own, or the provider's as a whole) and
 // how long to wait (one capped exponential curve with jitter that honours
 // Retry-After). The database side settles rows and circuits with the same
-// curve (util._backoff_seconds, supabase/schemas/15_jobs.sql).
+// curve (util._backoff_seconds, supabase/schemas/16_jobs.sql).
+import { findModel, UNKNOWN_MODEL } from "./providers/registry.ts";
 import type { ProviderError } from "./providers/types.ts";
 
 export interface Backoff {
@@ -49,12 +50,12 @@ export function pause(ms: number, signal?: AbortSignal): Promise<void> {
 }
 
 /**
- * Who serves a model: the offline lexical embedder for `local-*` models, the
- * OpenAI-compatible endpoint for any other. A circuit is per provider (the
- * same mapping as util._provider_of).
+ * Who serves a model, by the registry: the offline lexical embedder for
+ * `local-*` models, the OpenAI-compatible endpoint for any other (known or
+ * not). A circuit is per provider (util._provider_of reads the same facts).
  */
 export function providerOf(model: string): string {
-  return model.startsWith("local-") ? "local" : "openai";
+  return findModel(model)?.provider ?? UNKNOWN_MODEL.provider;
 }
 
 /**

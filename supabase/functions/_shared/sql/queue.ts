@@ -1,6 +1,6 @@
 // The queue, for the core, the embed function and the worker: the one
 // TypeScript module that reaches the jobs module's SQL (supabase/schemas/
-// 15_jobs.sql), which alone touches pgmq. Claims sized by rows, one settle
+// 16_jobs.sql), which alone touches pgmq. Claims sized by rows, one settle
 // call per batch, hand-backs after a lost connection.
 import type postgres from "postgres";
 import { checkJobMessage, type Job, jobsOf, parseJobJson, type RefusedJob } from "../jobs.ts";

@@ -42,15 +42,18 @@ create table if not exists util.provider_circuits (
   retry_at timestamptz not null
 );
 
--- internal: the provider that serves `model`: the offline lexical embedder
--- for local-* models, the OpenAI-compatible endpoint for any other.
+-- internal: the provider that serves `model`, by the registry
+-- (util.embedding_models, 15_models): the offline lexical embedder for
+-- local-* models, the OpenAI-compatible endpoint for any other, known or not.
 create or replace function util._provider_of(model text)
 returns text
 language sql
-immutable
-parallel safe
+stable
 set search_path = ''
-as $$ select case when model like 'local-%' then 'local' else 'openai' end $$;
+as $$
+  select coalesce((select m.provider from util.embedding_models m
+                    where m.model = util._model_registry_key(_provider_of.model)), 'openai')
+$$;
 
 -- internal: seconds to wait before attempt `attempt` + 1, the one capped
 -- exponential curve of the pipeline's SQL: `base` doubling per attempt,
