@@ -21,9 +21,7 @@
 
 create schema if not exists util;
 
--- pgmq.create is idempotent: it creates pgmq.q_embedding_jobs and
--- pgmq.a_embedding_jobs (the dead letters) when they are missing.
-select pgmq.create('embedding_jobs');
+-- The queue `embedding_jobs` is the jobs module's (16_jobs.sql).
 
 -------------------------------------------------------------------------------
 -- Settings (public: edit with update util.settings set value = ... where name = ...)

@@ -17,6 +17,20 @@
 -- closes the circuit and wakes the workers. A provider outage spends no
 -- row's attempts, however long it lasts.
 
+-- pgmq.create is idempotent: it creates pgmq.q_embedding_jobs and
+-- pgmq.a_embedding_jobs (the dead letters) when they are missing.
+select pgmq.create('embedding_jobs');
+
+-- The queue: the pipeline and service_role only. Skipped with a notice where
+-- this role does not own the queue tables.
+do $$
+begin
+  revoke all on pgmq.q_embedding_jobs, pgmq.a_embedding_jobs from public, anon, authenticated;
+exception when insufficient_privilege then
+  raise notice 'autoembed: privileges on the embedding_jobs queue tables left as they are (%)', sqlerrm;
+end
+$$;
+
 insert into util.settings (name, value, description) values
   ('pack_size', '100',
    'row ids one queue message carries (1 to 1000); generated trigger functions take a new value when their table is attached again'),

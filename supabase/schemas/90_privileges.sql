@@ -26,15 +26,7 @@ grant execute on function
   util.match_chunks(regclass, extensions.halfvec, int, float)
   to service_role;
 
--- The queue: the pipeline and service_role only. Skipped with a notice where
--- this role does not own the queue tables.
-do $$
-begin
-  revoke all on pgmq.q_embedding_jobs, pgmq.a_embedding_jobs from public, anon, authenticated;
-exception when insufficient_privilege then
-  raise notice 'autoembed: privileges on the embedding_jobs queue tables left as they are (%)', sqlerrm;
-end
-$$;
+-- The queue's own privileges are the jobs module's (16_jobs.sql).
 
 -- pg_net grants its tables and functions to PUBLIC upstream; its request
 -- queue holds the embed function's bearer secret (in the Authorization
