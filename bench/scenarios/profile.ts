@@ -26,9 +26,11 @@ const LABELS: [RegExp, string][] = [
     /^select msg_id, read_ct, message::text as message\s+from util\._read_jobs/,
     "worker: claim (util._read_jobs)",
   ],
-  [/^select pgmq\.delete/, "core: acknowledge (pgmq.delete)"],
+  [
+    /^select job_id, row_id, dead_lettered from util\._settle_jobs/,
+    "core: settle (util._settle_jobs)",
+  ],
   [/^select \* from util\._target_config/, "core: targets"],
-  [/^select \* from util\._record_failures/, "core: record failures"],
 ];
 
 function label(query: string): string {
