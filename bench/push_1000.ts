@@ -3,9 +3,9 @@
 // provider with 20 ms latency -> Postgres), provider calls per 1,000 changed
 // rows, and the cost of a no-op update of 1,000 rows. Needs the test template
 // (run `npm test` once first). Usage: deno run -A bench/push_1000.ts [repetitions]
-import { withTestDb } from "../tests/_support/db.ts";
-import { createDocuments, startPipeline } from "../tests/_support/pipeline.ts";
-import type { Sql } from "../tests/_support/db.ts";
+import { withTestDb } from "../devtools/db.ts";
+import { createDocuments, startPipeline } from "../devtools/pipeline.ts";
+import type { Sql } from "../devtools/db.ts";
 
 const ROWS = 1000;
 const repetitions = Number(Deno.args[0] ?? 5);

@@ -82,7 +82,7 @@ function settings(): [string, string][] {
   return [
     [
       "provider",
-      `tests/_support/fake_openai.ts on loopback, through the \`openai\` SDK (our provider); ` +
+      `devtools/fake_openai.ts on loopback, through the \`openai\` SDK (our provider); ` +
       `${PROVIDER_LATENCY_MS} ms per request + ${PROVIDER_PER_INPUT_MS} ms per input`,
     ],
     [

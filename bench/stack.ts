@@ -9,8 +9,8 @@ import { startFunctions } from "../local/functions.ts";
 import { applyMigrations } from "../local/migrate.ts";
 import { type NetDispatcher, startNetDispatcher } from "../local/net_dispatcher.ts";
 import { ensureSetup } from "../local/setup.ts";
-import { spawnDeno, spawnWorker, type WorkerProcess } from "../tests/_support/cli.ts";
-import { type FakeOpenAI, startFakeOpenAI } from "../tests/_support/fake_openai.ts";
+import { spawnDeno, spawnWorker, type WorkerProcess } from "../devtools/cli.ts";
+import { type FakeOpenAI, startFakeOpenAI } from "../devtools/fake_openai.ts";
 
 export type Sql = postgres.Sql;
 

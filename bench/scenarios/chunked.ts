@@ -14,7 +14,7 @@ import {
   type Sql,
   startWorker,
 } from "../stack.ts";
-import { editParagraph, makeDocument } from "../../tests/_support/documents.ts";
+import { editParagraph, makeDocument } from "../../devtools/documents.ts";
 import { splitIntoChunks } from "../../supabase/functions/_shared/chunking/split.ts";
 import { tokenCounterFor } from "../../supabase/functions/_shared/providers/tokens.ts";
 
@@ -121,7 +121,7 @@ export async function chunkedScenario(ctx: BenchContext): Promise<ChunkedFigures
     section.text(`\`util.enable_embeddings(..., destination => 'public.article_chunks', splitter =>
 '${SETTINGS.splitter}', chunk_size => ${SETTINGS.chunkSize}, chunk_overlap => ${SETTINGS.chunkOverlap})\`
 on a table of ${documents} markdown documents of ${paragraphs} paragraphs
-(tests/_support/documents.ts makeDocument), drained by \`worker --once -c 4 --batch-size ${BATCH_SIZE}\`
+(devtools/documents.ts makeDocument), drained by \`worker --once -c 4 --batch-size ${BATCH_SIZE}\`
 (each job is one document; its chunks are embedded in provider batches across the documents of
 the batch). Then one paragraph of a ${big.chunks}-chunk document is edited and drained again.`);
     section.table(

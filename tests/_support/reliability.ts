@@ -2,12 +2,12 @@
 // switch between the default and the full run, figures printed as one
 // `RELIABILITY {json}` line per scenario, a seeded PRNG, and a drain loop that
 // survives a database restart.
-import { providerEnv, spawnWorker, type WorkerProcess } from "./cli.ts";
+import { providerEnv, spawnWorker, type WorkerProcess } from "../../devtools/cli.ts";
 import type { ConsistencyReport } from "./consistency.ts";
-import type { Sql } from "./db.ts";
-import { type FakeOpenAI, startFakeOpenAI } from "./fake_openai.ts";
-import { type Pipeline, startPipeline } from "./pipeline.ts";
-import { waitFor } from "./wait.ts";
+import type { Sql } from "../../devtools/db.ts";
+import { type FakeOpenAI, startFakeOpenAI } from "../../devtools/fake_openai.ts";
+import { type Pipeline, startPipeline } from "../../devtools/pipeline.ts";
+import { waitFor } from "../../devtools/wait.ts";
 
 /** AUTOEMBED_FULL_RELIABILITY=1 (`deno task reliability`) selects the full sizes. */
 export const FULL = Deno.env.get("AUTOEMBED_FULL_RELIABILITY") === "1";

@@ -11,8 +11,8 @@ import {
   parseJobJson,
 } from "../../supabase/functions/_shared/jobs.ts";
 import { coreSettings } from "../../supabase/functions/_shared/settings.ts";
-import { type Sql, withTestDb } from "../_support/db.ts";
-import { createDocuments } from "../_support/pipeline.ts";
+import { type Sql, withTestDb } from "../../devtools/db.ts";
+import { createDocuments } from "../../devtools/pipeline.ts";
 import { insertRows } from "../_support/rows.ts";
 
 const LOCAL = "local-hash-v1";

@@ -6,8 +6,8 @@
 // consistent.
 import assert from "node:assert/strict";
 import { assertConsistent, checkConsistency, trackJobs } from "../_support/consistency.ts";
-import { type Sql, withTestDb } from "../_support/db.ts";
-import { createDocuments, queueLength } from "../_support/pipeline.ts";
+import { type Sql, withTestDb } from "../../devtools/db.ts";
+import { createDocuments, queueLength } from "../../devtools/pipeline.ts";
 import { drain, report, sized, sleep, startDrive } from "../_support/reliability.ts";
 import { insertRows } from "../_support/rows.ts";
 

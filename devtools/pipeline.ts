@@ -1,8 +1,8 @@
 // The real push path for integration tests, all on loopback:
 // util.process_embeddings -> pg_net shim -> dispatcher -> embed handler
 // (in-process, served on a free port) -> fake OpenAI server -> Postgres.
-import { startNetDispatcher } from "../../local/net_dispatcher.ts";
-import { createEmbedHandler, type EmbedHandler } from "../../supabase/functions/embed/handler.ts";
+import { startNetDispatcher } from "../local/net_dispatcher.ts";
+import { createEmbedHandler, type EmbedHandler } from "../supabase/functions/embed/handler.ts";
 import type { Sql } from "./db.ts";
 import { type FakeOpenAI, startFakeOpenAI } from "./fake_openai.ts";
 import { waitFor } from "./wait.ts";

@@ -1,7 +1,7 @@
 // Runs the operator CLI (cli/autoembed.ts), or another Deno script, as a real
 // subprocess the way users do, with its output captured; and the environment
 // that points it at the fake provider.
-import { ROOT } from "../../local/config.ts";
+import { ROOT } from "../local/config.ts";
 import type { FakeOpenAI } from "./fake_openai.ts";
 
 export interface CliResult {

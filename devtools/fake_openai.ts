@@ -3,8 +3,8 @@
 // injectable latency and faults (status codes, outages, slowness, malformed or
 // wrong-sized answers).
 import { Buffer } from "node:buffer";
-import { hashEmbed } from "../../supabase/functions/_shared/providers/local.ts";
-import { estimateTokens } from "../../supabase/functions/_shared/providers/tokens.ts";
+import { hashEmbed } from "../supabase/functions/_shared/providers/local.ts";
+import { estimateTokens } from "../supabase/functions/_shared/providers/tokens.ts";
 
 export type Fault =
   /** Answer `status` (with `Retry-After` and `body` if given). */
