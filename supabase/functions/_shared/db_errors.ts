@@ -3,6 +3,7 @@
 // (wait and reconnect), which are worth retrying at once, and which SQLSTATEs
 // the pipeline's own SQL raises.
 import pg from "pg";
+import { sleep } from "./sleep.ts";
 
 /** SQLSTATEs worth retrying at once (deadlock, serialization failure). */
 export const RETRY_NOW_SQLSTATES = new Set(["40P01", "40001"]);
@@ -101,15 +102,7 @@ export async function waitOutDisconnect<T>(
       if (Date.now() + pause >= options.deadline) throw err;
       options.onRetry?.(n, err);
       if (options.signal?.aborted) throw err;
-      await new Promise<void>((resolve) => {
-        const done = () => {
-          clearTimeout(timer);
-          options.signal?.removeEventListener("abort", done);
-          resolve();
-        };
-        const timer = setTimeout(done, pause);
-        options.signal?.addEventListener("abort", done);
-      });
+      await sleep(pause, options.signal);
       if (options.signal?.aborted) throw err;
     }
   }

@@ -1,33 +1,15 @@
 // Settings of the function and the worker, read once from the environment.
 // The model and dimensions of each table are database configuration
 // (util.embedding_targets); the environment supplies credentials and limits.
+import { type Env, flag, positiveInt } from "./env.ts";
 import { createLocalProvider } from "./providers/local.ts";
 import { createOpenAIProvider } from "./providers/openai.ts";
 import { type EmbeddingProvider, ProviderError } from "./providers/types.ts";
 
-export type Env = (name: string) => string | undefined;
+export { type Env, SettingsError } from "./env.ts";
 
 /** Models whose name starts with this are served by the offline lexical embedder. */
 export const LOCAL_MODEL_PREFIX = "local-";
-
-export class SettingsError extends Error {}
-
-function positiveInt(env: Env, name: string, fallback: number): number {
-  const raw = env(name);
-  if (raw === undefined || raw === "") return fallback;
-  const value = Number(raw);
-  if (!Number.isInteger(value) || value <= 0) {
-    throw new SettingsError(`${name} must be a positive whole number, got "${raw}"`);
-  }
-  return value;
-}
-
-function flag(env: Env, name: string): boolean {
-  const raw = (env(name) ?? "").toLowerCase();
-  if (raw === "" || raw === "false" || raw === "0" || raw === "no") return false;
-  if (raw === "true" || raw === "1" || raw === "yes") return true;
-  throw new SettingsError(`${name} must be true or false, got "${raw}"`);
-}
 
 export interface CoreSettings {
   /** Epoch-relative budget of one call, ms (hosted edge functions stop at ~150 s). */
