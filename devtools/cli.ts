@@ -2,6 +2,7 @@
 // subprocess the way users do, with its output captured; and the environment
 // that points it at the fake provider.
 import { ROOT } from "../local/config.ts";
+import { eachLine } from "../local/proc.ts";
 import type { FakeOpenAI } from "./fake_openai.ts";
 
 export interface CliResult {
@@ -10,14 +11,17 @@ export interface CliResult {
   stderr: string;
 }
 
-/** Environment of a worker subprocess (or embed function) talking to the fake provider. */
+/**
+ * Environment of a worker subprocess (or embed function) talking to the fake
+ * provider; with DATABASE_URL when `dbUrl` is given.
+ */
 export function providerEnv(
   fake: FakeOpenAI,
-  dbUrl: string,
+  dbUrl?: string,
   extra: Record<string, string> = {},
 ): Record<string, string> {
   return {
-    DATABASE_URL: dbUrl,
+    ...(dbUrl === undefined ? {} : { DATABASE_URL: dbUrl }),
     OPENAI_API_KEY: "sk-test-key-not-secret",
     OPENAI_BASE_URL: fake.baseURL,
     EMBEDDING_TIMEOUT_MS: "10000",
@@ -76,24 +80,16 @@ export function spawnDeno(args: string[], env: Record<string, string>): WorkerPr
   }).spawn();
   const lines: string[] = [];
   const waiters: { pattern: RegExp; resolve: (line: string) => void }[] = [];
-  const collect = async (stream: ReadableStream<Uint8Array>) => {
-    let buffer = "";
-    for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
-      buffer += chunk;
-      let nl;
-      while ((nl = buffer.indexOf("\n")) >= 0) {
-        const line = buffer.slice(0, nl);
-        buffer = buffer.slice(nl + 1);
-        lines.push(line);
-        for (const w of [...waiters]) {
-          if (w.pattern.test(line)) {
-            waiters.splice(waiters.indexOf(w), 1);
-            w.resolve(line);
-          }
+  const collect = (stream: ReadableStream<Uint8Array>) =>
+    eachLine(stream, (line) => {
+      lines.push(line);
+      for (const w of [...waiters]) {
+        if (w.pattern.test(line)) {
+          waiters.splice(waiters.indexOf(w), 1);
+          w.resolve(line);
         }
       }
-    }
-  };
+    });
   const piping = Promise.all([collect(child.stdout), collect(child.stderr)]);
   const status = child.status.then(async (s) => {
     await piping;

@@ -5,6 +5,7 @@
 // them); timed_out is true on a timeout (0.14.0 left it NULL, later releases
 // set it); a timeout's error_msg lacks curl's per-phase timings.
 import { isConnectionError } from "../supabase/functions/_shared/db_errors.ts";
+import { jitteredBackoff, sleep } from "../supabase/functions/_shared/sleep.ts";
 import postgres from "postgres";
 import { parseArgs } from "node:util";
 
@@ -115,17 +116,6 @@ export async function startNetDispatcher(options: NetDispatcherOptions): Promise
   const abortRequests = new AbortController(); // the grace period is over
   let writeDeadline = Infinity;
 
-  const pause = (ms: number) =>
-    new Promise<void>((resolve) => {
-      const done = () => {
-        clearTimeout(timer);
-        halt.signal.removeEventListener("abort", done);
-        resolve();
-      };
-      const timer = setTimeout(done, ms);
-      halt.signal.addEventListener("abort", done);
-    });
-
   async function listen(): Promise<void> {
     const client = postgres(options.dbUrl, { ...clientOptions, max: 1 });
     listener = client;
@@ -179,7 +169,7 @@ export async function startNetDispatcher(options: NetDispatcherOptions): Promise
           log(`request ${id}: response lost, the database is unavailable (${describe(err)})`);
           return;
         }
-        await new Promise((r) => setTimeout(r, Math.min(backoff(attempt), left)));
+        await sleep(Math.min(jitteredBackoff(attempt, BACKOFF_MIN_MS, BACKOFF_MAX_MS), left));
       }
     }
   }
@@ -235,7 +225,7 @@ export async function startNetDispatcher(options: NetDispatcherOptions): Promise
         }
         failures++;
         await dropListener();
-        await pause(backoff(failures));
+        await sleep(jitteredBackoff(failures, BACKOFF_MIN_MS, BACKOFF_MAX_MS), halt.signal);
       }
     }
   }
@@ -369,12 +359,6 @@ async function within(promise: Promise<unknown>, ms: number): Promise<boolean> {
   } finally {
     clearTimeout(timer);
   }
-}
-
-/** Exponential step for attempt n (1-based), jittered so restarted peers do not retry in step. */
-function backoff(attempt: number): number {
-  const step = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** Math.min(attempt - 1, 10));
-  return step / 2 + Math.random() * (step / 2);
 }
 
 /** An error's message with its causes, as pg_net's error_msg would carry curl's. */

@@ -16,15 +16,35 @@ import {
   PROVIDER_PER_INPUT_MS,
   providerCost,
   providerEnv,
-  sleep,
   type Sql,
   startPushPath,
   startWorker,
 } from "../stack.ts";
+import { sleep } from "../../supabase/functions/_shared/sleep.ts";
 
 /** Defaults of the worker (--batch-size) and of util.process_embeddings (batch_size, max_requests). */
 export const BATCH_SIZE = 100;
 export const PUSH_MAX_REQUESTS = 4;
+
+/**
+ * Runs `worker --once -c <concurrency> --batch-size BATCH_SIZE` on `dbUrl`
+ * until the queue is empty; returns the seconds from its start-up to its exit.
+ */
+export async function drainOnce(
+  ctx: BenchContext,
+  dbUrl: string,
+  concurrency = 4,
+): Promise<number> {
+  const worker = startWorker(
+    ["--once", "-c", String(concurrency), "--batch-size", String(BATCH_SIZE)],
+    { DATABASE_URL: dbUrl, ...providerEnv(ctx.fake) },
+  );
+  await worker.process.waitForLine(/"event":"started"/, 60_000);
+  const ready = performance.now();
+  const { code } = await worker.finished();
+  if (code !== 0) throw new Error(`worker exited ${code}: ${worker.process.lines.join("\n")}`);
+  return (performance.now() - ready) / 1000;
+}
 
 /** The V8 old-generation cap tried in the footprint measurement, MB. */
 /** V8 heap limits that `deno task autoembed` gives the worker (deno.json); a test keeps them equal. */

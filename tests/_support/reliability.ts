@@ -8,6 +8,7 @@ import type { Sql } from "../../devtools/db.ts";
 import { type FakeOpenAI, startFakeOpenAI } from "../../devtools/fake_openai.ts";
 import { type Pipeline, startPipeline } from "../../devtools/pipeline.ts";
 import { waitFor } from "../../devtools/wait.ts";
+import { sleep } from "../../supabase/functions/_shared/sleep.ts";
 
 /** AUTOEMBED_FULL_RELIABILITY=1 (`deno task reliability`) selects the full sizes. */
 export const FULL = Deno.env.get("AUTOEMBED_FULL_RELIABILITY") === "1";
@@ -65,9 +66,6 @@ export function seededRandom(seedValue: number): () => number {
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
 }
-
-/** For pacing a load or a fault's duration only: a premise is waited for with waitFor. */
-export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 export interface DrainOptions {
   /** Push mode: call util.process_embeddings like the cron tick when no call is in flight. */

@@ -17,9 +17,9 @@ import {
   seed,
   seededRandom,
   sized,
-  sleep,
   workerArgs,
 } from "../_support/reliability.ts";
+import { sleep } from "../../supabase/functions/_shared/sleep.ts";
 import { embeddedCount, insertRows } from "../_support/rows.ts";
 import { waitFor } from "../../devtools/wait.ts";
 

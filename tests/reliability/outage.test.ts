@@ -6,7 +6,8 @@ import assert from "node:assert/strict";
 import { assertConsistent, checkConsistency, trackJobs } from "../_support/consistency.ts";
 import { connect, type Sql, withTestDb } from "../../devtools/db.ts";
 import { createDocuments, queueLength } from "../../devtools/pipeline.ts";
-import { drain, type Mode, report, sized, sleep, startDrive } from "../_support/reliability.ts";
+import { drain, type Mode, report, sized, startDrive } from "../_support/reliability.ts";
+import { sleep } from "../../supabase/functions/_shared/sleep.ts";
 import { embeddedCount, insertRows } from "../_support/rows.ts";
 import { waitFor } from "../../devtools/wait.ts";
 

@@ -24,9 +24,9 @@ import {
   seed,
   seededRandom,
   sized,
-  sleep,
   workerArgs,
 } from "../_support/reliability.ts";
+import { sleep } from "../../supabase/functions/_shared/sleep.ts";
 
 const ROWS_PER_TABLE = sized(100, 100);
 const OPS = sized(300, 1_000);

@@ -14,7 +14,8 @@ import { assertConsistent, checkConsistency, trackJobs } from "../_support/consi
 import { connect, type Sql } from "../../devtools/db.ts";
 import { startFakeOpenAI } from "../../devtools/fake_openai.ts";
 import { createDocuments, startPipeline } from "../../devtools/pipeline.ts";
-import { report, sized, sleep } from "../_support/reliability.ts";
+import { report, sized } from "../_support/reliability.ts";
+import { sleep } from "../../supabase/functions/_shared/sleep.ts";
 import { embeddedCount, insertRows } from "../_support/rows.ts";
 import { waitFor } from "../../devtools/wait.ts";
 

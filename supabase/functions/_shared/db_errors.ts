@@ -3,7 +3,7 @@
 // (wait and reconnect), which are worth retrying at once, and which SQLSTATEs
 // the pipeline's own SQL raises.
 import pg from "pg";
-import { sleep } from "./sleep.ts";
+import { jitteredBackoff, sleep } from "./sleep.ts";
 
 /** SQLSTATEs worth retrying at once (deadlock, serialization failure). */
 export const RETRY_NOW_SQLSTATES = new Set(["40P01", "40001"]);
@@ -97,8 +97,7 @@ export async function waitOutDisconnect<T>(
       // CONNECTION_ENDED: this client was ended on purpose; it will not come back.
       if (!isConnectionError(err) || errorCode(err) === "CONNECTION_ENDED") throw err;
       if (options.signal?.aborted) throw err;
-      const step = Math.min(RECONNECT_MAX_MS, RECONNECT_MIN_MS * 2 ** Math.min(n - 1, 10));
-      const pause = step / 2 + Math.random() * (step / 2);
+      const pause = jitteredBackoff(n, RECONNECT_MIN_MS, RECONNECT_MAX_MS);
       if (Date.now() + pause >= options.deadline) throw err;
       options.onRetry?.(n, err);
       if (options.signal?.aborted) throw err;
