@@ -2,14 +2,10 @@
 // subprocess the way users do, with its output captured; and the environment
 // that points it at the fake provider.
 import { ROOT } from "../local/config.ts";
-import { eachLine } from "../local/proc.ts";
+import { capture, eachLine, type RunResult } from "../local/proc.ts";
 import type { FakeOpenAI } from "./fake_openai.ts";
 
-export interface CliResult {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
+export type CliResult = RunResult;
 
 /**
  * Environment of a worker subprocess (or embed function) talking to the fake
@@ -30,17 +26,11 @@ export function providerEnv(
 }
 
 /** Runs `deno task autoembed <args>` to completion. */
-export async function runCli(args: string[], env: Record<string, string> = {}): Promise<CliResult> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "cli/autoembed.ts", ...args],
+export function runCli(args: string[], env: Record<string, string> = {}): Promise<CliResult> {
+  return capture(Deno.execPath(), ["run", "-A", "cli/autoembed.ts", ...args], {
     cwd: ROOT,
     env: { NO_COLOR: "1", DATABASE_URL: "", ...env },
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const text = new TextDecoder();
-  return { code: out.code, stdout: text.decode(out.stdout), stderr: text.decode(out.stderr) };
+  });
 }
 
 /** A process started in the background; its output is collected line by line. */

@@ -8,6 +8,7 @@ import { isConnectionError } from "../supabase/functions/_shared/db_errors.ts";
 import { jitteredBackoff, sleep } from "../supabase/functions/_shared/sleep.ts";
 import postgres from "postgres";
 import { parseArgs } from "node:util";
+import { waitForSignal } from "./proc.ts";
 
 /** Channel the pg_net shim's http_* functions notify (on commit) for each request. */
 export const NET_CHANNEL = "autoembed_net";
@@ -405,11 +406,7 @@ if (import.meta.main) {
     dbUrl,
     log: (line) => console.log(`pg_net: ${line}`),
   });
-  const signal = await new Promise<string>((resolve) => {
-    for (const name of ["SIGINT", "SIGTERM"] as const) {
-      Deno.addSignalListener(name, () => resolve(name));
-    }
-  });
+  const signal = await waitForSignal();
   console.log(`pg_net: ${signal}: stopping`);
   await dispatcher.stop();
   Deno.exit(0);

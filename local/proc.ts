@@ -101,6 +101,15 @@ export async function eachLine(
   }
 }
 
+/** Resolves with the name of the first SIGINT or SIGTERM this process receives. */
+export function waitForSignal(): Promise<string> {
+  return new Promise((resolve) => {
+    for (const name of ["SIGINT", "SIGTERM"] as const) {
+      Deno.addSignalListener(name, () => resolve(name));
+    }
+  });
+}
+
 /** A loopback TCP port nothing listens on right now. */
 export function freePort(hostname = "127.0.0.1"): number {
   const listener = Deno.listen({ hostname, port: 0 });

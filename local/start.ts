@@ -9,19 +9,11 @@ import { showDemo } from "./demo.ts";
 import { FUNCTIONS_DIR, localJwt, startFunctions } from "./functions.ts";
 import { applyMigrations, hasMigrationTable } from "./migrate.ts";
 import { startNetDispatcher } from "./net_dispatcher.ts";
-import { readTextIfExists, say } from "./proc.ts";
+import { readTextIfExists, say, waitForSignal } from "./proc.ts";
 import { startPushTick } from "./push_tick.ts";
 import { prepareStack } from "./setup.ts";
 import { withSql } from "./sql.ts";
 import { surviveDatabaseDisconnects } from "../supabase/functions/_shared/postgres_guard.ts";
-
-function waitForSignal(): Promise<string> {
-  return new Promise((resolve) => {
-    const on = (sig: Deno.Signal) => Deno.addSignalListener(sig, () => resolve(sig));
-    on("SIGINT");
-    on("SIGTERM");
-  });
-}
 
 /** seed.sql stores the default functions URL in Vault; follow AUTOEMBED_API_PORT if it moved. */
 async function pointVaultAtLocalFunctions(dbUrl: string): Promise<void> {
