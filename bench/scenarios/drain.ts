@@ -280,6 +280,19 @@ export interface DrainFigures {
   providerBoundCheck: DrainResult;
 }
 
+/** The CPU table's rows for run `r` of `size` rows: one, or none without CPU figures. */
+function cpuRow(r: DrainResult, size: number): (string | number)[][] {
+  if (!r.cpuPer1000) return [];
+  return [[
+    r.mode,
+    size.toLocaleString("en-US"),
+    fmt(r.cpuPer1000.pipeline),
+    fmt(r.cpuPer1000.bench),
+    fmt(r.cpuPer1000.postgres),
+    `${fmt(r.cpuPer1000.busy * 100)}%`,
+  ]];
+}
+
 export async function drainScenario(ctx: BenchContext): Promise<DrainFigures> {
   const sizes = ctx.quick ? [2_000, 10_000] : [10_000, 100_000];
   const naiveMs = ctx.quick ? 10_000 : 30_000;
@@ -328,16 +341,7 @@ export async function drainScenario(ctx: BenchContext): Promise<DrainFigures> {
         `${fmt((median(rates) / mid.providerBound) * 100)}%`,
         mid.rescueTicks === undefined ? "" : String(mid.rescueTicks),
       ]);
-      if (mid.cpuPer1000) {
-        cpuRows.push([
-          mid.mode,
-          size.toLocaleString("en-US"),
-          fmt(mid.cpuPer1000.pipeline),
-          fmt(mid.cpuPer1000.bench),
-          fmt(mid.cpuPer1000.postgres),
-          `${fmt(mid.cpuPer1000.busy * 100)}%`,
-        ]);
-      }
+      cpuRows.push(...cpuRow(mid, size));
     }
     const { result: naive } = await drainNaive(ctx, size, naiveMs);
     print(ctx, naive);
@@ -377,16 +381,7 @@ export async function drainScenario(ctx: BenchContext): Promise<DrainFigures> {
     `${fmt((hnsw.rate / hnsw.providerBound) * 100)}%`,
     "",
   ]);
-  if (hnsw.cpuPer1000) {
-    cpuRows.push([
-      hnsw.mode,
-      hnswRows.toLocaleString("en-US"),
-      fmt(hnsw.cpuPer1000.pipeline),
-      fmt(hnsw.cpuPer1000.bench),
-      fmt(hnsw.cpuPer1000.postgres),
-      `${fmt(hnsw.cpuPer1000.busy * 100)}%`,
-    ]);
-  }
+  cpuRows.push(...cpuRow(hnsw, hnswRows));
 
   // Where the provider, not the machine, is the limit: a slow provider.
   const slowMs = 500;
