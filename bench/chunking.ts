@@ -1,6 +1,6 @@
 // `deno run -A bench/chunking.ts [rounds]`: what token counting and splitting
 // cost, on the generated 60-paragraph markdown document
-// (tests/_support/documents.ts) and on texts that are hard for BPE (a long
+// (devtools/documents.ts) and on texts that are hard for BPE (a long
 // CJK run, one 10,000-letter word). Pure CPU, no stack; prints a Markdown
 // table. Figures are medians over `rounds` runs (default 20).
 import { Tiktoken } from "js-tiktoken/lite";
@@ -11,7 +11,7 @@ import {
 } from "../supabase/functions/_shared/chunking/split.ts";
 import { createBpeCounter } from "../supabase/functions/_shared/providers/bpe.ts";
 import { tokenCounterFor } from "../supabase/functions/_shared/providers/tokens.ts";
-import { editParagraph, makeDocument } from "../tests/_support/documents.ts";
+import { editParagraph, makeDocument } from "../devtools/documents.ts";
 import { fmt, median, table } from "./report.ts";
 
 const rounds = Number(Deno.args[0] ?? 20);

@@ -25,6 +25,7 @@ import {
   type BenchContext,
   buildTemplate,
   dropBenchDatabases,
+  loadAverage,
   prepareStack,
   PROVIDER_LATENCY_MS,
   startProvider,
@@ -95,13 +96,13 @@ try {
               ]
               : undefined,
           });
-        const load = (await Deno.readTextFile("/proc/loadavg")).split(" ").slice(0, 3).join(" ");
+        const load = await loadAverage();
         log(`--v8-flags=${flags}${label} (load ${load}):`);
         print(ctx, r);
         runsOf[k].push(r);
       }
     }
-    const load = (await Deno.readTextFile("/proc/loadavg")).split(" ").slice(0, 3).join(" ");
+    const load = await loadAverage();
     for (const [k, runs] of runsOf.entries()) {
       log(
         `${size} rows, -c ${concurrency}, ${

@@ -3,9 +3,11 @@
 // provider with 20 ms latency -> Postgres), provider calls per 1,000 changed
 // rows, and the cost of a no-op update of 1,000 rows. Needs the test template
 // (run `npm test` once first). Usage: deno run -A bench/push_1000.ts [repetitions]
-import { withTestDb } from "../tests/_support/db.ts";
-import { createDocuments, startPipeline } from "../tests/_support/pipeline.ts";
-import type { Sql } from "../tests/_support/db.ts";
+import { withTestDb } from "../devtools/db.ts";
+import { createDocuments, startPipeline } from "../devtools/pipeline.ts";
+import type { Sql } from "../devtools/db.ts";
+import { median } from "./report.ts";
+import { sleep } from "../supabase/functions/_shared/sleep.ts";
 
 const ROWS = 1000;
 const repetitions = Number(Deno.args[0] ?? 5);
@@ -17,7 +19,7 @@ async function drain(sql: Sql): Promise<number> {
   for (;;) {
     const [s] = await sql`select missing::int, stale::int, queued::int from util.embedding_status`;
     if (s.missing === 0 && s.stale === 0 && s.queued === 0) return performance.now() - started;
-    await new Promise((r) => setTimeout(r, 5));
+    await sleep(5);
   }
 }
 
@@ -68,7 +70,6 @@ async function once(): Promise<Run> {
   return run!;
 }
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const runs: Run[] = [];
 for (let i = 0; i < repetitions; i++) {
   runs.push(await once());

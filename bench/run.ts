@@ -26,6 +26,7 @@ import {
   connect,
   DIMENSIONS,
   dropBenchDatabases,
+  loadAverage,
   MODEL,
   prepareStack,
   PROVIDER_LATENCY_MS,
@@ -58,7 +59,7 @@ async function machine(): Promise<[string, string][]> {
       select default_version as v from pg_available_extensions where name = 'vector'`;
     const [cron] = await sql`
       select default_version as v from pg_available_extensions where name = 'pg_cron'`;
-    const load = (await Deno.readTextFile("/proc/loadavg")).split(" ").slice(0, 3).join(" ");
+    const load = await loadAverage();
     return [
       ["CPU", `${navigator.hardwareConcurrency} cores, ${model}`],
       ["memory", `${(memKb / 1024 / 1024).toFixed(1)} GiB`],
@@ -82,7 +83,7 @@ function settings(): [string, string][] {
   return [
     [
       "provider",
-      `tests/_support/fake_openai.ts on loopback, through the \`openai\` SDK (our provider); ` +
+      `devtools/fake_openai.ts on loopback, through the \`openai\` SDK (our provider); ` +
       `${PROVIDER_LATENCY_MS} ms per request + ${PROVIDER_PER_INPUT_MS} ms per input`,
     ],
     [
@@ -384,10 +385,6 @@ async function main(): Promise<number> {
   const file = path.pathname.split("/").pop();
   log(`bench: wrote bench/${file} (${minutes.toFixed(1)} min)`);
   return 0;
-}
-
-async function loadAverage(): Promise<string> {
-  return (await Deno.readTextFile("/proc/loadavg")).split(" ").slice(0, 3).join(" ");
 }
 
 /** The scenario a goal of the table belongs to, by its wording. */

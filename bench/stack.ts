@@ -2,17 +2,21 @@
 // the migrations and the benchmark table, throw-away clones of it per run,
 // the fake provider, the push path (pg_net dispatcher + the embed function)
 // and worker subprocesses with their peak memory.
-import postgres from "postgres";
-import { bootstrapCluster, startCluster } from "../local/cluster.ts";
-import { databaseUrl, ROOT } from "../local/config.ts";
+import { databaseUrl } from "../local/config.ts";
 import { startFunctions } from "../local/functions.ts";
 import { applyMigrations } from "../local/migrate.ts";
 import { type NetDispatcher, startNetDispatcher } from "../local/net_dispatcher.ts";
-import { ensureSetup } from "../local/setup.ts";
-import { spawnDeno, spawnWorker, type WorkerProcess } from "../tests/_support/cli.ts";
-import { type FakeOpenAI, startFakeOpenAI } from "../tests/_support/fake_openai.ts";
+import { prepareStack as prepareLocalStack } from "../local/setup.ts";
+import {
+  providerEnv as fakeProviderEnv,
+  spawnDeno,
+  spawnWorker,
+  type WorkerProcess,
+} from "../devtools/cli.ts";
+import { connect as connectDb, createDatabase, dropDatabase, type Sql } from "../devtools/db.ts";
+import { type FakeOpenAI, startFakeOpenAI } from "../devtools/fake_openai.ts";
 
-export type Sql = postgres.Sql;
+export type { Sql };
 
 /** Every database the benchmarks create starts with this, so leftovers are easy to find. */
 export const DB_PREFIX = "autoembed_bench_";
@@ -26,7 +30,6 @@ export const DIMENSIONS = 1536;
 export const PROVIDER_LATENCY_MS = 20;
 export const PROVIDER_PER_INPUT_MS = 0.02;
 
-const API_KEY = "sk-bench-key-not-secret";
 const EMBED_SECRET = "autoembed-bench-secret";
 
 /** The benchmark table, the same for autoembed and for the naive pipeline. */
@@ -62,28 +65,20 @@ export function useServer(url: (database?: string) => string): void {
 }
 
 export function connect(url: string, max = 4): Sql {
-  return postgres(url, { max, onnotice: () => {}, idle_timeout: 20 });
+  return connectDb(url, { max, idle_timeout: 20 });
 }
 
 /** Machine setup and the local cluster up and bootstrapped. Returns whether it started the cluster. */
 export async function prepareStack(log: (line: string) => void): Promise<boolean> {
-  const report = await ensureSetup(log);
-  if (report.actions.length) log(`setup: ${report.actions.join("; ")}`);
-  const started = await startCluster(log);
+  const started = await prepareLocalStack(log);
   if (started) log("started the local cluster");
-  await bootstrapCluster();
   return started;
 }
 
 /** (Re)builds the template database: migrations applied, bench_docs created. */
 export async function buildTemplate(): Promise<void> {
   await dropBenchDatabases();
-  const admin = connect(serverUrl("postgres"), 1);
-  try {
-    await admin.unsafe(`create database ${TEMPLATE} template template1`);
-  } finally {
-    await admin.end();
-  }
+  await createDatabase(TEMPLATE, "template1", serverUrl("postgres"));
   await applyMigrations(serverUrl(TEMPLATE));
   const sql = connect(serverUrl(TEMPLATE), 1);
   try {
@@ -96,14 +91,13 @@ export async function buildTemplate(): Promise<void> {
 /** Drops every database of a previous or the current run (not the test template or others'). */
 export async function dropBenchDatabases(): Promise<void> {
   const admin = connect(serverUrl("postgres"), 1);
+  let rows;
   try {
-    const rows = await admin`select datname from pg_database where datname like ${DB_PREFIX + "%"}`;
-    for (const { datname } of rows) {
-      await admin.unsafe(`drop database if exists ${datname} with (force)`);
-    }
+    rows = await admin`select datname from pg_database where datname like ${DB_PREFIX + "%"}`;
   } finally {
     await admin.end();
   }
+  for (const { datname } of rows) await dropDatabase(datname, serverUrl("postgres"));
 }
 
 export interface BenchDb {
@@ -118,12 +112,7 @@ let dbCounter = 0;
 /** A fresh clone of the template: migrations applied, bench_docs created, nothing attached. */
 export async function cloneDb(label: string): Promise<BenchDb> {
   const name = `${DB_PREFIX}${label}_${++dbCounter}`;
-  const admin = connect(serverUrl("postgres"), 1);
-  try {
-    await admin.unsafe(`create database ${name} template ${TEMPLATE}`);
-  } finally {
-    await admin.end();
-  }
+  await createDatabase(name, TEMPLATE, serverUrl("postgres"));
   const url = serverUrl(name);
   const sql = connect(url, 4);
   return {
@@ -132,12 +121,7 @@ export async function cloneDb(label: string): Promise<BenchDb> {
     sql,
     async drop() {
       await sql.end({ timeout: 5 });
-      const cleanup = connect(serverUrl("postgres"), 1);
-      try {
-        await cleanup.unsafe(`drop database if exists ${name} with (force)`);
-      } finally {
-        await cleanup.end();
-      }
+      await dropDatabase(name, serverUrl("postgres"));
     },
   };
 }
@@ -165,13 +149,9 @@ export function startProvider(): Promise<FakeOpenAI> {
   return startFakeOpenAI({ latencyMs: PROVIDER_LATENCY_MS, perInputMs: PROVIDER_PER_INPUT_MS });
 }
 
-/** Environment of the worker and the embed function for the fake provider. */
+/** Environment of the worker and the embed function for the fake provider (a longer timeout than the tests'). */
 export function providerEnv(fake: FakeOpenAI): Record<string, string> {
-  return {
-    OPENAI_API_KEY: API_KEY,
-    OPENAI_BASE_URL: fake.baseURL,
-    EMBEDDING_TIMEOUT_MS: "30000",
-  };
+  return fakeProviderEnv(fake, undefined, { EMBEDDING_TIMEOUT_MS: "30000" });
 }
 
 /** A worker subprocess with its peak RSS sampled. */
@@ -307,12 +287,6 @@ export async function startPushPath(
   };
 }
 
-export const WORKER_ENTRY = `${ROOT}/cli/autoembed.ts`;
-
-export function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
-
 const CLOCK_TICKS = 100; // USER_HZ on Linux
 
 /** CPU seconds (user + system) used so far by process `pid`, or NaN once it is gone. */
@@ -323,6 +297,11 @@ export function processCpuSeconds(pid: number | "self"): number {
   } catch {
     return NaN;
   }
+}
+
+/** The 1, 5 and 15 minute load averages, as `uptime` prints them. */
+export async function loadAverage(): Promise<string> {
+  return (await Deno.readTextFile("/proc/loadavg")).split(" ").slice(0, 3).join(" ");
 }
 
 /** CPU seconds the whole machine has been busy (all cores, everything but idle and iowait). */

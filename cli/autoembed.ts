@@ -3,6 +3,7 @@
 // | install --into <project> | upgrade --into <project>
 // A user mistake gives one line on stderr and exit code 2, never a stack trace.
 import postgres from "postgres";
+import { parsePositiveInt } from "../supabase/functions/_shared/env.ts";
 import { coreSettings, SettingsError } from "../supabase/functions/_shared/settings.ts";
 import { install, InstallError, type Mode, report } from "./install.ts";
 import { runWorker } from "./worker.ts";
@@ -47,10 +48,11 @@ export function parseDuration(text: string, name: string): number {
 }
 
 function positiveInt(text: string, name: string): number {
-  if (!/^\d+$/.test(text) || Number(text) < 1) {
+  const value = parsePositiveInt(text);
+  if (value === undefined) {
     throw new UsageError(`${name}: "${text}" is not a positive whole number`);
   }
-  return Number(text);
+  return value;
 }
 
 export interface ParsedArgs {

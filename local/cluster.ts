@@ -5,7 +5,6 @@
 // search_path, and Vault.
 import { createHash } from "node:crypto";
 import { join } from "node:path";
-import postgres from "postgres";
 import {
   databaseUrl,
   DB_HOST,
@@ -17,7 +16,8 @@ import {
   ROOT,
   STACK_DIR,
 } from "./config.ts";
-import { capture, CommandError, fileExists, isRoot, run } from "./proc.ts";
+import { capture, CommandError, fileExists, freePort, isRoot, run } from "./proc.ts";
+import { withSql } from "./sql.ts";
 
 export interface ClusterPaths {
   base: string;
@@ -248,8 +248,7 @@ const DATABASE_BOOTSTRAP = `
 export async function bootstrapCluster(
   url: (database: string) => string = databaseUrl,
 ): Promise<void> {
-  const admin = postgres(url("postgres"), { max: 1, onnotice: () => {} });
-  try {
+  await withSql(url("postgres"), async (admin) => {
     await admin.unsafe(`
       do $$ begin create role anon nologin noinherit; exception when duplicate_object then null; end $$;
       do $$ begin create role authenticated nologin noinherit; exception when duplicate_object then null; end $$;
@@ -257,15 +256,8 @@ export async function bootstrapCluster(
       grant anon, authenticated, service_role to postgres;
     `).simple();
     await admin.unsafe(DATABASE_BOOTSTRAP).simple();
-  } finally {
-    await admin.end();
-  }
-  const template = postgres(url("template1"), { max: 1, onnotice: () => {} });
-  try {
-    await template.unsafe(DATABASE_BOOTSTRAP).simple();
-  } finally {
-    await template.end();
-  }
+  });
+  await withSql(url("template1"), (template) => template.unsafe(DATABASE_BOOTSTRAP).simple());
 }
 
 /** A throw-away cluster on its own port, for tests that restart or kill Postgres. */
@@ -284,9 +276,7 @@ export interface EphemeralCluster {
  * so that restarting it disturbs nothing else.
  */
 export async function startEphemeralCluster(): Promise<EphemeralCluster> {
-  const listener = Deno.listen({ hostname: DB_HOST, port: 0 });
-  const port = (listener.addr as Deno.NetAddr).port;
-  listener.close();
+  const port = freePort(DB_HOST);
   const base = await Deno.makeTempDir({ prefix: "autoembed-cluster-" });
   const paths: ClusterPaths = {
     base,

@@ -2,6 +2,7 @@
 // credentials mirror `supabase start` so the same URLs work in both.
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { positiveInt } from "../supabase/functions/_shared/env.ts";
 
 /** Repository root. */
 export const ROOT = dirname(dirname(fileURLToPath(import.meta.url)));
@@ -13,8 +14,9 @@ export const STACK_DIR = join(ROOT, ".local-stack");
 export const PG_BIN = "/usr/lib/postgresql/15/bin";
 
 export const DB_HOST = "127.0.0.1";
-export const DB_PORT = Number(Deno.env.get("AUTOEMBED_DB_PORT") ?? 54322);
-export const API_PORT = Number(Deno.env.get("AUTOEMBED_API_PORT") ?? 54321);
+const env = (name: string) => Deno.env.get(name);
+export const DB_PORT = positiveInt(env, "AUTOEMBED_DB_PORT", 54322);
+export const API_PORT = positiveInt(env, "AUTOEMBED_API_PORT", 54321);
 export const DB_USER = "postgres";
 export const DB_PASSWORD = "postgres";
 

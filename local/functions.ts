@@ -6,7 +6,7 @@
 // the platform does, checks the JWT unless config.toml says verify_jwt = false.
 import { join } from "node:path";
 import { API_URL, LOCAL_JWT_SECRET, ROOT } from "./config.ts";
-import { CommandError, fileExists, readTextIfExists } from "./proc.ts";
+import { CommandError, eachLine, fileExists, freePort, readTextIfExists } from "./proc.ts";
 import {
   bearerToken,
   createJwtVerifier,
@@ -16,6 +16,7 @@ import {
   signJwt,
   verifyJwt,
 } from "../supabase/functions/_shared/jwt.ts";
+import { sleep } from "../supabase/functions/_shared/sleep.ts";
 
 export const FUNCTIONS_DIR = join(ROOT, "supabase", "functions");
 
@@ -113,13 +114,6 @@ function gatewayVerifier(jwksUrl: string): JwtVerifier {
   });
 }
 
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (listener.addr as Deno.NetAddr).port;
-  listener.close();
-  return port;
-}
-
 async function waitForPort(
   port: number,
   child: Deno.ChildProcess,
@@ -138,7 +132,7 @@ async function waitForPort(
       conn.close();
       return;
     } catch {
-      await new Promise((r) => setTimeout(r, 100));
+      await sleep(100);
     }
   }
   throw new CommandError(`function ${name} did not listen within ${timeoutMs / 1000}s`);
@@ -149,23 +143,11 @@ async function pipeLines(
   log: (line: string) => void,
   prefix: string,
 ) {
-  const reader = stream.pipeThrough(new TextDecoderStream()).getReader();
-  let buffer = "";
   try {
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer += value;
-      let nl;
-      while ((nl = buffer.indexOf("\n")) >= 0) {
-        log(`${prefix} ${buffer.slice(0, nl)}`);
-        buffer = buffer.slice(nl + 1);
-      }
-    }
+    await eachLine(stream, (line) => log(`${prefix} ${line}`));
   } catch {
     // the process went away; nothing more to read
   }
-  if (buffer) log(`${prefix} ${buffer}`);
 }
 
 interface Running {

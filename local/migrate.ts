@@ -5,9 +5,10 @@
 // model). Not `db reset --db-url`: it has no such step, and it drops our
 // schemas but keeps Vault's secrets, so seed.sql's create_secret collides.
 import { basename, dirname, join, resolve } from "node:path";
-import postgres from "postgres";
+import type postgres from "postgres";
 import { ROOT } from "./config.ts";
 import { capture, type RunResult } from "./proc.ts";
+import { withSql } from "./sql.ts";
 
 /** The Supabase project folder the CLI works in (`--workdir`): it holds `supabase/`. */
 export const PROJECT_DIR = ROOT;
@@ -101,17 +102,23 @@ async function push(
   }
 }
 
-async function recordedVersions(dbUrl: string): Promise<Set<string>> {
-  const sql = postgres(dbUrl, { max: 1, onnotice: () => {} });
-  try {
-    const [{ present }] =
-      await sql`select to_regclass('supabase_migrations.schema_migrations') is not null as present`;
-    if (!present) return new Set();
+/** Whether the Supabase CLI's migration history table exists (a database it has pushed to). */
+async function migrationTableIn(sql: postgres.Sql): Promise<boolean> {
+  const [{ present }] =
+    await sql`select to_regclass('supabase_migrations.schema_migrations') is not null as present`;
+  return present;
+}
+
+export function hasMigrationTable(dbUrl: string): Promise<boolean> {
+  return withSql(dbUrl, migrationTableIn);
+}
+
+function recordedVersions(dbUrl: string): Promise<Set<string>> {
+  return withSql(dbUrl, async (sql) => {
+    if (!(await migrationTableIn(sql))) return new Set<string>();
     const rows = await sql`select version from supabase_migrations.schema_migrations`;
     return new Set(rows.map((r) => r.version as string));
-  } finally {
-    await sql.end();
-  }
+  });
 }
 
 export interface ApplyOptions {
@@ -143,14 +150,7 @@ export async function applyMigrations(
     const before = await recordedVersions(dbUrl);
     await push(dbUrl, project.workdir, [], log);
     const applied = [...await recordedVersions(dbUrl)].filter((v) => !before.has(v)).sort();
-    if (options.afterMigrations) {
-      const sql = postgres(dbUrl, { max: 1, onnotice: () => {} });
-      try {
-        await options.afterMigrations(sql);
-      } finally {
-        await sql.end();
-      }
-    }
+    if (options.afterMigrations) await withSql(dbUrl, options.afterMigrations);
     if (options.seed) await push(dbUrl, project.workdir, ["--include-seed"], log);
     return applied;
   } finally {

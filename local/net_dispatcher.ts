@@ -6,8 +6,10 @@
 // set it); a timeout's error_msg lacks curl's per-phase timings.
 import { isConnectionError } from "../supabase/functions/_shared/db_errors.ts";
 import { type Backoff, backoffMs } from "../supabase/functions/_shared/recovery.ts";
+import { sleep } from "../supabase/functions/_shared/sleep.ts";
 import postgres from "postgres";
 import { parseArgs } from "node:util";
+import { waitForSignal } from "./proc.ts";
 
 /** Channel the pg_net shim's http_* functions notify (on commit) for each request. */
 export const NET_CHANNEL = "autoembed_net";
@@ -115,17 +117,6 @@ export async function startNetDispatcher(options: NetDispatcherOptions): Promise
   const abortRequests = new AbortController(); // the grace period is over
   let writeDeadline = Infinity;
 
-  const pause = (ms: number) =>
-    new Promise<void>((resolve) => {
-      const done = () => {
-        clearTimeout(timer);
-        halt.signal.removeEventListener("abort", done);
-        resolve();
-      };
-      const timer = setTimeout(done, ms);
-      halt.signal.addEventListener("abort", done);
-    });
-
   async function listen(): Promise<void> {
     const client = postgres(options.dbUrl, { ...clientOptions, max: 1 });
     listener = client;
@@ -179,7 +170,7 @@ export async function startNetDispatcher(options: NetDispatcherOptions): Promise
           log(`request ${id}: response lost, the database is unavailable (${describe(err)})`);
           return;
         }
-        await new Promise((r) => setTimeout(r, Math.min(backoff(attempt), left)));
+        await sleep(Math.min(backoff(attempt), left));
       }
     }
   }
@@ -235,7 +226,7 @@ export async function startNetDispatcher(options: NetDispatcherOptions): Promise
         }
         failures++;
         await dropListener();
-        await pause(backoff(failures));
+        await sleep(backoff(failures), halt.signal);
       }
     }
   }
@@ -420,11 +411,7 @@ if (import.meta.main) {
     dbUrl,
     log: (line) => console.log(`pg_net: ${line}`),
   });
-  const signal = await new Promise<string>((resolve) => {
-    for (const name of ["SIGINT", "SIGTERM"] as const) {
-      Deno.addSignalListener(name, () => resolve(name));
-    }
-  });
+  const signal = await waitForSignal();
   console.log(`pg_net: ${signal}: stopping`);
   await dispatcher.stop();
   Deno.exit(0);

@@ -1,4 +1,8 @@
-// Small helpers for running system commands with clear failures.
+// Small helpers for running system commands with clear failures, reading
+// their output line by line, and the stack's own messages.
+
+/** A line of the stack's own, as every `local/main.ts` command prints it. */
+export const say = (line: string) => console.log(`autoembed: ${line}`);
 
 export class CommandError extends Error {}
 
@@ -69,4 +73,47 @@ export async function readTextIfExists(path: string): Promise<string | null> {
     if (err instanceof Deno.errors.NotFound) return null;
     throw err;
   }
+}
+
+/**
+ * Calls `onLine` with each line of `stream` (without its newline), then with
+ * the unterminated rest, if any, also when reading fails.
+ */
+export async function eachLine(
+  stream: ReadableStream<Uint8Array>,
+  onLine: (line: string) => void,
+): Promise<void> {
+  const reader = stream.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += value;
+      let nl;
+      while ((nl = buffer.indexOf("\n")) >= 0) {
+        onLine(buffer.slice(0, nl));
+        buffer = buffer.slice(nl + 1);
+      }
+    }
+  } finally {
+    if (buffer) onLine(buffer);
+  }
+}
+
+/** Resolves with the name of the first SIGINT or SIGTERM this process receives. */
+export function waitForSignal(): Promise<string> {
+  return new Promise((resolve) => {
+    for (const name of ["SIGINT", "SIGTERM"] as const) {
+      Deno.addSignalListener(name, () => resolve(name));
+    }
+  });
+}
+
+/** A loopback TCP port nothing listens on right now. */
+export function freePort(hostname = "127.0.0.1"): number {
+  const listener = Deno.listen({ hostname, port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  listener.close();
+  return port;
 }

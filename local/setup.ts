@@ -3,6 +3,7 @@
 // SQL shims of pgmq/pg_net/Vault) and reports what it did, so a second run is
 // a few quick checks and nothing else.
 import { join } from "node:path";
+import { bootstrapCluster, startCluster } from "./cluster.ts";
 import { PG_BIN, ROOT, STACK_DIR } from "./config.ts";
 import { capture, CommandError, fileExists, isRoot, readTextIfExists, run } from "./proc.ts";
 
@@ -51,6 +52,18 @@ export async function ensureSetup(log: Log = () => {}): Promise<SetupReport> {
     actions.push(`installed shim ${shim}`);
   }
   return { actions };
+}
+
+/**
+ * Machine setup, then the local cluster up and bootstrapped; what `npm start`,
+ * `npm test` and the bench begin with. Returns whether it started the cluster.
+ */
+export async function prepareStack(log: Log = () => {}): Promise<boolean> {
+  const report = await ensureSetup(log);
+  if (report.actions.length) log(`setup: ${report.actions.join("; ")}`);
+  const started = await startCluster(log);
+  await bootstrapCluster();
+  return started;
 }
 
 export async function pgConfig(flag: string): Promise<string> {

@@ -6,6 +6,7 @@
 // process instead of behind pg_net and HTTP, which only flatters it.
 import OpenAI from "openai";
 import postgres from "postgres";
+import { sleep } from "../../supabase/functions/_shared/sleep.ts";
 
 export const NAIVE_SQL = new URL("./naive.sql", import.meta.url);
 
@@ -102,7 +103,7 @@ export async function runNaive(options: NaiveOptions): Promise<NaiveRun> {
   try {
     for (let at = 0; at < options.durationMs; at += TICK_MS) {
       const wait = started + at - performance.now();
-      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+      if (wait > 0) await sleep(wait);
       run.ticks++;
       ticks.push(tick());
     }

@@ -3,18 +3,9 @@
 // of a 100-chunk document costs the provider, against re-embedding every
 // chunk of the document (what pgai's vectorizer does on any change).
 import { fmt, Section } from "../report.ts";
-import { BATCH_SIZE } from "./drain.ts";
-import {
-  type BenchContext,
-  cloneDb,
-  DIMENSIONS,
-  MODEL,
-  providerCost,
-  providerEnv,
-  type Sql,
-  startWorker,
-} from "../stack.ts";
-import { editParagraph, makeDocument } from "../../tests/_support/documents.ts";
+import { BATCH_SIZE, drainOnce } from "./drain.ts";
+import { type BenchContext, cloneDb, DIMENSIONS, MODEL, providerCost, type Sql } from "../stack.ts";
+import { editParagraph, makeDocument } from "../../devtools/documents.ts";
 import { splitIntoChunks } from "../../supabase/functions/_shared/chunking/split.ts";
 import { tokenCounterFor } from "../../supabase/functions/_shared/providers/tokens.ts";
 
@@ -46,18 +37,6 @@ async function attachArticles(sql: Sql): Promise<void> {
     select util.enable_embeddings('public.articles', 'article_text', destination => 'public.article_chunks',
       model => ${MODEL}, dimensions => ${DIMENSIONS}, chunk_size => ${SETTINGS.chunkSize},
       chunk_overlap => ${SETTINGS.chunkOverlap}, splitter => ${SETTINGS.splitter})`;
-}
-
-async function drainOnce(ctx: BenchContext, url: string): Promise<number> {
-  const worker = startWorker(
-    ["--once", "-c", "4", "--batch-size", String(BATCH_SIZE)],
-    { DATABASE_URL: url, ...providerEnv(ctx.fake) },
-  );
-  await worker.process.waitForLine(/"event":"started"/, 60_000);
-  const ready = performance.now();
-  const { code } = await worker.finished();
-  if (code !== 0) throw new Error(`worker exited ${code}`);
-  return (performance.now() - ready) / 1000;
 }
 
 /** A document of about `chunks` chunks with the bench's settings. */
@@ -121,7 +100,7 @@ export async function chunkedScenario(ctx: BenchContext): Promise<ChunkedFigures
     section.text(`\`util.enable_embeddings(..., destination => 'public.article_chunks', splitter =>
 '${SETTINGS.splitter}', chunk_size => ${SETTINGS.chunkSize}, chunk_overlap => ${SETTINGS.chunkOverlap})\`
 on a table of ${documents} markdown documents of ${paragraphs} paragraphs
-(tests/_support/documents.ts makeDocument), drained by \`worker --once -c 4 --batch-size ${BATCH_SIZE}\`
+(devtools/documents.ts makeDocument), drained by \`worker --once -c 4 --batch-size ${BATCH_SIZE}\`
 (each job is one document; its chunks are embedded in provider batches across the documents of
 the batch). Then one paragraph of a ${big.chunks}-chunk document is edited and drained again.`);
     section.table(

@@ -11,11 +11,9 @@ import {
   DIMENSIONS,
   insertRows,
   providerCost,
-  providerEnv,
   type Sql,
-  startWorker,
 } from "../stack.ts";
-import { BATCH_SIZE } from "./drain.ts";
+import { BATCH_SIZE, drainOnce } from "./drain.ts";
 
 const ROWS = 10_000;
 
@@ -89,15 +87,6 @@ const CASES: Case[] = [
     changed: 0,
   },
 ];
-
-async function drainOnce(ctx: BenchContext, url: string, concurrency: number) {
-  const worker = startWorker(
-    ["--once", "-c", String(concurrency), "--batch-size", String(BATCH_SIZE)],
-    { DATABASE_URL: url, ...providerEnv(ctx.fake) },
-  );
-  const { code } = await worker.finished();
-  if (code !== 0) throw new Error(`worker exited ${code}: ${worker.process.lines.join("\n")}`);
-}
 
 export interface CostFigures {
   section: Section;

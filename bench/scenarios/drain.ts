@@ -16,15 +16,35 @@ import {
   PROVIDER_PER_INPUT_MS,
   providerCost,
   providerEnv,
-  sleep,
   type Sql,
   startPushPath,
   startWorker,
 } from "../stack.ts";
+import { sleep } from "../../supabase/functions/_shared/sleep.ts";
 
 /** Defaults of the worker (--batch-size) and of util.process_embeddings (batch_size, max_requests). */
 export const BATCH_SIZE = 100;
 export const PUSH_MAX_REQUESTS = 4;
+
+/**
+ * Runs `worker --once -c <concurrency> --batch-size BATCH_SIZE` on `dbUrl`
+ * until the queue is empty; returns the seconds from its start-up to its exit.
+ */
+export async function drainOnce(
+  ctx: BenchContext,
+  dbUrl: string,
+  concurrency = 4,
+): Promise<number> {
+  const worker = startWorker(
+    ["--once", "-c", String(concurrency), "--batch-size", String(BATCH_SIZE)],
+    { DATABASE_URL: dbUrl, ...providerEnv(ctx.fake) },
+  );
+  await worker.process.waitForLine(/"event":"started"/, 60_000);
+  const ready = performance.now();
+  const { code } = await worker.finished();
+  if (code !== 0) throw new Error(`worker exited ${code}: ${worker.process.lines.join("\n")}`);
+  return (performance.now() - ready) / 1000;
+}
 
 /** The V8 old-generation cap tried in the footprint measurement, MB. */
 /** V8 heap limits that `deno task autoembed` gives the worker (deno.json); a test keeps them equal. */
@@ -260,6 +280,19 @@ export interface DrainFigures {
   providerBoundCheck: DrainResult;
 }
 
+/** The CPU table's rows for run `r` of `size` rows: one, or none without CPU figures. */
+function cpuRow(r: DrainResult, size: number): (string | number)[][] {
+  if (!r.cpuPer1000) return [];
+  return [[
+    r.mode,
+    size.toLocaleString("en-US"),
+    fmt(r.cpuPer1000.pipeline),
+    fmt(r.cpuPer1000.bench),
+    fmt(r.cpuPer1000.postgres),
+    `${fmt(r.cpuPer1000.busy * 100)}%`,
+  ]];
+}
+
 export async function drainScenario(ctx: BenchContext): Promise<DrainFigures> {
   const sizes = ctx.quick ? [2_000, 10_000] : [10_000, 100_000];
   const naiveMs = ctx.quick ? 10_000 : 30_000;
@@ -308,16 +341,7 @@ export async function drainScenario(ctx: BenchContext): Promise<DrainFigures> {
         `${fmt((median(rates) / mid.providerBound) * 100)}%`,
         mid.rescueTicks === undefined ? "" : String(mid.rescueTicks),
       ]);
-      if (mid.cpuPer1000) {
-        cpuRows.push([
-          mid.mode,
-          size.toLocaleString("en-US"),
-          fmt(mid.cpuPer1000.pipeline),
-          fmt(mid.cpuPer1000.bench),
-          fmt(mid.cpuPer1000.postgres),
-          `${fmt(mid.cpuPer1000.busy * 100)}%`,
-        ]);
-      }
+      cpuRows.push(...cpuRow(mid, size));
     }
     const { result: naive } = await drainNaive(ctx, size, naiveMs);
     print(ctx, naive);
@@ -357,16 +381,7 @@ export async function drainScenario(ctx: BenchContext): Promise<DrainFigures> {
     `${fmt((hnsw.rate / hnsw.providerBound) * 100)}%`,
     "",
   ]);
-  if (hnsw.cpuPer1000) {
-    cpuRows.push([
-      hnsw.mode,
-      hnswRows.toLocaleString("en-US"),
-      fmt(hnsw.cpuPer1000.pipeline),
-      fmt(hnsw.cpuPer1000.bench),
-      fmt(hnsw.cpuPer1000.postgres),
-      `${fmt(hnsw.cpuPer1000.busy * 100)}%`,
-    ]);
-  }
+  cpuRows.push(...cpuRow(hnsw, hnswRows));
 
   // Where the provider, not the machine, is the limit: a slow provider.
   const slowMs = 500;

@@ -10,10 +10,10 @@ import {
   cloneDb,
   insertRows,
   providerEnv,
-  sleep,
   startPushPath,
   startWorker,
 } from "../stack.ts";
+import { sleep } from "../../supabase/functions/_shared/sleep.ts";
 
 const TABLE_ROWS = 2_000;
 const RATE_PER_SECOND = 10;
@@ -130,13 +130,7 @@ async function measurePush(
   const ticker = (async () => {
     while (!stopTicking.signal.aborted) {
       await db.sql`select util.process_embeddings()`;
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, TICK_MS);
-        stopTicking.signal.addEventListener("abort", () => {
-          clearTimeout(timer);
-          resolve();
-        });
-      });
+      await sleep(TICK_MS, stopTicking.signal);
     }
   })();
   try {

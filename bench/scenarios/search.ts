@@ -10,7 +10,7 @@ import { LOCAL_JWT_SECRET } from "../../local/config.ts";
 import { localJwt } from "../../local/functions.ts";
 import { createSearchHandler } from "../../supabase/functions/search/handler.ts";
 import { fmt, percentile, Section } from "../report.ts";
-import { BATCH_SIZE } from "./drain.ts";
+import { drainOnce } from "./drain.ts";
 import {
   attach,
   type BenchContext,
@@ -19,7 +19,6 @@ import {
   DIMENSIONS,
   PROVIDER_LATENCY_MS,
   providerEnv,
-  startWorker,
 } from "../stack.ts";
 
 /** Words the rows and queries are made of: full-text queries match some rows, not all. */
@@ -158,15 +157,7 @@ export async function searchScenario(ctx: BenchContext): Promise<SearchFigures> 
              (select string_agg((${words})[1 + floor(random() * ${VOCABULARY.length})::int], ' ')
                 from generate_series(1, 40 + (g % 2)))
         from generate_series(1, ${rows}) g`);
-    const worker = startWorker(
-      ["--once", "-c", "4", "--batch-size", String(BATCH_SIZE)],
-      { DATABASE_URL: db.url, ...providerEnv(ctx.fake) },
-    );
-    await worker.process.waitForLine(/"event":"started"/, 60_000);
-    const drainStarted = performance.now();
-    const { code } = await worker.finished();
-    const drainSeconds = (performance.now() - drainStarted) / 1000;
-    if (code !== 0) throw new Error(`worker exited ${code}`);
+    const drainSeconds = await drainOnce(ctx, db.url);
     const { embedded } = await counts(db.sql);
     if (embedded !== rows) throw new Error(`${embedded}/${rows} embedded`);
     ctx.log(`bench: search: ${rows} rows embedded in ${drainSeconds.toFixed(1)} s`);

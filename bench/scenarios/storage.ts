@@ -4,16 +4,8 @@
 // for 20,000 and 100,000 rows of halfvec(1536). It measures whatever util.*
 // holds, so bench/storage.ts also runs it against older trees.
 import { fmt, Section } from "../report.ts";
-import { BATCH_SIZE } from "./drain.ts";
-import {
-  attach,
-  type BenchContext,
-  cloneDb,
-  counts,
-  insertRows,
-  providerEnv,
-  startWorker,
-} from "../stack.ts";
+import { drainOnce } from "./drain.ts";
+import { attach, type BenchContext, cloneDb, counts, insertRows } from "../stack.ts";
 
 export interface StorageRun {
   rows: number;
@@ -34,15 +26,7 @@ export async function measureStorage(ctx: BenchContext, rows: number): Promise<S
     await insertRows(db.sql, rows, "storage");
     await db.sql`checkpoint`;
     const [{ lsn: walBefore }] = await db.sql`select pg_current_wal_lsn()::text as lsn`;
-    const worker = startWorker(
-      ["--once", "-c", "4", "--batch-size", String(BATCH_SIZE)],
-      { DATABASE_URL: db.url, ...providerEnv(ctx.fake) },
-    );
-    await worker.process.waitForLine(/"event":"started"/, 60_000);
-    const ready = performance.now();
-    const { code } = await worker.finished();
-    const drainSeconds = (performance.now() - ready) / 1000;
-    if (code !== 0) throw new Error(`worker exited ${code}`);
+    const drainSeconds = await drainOnce(ctx, db.url);
     const [{ wal }] = await db.sql`
       select pg_wal_lsn_diff(pg_current_wal_lsn(), ${walBefore}::pg_lsn)::bigint as wal`;
     const after = await counts(db.sql);

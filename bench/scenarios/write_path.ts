@@ -7,6 +7,7 @@ import { installNaive } from "../naive/pipeline.ts";
 import { fmt, median, Section, spread } from "../report.ts";
 import { startEphemeralCluster } from "../../local/cluster.ts";
 import { databaseUrl } from "../../local/config.ts";
+import { capture } from "../../local/proc.ts";
 import {
   type BenchContext,
   buildTemplate,
@@ -110,8 +111,9 @@ update public.bench_docs set body = 'edited ' || :id || ' ' || random() where id
 
 async function pgbench(url: string, script: string, seconds: number): Promise<number> {
   const u = new URL(url);
-  const out = await new Deno.Command(PGBENCH, {
-    args: [
+  const out = await capture(
+    PGBENCH,
+    [
       "-n",
       "-h",
       u.hostname,
@@ -129,15 +131,10 @@ async function pgbench(url: string, script: string, seconds: number): Promise<nu
       script,
       u.pathname.slice(1),
     ],
-    env: { PGPASSWORD: decodeURIComponent(u.password) },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const text = new TextDecoder().decode(out.stdout);
-  const tps = text.match(/tps = ([\d.]+) \(without initial connection time\)/)?.[1];
-  if (out.code !== 0 || !tps) {
-    throw new Error(`pgbench failed: ${new TextDecoder().decode(out.stderr)}\n${text}`);
-  }
+    { env: { PGPASSWORD: decodeURIComponent(u.password) } },
+  );
+  const tps = out.stdout.match(/tps = ([\d.]+) \(without initial connection time\)/)?.[1];
+  if (out.code !== 0 || !tps) throw new Error(`pgbench failed: ${out.stderr}\n${out.stdout}`);
   return Number(tps);
 }
 

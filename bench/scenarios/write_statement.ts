@@ -26,6 +26,7 @@ import {
   cloneDb,
   DIMENSIONS,
   insertRows,
+  loadAverage,
   processCpuSeconds,
 } from "../stack.ts";
 import { createHnswIndex } from "./drain.ts";
@@ -202,7 +203,7 @@ export async function profileWrite(
     await raw.end();
     await binaryWrites.end();
 
-    const load = (await Deno.readTextFile("/proc/loadavg")).split(" ").slice(0, 3).join(" ");
+    const load = await loadAverage();
     const [{ size }] = await db.sql`
       select pg_total_relation_size('public.bench_docs')::float8 / 1048576 as size`;
     return { rows, hnsw, results, load, sizeMb: size };

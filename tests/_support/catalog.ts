@@ -2,7 +2,7 @@
 // object ("function util.reembed(regclass, name, text, integer)" -> its
 // definition, settings, owner and grants), so two databases built different
 // ways can be compared object by object and any difference named.
-import type { Sql } from "./db.ts";
+import type { Sql } from "../../devtools/db.ts";
 
 export type Catalog = Map<string, Record<string, unknown>>;
 

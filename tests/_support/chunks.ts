@@ -1,8 +1,8 @@
 // A chunked test table (articles -> article_chunks) and the checks of its
 // chunk sets: each row's chunks are exactly the splitter's chunks of its
 // current text, each with the fake provider's vector of its chunk text (I12).
-import type { Sql } from "./db.ts";
-import { TEST_DIMENSIONS, TEST_MODEL } from "./pipeline.ts";
+import type { Sql } from "../../devtools/db.ts";
+import { TEST_DIMENSIONS, TEST_MODEL } from "../../devtools/pipeline.ts";
 import { embeddingProblem } from "./rows.ts";
 import {
   type ChunkSettings,

@@ -4,8 +4,8 @@
 // It recomputes expectations independently of the product: vectors with the
 // fake provider's fakeVector (rows.ts), hashes with node:crypto.
 import { createHash } from "node:crypto";
-import type { Sql } from "./db.ts";
-import type { FakeOpenAI } from "./fake_openai.ts";
+import type { Sql } from "../../devtools/db.ts";
+import type { FakeOpenAI } from "../../devtools/fake_openai.ts";
 import { embeddingProblem } from "./rows.ts";
 
 /** Schema of the job ledger that trackJobs installs. */

@@ -2,12 +2,13 @@
 // switch between the default and the full run, figures printed as one
 // `RELIABILITY {json}` line per scenario, a seeded PRNG, and a drain loop that
 // survives a database restart.
-import { providerEnv, spawnWorker, type WorkerProcess } from "./cli.ts";
+import { providerEnv, spawnWorker, type WorkerProcess } from "../../devtools/cli.ts";
 import type { ConsistencyReport } from "./consistency.ts";
-import type { Sql } from "./db.ts";
-import { type FakeOpenAI, startFakeOpenAI } from "./fake_openai.ts";
-import { type Pipeline, startPipeline } from "./pipeline.ts";
-import { waitFor } from "./wait.ts";
+import type { Sql } from "../../devtools/db.ts";
+import { type FakeOpenAI, startFakeOpenAI } from "../../devtools/fake_openai.ts";
+import { type Pipeline, startPipeline } from "../../devtools/pipeline.ts";
+import { waitFor } from "../../devtools/wait.ts";
+import { sleep } from "../../supabase/functions/_shared/sleep.ts";
 
 /** AUTOEMBED_FULL_RELIABILITY=1 (`deno task reliability`) selects the full sizes. */
 export const FULL = Deno.env.get("AUTOEMBED_FULL_RELIABILITY") === "1";
@@ -65,9 +66,6 @@ export function seededRandom(seedValue: number): () => number {
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
 }
-
-/** For pacing a load or a fault's duration only: a premise is waited for with waitFor. */
-export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 export interface DrainOptions {
   /** Push mode: call util.process_embeddings like the cron tick when no call is in flight. */

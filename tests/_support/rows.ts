@@ -2,9 +2,9 @@
 // counting the embedded ones, and checking that each holds the fake
 // provider's vector of exactly its current text (I1).
 import assert from "node:assert/strict";
-import type { Sql } from "./db.ts";
-import { fakeVector } from "./fake_openai.ts";
-import { TEST_DIMENSIONS } from "./pipeline.ts";
+import type { Sql } from "../../devtools/db.ts";
+import { fakeVector } from "../../devtools/fake_openai.ts";
+import { TEST_DIMENSIONS } from "../../devtools/pipeline.ts";
 
 /** Largest difference per dimension accepted between a stored halfvec and the exact vector. */
 export const HALFVEC_TOLERANCE = 2e-3;

@@ -7,7 +7,7 @@ import { createClient, type SupabaseClient } from "@supabase/supabase-js";
 import { LOCAL_JWT_SECRET } from "../../local/config.ts";
 import { localJwt, startFunctions } from "../../local/functions.ts";
 import { signJwt } from "../../supabase/functions/_shared/jwt.ts";
-import { type FakeOpenAI, startFakeOpenAI } from "./fake_openai.ts";
+import { type FakeOpenAI, startFakeOpenAI } from "../../devtools/fake_openai.ts";
 
 export interface SearchStack {
   /** What an app configures: the project URL (the gateway). */

@@ -1,8 +1,8 @@
 // Drives the push path the way pg_cron would, until the pipeline has nothing
 // left to do: no queued job, no call in flight, no sweep (backfill, recheck)
 // in progress and, unless told otherwise, no model change in progress.
-import type { Sql } from "./db.ts";
-import { waitFor } from "./wait.ts";
+import type { Sql } from "../../devtools/db.ts";
+import { waitFor } from "../../devtools/wait.ts";
 
 export interface SettleOptions {
   batchSize?: number;

@@ -3,9 +3,9 @@
 // texts, deletes, settings changes, and status.
 import assert from "node:assert/strict";
 import { ARTICLE_SETTINGS, chunkProblems, createArticles } from "../_support/chunks.ts";
-import { connect, type Sql, withTestDb } from "../_support/db.ts";
-import { editParagraph, makeDocument } from "../_support/documents.ts";
-import { startPipeline, TEST_MODEL } from "../_support/pipeline.ts";
+import { connect, type Sql, withTestDb } from "../../devtools/db.ts";
+import { editParagraph, makeDocument } from "../../devtools/documents.ts";
+import { startPipeline, TEST_MODEL } from "../../devtools/pipeline.ts";
 import { embeddingProblem } from "../_support/rows.ts";
 import { tokenCounterFor } from "../../supabase/functions/_shared/providers/tokens.ts";
 import { settle } from "../_support/settle.ts";

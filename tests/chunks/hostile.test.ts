@@ -4,10 +4,10 @@
 // anything, while the genuine job of the same batch completes.
 import assert from "node:assert/strict";
 import { chunkProblems, createArticles } from "../_support/chunks.ts";
-import { withTestDb } from "../_support/db.ts";
-import { makeDocument } from "../_support/documents.ts";
-import { drainPush, startPipeline } from "../_support/pipeline.ts";
-import { waitFor } from "../_support/wait.ts";
+import { withTestDb } from "../../devtools/db.ts";
+import { makeDocument } from "../../devtools/documents.ts";
+import { drainPush, startPipeline } from "../../devtools/pipeline.ts";
+import { waitFor } from "../../devtools/wait.ts";
 
 Deno.test("chunks I8: forged messages naming a chunked target are refused; the genuine job completes", async () => {
   await withTestDb(async (sql, url) => {

@@ -5,10 +5,10 @@
 // a view on the destination holds the switch back and says why.
 import assert from "node:assert/strict";
 import { ARTICLE_SETTINGS, chunkProblems, createArticles } from "../_support/chunks.ts";
-import { type Sql, withTestDb } from "../_support/db.ts";
-import { editParagraph, makeDocument } from "../_support/documents.ts";
-import { fakeVector } from "../_support/fake_openai.ts";
-import { startPipeline, TEST_DIMENSIONS } from "../_support/pipeline.ts";
+import { type Sql, withTestDb } from "../../devtools/db.ts";
+import { editParagraph, makeDocument } from "../../devtools/documents.ts";
+import { fakeVector } from "../../devtools/fake_openai.ts";
+import { startPipeline, TEST_DIMENSIONS } from "../../devtools/pipeline.ts";
 import { embeddingProblem } from "../_support/rows.ts";
 import { settle } from "../_support/settle.ts";
 

@@ -5,11 +5,12 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { ARTICLE_SETTINGS, chunkProblems, createArticles } from "../_support/chunks.ts";
-import { providerEnv, spawnWorker } from "../_support/cli.ts";
-import { withTestDb } from "../_support/db.ts";
-import { editParagraph, makeDocument } from "../_support/documents.ts";
-import { startPipeline, TEST_MODEL } from "../_support/pipeline.ts";
-import { cronTick, drain, seed, seededRandom, sleep, workerArgs } from "../_support/reliability.ts";
+import { providerEnv, spawnWorker } from "../../devtools/cli.ts";
+import { withTestDb } from "../../devtools/db.ts";
+import { editParagraph, makeDocument } from "../../devtools/documents.ts";
+import { startPipeline, TEST_MODEL } from "../../devtools/pipeline.ts";
+import { cronTick, drain, seed, seededRandom, workerArgs } from "../_support/reliability.ts";
+import { sleep } from "../../supabase/functions/_shared/sleep.ts";
 import { splitIntoChunks } from "../../supabase/functions/_shared/chunking/split.ts";
 import { tokenCounterFor } from "../../supabase/functions/_shared/providers/tokens.ts";
 

@@ -2,10 +2,10 @@
 // which chunks a role sees, through the destination's policy and grants.
 import assert from "node:assert/strict";
 import { createArticles, createArticleSearch } from "../_support/chunks.ts";
-import { type Sql, withTestDb } from "../_support/db.ts";
-import { makeDocument } from "../_support/documents.ts";
-import { fakeVector } from "../_support/fake_openai.ts";
-import { startPipeline, TEST_DIMENSIONS } from "../_support/pipeline.ts";
+import { type Sql, withTestDb } from "../../devtools/db.ts";
+import { makeDocument } from "../../devtools/documents.ts";
+import { fakeVector } from "../../devtools/fake_openai.ts";
+import { startPipeline, TEST_DIMENSIONS } from "../../devtools/pipeline.ts";
 import { settle } from "../_support/settle.ts";
 
 const asAnon = <T>(sql: Sql, fn: (tx: Sql) => Promise<T>) =>

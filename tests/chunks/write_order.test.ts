@@ -6,11 +6,11 @@
 // writer waits and then sees what the first committed.
 import assert from "node:assert/strict";
 import { chunkProblems, createArticles } from "../_support/chunks.ts";
-import { connect, withTestDb } from "../_support/db.ts";
-import { makeDocument } from "../_support/documents.ts";
-import { startPipeline } from "../_support/pipeline.ts";
+import { connect, withTestDb } from "../../devtools/db.ts";
+import { makeDocument } from "../../devtools/documents.ts";
+import { startPipeline } from "../../devtools/pipeline.ts";
 import { settle } from "../_support/settle.ts";
-import { waitFor } from "../_support/wait.ts";
+import { waitFor } from "../../devtools/wait.ts";
 import { processBatch } from "../../supabase/functions/_shared/core.ts";
 import { coreSettings } from "../../supabase/functions/_shared/settings.ts";
 

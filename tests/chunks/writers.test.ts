@@ -6,11 +6,12 @@
 // 0.023 in cosine distance from its own text's vector, under CPU load).
 import assert from "node:assert/strict";
 import { chunkProblems, createArticles } from "../_support/chunks.ts";
-import { providerEnv, spawnScript, spawnWorker } from "../_support/cli.ts";
-import { withTestDb } from "../_support/db.ts";
-import { editParagraph, makeDocument } from "../_support/documents.ts";
-import { startPipeline } from "../_support/pipeline.ts";
-import { cronTick, drain, seed, seededRandom, sleep, workerArgs } from "../_support/reliability.ts";
+import { providerEnv, spawnScript, spawnWorker } from "../../devtools/cli.ts";
+import { withTestDb } from "../../devtools/db.ts";
+import { editParagraph, makeDocument } from "../../devtools/documents.ts";
+import { startPipeline } from "../../devtools/pipeline.ts";
+import { cronTick, drain, seed, seededRandom, workerArgs } from "../_support/reliability.ts";
+import { sleep } from "../../supabase/functions/_shared/sleep.ts";
 import { embeddingProblem } from "../_support/rows.ts";
 
 const DOCUMENTS = 4;

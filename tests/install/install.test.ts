@@ -5,8 +5,8 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { applyMigrations, listMigrations, MIGRATIONS_DIR } from "../../local/migrate.ts";
 import { MANIFEST, sha256 } from "../../cli/install.ts";
-import { runCli } from "../_support/cli.ts";
-import { withTestDb } from "../_support/db.ts";
+import { runCli } from "../../devtools/cli.ts";
+import { withTestDb } from "../../devtools/db.ts";
 
 const MINIMAL_CONFIG = `# made by supabase init
 project_id = "my-app"

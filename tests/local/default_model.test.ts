@@ -7,9 +7,9 @@ import {
   OFFLINE_MODEL,
   PROVIDER_DEFAULT_MODEL,
 } from "../../local/default_model.ts";
-import { migrateLocalDatabase } from "../../local/main.ts";
+import { migrateLocalDatabase } from "../../local/start.ts";
 import { SEED_FILE } from "../../local/migrate.ts";
-import { type Sql, withTestDb } from "../_support/db.ts";
+import { type Sql, withTestDb } from "../../devtools/db.ts";
 
 async function targetModel(sql: Sql, table: string): Promise<string> {
   const [row] = await sql`

@@ -7,8 +7,8 @@ import { localJwt } from "../../local/functions.ts";
 import { applyMigrations, MigrationError, MIGRATIONS_DIR } from "../../local/migrate.ts";
 import { PUSH_TICK_APPLICATION_NAME, type PushTick, startPushTick } from "../../local/push_tick.ts";
 import { ensureSetup } from "../../local/setup.ts";
-import { ADMIN_URL, connect, type Sql, withTestDb } from "../_support/db.ts";
-import { waitFor } from "../_support/wait.ts";
+import { ADMIN_URL, connect, type Sql, withTestDb } from "../../devtools/db.ts";
+import { waitFor } from "../../devtools/wait.ts";
 
 Deno.test("setup is idempotent: on a prepared machine it changes nothing", async () => {
   const report = await ensureSetup();

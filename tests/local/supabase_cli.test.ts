@@ -4,7 +4,7 @@
 // `db lint` (plpgsql_check) finds nothing in the schema the project owns.
 import assert from "node:assert/strict";
 import { cliDbUrl, listMigrations, supabaseCli } from "../../local/migrate.ts";
-import { withTestDb } from "../_support/db.ts";
+import { withTestDb } from "../../devtools/db.ts";
 
 /** The schemas whose functions are ours; pgmq, net and vault are shims of others' extensions. */
 const OWN_SCHEMAS = ["util"];

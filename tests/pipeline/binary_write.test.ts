@@ -12,8 +12,8 @@ import {
   writeEmbeddings,
 } from "../../supabase/functions/_shared/sql/write.ts";
 import type { Vector } from "../../supabase/functions/_shared/vectors.ts";
-import { type Sql, withTestDb } from "../_support/db.ts";
-import { createDocuments, TEST_DIMENSIONS } from "../_support/pipeline.ts";
+import { type Sql, withTestDb } from "../../devtools/db.ts";
+import { createDocuments, TEST_DIMENSIONS } from "../../devtools/pipeline.ts";
 
 const f32 = (bits: number) => new Float32Array(new Uint32Array([bits]).buffer)[0];
 

@@ -3,13 +3,13 @@
 // slices; text embedded once is copied, not paid for again; the pipeline's
 // bookkeeping stays a small fraction of the embeddings it tracks.
 import assert from "node:assert/strict";
-import { type Sql, withTestDb } from "../_support/db.ts";
+import { type Sql, withTestDb } from "../../devtools/db.ts";
 import {
   createDocuments,
   queueLength,
   startPipeline,
   TEST_DIMENSIONS,
-} from "../_support/pipeline.ts";
+} from "../../devtools/pipeline.ts";
 import { assertAllFresh, insertRows } from "../_support/rows.ts";
 import { settle } from "../_support/settle.ts";
 
@@ -210,7 +210,7 @@ Deno.test("I11: the bookkeeping that grows with a table stays under 10% of its e
 Deno.test("enable_embeddings prints nothing on success, and again without a model keeps the model", async () => {
   await withTestDb(async (_sql, url) => {
     const notices: string[] = [];
-    const { connect } = await import("../_support/db.ts");
+    const { connect } = await import("../../devtools/db.ts");
     const sql = connect(url, { onnotice: (n) => notices.push(n.message) });
     try {
       await createDocuments(sql, { model: "local-hash-v1" });

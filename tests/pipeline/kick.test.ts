@@ -2,10 +2,10 @@
 // that runs util.process_embeddings at once, so it need not wait for a tick.
 import assert from "node:assert/strict";
 import type postgres from "postgres";
-import { connect, type Sql, withTestDb } from "../_support/db.ts";
-import { createDocuments, queueLength, startPipeline } from "../_support/pipeline.ts";
+import { connect, type Sql, withTestDb } from "../../devtools/db.ts";
+import { createDocuments, queueLength, startPipeline } from "../../devtools/pipeline.ts";
 import { embeddedCount } from "../_support/rows.ts";
-import { waitFor } from "../_support/wait.ts";
+import { waitFor } from "../../devtools/wait.ts";
 
 async function kicksQueued(sql: Sql): Promise<number> {
   const [{ n }] = await sql`

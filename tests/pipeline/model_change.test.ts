@@ -2,16 +2,16 @@
 // when complete. Sampled at any moment, the live column holds one model's
 // vectors, and no row that had a vector is without one.
 import assert from "node:assert/strict";
-import { connect, type Sql, withTestDb } from "../_support/db.ts";
-import { fakeVector } from "../_support/fake_openai.ts";
+import { connect, type Sql, withTestDb } from "../../devtools/db.ts";
+import { fakeVector } from "../../devtools/fake_openai.ts";
 import {
   createDocuments,
   startPipeline,
   TEST_DIMENSIONS,
   TEST_MODEL,
-} from "../_support/pipeline.ts";
+} from "../../devtools/pipeline.ts";
 import { insertRows, parseVector } from "../_support/rows.ts";
-import { waitFor } from "../_support/wait.ts";
+import { waitFor } from "../../devtools/wait.ts";
 import { settle } from "../_support/settle.ts";
 import { createLocalProvider } from "../../supabase/functions/_shared/providers/local.ts";
 

@@ -5,10 +5,10 @@
 // second. They must lock it in a mode KEY SHARE does not wait for, or the two
 // deadlock and Postgres aborts one of them (the flake this file pins down).
 import assert from "node:assert/strict";
-import { connect, type Sql, withTestDb } from "../_support/db.ts";
-import { createDocuments, TEST_MODEL } from "../_support/pipeline.ts";
+import { connect, type Sql, withTestDb } from "../../devtools/db.ts";
+import { createDocuments, TEST_MODEL } from "../../devtools/pipeline.ts";
 import { insertRows } from "../_support/rows.ts";
-import { waitFor } from "../_support/wait.ts";
+import { waitFor } from "../../devtools/wait.ts";
 
 /** Whether a session running `like` waits for a lock. */
 async function waitsForLock(sql: Sql, like: string): Promise<boolean> {

@@ -5,10 +5,10 @@
 // their own under their own backoff (or as dead letters of their own), rows
 // left unstarted stay, visible at once, with their attempt back.
 import assert from "node:assert/strict";
-import { providerEnv, runCli } from "../_support/cli.ts";
-import { type Sql, withTestDb } from "../_support/db.ts";
-import { startFakeOpenAI } from "../_support/fake_openai.ts";
-import { createDocuments, queueLength, queueMessages } from "../_support/pipeline.ts";
+import { providerEnv, runCli } from "../../devtools/cli.ts";
+import { type Sql, withTestDb } from "../../devtools/db.ts";
+import { startFakeOpenAI } from "../../devtools/fake_openai.ts";
+import { createDocuments, queueLength, queueMessages } from "../../devtools/pipeline.ts";
 import { assertAllFresh, insertRows } from "../_support/rows.ts";
 
 /** The row ids of each queued message, in queue order (a single-row message as one id). */

@@ -1,16 +1,16 @@
 // Push mode end to end: util.process_embeddings -> pg_net -> embed function
 // -> Postgres, against the real local cluster and the fake provider.
 import assert from "node:assert/strict";
-import { connect, withTestDb } from "../_support/db.ts";
+import { connect, withTestDb } from "../../devtools/db.ts";
 import {
   createDocuments,
   drainPush,
   queueLength,
   startPipeline,
   TEST_SECRET,
-} from "../_support/pipeline.ts";
+} from "../../devtools/pipeline.ts";
 import { assertAllFresh, embeddedCount, embeddingProblem, insertRows } from "../_support/rows.ts";
-import { waitFor } from "../_support/wait.ts";
+import { waitFor } from "../../devtools/wait.ts";
 
 Deno.test("I1/I3: 500 inserted rows embed through the push path with ceil(500/100)+1 provider calls at most", async () => {
   await withTestDb(async (sql, url) => {

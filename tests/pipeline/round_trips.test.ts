@@ -7,8 +7,8 @@ import { processBatch } from "../../supabase/functions/_shared/core.ts";
 import type { Job } from "../../supabase/functions/_shared/jobs.ts";
 import { claimJobs } from "../../supabase/functions/_shared/sql/queue.ts";
 import { coreSettings } from "../../supabase/functions/_shared/settings.ts";
-import { type Sql, withTestDb } from "../_support/db.ts";
-import { createDocuments } from "../_support/pipeline.ts";
+import { type Sql, withTestDb } from "../../devtools/db.ts";
+import { createDocuments } from "../../devtools/pipeline.ts";
 import { insertRows } from "../_support/rows.ts";
 
 const LOCAL = "local-hash-v1";

@@ -5,12 +5,12 @@
 // dead-lettered alone at max_attempts. The same body runs in pull mode (the
 // worker CLI) and push mode (util.process_embeddings -> pg_net -> embed).
 import assert from "node:assert/strict";
-import { providerEnv, runCli } from "../_support/cli.ts";
-import { type Sql, withTestDb } from "../_support/db.ts";
-import { startFakeOpenAI } from "../_support/fake_openai.ts";
-import { createDocuments, queueMessages, startPipeline } from "../_support/pipeline.ts";
+import { providerEnv, runCli } from "../../devtools/cli.ts";
+import { type Sql, withTestDb } from "../../devtools/db.ts";
+import { startFakeOpenAI } from "../../devtools/fake_openai.ts";
+import { createDocuments, queueMessages, startPipeline } from "../../devtools/pipeline.ts";
 import { insertRows } from "../_support/rows.ts";
-import { waitFor } from "../_support/wait.ts";
+import { waitFor } from "../../devtools/wait.ts";
 
 const MAX_ATTEMPTS = 3;
 const POISON = "row 42";

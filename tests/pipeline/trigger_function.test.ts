@@ -5,8 +5,8 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { SCHEMAS_DIR } from "../../cli/schema_migration.ts";
 import { applyMigrations } from "../../local/migrate.ts";
-import { withTestDb } from "../_support/db.ts";
-import { createDocuments, queueLength } from "../_support/pipeline.ts";
+import { withTestDb } from "../../devtools/db.ts";
+import { createDocuments, queueLength } from "../../devtools/pipeline.ts";
 
 Deno.test("enable_embeddings' trigger function: real changes only, follows the content function, goes with disable", async () => {
   await withTestDb(async (sql) => {

@@ -11,8 +11,8 @@
 import assert from "node:assert/strict";
 import { loadTargets, type Target } from "../../supabase/functions/_shared/sql/targets.ts";
 import { BinaryWrites, writeEmbeddings } from "../../supabase/functions/_shared/sql/write.ts";
-import { connect, type Sql, withTestDb } from "../_support/db.ts";
-import { queueLength, TEST_DIMENSIONS, TEST_MODEL } from "../_support/pipeline.ts";
+import { connect, type Sql, withTestDb } from "../../devtools/db.ts";
+import { queueLength, TEST_DIMENSIONS, TEST_MODEL } from "../../devtools/pipeline.ts";
 
 /** The two ways of attaching a table. */
 const ATTACH = {

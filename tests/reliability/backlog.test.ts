@@ -6,9 +6,10 @@
 // consistent.
 import assert from "node:assert/strict";
 import { assertConsistent, checkConsistency, trackJobs } from "../_support/consistency.ts";
-import { type Sql, withTestDb } from "../_support/db.ts";
-import { createDocuments, queueLength } from "../_support/pipeline.ts";
-import { drain, report, sized, sleep, startDrive } from "../_support/reliability.ts";
+import { type Sql, withTestDb } from "../../devtools/db.ts";
+import { createDocuments, queueLength } from "../../devtools/pipeline.ts";
+import { drain, report, sized, startDrive } from "../_support/reliability.ts";
+import { sleep } from "../../supabase/functions/_shared/sleep.ts";
 import { insertRows } from "../_support/rows.ts";
 
 const JOBS = sized(50_000, 200_000);

@@ -7,14 +7,15 @@
 // (npm test) has a 20 s outage; `npm run reliability` the 4 minutes of the
 // issue.
 import assert from "node:assert/strict";
-import { providerEnv, spawnWorker } from "../_support/cli.ts";
+import { providerEnv, spawnWorker } from "../../devtools/cli.ts";
 import { assertConsistent, checkConsistency, trackJobs } from "../_support/consistency.ts";
-import { connect, withTestDb } from "../_support/db.ts";
-import { createDocuments, queueLength, startPipeline } from "../_support/pipeline.ts";
-import { cronTick, insertFor, report, sized, sleep, workerArgs } from "../_support/reliability.ts";
+import { connect, withTestDb } from "../../devtools/db.ts";
+import { createDocuments, queueLength, startPipeline } from "../../devtools/pipeline.ts";
+import { cronTick, insertFor, report, sized, workerArgs } from "../_support/reliability.ts";
+import { sleep } from "../../supabase/functions/_shared/sleep.ts";
 import { embeddedCount, insertRows } from "../_support/rows.ts";
 import { startSwitchProxy } from "../_support/switch_proxy.ts";
-import { waitFor } from "../_support/wait.ts";
+import { waitFor } from "../../devtools/wait.ts";
 
 const ROWS = sized(2_000, 5_000);
 /** 503 on every call for the first half, connection refused for the second. */

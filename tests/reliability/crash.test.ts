@@ -5,11 +5,11 @@
 // nothing written stale, and only the dead process's in-flight inputs are
 // paid for twice.
 import assert from "node:assert/strict";
-import { providerEnv, spawnWorker } from "../_support/cli.ts";
+import { providerEnv, spawnWorker } from "../../devtools/cli.ts";
 import { assertConsistent, checkConsistency, trackJobs } from "../_support/consistency.ts";
-import { type Sql, withTestDb } from "../_support/db.ts";
-import { startFakeOpenAI } from "../_support/fake_openai.ts";
-import { createDocuments, startPipeline } from "../_support/pipeline.ts";
+import { type Sql, withTestDb } from "../../devtools/db.ts";
+import { startFakeOpenAI } from "../../devtools/fake_openai.ts";
+import { createDocuments, startPipeline } from "../../devtools/pipeline.ts";
 import {
   cronTick,
   drain,
@@ -17,11 +17,11 @@ import {
   seed,
   seededRandom,
   sized,
-  sleep,
   workerArgs,
 } from "../_support/reliability.ts";
+import { sleep } from "../../supabase/functions/_shared/sleep.ts";
 import { embeddedCount, insertRows } from "../_support/rows.ts";
-import { waitFor } from "../_support/wait.ts";
+import { waitFor } from "../../devtools/wait.ts";
 
 const ROWS = sized(1_000, 5_000);
 const BATCH = 25;

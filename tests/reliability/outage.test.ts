@@ -4,19 +4,12 @@
 // every row is embedded with no duplicate provider work.
 import assert from "node:assert/strict";
 import { assertConsistent, checkConsistency, trackJobs } from "../_support/consistency.ts";
-import { connect, withTestDb } from "../_support/db.ts";
-import { createDocuments, queueLength } from "../_support/pipeline.ts";
-import {
-  drain,
-  insertFor,
-  type Mode,
-  report,
-  sized,
-  sleep,
-  startDrive,
-} from "../_support/reliability.ts";
+import { connect, withTestDb } from "../../devtools/db.ts";
+import { createDocuments, queueLength } from "../../devtools/pipeline.ts";
+import { drain, insertFor, type Mode, report, sized, startDrive } from "../_support/reliability.ts";
+import { sleep } from "../../supabase/functions/_shared/sleep.ts";
 import { embeddedCount, insertRows } from "../_support/rows.ts";
-import { waitFor } from "../_support/wait.ts";
+import { waitFor } from "../../devtools/wait.ts";
 
 const ROWS = sized(1_000, 5_000);
 const OUTAGE_MS = sized(5_000, 30_000);

@@ -8,8 +8,8 @@
 import assert from "node:assert/strict";
 import { tokenCounterFor } from "../../supabase/functions/_shared/providers/tokens.ts";
 import { assertConsistent, checkConsistency, trackJobs } from "../_support/consistency.ts";
-import { type Sql, withTestDb } from "../_support/db.ts";
-import { createDocuments, TEST_MODEL } from "../_support/pipeline.ts";
+import { type Sql, withTestDb } from "../../devtools/db.ts";
+import { createDocuments, TEST_MODEL } from "../../devtools/pipeline.ts";
 import { drain, type Mode, report, startDrive } from "../_support/reliability.ts";
 
 /** The OpenAI provider's input limit, in estimated tokens. */

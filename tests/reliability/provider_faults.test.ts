@@ -9,12 +9,12 @@
 // the provider rejects fails alone.
 import assert from "node:assert/strict";
 import { assertConsistent, checkConsistency, trackJobs } from "../_support/consistency.ts";
-import { withTestDb } from "../_support/db.ts";
-import type { Fault } from "../_support/fake_openai.ts";
-import { createDocuments } from "../_support/pipeline.ts";
+import { withTestDb } from "../../devtools/db.ts";
+import type { Fault } from "../../devtools/fake_openai.ts";
+import { createDocuments } from "../../devtools/pipeline.ts";
 import { drain, type Mode, report, sized, startDrive } from "../_support/reliability.ts";
 import { insertRows } from "../_support/rows.ts";
-import { waitFor } from "../_support/wait.ts";
+import { waitFor } from "../../devtools/wait.ts";
 
 const ROWS_PER_PHASE = sized(200, 1_000);
 // Well above a normal answer on a loaded 2-core machine, so only the slow phase times out.

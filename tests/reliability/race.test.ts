@@ -7,15 +7,15 @@
 // Seeded: AUTOEMBED_RELIABILITY_SEED=<seed> replays a run's operations.
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { providerEnv, spawnWorker } from "../_support/cli.ts";
+import { providerEnv, spawnWorker } from "../../devtools/cli.ts";
 import { assertConsistent, checkConsistency, trackJobs } from "../_support/consistency.ts";
-import { withTestDb } from "../_support/db.ts";
+import { withTestDb } from "../../devtools/db.ts";
 import {
   createDocuments,
   startPipeline,
   TEST_DIMENSIONS,
   TEST_MODEL,
-} from "../_support/pipeline.ts";
+} from "../../devtools/pipeline.ts";
 import { embeddingProblem } from "../_support/rows.ts";
 import {
   cronTick,
@@ -24,9 +24,9 @@ import {
   seed,
   seededRandom,
   sized,
-  sleep,
   workerArgs,
 } from "../_support/reliability.ts";
+import { sleep } from "../../supabase/functions/_shared/sleep.ts";
 
 const ROWS_PER_TABLE = sized(100, 100);
 const OPS = sized(300, 1_000);

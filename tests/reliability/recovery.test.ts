@@ -9,14 +9,15 @@ import assert from "node:assert/strict";
 import { startEphemeralCluster } from "../../local/cluster.ts";
 import { applyMigrations } from "../../local/migrate.ts";
 import { surviveDatabaseDisconnects } from "../../supabase/functions/_shared/postgres_guard.ts";
-import { providerEnv, spawnWorker } from "../_support/cli.ts";
+import { providerEnv, spawnWorker } from "../../devtools/cli.ts";
 import { assertConsistent, checkConsistency, trackJobs } from "../_support/consistency.ts";
-import { connect, type Sql } from "../_support/db.ts";
-import { startFakeOpenAI } from "../_support/fake_openai.ts";
-import { createDocuments, startPipeline } from "../_support/pipeline.ts";
-import { report, sized, sleep } from "../_support/reliability.ts";
+import { connect, type Sql } from "../../devtools/db.ts";
+import { startFakeOpenAI } from "../../devtools/fake_openai.ts";
+import { createDocuments, startPipeline } from "../../devtools/pipeline.ts";
+import { report, sized } from "../_support/reliability.ts";
+import { sleep } from "../../supabase/functions/_shared/sleep.ts";
 import { embeddedCount, insertRows } from "../_support/rows.ts";
-import { waitFor } from "../_support/wait.ts";
+import { waitFor } from "../../devtools/wait.ts";
 
 const ROWS = sized(2_000, 3_000);
 /** How long the function stays down, as in the finding this scenario reproduces. */

@@ -7,11 +7,11 @@ import { startEphemeralCluster } from "../../local/cluster.ts";
 import { surviveDatabaseDisconnects } from "../../supabase/functions/_shared/postgres_guard.ts";
 import { applyMigrations } from "../../local/migrate.ts";
 import { assertConsistent, checkConsistency, trackJobs } from "../_support/consistency.ts";
-import { connect } from "../_support/db.ts";
-import { createDocuments } from "../_support/pipeline.ts";
+import { connect } from "../../devtools/db.ts";
+import { createDocuments } from "../../devtools/pipeline.ts";
 import { drain, type Mode, report, sized, startDrive } from "../_support/reliability.ts";
 import { embeddedCount, insertRows } from "../_support/rows.ts";
-import { waitFor } from "../_support/wait.ts";
+import { waitFor } from "../../devtools/wait.ts";
 
 const ROWS = sized(1_000, 5_000);
 const BATCH = 25;

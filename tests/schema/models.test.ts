@@ -3,7 +3,7 @@
 // functions that held model literals read the table, and app roles can
 // neither read nor change it.
 import assert from "node:assert/strict";
-import { type Sql, withTestDb } from "../_support/db.ts";
+import { type Sql, withTestDb } from "../../devtools/db.ts";
 import {
   findModel,
   LARGEST_INPUT_TOKENS,

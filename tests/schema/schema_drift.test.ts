@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { applyMigrations } from "../../local/migrate.ts";
-import { type Sql, withTestDb } from "../_support/db.ts";
+import { type Sql, withTestDb } from "../../devtools/db.ts";
 import { type Catalog, compareCatalogs, readCatalog } from "../_support/catalog.ts";
 import { generateMigration, readSchemaFiles, SCHEMAS_DIR } from "../../cli/schema_migration.ts";
 

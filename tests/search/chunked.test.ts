@@ -4,10 +4,10 @@
 // row with its best chunk; RLS on the articles decides what a caller finds.
 import assert from "node:assert/strict";
 import { createArticles } from "../_support/chunks.ts";
-import { type Sql, withTestDb } from "../_support/db.ts";
-import { makeDocument } from "../_support/documents.ts";
-import { fakeVector } from "../_support/fake_openai.ts";
-import { startPipeline, TEST_DIMENSIONS, TEST_MODEL } from "../_support/pipeline.ts";
+import { type Sql, withTestDb } from "../../devtools/db.ts";
+import { makeDocument } from "../../devtools/documents.ts";
+import { fakeVector } from "../../devtools/fake_openai.ts";
+import { startPipeline, TEST_DIMENSIONS, TEST_MODEL } from "../../devtools/pipeline.ts";
 import {
   invokeSearch,
   type SearchAnswer,

@@ -5,8 +5,8 @@
 import assert from "node:assert/strict";
 import { LOCAL_JWT_SECRET } from "../../local/config.ts";
 import { signJwt } from "../../supabase/functions/_shared/jwt.ts";
-import { type Sql, withTestDb } from "../_support/db.ts";
-import { drainPush, startPipeline, TEST_DIMENSIONS, TEST_MODEL } from "../_support/pipeline.ts";
+import { type Sql, withTestDb } from "../../devtools/db.ts";
+import { drainPush, startPipeline, TEST_DIMENSIONS, TEST_MODEL } from "../../devtools/pipeline.ts";
 import { invokeSearch, type SearchStack, startSearchStack, userToken } from "../_support/search.ts";
 import { es256Key, startJwksServer } from "../_support/jwks.ts";
 

@@ -2,8 +2,8 @@
 // (a table, a schema and content functions) that show any side effect a
 // forged queue message could cause, and the forged messages themselves.
 import assert from "node:assert/strict";
-import type { Sql } from "../_support/db.ts";
-import { createDocuments, TEST_DIMENSIONS } from "../_support/pipeline.ts";
+import type { Sql } from "../../devtools/db.ts";
+import { createDocuments, TEST_DIMENSIONS } from "../../devtools/pipeline.ts";
 import { embeddingProblem } from "../_support/rows.ts";
 
 /** Distinctive strings that must never leave the database through logs or responses. */

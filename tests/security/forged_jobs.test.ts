@@ -3,10 +3,10 @@
 // missing fields are refused, recorded and dead-lettered without running
 // anything, while genuine jobs of the same batches complete.
 import assert from "node:assert/strict";
-import { runCli } from "../_support/cli.ts";
-import { withTestDb } from "../_support/db.ts";
-import { startFakeOpenAI } from "../_support/fake_openai.ts";
-import { drainPush, startPipeline } from "../_support/pipeline.ts";
+import { runCli } from "../../devtools/cli.ts";
+import { withTestDb } from "../../devtools/db.ts";
+import { startFakeOpenAI } from "../../devtools/fake_openai.ts";
+import { drainPush, startPipeline } from "../../devtools/pipeline.ts";
 import { embeddingProblem } from "../_support/rows.ts";
 import { assertHostileOutcome, createHostileFixture, enqueueHostileScenario } from "./_hostile.ts";
 

@@ -4,13 +4,13 @@
 // status and message, and nothing is processed: no provider call, no error
 // row, the queue exactly as it was.
 import assert from "node:assert/strict";
-import { type Sql, withTestDb } from "../_support/db.ts";
+import { type Sql, withTestDb } from "../../devtools/db.ts";
 import {
   createDocuments,
   type Pipeline,
   startPipeline,
   TEST_SECRET,
-} from "../_support/pipeline.ts";
+} from "../../devtools/pipeline.ts";
 import { CANARY_TEXT } from "./_hostile.ts";
 
 /** Three genuine jobs, read as process_embeddings would (so hidden), in the function's wire form. */

@@ -4,10 +4,10 @@
 // Distinctive canaries stand in for the row text, the API key and the
 // bearer secret; everything observable is scanned for them.
 import assert from "node:assert/strict";
-import { runCli } from "../_support/cli.ts";
-import { type Sql, withTestDb } from "../_support/db.ts";
-import { type FakeOpenAI, startFakeOpenAI } from "../_support/fake_openai.ts";
-import { createDocuments, drainPush, startPipeline } from "../_support/pipeline.ts";
+import { runCli } from "../../devtools/cli.ts";
+import { type Sql, withTestDb } from "../../devtools/db.ts";
+import { type FakeOpenAI, startFakeOpenAI } from "../../devtools/fake_openai.ts";
+import { createDocuments, drainPush, startPipeline } from "../../devtools/pipeline.ts";
 import { embeddedCount } from "../_support/rows.ts";
 import { CANARY_BEARER, CANARY_KEY, CANARY_TEXT } from "./_hostile.ts";
 

@@ -4,8 +4,8 @@
 // the security definer triggers. service_role can use what it is granted.
 // Catalog-wide checks cover functions and tables added later automatically.
 import assert from "node:assert/strict";
-import { type Sql, withTestDb } from "../_support/db.ts";
-import { createDocuments } from "../_support/pipeline.ts";
+import { type Sql, withTestDb } from "../../devtools/db.ts";
+import { createDocuments } from "../../devtools/pipeline.ts";
 
 /** Runs `statement` as `role` in a transaction that is rolled back; returns the SQLSTATE, or "ok". */
 async function as(sql: Sql, role: string, statement: string): Promise<string> {

@@ -4,8 +4,8 @@
 // hint where there is something to say) and leaves nothing half-created: no
 // trigger, no util.embedding_targets row, no queued job.
 import assert from "node:assert/strict";
-import { type Sql, withTestDb } from "../_support/db.ts";
-import { createDocuments } from "../_support/pipeline.ts";
+import { type Sql, withTestDb } from "../../devtools/db.ts";
+import { createDocuments } from "../../devtools/pipeline.ts";
 
 interface Expected {
   message: RegExp;

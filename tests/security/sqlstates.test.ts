@@ -2,8 +2,8 @@
 // so callers branch on codes, never on message text (STYLE.md habit 12).
 import assert from "node:assert/strict";
 import { PIPELINE_SQLSTATES } from "../../supabase/functions/_shared/db_errors.ts";
-import { withTestDb } from "../_support/db.ts";
-import { createDocuments } from "../_support/pipeline.ts";
+import { withTestDb } from "../../devtools/db.ts";
+import { createDocuments } from "../../devtools/pipeline.ts";
 
 Deno.test("every raise in a util function names an AE SQLSTATE", async () => {
   await withTestDb(async (sql) => {

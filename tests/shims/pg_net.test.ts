@@ -11,8 +11,8 @@ import {
   type NetDispatcherOptions,
   startNetDispatcher,
 } from "../../local/net_dispatcher.ts";
-import { connect, type Sql, withTestDb } from "../_support/db.ts";
-import { waitFor } from "../_support/wait.ts";
+import { connect, type Sql, withTestDb } from "../../devtools/db.ts";
+import { waitFor } from "../../devtools/wait.ts";
 
 /** A request as the test server saw it. */
 interface Received {

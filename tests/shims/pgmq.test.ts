@@ -1,8 +1,8 @@
 // The SQL-only pgmq shim (local/shims/pgmq) against a real Postgres: upstream
 // 1.5.1 signatures, visibility timeout, read_ct, SKIP LOCKED, archive, metrics.
 import assert from "node:assert/strict";
-import { type Sql, withTestDb as withDb } from "../_support/db.ts";
-import { waitFor } from "../_support/wait.ts";
+import { type Sql, withTestDb as withDb } from "../../devtools/db.ts";
+import { waitFor } from "../../devtools/wait.ts";
 
 /** A database without the migrations (bootstrapped template1), so pgmq is not yet installed. */
 const withTestDb = (fn: (sql: Sql) => Promise<void>) => withDb(fn, { template: "template1" });

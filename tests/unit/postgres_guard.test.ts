@@ -8,7 +8,7 @@ import {
   isDatabaseDisconnect,
   surviveDatabaseDisconnects,
 } from "../../supabase/functions/_shared/postgres_guard.ts";
-import { waitFor } from "../_support/wait.ts";
+import { waitFor } from "../../devtools/wait.ts";
 
 /** What postgres.js's queued write does once closed() has set its socket to null. */
 function nextWrite() {

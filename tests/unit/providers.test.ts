@@ -26,8 +26,8 @@ import {
   ProviderError,
   retryAfterMsOf,
 } from "../../supabase/functions/_shared/providers/types.ts";
-import { fakeVector, startFakeOpenAI } from "../_support/fake_openai.ts";
-import { waitFor } from "../_support/wait.ts";
+import { fakeVector, startFakeOpenAI } from "../../devtools/fake_openai.ts";
+import { waitFor } from "../../devtools/wait.ts";
 
 // --- tokens ----------------------------------------------------------------
 

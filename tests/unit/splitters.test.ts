@@ -14,7 +14,7 @@ import {
   tokenCounterFor,
 } from "../../supabase/functions/_shared/providers/tokens.ts";
 import { markdownSections } from "../../supabase/functions/_shared/chunking/markdown.ts";
-import { editParagraph, makeDocument } from "../_support/documents.ts";
+import { editParagraph, makeDocument } from "../../devtools/documents.ts";
 
 const cl100k = tokenCounterFor("text-embedding-3-small");
 const SPLITTERS: SplitterName[] = ["recursive", "markdown", "none"];

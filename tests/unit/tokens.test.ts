@@ -12,7 +12,7 @@ import {
 } from "../../supabase/functions/_shared/providers/tokens.ts";
 import { createLocalProvider } from "../../supabase/functions/_shared/providers/local.ts";
 import { createOpenAIProvider } from "../../supabase/functions/_shared/providers/openai.ts";
-import { makeDocument } from "../_support/documents.ts";
+import { makeDocument } from "../../devtools/documents.ts";
 
 const cl100k = tokenCounterFor("text-embedding-3-small");
 const reference = new Tiktoken(cl100kBase);

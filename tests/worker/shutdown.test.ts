@@ -4,10 +4,10 @@
 import assert from "node:assert/strict";
 import { startEphemeralCluster } from "../../local/cluster.ts";
 import { applyMigrations } from "../../local/migrate.ts";
-import { providerEnv, spawnScript, spawnWorker, type WorkerProcess } from "../_support/cli.ts";
-import { withTestDb } from "../_support/db.ts";
-import { startFakeOpenAI } from "../_support/fake_openai.ts";
-import { waitFor } from "../_support/wait.ts";
+import { providerEnv, spawnScript, spawnWorker, type WorkerProcess } from "../../devtools/cli.ts";
+import { withTestDb } from "../../devtools/db.ts";
+import { startFakeOpenAI } from "../../devtools/fake_openai.ts";
+import { waitFor } from "../../devtools/wait.ts";
 
 /** The README's grace period is 10 s; the bound allows for a slow machine. */
 const EXIT_BOUND_MS = 15_000;

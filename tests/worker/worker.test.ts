@@ -4,12 +4,12 @@ import assert from "node:assert/strict";
 import { startEphemeralCluster } from "../../local/cluster.ts";
 import { applyMigrations } from "../../local/migrate.ts";
 import { WORKER_V8_FLAGS } from "../../bench/scenarios/drain.ts";
-import { providerEnv, runCli, spawnWorker } from "../_support/cli.ts";
-import { connect, withTestDb } from "../_support/db.ts";
-import { startFakeOpenAI } from "../_support/fake_openai.ts";
-import { createDocuments, queueLength } from "../_support/pipeline.ts";
+import { providerEnv, runCli, spawnWorker } from "../../devtools/cli.ts";
+import { connect, withTestDb } from "../../devtools/db.ts";
+import { startFakeOpenAI } from "../../devtools/fake_openai.ts";
+import { createDocuments, queueLength } from "../../devtools/pipeline.ts";
 import { assertAllFresh, embeddedCount, insertRows } from "../_support/rows.ts";
-import { waitFor } from "../_support/wait.ts";
+import { waitFor } from "../../devtools/wait.ts";
 
 Deno.test("worker --once drains a backlog and exits 0", async () => {
   await withTestDb(async (sql, url) => {

@@ -3,7 +3,8 @@
 // (wait and reconnect), which are worth retrying at once, and which SQLSTATEs
 // the pipeline's own SQL raises.
 import pg from "pg";
-import { backoffMs, pause, RECONNECT } from "./recovery.ts";
+import { backoffMs, RECONNECT } from "./recovery.ts";
+import { sleep } from "./sleep.ts";
 
 /** SQLSTATEs worth retrying at once (deadlock, serialization failure). */
 export const RETRY_NOW_SQLSTATES = new Set(["40P01", "40001"]);
@@ -97,7 +98,7 @@ export async function waitOutDisconnect<T>(
       const wait = backoffMs(n, RECONNECT);
       if (Date.now() + wait >= options.deadline) throw err;
       options.onRetry?.(n, err);
-      await pause(wait, options.signal);
+      await sleep(wait, options.signal);
       if (options.signal?.aborted) throw err;
     }
   }

@@ -35,20 +35,6 @@ export function backoffMs(
   return Math.min(curve.capMs, Math.max(retryAfterMs, Math.round(step * (0.75 + random() * 0.5))));
 }
 
-/** Waits `ms`, or less when `signal` aborts. */
-export function pause(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal?.aborted) return resolve();
-    const done = () => {
-      clearTimeout(timer);
-      signal?.removeEventListener("abort", done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    signal?.addEventListener("abort", done, { once: true });
-  });
-}
-
 /**
  * Who serves a model, by the registry: the offline lexical embedder for
  * `local-*` models, the OpenAI-compatible endpoint for any other (known or

@@ -1,24 +1,13 @@
 // Settings of the function and the worker, read once from the environment.
 // The model and dimensions of each table are database configuration
 // (util.embedding_targets); the environment supplies credentials and limits.
+import { type Env, flag, positiveInt } from "./env.ts";
 import { createLocalProvider } from "./providers/local.ts";
 import { createOpenAIProvider } from "./providers/openai.ts";
 import { type ModelFacts, modelFacts, ModelFactsError } from "./providers/registry.ts";
 import { type EmbeddingProvider, ProviderError } from "./providers/types.ts";
 
-export type Env = (name: string) => string | undefined;
-
-export class SettingsError extends Error {}
-
-function positiveInt(env: Env, name: string, fallback: number): number {
-  const raw = env(name);
-  if (raw === undefined || raw === "") return fallback;
-  const value = Number(raw);
-  if (!Number.isInteger(value) || value <= 0) {
-    throw new SettingsError(`${name} must be a positive whole number, got "${raw}"`);
-  }
-  return value;
-}
+export { type Env, SettingsError } from "./env.ts";
 
 /** The registry's facts of a target's model and size; a size it does not make is permanent. */
 function checkedFacts(model: string, dimensions: number): ModelFacts {
@@ -28,13 +17,6 @@ function checkedFacts(model: string, dimensions: number): ModelFacts {
     if (!(err instanceof ModelFactsError)) throw err;
     throw new ProviderError(err.message, { retryable: false, cause: err });
   }
-}
-
-function flag(env: Env, name: string): boolean {
-  const raw = (env(name) ?? "").toLowerCase();
-  if (raw === "" || raw === "false" || raw === "0" || raw === "no") return false;
-  if (raw === "true" || raw === "1" || raw === "yes") return true;
-  throw new SettingsError(`${name} must be true or false, got "${raw}"`);
 }
 
 export interface CoreSettings {

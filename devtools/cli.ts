@@ -1,23 +1,23 @@
 // Runs the operator CLI (cli/autoembed.ts), or another Deno script, as a real
 // subprocess the way users do, with its output captured; and the environment
 // that points it at the fake provider.
-import { ROOT } from "../../local/config.ts";
+import { ROOT } from "../local/config.ts";
+import { capture, eachLine, type RunResult } from "../local/proc.ts";
 import type { FakeOpenAI } from "./fake_openai.ts";
 
-export interface CliResult {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
+export type CliResult = RunResult;
 
-/** Environment of a worker subprocess (or embed function) talking to the fake provider. */
+/**
+ * Environment of a worker subprocess (or embed function) talking to the fake
+ * provider; with DATABASE_URL when `dbUrl` is given.
+ */
 export function providerEnv(
   fake: FakeOpenAI,
-  dbUrl: string,
+  dbUrl?: string,
   extra: Record<string, string> = {},
 ): Record<string, string> {
   return {
-    DATABASE_URL: dbUrl,
+    ...(dbUrl === undefined ? {} : { DATABASE_URL: dbUrl }),
     OPENAI_API_KEY: "sk-test-key-not-secret",
     OPENAI_BASE_URL: fake.baseURL,
     EMBEDDING_TIMEOUT_MS: "10000",
@@ -26,17 +26,11 @@ export function providerEnv(
 }
 
 /** Runs `deno task autoembed <args>` to completion. */
-export async function runCli(args: string[], env: Record<string, string> = {}): Promise<CliResult> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "cli/autoembed.ts", ...args],
+export function runCli(args: string[], env: Record<string, string> = {}): Promise<CliResult> {
+  return capture(Deno.execPath(), ["run", "-A", "cli/autoembed.ts", ...args], {
     cwd: ROOT,
     env: { NO_COLOR: "1", DATABASE_URL: "", ...env },
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const text = new TextDecoder();
-  return { code: out.code, stdout: text.decode(out.stdout), stderr: text.decode(out.stderr) };
+  });
 }
 
 /** A process started in the background; its output is collected line by line. */
@@ -76,24 +70,16 @@ export function spawnDeno(args: string[], env: Record<string, string>): WorkerPr
   }).spawn();
   const lines: string[] = [];
   const waiters: { pattern: RegExp; resolve: (line: string) => void }[] = [];
-  const collect = async (stream: ReadableStream<Uint8Array>) => {
-    let buffer = "";
-    for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
-      buffer += chunk;
-      let nl;
-      while ((nl = buffer.indexOf("\n")) >= 0) {
-        const line = buffer.slice(0, nl);
-        buffer = buffer.slice(nl + 1);
-        lines.push(line);
-        for (const w of [...waiters]) {
-          if (w.pattern.test(line)) {
-            waiters.splice(waiters.indexOf(w), 1);
-            w.resolve(line);
-          }
+  const collect = (stream: ReadableStream<Uint8Array>) =>
+    eachLine(stream, (line) => {
+      lines.push(line);
+      for (const w of [...waiters]) {
+        if (w.pattern.test(line)) {
+          waiters.splice(waiters.indexOf(w), 1);
+          w.resolve(line);
         }
       }
-    }
-  };
+    });
   const piping = Promise.all([collect(child.stdout), collect(child.stderr)]);
   const status = child.status.then(async (s) => {
     await piping;

@@ -1,15 +1,16 @@
-// Per-test databases cloned from a template that the test runner prepares
-// (migrations applied), so integration tests are isolated and start fast.
+// Throw-away databases cloned from a template (the test runner's, with the
+// migrations applied, or the bench's), so each test or run is isolated and
+// starts fast.
 import postgres from "postgres";
+import { databaseUrl, TEST_TEMPLATE } from "../local/config.ts";
 
 export type Sql = postgres.Sql;
 
 /** Maintenance connection to the local cluster (creates and drops test databases). */
-export const ADMIN_URL = Deno.env.get("AUTOEMBED_ADMIN_URL") ??
-  "postgresql://postgres:postgres@127.0.0.1:54322/postgres";
+export const ADMIN_URL = Deno.env.get("AUTOEMBED_ADMIN_URL") ?? databaseUrl("postgres");
 
 /** Database every test database is cloned from. */
-export const TEMPLATE = Deno.env.get("AUTOEMBED_TEST_TEMPLATE") ?? "autoembed_test_template";
+export const TEMPLATE = Deno.env.get("AUTOEMBED_TEST_TEMPLATE") ?? TEST_TEMPLATE;
 
 /** Connection URL of database `name` on the same server as ADMIN_URL. */
 export function dbUrl(name: string): string {
@@ -23,6 +24,26 @@ export function connect(url: string, options: postgres.Options<Record<string, ne
   return postgres(url, { max: 4, onnotice: () => {}, ...options });
 }
 
+/** Runs one maintenance statement (create or drop database) through `adminUrl`. */
+async function administer(adminUrl: string, statement: string): Promise<void> {
+  const admin = connect(adminUrl, { max: 1 });
+  try {
+    await admin.unsafe(statement);
+  } finally {
+    await admin.end();
+  }
+}
+
+/** Creates database `name` as a copy of `template`. */
+export function createDatabase(name: string, template: string, adminUrl = ADMIN_URL) {
+  return administer(adminUrl, `create database ${name} template ${template}`);
+}
+
+/** Drops database `name`, ending its sessions. */
+export function dropDatabase(name: string, adminUrl = ADMIN_URL) {
+  return administer(adminUrl, `drop database if exists ${name} with (force)`);
+}
+
 /**
  * Runs `fn` against a fresh database cloned from TEMPLATE (or another
  * template, e.g. `template1`: bootstrapped, no migrations) and drops it
@@ -33,23 +54,13 @@ export async function withTestDb(
   options: { template?: string } = {},
 ): Promise<void> {
   const name = `t_${crypto.randomUUID().replaceAll("-", "").slice(0, 16)}`;
-  const admin = connect(ADMIN_URL, { max: 1 });
-  try {
-    await admin.unsafe(`create database ${name} template ${options.template ?? TEMPLATE}`);
-  } finally {
-    await admin.end();
-  }
+  await createDatabase(name, options.template ?? TEMPLATE);
   const url = dbUrl(name);
   const sql = connect(url);
   try {
     await fn(sql, url, name);
   } finally {
     await sql.end({ timeout: 5 });
-    const cleanup = connect(ADMIN_URL, { max: 1 });
-    try {
-      await cleanup.unsafe(`drop database if exists ${name} with (force)`);
-    } finally {
-      await cleanup.end();
-    }
+    await dropDatabase(name);
   }
 }

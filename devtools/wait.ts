@@ -1,6 +1,7 @@
 // How tests wait: on a condition they can name, never on a fixed sleep, so
 // a test proves its premise before it asserts its claim, and a timeout says
 // what never happened.
+import { sleep } from "../supabase/functions/_shared/sleep.ts";
 
 export interface WaitOptions {
   /** What is awaited, for the timeout message, e.g. "the queue to drain". */
@@ -30,7 +31,7 @@ export async function waitFor<T>(
     const value = await condition();
     if (value) return value as Truthy<T>;
     if (Date.now() >= deadline) break;
-    await new Promise((r) => setTimeout(r, options.intervalMs ?? 50));
+    await sleep(options.intervalMs ?? 50);
   }
   const state = options.describe ? `; ${await options.describe()}` : "";
   throw new Error(`timed out after ${timeoutMs} ms waiting for ${options.what}${state}`);

@@ -1,8 +1,9 @@
 // The real push path for integration tests, all on loopback:
 // util.process_embeddings -> pg_net shim -> dispatcher -> embed handler
 // (in-process, served on a free port) -> fake OpenAI server -> Postgres.
-import { startNetDispatcher } from "../../local/net_dispatcher.ts";
-import { createEmbedHandler, type EmbedHandler } from "../../supabase/functions/embed/handler.ts";
+import { startNetDispatcher } from "../local/net_dispatcher.ts";
+import { createEmbedHandler, type EmbedHandler } from "../supabase/functions/embed/handler.ts";
+import { providerEnv } from "./cli.ts";
 import type { Sql } from "./db.ts";
 import { type FakeOpenAI, startFakeOpenAI } from "./fake_openai.ts";
 import { waitFor } from "./wait.ts";
@@ -57,9 +58,7 @@ export async function startPipeline(
   const env: Record<string, string> = {
     SUPABASE_DB_URL: dbUrl,
     EMBED_SECRET: TEST_SECRET,
-    OPENAI_API_KEY: "sk-test-key-not-secret",
-    OPENAI_BASE_URL: fake.baseURL,
-    EMBEDDING_TIMEOUT_MS: "5000",
+    ...providerEnv(fake, undefined, { EMBEDDING_TIMEOUT_MS: "5000" }),
     ...options.env,
   };
   const newHandler = (signal: AbortSignal) =>

@@ -3,8 +3,9 @@
 // injectable latency and faults (status codes, outages, slowness, malformed or
 // wrong-sized answers).
 import { Buffer } from "node:buffer";
-import { hashEmbed } from "../../supabase/functions/_shared/providers/local.ts";
-import { estimateTokens } from "../../supabase/functions/_shared/providers/tokens.ts";
+import { hashEmbed } from "../supabase/functions/_shared/providers/local.ts";
+import { estimateTokens } from "../supabase/functions/_shared/providers/tokens.ts";
+import { sleep } from "../supabase/functions/_shared/sleep.ts";
 
 export type Fault =
   /** Answer `status` (with `Retry-After` and `body` if given). */
@@ -169,17 +170,7 @@ export async function startFakeOpenAI(
   const closed = new Promise<void>((r) => closing.signal.addEventListener("abort", () => r()));
 
   /** Resolves after `ms`, or early when the server closes. */
-  const sleep = (ms: number) =>
-    new Promise<void>((resolve) => {
-      if (ms <= 0) return resolve();
-      const done = () => {
-        clearTimeout(timer);
-        closing.signal.removeEventListener("abort", done);
-        resolve();
-      };
-      const timer = setTimeout(done, ms);
-      closing.signal.addEventListener("abort", done);
-    });
+  const pause = (ms: number) => sleep(ms, closing.signal);
 
   /** The fault for this request, if any, counting it against `times`. */
   const takeFault = (): Fault | null => {
@@ -237,7 +228,7 @@ export async function startFakeOpenAI(
     const texts = inputs as string[];
     stats.texts.push(...texts);
     if (held) await Promise.race([held.promise, closed]);
-    await sleep(latencyMs + perInputMs * texts.length);
+    await pause(latencyMs + perInputMs * texts.length);
 
     const active = fault?.kind === "reject-text"
       ? (texts.some((t) => t.includes((fault as { contains: string }).contains)) ? fault : null)
@@ -267,7 +258,7 @@ export async function startFakeOpenAI(
           stats.failedRequests++;
           return apiError(503, "service unavailable (injected outage)", "server_error");
         case "slow":
-          await sleep(active.delayMs);
+          await pause(active.delayMs);
           failed = true;
           break;
         case "malformed":
