@@ -286,51 +286,27 @@ set search_path = ''
 as $$
 declare
   target_id int;
-  prefix text := 'embed_' || embedding_column;
+  prefix text;
   existing util.embedding_targets;
-  change_model boolean := false;
+  change_model boolean;
   queue_fn regprocedure;
 begin
-  if destination is null and (chunk_size is not null or chunk_overlap is not null or splitter is not null) then
-    raise exception 'autoembed: chunk_size, chunk_overlap and splitter apply to chunked targets only'
-      using errcode = 'AE003', hint = 'Name the side table of chunks: destination => ''public.<table>_chunks''.';
-  end if;
-  if destination is not null then
-    if clear_on_change then
-      raise exception 'autoembed: clear_on_change does not apply to a chunked target'
-        using errcode = 'AE003', detail = 'Its chunks are replaced as a whole, atomically, when the text changed.';
-    end if;
-    chunk_size := coalesce(chunk_size, 512);
-    target_id := util._register_chunked_target(
-      target_table, content_function, destination, chunk_size,
-      coalesce(chunk_overlap, least(64, chunk_size / 2)), coalesce(splitter, 'recursive'), model, dimensions);
-    select * into existing from util.embedding_targets t where t.id = target_id;
-    embedding_column := existing.embedding_column;
-    prefix := 'embed_' || embedding_column;
-    -- Another model for an attached destination: a model change (util.reembed).
-    change_model := model is distinct from null and model <> existing.model
-                    or dimensions is distinct from null and dimensions <> existing.dimensions;
-  end if;
-  -- Longer names would be cut to 63 bytes, and the triggers' names collide.
-  if pg_catalog.octet_length(prefix || '_insert') > 63 then
+  -- Longer names would be cut to 63 bytes, and the triggers' names collide
+  -- (a store that names the target itself checks the name it derives).
+  if pg_catalog.octet_length('embed_' || embedding_column || '_insert') > 63 then
     raise exception 'autoembed: the embedding column name "%" is too long for the trigger names', embedding_column
       using errcode = 'AE003',
             detail = 'The triggers are named embed_<column>_insert, _update and _delete, at most 63 bytes.',
             hint = 'Rename the column (50 bytes at most), or create util.queue_embeddings triggers by hand.';
   end if;
-  if destination is null then
-    select * into existing from util.embedding_targets t
-     where t.table_oid = target_table and t.embedding_column = enable_embeddings.embedding_column
-       and t.shadow_of is null and t.retired_at is null;
-    change_model := existing.id is not null
-      and (model is distinct from null and model <> existing.model
-           or dimensions is distinct from null and dimensions <> existing.dimensions);
-    if change_model then
-      target_id := util._register_target(target_table, content_function, embedding_column);
-    else
-      target_id := util._register_target(target_table, content_function, embedding_column, model, dimensions);
-    end if;
-  end if;
+  target_id := util._store_register(target_table, content_function, embedding_column, model, dimensions,
+                                    clear_on_change, destination, chunk_size, chunk_overlap, splitter);
+  select * into existing from util.embedding_targets t where t.id = target_id;
+  embedding_column := existing.embedding_column;
+  prefix := 'embed_' || embedding_column;
+  -- An attached target keeps its model: another one is a model change (util.reembed).
+  change_model := model is distinct from null and model <> existing.model
+                  or dimensions is distinct from null and dimensions <> existing.dimensions;
   perform util._drop_trigger(target_table, (prefix || '_insert')::name);
   perform util._drop_trigger(target_table, (prefix || '_update')::name);
   perform util._drop_trigger(target_table, (prefix || '_delete')::name);
@@ -386,7 +362,7 @@ as $$
 declare
   prefix text := 'embed_' || embedding_column;
   rel record;
-  dest regclass;
+  detached util.embedding_targets;
 begin
   select n.nspname, c.relname, c.relkind into rel
     from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
@@ -417,15 +393,11 @@ begin
   delete from pgmq.q_embedding_jobs q
    where q.message ->> 'schema' = rel.nspname and q.message ->> 'table' = rel.relname
      and q.message ->> 'embeddingColumn' = embedding_column;
-  select t.destination into dest from util.embedding_targets t
-   where t.table_oid = target_table and t.embedding_column = disable_embeddings.embedding_column;
   delete from util.embedding_targets t
-   where t.table_oid = target_table and t.embedding_column = disable_embeddings.embedding_column;
-  if dest is not null and drop_destination then
-    execute pg_catalog.format('drop table %s', dest);
-  elsif dest is not null then
-    raise notice 'autoembed: % is no longer kept fresh; it stays, with its chunks, vectors, index and policy', dest
-      using hint = pg_catalog.format('Drop it with drop table %s; or util.disable_embeddings(..., drop_destination => true).', dest);
+   where t.table_oid = target_table and t.embedding_column = disable_embeddings.embedding_column
+  returning * into detached;
+  if detached.id is not null then
+    perform util._store_detach(detached, drop_destination);
   end if;
 end
 $$;

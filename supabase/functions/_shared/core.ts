@@ -26,6 +26,7 @@ import { type EmbeddingProvider, ProviderError, providerOrError } from "./provid
 import { mayExceedTokens } from "./providers/tokens.ts";
 import { deleteJobs, type Failure, failureKey, handBack, recordFailures } from "./sql/queue.ts";
 import { loadDonorVectors, loadRows } from "./sql/rows.ts";
+import { byStore } from "./sql/store.ts";
 import { loadTargets, tableLabel, type Target, type Targets } from "./sql/targets.ts";
 import { type BinaryWrites, writeEmbeddings } from "./sql/write.ts";
 import type { Vector } from "./vectors.ts";
@@ -204,14 +205,9 @@ export async function processBatch(
   }
   if (jobs.length) {
     const targets = await loadTargets(sql);
-    const rowsByTarget = assignJobs(jobs, targets, outcome);
-    // Chunked targets (a side table of chunks) take their own path: chunking/apply.ts.
-    const chunked = new Map<Target, Map<string, RowWork>>();
-    for (const [target, rows] of rowsByTarget) {
-      if (target.destination_sql !== null) chunked.set(target, rows);
-    }
-    for (const target of chunked.keys()) rowsByTarget.delete(target);
-    const plan = await readRows(sql, rowsByTarget, targets, options, outcome);
+    // Each store has its apply path (sql/store.ts): chunks go through chunking/apply.ts.
+    const { column, chunks: chunked } = byStore(assignJobs(jobs, targets, outcome));
+    const plan = await readRows(sql, column, targets, options, outcome);
     await embed(plan, options, outcome);
     await write(sql, plan.toWrite, outcome, options.binaryWrites);
     if (chunked.size) {
