@@ -26,37 +26,18 @@ as $$
     from pg_catalog.pg_class c where c.oid = t.table_oid
 $$;
 
--- internal: validates and records a target. Raises with message/detail/hint on
--- anything that would make the pipeline fail later. Returns the target id.
--- An existing target keeps its model and dimensions unless they are given
--- (model changes of a live target go through util.reembed); a new one
--- records its content function's definition, so later changes are noticed.
-create or replace function util._register_target(
-  target_table regclass,            -- the user's table
-  content_function text,            -- function taking the table's row and returning text
-  embedding_column name,            -- vector/halfvec column to fill
-  model text default null,          -- null: the target's model, else util.settings default_model
-  dimensions int default null       -- null: the column's declared dimensions
-)
-returns int
+-- internal: raises unless `target_table` is an ordinary or partitioned
+-- table (AE002 when it does not exist, AE003 otherwise).
+create or replace function util._check_source_table(target_table regclass)
+returns void
 language plpgsql
+stable
 set search_path = ''
 as $$
 declare
   rel record;
-  col record;
-  fn record;
-  pk name;
-  pk_count int;
-  fn_oid oid;
-  declared int;
-  existing util.embedding_targets;
-  target_id int;
 begin
-  select c.oid, c.relname, n.nspname, c.relkind, c.reltype
-    into rel
-    from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
-   where c.oid = target_table;
+  select c.oid, c.relkind into rel from pg_catalog.pg_class c where c.oid = target_table;
   if rel.oid is null then
     raise exception 'autoembed: relation with OID % does not exist', target_table::oid
       using errcode = 'AE002';
@@ -68,40 +49,21 @@ begin
                                           when 'f' then 'foreign table' else 'relation of kind ' || rel.relkind::text end),
             hint = 'Embeddings are kept on ordinary or partitioned tables.';
   end if;
+end
+$$;
 
-  select a.attname, a.atttypmod, t.typname
-    into col
-    from pg_catalog.pg_attribute a join pg_catalog.pg_type t on t.oid = a.atttypid
-   where a.attrelid = target_table and a.attname = embedding_column and a.attnum > 0 and not a.attisdropped;
-  if col.attname is null then
-    raise exception 'autoembed: column "%" does not exist on %', embedding_column, target_table
-      using errcode = 'AE003',
-            hint = format('Add it first, e.g. alter table %s add column %I halfvec(1536);', target_table, embedding_column);
-  end if;
-  if col.typname not in ('vector', 'halfvec') then
-    raise exception 'autoembed: column "%" of % has type %, expected vector or halfvec', embedding_column, target_table, col.typname
-      using errcode = 'AE003', hint = 'Use a pgvector halfvec(N) or vector(N) column.';
-  end if;
-  if dimensions is not null and dimensions < 1 then
-    raise exception 'autoembed: dimensions must be a positive number, got %', dimensions
-      using errcode = 'AE003',
-            hint = 'Pass the model''s vector size, e.g. dimensions => 1536, or leave it to the column''s declaration.';
-  end if;
-  declared := nullif(col.atttypmod, -1);
-  if dimensions is null then
-    dimensions := declared;
-  elsif declared is not null and declared <> dimensions then
-    raise exception 'autoembed: column "%" of % holds % dimensions, not %', embedding_column, target_table, declared, dimensions
-      using errcode = 'AE003',
-            hint = format('Change the column first: alter table %s alter column %I type %s(%s); or, to move an attached table '
-                          'to another model or size, use util.reembed(%L, %L, model => ..., dimensions => %s).',
-                          target_table, embedding_column, col.typname, dimensions, target_table::text, embedding_column, dimensions);
-  end if;
-  if dimensions is null then
-    raise exception 'autoembed: column "%" of % has no declared dimensions', embedding_column, target_table
-      using errcode = 'AE003', hint = 'Declare them (halfvec(1536)) or pass dimensions.';
-  end if;
-
+-- internal: the single-column primary key of `target_table`, by which the
+-- pipeline addresses its rows; raises AE003 when it has none or several.
+create or replace function util._primary_key(target_table regclass)
+returns name
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  pk name;
+  pk_count int;
+begin
   select count(*), min(a.attname)
     into pk_count, pk
     from pg_catalog.pg_index i
@@ -112,6 +74,59 @@ begin
       using errcode = 'AE003',
             hint = 'Add one, e.g. alter table ... add column id bigint generated always as identity primary key;';
   end if;
+  return pk;
+end
+$$;
+
+-- internal: raises AE003 when `model` cannot name a model.
+create or replace function util._check_model_name(model text)
+returns void
+language plpgsql
+immutable
+set search_path = ''
+as $$
+begin
+  if model is null or pg_catalog.btrim(model) = '' or pg_catalog.length(model) > 200 then
+    raise exception 'autoembed: "%" is not a model name', pg_catalog.left(model, 200)
+      using errcode = 'AE003',
+            hint = 'Name the provider''s model, e.g. text-embedding-3-small, or a local-* model.';
+  end if;
+end
+$$;
+
+-- internal: validates and records a target of any store (its store checked
+-- or made by the caller, 22_stores): the source table, its single-column
+-- primary key, the content function, the model. Raises with
+-- message/detail/hint on anything that would make the pipeline fail later.
+-- Returns the target id. An existing target (same table and name) takes the
+-- content function, model and dimensions given, and a model change in
+-- progress (its shadow) the same content function; a new one records its
+-- content function's definition, so later changes are noticed.
+create or replace function util._record_target(
+  target_table regclass,            -- the user's table
+  content_function text,            -- function taking the table's row and returning text
+  embedding_column name,            -- the target's name: its vector column, or its side table's name
+  model text,                       -- null: the target's model, else util.settings default_model
+  dimensions int                    -- the store's vector size
+)
+returns int
+language plpgsql
+set search_path = ''
+as $$
+declare
+  rel record;
+  fn record;
+  pk name;
+  fn_oid oid;
+  existing util.embedding_targets;
+  target_id int;
+begin
+  perform util._check_source_table(target_table);
+  select c.relname, n.nspname, c.reltype
+    into rel
+    from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+   where c.oid = target_table;
+  pk := util._primary_key(target_table);
 
   -- An unqualified name resolves in the table's schema first, then public,
   -- like the guide's examples where both live in public.
@@ -148,28 +163,24 @@ begin
   end if;
 
   select * into existing from util.embedding_targets t
-   where t.table_oid = target_table and t.embedding_column = _register_target.embedding_column;
+   where t.table_oid = target_table and t.embedding_column = _record_target.embedding_column;
   model := coalesce(model, existing.model, util._setting('default_model'));
-  if pg_catalog.btrim(model) = '' or pg_catalog.length(model) > 200 then
-    raise exception 'autoembed: "%" is not a model name', pg_catalog.left(model, 200)
-      using errcode = 'AE003',
-            hint = 'Name the provider''s model, e.g. text-embedding-3-small, or a local-* model.';
-  end if;
+  perform util._check_model_name(model);
 
   if existing.id is not null then
     -- A new content function is noticed by util.maintain_embeddings, which
     -- compares content_definition and rechecks the rows.
     update util.embedding_targets t
-       set content_function = _register_target.content_function,
+       set content_function = _record_target.content_function,
            content_function_schema = fn.nspname,
            content_function_name = fn.proname,
            pk_column = pk,
-           model = _register_target.model,
-           dimensions = _register_target.dimensions
+           model = _record_target.model,
+           dimensions = _record_target.dimensions
      where t.id = existing.id;
     -- A model change in progress builds from the same text.
     update util.embedding_targets t
-       set content_function = _register_target.content_function,
+       set content_function = _record_target.content_function,
            content_function_schema = fn.nspname,
            content_function_name = fn.proname,
            pk_column = pk
@@ -201,8 +212,9 @@ begin
    where t.table_oid = target_table and t.embedding_column = _target_for_trigger.embedding_column;
   if found.id is null or found.content_function <> _target_for_trigger.content_function then
     begin
-      perform util._register_target(target_table, content_function, embedding_column,
-                                    case when found.id is null then null else found.model end);
+      -- A guide-style trigger names a vector column; an attached one keeps its model.
+      perform util._store_register(target_table, content_function, embedding_column,
+                                   null, null, false, null, null, null, null);
     exception when unique_violation then
       -- Another transaction's first write registered the target at the same
       -- time (it waited for that one's commit): use its registration rather

@@ -345,8 +345,67 @@ end
 $$;
 
 -------------------------------------------------------------------------------
--- The column store: index twins of the shadow column
+-- The column store: the row's own vector column, and index twins of the
+-- shadow column of a model change
 -------------------------------------------------------------------------------
+
+-- internal: validates and records a target of the column store: the
+-- vector column `embedding_column` of `target_table` (util._record_target
+-- checks the rest). Its dimensions are the column's declared ones unless
+-- given, and must match them. Returns the target id. Used by
+-- util._store_register, guide-style triggers (util._target_for_trigger) and
+-- the shadow column of a model change.
+create or replace function util._register_target(
+  target_table regclass,            -- the user's table
+  content_function text,            -- function taking the table's row and returning text
+  embedding_column name,            -- vector/halfvec column to fill
+  model text default null,          -- null: the target's model, else util.settings default_model
+  dimensions int default null       -- null: the column's declared dimensions
+)
+returns int
+language plpgsql
+set search_path = ''
+as $$
+declare
+  col record;
+  declared int;
+begin
+  perform util._check_source_table(target_table);
+  select a.attname, a.atttypmod, t.typname
+    into col
+    from pg_catalog.pg_attribute a join pg_catalog.pg_type t on t.oid = a.atttypid
+   where a.attrelid = target_table and a.attname = embedding_column and a.attnum > 0 and not a.attisdropped;
+  if col.attname is null then
+    raise exception 'autoembed: column "%" does not exist on %', embedding_column, target_table
+      using errcode = 'AE003',
+            hint = format('Add it first, e.g. alter table %s add column %I halfvec(1536);', target_table, embedding_column);
+  end if;
+  if col.typname not in ('vector', 'halfvec') then
+    raise exception 'autoembed: column "%" of % has type %, expected vector or halfvec', embedding_column, target_table, col.typname
+      using errcode = 'AE003', hint = 'Use a pgvector halfvec(N) or vector(N) column.';
+  end if;
+  if dimensions is not null and dimensions < 1 then
+    raise exception 'autoembed: dimensions must be a positive number, got %', dimensions
+      using errcode = 'AE003',
+            hint = 'Pass the model''s vector size, e.g. dimensions => 1536, or leave it to the column''s declaration.';
+  end if;
+  declared := nullif(col.atttypmod, -1);
+  if dimensions is null then
+    dimensions := declared;
+  elsif declared is not null and declared <> dimensions then
+    raise exception 'autoembed: column "%" of % holds % dimensions, not %', embedding_column, target_table, declared, dimensions
+      using errcode = 'AE003',
+            hint = format('Change the column first: alter table %s alter column %I type %s(%s); or, to move an attached table '
+                          'to another model or size, use util.reembed(%L, %L, model => ..., dimensions => %s).',
+                          target_table, embedding_column, col.typname, dimensions, target_table::text, embedding_column, dimensions);
+  end if;
+  if dimensions is null then
+    raise exception 'autoembed: column "%" of % has no declared dimensions', embedding_column, target_table
+      using errcode = 'AE003', hint = 'Declare them (halfvec(1536)) or pass dimensions.';
+  end if;
+  return util._record_target(target_table, content_function, embedding_column, model, dimensions);
+end
+$$;
 
 -- internal: the name of the twin (on the shadow of target `shadow_id`) of
 -- the user's index `index_name`; renamed to `index_name` at the switch.
@@ -488,8 +547,7 @@ language plpgsql
 set search_path = ''
 as $$
 declare
-  rel record;
-  pk record;
+  source_schema name;
   dest_schema name;
   dest_name name;
   dest regclass;
@@ -498,28 +556,17 @@ declare
   grantee text;
 begin
   perform util._check_chunk_settings(chunk_size, chunk_overlap, splitter);
-  select c.oid, c.relname, n.nspname, c.relkind into rel
+  -- Checked before the side table is made for them (util._record_target checks all again).
+  perform util._check_source_table(target_table);
+  perform util._primary_key(target_table);
+  select n.nspname into source_schema
     from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
    where c.oid = target_table;
-  if rel.relkind not in ('r', 'p') then
-    raise exception 'autoembed: % is not a table', target_table
-      using errcode = 'AE003', hint = 'Chunks are kept for ordinary or partitioned tables.';
-  end if;
-  select a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod) as type_sql, pg_catalog.count(*) over () as n
-    into pk
-    from pg_catalog.pg_index i
-    join pg_catalog.pg_attribute a on a.attrelid = i.indrelid and a.attnum = any (i.indkey)
-   where i.indrelid = target_table and i.indisprimary;
-  if pk.n is distinct from 1 then
-    raise exception 'autoembed: % needs a single-column primary key', target_table
-      using errcode = 'AE003',
-            hint = 'Add one, e.g. alter table ... add column id bigint generated always as identity primary key;';
-  end if;
   -- The destination's name as given: schema.name, or a name in the source's schema.
   if pg_catalog.strpos(destination, '.') > 0 then
     select x[1], x[2] into dest_schema, dest_name from pg_catalog.parse_ident(destination) x;
   else
-    select rel.nspname, x[1] into dest_schema, dest_name from pg_catalog.parse_ident(destination) x;
+    select source_schema, x[1] into dest_schema, dest_name from pg_catalog.parse_ident(destination) x;
   end if;
   if dest_name is null or pg_catalog.octet_length('embed_' || dest_name || '_insert') > 63 then
     raise exception 'autoembed: "%" cannot name a destination table', destination
@@ -545,10 +592,7 @@ begin
     dimensions := existing.dimensions;
   end if;
   model := coalesce(model, util._setting('default_model'));
-  if pg_catalog.btrim(model) = '' or pg_catalog.length(model) > 200 then
-    raise exception 'autoembed: "%" is not a model name', pg_catalog.left(model, 200)
-      using errcode = 'AE003', hint = 'Name the provider''s model, e.g. text-embedding-3-small, or a local-* model.';
-  end if;
+  perform util._check_model_name(model);
   dimensions := coalesce(dimensions, util._default_dimensions(model));
   if dimensions is null or dimensions < 1 or dimensions > 4000 then
     raise exception 'autoembed: dimensions must be between 1 and 4000 for a chunked target, got %', coalesce(dimensions::text, 'none')
@@ -559,8 +603,7 @@ begin
     -- The same target again: its content function may change (noticed and
     -- swept by util.maintain_embeddings; a model change in progress builds
     -- from the same text), its chunks stay.
-    perform util._register_target_function(t.id, _register_chunked_target.content_function)
-       from util.embedding_targets t where t.id = existing.id or t.shadow_of = existing.id;
+    perform util._record_target(target_table, content_function, dest_name, model, dimensions);
     if (existing.chunk_size, existing.chunk_overlap, existing.splitter) is distinct from (chunk_size, chunk_overlap, splitter) then
       perform util._set_chunking(existing.id, chunk_size, chunk_overlap, splitter);
     end if;
@@ -583,7 +626,7 @@ begin
     execute pg_catalog.format('grant select on %s to %s', dest, grantee);
   end loop;
 
-  target_id := util._register_target_function(null, content_function, target_table, dest_name, model, dimensions);
+  target_id := util._record_target(target_table, content_function, dest_name, model, dimensions);
   update util.embedding_targets t
      set destination = dest, chunk_size = _register_chunked_target.chunk_size,
          chunk_overlap = _register_chunked_target.chunk_overlap, splitter = _register_chunked_target.splitter
@@ -637,7 +680,7 @@ begin
   loop
     execute pg_catalog.format('grant %s on %s to %s', privilege.privilege_type, shadow, privilege.grantee);
   end loop;
-  shadow_id := util._register_target_function(null, l.content_function, l.table_oid, shadow_name, model, dimensions);
+  shadow_id := util._record_target(l.table_oid, l.content_function, shadow_name, model, dimensions);
   update util.embedding_targets t
      set shadow_of = l.id, destination = shadow, chunk_size = l.chunk_size, chunk_overlap = l.chunk_overlap,
          splitter = l.splitter, content_definition = l.content_definition

@@ -253,9 +253,8 @@ declare
 begin
   -- The bookkeeping rows first, then the table (see util.cancel_reembed).
   perform from util.embedding_targets x where x.id = l.id or x.shadow_of = l.id for no key update;
-  if model is not null and (pg_catalog.btrim(model) = '' or pg_catalog.length(model) > 200) then
-    raise exception 'autoembed: "%" is not a model name', pg_catalog.left(model, 200)
-      using errcode = 'AE003', hint = 'Name the provider''s model, e.g. text-embedding-3-small, or a local-* model.';
+  if model is not null then
+    perform util._check_model_name(model);
   end if;
   if dimensions is not null and (dimensions < 1 or dimensions > 16000) then
     raise exception 'autoembed: dimensions must be between 1 and 16000, got %', dimensions
