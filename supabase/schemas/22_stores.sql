@@ -143,10 +143,11 @@ end
 $$;
 
 -- internal: starts a model change of live target `l`: creates its shadow
--- store for `model` and `dimensions` (a shadow column with twins of the live
--- column's indexes; a shadow side table, util._shadow_chunk_table) and
--- registers it as the shadow target. Raises AE001 for an index the twin
--- cannot copy, before anything changed. Returns the shadow target's id.
+-- store for `model` and `dimensions` (a shadow column, or a shadow side
+-- table: util._shadow_chunk_table) with twins of the live store's indexes,
+-- and registers it as the shadow target. Raises AE001 for an index the twin
+-- cannot copy (the caller's statement then changes nothing). Returns the
+-- shadow target's id.
 create or replace function util._store_create_shadow(l util.embedding_targets, model text, dimensions int)
 returns int
 language plpgsql
@@ -156,37 +157,40 @@ declare
   col record;
   shadow_column name := ('_autoembed_next_' || l.id)::name;
   shadow_id int;
+  s util.embedding_targets;
 begin
   if l.destination is not null then
-    return util._shadow_chunk_table(l.id, model, dimensions);
+    shadow_id := util._shadow_chunk_table(l.id, model, dimensions);
+  else
+    select t.typname, tn.nspname into col
+      from pg_catalog.pg_attribute a
+      join pg_catalog.pg_type t on t.oid = a.atttypid
+      join pg_catalog.pg_namespace tn on tn.oid = t.typnamespace
+     where a.attrelid = l.table_oid and a.attname = l.embedding_column;
+    execute pg_catalog.format('alter table %s add column %I %I.%I(%s)',
+                              l.table_oid, shadow_column, col.nspname, col.typname, dimensions);
+    shadow_id := util._register_target(l.table_oid, l.content_function, shadow_column, model, dimensions);
+    update util.embedding_targets x set shadow_of = l.id where x.id = shadow_id;
   end if;
-  select t.typname, tn.nspname into col
-    from pg_catalog.pg_attribute a
-    join pg_catalog.pg_type t on t.oid = a.atttypid
-    join pg_catalog.pg_namespace tn on tn.oid = t.typnamespace
-   where a.attrelid = l.table_oid and a.attname = l.embedding_column;
-  execute pg_catalog.format('alter table %s add column %I %I.%I(%s)',
-                            l.table_oid, shadow_column, col.nspname, col.typname, dimensions);
-  shadow_id := util._register_target(l.table_oid, l.content_function, shadow_column, model, dimensions);
-  update util.embedding_targets x set shadow_of = l.id where x.id = shadow_id;
-  perform util._twin_indexes(shadow_id);
+  select * into s from util.embedding_targets x where x.id = shadow_id;
+  perform util._store_twin_indexes(l, s);
   return shadow_id;
 end
 $$;
 
--- internal: gives every index of the live store of shadow target `s`'s
--- live target a twin on the shadow store (those made since the change began
--- get theirs at the switch). Returns the twins made.
-create or replace function util._store_twin_indexes(s util.embedding_targets)
+-- internal: gives every index of the live store of `l` that has none yet a
+-- twin on the shadow store of `s` (when the change begins, and at the switch
+-- for those made since). Returns the twins made.
+create or replace function util._store_twin_indexes(l util.embedding_targets, s util.embedding_targets)
 returns int
 language plpgsql
 set search_path = ''
 as $$
 begin
-  if s.destination is null then
-    return util._twin_indexes(s.id);
+  if l.destination is null then
+    return util._twin_indexes(l, s);
   end if;
-  return util._twin_chunk_indexes(s.id);
+  return util._twin_chunk_indexes(l, s);
 end
 $$;
 
@@ -416,24 +420,20 @@ immutable
 set search_path = ''
 as $$ select ('_autoembed_' || shadow_id || '_' || pg_catalog.md5(index_name))::name $$;
 
--- internal: creates on the shadow column of `shadow_id` a twin of every
+-- internal: creates on the shadow column of `s` a twin of every
 -- index on the live column that has none yet (same access method, operator
 -- class and storage options). Raises for an index the twin cannot copy
 -- (several columns, an expression, a predicate), before anything changed.
-create or replace function util._twin_indexes(shadow_id int)
+create or replace function util._twin_indexes(l util.embedding_targets, s util.embedding_targets)
 returns int
 language plpgsql
 set search_path = ''
 as $$
 declare
-  s util.embedding_targets;
-  l util.embedding_targets;
   live_attnum int2;
   ix record;
   made int := 0;
 begin
-  select * into s from util.embedding_targets where id = shadow_id;
-  select * into l from util.embedding_targets where id = s.shadow_of;
   select a.attnum into live_attnum from pg_catalog.pg_attribute a
    where a.attrelid = l.table_oid and a.attname = l.embedding_column;
   for ix in
@@ -459,10 +459,10 @@ begin
               hint = format('Drop %I for the change and create it again afterwards.', ix.index_name);
     end if;
     if not exists (select from pg_catalog.pg_class x
-                    where x.relname = util._twin_name(shadow_id, ix.index_name)
+                    where x.relname = util._twin_name(s.id, ix.index_name)
                       and x.relnamespace = (select relnamespace from pg_catalog.pg_class where oid = l.table_oid)) then
       execute pg_catalog.format('create index %I on %s using %I (%I %s) %s',
-        util._twin_name(shadow_id, ix.index_name), l.table_oid, ix.amname, s.embedding_column,
+        util._twin_name(s.id, ix.index_name), l.table_oid, ix.amname, s.embedding_column,
         pg_catalog.format('%I.%I', ix.opc_schema, ix.opcname),
         case when ix.reloptions is null then ''
              else 'with (' || pg_catalog.array_to_string(ix.reloptions, ', ') || ')' end);
@@ -646,12 +646,10 @@ as $$ select ('_autoembed_chunks_' || live_id)::name $$;
 
 -- internal: starts a model change of chunked target `live_id`: creates its
 -- shadow destination table beside the live one (same columns, vectors of
--- `dimensions`, the same RLS policy, grants and owner, and a twin of every
--- index of the live destination but its primary key), and registers it as
--- the shadow target, named by the shadow table's name. Its chunks reuse
--- vectors only of its own chunks (another model's vectors are no use).
--- Raises AE001 for an index the twin cannot copy, before anything changed.
--- Returns the shadow target's id.
+-- `dimensions`, the same RLS policy, grants and owner; its index twins come
+-- from util._store_twin_indexes), and registers it as the shadow target,
+-- named by the shadow table's name. Its chunks reuse vectors only of its own
+-- chunks (another model's vectors are no use). Returns the shadow target's id.
 create or replace function util._shadow_chunk_table(live_id int, model text, dimensions int)
 returns int
 language plpgsql
@@ -685,29 +683,24 @@ begin
      set shadow_of = l.id, destination = shadow, chunk_size = l.chunk_size, chunk_overlap = l.chunk_overlap,
          splitter = l.splitter, content_definition = l.content_definition
    where t.id = shadow_id;
-  perform util._twin_chunk_indexes(shadow_id);
   return shadow_id;
 end
 $$;
 
--- internal: creates on the shadow destination of `shadow_id` a twin of every
+-- internal: creates on the shadow destination of `s` a twin of every
 -- index of the live destination (but its primary key) that has none yet:
 -- the same definition on the shadow table, named util._twin_name. Raises
 -- AE001 for one whose definition cannot be carried over.
-create or replace function util._twin_chunk_indexes(shadow_id int)
+create or replace function util._twin_chunk_indexes(l util.embedding_targets, s util.embedding_targets)
 returns int
 language plpgsql
 set search_path = ''
 as $$
 declare
-  s util.embedding_targets;
-  l util.embedding_targets;
   ix record;
   head text;
   made int := 0;
 begin
-  select * into s from util.embedding_targets where id = shadow_id;
-  select * into l from util.embedding_targets where id = s.shadow_of;
   for ix in
     select ic.relname as index_name, n.nspname, c.relname as table_name, i.indisunique,
            pg_catalog.pg_get_indexdef(i.indexrelid) as def
@@ -719,7 +712,7 @@ begin
      order by ic.relname
   loop
     continue when exists (select from pg_catalog.pg_class x
-                           where x.relname = util._twin_name(shadow_id, ix.index_name)
+                           where x.relname = util._twin_name(s.id, ix.index_name)
                              and x.relnamespace = (select relnamespace from pg_catalog.pg_class where oid = s.destination));
     head := pg_catalog.format('CREATE %sINDEX %I ON %I.%I USING ',
                               case when ix.indisunique then 'UNIQUE ' else '' end, ix.index_name, ix.nspname, ix.table_name);
@@ -733,7 +726,7 @@ begin
     end if;
     execute pg_catalog.format('CREATE %sINDEX %I ON %s USING %s',
                               case when ix.indisunique then 'UNIQUE ' else '' end,
-                              util._twin_name(shadow_id, ix.index_name), s.destination,
+                              util._twin_name(s.id, ix.index_name), s.destination,
                               pg_catalog.substr(ix.def, pg_catalog.strpos(ix.def, ' USING ') + 7));
     made := made + 1;
   end loop;

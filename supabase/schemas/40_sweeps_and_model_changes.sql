@@ -149,7 +149,7 @@ begin
     return false;
   end if;
   -- Indexes made on the live store since the change began get their twin now.
-  perform util._store_twin_indexes(s);
+  perform util._store_twin_indexes(l, s);
   begin
     perform pg_catalog.set_config('lock_timeout', '500ms', true);
     execute pg_catalog.format('lock table %s in access exclusive mode',

@@ -5,7 +5,7 @@
 // same calls, the same status, the same guarantees (I7, I10, I13).
 import assert from "node:assert/strict";
 import { type Sql, withTestDb } from "../_support/db.ts";
-import { startPipeline, TEST_DIMENSIONS, TEST_MODEL } from "../_support/pipeline.ts";
+import { type Pipeline, startPipeline, TEST_DIMENSIONS, TEST_MODEL } from "../_support/pipeline.ts";
 import { embeddingProblem } from "../_support/rows.ts";
 import { invokeSearch, startSearchStack } from "../_support/search.ts";
 import { settle } from "../_support/settle.ts";
@@ -121,94 +121,96 @@ async function leftovers(sql: Sql): Promise<string[]> {
   return rows.map((r) => r.what).sort();
 }
 
+/** A test database with public.notes attached in `store` and embedded, and its running pipeline. */
+async function withNotes(
+  store: Store,
+  fn: (sql: Sql, pipeline: Pipeline) => Promise<void>,
+): Promise<void> {
+  await withTestDb(async (sql, url) => {
+    await createNotes(sql, TEST_DIMENSIONS);
+    await store.attach(sql, TEST_DIMENSIONS);
+    const pipeline = await startPipeline(sql, url);
+    try {
+      await settle(sql);
+      await fn(sql, pipeline);
+    } finally {
+      await pipeline.stop();
+    }
+  });
+}
+
 for (const store of STORES) {
   Deno.test(`stores I7: a model change is built beside the live vectors and switched whole: ${store.name}`, async () => {
-    await withTestDb(async (sql, url) => {
-      await createNotes(sql, TEST_DIMENSIONS);
-      await store.attach(sql, TEST_DIMENSIONS);
-      const p = await startPipeline(sql, url);
-      try {
-        await settle(sql);
-        assert.deepEqual(await problems(sql, store, TEST_DIMENSIONS), []);
+    await withNotes(store, async (sql, p) => {
+      assert.deepEqual(await problems(sql, store, TEST_DIMENSIONS), []);
 
-        const [{ n }] = await sql`select util.reembed('public.notes', ${store.target},
+      const [{ n }] = await sql`select util.reembed('public.notes', ${store.target},
                                    model => 'text-embedding-3-large', dimensions => 32) as n`;
-        assert.equal(Number(n), NOTES.length, "every row is queued for the new model");
-        const during = await status(sql, store);
-        assert.deepEqual(
-          [during.model, during.next_model, during.next_dimensions],
-          [TEST_MODEL, "text-embedding-3-large", 32],
-        );
-        assert.deepEqual(
-          await problems(sql, store, TEST_DIMENSIONS),
-          [],
-          "until the switch the live store holds the old model's vectors",
-        );
+      assert.equal(Number(n), NOTES.length, "every row is queued for the new model");
+      const during = await status(sql, store);
+      assert.deepEqual(
+        [during.model, during.next_model, during.next_dimensions],
+        [TEST_MODEL, "text-embedding-3-large", 32],
+      );
+      assert.deepEqual(
+        await problems(sql, store, TEST_DIMENSIONS),
+        [],
+        "until the switch the live store holds the old model's vectors",
+      );
 
-        await settle(sql);
-        const after = await status(sql, store);
-        assert.deepEqual(
-          [after.model, after.dimensions, after.next_model, after.embedded, after.stale],
-          ["text-embedding-3-large", 32, null, NOTES.length, 0],
-        );
-        assert.deepEqual(
-          await problems(sql, store, 32),
-          [],
-          "the new model's vectors, all of them",
-        );
-        assert.deepEqual(await leftovers(sql), [], "nothing of the change is left");
-        const [{ type }] = await sql`
+      await settle(sql);
+      const after = await status(sql, store);
+      assert.deepEqual(
+        [after.model, after.dimensions, after.next_model, after.embedded, after.stale],
+        ["text-embedding-3-large", 32, null, NOTES.length, 0],
+      );
+      assert.deepEqual(
+        await problems(sql, store, 32),
+        [],
+        "the new model's vectors, all of them",
+      );
+      assert.deepEqual(await leftovers(sql), [], "nothing of the change is left");
+      const [{ type }] = await sql`
           select format_type(atttypid, atttypmod) as type from pg_attribute
            where attrelid = ${store.holder[0]}::regclass and attname = ${store.holder[1]}
              and not attisdropped`;
-        assert.equal(type, "halfvec(32)", "the user's names hold the new model's vectors");
+      assert.equal(type, "halfvec(32)", "the user's names hold the new model's vectors");
 
-        // A change cancelled halfway leaves the live store as it was.
-        await sql`select util.reembed('public.notes', ${store.target}, model => ${TEST_MODEL},
+      // A change cancelled halfway leaves the live store as it was.
+      await sql`select util.reembed('public.notes', ${store.target}, model => ${TEST_MODEL},
                                       dimensions => ${TEST_DIMENSIONS})`;
-        const [{ cancelled }] = await sql`
+      const [{ cancelled }] = await sql`
           select util.cancel_reembed('public.notes', ${store.target}) as cancelled`;
-        assert.equal(cancelled, true);
-        assert.deepEqual(await leftovers(sql), []);
-        assert.equal((await status(sql, store)).next_model, null);
-        await settle(sql);
-        assert.deepEqual(await problems(sql, store, 32), []);
-        assert.ok(p.fake.stats.requests > 0);
-      } finally {
-        await p.stop();
-      }
+      assert.equal(cancelled, true);
+      assert.deepEqual(await leftovers(sql), []);
+      assert.equal((await status(sql, store)).next_model, null);
+      await settle(sql);
+      assert.deepEqual(await problems(sql, store, 32), []);
+      assert.ok(p.fake.stats.requests > 0);
     });
   });
 
   Deno.test(`stores I10: a new content function re-embeds exactly the rows whose text changed: ${store.name}`, async () => {
-    await withTestDb(async (sql, url) => {
-      await createNotes(sql, TEST_DIMENSIONS);
-      await store.attach(sql, TEST_DIMENSIONS);
-      const p = await startPipeline(sql, url);
-      try {
-        await settle(sql);
-        const before = p.fake.stats.inputs;
-        assert.equal((await status(sql, store)).content_changed_at, null);
+    await withNotes(store, async (sql, p) => {
+      const before = p.fake.stats.inputs;
+      assert.equal((await status(sql, store)).content_changed_at, null);
 
-        // Rows 1 and 2 get other text; the rest keep theirs.
-        await sql.unsafe(`
+      // Rows 1 and 2 get other text; the rest keep theirs.
+      await sql.unsafe(`
           create or replace function public.note_text(n public.notes) returns text language sql immutable
             as $$ select case when n.id <= 2 then n.title || ' (revised): ' || n.body
                               else n.title || ': ' || n.body end $$`);
-        assert.equal((await status(sql, store)).stale, 2, "status sees the two changed rows stale");
-        await settle(sql);
+      assert.equal((await status(sql, store)).stale, 2, "status sees the two changed rows stale");
+      await settle(sql);
 
-        assert.deepEqual(await problems(sql, store, TEST_DIMENSIONS), []);
-        assert.equal(p.fake.stats.inputs - before, 2, "only the two changed texts cost inputs");
-        const after = await status(sql, store);
-        assert.deepEqual(
-          [after.embedded, after.missing, after.stale],
-          [NOTES.length, 0, 0],
-        );
-        assert.ok(after.content_changed_at !== null, "status says when the function changed");
-      } finally {
-        await p.stop();
-      }
+      assert.deepEqual(await problems(sql, store, TEST_DIMENSIONS), []);
+      assert.equal(p.fake.stats.inputs - before, 2, "only the two changed texts cost inputs");
+      const after = await status(sql, store);
+      assert.deepEqual(
+        [after.embedded, after.missing, after.stale],
+        [NOTES.length, 0, 0],
+      );
+      assert.ok(after.content_changed_at !== null, "status says when the function changed");
     });
   });
 
