@@ -191,6 +191,26 @@ begin
 end
 $$;
 
+-- internal: the live target of (table, column), with its bookkeeping rows
+-- (its own and its shadow's) locked before any table is: the order
+-- util.maintain_embeddings takes them in, so a model change, a cancel and a
+-- tick never deadlock. NO KEY UPDATE, not UPDATE: a writer of the table
+-- checks its fingerprints' foreign key with KEY SHARE on these rows while it
+-- holds the table, which FOR UPDATE would block while this waits for the
+-- table: a deadlock.
+create or replace function util._lock_model_change(target_table regclass, embedding_column name)
+returns util.embedding_targets
+language plpgsql
+set search_path = ''
+as $$
+declare
+  l util.embedding_targets := util._live_target(target_table, embedding_column);
+begin
+  perform from util.embedding_targets x where x.id = l.id or x.shadow_of = l.id for no key update;
+  return l;
+end
+$$;
+
 -- public: cancels a model change of (table, column) started by
 -- util.reembed: drops its shadow store (util._store_drop_shadow) and its
 -- bookkeeping. The live store is untouched. Returns whether there was one.
@@ -204,15 +224,9 @@ security definer
 set search_path = ''
 as $$
 declare
-  l util.embedding_targets := util._live_target(target_table, embedding_column);
+  l util.embedding_targets := util._lock_model_change(target_table, embedding_column);
   s util.embedding_targets;
 begin
-  -- The bookkeeping rows first, then the table: the order util.maintain_embeddings
-  -- takes them in, so a cancel and a tick never deadlock. NO KEY UPDATE, not
-  -- UPDATE: a writer of this table checks its fingerprints' foreign key with
-  -- KEY SHARE on these rows while it holds the table, which FOR UPDATE would
-  -- block while this waits for the table: a deadlock.
-  perform from util.embedding_targets x where x.id = l.id or x.shadow_of = l.id for no key update;
   select * into s from util.embedding_targets where shadow_of = l.id;
   if s.id is null then
     return false;
@@ -248,11 +262,9 @@ security definer
 set search_path = ''
 as $$
 declare
-  l util.embedding_targets := util._live_target(target_table, embedding_column);
+  l util.embedding_targets := util._lock_model_change(target_table, embedding_column);
   s util.embedding_targets;
 begin
-  -- The bookkeeping rows first, then the table (see util.cancel_reembed).
-  perform from util.embedding_targets x where x.id = l.id or x.shadow_of = l.id for no key update;
   if model is not null then
     perform util._check_model_name(model);
   end if;
@@ -349,7 +361,7 @@ begin
     enqueued := enqueued + util._sweep_step(t.id, slice);
   end loop;
 
-  -- 3. Finished model changes (NO KEY UPDATE: see util.cancel_reembed).
+  -- 3. Finished model changes (NO KEY UPDATE: see util._lock_model_change).
   for t in
     select x.shadow_of as live_id from util.embedding_targets x
      where x.shadow_of is not null and x.sweep_started_at is null
