@@ -1,17 +1,18 @@
 -- autoembed schema 22: the store seam. Where a target's vectors live is
--- known here and nowhere else. A target is (source table, content function,
--- splitter, model, store); its store is one of
+-- decided here, on the SQL side. A target is (source table, content
+-- function, splitter, model, store); its store is one of
 --   * column: one vector per row, in the source row's own embedding column
 --     (`destination` null; the target is named by that column);
 --   * chunks: one vector per chunk, in the side table of chunks the
 --     pipeline created and owns (`destination`; the target is named by the
---     side table's name, see 25_chunked_targets).
--- Registration (20), sweeps (40), model changes and their cancel (40),
--- status (70) and search (the `search` function) are written once against
--- the util._store_* functions below; each dispatches on the store, and the
--- functions after them implement one store each. A new kind of store is a
--- new branch in each util._store_* function and its own implementation
--- here, nothing else.
+--     side table's name; chunking and its settings: 25_chunked_targets).
+-- Registration (20), sweeps (40), model changes and their cancel (40) and
+-- status (70) are written once against the util._store_* functions below;
+-- each dispatches on the store, and the functions after them implement one
+-- store each. The processing core's side of the seam is
+-- supabase/functions/_shared/sql/store.ts (which apply path and which search
+-- a target takes); util._target_config (50) names the vector column the
+-- core writes.
 
 -------------------------------------------------------------------------------
 -- Registration
@@ -126,28 +127,12 @@ $$;
 -- Model change: a shadow store beside the live one, switched atomically
 -------------------------------------------------------------------------------
 
--- internal: raises AE003 when target `t`'s store cannot hold vectors of
--- `dimensions` (null: unchanged) after a model change.
-create or replace function util._store_check_dimensions(t util.embedding_targets, dimensions int)
-returns void
-language plpgsql
-immutable
-set search_path = ''
-as $$
-begin
-  if t.destination is not null and dimensions > 4000 then
-    raise exception 'autoembed: dimensions must be between 1 and 4000 for a chunked target, got %', dimensions
-      using errcode = 'AE003', hint = 'halfvec HNSW indexes take up to 4000 dimensions.';
-  end if;
-end
-$$;
-
 -- internal: starts a model change of live target `l`: creates its shadow
 -- store for `model` and `dimensions` (a shadow column, or a shadow side
 -- table: util._shadow_chunk_table) with twins of the live store's indexes,
--- and registers it as the shadow target. Raises AE001 for an index the twin
--- cannot copy (the caller's statement then changes nothing). Returns the
--- shadow target's id.
+-- and registers it as the shadow target. Raises AE003 for dimensions the
+-- store cannot index, AE001 for an index the twin cannot copy (the caller's
+-- statement then changes nothing). Returns the shadow target's id.
 create or replace function util._store_create_shadow(l util.embedding_targets, model text, dimensions int)
 returns int
 language plpgsql
@@ -160,6 +145,10 @@ declare
   s util.embedding_targets;
 begin
   if l.destination is not null then
+    if dimensions > 4000 then
+      raise exception 'autoembed: dimensions must be between 1 and 4000 for a chunked target, got %', dimensions
+        using errcode = 'AE003', hint = 'halfvec HNSW indexes take up to 4000 dimensions.';
+    end if;
     shadow_id := util._shadow_chunk_table(l.id, model, dimensions);
   else
     select t.typname, tn.nspname into col

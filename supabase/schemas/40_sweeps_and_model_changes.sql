@@ -277,7 +277,6 @@ begin
     model := coalesce(model, l.model);
     dimensions := coalesce(dimensions, l.dimensions);
   end if;
-  perform util._store_check_dimensions(l, dimensions);
   if model is null or (model = l.model and dimensions = l.dimensions) then
     if model is not null then
       perform util.cancel_reembed(target_table, embedding_column);
