@@ -2,10 +2,13 @@
 -- decided here, on the SQL side. A target is (source table, content
 -- function, splitter, model, store); its store is one of
 --   * column: one vector per row, in the source row's own embedding column
---     (`destination` null; the target is named by that column);
+--     (the target is named by that column);
 --   * chunks: one vector per chunk, in the side table of chunks the
 --     pipeline created and owns (`destination`; the target is named by the
 --     side table's name; chunking and its settings: 25_chunked_targets).
+-- util.embedding_targets.store says which; the util._store_* functions
+-- below branch on it (in SQL, only util._target_config besides them knows
+-- where vectors live, see below).
 -- Registration (20), sweeps (40), model changes and their cancel (40) and
 -- status (70) are written once against the util._store_* functions below;
 -- each dispatches on the store, and the functions after them implement one
@@ -71,7 +74,7 @@ language plpgsql
 set search_path = ''
 as $$
 begin
-  if t.destination is null then
+  if t.store = 'column' then
     return;
   end if;
   if drop_store then
@@ -99,9 +102,10 @@ language sql
 immutable
 set search_path = ''
 as $$
-  select case when t.destination is null
-              then pg_catalog.format('%s.%I is not null', source_alias, t.embedding_column)
-              else pg_catalog.format('%s.row_id is not null', fingerprint_alias) end
+  select case t.store
+           when 'column' then pg_catalog.format('%s.%I is not null', source_alias, t.embedding_column)
+           when 'chunks' then pg_catalog.format('%s.row_id is not null', fingerprint_alias)
+         end
 $$;
 
 -- internal: the vectors target `t`'s store holds beyond one a row, for
@@ -115,7 +119,7 @@ as $$
 declare
   chunks bigint;
 begin
-  if t.destination is null then
+  if t.store = 'column' then
     return null;
   end if;
   execute pg_catalog.format('select count(*) from %s', t.destination) into chunks;
@@ -144,7 +148,7 @@ declare
   shadow_id int;
   s util.embedding_targets;
 begin
-  if l.destination is not null then
+  if l.store = 'chunks' then
     if dimensions > 4000 then
       raise exception 'autoembed: dimensions must be between 1 and 4000 for a chunked target, got %', dimensions
         using errcode = 'AE003', hint = 'halfvec HNSW indexes take up to 4000 dimensions.';
@@ -176,7 +180,7 @@ language plpgsql
 set search_path = ''
 as $$
 begin
-  if l.destination is null then
+  if l.store = 'column' then
     return util._twin_indexes(l, s);
   end if;
   return util._twin_chunk_indexes(l, s);
@@ -196,7 +200,7 @@ as $$
 declare
   behind boolean;
 begin
-  if l.destination is null then
+  if l.store = 'column' then
     execute pg_catalog.format('select exists (select from %s r where r.%I is not null and r.%I is null)',
                               l.table_oid, l.embedding_column, s.embedding_column)
       into behind;
@@ -218,8 +222,10 @@ language sql
 immutable
 set search_path = ''
 as $$
-  select case when l.destination is null then array[l.table_oid]
-              else array[l.table_oid, l.destination, s.destination] end
+  select case l.store
+           when 'column' then array[l.table_oid]
+           when 'chunks' then array[l.table_oid, l.destination, s.destination]
+         end
 $$;
 
 -- internal: how a switch's error names the live store of `l`, for the
@@ -229,7 +235,7 @@ returns text
 language sql
 immutable
 set search_path = ''
-as $$ select case when l.destination is null then 'the column' else 'the destination table' end $$;
+as $$ select case l.store when 'column' then 'the column' when 'chunks' then 'the destination table' end $$;
 
 -- internal: the switch itself, under the locks of util._store_relations:
 -- the shadow store of `s` takes the place and the names of the live store
@@ -253,7 +259,7 @@ declare
   policies text[];
   policy text;
 begin
-  if l.destination is null then
+  if l.store = 'column' then
     select pg_catalog.array_agg(ic.relname order by ic.relname) into index_names
       from pg_catalog.pg_index i
       join pg_catalog.pg_class ic on ic.oid = i.indexrelid
@@ -328,7 +334,7 @@ language plpgsql
 set search_path = ''
 as $$
 begin
-  if s.destination is not null then
+  if s.store = 'chunks' then
     execute pg_catalog.format('drop table if exists %s', s.destination);
   elsif exists (select from pg_catalog.pg_attribute a
                  where a.attrelid = l.table_oid and a.attname = s.embedding_column and not a.attisdropped) then
@@ -617,7 +623,7 @@ begin
 
   target_id := util._record_target(target_table, content_function, dest_name, model, dimensions);
   update util.embedding_targets t
-     set destination = dest, chunk_size = _register_chunked_target.chunk_size,
+     set store = 'chunks', destination = dest, chunk_size = _register_chunked_target.chunk_size,
          chunk_overlap = _register_chunked_target.chunk_overlap, splitter = _register_chunked_target.splitter
    where t.id = target_id;
   return target_id;
@@ -669,7 +675,7 @@ begin
   end loop;
   shadow_id := util._record_target(l.table_oid, l.content_function, shadow_name, model, dimensions);
   update util.embedding_targets t
-     set shadow_of = l.id, destination = shadow, chunk_size = l.chunk_size, chunk_overlap = l.chunk_overlap,
+     set shadow_of = l.id, store = 'chunks', destination = shadow, chunk_size = l.chunk_size, chunk_overlap = l.chunk_overlap,
          splitter = l.splitter, content_definition = l.content_definition
    where t.id = shadow_id;
   return shadow_id;

@@ -12,7 +12,8 @@ import type { Target } from "./targets.ts";
 /**
  * Splits a batch's work by the store of its target: `column` rows go through
  * the whole-row path (sql/rows.ts, sql/write.ts), `chunks` rows through
- * chunking/apply.ts (sql/chunks.ts).
+ * chunking/apply.ts (sql/chunks.ts). util._target_config shows a target's
+ * store by its side table (destination_sql), not by name.
  */
 export function byStore<V>(
   work: Map<Target, V>,
@@ -46,7 +47,7 @@ export async function matchAsCaller(
   request: SearchRequest,
 ): Promise<SearchResult[]> {
   const hybrid = request.mode === "hybrid";
-  if (target.destination_oid === null) {
+  if (target.store === "column") {
     const rows = await tx<MatchRow[]>`
       select id, similarity, row_data
         from util.match_hybrid(
@@ -60,6 +61,7 @@ export async function matchAsCaller(
                ${target.embedding_column}::name)`;
     return rows.map((r) => ({ id: r.id, similarity: r.similarity, row: r.row_data ?? {} }));
   }
+  if (target.store !== "chunks") throw new Error(`unknown store ${target.store}`);
   const rows = await tx<MatchRow[]>`
     select id, similarity, chunk_seq, chunk, row_data
       from util.match_chunked(
