@@ -109,7 +109,10 @@ create table if not exists util.embedding_targets (
   -- chunk size and overlap in tokens of the model's tokenizer, and the splitter
   chunk_size int,
   chunk_overlap int,
-  splitter text
+  splitter text,
+  -- where the vectors live (22_stores): 'column' (the row's own
+  -- embedding_column) or 'chunks' (the side table `destination`)
+  store text not null default 'column'
 );
 -- At most one model change per live target.
 create unique index if not exists embedding_targets_one_shadow on util.embedding_targets (shadow_of);

@@ -429,13 +429,18 @@ as $$
      and q.message ->> 'embeddingColumn' = embedding_column
 $$;
 
--- internal: rows queued in all (the worker's backlog line).
-create or replace function util._queued_rows()
+-- internal: rows queued (the worker's backlog line), or, with
+-- `first_messages`, rows of the first that many messages only: the sweeps'
+-- "is the queue short" look, which must not count a long queue through.
+create or replace function util._queued_rows(first_messages int default null)
 returns bigint
 language sql
 stable
 set search_path = ''
-as $$ select coalesce(sum(util._job_rows(q.message)), 0)::bigint from pgmq.q_embedding_jobs q $$;
+as $$
+  select coalesce(sum(util._job_rows(q.message)), 0)::bigint
+    from (select x.message from pgmq.q_embedding_jobs x limit first_messages) q
+$$;
 
 -- internal: drops the queued jobs (not the dead letters) of a target,
 -- when it is detached.

@@ -26,37 +26,18 @@ as $$
     from pg_catalog.pg_class c where c.oid = t.table_oid
 $$;
 
--- internal: validates and records a target. Raises with message/detail/hint on
--- anything that would make the pipeline fail later. Returns the target id.
--- An existing target keeps its model and dimensions unless they are given
--- (model changes of a live target go through util.reembed); a new one
--- records its content function's definition, so later changes are noticed.
-create or replace function util._register_target(
-  target_table regclass,            -- the user's table
-  content_function text,            -- function taking the table's row and returning text
-  embedding_column name,            -- vector/halfvec column to fill
-  model text default null,          -- null: the target's model, else util.settings default_model
-  dimensions int default null       -- null: the column's declared dimensions
-)
-returns int
+-- internal: raises unless `target_table` is an ordinary or partitioned
+-- table (AE002 when it does not exist, AE003 otherwise).
+create or replace function util._check_source_table(target_table regclass)
+returns void
 language plpgsql
+stable
 set search_path = ''
 as $$
 declare
   rel record;
-  col record;
-  fn record;
-  pk name;
-  pk_count int;
-  fn_oid oid;
-  declared int;
-  existing util.embedding_targets;
-  target_id int;
 begin
-  select c.oid, c.relname, n.nspname, c.relkind, c.reltype
-    into rel
-    from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
-   where c.oid = target_table;
+  select c.oid, c.relkind into rel from pg_catalog.pg_class c where c.oid = target_table;
   if rel.oid is null then
     raise exception 'autoembed: relation with OID % does not exist', target_table::oid
       using errcode = 'AE002';
@@ -68,40 +49,21 @@ begin
                                           when 'f' then 'foreign table' else 'relation of kind ' || rel.relkind::text end),
             hint = 'Embeddings are kept on ordinary or partitioned tables.';
   end if;
+end
+$$;
 
-  select a.attname, a.atttypmod, t.typname
-    into col
-    from pg_catalog.pg_attribute a join pg_catalog.pg_type t on t.oid = a.atttypid
-   where a.attrelid = target_table and a.attname = embedding_column and a.attnum > 0 and not a.attisdropped;
-  if col.attname is null then
-    raise exception 'autoembed: column "%" does not exist on %', embedding_column, target_table
-      using errcode = 'AE003',
-            hint = format('Add it first, e.g. alter table %s add column %I halfvec(1536);', target_table, embedding_column);
-  end if;
-  if col.typname not in ('vector', 'halfvec') then
-    raise exception 'autoembed: column "%" of % has type %, expected vector or halfvec', embedding_column, target_table, col.typname
-      using errcode = 'AE003', hint = 'Use a pgvector halfvec(N) or vector(N) column.';
-  end if;
-  if dimensions is not null and dimensions < 1 then
-    raise exception 'autoembed: dimensions must be a positive number, got %', dimensions
-      using errcode = 'AE003',
-            hint = 'Pass the model''s vector size, e.g. dimensions => 1536, or leave it to the column''s declaration.';
-  end if;
-  declared := nullif(col.atttypmod, -1);
-  if dimensions is null then
-    dimensions := declared;
-  elsif declared is not null and declared <> dimensions then
-    raise exception 'autoembed: column "%" of % holds % dimensions, not %', embedding_column, target_table, declared, dimensions
-      using errcode = 'AE003',
-            hint = format('Change the column first: alter table %s alter column %I type %s(%s); or, to move an attached table '
-                          'to another model or size, use util.reembed(%L, %L, model => ..., dimensions => %s).',
-                          target_table, embedding_column, col.typname, dimensions, target_table::text, embedding_column, dimensions);
-  end if;
-  if dimensions is null then
-    raise exception 'autoembed: column "%" of % has no declared dimensions', embedding_column, target_table
-      using errcode = 'AE003', hint = 'Declare them (halfvec(1536)) or pass dimensions.';
-  end if;
-
+-- internal: the single-column primary key of `target_table`, by which the
+-- pipeline addresses its rows; raises AE003 when it has none or several.
+create or replace function util._primary_key(target_table regclass)
+returns name
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  pk name;
+  pk_count int;
+begin
   select count(*), min(a.attname)
     into pk_count, pk
     from pg_catalog.pg_index i
@@ -112,6 +74,59 @@ begin
       using errcode = 'AE003',
             hint = 'Add one, e.g. alter table ... add column id bigint generated always as identity primary key;';
   end if;
+  return pk;
+end
+$$;
+
+-- internal: raises AE003 when `model` cannot name a model.
+create or replace function util._check_model_name(model text)
+returns void
+language plpgsql
+immutable
+set search_path = ''
+as $$
+begin
+  if model is null or pg_catalog.btrim(model) = '' or pg_catalog.length(model) > 200 then
+    raise exception 'autoembed: "%" is not a model name', pg_catalog.left(model, 200)
+      using errcode = 'AE003',
+            hint = 'Name the provider''s model, e.g. text-embedding-3-small, or a local-* model.';
+  end if;
+end
+$$;
+
+-- internal: validates and records a target of any store (its store checked
+-- or made by the caller, 22_stores): the source table, its single-column
+-- primary key, the content function, the model. Raises with
+-- message/detail/hint on anything that would make the pipeline fail later.
+-- Returns the target id. An existing target (same table and name) takes the
+-- content function, model and dimensions given, and a model change in
+-- progress (its shadow) the same content function; a new one records its
+-- content function's definition, so later changes are noticed.
+create or replace function util._record_target(
+  target_table regclass,            -- the user's table
+  content_function text,            -- function taking the table's row and returning text
+  embedding_column name,            -- the target's name: its vector column, or its side table's name
+  model text,                       -- null: the target's model, else util.settings default_model
+  dimensions int                    -- the store's vector size
+)
+returns int
+language plpgsql
+set search_path = ''
+as $$
+declare
+  rel record;
+  fn record;
+  pk name;
+  fn_oid oid;
+  existing util.embedding_targets;
+  target_id int;
+begin
+  perform util._check_source_table(target_table);
+  select c.relname, n.nspname, c.reltype
+    into rel
+    from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+   where c.oid = target_table;
+  pk := util._primary_key(target_table);
 
   -- An unqualified name resolves in the table's schema first, then public,
   -- like the guide's examples where both live in public.
@@ -148,28 +163,24 @@ begin
   end if;
 
   select * into existing from util.embedding_targets t
-   where t.table_oid = target_table and t.embedding_column = _register_target.embedding_column;
+   where t.table_oid = target_table and t.embedding_column = _record_target.embedding_column;
   model := coalesce(model, existing.model, util._setting('default_model'));
-  if pg_catalog.btrim(model) = '' or pg_catalog.length(model) > 200 then
-    raise exception 'autoembed: "%" is not a model name', pg_catalog.left(model, 200)
-      using errcode = 'AE003',
-            hint = 'Name the provider''s model, e.g. text-embedding-3-small, or a local-* model.';
-  end if;
+  perform util._check_model_name(model);
 
   if existing.id is not null then
     -- A new content function is noticed by util.maintain_embeddings, which
     -- compares content_definition and rechecks the rows.
     update util.embedding_targets t
-       set content_function = _register_target.content_function,
+       set content_function = _record_target.content_function,
            content_function_schema = fn.nspname,
            content_function_name = fn.proname,
            pk_column = pk,
-           model = _register_target.model,
-           dimensions = _register_target.dimensions
+           model = _record_target.model,
+           dimensions = _record_target.dimensions
      where t.id = existing.id;
     -- A model change in progress builds from the same text.
     update util.embedding_targets t
-       set content_function = _register_target.content_function,
+       set content_function = _record_target.content_function,
            content_function_schema = fn.nspname,
            content_function_name = fn.proname,
            pk_column = pk
@@ -201,8 +212,9 @@ begin
    where t.table_oid = target_table and t.embedding_column = _target_for_trigger.embedding_column;
   if found.id is null or found.content_function <> _target_for_trigger.content_function then
     begin
-      perform util._register_target(target_table, content_function, embedding_column,
-                                    case when found.id is null then null else found.model end);
+      -- A guide-style trigger names a vector column; an attached one keeps its model.
+      perform util._store_register(target_table, content_function, embedding_column,
+                                   null, null, false, null, null, null, null);
     exception when unique_violation then
       -- Another transaction's first write registered the target at the same
       -- time (it waited for that one's commit): use its registration rather
@@ -286,51 +298,27 @@ set search_path = ''
 as $$
 declare
   target_id int;
-  prefix text := 'embed_' || embedding_column;
+  prefix text;
   existing util.embedding_targets;
-  change_model boolean := false;
+  change_model boolean;
   queue_fn regprocedure;
 begin
-  if destination is null and (chunk_size is not null or chunk_overlap is not null or splitter is not null) then
-    raise exception 'autoembed: chunk_size, chunk_overlap and splitter apply to chunked targets only'
-      using errcode = 'AE003', hint = 'Name the side table of chunks: destination => ''public.<table>_chunks''.';
-  end if;
-  if destination is not null then
-    if clear_on_change then
-      raise exception 'autoembed: clear_on_change does not apply to a chunked target'
-        using errcode = 'AE003', detail = 'Its chunks are replaced as a whole, atomically, when the text changed.';
-    end if;
-    chunk_size := coalesce(chunk_size, 512);
-    target_id := util._register_chunked_target(
-      target_table, content_function, destination, chunk_size,
-      coalesce(chunk_overlap, least(64, chunk_size / 2)), coalesce(splitter, 'recursive'), model, dimensions);
-    select * into existing from util.embedding_targets t where t.id = target_id;
-    embedding_column := existing.embedding_column;
-    prefix := 'embed_' || embedding_column;
-    -- Another model for an attached destination: a model change (util.reembed).
-    change_model := model is distinct from null and model <> existing.model
-                    or dimensions is distinct from null and dimensions <> existing.dimensions;
-  end if;
-  -- Longer names would be cut to 63 bytes, and the triggers' names collide.
-  if pg_catalog.octet_length(prefix || '_insert') > 63 then
+  -- Longer names would be cut to 63 bytes, and the triggers' names collide
+  -- (a store that names the target itself checks the name it derives).
+  if pg_catalog.octet_length('embed_' || embedding_column || '_insert') > 63 then
     raise exception 'autoembed: the embedding column name "%" is too long for the trigger names', embedding_column
       using errcode = 'AE003',
             detail = 'The triggers are named embed_<column>_insert, _update and _delete, at most 63 bytes.',
             hint = 'Rename the column (50 bytes at most), or create util.queue_embeddings triggers by hand.';
   end if;
-  if destination is null then
-    select * into existing from util.embedding_targets t
-     where t.table_oid = target_table and t.embedding_column = enable_embeddings.embedding_column
-       and t.shadow_of is null and t.retired_at is null;
-    change_model := existing.id is not null
-      and (model is distinct from null and model <> existing.model
-           or dimensions is distinct from null and dimensions <> existing.dimensions);
-    if change_model then
-      target_id := util._register_target(target_table, content_function, embedding_column);
-    else
-      target_id := util._register_target(target_table, content_function, embedding_column, model, dimensions);
-    end if;
-  end if;
+  target_id := util._store_register(target_table, content_function, embedding_column, model, dimensions,
+                                    clear_on_change, destination, chunk_size, chunk_overlap, splitter);
+  select * into existing from util.embedding_targets t where t.id = target_id;
+  embedding_column := existing.embedding_column;
+  prefix := 'embed_' || embedding_column;
+  -- An attached target keeps its model: another one is a model change (util.reembed).
+  change_model := model is distinct from null and model <> existing.model
+                  or dimensions is distinct from null and dimensions <> existing.dimensions;
   perform util._drop_trigger(target_table, (prefix || '_insert')::name);
   perform util._drop_trigger(target_table, (prefix || '_update')::name);
   perform util._drop_trigger(target_table, (prefix || '_delete')::name);
@@ -386,7 +374,7 @@ as $$
 declare
   prefix text := 'embed_' || embedding_column;
   rel record;
-  dest regclass;
+  detached util.embedding_targets;
 begin
   select n.nspname, c.relname, c.relkind into rel
     from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
@@ -414,18 +402,12 @@ begin
   perform util._drop_trigger(target_table, (prefix || '_delete')::name);
   perform util._drop_trigger(target_table, (prefix || '_clear')::name);
   perform util._drop_queue_function(target_table, embedding_column);
-  delete from pgmq.q_embedding_jobs q
-   where q.message ->> 'schema' = rel.nspname and q.message ->> 'table' = rel.relname
-     and q.message ->> 'embeddingColumn' = embedding_column;
-  select t.destination into dest from util.embedding_targets t
-   where t.table_oid = target_table and t.embedding_column = disable_embeddings.embedding_column;
+  perform util._drop_jobs(rel.nspname, rel.relname, embedding_column);
   delete from util.embedding_targets t
-   where t.table_oid = target_table and t.embedding_column = disable_embeddings.embedding_column;
-  if dest is not null and drop_destination then
-    execute pg_catalog.format('drop table %s', dest);
-  elsif dest is not null then
-    raise notice 'autoembed: % is no longer kept fresh; it stays, with its chunks, vectors, index and policy', dest
-      using hint = pg_catalog.format('Drop it with drop table %s; or util.disable_embeddings(..., drop_destination => true).', dest);
+   where t.table_oid = target_table and t.embedding_column = disable_embeddings.embedding_column
+  returning * into detached;
+  if detached.id is not null then
+    perform util._store_detach(detached, drop_destination);
   end if;
 end
 $$;

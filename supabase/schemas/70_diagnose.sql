@@ -47,9 +47,10 @@ declare
   t record;
   s record;
   fingerprinted bigint;
+  has_vector text;
 begin
   for t in
-    select c.*, x.content_changed_at, x.sweep_started_at, x.sweep_checked, x.created_at
+    select c.*, x.content_changed_at, x.sweep_started_at, x.sweep_checked, x.created_at, x as target
       from util._target_config c join util.embedding_targets x on x.id = c.id
      where c.shadow_of is null
      order by c.schema_name, c.table_name, c.embedding_column
@@ -63,59 +64,36 @@ begin
     sweep_started_at := t.sweep_started_at;
     sweep_checked := case when t.sweep_started_at is not null then t.sweep_checked end;
     destination := t.destination_sql;
-    chunks := null;
-    if t.destination_sql is not null then
-      -- A chunked target: embedded rows are those with a chunk set
-      -- (a fingerprint), stale ones those whose text or settings changed since.
-      execute format('select count(*) from %s', t.destination_sql) into chunks;
-    end if;
+    chunks := util._store_chunks(t.target);
+    -- Embedded: rows whose store holds their vectors (util._store_has_vector);
+    -- missing: rows with text and none; stale: vectors of other text (or
+    -- other chunk settings) than the row has now, or of unknown text.
+    has_vector := util._store_has_vector(t.target, 'r', 'f');
     begin
-      if t.destination_sql is not null then
-        execute format(
-          'select count(*),
-                  count(*) filter (where f.row_id is not null),
-                  count(*) filter (where f.row_id is null and coalesce(x.content, '''') !~ ''^[[:space:]]*$''),
-                  count(*) filter (where f.content_hash <> util._chunked_hash($2, x.content))
-             from %1$s r
-             cross join lateral (select %2$s(r) as content) x
-             left join util.embedding_fingerprints f on f.target_id = $1 and f.row_id = r.%3$s::text',
-          t.table_sql, t.content_function_sql, t.pk_sql)
-          into total_rows, embedded, missing, stale using t.id, t.chunking_key;
-      else
-        execute format(
-          'select count(*),
-                  count(*) filter (where r.%2$s is not null),
-                  count(*) filter (where r.%2$s is null and coalesce(x.content, '''') !~ ''^[[:space:]]*$''),
-                  count(*) filter (where r.%2$s is not null and (f.row_id is null
-                                     or f.content_hash <> util._content_hash(x.content)))
-             from %1$s r
-             cross join lateral (select %3$s(r) as content) x
-             left join util.embedding_fingerprints f on f.target_id = $1 and f.row_id = r.%4$s::text',
-          t.table_sql, t.embedding_sql, t.content_function_sql, t.pk_sql)
-          into total_rows, embedded, missing, stale using t.id;
-      end if;
+      execute format(
+        'select count(*),
+                count(*) filter (where %4$s),
+                count(*) filter (where not (%4$s) and coalesce(x.content, '''') !~ ''^[[:space:]]*$''),
+                count(*) filter (where %4$s and (f.row_id is null
+                                   or f.content_hash <> util._chunked_hash($2, x.content)))
+           from %1$s r
+           cross join lateral (select %2$s(r) as content) x
+           left join util.embedding_fingerprints f on f.target_id = $1 and f.row_id = r.%3$s::text',
+        t.table_sql, t.content_function_sql, t.pk_sql, has_vector)
+        into total_rows, embedded, missing, stale using t.id, util._fingerprint_key(t.target);
     exception when others then
       -- A content function that raises for some row must not take status
       -- down: count without it (missing then includes rows without text,
       -- stale only rows without a fingerprint).
-      if t.destination_sql is not null then
-        execute format(
-          'select count(*), count(f.row_id), count(*) - count(f.row_id), 0::bigint
-             from %1$s r
-             left join util.embedding_fingerprints f on f.target_id = $1 and f.row_id = r.%2$s::text',
-          t.table_sql, t.pk_sql)
-          into total_rows, embedded, missing, stale using t.id;
-      else
-        execute format(
-          'select count(*),
-                  count(*) filter (where r.%2$s is not null),
-                  count(*) filter (where r.%2$s is null),
-                  count(*) filter (where r.%2$s is not null and f.row_id is null)
-             from %1$s r
-             left join util.embedding_fingerprints f on f.target_id = $1 and f.row_id = r.%3$s::text',
-          t.table_sql, t.embedding_sql, t.pk_sql)
-          into total_rows, embedded, missing, stale using t.id;
-      end if;
+      execute format(
+        'select count(*),
+                count(*) filter (where %3$s),
+                count(*) filter (where not (%3$s)),
+                count(*) filter (where %3$s and f.row_id is null)
+           from %1$s r
+           left join util.embedding_fingerprints f on f.target_id = $1 and f.row_id = r.%2$s::text',
+        t.table_sql, t.pk_sql, has_vector)
+        into total_rows, embedded, missing, stale using t.id;
     end;
     select count(*) into fingerprinted from util.embedding_fingerprints f where f.target_id = t.id;
     models := case when fingerprinted > 0 then jsonb_build_object(t.model, fingerprinted) else '{}'::jsonb end;

@@ -4,7 +4,8 @@
 -- hybrid-search guide); util.match_chunked does both for a chunked target
 -- (25_chunked_targets): it ranks the chunks and returns each source row with
 -- its best chunk. The `search` edge function embeds a query text with the
--- table's model and calls util.match_hybrid or util.match_chunked as the caller.
+-- table's model and calls, as the caller, the one its target's store searches
+-- with (supabase/functions/_shared/sql/store.ts).
 --
 -- All are security invoker and read only the system catalog and the table
 -- they are given: they run with the caller's privileges, so row-level

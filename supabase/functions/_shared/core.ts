@@ -27,6 +27,7 @@ import { mayExceedTokens } from "./providers/tokens.ts";
 import { ProviderHealth } from "./recovery.ts";
 import { failureKey, type SettledRow, settleJobs } from "./sql/queue.ts";
 import { loadDonorVectors, loadRows } from "./sql/rows.ts";
+import { byStore } from "./sql/store.ts";
 import { loadTargets, tableLabel, type Target, type Targets } from "./sql/targets.ts";
 import { type BinaryWrites, writeEmbeddings } from "./sql/write.ts";
 import type { Vector } from "./vectors.ts";
@@ -214,14 +215,9 @@ export async function processBatch(
   }
   if (jobs.length) {
     const targets = await loadTargets(sql);
-    const rowsByTarget = assignJobs(jobs, targets, outcome);
-    // Chunked targets (a side table of chunks) take their own path: chunking/apply.ts.
-    const chunked = new Map<Target, Map<string, RowWork>>();
-    for (const [target, rows] of rowsByTarget) {
-      if (target.destination_sql !== null) chunked.set(target, rows);
-    }
-    for (const target of chunked.keys()) rowsByTarget.delete(target);
-    const plan = await readRows(sql, rowsByTarget, targets, options, outcome);
+    // Each store has its apply path (sql/store.ts): chunks go through chunking/apply.ts.
+    const { column, chunks: chunked } = byStore(assignJobs(jobs, targets, outcome));
+    const plan = await readRows(sql, column, targets, options, outcome);
     await embed(plan, options, outcome);
     await write(sql, plan.toWrite, outcome, options.binaryWrites);
     if (chunked.size) {

@@ -3,10 +3,11 @@
 // query was embedded with; then `set local role` to the caller's role and
 // put the caller's claims in request.jwt.claims (as PostgREST does), so the
 // table's privileges and RLS policies (auth.uid(), auth.jwt()) apply; then
-// util.match_hybrid, or util.match_chunked for a chunked target. Everything
-// is bound; the role is one of three fixed names.
+// the target's store's ranking (sql/store.ts: util.match_hybrid or
+// util.match_chunked). Everything is bound; the role is one of three fixed names.
 import type postgres from "postgres";
 import { errorCode, PIPELINE_SQLSTATES } from "../db_errors.ts";
+import { matchAsCaller } from "../sql/store.ts";
 import { type Vector, vectorLiteral } from "../vectors.ts";
 import { type Caller, SEARCH_ROLES } from "./caller.ts";
 import type { SearchTarget } from "./target.ts";
@@ -18,17 +19,6 @@ export class ModelChanged extends Error {}
 export interface QueryOptions {
   /** statement_timeout of the row query, ms. */
   statementTimeoutMs: number;
-}
-
-interface MatchRow {
-  id: string;
-  similarity: number | null;
-  row_data: Record<string, unknown> | null;
-}
-
-interface ChunkedMatchRow extends MatchRow {
-  chunk_seq: number;
-  chunk: string;
 }
 
 export async function queryAsCaller(
@@ -51,39 +41,7 @@ export async function queryAsCaller(
       await tx`
         select set_config('request.jwt.claims', ${JSON.stringify(caller.claims)}::text, true),
                set_config('statement_timeout', ${String(options.statementTimeoutMs)}, true)`;
-      const hybrid = request.mode === "hybrid";
-      const vectorText = vectorLiteral(vector, "vector");
-      if (target.destination_oid !== null) {
-        // Chunks of the rows the caller sees; full-text (hybrid) over the chunk text.
-        const chunked = await tx<ChunkedMatchRow[]>`
-          select id, similarity, chunk_seq, chunk, row_data
-            from util.match_chunked(
-                   ${target.table_oid}::oid::regclass,
-                   ${target.destination_oid}::oid::regclass,
-                   ${vectorText}::extensions.vector,
-                   ${hybrid ? request.query : null}::text,
-                   ${request.match_count}::int,
-                   ${request.match_threshold}::float8,
-                   ${JSON.stringify(request.filter)}::text::jsonb)`;
-        return chunked.map((r) => ({
-          id: r.id,
-          similarity: r.similarity,
-          row: r.row_data ?? {},
-          chunk: { seq: r.chunk_seq, text: r.chunk, similarity: r.similarity },
-        }));
-      }
-      const rows = await tx<MatchRow[]>`
-        select id, similarity, row_data
-          from util.match_hybrid(
-                 ${target.table_oid}::oid::regclass,
-                 ${vectorText}::extensions.vector,
-                 ${hybrid ? request.query : null}::text,
-                 ${hybrid ? target.content_function_oid : null}::oid::regprocedure,
-                 ${request.match_count}::int,
-                 ${request.match_threshold}::float8,
-                 ${JSON.stringify(request.filter)}::text::jsonb,
-                 ${target.embedding_column}::name)`;
-      return rows.map((r) => ({ id: r.id, similarity: r.similarity, row: r.row_data ?? {} }));
+      return await matchAsCaller(tx, target, vectorLiteral(vector, "vector"), request);
     });
   } catch (err) {
     throw classifyQueryError(err);

@@ -12,6 +12,8 @@ export interface SearchTarget {
   table_oid: string;
   /** The vector column, or for a chunked target the destination's table name. */
   embedding_column: string;
+  /** Where its vectors live (util.embedding_targets.store): its column, or its side table of chunks. */
+  store: string;
   /** pg_class oid of a chunked target's side table of chunks; null for a whole-row target. */
   destination_oid: string | null;
   /** pg_proc oid of the content function, null when it no longer exists. */
@@ -51,7 +53,7 @@ export async function findSearchTarget(
   const rows = await sql<SearchTarget[]>`
     select t.id, n.nspname::text as schema_name, c.relname::text as table_name,
            c.oid::int8::text as table_oid, t.embedding_column::text as embedding_column,
-           t.destination::oid::int8::text as destination_oid,
+           t.store, t.destination::oid::int8::text as destination_oid,
            util._content_function_of(t)::oid::int8::text as content_function_oid,
            t.model, t.dimensions
       from util.embedding_targets t

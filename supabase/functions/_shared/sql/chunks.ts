@@ -1,4 +1,4 @@
-// The SQL of chunked targets (see supabase/schemas/25_chunked_targets.sql):
+// The SQL of chunked targets (the chunks store, supabase/schemas/22_stores.sql):
 // per batch and target, one read of the rows' text and fingerprints, one look-up
 // of which chunk texts already have a vector in the destination, and one
 // transaction writing every row's chunk set under a compare-and-set (I2, I12).

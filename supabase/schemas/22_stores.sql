@@ -1,0 +1,730 @@
+-- autoembed schema 22: the store seam. Where a target's vectors live is
+-- decided here, on the SQL side. A target is (source table, content
+-- function, splitter, model, store); its store is one of
+--   * column: one vector per row, in the source row's own embedding column
+--     (the target is named by that column);
+--   * chunks: one vector per chunk, in the side table of chunks the
+--     pipeline created and owns (`destination`; the target is named by the
+--     side table's name; chunking and its settings: 25_chunked_targets).
+-- util.embedding_targets.store says which; the util._store_* functions
+-- below branch on it (in SQL, only util._target_config besides them knows
+-- where vectors live, see below).
+-- Registration (20), sweeps (40), model changes and their cancel (40) and
+-- status (70) are written once against the util._store_* functions below;
+-- each dispatches on the store, and the functions after them implement one
+-- store each. The processing core's side of the seam is
+-- supabase/functions/_shared/sql/store.ts (which apply path and which search
+-- a target takes); util._target_config (50) names the vector column the
+-- core writes.
+
+-------------------------------------------------------------------------------
+-- Registration
+-------------------------------------------------------------------------------
+
+-- internal: records the target that util.enable_embeddings' arguments name,
+-- in the store they choose (`destination`: chunks, else the column), and
+-- returns its id. An attached target keeps its model and dimensions: another
+-- model is a model change, which util.enable_embeddings starts (util.reembed).
+create or replace function util._store_register(
+  target_table regclass,     -- the source table
+  content_function text,     -- f(row of target_table) returns text
+  embedding_column name,     -- column store: the vector column
+  model text,                -- null: the target's, else util.settings default_model
+  dimensions int,            -- null: the column's declared dimensions (chunks: the model's)
+  clear_on_change boolean,   -- column store only
+  destination text,          -- chunks: the side table to create
+  chunk_size int,            -- chunks: tokens per chunk (default 512)
+  chunk_overlap int,         -- chunks: tokens shared with the previous chunk (default 64)
+  splitter text              -- chunks: recursive (default) | markdown | none
+)
+returns int
+language plpgsql
+set search_path = ''
+as $$
+begin
+  if destination is null then
+    if chunk_size is not null or chunk_overlap is not null or splitter is not null then
+      raise exception 'autoembed: chunk_size, chunk_overlap and splitter apply to chunked targets only'
+        using errcode = 'AE003', hint = 'Name the side table of chunks: destination => ''public.<table>_chunks''.';
+    end if;
+    if exists (select from util.embedding_targets t
+                where t.table_oid = target_table and t.embedding_column = _store_register.embedding_column
+                  and t.shadow_of is null and t.retired_at is null) then
+      return util._register_target(target_table, content_function, embedding_column);
+    end if;
+    return util._register_target(target_table, content_function, embedding_column, model, dimensions);
+  end if;
+  if clear_on_change then
+    raise exception 'autoembed: clear_on_change does not apply to a chunked target'
+      using errcode = 'AE003', detail = 'Its chunks are replaced as a whole, atomically, when the text changed.';
+  end if;
+  chunk_size := coalesce(chunk_size, 512);
+  return util._register_chunked_target(
+    target_table, content_function, destination, chunk_size,
+    coalesce(chunk_overlap, least(64, chunk_size / 2)), coalesce(splitter, 'recursive'), model, dimensions);
+end
+$$;
+
+-- internal: what util.disable_embeddings does to the store of target `t`
+-- (its registration already deleted): a column keeps its vectors; a side
+-- table of chunks stays, and a notice says so, unless `drop_store`.
+create or replace function util._store_detach(t util.embedding_targets, drop_store boolean)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+begin
+  if t.store = 'column' then
+    return;
+  end if;
+  if drop_store then
+    execute pg_catalog.format('drop table %s', t.destination);
+  else
+    raise notice 'autoembed: % is no longer kept fresh; it stays, with its chunks, vectors, index and policy', t.destination
+      using hint = pg_catalog.format('Drop it with drop table %s; or util.disable_embeddings(..., drop_destination => true).',
+                                     t.destination);
+  end if;
+end
+$$;
+
+-------------------------------------------------------------------------------
+-- Reading
+-------------------------------------------------------------------------------
+
+-- internal: a SQL condition, true when a source row holds its vectors in the
+-- store of target `t`; `source_alias` names the source row and
+-- `fingerprint_alias` its fingerprint (util.embedding_fingerprints, left
+-- joined) in the caller's statement. A chunked row holds vectors when it has
+-- a chunk set, which its fingerprint records (a blank text has neither).
+create or replace function util._store_has_vector(t util.embedding_targets, source_alias text, fingerprint_alias text)
+returns text
+language sql
+immutable
+set search_path = ''
+as $$
+  select case t.store
+           when 'column' then pg_catalog.format('%s.%I is not null', source_alias, t.embedding_column)
+           when 'chunks' then pg_catalog.format('%s.row_id is not null', fingerprint_alias)
+         end
+$$;
+
+-- internal: the vectors target `t`'s store holds beyond one a row, for
+-- util.embedding_status: a chunked target's chunks (null for a column).
+create or replace function util._store_chunks(t util.embedding_targets)
+returns bigint
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  chunks bigint;
+begin
+  if t.store = 'column' then
+    return null;
+  end if;
+  execute pg_catalog.format('select count(*) from %s', t.destination) into chunks;
+  return chunks;
+end
+$$;
+
+-------------------------------------------------------------------------------
+-- Model change: a shadow store beside the live one, switched atomically
+-------------------------------------------------------------------------------
+
+-- internal: starts a model change of live target `l`: creates its shadow
+-- store for `model` and `dimensions` (a shadow column, or a shadow side
+-- table: util._shadow_chunk_table) with twins of the live store's indexes,
+-- and registers it as the shadow target. Raises AE003 for dimensions the
+-- store cannot index, AE001 for an index the twin cannot copy (the caller's
+-- statement then changes nothing). Returns the shadow target's id.
+create or replace function util._store_create_shadow(l util.embedding_targets, model text, dimensions int)
+returns int
+language plpgsql
+set search_path = ''
+as $$
+declare
+  col record;
+  shadow_column name := ('_autoembed_next_' || l.id)::name;
+  shadow_id int;
+  s util.embedding_targets;
+begin
+  if l.store = 'chunks' then
+    if dimensions > 4000 then
+      raise exception 'autoembed: dimensions must be between 1 and 4000 for a chunked target, got %', dimensions
+        using errcode = 'AE003', hint = 'halfvec HNSW indexes take up to 4000 dimensions.';
+    end if;
+    shadow_id := util._shadow_chunk_table(l.id, model, dimensions);
+  else
+    select t.typname, tn.nspname into col
+      from pg_catalog.pg_attribute a
+      join pg_catalog.pg_type t on t.oid = a.atttypid
+      join pg_catalog.pg_namespace tn on tn.oid = t.typnamespace
+     where a.attrelid = l.table_oid and a.attname = l.embedding_column;
+    execute pg_catalog.format('alter table %s add column %I %I.%I(%s)',
+                              l.table_oid, shadow_column, col.nspname, col.typname, dimensions);
+    shadow_id := util._register_target(l.table_oid, l.content_function, shadow_column, model, dimensions);
+    update util.embedding_targets x set shadow_of = l.id where x.id = shadow_id;
+  end if;
+  select * into s from util.embedding_targets x where x.id = shadow_id;
+  perform util._store_twin_indexes(l, s);
+  return shadow_id;
+end
+$$;
+
+-- internal: gives every index of the live store of `l` that has none yet a
+-- twin on the shadow store of `s` (when the change begins, and at the switch
+-- for those made since). Returns the twins made.
+create or replace function util._store_twin_indexes(l util.embedding_targets, s util.embedding_targets)
+returns int
+language plpgsql
+set search_path = ''
+as $$
+begin
+  if l.store = 'column' then
+    return util._twin_indexes(l, s);
+  end if;
+  return util._twin_chunk_indexes(l, s);
+end
+$$;
+
+-- internal: whether the shadow store of `s` still lacks what the live store
+-- of `l` holds: a row with a live vector and no shadow one, a source row
+-- with a live chunk set and no shadow one. A model change switches only
+-- when it is false.
+create or replace function util._store_shadow_behind(l util.embedding_targets, s util.embedding_targets)
+returns boolean
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  behind boolean;
+begin
+  if l.store = 'column' then
+    execute pg_catalog.format('select exists (select from %s r where r.%I is not null and r.%I is null)',
+                              l.table_oid, l.embedding_column, s.embedding_column)
+      into behind;
+  else
+    execute pg_catalog.format(
+      'select exists (select from %s d where not exists (select from %s x where x.source_id = d.source_id))',
+      l.destination, s.destination)
+      into behind;
+  end if;
+  return behind;
+end
+$$;
+
+-- internal: the tables a switch of `l` to its shadow `s` locks (ACCESS
+-- EXCLUSIVE): the source, and a chunked target's two side tables.
+create or replace function util._store_relations(l util.embedding_targets, s util.embedding_targets)
+returns regclass[]
+language sql
+immutable
+set search_path = ''
+as $$
+  select case l.store
+           when 'column' then array[l.table_oid]
+           when 'chunks' then array[l.table_oid, l.destination, s.destination]
+         end
+$$;
+
+-- internal: how a switch's error names the live store of `l`, for the
+-- user to see what holds it back.
+create or replace function util._store_label(l util.embedding_targets)
+returns text
+language sql
+immutable
+set search_path = ''
+as $$ select case l.store when 'column' then 'the column' when 'chunks' then 'the destination table' end $$;
+
+-- internal: the switch itself, under the locks of util._store_relations:
+-- the shadow store of `s` takes the place and the names of the live store
+-- of `l`, which is dropped. A column: the live column goes (with its
+-- indexes), the shadow column and its index twins take their names. A side
+-- table: the live one goes, the shadow table takes its name (its primary
+-- key, reference and index twins theirs; the destination's other policies
+-- and forced RLS are made again on it). The targets' own rows are
+-- util._switch_model's.
+create or replace function util._store_swap(l util.embedding_targets, s util.embedding_targets)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  live record;
+  index_names name[];
+  index_name name;
+  pkey_name name;
+  fkey_name name;
+  policies text[];
+  policy text;
+begin
+  if l.store = 'column' then
+    select pg_catalog.array_agg(ic.relname order by ic.relname) into index_names
+      from pg_catalog.pg_index i
+      join pg_catalog.pg_class ic on ic.oid = i.indexrelid
+      join pg_catalog.pg_attribute a on a.attrelid = i.indrelid and a.attnum = i.indkey[0]
+     where i.indrelid = l.table_oid and i.indnatts = 1 and a.attname = l.embedding_column;
+    execute pg_catalog.format('alter table %s drop column %I', l.table_oid, l.embedding_column);
+    execute pg_catalog.format('alter table %s rename column %I to %I', l.table_oid, s.embedding_column, l.embedding_column);
+    foreach index_name in array coalesce(index_names, '{}') loop
+      execute pg_catalog.format('alter index %I.%I rename to %I',
+        (select n.nspname from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+          where c.oid = l.table_oid),
+        util._twin_name(s.id, index_name), index_name);
+    end loop;
+    return;
+  end if;
+  select n.nspname, c.relname, c.relforcerowsecurity into live
+    from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+   where c.oid = l.destination;
+  select pg_catalog.array_agg(ic.relname order by ic.relname) filter (where not i.indisprimary),
+         pg_catalog.min(ic.relname) filter (where i.indisprimary)
+    into index_names, pkey_name
+    from pg_catalog.pg_index i join pg_catalog.pg_class ic on ic.oid = i.indexrelid
+   where i.indrelid = l.destination;
+  select pg_catalog.min(k.conname) into fkey_name
+    from pg_catalog.pg_constraint k where k.conrelid = l.destination and k.contype = 'f';
+  -- The live destination's other policies (and forced RLS), created again
+  -- on the shadow once it has the destination's name, which they may use.
+  select pg_catalog.array_agg(pg_catalog.format('create policy %I on %I.%I as %s for %s to %s%s%s',
+           p.polname, live.nspname, live.relname,
+           case when p.polpermissive then 'permissive' else 'restrictive' end,
+           case p.polcmd when 'r' then 'select' when 'a' then 'insert' when 'w' then 'update'
+                         when 'd' then 'delete' else 'all' end,
+           (select pg_catalog.string_agg(case when r.oid = 0 then 'public' else pg_catalog.quote_ident(r.rolname) end, ', ')
+              from pg_catalog.unnest(p.polroles) x(oid)
+              left join pg_catalog.pg_roles r on r.oid = x.oid),
+           ' using (' || pg_catalog.pg_get_expr(p.polqual, p.polrelid) || ')',
+           ' with check (' || pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid) || ')'))
+    into policies
+    from pg_catalog.pg_policy p
+   where p.polrelid = l.destination
+     and not exists (select from pg_catalog.pg_policy x where x.polrelid = s.destination and x.polname = p.polname);
+  execute pg_catalog.format('drop table %s', l.destination);
+  execute pg_catalog.format('alter table %s rename to %I', s.destination, live.relname);
+  if pkey_name is not null then
+    execute pg_catalog.format('alter table %s rename constraint %I to %I', s.destination,
+      (select k.conname from pg_catalog.pg_constraint k where k.conrelid = s.destination and k.contype = 'p'), pkey_name);
+  end if;
+  if fkey_name is not null then
+    execute pg_catalog.format('alter table %s rename constraint %I to %I', s.destination,
+      (select pg_catalog.min(k.conname) from pg_catalog.pg_constraint k where k.conrelid = s.destination and k.contype = 'f'),
+      fkey_name);
+  end if;
+  foreach index_name in array coalesce(index_names, '{}') loop
+    execute pg_catalog.format('alter index %I.%I rename to %I', live.nspname, util._twin_name(s.id, index_name), index_name);
+  end loop;
+  foreach policy in array coalesce(policies, '{}') loop
+    execute policy;
+  end loop;
+  if live.relforcerowsecurity then
+    execute pg_catalog.format('alter table %s force row level security', s.destination);
+  end if;
+  -- The retired target's destination is gone.
+  update util.embedding_targets t set destination = null where t.id = l.id;
+end
+$$;
+
+-- internal: drops the shadow store of `s` (a cancelled model change of
+-- `l`): the shadow column, or the shadow side table. The live store is untouched.
+create or replace function util._store_drop_shadow(l util.embedding_targets, s util.embedding_targets)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+begin
+  if s.store = 'chunks' then
+    execute pg_catalog.format('drop table if exists %s', s.destination);
+  elsif exists (select from pg_catalog.pg_attribute a
+                 where a.attrelid = l.table_oid and a.attname = s.embedding_column and not a.attisdropped) then
+    execute pg_catalog.format('alter table %s drop column %I', l.table_oid, s.embedding_column);
+  end if;
+end
+$$;
+
+-------------------------------------------------------------------------------
+-- The column store: the row's own vector column, and index twins of the
+-- shadow column of a model change
+-------------------------------------------------------------------------------
+
+-- internal: validates and records a target of the column store: the
+-- vector column `embedding_column` of `target_table` (util._record_target
+-- checks the rest). Its dimensions are the column's declared ones unless
+-- given, and must match them. Returns the target id. Used by
+-- util._store_register, guide-style triggers (util._target_for_trigger) and
+-- the shadow column of a model change.
+create or replace function util._register_target(
+  target_table regclass,            -- the user's table
+  content_function text,            -- function taking the table's row and returning text
+  embedding_column name,            -- vector/halfvec column to fill
+  model text default null,          -- null: the target's model, else util.settings default_model
+  dimensions int default null       -- null: the column's declared dimensions
+)
+returns int
+language plpgsql
+set search_path = ''
+as $$
+declare
+  col record;
+  declared int;
+begin
+  perform util._check_source_table(target_table);
+  select a.attname, a.atttypmod, t.typname
+    into col
+    from pg_catalog.pg_attribute a join pg_catalog.pg_type t on t.oid = a.atttypid
+   where a.attrelid = target_table and a.attname = embedding_column and a.attnum > 0 and not a.attisdropped;
+  if col.attname is null then
+    raise exception 'autoembed: column "%" does not exist on %', embedding_column, target_table
+      using errcode = 'AE003',
+            hint = format('Add it first, e.g. alter table %s add column %I halfvec(1536);', target_table, embedding_column);
+  end if;
+  if col.typname not in ('vector', 'halfvec') then
+    raise exception 'autoembed: column "%" of % has type %, expected vector or halfvec', embedding_column, target_table, col.typname
+      using errcode = 'AE003', hint = 'Use a pgvector halfvec(N) or vector(N) column.';
+  end if;
+  if dimensions is not null and dimensions < 1 then
+    raise exception 'autoembed: dimensions must be a positive number, got %', dimensions
+      using errcode = 'AE003',
+            hint = 'Pass the model''s vector size, e.g. dimensions => 1536, or leave it to the column''s declaration.';
+  end if;
+  declared := nullif(col.atttypmod, -1);
+  if dimensions is null then
+    dimensions := declared;
+  elsif declared is not null and declared <> dimensions then
+    raise exception 'autoembed: column "%" of % holds % dimensions, not %', embedding_column, target_table, declared, dimensions
+      using errcode = 'AE003',
+            hint = format('Change the column first: alter table %s alter column %I type %s(%s); or, to move an attached table '
+                          'to another model or size, use util.reembed(%L, %L, model => ..., dimensions => %s).',
+                          target_table, embedding_column, col.typname, dimensions, target_table::text, embedding_column, dimensions);
+  end if;
+  if dimensions is null then
+    raise exception 'autoembed: column "%" of % has no declared dimensions', embedding_column, target_table
+      using errcode = 'AE003', hint = 'Declare them (halfvec(1536)) or pass dimensions.';
+  end if;
+  return util._record_target(target_table, content_function, embedding_column, model, dimensions);
+end
+$$;
+
+-- internal: the name of the twin (on the shadow of target `shadow_id`) of
+-- the user's index `index_name`; renamed to `index_name` at the switch.
+create or replace function util._twin_name(shadow_id int, index_name name)
+returns name
+language sql
+immutable
+set search_path = ''
+as $$ select ('_autoembed_' || shadow_id || '_' || pg_catalog.md5(index_name))::name $$;
+
+-- internal: creates on the shadow column of `s` a twin of every
+-- index on the live column that has none yet (same access method, operator
+-- class and storage options). Raises for an index the twin cannot copy
+-- (several columns, an expression, a predicate), before anything changed.
+create or replace function util._twin_indexes(l util.embedding_targets, s util.embedding_targets)
+returns int
+language plpgsql
+set search_path = ''
+as $$
+declare
+  live_attnum int2;
+  ix record;
+  made int := 0;
+begin
+  select a.attnum into live_attnum from pg_catalog.pg_attribute a
+   where a.attrelid = l.table_oid and a.attname = l.embedding_column;
+  for ix in
+    select ic.relname as index_name, i.indnatts, i.indkey[0] as key_attnum,
+           i.indexprs is not null as has_expressions, i.indpred is not null as has_predicate,
+           am.amname, oc.opcname, ocn.nspname as opc_schema, ic.reloptions
+      from pg_catalog.pg_index i
+      join pg_catalog.pg_class ic on ic.oid = i.indexrelid
+      join pg_catalog.pg_am am on am.oid = ic.relam
+      left join pg_catalog.pg_opclass oc on oc.oid = i.indclass[0]
+      left join pg_catalog.pg_namespace ocn on ocn.oid = oc.opcnamespace
+     where i.indrelid = l.table_oid
+       and exists (select from pg_catalog.pg_depend d
+                    where d.classid = 'pg_catalog.pg_class'::regclass and d.objid = i.indexrelid
+                      and d.refclassid = 'pg_catalog.pg_class'::regclass and d.refobjid = l.table_oid
+                      and d.refobjsubid = live_attnum)
+     order by ic.relname
+  loop
+    if ix.indnatts <> 1 or ix.key_attnum <> live_attnum or ix.has_expressions or ix.has_predicate then
+      raise exception 'autoembed: index % uses column "%" in a way a model change cannot carry over', ix.index_name, l.embedding_column
+        using errcode = 'AE001',
+              detail = 'Only indexes on the embedding column alone (no expression, no WHERE) get a twin on the new vectors.',
+              hint = format('Drop %I for the change and create it again afterwards.', ix.index_name);
+    end if;
+    if not exists (select from pg_catalog.pg_class x
+                    where x.relname = util._twin_name(s.id, ix.index_name)
+                      and x.relnamespace = (select relnamespace from pg_catalog.pg_class where oid = l.table_oid)) then
+      execute pg_catalog.format('create index %I on %s using %I (%I %s) %s',
+        util._twin_name(s.id, ix.index_name), l.table_oid, ix.amname, s.embedding_column,
+        pg_catalog.format('%I.%I', ix.opc_schema, ix.opcname),
+        case when ix.reloptions is null then ''
+             else 'with (' || pg_catalog.array_to_string(ix.reloptions, ', ') || ')' end);
+      made := made + 1;
+    end if;
+  end loop;
+  return made;
+end
+$$;
+
+-------------------------------------------------------------------------------
+-- The chunks store: a side table the pipeline creates and owns, (source_id,
+-- chunk_seq, chunk, embedding, chunk_hash), primary key (source_id,
+-- chunk_seq), source_id referencing the source row on delete cascade, an
+-- HNSW index on embedding and RLS following the source. Its target's
+-- embedding_column is the side table's name, which names it in jobs,
+-- triggers (embed_<destination>_insert ...), util.disable_embeddings,
+-- util.reembed and util.embedding_status.
+-------------------------------------------------------------------------------
+
+-- internal: creates a chunk table `dest_schema`.`dest_name` for source
+-- `target_table`: (source_id, chunk_seq, chunk, embedding halfvec(dimensions),
+-- chunk_hash), its primary key, its reference to the source row (on delete
+-- cascade) and its RLS policy; the caller adds indexes and grants. Used for
+-- a chunked target's destination and for the shadow destination of its
+-- model change.
+create or replace function util._create_chunk_table(
+  target_table regclass,
+  dest_schema name,
+  dest_name name,
+  dimensions int
+)
+returns regclass
+language plpgsql
+set search_path = ''
+as $$
+declare
+  pk record;
+  dest regclass;
+begin
+  select a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod) as type_sql into pk
+    from pg_catalog.pg_index i
+    join pg_catalog.pg_attribute a on a.attrelid = i.indrelid and a.attnum = any (i.indkey)
+   where i.indrelid = target_table and i.indisprimary;
+  execute pg_catalog.format(
+    'create table %1$I.%2$I (
+       source_id %3$s not null references %4$s (%5$I) on delete cascade,
+       chunk_seq int not null,
+       chunk text not null,
+       embedding extensions.halfvec(%6$s),
+       chunk_hash bytea not null,
+       primary key (source_id, chunk_seq)
+     )', dest_schema, dest_name, pk.type_sql, target_table, pk.attname, dimensions);
+  dest := pg_catalog.format('%I.%I', dest_schema, dest_name)::regclass;
+  -- A role sees the chunks of exactly the source rows it sees: the
+  -- subquery runs under the source's own RLS policies.
+  execute pg_catalog.format('alter table %s enable row level security', dest);
+  execute pg_catalog.format(
+    'create policy %I on %s for select using (exists (select 1 from %s s where s.%I = %I.source_id))',
+    'chunks visible with their source row', dest, target_table, pk.attname, dest_name);
+  return dest;
+end
+$$;
+
+-- internal: creates the destination of a chunked target and records the
+-- target (enable_embeddings with destination => ...). An existing chunked
+-- target with the same destination keeps its chunks and its model (another
+-- model goes through util.reembed, as enable_embeddings does): changed
+-- settings go through util.set_chunking. Returns the target id.
+create or replace function util._register_chunked_target(
+  target_table regclass,   -- the source table
+  content_function text,   -- f(row of target_table) returns text
+  destination text,        -- the side table, schema-qualified or in the source's schema
+  chunk_size int,
+  chunk_overlap int,
+  splitter text,
+  model text,
+  dimensions int
+)
+returns int
+language plpgsql
+set search_path = ''
+as $$
+declare
+  source_schema name;
+  dest_schema name;
+  dest_name name;
+  dest regclass;
+  existing util.embedding_targets;
+  target_id int;
+  grantee text;
+begin
+  perform util._check_chunk_settings(chunk_size, chunk_overlap, splitter);
+  -- Checked before the side table is made for them (util._record_target checks all again).
+  perform util._check_source_table(target_table);
+  perform util._primary_key(target_table);
+  select n.nspname into source_schema
+    from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+   where c.oid = target_table;
+  -- The destination's name as given: schema.name, or a name in the source's schema.
+  if pg_catalog.strpos(destination, '.') > 0 then
+    select x[1], x[2] into dest_schema, dest_name from pg_catalog.parse_ident(destination) x;
+  else
+    select source_schema, x[1] into dest_schema, dest_name from pg_catalog.parse_ident(destination) x;
+  end if;
+  if dest_name is null or pg_catalog.octet_length('embed_' || dest_name || '_insert') > 63 then
+    raise exception 'autoembed: "%" cannot name a destination table', destination
+      using errcode = 'AE003',
+            detail = 'Its triggers on the source are named embed_<destination>_insert, _update and _delete, at most 63 bytes.',
+            hint = 'Name a table of 50 bytes at most, e.g. destination => ''public.article_chunks''.';
+  end if;
+  dest := pg_catalog.to_regclass(pg_catalog.format('%I.%I', dest_schema, dest_name));
+  select * into existing from util.embedding_targets t
+   where t.table_oid = target_table and t.embedding_column = dest_name;
+  if existing.id is not null and existing.destination is distinct from dest then
+    raise exception 'autoembed: % already has a target named "%"', target_table, dest_name
+      using errcode = 'AE003', hint = 'Pick another destination name, or util.disable_embeddings it first.';
+  end if;
+  if existing.id is null and dest is not null then
+    raise exception 'autoembed: % already exists', dest
+      using errcode = 'AE003',
+            detail = 'The destination of a chunked target is created and owned by the pipeline.',
+            hint = 'Name a new table, or drop this one first.';
+  end if;
+  if existing.id is not null then
+    model := existing.model;
+    dimensions := existing.dimensions;
+  end if;
+  model := coalesce(model, util._setting('default_model'));
+  perform util._check_model_name(model);
+  dimensions := coalesce(dimensions, util._default_dimensions(model));
+  if dimensions is null or dimensions < 1 or dimensions > 4000 then
+    raise exception 'autoembed: dimensions must be between 1 and 4000 for a chunked target, got %', coalesce(dimensions::text, 'none')
+      using errcode = 'AE003',
+            hint = 'Pass the model''s vector size, e.g. dimensions => 1536 (halfvec HNSW indexes take up to 4000).';
+  end if;
+  if existing.id is not null then
+    -- The same target again: its content function may change (noticed and
+    -- swept by util.maintain_embeddings; a model change in progress builds
+    -- from the same text), its chunks stay.
+    perform util._record_target(target_table, content_function, dest_name, model, dimensions);
+    if (existing.chunk_size, existing.chunk_overlap, existing.splitter) is distinct from (chunk_size, chunk_overlap, splitter) then
+      perform util._set_chunking(existing.id, chunk_size, chunk_overlap, splitter);
+    end if;
+    return existing.id;
+  end if;
+
+  dest := util._create_chunk_table(target_table, dest_schema, dest_name, dimensions);
+  execute pg_catalog.format('create index %I on %s using hnsw (embedding extensions.halfvec_cosine_ops)',
+                            dest_name || '_embedding_idx', dest);
+  -- Reuse of a vector for the same chunk text, in this row or another.
+  execute pg_catalog.format('create index %I on %s using hash (chunk_hash)', dest_name || '_chunk_hash_idx', dest);
+  for grantee in
+    select distinct case when a.grantee = 0 then 'public' else pg_catalog.quote_ident(r.rolname) end
+      from pg_catalog.pg_class c
+      cross join lateral pg_catalog.aclexplode(c.relacl) a
+      left join pg_catalog.pg_roles r on r.oid = a.grantee
+     where c.oid = target_table and a.privilege_type = 'SELECT'
+       and a.grantee is distinct from c.relowner
+  loop
+    execute pg_catalog.format('grant select on %s to %s', dest, grantee);
+  end loop;
+
+  target_id := util._record_target(target_table, content_function, dest_name, model, dimensions);
+  update util.embedding_targets t
+     set store = 'chunks', destination = dest, chunk_size = _register_chunked_target.chunk_size,
+         chunk_overlap = _register_chunked_target.chunk_overlap, splitter = _register_chunked_target.splitter
+   where t.id = target_id;
+  return target_id;
+end
+$$;
+
+-- internal: the name of chunked target `live_id`'s shadow destination table
+-- (in the destination's schema), and the prefix of its constraints' names.
+create or replace function util._shadow_chunk_name(live_id int)
+returns name
+language sql
+immutable
+set search_path = ''
+as $$ select ('_autoembed_chunks_' || live_id)::name $$;
+
+-- internal: starts a model change of chunked target `live_id`: creates its
+-- shadow destination table beside the live one (same columns, vectors of
+-- `dimensions`, the same RLS policy, grants and owner; its index twins come
+-- from util._store_twin_indexes), and registers it as the shadow target,
+-- named by the shadow table's name. Its chunks reuse vectors only of its own
+-- chunks (another model's vectors are no use). Returns the shadow target's id.
+create or replace function util._shadow_chunk_table(live_id int, model text, dimensions int)
+returns int
+language plpgsql
+set search_path = ''
+as $$
+declare
+  l util.embedding_targets;
+  live record;
+  shadow_name name := util._shadow_chunk_name(live_id);
+  shadow regclass;
+  shadow_id int;
+  privilege record;
+begin
+  select * into l from util.embedding_targets where id = live_id;
+  select n.nspname, c.relname, c.relowner::regrole::text as owner_sql into live
+    from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+   where c.oid = l.destination;
+  shadow := util._create_chunk_table(l.table_oid, live.nspname, shadow_name, dimensions);
+  execute pg_catalog.format('alter table %s owner to %s', shadow, live.owner_sql);
+  for privilege in
+    select a.privilege_type, case when a.grantee = 0 then 'public' else pg_catalog.quote_ident(r.rolname) end as grantee
+      from pg_catalog.pg_class c
+      cross join lateral pg_catalog.aclexplode(c.relacl) a
+      left join pg_catalog.pg_roles r on r.oid = a.grantee
+     where c.oid = l.destination and a.grantee is distinct from c.relowner
+  loop
+    execute pg_catalog.format('grant %s on %s to %s', privilege.privilege_type, shadow, privilege.grantee);
+  end loop;
+  shadow_id := util._record_target(l.table_oid, l.content_function, shadow_name, model, dimensions);
+  update util.embedding_targets t
+     set shadow_of = l.id, store = 'chunks', destination = shadow, chunk_size = l.chunk_size, chunk_overlap = l.chunk_overlap,
+         splitter = l.splitter, content_definition = l.content_definition
+   where t.id = shadow_id;
+  return shadow_id;
+end
+$$;
+
+-- internal: creates on the shadow destination of `s` a twin of every
+-- index of the live destination (but its primary key) that has none yet:
+-- the same definition on the shadow table, named util._twin_name. Raises
+-- AE001 for one whose definition cannot be carried over.
+create or replace function util._twin_chunk_indexes(l util.embedding_targets, s util.embedding_targets)
+returns int
+language plpgsql
+set search_path = ''
+as $$
+declare
+  ix record;
+  head text;
+  made int := 0;
+begin
+  for ix in
+    select ic.relname as index_name, n.nspname, c.relname as table_name, i.indisunique,
+           pg_catalog.pg_get_indexdef(i.indexrelid) as def
+      from pg_catalog.pg_index i
+      join pg_catalog.pg_class ic on ic.oid = i.indexrelid
+      join pg_catalog.pg_class c on c.oid = i.indrelid
+      join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+     where i.indrelid = l.destination and not i.indisprimary
+     order by ic.relname
+  loop
+    continue when exists (select from pg_catalog.pg_class x
+                           where x.relname = util._twin_name(s.id, ix.index_name)
+                             and x.relnamespace = (select relnamespace from pg_catalog.pg_class where oid = s.destination));
+    head := pg_catalog.format('CREATE %sINDEX %I ON %I.%I USING ',
+                              case when ix.indisunique then 'UNIQUE ' else '' end, ix.index_name, ix.nspname, ix.table_name);
+    -- pg_get_indexdef quotes like format's %I, except for plain lower-case names.
+    if pg_catalog.strpos(ix.def, ' USING ') = 0
+       or pg_catalog.replace(pg_catalog.left(ix.def, pg_catalog.strpos(ix.def, ' USING ') + 6), '"', '')
+          <> pg_catalog.replace(head, '"', '') then
+      raise exception 'autoembed: index % of % cannot be carried over to the new model''s chunks', ix.index_name, l.destination
+        using errcode = 'AE001',
+              hint = pg_catalog.format('Drop %I for the change and create it again afterwards.', ix.index_name);
+    end if;
+    execute pg_catalog.format('CREATE %sINDEX %I ON %s USING %s',
+                              case when ix.indisunique then 'UNIQUE ' else '' end,
+                              util._twin_name(s.id, ix.index_name), s.destination,
+                              pg_catalog.substr(ix.def, pg_catalog.strpos(ix.def, ' USING ') + 7));
+    made := made + 1;
+  end loop;
+  return made;
+end
+$$;
