@@ -7,15 +7,14 @@
 --     pipeline created and owns (`destination`; the target is named by the
 --     side table's name; chunking and its settings: 25_chunked_targets).
 -- util.embedding_targets.store says which; the util._store_* functions
--- below branch on it (in SQL, only util._target_config besides them knows
--- where vectors live, see below).
+-- below branch on it, and nothing else does (util._target_config reads
+-- util._store_vectors).
 -- Registration (20), sweeps (40), model changes and their cancel (40) and
 -- status (70) are written once against the util._store_* functions below;
 -- each dispatches on the store, and the functions after them implement one
 -- store each. The processing core's side of the seam is
 -- supabase/functions/_shared/sql/store.ts (which apply path and which search
--- a target takes); util._target_config (50) names the vector column the
--- core writes.
+-- a target takes), which reads `store` from util._target_config (50).
 
 -------------------------------------------------------------------------------
 -- Registration
@@ -90,6 +89,18 @@ $$;
 -------------------------------------------------------------------------------
 -- Reading
 -------------------------------------------------------------------------------
+
+-- internal: where target `t`'s vectors live: the relation and its vector
+-- column (the source table's embedding column, or the side table's
+-- `embedding`). util._target_config reads it for the core's writes.
+create or replace function util._store_vectors(t util.embedding_targets, out relation regclass, out vector_column name)
+language sql
+immutable
+set search_path = ''
+as $$
+  select case t.store when 'column' then t.table_oid when 'chunks' then t.destination end,
+         case t.store when 'column' then t.embedding_column when 'chunks' then 'embedding'::name end
+$$;
 
 -- internal: a SQL condition, true when a source row holds its vectors in the
 -- store of target `t`; `source_alias` names the source row and

@@ -28,15 +28,16 @@ select t.id,
        t.chunk_size,
        t.chunk_overlap,
        t.splitter,
-       case when t.destination is not null then util._chunking_key(t) end as chunking_key
+       pg_catalog.nullif(util._fingerprint_key(t), '') as chunking_key,
+       -- where the vectors live (22_stores): 'column' or 'chunks'
+       t.store
   from util.embedding_targets t
   join pg_catalog.pg_class c on c.oid = t.table_oid
   join pg_catalog.pg_namespace n on n.oid = c.relnamespace
   join pg_catalog.pg_attribute pk on pk.attrelid = t.table_oid and pk.attname = t.pk_column
-  -- the vectors: the table's embedding column, or a chunked target's destination's
-  join pg_catalog.pg_attribute emb
-    on emb.attrelid = coalesce(t.destination, t.table_oid)
-   and emb.attname = case when t.destination is null then t.embedding_column else 'embedding' end
+  -- the vectors, wherever the target's store keeps them
+  cross join lateral util._store_vectors(t) v
+  join pg_catalog.pg_attribute emb on emb.attrelid = v.relation and emb.attname = v.vector_column
  where t.retired_at is null;
 
 -- internal: the hash the fingerprints and the compare-and-set use.

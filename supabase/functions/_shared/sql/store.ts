@@ -10,17 +10,18 @@ import type { SearchRequest, SearchResult } from "../search/types.ts";
 import type { Target } from "./targets.ts";
 
 /**
- * Splits a batch's work by the store of its target: `column` rows go through
- * the whole-row path (sql/rows.ts, sql/write.ts), `chunks` rows through
- * chunking/apply.ts (sql/chunks.ts). util._target_config shows a target's
- * store by its side table (destination_sql), not by name.
+ * Splits a batch's work by the store of its target (util._target_config's
+ * `store`): `column` rows go through the whole-row path (sql/rows.ts,
+ * sql/write.ts), `chunks` rows through chunking/apply.ts (sql/chunks.ts).
  */
 export function byStore<V>(
   work: Map<Target, V>,
 ): { column: Map<Target, V>; chunks: Map<Target, V> } {
   const split = { column: new Map<Target, V>(), chunks: new Map<Target, V>() };
   for (const [target, value] of work) {
-    (target.destination_sql === null ? split.column : split.chunks).set(target, value);
+    const store = split[target.store];
+    if (!store) throw new Error(`unknown store ${target.store} of target ${target.id}`);
+    store.set(target, value);
   }
   return split;
 }
