@@ -956,7 +956,7 @@ select t.id,
        t.chunk_size,
        t.chunk_overlap,
        t.splitter,
-       pg_catalog.nullif(util._fingerprint_key(t), '') as chunking_key,
+       nullif(util._fingerprint_key(t), '') as chunking_key,
        -- where the vectors live (22_stores): 'column' or 'chunks'
        t.store
   from util.embedding_targets t
