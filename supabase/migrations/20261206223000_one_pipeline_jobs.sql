@@ -237,9 +237,9 @@ language plpgsql
 set search_path = ''
 as $$
 declare
-  max_attempts int := util._setting('max_attempts')::int;
-  base int := util._setting('backoff_base_seconds')::int;
-  cap int := util._setting('backoff_max_seconds')::int;
+  max_attempts int;
+  base int;
+  cap int;
   closed int;
   failed_row record;
   own bigint;
@@ -248,7 +248,9 @@ begin
     delete from pgmq.q_embedding_jobs q where q.msg_id = any (done);
   end if;
 
-  if pg_catalog.jsonb_array_length(coalesce(circuits, '[]')) > 0 then
+  -- The common case, a healthy provider with no circuit open, touches no table.
+  if exists (select from util.provider_circuits)
+     or coalesce(circuits @> '[{"ok": false}]', false) then
     with ok as (
       delete from util.provider_circuits p
        where p.provider in (select c.provider from pg_catalog.jsonb_to_recordset(circuits) as c(provider text, ok boolean)
@@ -275,6 +277,9 @@ begin
   if pg_catalog.jsonb_array_length(coalesce(outcomes, '[]')) = 0 then
     return;
   end if;
+  max_attempts := util._setting('max_attempts')::int;
+  base := util._setting('backoff_base_seconds')::int;
+  cap := util._setting('backoff_max_seconds')::int;
 
   -- For plpgsql_check only (a no-op at run time): the temp table below, as it is created.
   perform 'PRAGMA:TABLE: _autoembed_settled (job_id bigint, row_id text, kind text, error text, retryable boolean, retry_after int, target_id int, table_name text, attempt int, packed boolean, dead boolean, delay int, own_id bigint)';
