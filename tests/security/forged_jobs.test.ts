@@ -7,6 +7,7 @@ import { runCli } from "../../devtools/cli.ts";
 import { withTestDb } from "../../devtools/db.ts";
 import { startFakeOpenAI } from "../../devtools/fake_openai.ts";
 import { drainPush, startPipeline } from "../../devtools/pipeline.ts";
+import { waitFor } from "../../devtools/wait.ts";
 import { embeddingProblem } from "../_support/rows.ts";
 import { assertHostileOutcome, createHostileFixture, enqueueHostileScenario } from "./_hostile.ts";
 
@@ -19,8 +20,13 @@ Deno.test("I8 push: forged messages in one batch with genuine jobs are refused o
       // One batch holds every message: a single bad one must not fail the rest.
       await drainPush(sql, { batchSize: 100, maxRequests: 1, waitMs: 20_000 });
       await assertHostileOutcome(sql, forged, p.fake.stats.texts);
-      const responses = await sql`select status_code, content from net._http_response order by id`;
-      assert.ok(responses.length >= 1);
+      // The call reports back (and its lease ends) before its HTTP answer reaches
+      // pg_net's dispatcher, which then writes the response: wait for that.
+      let responses: { status_code: number; content: string }[] = [];
+      await waitFor(async () => {
+        responses = await sql`select status_code, content from net._http_response order by id`;
+        return responses.length >= 1;
+      }, { what: "pg_net to record the call's response" });
       for (const r of responses) assert.equal(r.status_code, 200, r.content);
       assert.equal(p.fake.stats.requests, 1, "one provider call for the seven genuine rows");
     } finally {
