@@ -1,19 +1,27 @@
-// The store seam of the core (sql/store.ts): a batch's work is split by
-// where its target keeps its vectors, and nothing else decides it.
+// The store seam of the core (sql/store.ts): where a target keeps its
+// vectors decides how its text is split into pieces, and nothing else does.
 import assert from "node:assert/strict";
-import { byStore } from "../../supabase/functions/_shared/sql/store.ts";
+import { storeOf } from "../../supabase/functions/_shared/sql/store.ts";
 import type { Target } from "../../supabase/functions/_shared/sql/targets.ts";
 
-const target = (id: number, store: string) => ({ id, store }) as unknown as Target;
+const target = (id: number, store: string, extra: Partial<Target> = {}) =>
+  ({ id, store, model: "text-embedding-3-small", ...extra }) as unknown as Target;
 
-Deno.test("byStore: whole-row targets to the column path, chunked ones to the chunks path", () => {
+Deno.test("storeOf: a whole-row target's text is one piece; a chunked target's, its chunks", () => {
+  const text = Array.from({ length: 12 }, (_, i) => `Paragraph ${i}: ${"words ".repeat(10)}`)
+    .join("\n\n");
   const column = target(1, "column");
-  const chunks = target(2, "chunks");
-  const shadow = target(3, "chunks");
-  const work = new Map<Target, string>([[column, "a"], [chunks, "b"], [shadow, "c"]]);
-  const split = byStore(work);
-  assert.deepEqual([...split.column], [[column, "a"]]);
-  assert.deepEqual([...split.chunks], [[chunks, "b"], [shadow, "c"]]);
-  assert.equal(byStore(new Map()).column.size + byStore(new Map()).chunks.size, 0);
-  assert.throws(() => byStore(new Map([[target(4, "elsewhere"), "d"]])), /unknown store elsewhere/);
+  assert.equal(storeOf(column).chunked, false);
+  assert.deepEqual(storeOf(column).split(column, text), [{ text, vector: null }]);
+
+  const chunks = target(2, "chunks", { splitter: "recursive", chunk_size: 32, chunk_overlap: 0 });
+  const pieces = storeOf(chunks).split(chunks, text);
+  assert.equal(storeOf(chunks).chunked, true);
+  assert.ok(pieces.length >= 2, `${pieces.length} pieces`);
+  for (const piece of pieces) {
+    assert.ok(text.includes(piece.text), piece.text);
+    assert.match(piece.hash!, /^[0-9a-f]{64}$/);
+    assert.equal(piece.vector, null);
+  }
+  assert.throws(() => storeOf(target(4, "elsewhere")), /unknown store elsewhere of target 4/);
 });

@@ -1,14 +1,17 @@
 // The processing core shared by the `embed` edge function (push mode) and the
-// pull worker: turns a batch of queue jobs into written embeddings with a
-// fixed number of round trips — per batch one read of the targets, one read
-// of rows per target, one provider call per provider batch, one write per
-// target, one settle of the batch's jobs (plus one read per other target
-// whose rows lend a vector for the same text). Chunked targets take their
-// own path (chunking/apply.ts) with the same counts, plus one look-up per
-// target of the chunk texts that already have a vector.
+// pull worker: turns a batch of queue jobs into written embeddings. Every
+// target goes through the same stages, whatever its store (sql/store.ts: the
+// row's own embedding column, or a side table of chunks): read its rows, split
+// each changed text into pieces (the whole text, or its chunks), reuse the
+// vectors already held for those texts, embed the rest (identical texts once,
+// all targets together), write under a compare-and-set, settle the jobs. The
+// round trips are fixed: per batch one read of the targets, one read of rows
+// per target, at most one look-up of held vectors per target (plus one per
+// other target a vector is copied from), one provider call per provider
+// batch, one write per target, one settle of the batch's jobs.
 //
 // A job names a live target; it applies to that target and, while a model
-// change is in progress, to its shadow target too (I7): the live column stays
+// change is in progress, to its shadow target too (I7): the live store stays
 // fresh under the old model while the shadow fills with the new one.
 //
 // Crash safety: the embeddings and fingerprints of a target are written in
@@ -17,20 +20,17 @@
 // when the fingerprints show the text is already embedded and they finish at
 // zero provider cost. Nothing is lost or written stale.
 import type postgres from "postgres";
-import { applyChunked } from "./chunking/apply.ts";
 import { isConnectionError } from "./db_errors.ts";
-import { embedTexts } from "./embed_texts.ts";
+import { type EmbedOutcome, type EmbedRequest, embedTexts } from "./embed_texts.ts";
 import type { Job, RefusedJob } from "./jobs.ts";
 import { idFitsKeyType } from "./keys.ts";
 import { type EmbeddingProvider, ProviderError, providerOrError } from "./providers/types.ts";
 import { mayExceedTokens } from "./providers/tokens.ts";
 import { ProviderHealth } from "./recovery.ts";
-import { failureKey, type SettledRow, settleJobs } from "./sql/queue.ts";
-import { loadDonorVectors, loadRows } from "./sql/rows.ts";
-import { byStore } from "./sql/store.ts";
+import { failureKey, recordNotes, type SettledRow, settleJobs } from "./sql/queue.ts";
+import { type Piece, type RowPlan, type Store, storeOf } from "./sql/store.ts";
 import { loadTargets, tableLabel, type Target, type Targets } from "./sql/targets.ts";
-import { type BinaryWrites, writeEmbeddings } from "./sql/write.ts";
-import type { Vector } from "./vectors.ts";
+import type { BinaryWrites } from "./sql/write.ts";
 
 export interface ProcessOptions {
   /** The provider for a target's model and dimensions (may throw ProviderError, e.g. missing key). */
@@ -100,10 +100,6 @@ interface RowWork {
   target: Target;
   rowId: string;
   jobIds: number[];
-  hash?: string;
-  text?: string;
-  /** The embedding to write (the provider's, or a row's text); null clears it. */
-  vector?: Vector | string | null;
 }
 
 const REFUSED_TARGET = "refused: the job names no attached table, embedding column and content " +
@@ -215,21 +211,10 @@ export async function processBatch(
   }
   if (jobs.length) {
     const targets = await loadTargets(sql);
-    // Each store has its apply path (sql/store.ts): chunks go through chunking/apply.ts.
-    const { column, chunks: chunked } = byStore(assignJobs(jobs, targets, outcome));
-    const plan = await readRows(sql, column, targets, options, outcome);
-    await embed(plan, options, outcome);
-    await write(sql, plan.toWrite, outcome, options.binaryWrites);
-    if (chunked.size) {
-      await applyChunked(sql, chunked, options, {
-        stats: outcome.stats,
-        health: outcome.health,
-        fail: (work, error, retryable, retryAfterMs) =>
-          outcome.fail(work, error, retryable, retryAfterMs),
-        defer: (work) => outcome.defer(work),
-        handBack: (work) => outcome.handBack(work),
-      });
-    }
+    const tasks = await readRows(sql, assignJobs(jobs, targets, outcome), targets, outcome);
+    await reuseVectors(sql, tasks, targets, outcome);
+    await embed(tasks, options, outcome);
+    await write(sql, tasks, outcome, options.binaryWrites);
   }
   return await acknowledge(sql, jobs, outcome, started, options);
 }
@@ -285,187 +270,203 @@ function assignJobs(
   return rowsByTarget;
 }
 
-/** What the read found to do: vectors to write (copied or cleared), texts to embed. */
-interface Plan {
-  toWrite: Map<Target, RowWork[]>;
-  toEmbed: RowWork[];
+/** A row to bring up to date: its store's plan, the jobs that asked for it, and notes for the user. */
+interface RowTask extends RowPlan {
+  work: RowWork;
+  /** Settled already (failed, deferred or handed back): not written. */
+  settled?: boolean;
+  /** Chunks embedded from their start (over the model's limit): recorded once the row is written. */
+  notes: string[];
 }
 
 /**
- * 2. Reads each target's rows once (text, hash, fingerprint and a donor
- * together) and sorts them: gone (I6), blank (clear), fresh (I3/I4), copied
- * from a row of this or another target that holds the text's vector, or for
- * the provider. Vectors held by other targets' rows take one read per target.
+ * 2. Reads each target's rows once, through its store, and keeps those with
+ * something to do: not gone (I6), not fresh (I3/I4). A changed text is split
+ * into its store's pieces; a blank one has none, so the write clears what
+ * the store holds for it (an embedding of earlier text would keep the row
+ * findable by what it no longer says).
  */
 async function readRows(
   sql: postgres.Sql,
   rowsByTarget: Map<Target, Map<string, RowWork>>,
   targets: Targets,
-  options: ProcessOptions,
   outcome: Outcome,
-): Promise<Plan> {
+): Promise<RowTask[]> {
   const { stats } = outcome;
-  const plan: Plan = { toWrite: new Map(), toEmbed: [] };
-  const fromDonors = new Map<number, { wanted: Map<string, string>; works: RowWork[] }>();
-  const texts = new Map<RowWork, string>();
+  const tasks: RowTask[] = [];
   for (const [target, rows] of rowsByTarget) {
     stats.rows += rows.size;
-    const provider = providerOrError(options.providerFor, target);
-    const loaded = await loadRows(
-      sql,
-      target,
-      targets.sameModel(target),
-      [...rows.keys()],
-      (rowId, message, retryable) => {
-        if (!retryable) stats.refused++;
-        outcome.fail(rows.get(rowId)!, message, retryable);
-        rows.delete(rowId);
-      },
-    );
+    const store = storeOf(target);
+    const read = await store.read(sql, target, targets, [...rows.keys()], (rowId, error, retry) => {
+      if (!retry) stats.refused++;
+      outcome.fail(rows.get(rowId)!, error, retry);
+      rows.delete(rowId);
+    });
     for (const work of rows.values()) {
-      const row = loaded.get(work.rowId);
-      if (!row) {
-        stats.deleted++; // I6: the row is gone, so is the job
-        continue;
-      }
-      work.hash = row.hash;
-      if (row.content === null || row.content.trim() === "") {
-        stats.emptyText++;
-        // No text any more: an embedding of earlier text would keep the row
-        // findable by what it no longer says (and stale in status), so it goes,
-        // with its fingerprint, under the same compare-and-set as a write.
-        if (row.has_embedding || row.fp_hash !== null) {
-          work.vector = null;
-          pushTo(plan.toWrite, target, work);
-        }
-        continue;
-      }
-      if (row.has_embedding && row.fp_hash === row.hash) {
-        stats.fresh++; // I3/I4: already embedded from exactly this text by this model
-        continue;
-      }
-      if (row.donor_vector !== null) {
-        stats.copied++;
-        work.vector = row.donor_vector;
-        pushTo(plan.toWrite, target, work);
-      } else if (row.donor_target !== null && row.donor_target !== target.id) {
-        let donor = fromDonors.get(row.donor_target);
-        if (!donor) fromDonors.set(row.donor_target, donor = { wanted: new Map(), works: [] });
-        donor.wanted.set(row.donor_row!, row.hash);
-        donor.works.push(work);
-        texts.set(work, row.content);
-      } else forProvider(work, row.content, provider, options, plan, outcome);
-    }
-  }
-  for (const [donorId, { wanted, works }] of fromDonors) {
-    const donor = targets.byId(donorId);
-    const vectors = donor ? await loadDonorVectors(sql, donor, wanted) : new Map();
-    const byHash = new Map<string, string>();
-    for (const [rowId, vector] of vectors) byHash.set(wanted.get(rowId)!, vector);
-    for (const work of works) {
-      const vector = byHash.get(work.hash!);
-      if (vector !== undefined) {
-        stats.copied++;
-        work.vector = vector;
-        pushTo(plan.toWrite, work.target, work);
-      } else {
-        const provider = providerOrError(options.providerFor, work.target);
-        forProvider(work, texts.get(work)!, provider, options, plan, outcome);
+      const row = read.get(work.rowId);
+      if (!row) stats.deleted++; // I6: the row is gone, so is the job (and its chunks, on delete cascade)
+      else if (row.fresh) stats.fresh++; // I3/I4: its store holds exactly this text's vectors
+      else {
+        const blank = row.content === null || row.content.trim() === "";
+        if (blank) stats.emptyText++;
+        const pieces = blank ? [] : store.split(target, row.content!);
+        tasks.push({ target, rowId: work.rowId, row, pieces, work, notes: [] });
       }
     }
   }
-  return plan;
+  return tasks;
 }
 
-/** Queues `work` with its text for the provider, or fails it (no provider, text too long). */
-function forProvider(
-  work: RowWork,
-  text: string,
-  provider: EmbeddingProvider | ProviderError,
-  options: ProcessOptions,
-  plan: Plan,
+/** 3. Vectors already held for the pieces' texts, looked up by each store (I3). */
+async function reuseVectors(
+  sql: postgres.Sql,
+  tasks: RowTask[],
+  targets: Targets,
   outcome: Outcome,
-) {
-  if (provider instanceof ProviderError) {
-    return outcome.fail(work, provider.message, provider.retryable);
-  }
-  const counter = provider.tokens;
-  const tokens = mayExceedTokens(text, provider.maxInputTokens) ? counter.count(text) : 0;
-  if (tokens > provider.maxInputTokens) {
-    if (!options.truncate) {
-      const about = counter.name === "estimate" ? "about " : "";
-      return outcome.fail(
-        work,
-        `text is ${about}${tokens} tokens, over the ${provider.maxInputTokens}-token input limit of ` +
-          `${work.target.model}: shorten what the content function returns, or set EMBEDDING_TRUNCATE=true`,
-        false,
-      );
-    }
-    text = counter.truncate(text, provider.maxInputTokens);
-  }
-  work.text = text;
-  plan.toEmbed.push(work);
+): Promise<void> {
+  const byStore = new Map<Store, RowTask[]>();
+  for (const task of tasks) if (task.pieces.length) pushTo(byStore, storeOf(task.target), task);
+  for (const [store, list] of byStore) await store.reuse(sql, list, targets, outcome.stats);
 }
 
-/** 3. Provider calls: identical texts once, batched by count and token estimate. */
-async function embed(plan: Plan, options: ProcessOptions, outcome: Outcome): Promise<void> {
-  const results = await embedTexts(
-    plan.toEmbed.map((w) => ({
-      text: w.text!,
-      model: w.target.model,
-      dimensions: w.target.dimensions,
-    })),
-    {
-      providerFor: options.providerFor,
-      deadline: options.deadline,
-      signal: options.signal,
-      concurrency: options.providerConcurrency,
-      health: outcome.health,
-    },
-    outcome.stats,
-  );
-  plan.toEmbed.forEach((work, i) => {
+/** How bad a provider outcome is for its row: the worst of its pieces' settles it. */
+const RANK = (r: EmbedOutcome) =>
+  "vector" in r ? 0 : "handedBack" in r ? 1 : "deferred" in r ? 2 : 3;
+
+/**
+ * 4. Provider calls for the pieces no store holds a vector of: identical
+ * texts once, every target of the batch together, batched by count and
+ * token estimate (embed_texts.ts). A row is settled by its worst piece: its
+ * own failure, then a provider-wide one (deferred), then time running out.
+ */
+async function embed(tasks: RowTask[], options: ProcessOptions, outcome: Outcome): Promise<void> {
+  const requests: EmbedRequest[] = [];
+  const requested: { task: RowTask; piece: Piece }[] = [];
+  const providers = new Map<Target, EmbeddingProvider | ProviderError>();
+  for (const task of tasks) {
+    const pieces = task.pieces.filter((p) => p.vector === null && !p.reused);
+    if (pieces.length === 0) continue;
+    const { target } = task;
+    let provider = providers.get(target);
+    if (!provider) providers.set(target, provider = providerOrError(options.providerFor, target));
+    const refusal = provider instanceof ProviderError
+      ? provider
+      : fitToLimit(task, pieces, provider, options);
+    if (refusal) {
+      task.settled = true;
+      outcome.fail(task.work, refusal.message, refusal.retryable);
+      continue;
+    }
+    for (const piece of pieces) {
+      requests.push({
+        text: piece.input ?? piece.text,
+        model: target.model,
+        dimensions: target.dimensions,
+      });
+      requested.push({ task, piece });
+    }
+  }
+  const results = await embedTexts(requests, {
+    providerFor: options.providerFor,
+    deadline: options.deadline,
+    signal: options.signal,
+    concurrency: options.providerConcurrency,
+    health: outcome.health,
+  }, outcome.stats);
+  const worst = new Map<RowTask, EmbedOutcome>();
+  requested.forEach(({ task, piece }, i) => {
     const result = results[i];
     if ("vector" in result) {
-      work.vector = result.vector; // formatted with the rest of its write (sql/write.ts)
-      pushTo(plan.toWrite, work.target, work);
-    } else if ("deferred" in result) {
-      outcome.defer(work);
-    } else if ("error" in result) {
-      outcome.fail(work, result.error, result.retryable, result.retryAfterMs);
-    } else outcome.handBack(work);
+      piece.vector = result.vector; // formatted by its store's write
+      if (storeOf(task.target).chunked) outcome.stats.chunksEmbedded++;
+    } else if (RANK(result) > RANK(worst.get(task) ?? { handedBack: true })) {
+      worst.set(task, result);
+    } else if (!worst.has(task)) worst.set(task, result);
   });
+  for (const [task, result] of worst) {
+    task.settled = true;
+    if ("deferred" in result) outcome.defer(task.work);
+    else if ("error" in result) {
+      outcome.fail(task.work, result.error, result.retryable, result.retryAfterMs);
+    } else outcome.handBack(task.work);
+  }
 }
 
-/** 4. One write per target, compare-and-set on the content hash (I2). */
+/**
+ * Fits the pieces of `task` to the model's input limit. A chunk that is one
+ * indivisible unit over it is embedded from its start, and the user is told
+ * (the stored chunk text stays whole); a whole text over it fails its row,
+ * unless the caller asked to truncate. Returns the row's failure, if any.
+ */
+function fitToLimit(
+  task: RowTask,
+  pieces: Piece[],
+  provider: EmbeddingProvider,
+  options: ProcessOptions,
+): { message: string; retryable: boolean } | undefined {
+  const { tokens: counter, maxInputTokens: max } = provider;
+  const model = task.target.model;
+  for (const piece of pieces) {
+    const tokens = mayExceedTokens(piece.text, max) ? counter.count(piece.text) : 0;
+    if (tokens <= max) continue;
+    if (storeOf(task.target).chunked) {
+      task.notes.push(
+        `a chunk of ${tokens} tokens is over the ${max}-token input limit of ${model}: ` +
+          `embedded its first ${max} tokens (split the text with a splitter other than none, ` +
+          "or break up the long unit)",
+      );
+    } else if (!options.truncate) {
+      const about = counter.name === "estimate" ? "about " : "";
+      return {
+        message: `text is ${about}${tokens} tokens, over the ${max}-token input limit of ` +
+          `${model}: shorten what the content function returns, or set EMBEDDING_TRUNCATE=true`,
+        retryable: false,
+      };
+    }
+    piece.input = counter.truncate(piece.text, max);
+  }
+}
+
+/** 5. One write per target, through its store, compare-and-set on the content hash (I2, I12). */
 async function write(
   sql: postgres.Sql,
-  toWrite: Map<Target, RowWork[]>,
+  tasks: RowTask[],
   outcome: Outcome,
   binaryWrites: BinaryWrites | undefined,
 ): Promise<void> {
-  for (const [target, works] of toWrite) {
+  const { stats } = outcome;
+  const byTarget = new Map<Target, RowTask[]>();
+  for (const task of tasks) if (!task.settled) pushTo(byTarget, task.target, task);
+  for (const [target, list] of byTarget) {
+    const store = storeOf(target);
     try {
-      const written = await writeEmbeddings(
-        sql,
-        target,
-        works.map((w) => ({ rowId: w.rowId, hash: w.hash!, vector: w.vector ?? null })),
-        binaryWrites,
-      );
-      for (const work of works) {
-        if (written.has(work.rowId)) outcome.stats.written++;
-        else outcome.stats.superseded++; // text changed since it was read; its newer job re-embeds it
+      const written = await store.write(sql, target, list, binaryWrites);
+      const notes: { rowId: string; error: string }[] = [];
+      for (const task of list) {
+        const result = written.get(task.rowId);
+        if (result === "written") {
+          stats.written++;
+          if (store.chunked) stats.chunks += task.pieces.length;
+          for (const error of task.notes) notes.push({ rowId: task.rowId, error });
+        } else if (result === "incomplete") {
+          outcome.fail(
+            task.work,
+            "a vector this row was to reuse was replaced meanwhile; retried",
+            true,
+          );
+        } else stats.superseded++; // its text changed since it was read; its newer job writes it
       }
+      await recordNotes(sql, target, notes);
     } catch (err) {
       if (isConnectionError(err)) throw err;
       const message = `writing embeddings failed: ${(err as Error).message}`;
-      for (const work of works) outcome.fail(work, message, true);
+      for (const task of list) outcome.fail(task.work, message, true);
     }
   }
 }
 
 /**
- * 5. Settle, in one call (util._settle_jobs): messages with every row done
+ * 6. Settle, in one call (util._settle_jobs): messages with every row done
  * are deleted; a row that failed goes on alone under its own backoff (or is
  * dead-lettered), one deferred or unstarted stays with its attempt back;
  * the providers' circuits open or close as this batch found them.
@@ -519,8 +520,8 @@ async function acknowledge(
   return { completedJobs: completed, completedRows, failedJobs, stats };
 }
 
-function pushTo(map: Map<Target, RowWork[]>, target: Target, work: RowWork) {
-  const list = map.get(target);
-  if (list) list.push(work);
-  else map.set(target, [work]);
+function pushTo<K, V>(map: Map<K, V[]>, key: K, value: V) {
+  const list = map.get(key);
+  if (list) list.push(value);
+  else map.set(key, [value]);
 }

@@ -7,7 +7,7 @@
 // util.match_chunked). Everything is bound; the role is one of three fixed names.
 import type postgres from "postgres";
 import { errorCode, PIPELINE_SQLSTATES } from "../db_errors.ts";
-import { matchAsCaller } from "../sql/store.ts";
+import { storeOf } from "../sql/store.ts";
 import { type Vector, vectorLiteral } from "../vectors.ts";
 import { type Caller, SEARCH_ROLES } from "./caller.ts";
 import type { SearchTarget } from "./target.ts";
@@ -41,7 +41,7 @@ export async function queryAsCaller(
       await tx`
         select set_config('request.jwt.claims', ${JSON.stringify(caller.claims)}::text, true),
                set_config('statement_timeout', ${String(options.statementTimeoutMs)}, true)`;
-      return await matchAsCaller(tx, target, vectorLiteral(vector, "vector"), request);
+      return await storeOf(target).match(tx, target, vectorLiteral(vector, "vector"), request);
     });
   } catch (err) {
     throw classifyQueryError(err);

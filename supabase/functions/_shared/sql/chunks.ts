@@ -205,22 +205,3 @@ export async function writeChunkSets(
     }
   }
 }
-
-/**
- * Notes for chunks embedded truncated (one indivisible unit over the model's
- * input limit): a row of util.embedding_errors each, not retryable and not
- * dead-lettered, so a user sees which rows lost text from their vectors.
- */
-export async function recordTruncatedChunks(
-  sql: postgres.Sql,
-  target: Target,
-  notes: { rowId: string; error: string }[],
-): Promise<void> {
-  if (notes.length === 0) return;
-  await sql`
-    insert into util.embedding_errors (target_id, table_name, row_id, retryable, error)
-    select ${target.id}, ${`${target.schema_name}.${target.table_name}`}, n.row_id, false, n.error
-      from jsonb_to_recordset(${
-    JSON.stringify(notes.map((n) => ({ row_id: n.rowId, error: n.error })))
-  }::text::jsonb) as n(row_id text, error text)`;
-}

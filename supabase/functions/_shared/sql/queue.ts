@@ -4,6 +4,7 @@
 // call per batch, hand-backs after a lost connection.
 import type postgres from "postgres";
 import { checkJobMessage, type Job, jobsOf, parseJobJson, type RefusedJob } from "../jobs.ts";
+import type { Target } from "./targets.ts";
 
 /** What became of a row (row_id) of a message that is not done, or of a whole message (null). */
 export interface SettledRow {
@@ -111,4 +112,24 @@ export async function requeueJobs(
 export async function queuedRows(sql: postgres.Sql): Promise<number> {
   const [{ n }] = await sql<{ n: string }[]>`select util._queued_rows() as n`;
   return Number(n);
+}
+
+/**
+ * Notes on rows written with a loss (a chunk embedded truncated, one
+ * indivisible unit over the model's input limit): a row of
+ * util.embedding_errors each, not retryable and not dead-lettered, so a user
+ * sees which rows lost text from their vectors.
+ */
+export async function recordNotes(
+  sql: postgres.Sql,
+  target: Target,
+  notes: { rowId: string; error: string }[],
+): Promise<void> {
+  if (notes.length === 0) return;
+  await sql`
+    insert into util.embedding_errors (target_id, table_name, row_id, retryable, error)
+    select ${target.id}, ${`${target.schema_name}.${target.table_name}`}, n.row_id, false, n.error
+      from jsonb_to_recordset(${
+    JSON.stringify(notes.map((n) => ({ row_id: n.rowId, error: n.error })))
+  }::text::jsonb) as n(row_id text, error text)`;
 }
