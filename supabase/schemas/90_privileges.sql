@@ -51,8 +51,9 @@ exception when insufficient_privilege then
 end
 $$;
 
--- Search (80_search): util.match, util.match_hybrid, util.match_chunked and
--- their filter check util._match_filter_conditions are security invoker and
+-- Search (80_search): util.match, util.match_hybrid, util.match_chunked, the
+-- one search under them (util._match) and its filter check
+-- util._match_filter_conditions are security invoker and
 -- read only the system catalog and the tables they are given, so they
 -- run with the caller's privileges and row-level security. App roles may
 -- call them (the search function calls them as the caller's role); the rest
@@ -66,6 +67,8 @@ grant execute on function
                     regconfig, float8, float8, int),
   util.match_chunked(regclass, regclass, extensions.vector, text, int, float8, jsonb, regconfig,
                      float8, float8, int),
+  util._match(regclass, regclass, name, regprocedure, extensions.vector, text, int, float8, jsonb,
+              regconfig, float8, float8, int),
   util._match_filter_conditions(regclass, jsonb, name[])
   to service_role;
 grant execute on function
@@ -74,5 +77,7 @@ grant execute on function
                     regconfig, float8, float8, int),
   util.match_chunked(regclass, regclass, extensions.vector, text, int, float8, jsonb, regconfig,
                      float8, float8, int),
+  util._match(regclass, regclass, name, regprocedure, extensions.vector, text, int, float8, jsonb,
+              regconfig, float8, float8, int),
   util._match_filter_conditions(regclass, jsonb, name[])
   to anon, authenticated;
