@@ -121,6 +121,45 @@ function recordedVersions(dbUrl: string): Promise<Set<string>> {
   });
 }
 
+/**
+ * Why a database's recorded history is no prefix of `repository`'s versions
+ * (one line), or null when it is one (the database only lacks later
+ * migrations, which `db push` applies). A version the repository does not
+ * have, or one it has but later than a version the database lacks, means
+ * the database was built from another history (the migrations before the
+ * 0.1.0 baseline, another branch): pushing onto it would drift.
+ */
+export function historyDivergence(recorded: string[], repository: string[]): string | null {
+  const ours = [...repository].sort();
+  const theirs = [...recorded].sort();
+  for (const [i, version] of theirs.entries()) {
+    if (ours[i] === version) continue;
+    return ours.includes(version)
+      ? `it lacks ${ours[i]}, which comes before ${version}, applied`
+      : `it records ${version}, which this checkout has no migration for`;
+  }
+  return null;
+}
+
+/**
+ * Before migrating a local database: when its recorded history is no prefix
+ * of the repository's, says so in one line and calls `recreate` (the local
+ * stack recreates the cluster: its data goes, as with `supabase db reset`).
+ * Returns whether it did.
+ */
+export async function recreateIfDiverged(
+  dbUrl: string,
+  recreate: () => Promise<void>,
+  log: (line: string) => void,
+): Promise<boolean> {
+  const recorded = [...await recordedVersions(dbUrl)];
+  const why = historyDivergence(recorded, (await listMigrations()).map((m) => m.version));
+  if (why === null) return false;
+  log(`local database: its migration history is not this checkout's (${why}); recreating it`);
+  await recreate();
+  return true;
+}
+
 export interface ApplyOptions {
   /** Supabase project folder holding `supabase/migrations` (and `supabase/seed.sql`). */
   workdir?: string;

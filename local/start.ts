@@ -3,11 +3,11 @@
 // Ctrl-C or SIGTERM.
 import { join } from "node:path";
 import { API_PORT, API_URL, databaseUrl, LOCAL_EMBED_SECRET } from "./config.ts";
-import { stopCluster } from "./cluster.ts";
+import { removeCluster, stopCluster } from "./cluster.ts";
 import { chooseDefaultModel, type ModelChoice, setDefaultModel } from "./default_model.ts";
 import { showDemo } from "./demo.ts";
 import { FUNCTIONS_DIR, localJwt, startFunctions } from "./functions.ts";
-import { applyMigrations, hasMigrationTable } from "./migrate.ts";
+import { applyMigrations, hasMigrationTable, recreateIfDiverged } from "./migrate.ts";
 import { startNetDispatcher } from "./net_dispatcher.ts";
 import { readTextIfExists, say, waitForSignal } from "./proc.ts";
 import { startPushTick } from "./push_tick.ts";
@@ -60,8 +60,12 @@ export async function configuredModel(): Promise<ModelChoice> {
 export async function start(): Promise<void> {
   // The pg_net dispatcher runs in this process: a database restart must not end it.
   surviveDatabaseDisconnects((line) => say(line));
-  const startedCluster = await prepareStack(say);
+  let startedCluster = await prepareStack(say);
   const dbUrl = databaseUrl("postgres");
+  await recreateIfDiverged(dbUrl, async () => {
+    await removeCluster();
+    startedCluster = await prepareStack(say);
+  }, say);
   const fresh = !(await hasMigrationTable(dbUrl));
   const choice = await configuredModel();
   // Through the Supabase CLI: the first start pushes the migrations and the seed

@@ -4,7 +4,13 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { startFunctions } from "../../local/functions.ts";
 import { localJwt } from "../../local/functions.ts";
-import { applyMigrations, MigrationError, MIGRATIONS_DIR } from "../../local/migrate.ts";
+import {
+  applyMigrations,
+  listMigrations,
+  MigrationError,
+  recreateIfDiverged,
+} from "../../local/migrate.ts";
+import { splitStatements } from "../../cli/sql_statements.ts";
 import { PUSH_TICK_APPLICATION_NAME, type PushTick, startPushTick } from "../../local/push_tick.ts";
 import { ensureSetup } from "../../local/setup.ts";
 import { ADMIN_URL, connect, type Sql, withTestDb } from "../../devtools/db.ts";
@@ -42,11 +48,22 @@ function cronHasSeconds(version: string): boolean {
 /** Thrown to roll a transaction back once its checks are done. */
 class Rollback extends Error {}
 
+/** The schedule statement of the migrations: the `do` block that calls cron.schedule. */
+async function scheduleStatement(): Promise<string> {
+  const statements: string[] = [];
+  for (const m of await listMigrations()) {
+    const text = await Deno.readTextFile(m.path);
+    for (const s of splitStatements(text)) {
+      if (/^do\b/i.test(s.text) && s.text.includes("cron.schedule(")) statements.push(s.text);
+    }
+  }
+  assert.ok(statements.length > 0, "no migration schedules the tick");
+  return statements.at(-1)!;
+}
+
 Deno.test("cluster: pg_cron is preloaded; the schedule migration ticks as often as the installed pg_cron allows", async () => {
   const sql = connect(ADMIN_URL, { max: 1 });
-  const migration = await Deno.readTextFile(
-    join(MIGRATIONS_DIR, "20261124000300_schedule.sql"),
-  );
+  const schedule = await scheduleStatement();
   try {
     const [{ libs }] = await sql`select current_setting('shared_preload_libraries') as libs`;
     assert.match(libs, /pg_cron/);
@@ -61,18 +78,25 @@ Deno.test("cluster: pg_cron is preloaded; the schedule migration ticks as often 
         sp`select cron.schedule('autoembed-test-seconds', '10 seconds', 'select 1')`
       ).then(() => true, () => false);
       assert.equal(accepted, seconds, `pg_cron ${extversion} and '10 seconds'`);
-      await tx.unsafe(migration).simple();
+      // What the statement needs of the pipeline's schema, in this rolled-back transaction.
+      await tx`create schema if not exists util`;
+      await tx`create table if not exists util.settings
+                 (name text primary key, value text, description text)`;
+      await tx`insert into util.settings (name, value, description)
+               values ('kick_on_change', 'off', 'test') on conflict (name) do update set value = 'off'`;
+      await tx.unsafe(schedule).simple();
       const jobs = await tx`
         select jobname, schedule, command from cron.job
-         where jobname in ('process-embeddings', 'prune-embedding-cache') order by jobname`;
+         where jobname like 'process-embeddings%' or jobname like 'prune-%' order by jobname`;
       assert.deepEqual(jobs.map((j) => [j.jobname, j.schedule, j.command]), [
         [
           "process-embeddings",
           seconds ? "10 seconds" : "* * * * *",
           "select util.process_embeddings()",
         ],
-        ["prune-embedding-cache", "17 3 * * *", "select util.prune_embedding_cache()"],
       ]);
+      const [{ value }] = await tx`select value from util.settings where name = 'kick_on_change'`;
+      assert.equal(value, "on", "push mode kicks an idle pipeline where pg_cron ticks");
       throw new Rollback();
     }).catch((err) => {
       if (!(err instanceof Rollback)) throw err;
@@ -351,4 +375,25 @@ Deno.test("function server: a taken port gives a clear error", async () => {
   } finally {
     listener.close();
   }
+});
+
+Deno.test("a local database built from another history is recreated, and says so in one line", async () => {
+  await withTestDb(async (sql, url) => {
+    const lines: string[] = [];
+    let recreated = 0;
+    const recreate = () => {
+      recreated++;
+      return Promise.resolve();
+    };
+    // The premise: a database of this checkout's migrations is left as it is.
+    assert.equal(await recreateIfDiverged(url, recreate, (l) => lines.push(l)), false);
+    assert.deepEqual([recreated, lines], [0, []]);
+    // A version from the history before the baseline, as a database of an older checkout has.
+    await sql`insert into supabase_migrations.schema_migrations (version, name, statements)
+              values ('20261124000100', 'extensions', '{}')`;
+    assert.equal(await recreateIfDiverged(url, recreate, (l) => lines.push(l)), true);
+    assert.equal(recreated, 1);
+    assert.equal(lines.length, 1);
+    assert.match(lines[0], /not this checkout's \(it records 20261124000100, .*\); recreating it/);
+  });
 });

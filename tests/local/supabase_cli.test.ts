@@ -17,7 +17,7 @@ Deno.test("supabase migration list shows every migration of supabase/migrations 
     const rows = result.stdout.split("\n").map((line) => line.split("|").map((c) => c.trim()))
       .filter((cells) => cells.length === 3 && cells.slice(0, 2).some((c) => /^`\d+`$/.test(c)));
     const local = await listMigrations();
-    assert.ok(local.length >= 11, `found ${local.length} migration files`);
+    assert.ok(local.length >= 1, `found ${local.length} migration files`);
     assert.deepEqual(
       rows.map(([l, r]) => [l.replaceAll("`", ""), r.replaceAll("`", "")]),
       local.map((m) => [m.version, m.version]),

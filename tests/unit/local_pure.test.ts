@@ -1,7 +1,7 @@
 // Pure helpers of the local stack and the CLI.
 import assert from "node:assert/strict";
 import { localJwt, parseDotenv, parseVerifyJwt, verifyLocalJwt } from "../../local/functions.ts";
-import { cliDbUrl, listMigrations } from "../../local/migrate.ts";
+import { cliDbUrl, historyDivergence, listMigrations } from "../../local/migrate.ts";
 import { chooseDefaultModel } from "../../local/default_model.ts";
 import { type CronJob, planPushTick } from "../../local/push_tick.ts";
 import { parseArgs, parseDuration, progressLine, UsageError } from "../../cli/autoembed.ts";
@@ -229,4 +229,20 @@ Deno.test("planPushTick: the local stack ticks only the active per-minute fallba
     assert.equal(plan.tick, tick, JSON.stringify(input));
     assert.match(plan.reason, reason, JSON.stringify(input));
   }
+});
+
+Deno.test("historyDivergence: a database's history must be a prefix of the repository's", () => {
+  const repo = ["20261207000000", "20270101000000", "20270201000000"];
+  assert.equal(historyDivergence([], repo), null);
+  assert.equal(historyDivergence(["20261207000000"], repo), null);
+  assert.equal(historyDivergence([...repo].reverse(), repo), null);
+  assert.match(
+    historyDivergence(["20261124000100", "20261124000200"], repo)!,
+    /records 20261124000100, which this checkout has no migration for/,
+  );
+  assert.match(
+    historyDivergence(["20261207000000", "20270201000000"], repo)!,
+    /lacks 20270101000000, which comes before 20270201000000/,
+  );
+  assert.match(historyDivergence([...repo, "20280101000000"], repo)!, /records 20280101000000/);
 });
