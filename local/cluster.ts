@@ -254,6 +254,12 @@ export async function bootstrapCluster(
       do $$ begin create role authenticated nologin noinherit; exception when duplicate_object then null; end $$;
       do $$ begin create role service_role nologin noinherit bypassrls; exception when duplicate_object then null; end $$;
       grant anon, authenticated, service_role to postgres;
+      -- The role PostgREST and the functions gateway log in as, switching to
+      -- the caller's role; by itself it may do nothing. No local component
+      -- logs in as it: here it exists so that privileges are checked against
+      -- the same roles as on Supabase.
+      do $$ begin create role authenticator nologin noinherit; exception when duplicate_object then null; end $$;
+      grant anon, authenticated, service_role to authenticator;
     `).simple();
     await admin.unsafe(DATABASE_BOOTSTRAP).simple();
   });

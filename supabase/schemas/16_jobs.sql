@@ -21,11 +21,17 @@
 -- pgmq.a_embedding_jobs (the dead letters) when they are missing.
 select pgmq.create('embedding_jobs');
 
--- The queue: the pipeline and service_role only. Skipped with a notice where
--- this role does not own the queue tables.
+-- The queue: the pipeline and service_role only (and pg_monitor, which
+-- pgmq lets read every queue), its tables and the sequence of its message
+-- ids. Skipped with a notice where this role does not own them.
 do $$
+declare
+  msg_ids text := pg_catalog.pg_get_serial_sequence('pgmq.q_embedding_jobs', 'msg_id');
 begin
   revoke all on pgmq.q_embedding_jobs, pgmq.a_embedding_jobs from public, anon, authenticated;
+  if msg_ids is not null then
+    execute pg_catalog.format('revoke all on sequence %s from public, anon, authenticated', msg_ids);
+  end if;
 exception when insufficient_privilege then
   raise notice 'autoembed: privileges on the embedding_jobs queue tables left as they are (%)', sqlerrm;
 end

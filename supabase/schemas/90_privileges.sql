@@ -5,6 +5,48 @@
 -- run the operator commands and read status, errors and settings. Run last:
 -- the revokes cover every object the files before created.
 
+-- internal: takes back every privilege on `object` from PUBLIC and from
+-- every role but its owner, for an object the pipeline has just created:
+-- what the default privileges of its schema gave it (on Supabase, ALL on
+-- the tables, sequences and functions of public to anon, authenticated and
+-- service_role: TRUNCATE, TRIGGER and REFERENCES too, which row-level
+-- security does not cover), and PUBLIC's EXECUTE on a new function. The
+-- caller then grants exactly what the object is for (I16).
+create or replace function util._revoke_inherited(
+  kind text,  -- 'table' (any relation: table, view, sequence) or 'function'
+  object oid  -- its regclass or regprocedure
+)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  object_sql text;
+  grantee text;
+begin
+  object_sql := case kind when 'table' then 'table ' || object::regclass::text
+                          when 'function' then 'function ' || object::regprocedure::text end;
+  if object_sql is null then
+    raise exception 'autoembed: cannot revoke the privileges of a "%"', kind
+      using errcode = 'AE003', hint = 'kind is table or function.';
+  end if;
+  for grantee in
+    select distinct case when a.grantee = 0 then 'public' else pg_catalog.quote_ident(r.rolname) end
+      from (select c.relacl as acl, c.relowner as owner, 'r'::"char" as acl_kind
+              from pg_catalog.pg_class c where kind = 'table' and c.oid = object
+            union all
+            select p.proacl, p.proowner, 'f'::"char"
+              from pg_catalog.pg_proc p where kind = 'function' and p.oid = object) o
+      -- No ACL yet means the built-in defaults: PUBLIC may execute a function.
+      cross join lateral pg_catalog.aclexplode(coalesce(o.acl, pg_catalog.acldefault(o.acl_kind, o.owner))) a
+      left join pg_catalog.pg_roles r on r.oid = a.grantee
+     where a.grantee <> o.owner
+  loop
+    execute pg_catalog.format('revoke all on %s from %s', object_sql, grantee);
+  end loop;
+end
+$$;
+
 revoke all on schema util from public;
 grant usage on schema util to service_role;
 

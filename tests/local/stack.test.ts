@@ -179,12 +179,39 @@ Deno.test("push tick: runs the per-minute fallback job every interval as the job
   }
 });
 
-Deno.test("roles: anon, authenticated and service_role exist", async () => {
+Deno.test("roles: anon, authenticated, service_role and authenticator, which may switch to the other three", async () => {
   await withTestDb(async (sql) => {
-    const roles =
-      (await sql`select rolname from pg_roles where rolname in ('anon', 'authenticated', 'service_role')`)
-        .map((r) => r.rolname).sort();
-    assert.deepEqual(roles, ["anon", "authenticated", "service_role"]);
+    const roles = await sql`
+      select rolname, rolinherit,
+             array(select m.roleid::regrole::text from pg_auth_members m
+                    where m.member = r.oid order by 1) as member_of
+        from pg_roles r
+       where rolname in ('anon', 'authenticated', 'service_role', 'authenticator')
+       order by rolname`;
+    assert.deepEqual(roles.map((r) => ({ ...r })), [
+      { rolname: "anon", rolinherit: false, member_of: [] },
+      { rolname: "authenticated", rolinherit: false, member_of: [] },
+      {
+        rolname: "authenticator",
+        rolinherit: false,
+        member_of: ["anon", "authenticated", "service_role"],
+      },
+      { rolname: "service_role", rolinherit: false, member_of: [] },
+    ]);
+  });
+});
+
+Deno.test("default privileges as on Supabase: a table postgres creates in public gives the API roles everything", async () => {
+  await withTestDb(async (sql) => {
+    await sql`create table public.fresh (id int)`;
+    const [acl] =
+      await sql`select relacl::text[] as acl from pg_class where oid = 'public.fresh'::regclass`;
+    assert.deepEqual([...acl.acl].sort(), [
+      "anon=arwdDxt/postgres",
+      "authenticated=arwdDxt/postgres",
+      "postgres=arwdDxt/postgres",
+      "service_role=arwdDxt/postgres",
+    ]);
   });
 });
 
