@@ -32,7 +32,13 @@ function v8Flags() {
  * package, or in its platform package when its install script did not run.
  */
 function denoBinary() {
-  return createRequire(import.meta.url)("deno/install_api.cjs").runInstall();
+  try {
+    return createRequire(import.meta.url)("deno/install_api.cjs").runInstall();
+  } catch (err) {
+    // e.g. a platform Deno publishes no binary for (musl), or a partial install
+    console.error(`autoembed: no Deno binary from the npm package deno: ${err.message}`);
+    process.exit(1);
+  }
 }
 
 if (!existsSync(lock)) {
