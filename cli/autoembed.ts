@@ -1,17 +1,20 @@
-// Operator entry point: `deno task autoembed <command> [options]`.
+// Operator entry point: `autoembed <command> [options]` (npm's bin, or
+// `deno task autoembed` in a clone).
 // worker | status | backfill <table> | reembed <table> | retry-failed [<table>]
-// | install --into <project> | upgrade --into <project>
+// | init [DIR] | install --into <project> | upgrade --into <project> | --version
 // A user mistake gives one line on stderr and exit code 2, never a stack trace.
 import postgres from "postgres";
+import packageJson from "../package.json" with { type: "json" };
 import { parsePositiveInt } from "../supabase/functions/_shared/env.ts";
 import { coreSettings, SettingsError } from "../supabase/functions/_shared/settings.ts";
+import { init, initReport } from "./init.ts";
 import { install, InstallError, type Mode, report } from "./install.ts";
 import { runWorker } from "./worker.ts";
 import { queuedRows } from "../supabase/functions/_shared/sql/queue.ts";
 
 export class UsageError extends Error {}
 
-const USAGE = `usage: deno task autoembed <command> [options]
+const USAGE = `usage: autoembed <command> [options]      (from a clone: deno task autoembed ...)
 
 commands:
   worker                 process embedding jobs until stopped (Ctrl-C / SIGTERM)
@@ -20,12 +23,15 @@ commands:
   reembed <table>        recheck a table, or move it to a new model [--model M] [--dimensions D]
                          (built beside the live column, switched when complete; --cancel stops it)
   retry-failed [<table>] put dead-lettered jobs back on the queue
+  init [DIR]             a new Supabase project in DIR (default: here) with autoembed in it:
+                         config.toml, a commented seed.sql, and what install copies
   install --into DIR     copy the migrations, the embed function and its config entry into
                          the Supabase project DIR; refuses (exit 2) if any file there differs
   upgrade --into DIR     add new migrations; replace function files autoembed installed and
                          nobody edited since; refuses (exit 2) on any other difference
 
 options (each also from the environment variable shown):
+      --version            print autoembed's version
   -d, --db-url URL         database URL                     DATABASE_URL
       --column NAME        embedding column (default embedding)
 worker options:
@@ -75,13 +81,14 @@ const VALUE_OPTIONS = new Map([
   ["--visibility-timeout", "visibility-timeout"],
   ["--into", "into"],
 ]);
-const FLAG_OPTIONS = new Map([["--once", "once"], ["--json", "json"], ["--cancel", "cancel"], [
-  "-h",
-  "help",
-], [
-  "--help",
-  "help",
-]]);
+const FLAG_OPTIONS = new Map([
+  ["--once", "once"],
+  ["--json", "json"],
+  ["--cancel", "cancel"],
+  ["-h", "help"],
+  ["--help", "help"],
+  ["--version", "version"],
+]);
 
 export function parseArgs(argv: string[]): ParsedArgs {
   const options = new Map<string, string[]>();
@@ -218,7 +225,7 @@ async function enqueue(args: ParsedArgs, command: string): Promise<number> {
     const name = args.positional[0];
     if (!name) {
       throw new UsageError(
-        `${command} needs a table, e.g. deno task autoembed ${command} documents`,
+        `${command} needs a table, e.g. autoembed ${command} documents`,
       );
     }
     const table = await resolveTable(sql, name, column);
@@ -239,7 +246,7 @@ async function enqueue(args: ParsedArgs, command: string): Promise<number> {
       console.log(
         `enqueued ${row.n} row(s) of ${table}` +
           (model ? ` for model ${model}` : dims ? ` for ${dims} dimensions` : "") +
-          " (the rest follow in slices; see deno task autoembed status)",
+          " (the rest follow in slices; see autoembed status)",
       );
     } catch (err) {
       const e = err as postgres.PostgresError;
@@ -348,7 +355,7 @@ async function worker(args: ParsedArgs): Promise<number> {
 async function installInto(args: ParsedArgs, mode: Mode): Promise<number> {
   const into = args.options.get("into")?.at(-1) ?? args.positional[0];
   if (!into) {
-    throw new UsageError(`${mode} needs the project: deno task autoembed ${mode} --into ../my-app`);
+    throw new UsageError(`${mode} needs the project: autoembed ${mode} --into ../my-app`);
   }
   try {
     const { plan } = await install(mode, into);
@@ -387,8 +394,22 @@ export function progressLine(
   return parts.join("  ");
 }
 
+async function initProject(args: ParsedArgs): Promise<number> {
+  try {
+    for (const line of initReport(await init(args.positional[0] ?? "."))) console.log(line);
+    return 0;
+  } catch (err) {
+    if (err instanceof InstallError) throw new UsageError(err.message);
+    throw err;
+  }
+}
+
 export async function main(argv: string[]): Promise<number> {
   const args = parseArgs(argv);
+  if (args.options.has("version")) {
+    console.log(packageJson.version);
+    return 0;
+  }
   if (args.options.has("help") || args.command === "") {
     console.log(USAGE);
     return args.command === "" && !args.options.has("help") ? 2 : 0;
@@ -402,12 +423,14 @@ export async function main(argv: string[]): Promise<number> {
     case "reembed":
     case "retry-failed":
       return await enqueue(args, args.command);
+    case "init":
+      return await initProject(args);
     case "install":
     case "upgrade":
       return await installInto(args, args.command);
     default:
       throw new UsageError(
-        `unknown command "${args.command}" (worker, status, backfill, reembed, retry-failed, install, upgrade)`,
+        `unknown command "${args.command}" (worker, status, backfill, reembed, retry-failed, init, install, upgrade)`,
       );
   }
 }

@@ -60,9 +60,19 @@ export function spawnScript(
 
 /** Runs `deno <args>` (e.g. `task autoembed worker ...`) from the repository root in the background. */
 export function spawnDeno(args: string[], env: Record<string, string>): WorkerProcess {
-  const child = new Deno.Command(Deno.execPath(), {
+  return spawnProcess(Deno.execPath(), args, env);
+}
+
+/** Runs `command <args>` (the npm package's bin, say) in `cwd` in the background. */
+export function spawnProcess(
+  command: string,
+  args: string[],
+  env: Record<string, string>,
+  cwd: string = ROOT,
+): WorkerProcess {
+  const child = new Deno.Command(command, {
     args,
-    cwd: ROOT,
+    cwd,
     env: { NO_COLOR: "1", ...env },
     stdin: "null",
     stdout: "piped",
