@@ -191,7 +191,8 @@ const SEARCH_FUNCTIONS = [
   "util.match(regclass,vector,integer,double precision,jsonb,name)",
   "util.match_hybrid(regclass,vector,text,regprocedure,integer,double precision,jsonb,name,regconfig,double precision,double precision,integer)",
   "util.match_chunked(regclass,regclass,vector,text,integer,double precision,jsonb,regconfig,double precision,double precision,integer)",
-  // The filter check the search functions share: it reads only the catalog.
+  // The one search under them, and its filter check (it reads only the catalog).
+  "util._match(regclass,regclass,name,regprocedure,vector,text,integer,double precision,jsonb,regconfig,double precision,double precision,integer)",
   "util._match_filter_conditions(regclass,jsonb,name[])",
 ];
 

@@ -349,11 +349,17 @@ as $$ select pg_catalog.max(m.max_input_tokens) from util.embedding_models m $$;
 -- pgmq.a_embedding_jobs (the dead letters) when they are missing.
 select pgmq.create('embedding_jobs');
 
--- The queue: the pipeline and service_role only. Skipped with a notice where
--- this role does not own the queue tables.
+-- The queue: the pipeline and service_role only (and pg_monitor, which
+-- pgmq lets read every queue), its tables and the sequence of its message
+-- ids. Skipped with a notice where this role does not own them.
 do $$
+declare
+  msg_ids text := pg_catalog.pg_get_serial_sequence('pgmq.q_embedding_jobs', 'msg_id');
 begin
   revoke all on pgmq.q_embedding_jobs, pgmq.a_embedding_jobs from public, anon, authenticated;
+  if msg_ids is not null then
+    execute pg_catalog.format('revoke all on sequence %s from public, anon, authenticated', msg_ids);
+  end if;
 exception when insufficient_privilege then
   raise notice 'autoembed: privileges on the embedding_jobs queue tables left as they are (%)', sqlerrm;
 end
@@ -1737,7 +1743,8 @@ $$;
 -- The chunks store: a side table the pipeline creates and owns, (source_id,
 -- chunk_seq, chunk, embedding, chunk_hash), primary key (source_id,
 -- chunk_seq), source_id referencing the source row on delete cascade, an
--- HNSW index on embedding and RLS following the source. Its target's
+-- HNSW index on embedding, RLS following the source, and for app roles
+-- SELECT alone (util._grant_chunk_reads). Its target's
 -- embedding_column is the side table's name, which names it in jobs,
 -- triggers (embed_<destination>_insert ...), util.disable_embeddings,
 -- util.reembed and util.embedding_status.
@@ -1746,7 +1753,8 @@ $$;
 -- internal: creates a chunk table `dest_schema`.`dest_name` for source
 -- `target_table`: (source_id, chunk_seq, chunk, embedding halfvec(dimensions),
 -- chunk_hash), its primary key, its reference to the source row (on delete
--- cascade) and its RLS policy; the caller adds indexes and grants. Used for
+-- cascade) and its RLS policy; the caller adds indexes and grants
+-- (util._grant_chunk_reads, in the same transaction). Used for
 -- a chunked target's destination and for the shadow destination of its
 -- model change.
 create or replace function util._create_chunk_table(
@@ -1787,6 +1795,40 @@ begin
 end
 $$;
 
+-- internal: gives the side table of chunks `chunks` exactly what search
+-- needs (I16): SELECT, under its RLS policy, for the roles that may select
+-- `readers_of`, and nothing for anyone else but its owner. What the
+-- default privileges of its schema gave it at creation (on Supabase ALL to
+-- anon, authenticated and service_role: TRUNCATE, TRIGGER and REFERENCES
+-- too, which RLS does not cover, and a trigger on the table would run as
+-- the pipeline's writer) is taken back. `readers_of`: the source table for
+-- a new destination, the live destination for the shadow of a model
+-- change (so it keeps the user's choices), the table itself to tighten one.
+create or replace function util._grant_chunk_reads(chunks regclass, readers_of regclass)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  readers text[];
+  reader text;
+begin
+  -- Read before the revoke: readers_of may be the table itself.
+  select coalesce(pg_catalog.array_agg(distinct case when a.grantee = 0 then 'public'
+                                                     else pg_catalog.quote_ident(r.rolname) end),
+                  '{}'::text[])
+    into readers
+    from pg_catalog.pg_class c
+    cross join lateral pg_catalog.aclexplode(c.relacl) a
+    left join pg_catalog.pg_roles r on r.oid = a.grantee
+   where c.oid = readers_of and a.privilege_type = 'SELECT' and a.grantee <> c.relowner;
+  perform util._revoke_inherited('table', chunks);
+  foreach reader in array readers loop
+    execute pg_catalog.format('grant select on %s to %s', chunks, reader);
+  end loop;
+end
+$$;
+
 -- internal: creates the destination of a chunked target and records the
 -- target (enable_embeddings with destination => ...). An existing chunked
 -- target with the same destination keeps its chunks and its model (another
@@ -1813,7 +1855,6 @@ declare
   dest regclass;
   existing util.embedding_targets;
   target_id int;
-  grantee text;
 begin
   perform util._check_chunk_settings(chunk_size, chunk_overlap, splitter);
   -- Checked before the side table is made for them (util._record_target checks all again).
@@ -1875,16 +1916,7 @@ begin
                             dest_name || '_embedding_idx', dest);
   -- Reuse of a vector for the same chunk text, in this row or another.
   execute pg_catalog.format('create index %I on %s using hash (chunk_hash)', dest_name || '_chunk_hash_idx', dest);
-  for grantee in
-    select distinct case when a.grantee = 0 then 'public' else pg_catalog.quote_ident(r.rolname) end
-      from pg_catalog.pg_class c
-      cross join lateral pg_catalog.aclexplode(c.relacl) a
-      left join pg_catalog.pg_roles r on r.oid = a.grantee
-     where c.oid = target_table and a.privilege_type = 'SELECT'
-       and a.grantee is distinct from c.relowner
-  loop
-    execute pg_catalog.format('grant select on %s to %s', dest, grantee);
-  end loop;
+  perform util._grant_chunk_reads(dest, target_table);
 
   target_id := util._record_target(target_table, content_function, dest_name, model, dimensions);
   update util.embedding_targets t
@@ -1906,7 +1938,7 @@ as $$ select ('_autoembed_chunks_' || live_id)::name $$;
 
 -- internal: starts a model change of chunked target `live_id`: creates its
 -- shadow destination table beside the live one (same columns, vectors of
--- `dimensions`, the same RLS policy, grants and owner; its index twins come
+-- `dimensions`, the same RLS policy, SELECT grants and owner; its index twins come
 -- from util._store_twin_indexes), and registers it as the shadow target,
 -- named by the shadow table's name. Its chunks reuse vectors only of its own
 -- chunks (another model's vectors are no use). Returns the shadow target's id.
@@ -1921,7 +1953,6 @@ declare
   shadow_name name := util._shadow_chunk_name(live_id);
   shadow regclass;
   shadow_id int;
-  privilege record;
 begin
   select * into l from util.embedding_targets where id = live_id;
   select n.nspname, c.relname, c.relowner::regrole::text as owner_sql into live
@@ -1929,15 +1960,7 @@ begin
    where c.oid = l.destination;
   shadow := util._create_chunk_table(l.table_oid, live.nspname, shadow_name, dimensions);
   execute pg_catalog.format('alter table %s owner to %s', shadow, live.owner_sql);
-  for privilege in
-    select a.privilege_type, case when a.grantee = 0 then 'public' else pg_catalog.quote_ident(r.rolname) end as grantee
-      from pg_catalog.pg_class c
-      cross join lateral pg_catalog.aclexplode(c.relacl) a
-      left join pg_catalog.pg_roles r on r.oid = a.grantee
-     where c.oid = l.destination and a.grantee is distinct from c.relowner
-  loop
-    execute pg_catalog.format('grant %s on %s to %s', privilege.privilege_type, shadow, privilege.grantee);
-  end loop;
+  perform util._grant_chunk_reads(shadow, l.destination);
   shadow_id := util._record_target(l.table_oid, l.content_function, shadow_name, model, dimensions);
   update util.embedding_targets t
      set shadow_of = l.id, store = 'chunks', destination = shadow, chunk_size = l.chunk_size, chunk_overlap = l.chunk_overlap,
@@ -2525,7 +2548,8 @@ $body$, t.pk_column, call_fn, t.content_function, t.embedding_column, call_fn,
   execute pg_catalog.format(
     'create or replace function util.%I() returns trigger language plpgsql security definer '
     'set search_path = '''' as %L', fn_name, body);
-  execute pg_catalog.format('revoke all on function util.%I() from public, anon, authenticated', fn_name);
+  -- Only its triggers call it: PUBLIC's EXECUTE and any default privilege go.
+  perform util._revoke_inherited('function', pg_catalog.format('util.%I()', fn_name)::regprocedure);
   execute pg_catalog.format(
     'comment on function util.%I() is %L', fn_name,
     pg_catalog.format('autoembed: insert and update trigger of %s (%s), generated by util.enable_embeddings',
@@ -3866,6 +3890,48 @@ $$;
 -- dashboard, server code, the worker's role when it is not the owner) may
 -- run the operator commands and read status, errors and settings. Run last:
 -- the revokes cover every object the files before created.
+
+-- internal: takes back every privilege on `object` from PUBLIC and from
+-- every role but its owner, for an object the pipeline has just created:
+-- what the default privileges of its schema gave it (on Supabase, ALL on
+-- the tables, sequences and functions of public to anon, authenticated and
+-- service_role: TRUNCATE, TRIGGER and REFERENCES too, which row-level
+-- security does not cover), and PUBLIC's EXECUTE on a new function. The
+-- caller then grants exactly what the object is for (I16).
+create or replace function util._revoke_inherited(
+  kind text,  -- 'table' (any relation: table, view, sequence) or 'function'
+  object oid  -- its regclass or regprocedure
+)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  object_sql text;
+  grantee text;
+begin
+  object_sql := case kind when 'table' then 'table ' || object::regclass::text
+                          when 'function' then 'function ' || object::regprocedure::text end;
+  if object_sql is null then
+    raise exception 'autoembed: cannot revoke the privileges of a "%"', kind
+      using errcode = 'AE003', hint = 'kind is table or function.';
+  end if;
+  for grantee in
+    select distinct case when a.grantee = 0 then 'public' else pg_catalog.quote_ident(r.rolname) end
+      from (select c.relacl as acl, c.relowner as owner, 'r'::"char" as acl_kind
+              from pg_catalog.pg_class c where kind = 'table' and c.oid = object
+            union all
+            select p.proacl, p.proowner, 'f'::"char"
+              from pg_catalog.pg_proc p where kind = 'function' and p.oid = object) o
+      -- No ACL yet means the built-in defaults: PUBLIC may execute a function.
+      cross join lateral pg_catalog.aclexplode(coalesce(o.acl, pg_catalog.acldefault(o.acl_kind, o.owner))) a
+      left join pg_catalog.pg_roles r on r.oid = a.grantee
+     where a.grantee <> o.owner
+  loop
+    execute pg_catalog.format('revoke all on %s from %s', object_sql, grantee);
+  end loop;
+end
+$$;
 
 revoke all on schema util from public;
 grant usage on schema util to service_role;
