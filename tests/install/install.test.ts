@@ -49,7 +49,7 @@ Deno.test("install into a Supabase project: its migrations build a database wher
     const shipped = await listMigrations();
     const installed = await listMigrations(join(dir, "supabase", "migrations"));
     assert.deepEqual(installed.map((m) => m.version), shipped.map((m) => m.version));
-    assert.ok(shipped.length >= 11);
+    assert.ok(shipped.length >= 1, "the premise: migrations to install");
     for (
       const path of [
         "embed/index.ts",
