@@ -9,10 +9,11 @@
 -- `target_table`, or null. Any spelling regprocedure reads: a quoted or
 -- schema-qualified name ('"My Fn"', 'public."My Fn"'), with or without its
 -- argument list ('"My Fn"(notes)'); an unqualified name is looked up in the
--- table's schema, then public. A plain name ('documents_input', 'My Fn') is
--- first taken as it is written, as the guide's examples do. Never raises:
--- text regprocedure cannot parse names nothing. Its own function, so the
--- search path it sets ends with it.
+-- table's schema, then public. A name without a dot ('documents_input',
+-- 'My Fn', even 'in''put "fn') is first taken as it is written, as before
+-- and as the guide's examples do. Never raises: text regprocedure cannot
+-- parse names nothing. Its own function, so the search path it sets ends
+-- with it.
 create or replace function util._resolve_content_function(target_table regclass, content_function text)
 returns regprocedure
 language plpgsql
@@ -30,7 +31,7 @@ begin
    where c.oid = target_table;
   -- Schema-qualified, as the search path is still empty.
   row_type := rel.reltype::regtype::text;
-  if content_function !~ '[."()]' then
+  if pg_catalog.strpos(content_function, '.') = 0 then
     fn := coalesce(
       pg_catalog.to_regprocedure(pg_catalog.format('%I.%I(%s)', rel.nspname, content_function, row_type)),
       pg_catalog.to_regprocedure(pg_catalog.format('public.%I(%s)', content_function, row_type)));
