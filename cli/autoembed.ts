@@ -199,7 +199,7 @@ async function status(args: ParsedArgs): Promise<number> {
   return await withDb(dbUrlOf(args), async (sql) => {
     const rows = await sql`
       select schema_name || '.' || table_name as table, embedding_column as column, model, total_rows as rows,
-             embedded, missing, stale, queued, in_flight,
+             embedded, missing, empty, stale, queued, in_flight,
              coalesce(extract(epoch from oldest_queued_age)::int || 's', '') as oldest_queued,
              dead_lettered, models,
              case when next_model is not null

@@ -26,6 +26,59 @@ as $$
     from pg_catalog.pg_class c where c.oid = t.table_oid
 $$;
 
+-- internal: the function `content_function` names for a row of
+-- `target_table`, or null. Any spelling regprocedure reads: a quoted or
+-- schema-qualified name ('"My Fn"', 'public."My Fn"'), with or without its
+-- argument list ('"My Fn"(notes)'); an unqualified name is looked up in the
+-- table's schema, then public. A name without a dot ('documents_input',
+-- 'My Fn', even 'in''put "fn') is first taken as it is written, as before
+-- and as the guide's examples do. Never raises: text regprocedure cannot
+-- parse names nothing. Its own function, so the search path it sets ends
+-- with it.
+create or replace function util._resolve_content_function(target_table regclass, content_function text)
+returns regprocedure
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  rel record;
+  row_type text;
+  fn regprocedure;
+  spelling text;
+begin
+  select n.nspname, c.reltype into rel
+    from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+   where c.oid = target_table;
+  -- Schema-qualified, as the search path is still empty.
+  row_type := rel.reltype::regtype::text;
+  if pg_catalog.strpos(content_function, '.') = 0 then
+    fn := coalesce(
+      pg_catalog.to_regprocedure(pg_catalog.format('%I.%I(%s)', rel.nspname, content_function, row_type)),
+      pg_catalog.to_regprocedure(pg_catalog.format('public.%I(%s)', content_function, row_type)));
+    if fn is not null then
+      return fn;
+    end if;
+  end if;
+  -- pg_catalog stays first (implicitly) and pg_temp last: neither a
+  -- temporary object nor a user's one stands in for a system type.
+  perform pg_catalog.set_config('search_path',
+            pg_catalog.format('%I, public, pg_temp', rel.nspname), true);
+  foreach spelling in array array[content_function || '(' || row_type || ')', content_function] loop
+    begin
+      fn := pg_catalog.to_regprocedure(spelling);
+    exception when others then
+      -- not a name regprocedure can read (a syntax error, too many dots)
+      fn := null;
+    end;
+    if fn is not null then
+      return fn;
+    end if;
+  end loop;
+  return null;
+end
+$$;
+
 -- internal: raises unless `target_table` is an ordinary or partitioned
 -- table (AE002 when it does not exist, AE003 otherwise).
 create or replace function util._check_source_table(target_table regclass)
@@ -130,22 +183,27 @@ begin
 
   -- An unqualified name resolves in the table's schema first, then public,
   -- like the guide's examples where both live in public.
-  if content_function like '%.%' then
-    fn_oid := pg_catalog.to_regprocedure(format('%s(%s)', content_function, rel.reltype::regtype));
-  else
-    fn_oid := coalesce(
-      pg_catalog.to_regprocedure(format('%I.%I(%s)', rel.nspname, content_function, rel.reltype::regtype)),
-      pg_catalog.to_regprocedure(format('public.%I(%s)', content_function, rel.reltype::regtype)));
-  end if;
+  fn_oid := util._resolve_content_function(target_table, content_function);
   if fn_oid is null then
-    raise exception 'autoembed: content function %(%) not found', content_function, target_table
+    raise exception 'autoembed: content function % not found',
+      case when content_function ~ '\)\s*$' then content_function
+           else format('%s(%s)', content_function, target_table) end
       using errcode = 'AE003',
             detail = 'The content function takes one argument, a row of the table, and returns text.',
-            hint = format('create function %s(r %s) returns text language sql immutable as $f$ select r.title || '' '' || r.content $f$;', content_function, target_table);
+            hint = format('create function %s(r %s) returns text language sql immutable as $f$ select r.title || '' '' || r.content $f$;',
+                          regexp_replace(content_function, '\(.*\)\s*$', ''), target_table);
   end if;
-  select n.nspname, p.proname, p.prokind, p.proretset, p.prorettype into fn
+  select n.nspname, p.proname, p.prokind, p.proretset, p.prorettype, p.pronargs, p.proargtypes[0] as argtype
+    into fn
     from pg_catalog.pg_proc p join pg_catalog.pg_namespace n on n.oid = p.pronamespace
    where p.oid = fn_oid;
+  -- Named with its argument list, it may take something else than the row.
+  if fn.pronargs <> 1 or fn.argtype <> rel.reltype then
+    raise exception 'autoembed: content function %.% does not take a row of %', fn.nspname, fn.proname, target_table
+      using errcode = 'AE003',
+            detail = format('It takes (%s).', pg_catalog.pg_get_function_identity_arguments(fn_oid)),
+            hint = format('Name the one that takes a row: %s(%s).', regexp_replace(content_function, '\(.*\)\s*$', ''), target_table);
+  end if;
   if fn.prokind <> 'f' or fn.proretset then
     raise exception 'autoembed: content function %.% must be a plain function returning one text value', fn.nspname, fn.proname
       using errcode = 'AE003',

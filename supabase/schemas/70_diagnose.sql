@@ -3,6 +3,22 @@
 -- one row per failed attempt; the queue's figures come from the jobs module
 -- (16_jobs), the dead letters are in pgmq.a_embedding_jobs.
 
+-- internal: the regular expression a blank text matches (its row has
+-- nothing to embed): only the characters the processing core trims (core.ts,
+-- `content.trim() === ""`: ECMAScript's white space and line terminators),
+-- or none. Spelled out, as [[:space:]] follows the database's locale
+-- (C.UTF-8 counts neither U+00A0 nor U+FEFF). Null text is blank too:
+-- coalesce(text, '') ~ util._blank_text_pattern().
+create or replace function util._blank_text_pattern()
+returns text
+language sql
+immutable
+parallel safe
+set search_path = ''
+as $$
+  select U&'^[\0009\000A\000B\000C\000D\0020\00A0\1680\2000\2001\2002\2003\2004\2005\2006\2007\2008\2009\200A\2028\2029\202F\205F\3000\FEFF]*$'
+$$;
+
 -- internal: per-target figures behind util.embedding_status (live targets;
 -- a model change in progress shows in the next_* columns of its table).
 create or replace function util._embedding_status()
@@ -36,7 +52,8 @@ returns table (
   model_known boolean,
   circuit_open_since timestamptz,
   circuit_reason text,
-  circuit_retry_at timestamptz
+  circuit_retry_at timestamptz,
+  empty bigint
 )
 language plpgsql
 stable
@@ -66,25 +83,31 @@ begin
     destination := t.destination_sql;
     chunks := util._store_chunks(t.target);
     -- Embedded: rows whose store holds their vectors (util._store_has_vector);
-    -- missing: rows with text and none; stale: vectors of other text (or
-    -- other chunk settings) than the row has now, or of unknown text.
+    -- missing: rows with text (not blank: util._blank_text_pattern) and none;
+    -- empty: the other rows without vectors, whose text is null or blank, so
+    -- they need none; stale: vectors of other text (or other chunk settings)
+    -- than the row has now, or of unknown text. One scan, and the content
+    -- function runs once a row: a row's vectors decide which one count reads
+    -- its text (missing or stale), and empty is what is left.
     has_vector := util._store_has_vector(t.target, 'r', 'f');
     begin
       execute format(
         'select count(*),
                 count(*) filter (where %4$s),
-                count(*) filter (where not (%4$s) and coalesce(x.content, '''') !~ ''^[[:space:]]*$''),
+                count(*) filter (where not (%4$s) and coalesce(x.content, '''') !~ $3),
                 count(*) filter (where %4$s and (f.row_id is null
                                    or f.content_hash <> util._chunked_hash($2, x.content)))
            from %1$s r
            cross join lateral (select %2$s(r) as content) x
            left join util.embedding_fingerprints f on f.target_id = $1 and f.row_id = r.%3$s::text',
         t.table_sql, t.content_function_sql, t.pk_sql, has_vector)
-        into total_rows, embedded, missing, stale using t.id, util._fingerprint_key(t.target);
+        into total_rows, embedded, missing, stale
+        using t.id, util._fingerprint_key(t.target), util._blank_text_pattern();
+      empty := total_rows - embedded - missing;
     exception when others then
       -- A content function that raises for some row must not take status
       -- down: count without it (missing then includes rows without text,
-      -- stale only rows without a fingerprint).
+      -- empty is unknown: null; stale only rows without a fingerprint).
       execute format(
         'select count(*),
                 count(*) filter (where %3$s),
@@ -94,6 +117,7 @@ begin
            left join util.embedding_fingerprints f on f.target_id = $1 and f.row_id = r.%2$s::text',
         t.table_sql, t.pk_sql, has_vector)
         into total_rows, embedded, missing, stale using t.id;
+      empty := null;
     end;
     select count(*) into fingerprinted from util.embedding_fingerprints f where f.target_id = t.id;
     models := case when fingerprinted > 0 then jsonb_build_object(t.model, fingerprinted) else '{}'::jsonb end;
@@ -120,7 +144,10 @@ $$;
 
 -- public: one row per attached (table, embedding column): rows, embedded,
 -- missing (text but no embedding), stale (embedding of other text than the
--- content function now returns), rows per model, queued / in-flight jobs,
+-- content function now returns), empty (the last column: rows whose content
+-- function returns null or blank text, so there is nothing to embed;
+-- total_rows = embedded + missing + empty; null while the content function
+-- raises for some row), rows per model, queued / in-flight jobs,
 -- oldest queued job's age, dead-lettered jobs, the last error; when the
 -- content function last changed and how far a sweep (backfill, recheck) has
 -- come; and a model change in progress: next_model, next_dimensions,

@@ -5,6 +5,7 @@
 // same calls, the same status, the same guarantees (I7, I10, I13).
 import assert from "node:assert/strict";
 import { type Sql, withTestDb } from "../../devtools/db.ts";
+import { runCli } from "../../devtools/cli.ts";
 import {
   type Pipeline,
   startPipeline,
@@ -129,7 +130,7 @@ async function leftovers(sql: Sql): Promise<string[]> {
 /** A test database with public.notes attached in `store` and embedded, and its running pipeline. */
 async function withNotes(
   store: Store,
-  fn: (sql: Sql, pipeline: Pipeline) => Promise<void>,
+  fn: (sql: Sql, pipeline: Pipeline, url: string) => Promise<void>,
 ): Promise<void> {
   await withTestDb(async (sql, url) => {
     await createNotes(sql, TEST_DIMENSIONS);
@@ -137,7 +138,7 @@ async function withNotes(
     const pipeline = await startPipeline(sql, url);
     try {
       await settle(sql);
-      await fn(sql, pipeline);
+      await fn(sql, pipeline, url);
     } finally {
       await pipeline.stop();
     }
@@ -216,6 +217,70 @@ for (const store of STORES) {
         [NOTES.length, 0, 0],
       );
       assert.ok(after.content_changed_at !== null, "status says when the function changed");
+    });
+  });
+
+  Deno.test(`stores: rows without text show as empty in status and the CLI, never as missing: ${store.name}`, async () => {
+    await withNotes(store, async (sql, _p, url) => {
+      const counts = async () => {
+        const [row] = await sql`
+          select total_rows::int, embedded::int, missing::int, stale::int, empty::int,
+                 dead_lettered::int
+            from util.embedding_status where table_name = 'notes' and embedding_column = ${store.target}`;
+        return { ...row };
+      };
+      // Premise: every note has text and is embedded.
+      assert.deepEqual(await counts(), {
+        total_rows: 5,
+        embedded: 5,
+        missing: 0,
+        stale: 0,
+        empty: 0,
+        dead_lettered: 0,
+      });
+      // Notes titled 'blank' are their body alone, and 'null' ones have no text at all.
+      await sql.unsafe(`
+        create or replace function public.note_text(n public.notes) returns text language sql immutable
+          as $$ select case n.title when 'blank' then n.body when 'null' then null
+                                    else n.title || ': ' || n.body end $$`);
+      const blanks = ["", "   ", "\t\n\r ", "\u00a0\u3000\ufeff\u2028"];
+      for (const [i, body] of blanks.entries()) {
+        await sql`insert into notes (id, title, body) values (${10 + i}, 'blank', ${body})`;
+      }
+      await sql`insert into notes (id, title, body) values
+                  (20, 'null', 'a body the content function ignores'),
+                  (21, 'blank', ' words at last ')`;
+      // Note 1 loses its text: its vector is of text it no longer has.
+      await sql`update notes set title = 'blank', body = ' ' where id = 1`;
+      assert.deepEqual(await counts(), {
+        total_rows: 11,
+        embedded: 5,
+        missing: 1,
+        stale: 1,
+        empty: 5,
+        dead_lettered: 0,
+      });
+
+      await settle(sql);
+      // Note 1's vector went with its text; the rest without text need none.
+      assert.deepEqual(await counts(), {
+        total_rows: 11,
+        embedded: 5,
+        missing: 0,
+        stale: 0,
+        empty: 6,
+        dead_lettered: 0,
+      });
+
+      let r = await runCli(["status", "-d", url, "--json"]);
+      assert.equal(r.code, 0, r.stderr);
+      const row = JSON.parse(r.stdout).find((s: { column: string }) => s.column === store.target);
+      assert.deepEqual([row.rows, row.embedded, row.missing, row.empty].map(Number), [11, 5, 0, 6]);
+      r = await runCli(["status", "-d", url]);
+      assert.equal(r.code, 0, r.stderr);
+      const [header, , line] = r.stdout.split("\n");
+      const cells = (text: string) => text.trim().split(/\s+/);
+      assert.equal(cells(line)[cells(header).indexOf("empty")], "6", r.stdout);
     });
   });
 

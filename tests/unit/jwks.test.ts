@@ -15,6 +15,7 @@ import {
   signJwt,
 } from "../../supabase/functions/_shared/jwt.ts";
 import { es256Key, startJwksServer } from "../_support/jwks.ts";
+import { waitFor } from "../../devtools/wait.ts";
 
 const SECRET = "unit-test-jwt-secret-of-at-least-32-characters";
 const USER = "00000000-0000-4000-8000-00000000a11c";
@@ -99,7 +100,7 @@ Deno.test("JWKS: an unreachable, failing or silent key set gives 503 (retry), ne
   const token = await jwks.sign(userClaims());
   // Failing (500): a fresh verifier, so nothing is cached yet.
   jwks.fail(true);
-  const failing = createJwtVerifier({ jwksUrl: new URL(jwks.jwksUrl) });
+  const failing = createJwtVerifier({ jwksUrl: new URL(jwks.jwksUrl), jwksCooldownMs: 200 });
   await assert.rejects(failing.verify(token), JwksUnavailableError);
   try {
     await callerOf(`Bearer ${token}`, failing);
@@ -109,9 +110,13 @@ Deno.test("JWKS: an unreachable, failing or silent key set gives 503 (retry), ne
     assert.equal(err.status, 503);
     assert.ok(err.headers["Retry-After"]);
   }
-  // Back: the same verifier fetches again (a failure is not cached).
+  // Back: the same verifier fetches again once its cool-down has passed (a
+  // failure is not kept longer; tests/security/jwks_fetches.test.ts counts the fetches).
   jwks.fail(false);
-  assert.equal((await failing.verify(token)).sub, USER);
+  const claims = await waitFor(() => failing.verify(token).catch(() => null), {
+    what: "the key set to be fetched again after the cool-down",
+  });
+  assert.equal(claims.sub, USER);
   // Unreachable: nothing listens there any more.
   await jwks.close();
   const gone = createJwtVerifier({ jwksUrl: new URL(jwks.jwksUrl) });

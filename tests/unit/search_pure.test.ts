@@ -5,7 +5,12 @@ import { SignJWT } from "jose";
 import { createQueryCache } from "../../supabase/functions/_shared/search/cache.ts";
 import { callerOf } from "../../supabase/functions/_shared/search/caller.ts";
 import { parseTableName } from "../../supabase/functions/_shared/search/target.ts";
-import { SearchError, searchRequestSchema } from "../../supabase/functions/_shared/search/types.ts";
+import {
+  fieldWithNul,
+  parseSearchRequest,
+  SearchError,
+  searchRequestSchema,
+} from "../../supabase/functions/_shared/search/types.ts";
 import {
   createJwtVerifier,
   JwtError,
@@ -86,6 +91,31 @@ Deno.test("search request: defaults, caps and unknown fields", () => {
     { table: "notes", query: "q", sql: "drop table notes" },
   ];
   for (const input of refused) assert.equal(searchRequestSchema.safeParse(input).success, false);
+});
+
+Deno.test("search request: a NUL anywhere is named by its field, at any depth", () => {
+  const cases: [unknown, string | null][] = [
+    [{ table: "notes", query: "q" }, null],
+    [{ table: "notes", query: "q\u0000" }, "query"],
+    [{ table: "notes", query: "q", filter: { a: 1, b: "x\u0000" } }, "filter.b"],
+    [{ table: "notes", query: "q", filter: { "a\u0000": 1 } }, "a key of filter"],
+    [{ "\u0000table": "notes" }, "a field name"],
+    [{ table: "a\u0000", query: "b\u0000" }, "table"],
+    ["\u0000", "body"],
+    [[["x", ["\u0000"]]], "0.1.0"],
+    [{ a: { b: { c: { d: { e: "\u0000" } } } } }, "a.b.c.d..."],
+    [JSON.parse("[".repeat(50_000) + '"\\u0000"' + "]".repeat(50_000)), "0.0.0.0..."],
+    [null, null],
+    [42, null],
+  ];
+  for (const [json, field] of cases) assert.equal(fieldWithNul(json), field);
+  assert.throws(
+    () => parseSearchRequest({ table: "notes", query: "q", filter: { title: "\u0000" } }),
+    (e) =>
+      e instanceof SearchError && e.status === 400 &&
+      /filter\.title holds a NUL character/.test(e.message),
+  );
+  assert.equal(parseSearchRequest({ table: "notes", query: " q " }).query, "q");
 });
 
 Deno.test("verifyJwt: HS256 with the secret and an unexpired exp only", async () => {

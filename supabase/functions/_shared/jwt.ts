@@ -4,9 +4,9 @@
 // Set at `<SUPABASE_URL>/auth/v1/.well-known/jwks.json`. `alg: none` and every
 // other algorithm are refused; `exp` is required and checked. Used by the
 // local functions gateway and by functions that check the caller's token
-// themselves.
+// themselves. The key set is fetched at most once per cool-down
+// (signing_keys.ts), so forged tokens cannot make a flood of fetches.
 import {
-  createRemoteJWKSet,
   decodeJwt,
   decodeProtectedHeader,
   errors,
@@ -14,17 +14,18 @@ import {
   type JWTHeaderParameters,
   type JWTPayload,
   jwtVerify,
+  type JWTVerifyGetKey,
   SignJWT,
 } from "jose";
+import { JwksUnavailableError, remoteSigningKeys } from "./signing_keys.ts";
+
+export { JwksUnavailableError } from "./signing_keys.ts";
 
 /** The claims of a token that passed verification. */
 export type JwtClaims = JWTPayload & { role?: unknown; sub?: unknown };
 
 /** The token is refused (401): says why, never quotes the token. */
 export class JwtError extends Error {}
-
-/** The signing keys could not be fetched, so an asymmetric token could not be checked (503). */
-export class JwksUnavailableError extends Error {}
 
 /** The algorithms Supabase signs with: HS256 (JWT secret), ES256 and RS256 (signing keys). */
 export const SYMMETRIC_ALGORITHMS = ["HS256"] as const;
@@ -87,6 +88,14 @@ export interface JwtVerifierOptions {
   /** A JWKS request that takes longer fails (503); default 5000 ms. */
   jwksTimeoutMs?: number;
   /**
+   * Fewest ms between two fetches of the JWKS, successful or not (default
+   * 30 s): tokens the known keys refuse cost no fetch, and a key set that
+   * cannot be fetched is asked once per cool-down, however many tokens come.
+   */
+  jwksCooldownMs?: number;
+  /** Keys fetched longer ago are fetched again before they admit a token; default 10 min. */
+  jwksMaxAgeMs?: number;
+  /**
    * A token of a platform algorithm this verifier holds no key for: "gateway"
    * (default) reads its claims, for a function behind a gateway that verified
    * it; "refuse" makes it a JwtError, for the gateway itself.
@@ -101,35 +110,57 @@ export interface JwtVerifierOptions {
  * only reads the claims of an HS256/ES256/RS256 token it holds no key for,
  * relying on the gateway's check. Any other algorithm (`none` included), a
  * bearer that is not a JWT, a bad signature, a missing or passed `exp`:
- * JwtError. The JWKS not answering: JwksUnavailableError, never unverified claims.
+ * JwtError. The JWKS not answering: JwksUnavailableError, never unverified
+ * claims; but a token the keys last fetched refuse is refused (JwtError) even
+ * then, so forged tokens get 401 whether the key set answers or not.
  */
 export interface JwtVerifier {
   verify(token: string): Promise<JwtClaims>;
 }
 
+/** jose's JWT check with `keys`: the algorithms given, `exp` required. */
+async function verifyWith(
+  token: string,
+  keys: JWTVerifyGetKey,
+  algorithms: string[],
+): Promise<JwtClaims> {
+  const { payload } = await jwtVerify(token, keys, { algorithms, requiredClaims: ["exp"] });
+  return payload as JwtClaims;
+}
+
 export function createJwtVerifier(options: JwtVerifierOptions): JwtVerifier {
   const secret = options.secret ? keyOf(options.secret) : undefined;
-  const remote = options.jwksUrl
-    ? createRemoteJWKSet(options.jwksUrl, { timeoutDuration: options.jwksTimeoutMs ?? 5000 })
+  const signingKeys = options.jwksUrl
+    ? remoteSigningKeys(options.jwksUrl, {
+      timeoutMs: options.jwksTimeoutMs ?? 5000,
+      cooldownMs: options.jwksCooldownMs ?? 30_000,
+      maxAgeMs: options.jwksMaxAgeMs ?? 600_000,
+    })
     : undefined;
   const keyed: string[] = [
     ...(secret ? SYMMETRIC_ALGORITHMS : []),
-    ...(remote ? ASYMMETRIC_ALGORITHMS : []),
+    ...(signingKeys ? ASYMMETRIC_ALGORITHMS : []),
   ];
   const platform: string[] = [...SYMMETRIC_ALGORITHMS, ...ASYMMETRIC_ALGORITHMS];
 
-  // The key for a token's header: the secret for HS256, else the JWKS's. A
-  // JWKS that cannot be fetched or read is told apart from a token no key matches.
-  async function keyFor(header: JWTHeaderParameters, token: FlattenedJWSInput) {
-    if (header.alg === "HS256") return secret!;
+  // The key for a token's header: the secret for HS256, else the signing keys'.
+  function keyFor(header: JWTHeaderParameters, token: FlattenedJWSInput) {
+    return header.alg === "HS256" ? secret! : signingKeys!.keyFor(header, token);
+  }
+
+  /**
+   * The answer to a token whose keys could not be fetched: 401 when the keys
+   * last fetched refuse it (a forged token stays a 401 through an outage),
+   * else the 503 (they would admit it, or there are none: only a fetch can tell).
+   */
+  async function unavailable(token: string, err: JwksUnavailableError): Promise<unknown> {
+    const lastKnown = signingKeys!.lastKnown();
+    if (!lastKnown) return err;
     try {
-      return await remote!(header, token);
-    } catch (err) {
-      if (
-        err instanceof errors.JWKSNoMatchingKey || err instanceof errors.JWKSMultipleMatchingKeys ||
-        err instanceof errors.JOSENotSupported
-      ) throw err;
-      throw new JwksUnavailableError("the project's signing keys could not be fetched");
+      await verifyWith(token, lastKnown, [...ASYMMETRIC_ALGORITHMS]);
+      return err;
+    } catch (refused) {
+      return refusal(refused);
     }
   }
 
@@ -149,12 +180,9 @@ export function createJwtVerifier(options: JwtVerifierOptions): JwtVerifier {
       return readVerifiedJwt(token);
     }
     try {
-      const { payload } = await jwtVerify(token, keyFor, {
-        algorithms: keyed,
-        requiredClaims: ["exp"],
-      });
-      return payload as JwtClaims;
+      return await verifyWith(token, keyFor, keyed);
     } catch (err) {
+      if (err instanceof JwksUnavailableError) throw await unavailable(token, err);
       throw refusal(err);
     }
   }

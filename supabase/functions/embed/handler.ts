@@ -6,6 +6,7 @@ import { processBatch } from "../_shared/core.ts";
 import { errorCode, isConnectionError, waitOutDisconnect } from "../_shared/db_errors.ts";
 import { BinaryWrites } from "../_shared/sql/write.ts";
 import { parseJobBatch, parseJobJson } from "../_shared/jobs.ts";
+import { BodyTooLarge, readBodyText } from "../_shared/request_body.ts";
 import { coreSettings, type Env } from "../_shared/settings.ts";
 
 /** Largest request body accepted (a batch of jobs is a few hundred bytes per job). */
@@ -36,32 +37,14 @@ function problem(status: number, message: string, headers: HeadersInit = {}): Re
   return Response.json({ error: message }, { status, headers });
 }
 
+/** The body, or the 400 for one over MAX_BODY_BYTES (see readBodyText). */
 async function readBody(req: Request): Promise<string | Response> {
-  const declared = Number(req.headers.get("content-length") ?? "0");
-  if (declared > MAX_BODY_BYTES) {
-    return problem(
-      400,
-      `request body is ${declared} bytes; the limit is ${MAX_BODY_BYTES}: send smaller batches`,
-    );
+  try {
+    return await readBodyText(req, MAX_BODY_BYTES);
+  } catch (err) {
+    if (err instanceof BodyTooLarge) return problem(400, `${err.message}: send smaller batches`);
+    throw err;
   }
-  const reader = req.body?.getReader();
-  if (!reader) return "";
-  const chunks: Uint8Array[] = [];
-  let size = 0;
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    size += value.length;
-    if (size > MAX_BODY_BYTES) {
-      await reader.cancel();
-      return problem(400, `request body exceeds ${MAX_BODY_BYTES} bytes: send smaller batches`);
-    }
-    chunks.push(value);
-  }
-  const all = new Uint8Array(size);
-  let offset = 0;
-  for (const c of chunks) all.set(c, (offset += c.length) - c.length);
-  return new TextDecoder().decode(all);
 }
 
 /**

@@ -7,7 +7,8 @@ import { createJwtVerifier, jwksUrlOf, type JwtVerifier } from "../_shared/jwt.t
 import { createQueryCache } from "../_shared/search/cache.ts";
 import { callerOf } from "../_shared/search/caller.ts";
 import { searchByText } from "../_shared/search/search.ts";
-import { SearchError, type SearchRequest, searchRequestSchema } from "../_shared/search/types.ts";
+import { parseSearchRequest, SearchError, type SearchRequest } from "../_shared/search/types.ts";
+import { BodyTooLarge, readBodyText } from "../_shared/request_body.ts";
 import { coreSettings, type Env } from "../_shared/settings.ts";
 
 /** Largest request body accepted: a query of 2,000 characters and a filter fit many times. */
@@ -40,24 +41,28 @@ function positiveInt(env: Env, name: string, fallback: number): number {
   return Number.isInteger(value) && value > 0 ? value : fallback;
 }
 
-/** The request body as a validated SearchRequest, or the 400 that says what is wrong. */
-async function parseRequest(req: Request): Promise<SearchRequest | Response> {
-  const text = await req.text();
-  if (text.length > MAX_BODY_BYTES) return problem(400, `body is over ${MAX_BODY_BYTES} bytes`);
+/**
+ * The request body as a validated SearchRequest; SearchError otherwise: 413
+ * past MAX_BODY_BYTES (reading stops there, see readBodyText), 400 saying
+ * what is wrong with the JSON (see parseSearchRequest).
+ */
+async function parseRequest(req: Request): Promise<SearchRequest> {
+  let text: string;
+  try {
+    text = await readBodyText(req, MAX_BODY_BYTES);
+  } catch (err) {
+    if (err instanceof BodyTooLarge) {
+      throw new SearchError(413, `${err.message}: send {table, query, ...} alone`);
+    }
+    throw err;
+  }
   let json: unknown;
   try {
     json = JSON.parse(text);
   } catch {
-    return problem(400, "body is not valid JSON: send {table, query, ...}");
+    throw new SearchError(400, "body is not valid JSON: send {table, query, ...}");
   }
-  const parsed = searchRequestSchema.safeParse(json);
-  if (!parsed.success) {
-    const issues = parsed.error.issues.map((i) =>
-      `${i.path.length ? i.path.join(".") : "body"}: ${i.message}`
-    );
-    return problem(400, `invalid search request: ${issues.join("; ")}`);
-  }
-  return parsed.data;
+  return parseSearchRequest(json);
 }
 
 /**
@@ -98,7 +103,6 @@ export function createSearchHandler(config: SearchHandlerConfig): SearchHandler 
     try {
       const caller = await callerOf(req.headers.get("authorization"), verifier);
       const request = await parseRequest(req);
-      if (request instanceof Response) return request;
       const response = await searchByText(
         {
           sql,

@@ -29,7 +29,8 @@ export interface Caller {
  * `verifier` (see createJwtVerifier: verified here with the key for its
  * algorithm, or read on the gateway's word when the function holds none).
  * Missing or invalid tokens get 401; signing keys that cannot be fetched get
- * 503 (the token may be valid: retry); a role other than anon, authenticated
+ * 503 with Retry-After until the next fetch may go (the token may be valid);
+ * a role other than anon, authenticated
  * or service_role gets 403.
  */
 export async function callerOf(
@@ -43,7 +44,11 @@ export async function callerOf(
   } catch (err) {
     if (err instanceof JwtError) throw new SearchError(401, `invalid JWT: ${err.message}`);
     if (err instanceof JwksUnavailableError) {
-      throw new SearchError(503, `${err.message}; try again`, { "Retry-After": "5" });
+      // Not before the key set may be fetched again.
+      const retryAfter = Math.max(1, Math.ceil(err.retryAfterMs / 1000));
+      throw new SearchError(503, `${err.message}; try again`, {
+        "Retry-After": String(retryAfter),
+      });
     }
     throw err;
   }

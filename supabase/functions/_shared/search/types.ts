@@ -42,6 +42,58 @@ export const searchRequestSchema = z.strictObject({
 
 export type SearchRequest = z.infer<typeof searchRequestSchema>;
 
+/**
+ * The field of a parsed JSON body that holds a NUL character (U+0000), named
+ * for a message ("query", "filter.title", "a key of filter"), or null. No text
+ * of Postgres can hold one, so any string the request carries (names, the
+ * query, filter keys and values) is checked before it goes anywhere. The walk
+ * is iterative: a body of nested arrays is as deep as it is long.
+ */
+export function fieldWithNul(json: unknown): string | null {
+  type Node = { value: unknown; key: string; up: Node | null };
+  const nameOf = (node: Node | null): string => {
+    const keys: string[] = [];
+    for (let n = node; n?.up; n = n.up) keys.push(n.key);
+    keys.reverse();
+    // A name as deep as the body would be as long as the body.
+    return keys.length > 4 ? `${keys.slice(0, 4).join(".")}...` : keys.join(".");
+  };
+  const stack: Node[] = [{ value: json, key: "", up: null }];
+  while (stack.length > 0) {
+    const node = stack.pop()!;
+    if (typeof node.value === "string") {
+      if (node.value.includes("\u0000")) return nameOf(node) || "body";
+      continue;
+    }
+    if (node.value === null || typeof node.value !== "object") continue;
+    // Pushed in reverse, so the first field in the body is the one named.
+    for (const [key, value] of Object.entries(node.value).reverse()) {
+      if (key.includes("\u0000")) return node.up ? `a key of ${nameOf(node)}` : "a field name";
+      stack.push({ value, key, up: node });
+    }
+  }
+  return null;
+}
+
+/** A parsed JSON body as a SearchRequest; SearchError 400 naming the field at fault otherwise. */
+export function parseSearchRequest(json: unknown): SearchRequest {
+  const nul = fieldWithNul(json);
+  if (nul) {
+    throw new SearchError(
+      400,
+      `invalid search request: ${nul} holds a NUL character (U+0000), which no text can store`,
+    );
+  }
+  const parsed = searchRequestSchema.safeParse(json);
+  if (!parsed.success) {
+    const issues = parsed.error.issues.map((i) =>
+      `${i.path.length ? i.path.join(".") : "body"}: ${i.message}`
+    );
+    throw new SearchError(400, `invalid search request: ${issues.join("; ")}`);
+  }
+  return parsed.data;
+}
+
 /** The best chunk of a row, for a chunked target (its side table of chunks). */
 export interface SearchChunk {
   /** The chunk's chunk_seq: its place in the row's text, from 0. */
