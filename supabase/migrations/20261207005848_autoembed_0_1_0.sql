@@ -869,6 +869,59 @@ as $$
     from pg_catalog.pg_class c where c.oid = t.table_oid
 $$;
 
+-- internal: the function `content_function` names for a row of
+-- `target_table`, or null. Any spelling regprocedure reads: a quoted or
+-- schema-qualified name ('"My Fn"', 'public."My Fn"'), with or without its
+-- argument list ('"My Fn"(notes)'); an unqualified name is looked up in the
+-- table's schema, then public. A name without a dot ('documents_input',
+-- 'My Fn', even 'in''put "fn') is first taken as it is written, as before
+-- and as the guide's examples do. Never raises: text regprocedure cannot
+-- parse names nothing. Its own function, so the search path it sets ends
+-- with it.
+create or replace function util._resolve_content_function(target_table regclass, content_function text)
+returns regprocedure
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  rel record;
+  row_type text;
+  fn regprocedure;
+  spelling text;
+begin
+  select n.nspname, c.reltype into rel
+    from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+   where c.oid = target_table;
+  -- Schema-qualified, as the search path is still empty.
+  row_type := rel.reltype::regtype::text;
+  if pg_catalog.strpos(content_function, '.') = 0 then
+    fn := coalesce(
+      pg_catalog.to_regprocedure(pg_catalog.format('%I.%I(%s)', rel.nspname, content_function, row_type)),
+      pg_catalog.to_regprocedure(pg_catalog.format('public.%I(%s)', content_function, row_type)));
+    if fn is not null then
+      return fn;
+    end if;
+  end if;
+  -- pg_catalog stays first (implicitly) and pg_temp last: neither a
+  -- temporary object nor a user's one stands in for a system type.
+  perform pg_catalog.set_config('search_path',
+            pg_catalog.format('%I, public, pg_temp', rel.nspname), true);
+  foreach spelling in array array[content_function || '(' || row_type || ')', content_function] loop
+    begin
+      fn := pg_catalog.to_regprocedure(spelling);
+    exception when others then
+      -- not a name regprocedure can read (a syntax error, too many dots)
+      fn := null;
+    end;
+    if fn is not null then
+      return fn;
+    end if;
+  end loop;
+  return null;
+end
+$$;
+
 -- internal: raises unless `target_table` is an ordinary or partitioned
 -- table (AE002 when it does not exist, AE003 otherwise).
 create or replace function util._check_source_table(target_table regclass)
@@ -973,22 +1026,27 @@ begin
 
   -- An unqualified name resolves in the table's schema first, then public,
   -- like the guide's examples where both live in public.
-  if content_function like '%.%' then
-    fn_oid := pg_catalog.to_regprocedure(format('%s(%s)', content_function, rel.reltype::regtype));
-  else
-    fn_oid := coalesce(
-      pg_catalog.to_regprocedure(format('%I.%I(%s)', rel.nspname, content_function, rel.reltype::regtype)),
-      pg_catalog.to_regprocedure(format('public.%I(%s)', content_function, rel.reltype::regtype)));
-  end if;
+  fn_oid := util._resolve_content_function(target_table, content_function);
   if fn_oid is null then
-    raise exception 'autoembed: content function %(%) not found', content_function, target_table
+    raise exception 'autoembed: content function % not found',
+      case when content_function ~ '\)\s*$' then content_function
+           else format('%s(%s)', content_function, target_table) end
       using errcode = 'AE003',
             detail = 'The content function takes one argument, a row of the table, and returns text.',
-            hint = format('create function %s(r %s) returns text language sql immutable as $f$ select r.title || '' '' || r.content $f$;', content_function, target_table);
+            hint = format('create function %s(r %s) returns text language sql immutable as $f$ select r.title || '' '' || r.content $f$;',
+                          regexp_replace(content_function, '\(.*\)\s*$', ''), target_table);
   end if;
-  select n.nspname, p.proname, p.prokind, p.proretset, p.prorettype into fn
+  select n.nspname, p.proname, p.prokind, p.proretset, p.prorettype, p.pronargs, p.proargtypes[0] as argtype
+    into fn
     from pg_catalog.pg_proc p join pg_catalog.pg_namespace n on n.oid = p.pronamespace
    where p.oid = fn_oid;
+  -- Named with its argument list, it may take something else than the row.
+  if fn.pronargs <> 1 or fn.argtype <> rel.reltype then
+    raise exception 'autoembed: content function %.% does not take a row of %', fn.nspname, fn.proname, target_table
+      using errcode = 'AE003',
+            detail = format('It takes (%s).', pg_catalog.pg_get_function_identity_arguments(fn_oid)),
+            hint = format('Name the one that takes a row: %s(%s).', regexp_replace(content_function, '\(.*\)\s*$', ''), target_table);
+  end if;
   if fn.prokind <> 'f' or fn.proretset then
     raise exception 'autoembed: content function %.% must be a plain function returning one text value', fn.nspname, fn.proname
       using errcode = 'AE003',
@@ -3346,6 +3404,22 @@ $$;
 -- one row per failed attempt; the queue's figures come from the jobs module
 -- (16_jobs), the dead letters are in pgmq.a_embedding_jobs.
 
+-- internal: the regular expression a blank text matches (its row has
+-- nothing to embed): only the characters the processing core trims (core.ts,
+-- `content.trim() === ""`: ECMAScript's white space and line terminators),
+-- or none. Spelled out, as [[:space:]] follows the database's locale
+-- (C.UTF-8 counts neither U+00A0 nor U+FEFF). Null text is blank too:
+-- coalesce(text, '') ~ util._blank_text_pattern().
+create or replace function util._blank_text_pattern()
+returns text
+language sql
+immutable
+parallel safe
+set search_path = ''
+as $$
+  select U&'^[\0009\000A\000B\000C\000D\0020\00A0\1680\2000\2001\2002\2003\2004\2005\2006\2007\2008\2009\200A\2028\2029\202F\205F\3000\FEFF]*$'
+$$;
+
 -- internal: per-target figures behind util.embedding_status (live targets;
 -- a model change in progress shows in the next_* columns of its table).
 create or replace function util._embedding_status()
@@ -3379,7 +3453,8 @@ returns table (
   model_known boolean,
   circuit_open_since timestamptz,
   circuit_reason text,
-  circuit_retry_at timestamptz
+  circuit_retry_at timestamptz,
+  empty bigint
 )
 language plpgsql
 stable
@@ -3409,25 +3484,31 @@ begin
     destination := t.destination_sql;
     chunks := util._store_chunks(t.target);
     -- Embedded: rows whose store holds their vectors (util._store_has_vector);
-    -- missing: rows with text and none; stale: vectors of other text (or
-    -- other chunk settings) than the row has now, or of unknown text.
+    -- missing: rows with text (not blank: util._blank_text_pattern) and none;
+    -- empty: the other rows without vectors, whose text is null or blank, so
+    -- they need none; stale: vectors of other text (or other chunk settings)
+    -- than the row has now, or of unknown text. One scan, and the content
+    -- function runs once a row: a row's vectors decide which one count reads
+    -- its text (missing or stale), and empty is what is left.
     has_vector := util._store_has_vector(t.target, 'r', 'f');
     begin
       execute format(
         'select count(*),
                 count(*) filter (where %4$s),
-                count(*) filter (where not (%4$s) and coalesce(x.content, '''') !~ ''^[[:space:]]*$''),
+                count(*) filter (where not (%4$s) and coalesce(x.content, '''') !~ $3),
                 count(*) filter (where %4$s and (f.row_id is null
                                    or f.content_hash <> util._chunked_hash($2, x.content)))
            from %1$s r
            cross join lateral (select %2$s(r) as content) x
            left join util.embedding_fingerprints f on f.target_id = $1 and f.row_id = r.%3$s::text',
         t.table_sql, t.content_function_sql, t.pk_sql, has_vector)
-        into total_rows, embedded, missing, stale using t.id, util._fingerprint_key(t.target);
+        into total_rows, embedded, missing, stale
+        using t.id, util._fingerprint_key(t.target), util._blank_text_pattern();
+      empty := total_rows - embedded - missing;
     exception when others then
       -- A content function that raises for some row must not take status
       -- down: count without it (missing then includes rows without text,
-      -- stale only rows without a fingerprint).
+      -- empty is unknown: null; stale only rows without a fingerprint).
       execute format(
         'select count(*),
                 count(*) filter (where %3$s),
@@ -3437,6 +3518,7 @@ begin
            left join util.embedding_fingerprints f on f.target_id = $1 and f.row_id = r.%2$s::text',
         t.table_sql, t.pk_sql, has_vector)
         into total_rows, embedded, missing, stale using t.id;
+      empty := null;
     end;
     select count(*) into fingerprinted from util.embedding_fingerprints f where f.target_id = t.id;
     models := case when fingerprinted > 0 then jsonb_build_object(t.model, fingerprinted) else '{}'::jsonb end;
@@ -3463,7 +3545,10 @@ $$;
 
 -- public: one row per attached (table, embedding column): rows, embedded,
 -- missing (text but no embedding), stale (embedding of other text than the
--- content function now returns), rows per model, queued / in-flight jobs,
+-- content function now returns), empty (the last column: rows whose content
+-- function returns null or blank text, so there is nothing to embed;
+-- total_rows = embedded + missing + empty; null while the content function
+-- raises for some row), rows per model, queued / in-flight jobs,
 -- oldest queued job's age, dead-lettered jobs, the last error; when the
 -- content function last changed and how far a sweep (backfill, recheck) has
 -- come; and a model change in progress: next_model, next_dimensions,
