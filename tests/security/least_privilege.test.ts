@@ -60,6 +60,8 @@ const QUEUE_SEQUENCE: Decision = {
 /** Functions of util only the owner may run (internal, the triggers, and what attaches tables). */
 const OWNER_FUNCTIONS = [
   "util._backoff_seconds(integer,integer,integer,integer)",
+  "util._blank_text_pattern()",
+  "util._resolve_content_function(regclass,text)",
   "util._check_chunk_settings(integer,integer,text)",
   "util._check_model_name(text)",
   "util._check_source_table(regclass)",
