@@ -28,7 +28,15 @@ import { ProviderHealth } from "./recovery.ts";
 import { failureKey, type SettledRow, settleJobs } from "./sql/queue.ts";
 import { loadDonorVectors, loadRows } from "./sql/rows.ts";
 import { byStore } from "./sql/store.ts";
-import { loadTargets, tableLabel, type Target, type Targets } from "./sql/targets.ts";
+import {
+  type FormerTarget,
+  formerTargets,
+  jobTargetKey,
+  loadTargets,
+  tableLabel,
+  type Target,
+  type Targets,
+} from "./sql/targets.ts";
 import { type BinaryWrites, writeEmbeddings } from "./sql/write.ts";
 import type { Vector } from "./vectors.ts";
 
@@ -215,8 +223,13 @@ export async function processBatch(
   }
   if (jobs.length) {
     const targets = await loadTargets(sql);
+    const unknown = new Map(
+      jobs.filter((j) => !targets.live(j.schema, j.table, j.embeddingColumn))
+        .map((j) => [jobTargetKey(j), j]),
+    );
+    const former = await formerTargets(sql, targets, [...unknown.values()]);
     // Each store has its apply path (sql/store.ts): chunks go through chunking/apply.ts.
-    const { column, chunks: chunked } = byStore(assignJobs(jobs, targets, outcome));
+    const { column, chunks: chunked } = byStore(assignJobs(jobs, targets, former, outcome));
     const plan = await readRows(sql, column, targets, options, outcome);
     await embed(plan, options, outcome);
     await write(sql, plan.toWrite, outcome, options.binaryWrites);
@@ -237,17 +250,28 @@ export async function processBatch(
 /**
  * 1. A job is acted on only when it names an attached target exactly (I8);
  * it applies to its live target and, during a model change, to the shadow.
- * Jobs for the same (target, row) coalesce.
+ * Jobs for the same (target, row) coalesce. A job whose target was retired
+ * while it waited (its table, store or content function dropped) finishes
+ * quietly, as one for a deleted row does (I6); one claimed before its table
+ * was renamed applies to the target under its new name.
  */
 function assignJobs(
   jobs: Job[],
   targets: Targets,
+  former: Map<string, FormerTarget>,
   outcome: Outcome,
 ): Map<Target, Map<string, RowWork>> {
   const rowsByTarget = new Map<Target, Map<string, RowWork>>();
   for (const job of jobs) {
-    const live = targets.live(job.schema, job.table, job.embeddingColumn);
+    let live = targets.live(job.schema, job.table, job.embeddingColumn);
     const rowId = String(job.id);
+    const fate = live ? undefined : former.get(jobTargetKey(job));
+    if (fate?.fate === "retired") {
+      outcome.accepted.add(job.jobId);
+      outcome.stats.deleted++;
+      continue;
+    }
+    if (fate?.fate === "renamed") live = fate.target;
     if (!live || live.content_function !== job.contentFunction) {
       // A packed message is refused whole, once (row_id null).
       if (job.packed && outcome.settled.has(outcome.keyOf(job.jobId, null))) continue;

@@ -115,7 +115,7 @@ export async function applyChunked<W extends ChunkedWork>(
     for (const work of rows.values()) {
       const row = loaded.get(work.rowId);
       if (!row) {
-        stats.deleted++; // I6: the row is gone; its chunks went with it (on delete cascade)
+        stats.deleted++; // I6: the row is gone; its chunks went with it (its delete trigger)
         continue;
       }
       if (row.fresh) {
