@@ -18,7 +18,7 @@ const USAGE = `usage: autoembed <command> [options]      (from a clone: deno tas
 
 commands:
   worker                 process embedding jobs until stopped (Ctrl-C / SIGTERM)
-  status                 per-table embedding status            [--json]
+  status                 per-table embedding status, and tables lately dropped or renamed [--json]
   backfill <table>       enqueue rows missing an embedding
   reembed <table>        recheck a table, or move it to a new model [--model M] [--dimensions D]
                          (built beside the live column, switched when complete; --cancel stops it)
@@ -208,7 +208,29 @@ async function status(args: ParsedArgs): Promise<number> {
              last_error
         from util.embedding_status`;
     const plain = rows.map((r) => ({ ...r }));
-    console.log(args.options.has("json") ? JSON.stringify(plain, null, 2) : formatTable(plain));
+    if (args.options.has("json")) {
+      console.log(JSON.stringify(plain, null, 2));
+      return 0;
+    }
+    console.log(formatTable(plain));
+    // What happened to attached tables lately (util.embedding_target_events):
+    // a table dropped or renamed is no row above, so it is said here.
+    const events = await sql<{ line: string }[]>`
+      select to_char(e.happened_at, 'YYYY-MM-DD HH24:MI:SS') || '  ' ||
+             format('%I.%I (%s)', e.schema_name, e.table_name, e.embedding_column) || '  ' ||
+             e.event || ': ' || e.detail ||
+             case when e.event = 'retired'
+                  then format(', %s queued and %s dead-lettered row(s) dropped', e.jobs_dropped,
+                              e.dead_letters_dropped)
+                  else '' end ||
+             ' (noticed by ' || e.noticed_by || ')' as line
+        from util.embedding_target_events e
+       where e.happened_at > now() - interval '7 days'
+       order by e.id desc limit 20`;
+    if (events.length) {
+      console.log(`\nrecent changes to attached tables (util.embedding_target_events):`);
+      for (const e of events) console.log(`  ${e.line}`);
+    }
     return 0;
   });
 }

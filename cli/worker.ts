@@ -201,16 +201,28 @@ class Worker {
 
   /**
    * --once: whether work is left that a claim may yet find (jobs waiting out
-   * a backoff, or behind an open circuit, are not "there"): the background
-   * work enqueued more, or a sweep whose last slice needed nothing is still
-   * to be finished.
+   * a backoff, or behind an open circuit, are not "there"). "now": the
+   * background work enqueued more, or a sweep of this worker's tables whose
+   * last slice needed nothing goes on (the queue has room for its next
+   * slice). "later": such a sweep waits for the queue to shorten, and what
+   * fills it is hidden (in flight elsewhere, or waiting out a backoff), so
+   * asking again at once would only spin. "done": nothing left. A sweep of a
+   * target whose table or store is gone is no work (util.maintain_embeddings
+   * retires it).
    */
-  async moreToDo(): Promise<boolean> {
-    if (await this.maintain(true) > 0) return true;
-    const [{ sweeping }] = await this.#sql<{ sweeping: boolean }[]>`
-      select exists (select from util.embedding_targets
-                      where sweep_started_at is not null) as sweeping`;
-    return sweeping;
+  async moreToDo(): Promise<"now" | "later" | "done"> {
+    if (await this.maintain(true) > 0) return "now";
+    const filters = JSON.stringify(this.#filters);
+    const [{ sweeping, room }] = await this.#sql<{ sweeping: boolean; room: boolean }[]>`
+      select exists (select from util._target_config c
+                       join util.embedding_targets t on t.id = c.id
+                       join jsonb_array_elements(${filters}::text::jsonb) f
+                         on coalesce(f ->> 'table', c.table_name) = c.table_name
+                        and coalesce(f ->> 'schema', c.schema_name) = c.schema_name
+                      where t.sweep_started_at is not null) as sweeping,
+             util._queued_rows(s.value::int) < s.value::int as room
+        from util.settings s where s.name = 'sweep_slice_rows'`;
+    return !sweeping ? "done" : room ? "now" : "later";
   }
 
   /**
@@ -331,7 +343,9 @@ class Worker {
           continue;
         }
         try {
-          if (await this.moreToDo()) continue;
+          const more = await this.moreToDo();
+          if (more === "later") await sleep(this.options.pollIntervalMs, this.stopped);
+          if (more !== "done") continue;
         } catch (err) {
           if (!isConnectionError(err)) throw err;
           continue;

@@ -112,7 +112,11 @@ create table if not exists util.embedding_targets (
   splitter text,
   -- where the vectors live (22_stores): 'column' (the row's own
   -- embedding_column) or 'chunks' (the side table `destination`)
-  store text not null default 'column'
+  store text not null default 'column',
+  -- the table's schema and name as its jobs carry them (its names when last
+  -- seen): jobs follow a rename, and are found after a drop (45_table_life)
+  jobs_schema name,
+  jobs_table name
 );
 -- At most one model change per live target.
 create unique index if not exists embedding_targets_one_shadow on util.embedding_targets (shadow_of);

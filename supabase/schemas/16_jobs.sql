@@ -325,9 +325,14 @@ begin
     target_id int, table_name text, attempt int, packed boolean, dead boolean, delay int, own_id bigint
   ) on commit drop;
   truncate _autoembed_settled;
+  -- An outcome of a message that is gone and whose target is gone or
+  -- retired (its table dropped, or detached, while the batch ran: its jobs
+  -- went with it) is no one's to retry or read: it is dropped. A target id
+  -- that no longer exists is recorded as none.
   insert into _autoembed_settled
   select o.job_id, o.row_id, o.kind, o.error, coalesce(o.retryable, true), o.retry_after,
-         o.target_id, o.table_name, coalesce(q.read_ct, 1),
+         (select t.id from util.embedding_targets t where t.id = o.target_id), o.table_name,
+         coalesce(q.read_ct, 1),
          o.row_id is not null and coalesce(pg_catalog.jsonb_typeof(q.message -> 'ids') = 'array', false),
          o.kind = 'failed' and (not coalesce(o.retryable, true) or coalesce(q.read_ct, 1) >= max_attempts),
          case when o.kind = 'failed'
@@ -336,7 +341,9 @@ begin
     from pg_catalog.jsonb_to_recordset(outcomes) as o(job_id bigint, row_id text, kind text, error text,
                                                      retryable boolean, retry_after int,
                                                      target_id int, table_name text)
-    left join pgmq.q_embedding_jobs q on q.msg_id = o.job_id;
+    left join pgmq.q_embedding_jobs q on q.msg_id = o.job_id
+   where q.msg_id is not null or o.target_id is null
+      or exists (select from util.embedding_targets t where t.id = o.target_id and t.retired_at is null);
 
   -- A packed message's failed rows leave it as messages of their own, with
   -- its attempts and their own backoff (or straight to the dead letters).
@@ -472,6 +479,67 @@ as $$
     returning q.message
   )
   select coalesce(sum(util._job_rows(g.message)), 0)::bigint from gone g
+$$;
+
+-- internal: drops every job of a target whose rows are gone (a truncated
+-- table) or which is retired (its table, store or content function
+-- dropped, 45_table_life): the queued ones, in flight or not, and the dead
+-- letters, which could only ever name rows that are gone or a target that
+-- is. Returns the rows dropped of each.
+create or replace function util._forget_jobs(
+  schema_name text, table_name text, embedding_column text,
+  out queued bigint, out dead_lettered bigint)
+language plpgsql
+set search_path = ''
+as $$
+begin
+  with gone as (
+    delete from pgmq.q_embedding_jobs q
+     where q.message ->> 'schema' = schema_name and q.message ->> 'table' = table_name
+       and q.message ->> 'embeddingColumn' = embedding_column
+    returning q.message
+  )
+  select coalesce(sum(util._job_rows(g.message)), 0)::bigint into queued from gone g;
+  with gone as (
+    delete from pgmq.a_embedding_jobs a
+     where a.message ->> 'schema' = schema_name and a.message ->> 'table' = table_name
+       and a.message ->> 'embeddingColumn' = embedding_column
+    returning a.message
+  )
+  select coalesce(sum(util._job_rows(g.message)), 0)::bigint into dead_lettered from gone g;
+end
+$$;
+
+-- internal: rewrites the jobs and dead letters that name table
+-- `old_schema`.`old_table` to name `new_schema`.`new_table`, when the table
+-- or its schema was renamed (45_table_life): a message names its table, so
+-- without this its jobs would be refused. Messages in flight are rewritten
+-- too; their claim settles them by id. Returns the rows rewritten.
+create or replace function util._rename_jobs(old_schema text, old_table text, new_schema text, new_table text)
+returns bigint
+language plpgsql
+set search_path = ''
+as $$
+declare
+  queued bigint;
+  dead bigint;
+begin
+  with moved as (
+    update pgmq.q_embedding_jobs q
+       set message = q.message || pg_catalog.jsonb_build_object('schema', new_schema, 'table', new_table)
+     where q.message ->> 'schema' = old_schema and q.message ->> 'table' = old_table
+    returning q.message
+  )
+  select coalesce(sum(util._job_rows(m.message)), 0)::bigint into queued from moved m;
+  with moved as (
+    update pgmq.a_embedding_jobs a
+       set message = a.message || pg_catalog.jsonb_build_object('schema', new_schema, 'table', new_table)
+     where a.message ->> 'schema' = old_schema and a.message ->> 'table' = old_table
+    returning a.message
+  )
+  select coalesce(sum(util._job_rows(m.message)), 0)::bigint into dead from moved m;
+  return queued + dead;
+end
 $$;
 
 -- public: puts dead-lettered jobs back on the queue with a fresh attempt

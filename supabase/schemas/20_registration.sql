@@ -247,10 +247,10 @@ begin
   end if;
   insert into util.embedding_targets
     (table_oid, embedding_column, pk_column, content_function, content_function_schema, content_function_name,
-     model, dimensions, content_definition)
+     model, dimensions, content_definition, jobs_schema, jobs_table)
   values
     (target_table, embedding_column, pk, content_function, fn.nspname, fn.proname, model, dimensions,
-     util._content_definition(fn_oid::regprocedure))
+     util._content_definition(fn_oid::regprocedure), rel.nspname, rel.relname)
   returning id into target_id;
   return target_id;
 end
@@ -300,6 +300,35 @@ begin
 end
 $$;
 
+-- internal: the names of the triggers util.enable_embeddings creates for
+-- target `embedding_column`: embed_<column>_insert, _update, _delete,
+-- _trunc and (clear_on_change) _clear.
+create or replace function util._trigger_names(embedding_column name)
+returns name[]
+language sql
+immutable
+set search_path = ''
+as $$
+  select array(select ('embed_' || embedding_column || s.suffix)::name
+                 from pg_catalog.unnest(array['_insert', '_update', '_delete', '_trunc', '_clear']) s(suffix))
+$$;
+
+-- internal: drops the triggers util.enable_embeddings created on
+-- `target_table` for target `embedding_column` (those that exist).
+create or replace function util._drop_triggers(target_table regclass, embedding_column name)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  trigger_name name;
+begin
+  foreach trigger_name in array util._trigger_names(embedding_column) loop
+    perform util._drop_trigger(target_table, trigger_name);
+  end loop;
+end
+$$;
+
 -- internal: the live target of (table, column), or raises like the public
 -- functions that take them.
 create or replace function util._live_target(target_table regclass, embedding_column name)
@@ -323,7 +352,7 @@ end
 $$;
 
 -- public: attaches the pipeline to a table in one call. Creates statement
--- level insert/update/delete triggers (one queue insert per statement,
+-- level insert/update/delete/truncate triggers (one queue insert per statement,
 -- however many rows; inserts and updates through a trigger function written
 -- for this target, util._create_queue_function), optionally the clear trigger, records the configuration and
 -- starts a backfill of the existing rows (the first slice is enqueued now,
@@ -377,10 +406,7 @@ begin
   -- An attached target keeps its model: another one is a model change (util.reembed).
   change_model := model is distinct from null and model <> existing.model
                   or dimensions is distinct from null and dimensions <> existing.dimensions;
-  perform util._drop_trigger(target_table, (prefix || '_insert')::name);
-  perform util._drop_trigger(target_table, (prefix || '_update')::name);
-  perform util._drop_trigger(target_table, (prefix || '_delete')::name);
-  perform util._drop_trigger(target_table, (prefix || '_clear')::name);
+  perform util._drop_triggers(target_table, embedding_column);
   -- Inserts and updates go through the target's own trigger function, its
   -- SQL static (util._create_queue_function), written again on every call so
   -- it always has the registration just made.
@@ -397,6 +423,11 @@ begin
     'create trigger %I after delete on %s referencing old table as old_rows
        for each statement execute function util.queue_embeddings(%L, %L)',
     prefix || '_delete', target_table, content_function, embedding_column);
+  -- A truncate empties the store and drops the target's jobs (30_detect).
+  execute format(
+    'create trigger %I after truncate on %s
+       for each statement execute function util.queue_embeddings(%L, %L)',
+    prefix || '_trunc', target_table, content_function, embedding_column);
   if clear_on_change then
     execute format(
       'create trigger %I before update on %s
@@ -430,7 +461,6 @@ language plpgsql
 set search_path = ''
 as $$
 declare
-  prefix text := 'embed_' || embedding_column;
   rel record;
   detached util.embedding_targets;
 begin
@@ -445,7 +475,7 @@ begin
                   where t.table_oid = target_table and t.embedding_column = disable_embeddings.embedding_column)
      and not exists (select from pg_catalog.pg_trigger g
                       where g.tgrelid = target_table
-                        and g.tgname in (prefix || '_insert', prefix || '_update', prefix || '_delete', prefix || '_clear')) then
+                        and g.tgname = any (util._trigger_names(embedding_column))) then
     raise exception 'autoembed: % (column %) is not attached', target_table, embedding_column
       using errcode = 'AE002',
             hint = 'See select * from util.embedding_status; for the attached tables and their columns.';
@@ -455,10 +485,7 @@ begin
                 and t.shadow_of is null) then
     perform util.cancel_reembed(target_table, embedding_column);
   end if;
-  perform util._drop_trigger(target_table, (prefix || '_insert')::name);
-  perform util._drop_trigger(target_table, (prefix || '_update')::name);
-  perform util._drop_trigger(target_table, (prefix || '_delete')::name);
-  perform util._drop_trigger(target_table, (prefix || '_clear')::name);
+  perform util._drop_triggers(target_table, embedding_column);
   perform util._drop_queue_function(target_table, embedding_column);
   perform util._drop_jobs(rel.nspname, rel.relname, embedding_column);
   delete from util.embedding_targets t

@@ -64,26 +64,104 @@ begin
 end
 $$;
 
--- internal: what util.disable_embeddings does to the store of target `t`
--- (its registration already deleted): a column keeps its vectors; a side
--- table of chunks stays, and a notice says so, unless `drop_store`.
+-- internal: what detaching target `t` does to its store (its registration
+-- already deleted or retired: util.disable_embeddings, or a retirement,
+-- 45_table_life): a column keeps its vectors. A side table of chunks is
+-- dropped with `drop_store`; else it stays, and a notice says so, with a
+-- foreign key to its source (on delete cascade, not validated), so that
+-- deleting source rows still deletes their chunks, as the triggers did
+-- while it was attached. A side table already gone needs nothing.
 create or replace function util._store_detach(t util.embedding_targets, drop_store boolean)
 returns void
 language plpgsql
 set search_path = ''
 as $$
+declare
+  own_ddl text := pg_catalog.current_setting('autoembed.own_ddl', true);
 begin
-  if t.store = 'column' then
+  if t.store = 'column' or t.destination is null
+     or not exists (select from pg_catalog.pg_class c where c.oid = t.destination) then
     return;
   end if;
+  -- The pipeline's own DDL, which the event triggers leave alone (45_table_life).
+  perform pg_catalog.set_config('autoembed.own_ddl', 'on', true);
   if drop_store then
     execute pg_catalog.format('drop table %s', t.destination);
   else
+    if exists (select from pg_catalog.pg_class c where c.oid = t.table_oid)
+       and not exists (select from pg_catalog.pg_constraint k where k.conrelid = t.destination and k.contype = 'f') then
+      execute pg_catalog.format(
+        'alter table %s add foreign key (source_id) references %s (%I) on delete cascade not valid',
+        t.destination, t.table_oid, t.pk_column);
+    end if;
     raise notice 'autoembed: % is no longer kept fresh; it stays, with its chunks, vectors, index and policy', t.destination
       using hint = pg_catalog.format('Drop it with drop table %s; or util.disable_embeddings(..., drop_destination => true).',
                                      t.destination);
   end if;
+  perform pg_catalog.set_config('autoembed.own_ddl', coalesce(own_ddl, 'off'), true);
 end
+$$;
+
+-- internal: the SQL that deletes from the store of target `t` the vectors
+-- of the source rows whose keys `ids_query` returns (a query with one
+-- column), for the DELETE trigger (30_detect) to run where its transition
+-- table is visible: a chunked row's chunks; nothing for a column, whose
+-- vectors went with the rows. Null: nothing to run.
+create or replace function util._store_forget_sql(t util.embedding_targets, ids_query text)
+returns text
+language sql
+immutable
+set search_path = ''
+as $$
+  select case t.store
+           when 'chunks' then pg_catalog.format('delete from %s d where d.source_id in (%s)', t.destination, ids_query)
+         end
+$$;
+
+-- internal: empties the store of target `t` after its source table was
+-- truncated (30_detect): a side table of chunks is truncated too (unless
+-- the same statement emptied it already); a column went with the rows.
+create or replace function util._store_truncate(t util.embedding_targets)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  holds boolean;
+begin
+  if t.store <> 'chunks' or t.destination is null then
+    return;
+  end if;
+  -- A table truncated by this very statement (truncate articles,
+  -- article_chunks) is still open in it and cannot be truncated again.
+  execute pg_catalog.format('select exists (select from %s)', t.destination) into holds;
+  if holds then
+    execute pg_catalog.format('truncate %s', t.destination);
+  end if;
+end
+$$;
+
+-- internal: what of target `t`'s store is gone while its table is not,
+-- in words for util.embedding_target_events (45_table_life): its vector
+-- column (dropped, or renamed: the target names it), or its side table of
+-- chunks. Null: the store is there.
+create or replace function util._store_missing(t util.embedding_targets)
+returns text
+language sql
+stable
+set search_path = ''
+as $$
+  select case t.store
+           when 'column' then
+             case when not exists (select from pg_catalog.pg_attribute a
+                                    where a.attrelid = t.table_oid and a.attname = t.embedding_column
+                                      and a.attnum > 0 and not a.attisdropped)
+                  then 'embedding column dropped or renamed' end
+           when 'chunks' then
+             case when t.destination is null
+                    or not exists (select from pg_catalog.pg_class c where c.oid = t.destination)
+                  then 'destination dropped' end
+         end
 $$;
 
 -------------------------------------------------------------------------------
@@ -253,7 +331,7 @@ as $$ select case l.store when 'column' then 'the column' when 'chunks' then 'th
 -- of `l`, which is dropped. A column: the live column goes (with its
 -- indexes), the shadow column and its index twins take their names. A side
 -- table: the live one goes, the shadow table takes its name (its primary
--- key, reference and index twins theirs; the destination's other policies
+-- key and index twins theirs; the destination's other policies
 -- and forced RLS are made again on it). The targets' own rows are
 -- util._switch_model's.
 create or replace function util._store_swap(l util.embedding_targets, s util.embedding_targets)
@@ -266,10 +344,12 @@ declare
   index_names name[];
   index_name name;
   pkey_name name;
-  fkey_name name;
   policies text[];
   policy text;
+  own_ddl text := pg_catalog.current_setting('autoembed.own_ddl', true);
 begin
+  -- The pipeline's own DDL, which the event triggers leave alone (45_table_life).
+  perform pg_catalog.set_config('autoembed.own_ddl', 'on', true);
   if l.store = 'column' then
     select pg_catalog.array_agg(ic.relname order by ic.relname) into index_names
       from pg_catalog.pg_index i
@@ -284,6 +364,7 @@ begin
           where c.oid = l.table_oid),
         util._twin_name(s.id, index_name), index_name);
     end loop;
+    perform pg_catalog.set_config('autoembed.own_ddl', coalesce(own_ddl, 'off'), true);
     return;
   end if;
   select n.nspname, c.relname, c.relforcerowsecurity into live
@@ -294,8 +375,6 @@ begin
     into index_names, pkey_name
     from pg_catalog.pg_index i join pg_catalog.pg_class ic on ic.oid = i.indexrelid
    where i.indrelid = l.destination;
-  select pg_catalog.min(k.conname) into fkey_name
-    from pg_catalog.pg_constraint k where k.conrelid = l.destination and k.contype = 'f';
   -- The live destination's other policies (and forced RLS), created again
   -- on the shadow once it has the destination's name, which they may use.
   select pg_catalog.array_agg(pg_catalog.format('create policy %I on %I.%I as %s for %s to %s%s%s',
@@ -318,11 +397,6 @@ begin
     execute pg_catalog.format('alter table %s rename constraint %I to %I', s.destination,
       (select k.conname from pg_catalog.pg_constraint k where k.conrelid = s.destination and k.contype = 'p'), pkey_name);
   end if;
-  if fkey_name is not null then
-    execute pg_catalog.format('alter table %s rename constraint %I to %I', s.destination,
-      (select pg_catalog.min(k.conname) from pg_catalog.pg_constraint k where k.conrelid = s.destination and k.contype = 'f'),
-      fkey_name);
-  end if;
   foreach index_name in array coalesce(index_names, '{}') loop
     execute pg_catalog.format('alter index %I.%I rename to %I', live.nspname, util._twin_name(s.id, index_name), index_name);
   end loop;
@@ -334,23 +408,32 @@ begin
   end if;
   -- The retired target's destination is gone.
   update util.embedding_targets t set destination = null where t.id = l.id;
+  perform pg_catalog.set_config('autoembed.own_ddl', coalesce(own_ddl, 'off'), true);
 end
 $$;
 
 -- internal: drops the shadow store of `s` (a cancelled model change of
--- `l`): the shadow column, or the shadow side table. The live store is untouched.
+-- `l`): the shadow column, or the shadow side table, where it is still
+-- there. The live store is untouched.
 create or replace function util._store_drop_shadow(l util.embedding_targets, s util.embedding_targets)
 returns void
 language plpgsql
 set search_path = ''
 as $$
+declare
+  own_ddl text := pg_catalog.current_setting('autoembed.own_ddl', true);
 begin
+  -- The pipeline's own DDL, which the event triggers leave alone (45_table_life).
+  perform pg_catalog.set_config('autoembed.own_ddl', 'on', true);
   if s.store = 'chunks' then
-    execute pg_catalog.format('drop table if exists %s', s.destination);
+    if exists (select from pg_catalog.pg_class c where c.oid = s.destination) then
+      execute pg_catalog.format('drop table %s', s.destination);
+    end if;
   elsif exists (select from pg_catalog.pg_attribute a
                  where a.attrelid = l.table_oid and a.attname = s.embedding_column and not a.attisdropped) then
     execute pg_catalog.format('alter table %s drop column %I', l.table_oid, s.embedding_column);
   end if;
+  perform pg_catalog.set_config('autoembed.own_ddl', coalesce(own_ddl, 'off'), true);
 end
 $$;
 
@@ -482,9 +565,10 @@ $$;
 -------------------------------------------------------------------------------
 -- The chunks store: a side table the pipeline creates and owns, (source_id,
 -- chunk_seq, chunk, embedding, chunk_hash), primary key (source_id,
--- chunk_seq), source_id referencing the source row on delete cascade, an
--- HNSW index on embedding, RLS following the source, and for app roles
--- SELECT alone (util._grant_chunk_reads). Its target's
+-- chunk_seq), the source row's chunks kept by the source's triggers (no
+-- foreign key: see util._create_chunk_table), an HNSW index on embedding,
+-- RLS following the source, and for app roles SELECT alone
+-- (util._grant_chunk_reads). Its target's
 -- embedding_column is the side table's name, which names it in jobs,
 -- triggers (embed_<destination>_insert ...), util.disable_embeddings,
 -- util.reembed and util.embedding_status.
@@ -492,11 +576,16 @@ $$;
 
 -- internal: creates a chunk table `dest_schema`.`dest_name` for source
 -- `target_table`: (source_id, chunk_seq, chunk, embedding halfvec(dimensions),
--- chunk_hash), its primary key, its reference to the source row (on delete
--- cascade) and its RLS policy; the caller adds indexes and grants
--- (util._grant_chunk_reads, in the same transaction). Used for
--- a chunked target's destination and for the shadow destination of its
--- model change.
+-- chunk_hash), its primary key and its RLS policy; the caller adds indexes
+-- and grants (util._grant_chunk_reads, in the same transaction). Used for a
+-- chunked target's destination and for the shadow destination of its model
+-- change. No foreign key to the source: Postgres refuses a plain truncate of
+-- a referenced table, before any trigger runs. The source's triggers keep
+-- the chunks of its rows instead: a delete deletes theirs
+-- (util._store_forget_sql), a truncate truncates them (util._store_truncate),
+-- and a chunk set is written only under a lock on its source row
+-- (sql/chunks.ts). A detached destination that stays gets the foreign key
+-- (util._store_detach).
 create or replace function util._create_chunk_table(
   target_table regclass,
   dest_schema name,
@@ -517,13 +606,13 @@ begin
    where i.indrelid = target_table and i.indisprimary;
   execute pg_catalog.format(
     'create table %1$I.%2$I (
-       source_id %3$s not null references %4$s (%5$I) on delete cascade,
+       source_id %3$s not null,
        chunk_seq int not null,
        chunk text not null,
-       embedding extensions.halfvec(%6$s),
+       embedding extensions.halfvec(%4$s),
        chunk_hash bytea not null,
        primary key (source_id, chunk_seq)
-     )', dest_schema, dest_name, pk.type_sql, target_table, pk.attname, dimensions);
+     )', dest_schema, dest_name, pk.type_sql, dimensions);
   dest := pg_catalog.format('%I.%I', dest_schema, dest_name)::regclass;
   -- A role sees the chunks of exactly the source rows it sees: the
   -- subquery runs under the source's own RLS policies.

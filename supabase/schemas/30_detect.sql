@@ -26,7 +26,9 @@ as $$ select pg_catalog.pg_notify('embedding_jobs', '') $$;
 --     with the same behaviour and static SQL (util._create_queue_function).
 -- On DELETE (row level, or statement level with old_rows) and TRUNCATE it
 -- deletes the fingerprints of the rows that went, so the bookkeeping stays
--- as small as the table. Must fire AFTER: as a BEFORE trigger its NULL
+-- as small as the table, and their vectors a store keeps elsewhere (a
+-- chunked target's chunks: 22_stores); a TRUNCATE also drops the target's
+-- jobs and dead letters. Must fire AFTER: as a BEFORE trigger its NULL
 -- result would cancel the user's write. A row-level firing inserts its
 -- one-row message into the queue table itself, as util._enqueue_sql's
 -- statement does (pgmq.send plans its insert again on every call).
@@ -47,6 +49,8 @@ declare
   content_function text = tg_argv[0];
   embedding_column name = tg_argv[1];
   target util.embedding_targets;
+  store_target util.embedding_targets;
+  forget_sql text;
   call_fn text;
   job jsonb;
   enqueued bigint;
@@ -65,10 +69,31 @@ begin
       return null;
     end if;
     if tg_op = 'TRUNCATE' then
+      -- Every row is gone: so are their vectors elsewhere (a chunked
+      -- target's chunks), their fingerprints, and the target's jobs and dead
+      -- letters, which could only name rows that are gone.
+      for store_target in select * from util.embedding_targets t where t.id = target.id or t.shadow_of = target.id loop
+        perform util._store_truncate(store_target);
+      end loop;
       delete from util.embedding_fingerprints f
        where f.target_id in (select t.id from util.embedding_targets t
                               where t.id = target.id or t.shadow_of = target.id);
-    elsif tg_level = 'ROW' then
+      perform util._forget_jobs(tg_table_schema, tg_table_name, target.embedding_column);
+      return null;
+    end if;
+    -- The rows that went: their vectors elsewhere (util._store_forget_sql,
+    -- run here, where the transition table is visible), then their fingerprints.
+    for store_target in select * from util.embedding_targets t where t.id = target.id or t.shadow_of = target.id loop
+      forget_sql := util._store_forget_sql(store_target,
+        case when tg_level = 'ROW' then pg_catalog.format('select ($1).%I', target.pk_column)
+             else pg_catalog.format('select o.%I from old_rows o', target.pk_column) end);
+      if forget_sql is not null and tg_level = 'ROW' then
+        execute forget_sql using old;
+      elsif forget_sql is not null then
+        execute forget_sql;
+      end if;
+    end loop;
+    if tg_level = 'ROW' then
       delete from util.embedding_fingerprints f
        where f.target_id in (select t.id from util.embedding_targets t
                               where t.id = target.id or t.shadow_of = target.id)

@@ -49,7 +49,13 @@ declare
 begin
   select * into t from util.embedding_targets x where x.id = target_id;
   select * into c from util._target_config x where x.id = target_id;
-  if c.id is null or t.sweep_started_at is null then
+  if t.sweep_started_at is null then
+    return 0;
+  end if;
+  if c.id is null then
+    -- Its table or store is gone (45_table_life retires it): a sweep that
+    -- could never finish ends here, so nothing waits for it.
+    update util.embedding_targets x set sweep_started_at = null, sweep_after = null where x.id = target_id;
     return 0;
   end if;
   job := util._job_base(coalesce(t.shadow_of, t.id));
@@ -97,6 +103,18 @@ begin
 end
 $$;
 
+-- internal: marks a sweep of target `target_id` started (or restarted)
+-- from the first key; util.maintain_embeddings takes its steps.
+create or replace function util._begin_sweep(target_id int)
+returns void
+language sql
+set search_path = ''
+as $$
+  update util.embedding_targets x
+     set sweep_started_at = now(), sweep_after = null, sweep_checked = 0, sweep_enqueued = 0
+   where x.id = target_id
+$$;
+
 -- internal: starts (or restarts) a sweep of target `target_id` and runs its
 -- first step now, so small tables are enqueued at once. Returns the jobs
 -- enqueued by that first step.
@@ -106,10 +124,37 @@ language plpgsql
 set search_path = ''
 as $$
 begin
-  update util.embedding_targets x
-     set sweep_started_at = now(), sweep_after = null, sweep_checked = 0, sweep_enqueued = 0
-   where x.id = target_id;
+  perform util._begin_sweep(target_id);
   return util._sweep_step(target_id, util._setting('sweep_slice_rows')::int);
+end
+$$;
+
+-- internal: one step of target `target_id`'s sweep for
+-- util.maintain_embeddings, which must not stop for one target: a passing
+-- failure (a lock not granted in time, a conflict) is tried again at the
+-- next tick; any other stops the sweep, and util.embedding_errors says why
+-- and how to start it again. Returns the jobs enqueued.
+create or replace function util._maintain_sweep(target_id int, max_rows int)
+returns bigint
+language plpgsql
+set search_path = ''
+as $$
+declare
+  t util.embedding_targets;
+begin
+  return util._sweep_step(target_id, max_rows);
+exception
+  when serialization_failure or deadlock_detected or lock_not_available then
+    return 0;
+  when others then
+    update util.embedding_targets x set sweep_started_at = null, sweep_after = null
+     where x.id = target_id
+    returning * into t;
+    insert into util.embedding_errors (target_id, table_name, retryable, error)
+    values (t.id, t.table_oid::text, false,
+            pg_catalog.format('the sweep of %s (%s) stopped: %s; start it again with select util.refresh_embeddings(%L, %L);',
+                              t.table_oid, t.embedding_column, sqlerrm, t.table_oid::text, t.embedding_column));
+    return 0;
 end
 $$;
 
@@ -307,20 +352,30 @@ set search_path = ''
 as $$ select util.reembed(target_table, embedding_column) $$;
 
 -- public: the pipeline's background work, cheap when there is none:
+--   0. follows renamed tables and retires targets whose table, store or
+--      content function is gone (45_table_life), where the event triggers
+--      did not already;
 --   1. notices content functions whose definition changed and starts a
---      sweep of their targets (I10);
+--      sweep (a recheck) of their targets (I10);
 --   2. advances every sweep by one slice while the queue holds fewer than
 --      sweep_slice_rows jobs;
 --   3. switches finished model changes (I7);
---   4. deletes fingerprints of retired targets in slices.
+--   4. deletes fingerprints of retired targets in slices, and forgets
+--      util.embedding_target_events older than 30 days.
 -- util.process_embeddings calls it on every tick; the worker on every poll.
--- Concurrent callers skip the targets another one is working on. Returns
--- the jobs it enqueued.
+-- Concurrent callers skip the targets another one is working on. It waits
+-- at most 200 ms for a lock on a user's table (the next tick tries again):
+-- a DDL statement that holds the table (a drop, say) while its event trigger
+-- waits for a target this holds must never deadlock with it, and a request
+-- for an exclusive lock behind a long query must not hold up the table's
+-- readers. A sweep that fails (util._maintain_sweep) does not stop the
+-- others. Returns the jobs it enqueued.
 create or replace function util.maintain_embeddings()
 returns bigint
 language plpgsql
 security definer
 set search_path = ''
+set lock_timeout = '200ms'
 as $$
 declare
   slice int := util._setting('sweep_slice_rows')::int;
@@ -329,10 +384,18 @@ declare
   queued bigint;
   retired int;
 begin
-  -- 1. Definitions: one catalog lookup per target.
+  -- 0. Renames and retirements the event triggers did not see.
+  begin
+    perform util._check_targets('maintenance');
+  exception when serialization_failure or deadlock_detected or lock_not_available then
+    null;
+  end;
+
+  -- 1. Definitions: one catalog lookup per target; the recheck's steps are step 2's.
   for t in
     select x.id, x.shadow_of from util.embedding_targets x
      where x.retired_at is null
+       and util._content_function_of(x) is not null
        and x.content_definition is distinct from util._content_definition(util._content_function_of(x))
      for update skip locked
   loop
@@ -340,7 +403,7 @@ begin
        set content_definition = util._content_definition(util._content_function_of(x)),
            content_changed_at = now()
      where x.id = t.id;
-    enqueued := enqueued + util._start_sweep(t.id);
+    perform util._begin_sweep(t.id);
   end loop;
 
   -- 2. Sweeps, while the queue is short (rows, counted over the first slice-size messages only).
@@ -352,7 +415,7 @@ begin
   loop
     queued := util._queued_rows(slice);
     exit when queued >= slice;
-    enqueued := enqueued + util._sweep_step(t.id, slice);
+    enqueued := enqueued + util._maintain_sweep(t.id, slice);
   end loop;
 
   -- 3. Finished model changes (NO KEY UPDATE: see util._lock_model_change).
@@ -361,19 +424,28 @@ begin
      where x.shadow_of is not null and x.sweep_started_at is null
      for no key update skip locked
   loop
-    perform util._switch_model(t.live_id);
+    begin
+      perform util._switch_model(t.live_id);
+    exception when serialization_failure or deadlock_detected or lock_not_available then
+      null;
+    end;
   end loop;
 
-  -- 4. Retired targets' fingerprints, then the targets.
+  -- 4. Retired targets' fingerprints, then the targets; old events.
   for t in select x.id from util.embedding_targets x where x.retired_at is not null for update skip locked loop
-    delete from util.embedding_fingerprints f
-     where f.ctid = any (array(select g.ctid from util.embedding_fingerprints g
-                                where g.target_id = t.id limit 50000));
-    get diagnostics retired = row_count;
-    if retired < 50000 then
-      delete from util.embedding_targets x where x.id = t.id;
-    end if;
+    begin
+      delete from util.embedding_fingerprints f
+       where f.ctid = any (array(select g.ctid from util.embedding_fingerprints g
+                                  where g.target_id = t.id limit 50000));
+      get diagnostics retired = row_count;
+      if retired < 50000 then
+        delete from util.embedding_targets x where x.id = t.id;
+      end if;
+    exception when serialization_failure or deadlock_detected or lock_not_available then
+      null;
+    end;
   end loop;
+  delete from util.embedding_target_events e where e.happened_at < now() - interval '30 days';
   return enqueued;
 end
 $$;

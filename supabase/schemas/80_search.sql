@@ -179,13 +179,18 @@ begin
     candidates := match_count * 2;
   else
     -- The chunks store: the destination must be a side table of this source
-    -- (its source_id references the source) with the chunks' embedding column.
+    -- (a policy on it reads the source: the pipeline gives each one that
+    -- shows a role the chunks of the rows it sees, util._create_chunk_table)
+    -- with the chunks' embedding column.
     select pg_catalog.format_type(a.atttypid, a.atttypmod) into type_sql
       from pg_catalog.pg_attribute a join pg_catalog.pg_type t on t.oid = a.atttypid
      where a.attrelid = destination and a.attname = 'embedding' and a.attnum > 0
        and not a.attisdropped and t.typname in ('vector', 'halfvec')
-       and exists (select from pg_catalog.pg_constraint k
-                    where k.conrelid = destination and k.contype = 'f' and k.confrelid = target_table);
+       and exists (select from pg_catalog.pg_policy p
+                     join pg_catalog.pg_depend d
+                       on d.classid = 'pg_catalog.pg_policy'::regclass and d.objid = p.oid
+                      and d.refclassid = 'pg_catalog.pg_class'::regclass and d.refobjid = target_table
+                    where p.polrelid = destination);
     if type_sql is null then
       raise exception 'autoembed: % is not a table of chunks of %', destination, target_table
         using errcode = 'AE003', hint = 'Name the destination of the source''s chunked target.';

@@ -54,7 +54,8 @@ revoke all on all tables in schema util from public, anon, authenticated;
 revoke all on all functions in schema util from public, anon, authenticated;
 revoke all on all sequences in schema util from public, anon, authenticated;
 
-grant select on util.embedding_status, util.embedding_errors, util.settings, util.embedding_models
+grant select on util.embedding_status, util.embedding_errors, util.settings, util.embedding_models,
+  util.embedding_target_events
   to service_role;
 grant execute on function
   util.process_embeddings(int, int, int),

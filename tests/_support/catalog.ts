@@ -78,14 +78,15 @@ export async function readCatalog(sql: Sql): Promise<Catalog> {
       details.constraints = Object.fromEntries(
         (await sql`
           select k.conname, pg_catalog.pg_get_constraintdef(k.oid) as def
-            from pg_catalog.pg_constraint k where k.conrelid = ${oid}`).map((
+            from pg_catalog.pg_constraint k where k.conrelid = ${oid} order by k.conname`).map((
           k,
         ) => [k.conname, k.def]),
       );
       details.triggers = Object.fromEntries(
         (await sql`
           select t.tgname, pg_catalog.pg_get_triggerdef(t.oid) as def
-            from pg_catalog.pg_trigger t where t.tgrelid = ${oid} and not t.tgisinternal`)
+            from pg_catalog.pg_trigger t where t.tgrelid = ${oid} and not t.tgisinternal
+           order by t.tgname`)
           .map((t) => [t.tgname, t.def]),
       );
       details.policies = Object.fromEntries(
@@ -93,7 +94,7 @@ export async function readCatalog(sql: Sql): Promise<Catalog> {
           select p.polname, p.polcmd, p.polpermissive, p.polroles::regrole[]::text[] as roles,
                  pg_catalog.pg_get_expr(p.polqual, p.polrelid) as using_expr,
                  pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid) as check_expr
-            from pg_catalog.pg_policy p where p.polrelid = ${oid}`)
+            from pg_catalog.pg_policy p where p.polrelid = ${oid} order by p.polname`)
           .map(({ polname, ...p }) => [polname, { ...p }]),
       );
     }
@@ -141,6 +142,18 @@ export async function readCatalog(sql: Sql): Promise<Catalog> {
     select p.oid::regprocedure::text as signature, p.proacl::text[] as acl
       from pg_catalog.pg_proc p where p.pronamespace = 'net'::regnamespace`
   ) put(`function ${r.signature}`, { acl: r.acl });
+  // The event triggers whose function is the pipeline's.
+  for (
+    const r of await sql`
+    select e.evtname, e.evtevent, e.evttags, e.evtenabled, e.evtfoid::regproc::text as function,
+           pg_catalog.pg_get_userbyid(e.evtowner) as owner
+      from pg_catalog.pg_event_trigger e
+      join pg_catalog.pg_proc p on p.oid = e.evtfoid
+     where p.pronamespace = 'util'::regnamespace`
+  ) {
+    const { evtname, ...rest } = r;
+    put(`event trigger ${evtname}`, rest);
+  }
   const [cron] = await sql`select pg_catalog.to_regclass('cron.job') is not null as present`;
   if (cron.present) {
     for (const r of await sql.unsafe(`select jobname, schedule, command from cron.job`)) {

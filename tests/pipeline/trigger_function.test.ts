@@ -22,6 +22,7 @@ Deno.test("enable_embeddings' trigger function: real changes only, follows the c
     assert.deepEqual(await triggers(), [
       "embed_embedding_delete queue_embeddings",
       `embed_embedding_insert ${fn}`,
+      "embed_embedding_trunc queue_embeddings",
       `embed_embedding_update ${fn}`,
     ]);
 

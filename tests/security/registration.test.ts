@@ -31,11 +31,12 @@ async function assertFails(sql: Sql, what: string, statement: string, expected: 
   if (expected.code) assert.equal(error.code, expected.code, `${what}: SQLSTATE`);
 }
 
-/** What a registration leaves behind: user triggers, targets, queued jobs. */
+/** What a registration leaves behind: triggers on the user's tables, targets, queued jobs. */
 async function leftovers(sql: Sql) {
   const [row] = await sql`
     select (select coalesce(jsonb_agg(tgrelid::regclass::text || '.' || tgname order by tgname), '[]')
-              from pg_trigger where not tgisinternal) as triggers,
+              from pg_trigger g join pg_class c on c.oid = g.tgrelid
+             where not g.tgisinternal and c.relnamespace <> 'util'::regnamespace) as triggers,
            (select count(*)::int from util.embedding_targets) as targets,
            (select count(*)::int from pgmq.q_embedding_jobs) as queued`;
   return { ...row };

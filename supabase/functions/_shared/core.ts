@@ -29,7 +29,15 @@ import { mayExceedTokens } from "./providers/tokens.ts";
 import { ProviderHealth } from "./recovery.ts";
 import { failureKey, recordNotes, type SettledRow, settleJobs } from "./sql/queue.ts";
 import { type Piece, type RowPlan, type Store, storeOf } from "./sql/store.ts";
-import { loadTargets, tableLabel, type Target, type Targets } from "./sql/targets.ts";
+import {
+  type FormerTarget,
+  formerTargets,
+  jobTargetKey,
+  loadTargets,
+  tableLabel,
+  type Target,
+  type Targets,
+} from "./sql/targets.ts";
 import type { BinaryWrites } from "./sql/write.ts";
 
 export interface ProcessOptions {
@@ -211,7 +219,13 @@ export async function processBatch(
   }
   if (jobs.length) {
     const targets = await loadTargets(sql);
-    const tasks = await readRows(sql, assignJobs(jobs, targets, outcome), targets, outcome);
+    const unknown = new Map(
+      jobs.filter((j) => !targets.live(j.schema, j.table, j.embeddingColumn))
+        .map((j) => [jobTargetKey(j), j]),
+    );
+    const former = await formerTargets(sql, targets, [...unknown.values()]);
+    const rowsByTarget = assignJobs(jobs, targets, former, outcome);
+    const tasks = await readRows(sql, rowsByTarget, targets, outcome);
     await reuseVectors(sql, tasks, targets, outcome);
     await embed(tasks, options, outcome);
     await write(sql, tasks, outcome, options.binaryWrites);
@@ -222,17 +236,28 @@ export async function processBatch(
 /**
  * 1. A job is acted on only when it names an attached target exactly (I8);
  * it applies to its live target and, during a model change, to the shadow.
- * Jobs for the same (target, row) coalesce.
+ * Jobs for the same (target, row) coalesce. A job whose target was retired
+ * while it waited (its table, store or content function dropped) finishes
+ * quietly, as one for a deleted row does (I6); one claimed before its table
+ * was renamed applies to the target under its new name.
  */
 function assignJobs(
   jobs: Job[],
   targets: Targets,
+  former: Map<string, FormerTarget>,
   outcome: Outcome,
 ): Map<Target, Map<string, RowWork>> {
   const rowsByTarget = new Map<Target, Map<string, RowWork>>();
   for (const job of jobs) {
-    const live = targets.live(job.schema, job.table, job.embeddingColumn);
+    let live = targets.live(job.schema, job.table, job.embeddingColumn);
     const rowId = String(job.id);
+    const fate = live ? undefined : former.get(jobTargetKey(job));
+    if (fate?.fate === "retired") {
+      outcome.accepted.add(job.jobId);
+      outcome.stats.deleted++;
+      continue;
+    }
+    if (fate?.fate === "renamed") live = fate.target;
     if (!live || live.content_function !== job.contentFunction) {
       // A packed message is refused whole, once (row_id null).
       if (job.packed && outcome.settled.has(outcome.keyOf(job.jobId, null))) continue;
@@ -304,7 +329,7 @@ async function readRows(
     });
     for (const work of rows.values()) {
       const row = read.get(work.rowId);
-      if (!row) stats.deleted++; // I6: the row is gone, so is the job (and its chunks, on delete cascade)
+      if (!row) stats.deleted++; // I6: the row is gone, so is the job (and its chunks, by its delete trigger)
       else if (row.fresh) stats.fresh++; // I3/I4: its store holds exactly this text's vectors
       else {
         const blank = row.content === null || row.content.trim() === "";

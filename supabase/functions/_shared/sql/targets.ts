@@ -68,6 +68,49 @@ export async function loadTargets(sql: postgres.Sql): Promise<Targets> {
   };
 }
 
+/** What became of a target a job names that is no longer attached under that name. */
+export type FormerTarget = { fate: "retired" } | { fate: "renamed"; target: Target };
+
+/** `schema.table.column` of a job's target, the key of formerTargets' answer. */
+export const jobTargetKey = (job: { schema: string; table: string; embeddingColumn: string }) =>
+  key(job.schema, job.table, job.embeddingColumn);
+
+/**
+ * What util.embedding_target_events says became of the targets `names`
+ * names (jobs that name no attached target): retired (its table, store or
+ * content function dropped: its jobs finish quietly), or renamed (a job
+ * claimed before the rename applies to the live target it is now). One
+ * query, made only for a batch that has such jobs.
+ */
+export async function formerTargets(
+  sql: postgres.Sql,
+  targets: Targets,
+  names: { schema: string; table: string; embeddingColumn: string }[],
+): Promise<Map<string, FormerTarget>> {
+  const fates = new Map<string, FormerTarget>();
+  if (names.length === 0) return fates;
+  const rows = await sql<
+    {
+      schema_name: string;
+      table_name: string;
+      embedding_column: string;
+      fate: string;
+      target_id: number | null;
+    }[]
+  >`select * from util._former_targets(${
+    JSON.stringify(
+      names.map((n) => ({ schema: n.schema, table: n.table, column: n.embeddingColumn })),
+    )
+  }::text::jsonb)`;
+  for (const r of rows) {
+    const k = key(r.schema_name, r.table_name, r.embedding_column);
+    const now = r.target_id === null ? undefined : targets.byId(r.target_id);
+    if (r.fate === "retired") fates.set(k, { fate: "retired" });
+    else if (r.fate === "renamed" && now) fates.set(k, { fate: "renamed", target: now });
+  }
+  return fates;
+}
+
 export function tableLabel(t: { schema_name: string; table_name: string }): string {
   return `${t.schema_name}.${t.table_name}`;
 }

@@ -151,7 +151,11 @@ create table if not exists util.embedding_targets (
   splitter text,
   -- where the vectors live (22_stores): 'column' (the row's own
   -- embedding_column) or 'chunks' (the side table `destination`)
-  store text not null default 'column'
+  store text not null default 'column',
+  -- the table's schema and name as its jobs carry them (its names when last
+  -- seen): jobs follow a rename, and are found after a drop (45_table_life)
+  jobs_schema name,
+  jobs_table name
 );
 -- At most one model change per live target.
 create unique index if not exists embedding_targets_one_shadow on util.embedding_targets (shadow_of);
@@ -653,9 +657,14 @@ begin
     target_id int, table_name text, attempt int, packed boolean, dead boolean, delay int, own_id bigint
   ) on commit drop;
   truncate _autoembed_settled;
+  -- An outcome of a message that is gone and whose target is gone or
+  -- retired (its table dropped, or detached, while the batch ran: its jobs
+  -- went with it) is no one's to retry or read: it is dropped. A target id
+  -- that no longer exists is recorded as none.
   insert into _autoembed_settled
   select o.job_id, o.row_id, o.kind, o.error, coalesce(o.retryable, true), o.retry_after,
-         o.target_id, o.table_name, coalesce(q.read_ct, 1),
+         (select t.id from util.embedding_targets t where t.id = o.target_id), o.table_name,
+         coalesce(q.read_ct, 1),
          o.row_id is not null and coalesce(pg_catalog.jsonb_typeof(q.message -> 'ids') = 'array', false),
          o.kind = 'failed' and (not coalesce(o.retryable, true) or coalesce(q.read_ct, 1) >= max_attempts),
          case when o.kind = 'failed'
@@ -664,7 +673,9 @@ begin
     from pg_catalog.jsonb_to_recordset(outcomes) as o(job_id bigint, row_id text, kind text, error text,
                                                      retryable boolean, retry_after int,
                                                      target_id int, table_name text)
-    left join pgmq.q_embedding_jobs q on q.msg_id = o.job_id;
+    left join pgmq.q_embedding_jobs q on q.msg_id = o.job_id
+   where q.msg_id is not null or o.target_id is null
+      or exists (select from util.embedding_targets t where t.id = o.target_id and t.retired_at is null);
 
   -- A packed message's failed rows leave it as messages of their own, with
   -- its attempts and their own backoff (or straight to the dead letters).
@@ -800,6 +811,67 @@ as $$
     returning q.message
   )
   select coalesce(sum(util._job_rows(g.message)), 0)::bigint from gone g
+$$;
+
+-- internal: drops every job of a target whose rows are gone (a truncated
+-- table) or which is retired (its table, store or content function
+-- dropped, 45_table_life): the queued ones, in flight or not, and the dead
+-- letters, which could only ever name rows that are gone or a target that
+-- is. Returns the rows dropped of each.
+create or replace function util._forget_jobs(
+  schema_name text, table_name text, embedding_column text,
+  out queued bigint, out dead_lettered bigint)
+language plpgsql
+set search_path = ''
+as $$
+begin
+  with gone as (
+    delete from pgmq.q_embedding_jobs q
+     where q.message ->> 'schema' = schema_name and q.message ->> 'table' = table_name
+       and q.message ->> 'embeddingColumn' = embedding_column
+    returning q.message
+  )
+  select coalesce(sum(util._job_rows(g.message)), 0)::bigint into queued from gone g;
+  with gone as (
+    delete from pgmq.a_embedding_jobs a
+     where a.message ->> 'schema' = schema_name and a.message ->> 'table' = table_name
+       and a.message ->> 'embeddingColumn' = embedding_column
+    returning a.message
+  )
+  select coalesce(sum(util._job_rows(g.message)), 0)::bigint into dead_lettered from gone g;
+end
+$$;
+
+-- internal: rewrites the jobs and dead letters that name table
+-- `old_schema`.`old_table` to name `new_schema`.`new_table`, when the table
+-- or its schema was renamed (45_table_life): a message names its table, so
+-- without this its jobs would be refused. Messages in flight are rewritten
+-- too; their claim settles them by id. Returns the rows rewritten.
+create or replace function util._rename_jobs(old_schema text, old_table text, new_schema text, new_table text)
+returns bigint
+language plpgsql
+set search_path = ''
+as $$
+declare
+  queued bigint;
+  dead bigint;
+begin
+  with moved as (
+    update pgmq.q_embedding_jobs q
+       set message = q.message || pg_catalog.jsonb_build_object('schema', new_schema, 'table', new_table)
+     where q.message ->> 'schema' = old_schema and q.message ->> 'table' = old_table
+    returning q.message
+  )
+  select coalesce(sum(util._job_rows(m.message)), 0)::bigint into queued from moved m;
+  with moved as (
+    update pgmq.a_embedding_jobs a
+       set message = a.message || pg_catalog.jsonb_build_object('schema', new_schema, 'table', new_table)
+     where a.message ->> 'schema' = old_schema and a.message ->> 'table' = old_table
+    returning a.message
+  )
+  select coalesce(sum(util._job_rows(m.message)), 0)::bigint into dead from moved m;
+  return queued + dead;
+end
 $$;
 
 -- public: puts dead-lettered jobs back on the queue with a fresh attempt
@@ -1090,10 +1162,10 @@ begin
   end if;
   insert into util.embedding_targets
     (table_oid, embedding_column, pk_column, content_function, content_function_schema, content_function_name,
-     model, dimensions, content_definition)
+     model, dimensions, content_definition, jobs_schema, jobs_table)
   values
     (target_table, embedding_column, pk, content_function, fn.nspname, fn.proname, model, dimensions,
-     util._content_definition(fn_oid::regprocedure))
+     util._content_definition(fn_oid::regprocedure), rel.nspname, rel.relname)
   returning id into target_id;
   return target_id;
 end
@@ -1143,6 +1215,35 @@ begin
 end
 $$;
 
+-- internal: the names of the triggers util.enable_embeddings creates for
+-- target `embedding_column`: embed_<column>_insert, _update, _delete,
+-- _trunc and (clear_on_change) _clear.
+create or replace function util._trigger_names(embedding_column name)
+returns name[]
+language sql
+immutable
+set search_path = ''
+as $$
+  select array(select ('embed_' || embedding_column || s.suffix)::name
+                 from pg_catalog.unnest(array['_insert', '_update', '_delete', '_trunc', '_clear']) s(suffix))
+$$;
+
+-- internal: drops the triggers util.enable_embeddings created on
+-- `target_table` for target `embedding_column` (those that exist).
+create or replace function util._drop_triggers(target_table regclass, embedding_column name)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  trigger_name name;
+begin
+  foreach trigger_name in array util._trigger_names(embedding_column) loop
+    perform util._drop_trigger(target_table, trigger_name);
+  end loop;
+end
+$$;
+
 -- internal: the live target of (table, column), or raises like the public
 -- functions that take them.
 create or replace function util._live_target(target_table regclass, embedding_column name)
@@ -1166,7 +1267,7 @@ end
 $$;
 
 -- public: attaches the pipeline to a table in one call. Creates statement
--- level insert/update/delete triggers (one queue insert per statement,
+-- level insert/update/delete/truncate triggers (one queue insert per statement,
 -- however many rows; inserts and updates through a trigger function written
 -- for this target, util._create_queue_function), optionally the clear trigger, records the configuration and
 -- starts a backfill of the existing rows (the first slice is enqueued now,
@@ -1220,10 +1321,7 @@ begin
   -- An attached target keeps its model: another one is a model change (util.reembed).
   change_model := model is distinct from null and model <> existing.model
                   or dimensions is distinct from null and dimensions <> existing.dimensions;
-  perform util._drop_trigger(target_table, (prefix || '_insert')::name);
-  perform util._drop_trigger(target_table, (prefix || '_update')::name);
-  perform util._drop_trigger(target_table, (prefix || '_delete')::name);
-  perform util._drop_trigger(target_table, (prefix || '_clear')::name);
+  perform util._drop_triggers(target_table, embedding_column);
   -- Inserts and updates go through the target's own trigger function, its
   -- SQL static (util._create_queue_function), written again on every call so
   -- it always has the registration just made.
@@ -1240,6 +1338,11 @@ begin
     'create trigger %I after delete on %s referencing old table as old_rows
        for each statement execute function util.queue_embeddings(%L, %L)',
     prefix || '_delete', target_table, content_function, embedding_column);
+  -- A truncate empties the store and drops the target's jobs (30_detect).
+  execute format(
+    'create trigger %I after truncate on %s
+       for each statement execute function util.queue_embeddings(%L, %L)',
+    prefix || '_trunc', target_table, content_function, embedding_column);
   if clear_on_change then
     execute format(
       'create trigger %I before update on %s
@@ -1273,7 +1376,6 @@ language plpgsql
 set search_path = ''
 as $$
 declare
-  prefix text := 'embed_' || embedding_column;
   rel record;
   detached util.embedding_targets;
 begin
@@ -1288,7 +1390,7 @@ begin
                   where t.table_oid = target_table and t.embedding_column = disable_embeddings.embedding_column)
      and not exists (select from pg_catalog.pg_trigger g
                       where g.tgrelid = target_table
-                        and g.tgname in (prefix || '_insert', prefix || '_update', prefix || '_delete', prefix || '_clear')) then
+                        and g.tgname = any (util._trigger_names(embedding_column))) then
     raise exception 'autoembed: % (column %) is not attached', target_table, embedding_column
       using errcode = 'AE002',
             hint = 'See select * from util.embedding_status; for the attached tables and their columns.';
@@ -1298,10 +1400,7 @@ begin
                 and t.shadow_of is null) then
     perform util.cancel_reembed(target_table, embedding_column);
   end if;
-  perform util._drop_trigger(target_table, (prefix || '_insert')::name);
-  perform util._drop_trigger(target_table, (prefix || '_update')::name);
-  perform util._drop_trigger(target_table, (prefix || '_delete')::name);
-  perform util._drop_trigger(target_table, (prefix || '_clear')::name);
+  perform util._drop_triggers(target_table, embedding_column);
   perform util._drop_queue_function(target_table, embedding_column);
   perform util._drop_jobs(rel.nspname, rel.relname, embedding_column);
   delete from util.embedding_targets t
@@ -1382,26 +1481,104 @@ begin
 end
 $$;
 
--- internal: what util.disable_embeddings does to the store of target `t`
--- (its registration already deleted): a column keeps its vectors; a side
--- table of chunks stays, and a notice says so, unless `drop_store`.
+-- internal: what detaching target `t` does to its store (its registration
+-- already deleted or retired: util.disable_embeddings, or a retirement,
+-- 45_table_life): a column keeps its vectors. A side table of chunks is
+-- dropped with `drop_store`; else it stays, and a notice says so, with a
+-- foreign key to its source (on delete cascade, not validated), so that
+-- deleting source rows still deletes their chunks, as the triggers did
+-- while it was attached. A side table already gone needs nothing.
 create or replace function util._store_detach(t util.embedding_targets, drop_store boolean)
 returns void
 language plpgsql
 set search_path = ''
 as $$
+declare
+  own_ddl text := pg_catalog.current_setting('autoembed.own_ddl', true);
 begin
-  if t.store = 'column' then
+  if t.store = 'column' or t.destination is null
+     or not exists (select from pg_catalog.pg_class c where c.oid = t.destination) then
     return;
   end if;
+  -- The pipeline's own DDL, which the event triggers leave alone (45_table_life).
+  perform pg_catalog.set_config('autoembed.own_ddl', 'on', true);
   if drop_store then
     execute pg_catalog.format('drop table %s', t.destination);
   else
+    if exists (select from pg_catalog.pg_class c where c.oid = t.table_oid)
+       and not exists (select from pg_catalog.pg_constraint k where k.conrelid = t.destination and k.contype = 'f') then
+      execute pg_catalog.format(
+        'alter table %s add foreign key (source_id) references %s (%I) on delete cascade not valid',
+        t.destination, t.table_oid, t.pk_column);
+    end if;
     raise notice 'autoembed: % is no longer kept fresh; it stays, with its chunks, vectors, index and policy', t.destination
       using hint = pg_catalog.format('Drop it with drop table %s; or util.disable_embeddings(..., drop_destination => true).',
                                      t.destination);
   end if;
+  perform pg_catalog.set_config('autoembed.own_ddl', coalesce(own_ddl, 'off'), true);
 end
+$$;
+
+-- internal: the SQL that deletes from the store of target `t` the vectors
+-- of the source rows whose keys `ids_query` returns (a query with one
+-- column), for the DELETE trigger (30_detect) to run where its transition
+-- table is visible: a chunked row's chunks; nothing for a column, whose
+-- vectors went with the rows. Null: nothing to run.
+create or replace function util._store_forget_sql(t util.embedding_targets, ids_query text)
+returns text
+language sql
+immutable
+set search_path = ''
+as $$
+  select case t.store
+           when 'chunks' then pg_catalog.format('delete from %s d where d.source_id in (%s)', t.destination, ids_query)
+         end
+$$;
+
+-- internal: empties the store of target `t` after its source table was
+-- truncated (30_detect): a side table of chunks is truncated too (unless
+-- the same statement emptied it already); a column went with the rows.
+create or replace function util._store_truncate(t util.embedding_targets)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  holds boolean;
+begin
+  if t.store <> 'chunks' or t.destination is null then
+    return;
+  end if;
+  -- A table truncated by this very statement (truncate articles,
+  -- article_chunks) is still open in it and cannot be truncated again.
+  execute pg_catalog.format('select exists (select from %s)', t.destination) into holds;
+  if holds then
+    execute pg_catalog.format('truncate %s', t.destination);
+  end if;
+end
+$$;
+
+-- internal: what of target `t`'s store is gone while its table is not,
+-- in words for util.embedding_target_events (45_table_life): its vector
+-- column (dropped, or renamed: the target names it), or its side table of
+-- chunks. Null: the store is there.
+create or replace function util._store_missing(t util.embedding_targets)
+returns text
+language sql
+stable
+set search_path = ''
+as $$
+  select case t.store
+           when 'column' then
+             case when not exists (select from pg_catalog.pg_attribute a
+                                    where a.attrelid = t.table_oid and a.attname = t.embedding_column
+                                      and a.attnum > 0 and not a.attisdropped)
+                  then 'embedding column dropped or renamed' end
+           when 'chunks' then
+             case when t.destination is null
+                    or not exists (select from pg_catalog.pg_class c where c.oid = t.destination)
+                  then 'destination dropped' end
+         end
 $$;
 
 -------------------------------------------------------------------------------
@@ -1571,7 +1748,7 @@ as $$ select case l.store when 'column' then 'the column' when 'chunks' then 'th
 -- of `l`, which is dropped. A column: the live column goes (with its
 -- indexes), the shadow column and its index twins take their names. A side
 -- table: the live one goes, the shadow table takes its name (its primary
--- key, reference and index twins theirs; the destination's other policies
+-- key and index twins theirs; the destination's other policies
 -- and forced RLS are made again on it). The targets' own rows are
 -- util._switch_model's.
 create or replace function util._store_swap(l util.embedding_targets, s util.embedding_targets)
@@ -1584,10 +1761,12 @@ declare
   index_names name[];
   index_name name;
   pkey_name name;
-  fkey_name name;
   policies text[];
   policy text;
+  own_ddl text := pg_catalog.current_setting('autoembed.own_ddl', true);
 begin
+  -- The pipeline's own DDL, which the event triggers leave alone (45_table_life).
+  perform pg_catalog.set_config('autoembed.own_ddl', 'on', true);
   if l.store = 'column' then
     select pg_catalog.array_agg(ic.relname order by ic.relname) into index_names
       from pg_catalog.pg_index i
@@ -1602,6 +1781,7 @@ begin
           where c.oid = l.table_oid),
         util._twin_name(s.id, index_name), index_name);
     end loop;
+    perform pg_catalog.set_config('autoembed.own_ddl', coalesce(own_ddl, 'off'), true);
     return;
   end if;
   select n.nspname, c.relname, c.relforcerowsecurity into live
@@ -1612,8 +1792,6 @@ begin
     into index_names, pkey_name
     from pg_catalog.pg_index i join pg_catalog.pg_class ic on ic.oid = i.indexrelid
    where i.indrelid = l.destination;
-  select pg_catalog.min(k.conname) into fkey_name
-    from pg_catalog.pg_constraint k where k.conrelid = l.destination and k.contype = 'f';
   -- The live destination's other policies (and forced RLS), created again
   -- on the shadow once it has the destination's name, which they may use.
   select pg_catalog.array_agg(pg_catalog.format('create policy %I on %I.%I as %s for %s to %s%s%s',
@@ -1636,11 +1814,6 @@ begin
     execute pg_catalog.format('alter table %s rename constraint %I to %I', s.destination,
       (select k.conname from pg_catalog.pg_constraint k where k.conrelid = s.destination and k.contype = 'p'), pkey_name);
   end if;
-  if fkey_name is not null then
-    execute pg_catalog.format('alter table %s rename constraint %I to %I', s.destination,
-      (select pg_catalog.min(k.conname) from pg_catalog.pg_constraint k where k.conrelid = s.destination and k.contype = 'f'),
-      fkey_name);
-  end if;
   foreach index_name in array coalesce(index_names, '{}') loop
     execute pg_catalog.format('alter index %I.%I rename to %I', live.nspname, util._twin_name(s.id, index_name), index_name);
   end loop;
@@ -1652,23 +1825,32 @@ begin
   end if;
   -- The retired target's destination is gone.
   update util.embedding_targets t set destination = null where t.id = l.id;
+  perform pg_catalog.set_config('autoembed.own_ddl', coalesce(own_ddl, 'off'), true);
 end
 $$;
 
 -- internal: drops the shadow store of `s` (a cancelled model change of
--- `l`): the shadow column, or the shadow side table. The live store is untouched.
+-- `l`): the shadow column, or the shadow side table, where it is still
+-- there. The live store is untouched.
 create or replace function util._store_drop_shadow(l util.embedding_targets, s util.embedding_targets)
 returns void
 language plpgsql
 set search_path = ''
 as $$
+declare
+  own_ddl text := pg_catalog.current_setting('autoembed.own_ddl', true);
 begin
+  -- The pipeline's own DDL, which the event triggers leave alone (45_table_life).
+  perform pg_catalog.set_config('autoembed.own_ddl', 'on', true);
   if s.store = 'chunks' then
-    execute pg_catalog.format('drop table if exists %s', s.destination);
+    if exists (select from pg_catalog.pg_class c where c.oid = s.destination) then
+      execute pg_catalog.format('drop table %s', s.destination);
+    end if;
   elsif exists (select from pg_catalog.pg_attribute a
                  where a.attrelid = l.table_oid and a.attname = s.embedding_column and not a.attisdropped) then
     execute pg_catalog.format('alter table %s drop column %I', l.table_oid, s.embedding_column);
   end if;
+  perform pg_catalog.set_config('autoembed.own_ddl', coalesce(own_ddl, 'off'), true);
 end
 $$;
 
@@ -1800,9 +1982,10 @@ $$;
 -------------------------------------------------------------------------------
 -- The chunks store: a side table the pipeline creates and owns, (source_id,
 -- chunk_seq, chunk, embedding, chunk_hash), primary key (source_id,
--- chunk_seq), source_id referencing the source row on delete cascade, an
--- HNSW index on embedding, RLS following the source, and for app roles
--- SELECT alone (util._grant_chunk_reads). Its target's
+-- chunk_seq), the source row's chunks kept by the source's triggers (no
+-- foreign key: see util._create_chunk_table), an HNSW index on embedding,
+-- RLS following the source, and for app roles SELECT alone
+-- (util._grant_chunk_reads). Its target's
 -- embedding_column is the side table's name, which names it in jobs,
 -- triggers (embed_<destination>_insert ...), util.disable_embeddings,
 -- util.reembed and util.embedding_status.
@@ -1810,11 +1993,16 @@ $$;
 
 -- internal: creates a chunk table `dest_schema`.`dest_name` for source
 -- `target_table`: (source_id, chunk_seq, chunk, embedding halfvec(dimensions),
--- chunk_hash), its primary key, its reference to the source row (on delete
--- cascade) and its RLS policy; the caller adds indexes and grants
--- (util._grant_chunk_reads, in the same transaction). Used for
--- a chunked target's destination and for the shadow destination of its
--- model change.
+-- chunk_hash), its primary key and its RLS policy; the caller adds indexes
+-- and grants (util._grant_chunk_reads, in the same transaction). Used for a
+-- chunked target's destination and for the shadow destination of its model
+-- change. No foreign key to the source: Postgres refuses a plain truncate of
+-- a referenced table, before any trigger runs. The source's triggers keep
+-- the chunks of its rows instead: a delete deletes theirs
+-- (util._store_forget_sql), a truncate truncates them (util._store_truncate),
+-- and a chunk set is written only under a lock on its source row
+-- (sql/chunks.ts). A detached destination that stays gets the foreign key
+-- (util._store_detach).
 create or replace function util._create_chunk_table(
   target_table regclass,
   dest_schema name,
@@ -1835,13 +2023,13 @@ begin
    where i.indrelid = target_table and i.indisprimary;
   execute pg_catalog.format(
     'create table %1$I.%2$I (
-       source_id %3$s not null references %4$s (%5$I) on delete cascade,
+       source_id %3$s not null,
        chunk_seq int not null,
        chunk text not null,
-       embedding extensions.halfvec(%6$s),
+       embedding extensions.halfvec(%4$s),
        chunk_hash bytea not null,
        primary key (source_id, chunk_seq)
-     )', dest_schema, dest_name, pk.type_sql, target_table, pk.attname, dimensions);
+     )', dest_schema, dest_name, pk.type_sql, dimensions);
   dest := pg_catalog.format('%I.%I', dest_schema, dest_name)::regclass;
   -- A role sees the chunks of exactly the source rows it sees: the
   -- subquery runs under the source's own RLS policies.
@@ -2309,7 +2497,9 @@ as $$ select pg_catalog.pg_notify('embedding_jobs', '') $$;
 --     with the same behaviour and static SQL (util._create_queue_function).
 -- On DELETE (row level, or statement level with old_rows) and TRUNCATE it
 -- deletes the fingerprints of the rows that went, so the bookkeeping stays
--- as small as the table. Must fire AFTER: as a BEFORE trigger its NULL
+-- as small as the table, and their vectors a store keeps elsewhere (a
+-- chunked target's chunks: 22_stores); a TRUNCATE also drops the target's
+-- jobs and dead letters. Must fire AFTER: as a BEFORE trigger its NULL
 -- result would cancel the user's write. A row-level firing inserts its
 -- one-row message into the queue table itself, as util._enqueue_sql's
 -- statement does (pgmq.send plans its insert again on every call).
@@ -2330,6 +2520,8 @@ declare
   content_function text = tg_argv[0];
   embedding_column name = tg_argv[1];
   target util.embedding_targets;
+  store_target util.embedding_targets;
+  forget_sql text;
   call_fn text;
   job jsonb;
   enqueued bigint;
@@ -2348,10 +2540,31 @@ begin
       return null;
     end if;
     if tg_op = 'TRUNCATE' then
+      -- Every row is gone: so are their vectors elsewhere (a chunked
+      -- target's chunks), their fingerprints, and the target's jobs and dead
+      -- letters, which could only name rows that are gone.
+      for store_target in select * from util.embedding_targets t where t.id = target.id or t.shadow_of = target.id loop
+        perform util._store_truncate(store_target);
+      end loop;
       delete from util.embedding_fingerprints f
        where f.target_id in (select t.id from util.embedding_targets t
                               where t.id = target.id or t.shadow_of = target.id);
-    elsif tg_level = 'ROW' then
+      perform util._forget_jobs(tg_table_schema, tg_table_name, target.embedding_column);
+      return null;
+    end if;
+    -- The rows that went: their vectors elsewhere (util._store_forget_sql,
+    -- run here, where the transition table is visible), then their fingerprints.
+    for store_target in select * from util.embedding_targets t where t.id = target.id or t.shadow_of = target.id loop
+      forget_sql := util._store_forget_sql(store_target,
+        case when tg_level = 'ROW' then pg_catalog.format('select ($1).%I', target.pk_column)
+             else pg_catalog.format('select o.%I from old_rows o', target.pk_column) end);
+      if forget_sql is not null and tg_level = 'ROW' then
+        execute forget_sql using old;
+      elsif forget_sql is not null then
+        execute forget_sql;
+      end if;
+    end loop;
+    if tg_level = 'ROW' then
       delete from util.embedding_fingerprints f
        where f.target_id in (select t.id from util.embedding_targets t
                               where t.id = target.id or t.shadow_of = target.id)
@@ -2687,7 +2900,13 @@ declare
 begin
   select * into t from util.embedding_targets x where x.id = target_id;
   select * into c from util._target_config x where x.id = target_id;
-  if c.id is null or t.sweep_started_at is null then
+  if t.sweep_started_at is null then
+    return 0;
+  end if;
+  if c.id is null then
+    -- Its table or store is gone (45_table_life retires it): a sweep that
+    -- could never finish ends here, so nothing waits for it.
+    update util.embedding_targets x set sweep_started_at = null, sweep_after = null where x.id = target_id;
     return 0;
   end if;
   job := util._job_base(coalesce(t.shadow_of, t.id));
@@ -2735,6 +2954,18 @@ begin
 end
 $$;
 
+-- internal: marks a sweep of target `target_id` started (or restarted)
+-- from the first key; util.maintain_embeddings takes its steps.
+create or replace function util._begin_sweep(target_id int)
+returns void
+language sql
+set search_path = ''
+as $$
+  update util.embedding_targets x
+     set sweep_started_at = now(), sweep_after = null, sweep_checked = 0, sweep_enqueued = 0
+   where x.id = target_id
+$$;
+
 -- internal: starts (or restarts) a sweep of target `target_id` and runs its
 -- first step now, so small tables are enqueued at once. Returns the jobs
 -- enqueued by that first step.
@@ -2744,10 +2975,37 @@ language plpgsql
 set search_path = ''
 as $$
 begin
-  update util.embedding_targets x
-     set sweep_started_at = now(), sweep_after = null, sweep_checked = 0, sweep_enqueued = 0
-   where x.id = target_id;
+  perform util._begin_sweep(target_id);
   return util._sweep_step(target_id, util._setting('sweep_slice_rows')::int);
+end
+$$;
+
+-- internal: one step of target `target_id`'s sweep for
+-- util.maintain_embeddings, which must not stop for one target: a passing
+-- failure (a lock not granted in time, a conflict) is tried again at the
+-- next tick; any other stops the sweep, and util.embedding_errors says why
+-- and how to start it again. Returns the jobs enqueued.
+create or replace function util._maintain_sweep(target_id int, max_rows int)
+returns bigint
+language plpgsql
+set search_path = ''
+as $$
+declare
+  t util.embedding_targets;
+begin
+  return util._sweep_step(target_id, max_rows);
+exception
+  when serialization_failure or deadlock_detected or lock_not_available then
+    return 0;
+  when others then
+    update util.embedding_targets x set sweep_started_at = null, sweep_after = null
+     where x.id = target_id
+    returning * into t;
+    insert into util.embedding_errors (target_id, table_name, retryable, error)
+    values (t.id, t.table_oid::text, false,
+            pg_catalog.format('the sweep of %s (%s) stopped: %s; start it again with select util.refresh_embeddings(%L, %L);',
+                              t.table_oid, t.embedding_column, sqlerrm, t.table_oid::text, t.embedding_column));
+    return 0;
 end
 $$;
 
@@ -2945,20 +3203,30 @@ set search_path = ''
 as $$ select util.reembed(target_table, embedding_column) $$;
 
 -- public: the pipeline's background work, cheap when there is none:
+--   0. follows renamed tables and retires targets whose table, store or
+--      content function is gone (45_table_life), where the event triggers
+--      did not already;
 --   1. notices content functions whose definition changed and starts a
---      sweep of their targets (I10);
+--      sweep (a recheck) of their targets (I10);
 --   2. advances every sweep by one slice while the queue holds fewer than
 --      sweep_slice_rows jobs;
 --   3. switches finished model changes (I7);
---   4. deletes fingerprints of retired targets in slices.
+--   4. deletes fingerprints of retired targets in slices, and forgets
+--      util.embedding_target_events older than 30 days.
 -- util.process_embeddings calls it on every tick; the worker on every poll.
--- Concurrent callers skip the targets another one is working on. Returns
--- the jobs it enqueued.
+-- Concurrent callers skip the targets another one is working on. It waits
+-- at most 200 ms for a lock on a user's table (the next tick tries again):
+-- a DDL statement that holds the table (a drop, say) while its event trigger
+-- waits for a target this holds must never deadlock with it, and a request
+-- for an exclusive lock behind a long query must not hold up the table's
+-- readers. A sweep that fails (util._maintain_sweep) does not stop the
+-- others. Returns the jobs it enqueued.
 create or replace function util.maintain_embeddings()
 returns bigint
 language plpgsql
 security definer
 set search_path = ''
+set lock_timeout = '200ms'
 as $$
 declare
   slice int := util._setting('sweep_slice_rows')::int;
@@ -2967,10 +3235,18 @@ declare
   queued bigint;
   retired int;
 begin
-  -- 1. Definitions: one catalog lookup per target.
+  -- 0. Renames and retirements the event triggers did not see.
+  begin
+    perform util._check_targets('maintenance');
+  exception when serialization_failure or deadlock_detected or lock_not_available then
+    null;
+  end;
+
+  -- 1. Definitions: one catalog lookup per target; the recheck's steps are step 2's.
   for t in
     select x.id, x.shadow_of from util.embedding_targets x
      where x.retired_at is null
+       and util._content_function_of(x) is not null
        and x.content_definition is distinct from util._content_definition(util._content_function_of(x))
      for update skip locked
   loop
@@ -2978,7 +3254,7 @@ begin
        set content_definition = util._content_definition(util._content_function_of(x)),
            content_changed_at = now()
      where x.id = t.id;
-    enqueued := enqueued + util._start_sweep(t.id);
+    perform util._begin_sweep(t.id);
   end loop;
 
   -- 2. Sweeps, while the queue is short (rows, counted over the first slice-size messages only).
@@ -2990,7 +3266,7 @@ begin
   loop
     queued := util._queued_rows(slice);
     exit when queued >= slice;
-    enqueued := enqueued + util._sweep_step(t.id, slice);
+    enqueued := enqueued + util._maintain_sweep(t.id, slice);
   end loop;
 
   -- 3. Finished model changes (NO KEY UPDATE: see util._lock_model_change).
@@ -2999,20 +3275,395 @@ begin
      where x.shadow_of is not null and x.sweep_started_at is null
      for no key update skip locked
   loop
-    perform util._switch_model(t.live_id);
+    begin
+      perform util._switch_model(t.live_id);
+    exception when serialization_failure or deadlock_detected or lock_not_available then
+      null;
+    end;
   end loop;
 
-  -- 4. Retired targets' fingerprints, then the targets.
+  -- 4. Retired targets' fingerprints, then the targets; old events.
   for t in select x.id from util.embedding_targets x where x.retired_at is not null for update skip locked loop
-    delete from util.embedding_fingerprints f
-     where f.ctid = any (array(select g.ctid from util.embedding_fingerprints g
-                                where g.target_id = t.id limit 50000));
-    get diagnostics retired = row_count;
-    if retired < 50000 then
-      delete from util.embedding_targets x where x.id = t.id;
+    begin
+      delete from util.embedding_fingerprints f
+       where f.ctid = any (array(select g.ctid from util.embedding_fingerprints g
+                                  where g.target_id = t.id limit 50000));
+      get diagnostics retired = row_count;
+      if retired < 50000 then
+        delete from util.embedding_targets x where x.id = t.id;
+      end if;
+    exception when serialization_failure or deadlock_detected or lock_not_available then
+      null;
+    end;
+  end loop;
+  delete from util.embedding_target_events e where e.happened_at < now() - interval '30 days';
+  return enqueued;
+end
+$$;
+
+
+-- ==== supabase/schemas/45_table_life.sql ====
+
+-- autoembed schema 45: a table's whole life. Users drop, rename, truncate
+-- and recreate attached tables (in migrations, tests, resets); each leaves
+-- the pipeline in a clear state:
+--   * the table, its embedding column or a chunked target's side table
+--     dropped: the target is retired at once (util._retire_target): its
+--     triggers, the trigger function written for it, a model change in
+--     progress, its queued jobs and dead letters go; a side table of chunks
+--     goes with its source; the fingerprints go in slices
+--     (util.maintain_embeddings). No sweep runs on what is gone.
+--   * the content function dropped: decided when the transaction commits.
+--     Created again meanwhile (a migration that replaces it), the target
+--     stays and its rows are rechecked (I10); else it is retired the same
+--     way, its table and vectors left as util.disable_embeddings leaves them.
+--   * the table or its schema renamed: the target follows (its regclass
+--     does), and so do its queued jobs and dead letters, which name the table.
+--   * the table truncated: its triggers empty the store and drop the
+--     target's jobs (30_detect); the target stays.
+--   * dropped and created again (a test suite, a reset): the old target is
+--     retired; the new table is attached by its own registration.
+-- util.embedding_target_events records each retirement and rename.
+-- Event triggers (sql_drop, ddl_command_end) act as it happens, in the
+-- statement's transaction; util.maintain_embeddings (every tick and worker
+-- poll) notices what they did not see (disabled, a restore, a role that
+-- may not create them).
+
+-------------------------------------------------------------------------------
+-- What happened to targets (public: read it)
+-------------------------------------------------------------------------------
+
+create table if not exists util.embedding_target_events (
+  id bigint generated always as identity primary key,
+  -- the table the target was attached to (its oid, which a rename keeps)
+  table_oid oid not null,
+  -- the target as its jobs named it before the event: schema, table, and
+  -- embedding column (a chunked target: its side table's name)
+  schema_name text,
+  table_name text,
+  embedding_column text not null,
+  -- retired: the pipeline let go of the target; renamed: it follows the new name
+  event text not null check (event in ('retired', 'renamed')),
+  -- why, in words: table dropped, embedding column dropped or renamed,
+  -- destination dropped, content function dropped or renamed, renamed to <schema>.<table>
+  detail text not null,
+  -- retired: the queued rows and dead-lettered rows dropped with it
+  jobs_dropped bigint not null default 0,
+  dead_letters_dropped bigint not null default 0,
+  -- 'event trigger' (as it happened) or 'maintenance' (noticed by a later tick)
+  noticed_by text not null,
+  happened_at timestamptz not null default now()
+);
+create index if not exists embedding_target_events_names
+  on util.embedding_target_events (schema_name, table_name, embedding_column);
+
+-------------------------------------------------------------------------------
+-- Checks
+-------------------------------------------------------------------------------
+
+-- internal: what target `t` needs and no longer has, in words for
+-- util.embedding_target_events: its table, its store (util._store_missing),
+-- its content function (dropped, renamed, or moved to another schema). Null:
+-- nothing is missing.
+create or replace function util._target_broken_reason(t util.embedding_targets)
+returns text
+language sql
+stable
+set search_path = ''
+as $$
+  select case
+           when not exists (select from pg_catalog.pg_class c where c.oid = t.table_oid) then 'table dropped'
+           else coalesce(util._store_missing(t),
+                         case when util._content_function_of(t) is null then 'content function dropped or renamed' end)
+         end
+$$;
+
+-- internal: retires live target `target_id`, whose table, store or content
+-- function is gone (`reason`), as noticed by `noticed_by`: drops what
+-- writes to it (its triggers, the trigger function written for it), a model
+-- change in progress (its shadow store), its store where it is the
+-- pipeline's alone (a side table of chunks whose source is gone; one whose
+-- source stays is left as util.disable_embeddings leaves it), and its
+-- queued jobs and dead letters; marks it and its shadow retired (their
+-- fingerprints are deleted in slices by util.maintain_embeddings, then
+-- they) and records the event.
+create or replace function util._retire_target(target_id int, reason text, noticed_by text)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  t util.embedding_targets;
+  s util.embedding_targets;
+  source_exists boolean;
+  own_ddl text := pg_catalog.current_setting('autoembed.own_ddl', true);
+  dropped record;
+begin
+  select * into t from util.embedding_targets x
+   where x.id = target_id and x.shadow_of is null and x.retired_at is null
+     for update;
+  if t.id is null then
+    return;
+  end if;
+  source_exists := exists (select from pg_catalog.pg_class c where c.oid = t.table_oid);
+  -- The pipeline's own DDL, which the event triggers leave alone.
+  perform pg_catalog.set_config('autoembed.own_ddl', 'on', true);
+  if source_exists then
+    perform util._drop_triggers(t.table_oid, t.embedding_column);
+  end if;
+  perform util._drop_queue_function(t.table_oid, t.embedding_column);
+  for s in select * from util.embedding_targets x where x.shadow_of = t.id loop
+    perform util._store_drop_shadow(t, s);
+  end loop;
+  perform util._store_detach(t, not source_exists);
+  perform pg_catalog.set_config('autoembed.own_ddl', coalesce(own_ddl, 'off'), true);
+  -- Its jobs and dead letters name the table. They go, unless a live target
+  -- goes by the same names (a table of that name created and attached since),
+  -- whose jobs they may be.
+  if not exists (select from util.embedding_targets x
+                  where x.id <> t.id and x.retired_at is null and x.shadow_of is null
+                    and x.jobs_schema = t.jobs_schema and x.jobs_table = t.jobs_table
+                    and x.embedding_column = t.embedding_column) then
+    select * into dropped from util._forget_jobs(t.jobs_schema, t.jobs_table, t.embedding_column);
+  end if;
+  update util.embedding_targets x
+     set retired_at = now(), embedding_column = ('_autoembed_retired_' || x.id)::name,
+         sweep_started_at = null, sweep_after = null, destination = null
+   where x.id = t.id or x.shadow_of = t.id;
+  insert into util.embedding_target_events
+    (table_oid, schema_name, table_name, embedding_column, event, detail, jobs_dropped, dead_letters_dropped,
+     noticed_by)
+  values (t.table_oid, t.jobs_schema, t.jobs_table, t.embedding_column, 'retired', reason,
+          coalesce(dropped.queued, 0), coalesce(dropped.dead_lettered, 0), noticed_by);
+end
+$$;
+
+-- internal: follows tables (and their schemas) renamed since their targets
+-- last saw them: their jobs and dead letters take the new names
+-- (util._rename_jobs), an event records each live target's rename, and a
+-- content function in a renamed schema follows too (with the trigger
+-- function written for its target, which calls it by name). Returns the
+-- tables followed.
+create or replace function util._follow_renames(noticed_by text)
+returns int
+language plpgsql
+set search_path = ''
+as $$
+declare
+  r record;
+  x util.embedding_targets;
+  followed int := 0;
+begin
+  for r in
+    select distinct on (t.table_oid) t.table_oid, t.jobs_schema as old_schema, t.jobs_table as old_table,
+           n.nspname as new_schema, c.relname as new_table, c.reltype
+      from util.embedding_targets t
+      join pg_catalog.pg_class c on c.oid = t.table_oid
+      join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+     where t.retired_at is null
+       and (t.jobs_schema, t.jobs_table) is distinct from (n.nspname, c.relname)
+     order by t.table_oid, t.jobs_table nulls last
+  loop
+    if r.old_table is not null then
+      perform util._rename_jobs(r.old_schema, r.old_table, r.new_schema, r.new_table);
+      insert into util.embedding_target_events
+        (table_oid, schema_name, table_name, embedding_column, event, detail, noticed_by)
+      select r.table_oid, r.old_schema, r.old_table, t.embedding_column, 'renamed',
+             pg_catalog.format('renamed to %I.%I', r.new_schema, r.new_table), noticed_by
+        from util.embedding_targets t
+       where t.table_oid = r.table_oid and t.retired_at is null and t.shadow_of is null;
+    end if;
+    update util.embedding_targets t set jobs_schema = r.new_schema, jobs_table = r.new_table
+     where t.table_oid = r.table_oid and t.retired_at is null;
+    for x in
+      select * from util.embedding_targets t
+       where t.table_oid = r.table_oid and t.retired_at is null and t.content_function_schema = r.old_schema
+         and util._content_function_of(t) is null
+         and pg_catalog.to_regprocedure(pg_catalog.format('%I.%I(%s)', r.new_schema, t.content_function_name,
+                                                          r.reltype::regtype)) is not null
+    loop
+      update util.embedding_targets t set content_function_schema = r.new_schema where t.id = x.id;
+      if x.shadow_of is null
+         and pg_catalog.to_regprocedure(pg_catalog.format('util.%I()',
+               util._queue_function_name(x.table_oid, x.embedding_column))) is not null then
+        perform util._create_queue_function(x.id);
+      end if;
+    end loop;
+    followed := followed + 1;
+  end loop;
+  return followed;
+end
+$$;
+
+-- Content function checks made when the transaction that dropped the
+-- function commits (util._check_target_at_commit): one row per check,
+-- gone by the commit.
+create table if not exists util._pending_target_checks (
+  target_id int not null
+);
+
+-- internal: follows renamed tables (util._follow_renames), then looks at
+-- every target: a live one whose table, store or content function is gone
+-- is retired (util._retire_target), a model change whose shadow store was
+-- dropped by hand is cancelled. A content function dropped in the event
+-- trigger's own transaction is checked when it commits instead (it may be
+-- created again before). A retirement that fails is reported (a warning)
+-- and left to the next tick: it never fails the caller. Returns the targets
+-- retired or cancelled.
+create or replace function util._check_targets(noticed_by text)
+returns int
+language plpgsql
+set search_path = ''
+as $$
+declare
+  t util.embedding_targets;
+  reason text;
+  acted int := 0;
+begin
+  perform util._follow_renames(noticed_by);
+  for t in
+    select * from util.embedding_targets x where x.retired_at is null order by x.shadow_of nulls first, x.id
+  loop
+    reason := util._target_broken_reason(t);
+    continue when reason is null;
+    if t.shadow_of is not null then
+      if util._store_missing(t) is not null then
+        delete from util.embedding_targets x where x.id = t.id and x.retired_at is null;
+        acted := acted + 1;
+      end if;
+    elsif reason like 'content function%' and noticed_by = 'event trigger' then
+      insert into util._pending_target_checks (target_id) values (t.id);
+    else
+      begin
+        perform util._retire_target(t.id, reason, noticed_by);
+        acted := acted + 1;
+      exception when others then
+        raise warning 'autoembed: retiring % (column %) failed: %; the next maintenance tick tries again',
+          t.table_oid, t.embedding_column, sqlerrm;
+      end;
     end if;
   end loop;
-  return enqueued;
+  return acted;
+end
+$$;
+
+-- internal trigger (deferred to the commit of the transaction that dropped
+-- a content function): retires the target if its content function is
+-- still missing, i.e. was not created again in the same transaction.
+create or replace function util._check_target_at_commit()
+returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  t util.embedding_targets;
+  reason text;
+begin
+  delete from util._pending_target_checks p where p.target_id = new.target_id;
+  select * into t from util.embedding_targets x
+   where x.id = new.target_id and x.retired_at is null and x.shadow_of is null;
+  reason := util._target_broken_reason(t);
+  if t.id is not null and reason is not null then
+    begin
+      perform util._retire_target(t.id, reason, 'event trigger');
+    exception when others then
+      raise warning 'autoembed: retiring % (column %) failed: %; the next maintenance tick tries again',
+        t.table_oid, t.embedding_column, sqlerrm;
+    end;
+  end if;
+  return null;
+end
+$$;
+
+do $$
+begin
+  if not exists (select from pg_catalog.pg_trigger g
+                  where g.tgrelid = 'util._pending_target_checks'::regclass and g.tgname = 'check_at_commit') then
+    create constraint trigger check_at_commit after insert on util._pending_target_checks
+      deferrable initially deferred for each row execute function util._check_target_at_commit();
+  end if;
+end
+$$;
+
+-------------------------------------------------------------------------------
+-- For the processing core: jobs that name a target no longer there
+-------------------------------------------------------------------------------
+
+-- internal: what became of the targets `names` (a JSON array of {schema,
+-- table, column}, as jobs name them) names, by their latest event: retired
+-- (a job for it finishes quietly), or renamed (target_id: the live target
+-- it is now, which a job claimed before the rename applies to). Names with
+-- no event are left out.
+create or replace function util._former_targets(names jsonb)
+returns table (schema_name text, table_name text, embedding_column text, fate text, target_id int)
+language sql
+stable
+set search_path = ''
+as $$
+  select n.schema, n."table", n."column", e.event, l.id
+    from pg_catalog.jsonb_to_recordset(names) as n(schema text, "table" text, "column" text)
+    cross join lateral (select x.event, x.table_oid from util.embedding_target_events x
+                         where x.schema_name = n.schema and x.table_name = n."table"
+                           and x.embedding_column = n."column"
+                         order by x.id desc limit 1) e
+    left join util.embedding_targets l
+           on e.event = 'renamed' and l.table_oid = e.table_oid and l.embedding_column = n."column"
+          and l.shadow_of is null and l.retired_at is null
+$$;
+
+-------------------------------------------------------------------------------
+-- Event triggers
+-------------------------------------------------------------------------------
+
+-- internal event trigger (sql_drop): after a statement that dropped a
+-- table, a column or a function, checks the targets (util._check_targets).
+-- The pipeline's own drops (a model change's switch or cancel, a detach, a
+-- retirement: autoembed.own_ddl) are not news.
+create or replace function util._on_sql_drop()
+returns event_trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  if pg_catalog.current_setting('autoembed.own_ddl', true) = 'on'
+     or not exists (select from util.embedding_targets t where t.retired_at is null)
+     or not exists (select from pg_catalog.pg_event_trigger_dropped_objects() o
+                     where o.object_type in ('table', 'table column', 'function')) then
+    return;
+  end if;
+  perform util._check_targets('event trigger');
+end
+$$;
+
+-- internal event trigger (ddl_command_end of ALTER TABLE and ALTER SCHEMA):
+-- follows renamed tables and schemas (util._follow_renames).
+create or replace function util._on_alter()
+returns event_trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  if exists (select from util.embedding_targets t where t.retired_at is null) then
+    perform util._follow_renames('event trigger');
+  end if;
+end
+$$;
+
+-- Created where this role may create event triggers (a superuser; the
+-- postgres role on Supabase); elsewhere skipped with a notice, and the
+-- maintenance tick notices drops and renames instead.
+do $$
+begin
+  drop event trigger if exists autoembed_drops;
+  create event trigger autoembed_drops on sql_drop execute function util._on_sql_drop();
+  drop event trigger if exists autoembed_renames;
+  create event trigger autoembed_renames on ddl_command_end when tag in ('ALTER TABLE', 'ALTER SCHEMA')
+    execute function util._on_alter();
+exception when insufficient_privilege then
+  raise notice 'autoembed: no event triggers (%): drops and renames of attached tables are noticed by the next maintenance tick', sqlerrm;
 end
 $$;
 
@@ -3750,13 +4401,18 @@ begin
     candidates := match_count * 2;
   else
     -- The chunks store: the destination must be a side table of this source
-    -- (its source_id references the source) with the chunks' embedding column.
+    -- (a policy on it reads the source: the pipeline gives each one that
+    -- shows a role the chunks of the rows it sees, util._create_chunk_table)
+    -- with the chunks' embedding column.
     select pg_catalog.format_type(a.atttypid, a.atttypmod) into type_sql
       from pg_catalog.pg_attribute a join pg_catalog.pg_type t on t.oid = a.atttypid
      where a.attrelid = destination and a.attname = 'embedding' and a.attnum > 0
        and not a.attisdropped and t.typname in ('vector', 'halfvec')
-       and exists (select from pg_catalog.pg_constraint k
-                    where k.conrelid = destination and k.contype = 'f' and k.confrelid = target_table);
+       and exists (select from pg_catalog.pg_policy p
+                     join pg_catalog.pg_depend d
+                       on d.classid = 'pg_catalog.pg_policy'::regclass and d.objid = p.oid
+                      and d.refclassid = 'pg_catalog.pg_class'::regclass and d.refobjid = target_table
+                    where p.polrelid = destination);
     if type_sql is null then
       raise exception 'autoembed: % is not a table of chunks of %', destination, target_table
         using errcode = 'AE003', hint = 'Name the destination of the source''s chunked target.';
@@ -4025,7 +4681,8 @@ revoke all on all tables in schema util from public, anon, authenticated;
 revoke all on all functions in schema util from public, anon, authenticated;
 revoke all on all sequences in schema util from public, anon, authenticated;
 
-grant select on util.embedding_status, util.embedding_errors, util.settings, util.embedding_models
+grant select on util.embedding_status, util.embedding_errors, util.settings, util.embedding_models,
+  util.embedding_target_events
   to service_role;
 grant execute on function
   util.process_embeddings(int, int, int),
