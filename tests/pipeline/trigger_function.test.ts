@@ -2,9 +2,6 @@
 // static SQL with the target's key column and content function written in, so it
 // must follow every change of the target, and go with util.disable_embeddings.
 import assert from "node:assert/strict";
-import { join } from "node:path";
-import { SCHEMAS_DIR } from "../../cli/schema_migration.ts";
-import { applyMigrations } from "../../local/migrate.ts";
 import { withTestDb } from "../../devtools/db.ts";
 import { createDocuments, queueLength } from "../../devtools/pipeline.ts";
 
@@ -95,43 +92,4 @@ Deno.test("enable_embeddings' trigger function: any key column name and a key th
         from pgmq.q_embedding_jobs order by msg_id`).map((r) => [...r.ids].sort());
     assert.deepEqual(ids, [["k1", "k2"], ["k2"]]);
   });
-});
-
-Deno.test("upgrade: a table attached before the generated trigger functions moves to its own with the migration", async () => {
-  const migrations = join(SCHEMAS_DIR, "..", "migrations");
-  // The first migration that knows the generated functions, whatever its timestamp.
-  const names = [...Deno.readDirSync(migrations)].map((e) => e.name).sort();
-  const upgrade = names.find((name) =>
-    Deno.readTextFileSync(join(migrations, name)).includes("function util._create_queue_function")
-  )!;
-  assert.ok(upgrade, "a migration declares util._create_queue_function");
-  const before = await Deno.makeTempDir({ prefix: "autoembed-before-" });
-  try {
-    for (const name of names.filter((name) => name < upgrade)) {
-      await Deno.copyFile(join(migrations, name), join(before, name));
-    }
-    await withTestDb(async (sql, url) => {
-      await applyMigrations(url, { dir: before });
-      await createDocuments(sql);
-      const functionOf = async (trigger: string) => {
-        const [row] = await sql`
-          select p.proname::text as name from pg_trigger g join pg_proc p on p.oid = g.tgfoid
-           where g.tgrelid = 'public.documents'::regclass and g.tgname = ${trigger}`;
-        return row?.name;
-      };
-      assert.equal(await functionOf("embed_embedding_insert"), "queue_embeddings", "the premise");
-
-      await applyMigrations(url, { dir: migrations });
-      const [{ fn }] = await sql`
-        select util._queue_function_name('documents', 'embedding')::text as fn`;
-      assert.equal(await functionOf("embed_embedding_insert"), fn);
-      assert.equal(await functionOf("embed_embedding_update"), fn);
-      assert.equal(await functionOf("embed_embedding_delete"), "queue_embeddings");
-      await sql`insert into documents (title, content) values ('a', 'one')`;
-      await sql`update documents set title = title`;
-      assert.equal(await queueLength(sql), 1, "one job for the insert, none for the no-op update");
-    }, { template: "template1" });
-  } finally {
-    await Deno.remove(before, { recursive: true });
-  }
 });
