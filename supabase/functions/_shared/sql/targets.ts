@@ -27,8 +27,8 @@ export interface Target {
   splitter: string | null;
   /** What a chunked row's fingerprint hashes besides its text (util._chunking_key). */
   chunking_key: string | null;
-  /** Where its vectors live (sql/store.ts, 22_stores.sql). */
-  store: "column" | "chunks";
+  /** Where its vectors live: a key of STORES in sql/store.ts (and of util._store_* in 22_stores.sql). */
+  store: string;
 }
 
 export interface Targets {
