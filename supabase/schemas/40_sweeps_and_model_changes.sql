@@ -312,7 +312,8 @@ as $$ select util.reembed(target_table, embedding_column) $$;
 --   2. advances every sweep by one slice while the queue holds fewer than
 --      sweep_slice_rows jobs;
 --   3. switches finished model changes (I7);
---   4. deletes fingerprints of retired targets in slices.
+--   4. deletes fingerprints of retired targets in slices, and chunk set
+--      drafts nobody continued for a day (util.chunk_set_drafts).
 -- util.process_embeddings calls it on every tick; the worker on every poll.
 -- Concurrent callers skip the targets another one is working on. Returns
 -- the jobs it enqueued.
@@ -374,6 +375,7 @@ begin
       delete from util.embedding_targets x where x.id = t.id;
     end if;
   end loop;
+  delete from util.chunk_set_drafts d where d.updated_at < now() - interval '1 day';
   return enqueued;
 end
 $$;

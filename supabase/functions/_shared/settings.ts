@@ -1,7 +1,7 @@
 // Settings of the function and the worker, read once from the environment.
 // The model and dimensions of each table are database configuration
 // (util.embedding_targets); the environment supplies credentials and limits.
-import { type Env, flag, positiveInt } from "./env.ts";
+import { type Env, flag, nonNegativeInt, positiveInt } from "./env.ts";
 import { createLocalProvider } from "./providers/local.ts";
 import { createOpenAIProvider } from "./providers/openai.ts";
 import { type ModelFacts, modelFacts, ModelFactsError } from "./providers/registry.ts";
@@ -19,9 +19,19 @@ function checkedFacts(model: string, dimensions: number): ModelFacts {
   }
 }
 
+/**
+ * The embed function's default CPU budget for splitting and counting, ms
+ * (EMBED_CPU_BUDGET_MS): with the rest of a call (start-up, provider
+ * answers, the write) a call stays under half of the hosted 2 s CPU limit
+ * (bench/RESULTS.md, "Hosted limits").
+ */
+export const DEFAULT_CPU_BUDGET_MS = 300;
+
 export interface CoreSettings {
   /** Epoch-relative budget of one call, ms (hosted edge functions stop at ~150 s). */
   timeBudgetMs: number;
+  /** The embed function's CPU budget for splitting and counting per call, ms (core.ts). */
+  cpuBudgetMs: number;
   providerTimeoutMs: number;
   providerConcurrency: number;
   truncate: boolean;
@@ -74,6 +84,7 @@ export function coreSettings(env: Env): CoreSettings {
   };
   return {
     timeBudgetMs: positiveInt(env, "EMBED_TIME_BUDGET_MS", 100_000),
+    cpuBudgetMs: nonNegativeInt(env, "EMBED_CPU_BUDGET_MS", DEFAULT_CPU_BUDGET_MS),
     providerTimeoutMs,
     providerConcurrency: positiveInt(env, "EMBEDDING_CONCURRENCY", 2),
     truncate: flag(env, "EMBEDDING_TRUNCATE"),

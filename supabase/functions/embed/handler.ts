@@ -161,6 +161,7 @@ export function createEmbedHandler(config: EmbedHandlerConfig): EmbedHandler {
           signal: config.shutdown,
           truncate: settings.truncate,
           providerConcurrency: settings.providerConcurrency,
+          cpuBudgetMs: settings.cpuBudgetMs,
           log: (event) => log(JSON.stringify(event)),
           binaryWrites,
         }), reconnect);
