@@ -21,13 +21,14 @@
 // zero provider cost. Nothing is lost or written stale.
 //
 // CPU: the stages whose cost grows with the text (splitting, counting
-// tokens) draw from the call's CpuBudget (the embed function's
-// EMBED_CPU_BUDGET_MS). Once it is spent, rows not yet started are handed
-// back, and a long text's split stops after its current part: its chunks so
-// far go to the row's draft and the next call continues it. The first row
-// of a batch always goes ahead, so every call makes progress.
+// tokens) and the chunks a call embeds draw from its CallBudget (the embed
+// function's EMBED_CPU_BUDGET_MS and EMBED_MAX_CHUNKS_PER_CALL). Once it is
+// spent, rows not yet started are handed back, and a long text's split
+// stops after its current part: its chunks so far go to the row's draft and
+// the next call continues it. The first row of a batch always goes ahead,
+// so every call makes progress.
 import type postgres from "postgres";
-import { CpuBudget } from "./cpu_budget.ts";
+import { CallBudget, type CallLimits } from "./call_budget.ts";
 import { isConnectionError } from "./db_errors.ts";
 import { type EmbedOutcome, type EmbedRequest, embedTexts } from "./embed_texts.ts";
 import type { Job, RefusedJob } from "./jobs.ts";
@@ -52,11 +53,11 @@ export interface ProcessOptions {
   /** Provider batches in flight at once within this batch. */
   providerConcurrency?: number;
   /**
-   * Milliseconds the batch may spend splitting texts and counting tokens
-   * before it hands back what it has not started (see the module comment);
-   * no limit when unset.
+   * What the batch may take on before it hands back what it has not started
+   * (see the module comment): milliseconds of splitting and counting, chunks
+   * split; no limit when unset.
    */
-  cpuBudgetMs?: number;
+  limits?: CallLimits;
   /** Structured events (counts and durations only: never text or secrets). */
   log?: (event: Record<string, unknown>) => void;
   /** Messages of this batch refused as malformed before it ran: recorded with its failures. */
@@ -230,7 +231,7 @@ export async function processBatch(
     outcome.refuse({ job_id: r.jobId, row_id: null, error: r.error, retryable: false });
   }
   if (jobs.length) {
-    const budget = new CpuBudget(options.cpuBudgetMs);
+    const budget = new CallBudget(options.limits);
     const targets = await loadTargets(sql);
     const rows = assignJobs(jobs, targets, outcome);
     const tasks = await readRows(sql, rows, targets, outcome, budget);
@@ -305,8 +306,9 @@ interface RowTask extends RowPlan {
 /**
  * 2. Reads each target's rows once, through its store, and keeps those with
  * something to do: not gone (I6), not fresh (I3/I4). A changed text is split
- * into its store's pieces (within the CPU budget: once it is spent, rows to
- * be split into chunks are handed back, but for the first); a blank one has none, so the
+ * into its store's pieces (within the call's budget: once it is spent, rows
+ * to be split into chunks are handed back, but for the first, and a long
+ * text's split stops early); a blank one has none, so the
  * write clears what the store holds for it (an embedding of earlier text
  * would keep the row findable by what it no longer says).
  */
@@ -315,7 +317,7 @@ async function readRows(
   rowsByTarget: Map<Target, Map<string, RowWork>>,
   targets: Targets,
   outcome: Outcome,
-  budget: CpuBudget,
+  budget: CallBudget,
 ): Promise<RowTask[]> {
   const { stats } = outcome;
   const tasks: RowTask[] = [];
@@ -344,10 +346,11 @@ async function readRows(
           work,
           notes: [],
         });
-      } else if (store.chunked && budget.exhausted && started > 0) outcome.handBack(work);
+      } else if (store.chunked && budget.spent() && started > 0) outcome.handBack(work);
       else {
         started++;
-        const split = budget.charge(() => store.split(target, row, () => budget.exhausted));
+        const split = budget.charge(() => store.split(target, row, (n) => budget.spent(n)));
+        if (store.chunked) budget.addChunks(split.pieces.length);
         tasks.push({ target, rowId: work.rowId, row, ...split, work, notes: [] });
       }
     }
@@ -375,7 +378,7 @@ const RANK = (r: EmbedOutcome) =>
  * 4. Provider calls for the pieces no store holds a vector of: identical
  * texts once, every target of the batch together, batched by count and
  * token estimate (embed_texts.ts). A row whose text still needs counting
- * once the CPU budget is spent is handed back (the first row never is). A
+ * once the call's budget is spent is handed back (the first row never is). A
  * row is settled by its worst piece: its own failure, then a provider-wide
  * one (deferred), then time running out.
  */
@@ -383,7 +386,7 @@ async function embed(
   tasks: RowTask[],
   options: ProcessOptions,
   outcome: Outcome,
-  budget: CpuBudget,
+  budget: CallBudget,
 ): Promise<void> {
   const requests: EmbedRequest[] = [];
   const requested: { task: RowTask; piece: Piece }[] = [];
@@ -395,7 +398,7 @@ async function embed(
     let provider = providers.get(target);
     if (!provider) providers.set(target, provider = providerOrError(options.providerFor, target));
     if (
-      !(provider instanceof ProviderError) && budget.exhausted && requests.length > 0 &&
+      !(provider instanceof ProviderError) && budget.spent() && requests.length > 0 &&
       pieces.some((p) => p.tokens === undefined && mayExceedTokens(p.text, provider.maxInputTokens))
     ) {
       task.settled = true;

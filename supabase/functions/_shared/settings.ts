@@ -20,18 +20,29 @@ function checkedFacts(model: string, dimensions: number): ModelFacts {
 }
 
 /**
- * The embed function's default CPU budget for splitting and counting, ms
- * (EMBED_CPU_BUDGET_MS): with the rest of a call (start-up, provider
- * answers, the write) a call stays under half of the hosted 2 s CPU limit
- * (bench/RESULTS.md, "Hosted limits").
+ * What one call of the embed function takes on by default (core.ts,
+ * call_budget.ts): 300 ms of splitting and counting (EMBED_CPU_BUDGET_MS)
+ * and 256 chunks (EMBED_MAX_CHUNKS_PER_CALL), so that with the rest of a
+ * call (start-up, the provider's answers, the write) it stays under half of
+ * the hosted 2 s CPU limit and 256 MB (bench/RESULTS.md, "Hosted limits").
  */
 export const DEFAULT_CPU_BUDGET_MS = 300;
+export const DEFAULT_MAX_CHUNKS_PER_CALL = 256;
+
+/**
+ * The embed function's default time budget, ms (EMBED_TIME_BUDGET_MS): no
+ * provider request starts after it, so with the last one's timeout
+ * (EMBEDDING_TIMEOUT_MS, 30 s) and the write a call ends within about
+ * 115 s: inside pg_net's timeout of the call (util.process_embeddings'
+ * timeout_milliseconds, 120 s) and the hosted wall limit (150 s).
+ */
+export const DEFAULT_TIME_BUDGET_MS = 80_000;
 
 export interface CoreSettings {
-  /** Epoch-relative budget of one call, ms (hosted edge functions stop at ~150 s). */
+  /** Epoch-relative budget of one call, ms (see DEFAULT_TIME_BUDGET_MS). */
   timeBudgetMs: number;
-  /** The embed function's CPU budget for splitting and counting per call, ms (core.ts). */
-  cpuBudgetMs: number;
+  /** What one call of the embed function takes on: ms of splitting and counting, chunks. */
+  callLimits: { cpuMs: number; chunks: number };
   providerTimeoutMs: number;
   providerConcurrency: number;
   truncate: boolean;
@@ -83,8 +94,11 @@ export function coreSettings(env: Env): CoreSettings {
     return provider;
   };
   return {
-    timeBudgetMs: positiveInt(env, "EMBED_TIME_BUDGET_MS", 100_000),
-    cpuBudgetMs: nonNegativeInt(env, "EMBED_CPU_BUDGET_MS", DEFAULT_CPU_BUDGET_MS),
+    timeBudgetMs: positiveInt(env, "EMBED_TIME_BUDGET_MS", DEFAULT_TIME_BUDGET_MS),
+    callLimits: {
+      cpuMs: nonNegativeInt(env, "EMBED_CPU_BUDGET_MS", DEFAULT_CPU_BUDGET_MS),
+      chunks: positiveInt(env, "EMBED_MAX_CHUNKS_PER_CALL", DEFAULT_MAX_CHUNKS_PER_CALL),
+    },
     providerTimeoutMs,
     providerConcurrency: positiveInt(env, "EMBEDDING_CONCURRENCY", 2),
     truncate: flag(env, "EMBEDDING_TRUNCATE"),

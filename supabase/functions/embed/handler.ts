@@ -161,7 +161,7 @@ export function createEmbedHandler(config: EmbedHandlerConfig): EmbedHandler {
           signal: config.shutdown,
           truncate: settings.truncate,
           providerConcurrency: settings.providerConcurrency,
-          cpuBudgetMs: settings.cpuBudgetMs,
+          limits: settings.callLimits,
           log: (event) => log(JSON.stringify(event)),
           binaryWrites,
         }), reconnect);

@@ -61,8 +61,11 @@ export interface PackOptions {
   longestPrefix?: string;
   /** Where an earlier portion stopped: `blocks` start at its `at`. */
   resume?: PackResume;
-  /** Asked after each segment: true stops the packing there (never before the first). */
-  stop?: () => boolean;
+  /**
+   * Asked after each segment with the chunks packed so far: true stops the
+   * packing there (never before the first).
+   */
+  stop?: (packed: number) => boolean;
 }
 
 /**
@@ -128,7 +131,7 @@ export function packBlocks(text: string, blocks: Block[], options: PackOptions):
     }
     if (!block.keepWithNext && blockHash / 2 ** 32 < (2 * tokens) / budget) {
       endSegment();
-      if (b + 1 < blocks.length && options.stop?.()) {
+      if (b + 1 < blocks.length && options.stop?.(bodies.length)) {
         next = {
           at: blocks[b + 1].start,
           start: overlapStart(text, atomsOf[atomsOf.length - 1], chunkOverlap, counter),

@@ -88,15 +88,16 @@ export function splitIntoChunks(
 /**
  * The chunks of `text` from `from` (where an earlier portion stopped; by
  * default its start) on. With `stop`, asked after each segment or markdown
- * section (never before the first of the portion), it stops there when told
- * and says where to resume. Portions resumed one after the other give exactly
- * the chunks of splitIntoChunks; `none` is never cut.
+ * section (never before the first of the portion) with the number of chunks
+ * of the portion so far, it stops there when told and says where to resume.
+ * Portions resumed one after the other give exactly the chunks of
+ * splitIntoChunks; `none` is never cut.
  */
 export function splitPortion(
   text: string,
   settings: ChunkSettings,
   counter: TokenCounter,
-  options: { from?: SplitResume; stop?: () => boolean } = {},
+  options: { from?: SplitResume; stop?: (chunks: number) => boolean } = {},
 ): SplitPortion {
   const problem = validateChunkSettings(settings);
   if (problem) throw new RangeError(problem);
@@ -148,13 +149,13 @@ export function splitPortion(
             // Shortening can leave a section's first line longer than the rest's.
             longestPrefix: counter.count(first) > counter.count(rest) ? first : rest,
             resume: inside,
-            stop,
+            stop: stop && ((packed) => stop(chunks.length + packed)),
           },
         );
         chunks.push(...portion.chunks);
         if (portion.next) return { chunks, next: portion.next };
         // Sections share no overlap: the next one starts afresh.
-        if (i + 1 < sections.length && chunks.length > 0 && stop?.()) {
+        if (i + 1 < sections.length && chunks.length > 0 && stop?.(chunks.length)) {
           return { chunks, next: { at: section.end, start: section.end } };
         }
       }

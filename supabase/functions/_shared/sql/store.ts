@@ -102,10 +102,10 @@ export interface Store {
   ): Promise<Map<string, StoredRow>>;
   /**
    * The pieces of a row's (non-blank) text; a long text's chunks may stop
-   * early (when `stop` says so, after their first part) and continue where
-   * the row's draft says.
+   * early (when `stop`, given the chunks split so far, says so after their
+   * first part) and continue where the row's draft says.
    */
-  split(target: Target, row: StoredRow, stop?: () => boolean): Split;
+  split(target: Target, row: StoredRow, stop?: (chunks: number) => boolean): Split;
   /**
    * Finds the vectors already held for the pieces of `plans` (rows of this
    * store's targets, any number of targets): sets `vector` or `reused`, and

@@ -1,9 +1,10 @@
-// The embed function's CPU budget (EMBED_CPU_BUDGET_MS): a call whose
-// splitting and counting have spent it hands back the rows it has not
-// started, and a long text's split continues in the next call from its
-// draft, without spending attempts. A budget of 0 makes each call take the
-// least work it can (its first row that needs counting, a long text's first
-// segment), so these tests do not depend on the machine's speed.
+// The embed function's budget per call (EMBED_CPU_BUDGET_MS for splitting
+// and counting, EMBED_MAX_CHUNKS_PER_CALL): a call that has used it hands
+// back the rows it has not started, and a long text's split continues in the
+// next call from its draft, without spending attempts. A CPU budget of 0
+// makes each call take the least work it can (its first row that needs
+// counting, a long text's first segment), and a chunk count is exact, so
+// these tests do not depend on the machine's speed.
 import assert from "node:assert/strict";
 import { type Sql, withTestDb } from "../../devtools/db.ts";
 import { makeDocument } from "../../devtools/documents.ts";
@@ -78,6 +79,33 @@ Deno.test("CPU budget: a long document is chunked across calls, each continuing 
   });
 });
 
+Deno.test("chunks per call: a long document's calls each take the least whole segments reaching the cap", async () => {
+  await withTestDb(async (sql, url) => {
+    const p = await startPipeline(sql, url, {
+      env: { EMBED_CPU_BUDGET_MS: "1000000", EMBED_MAX_CHUNKS_PER_CALL: "5" },
+    });
+    try {
+      await createArticles(sql);
+      const body = makeDocument(22, 30);
+      const chunks = splitIntoChunks(body, ARTICLE_SETTINGS, counter).length;
+      await sql`insert into articles (title, body) values ('long', ${body})`;
+      await drainPush(sql, { maxRequests: 1 });
+
+      const perCall = batches(p).map((b) => b.chunksEmbedded);
+      // Premise: more chunks than a call may take.
+      assert.ok(chunks > 10, `${chunks} chunks`);
+      assert.equal(perCall.reduce((a, b) => a + b, 0), chunks);
+      // A segment is one or two chunks at these settings: a call stops at 5 or 6.
+      assert.ok(perCall.slice(0, -1).every((n) => n === 5 || n === 6), perCall.join(", "));
+      assert.ok(perCall.at(-1)! <= 6, perCall.join(", "));
+      assert.deepEqual(await chunkProblems(sql), []);
+      await assertNoAttemptSpent(sql);
+    } finally {
+      await p.stop();
+    }
+  });
+});
+
 Deno.test("CPU budget: rows that need counting once it is spent go to the next call; short ones go on", async () => {
   await withTestDb(async (sql, url) => {
     const p = await startPipeline(sql, url, { env: { EMBED_CPU_BUDGET_MS: "0" } });
@@ -127,7 +155,7 @@ Deno.test("CPU budget: a draft of text that changed is dropped, and the new text
         const { jobs } = await claimJobs(sql, { visibilitySeconds: 60, maxRows: 100 });
         return (await processBatch(sql, jobs, {
           providerFor: settings.providerFor,
-          cpuBudgetMs: 0,
+          limits: { cpuMs: 0 },
         }))
           .stats;
       };
