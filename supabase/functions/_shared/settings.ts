@@ -22,12 +22,12 @@ function checkedFacts(model: string, dimensions: number): ModelFacts {
 /**
  * What one call of the embed function takes on by default (core.ts,
  * call_budget.ts): 300 ms of splitting and counting (EMBED_CPU_BUDGET_MS)
- * and 256 chunks (EMBED_MAX_CHUNKS_PER_CALL), so that with the rest of a
+ * and 128 chunks (EMBED_MAX_CHUNKS_PER_CALL), so that with the rest of a
  * call (start-up, the provider's answers, the write) it stays under half of
  * the hosted 2 s CPU limit and 256 MB (bench/RESULTS.md, "Hosted limits").
  */
 export const DEFAULT_CPU_BUDGET_MS = 300;
-export const DEFAULT_MAX_CHUNKS_PER_CALL = 256;
+export const DEFAULT_MAX_CHUNKS_PER_CALL = 128;
 
 /**
  * The embed function's default time budget, ms (EMBED_TIME_BUDGET_MS): no
