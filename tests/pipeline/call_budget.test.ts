@@ -68,6 +68,7 @@ Deno.test("CPU budget: a long document is chunked across calls, each continuing 
       assert.deepEqual(await chunkProblems(sql), []);
       assert.equal(p.fake.stats.inputs, chunks);
       assert.equal(calls.reduce((n, b) => n + b.chunksEmbedded, 0), chunks);
+      assert.equal(calls.at(-1)!.chunks, chunks, "the last call reports the whole set written");
       const [{ drafts }] = await sql`
         select (select count(*) from util.chunk_set_drafts)::int
              + (select count(*) from util.chunk_set_draft_chunks)::int as drafts`;

@@ -508,7 +508,7 @@ async function write(
         const result = written.get(task.rowId);
         if (result === "written") {
           stats.written++;
-          if (store.chunked) stats.chunks += task.pieces.length;
+          if (store.chunked) stats.chunks += task.firstSeq + task.pieces.length; // the set, drafted parts too
           for (const error of task.notes) notes.push({ rowId: task.rowId, error });
         } else if (result === "drafted") {
           // A part of a long text: the next call continues its draft, no attempt spent.
