@@ -1,7 +1,7 @@
 // `deno task bench`: brings up the local stack, runs every scenario against
 // throw-away databases on it and writes bench/RESULTS.md (figures are also
 // printed as they come). Options: --quick (small sizes, for trying it out)
-// and --only drain,cost,freshness,write-path,storage,chunked,search,profile; both write
+// and --only drain,cost,freshness,write-path,storage,chunked,search,profile,hosted-limits; both write
 // bench/RESULTS.partial.md instead.
 import { parseArgs } from "node:util";
 import { stopCluster } from "../local/cluster.ts";
@@ -15,6 +15,11 @@ import {
   PUSH_MAX_REQUESTS,
 } from "./scenarios/drain.ts";
 import { type FreshnessFigures, freshnessScenario } from "./scenarios/freshness.ts";
+import {
+  HALF_LIMITS,
+  type HostedLimitsFigures,
+  hostedLimitsScenario,
+} from "./scenarios/hosted_limits.ts";
 import { profileScenario } from "./scenarios/profile.ts";
 import { type SearchFigures, searchScenario } from "./scenarios/search.ts";
 import { type StorageFigures, storageScenario } from "./scenarios/storage.ts";
@@ -45,6 +50,7 @@ const SCENARIOS = [
   "chunked",
   "search",
   "profile",
+  "hosted-limits",
 ];
 
 async function machine(): Promise<[string, string][]> {
@@ -122,8 +128,24 @@ function goals(
   write?: WritePathFigures,
   storage?: StorageFigures,
   chunked?: ChunkedFigures,
+  limits?: HostedLimitsFigures,
 ): Goal[] {
   const list: Goal[] = [];
+  if (limits) {
+    const { worst } = limits;
+    const half = HALF_LIMITS;
+    list.push({
+      goal: `every hosted invocation of embed and search under half the limits (${half.cpuMs} ms ` +
+        `CPU, ${half.memoryMb} MB of V8 heap in use, ${half.wallMs / 1000} s wall)`,
+      figure: `worst: ${Math.round(worst.cpuMs)} ms CPU, ${
+        Math.round(worst.heapUsedMb)
+      } MB heap in use (${Math.round(worst.heapMb)} MB committed; process RSS ${
+        Math.round(worst.peakRssMb)
+      } MB, an upper bound), ${(worst.wallMs / 1000).toFixed(1)} s wall`,
+      met: limits.withinHalf,
+      limit: "see the section on hosted limits",
+    });
+  }
   if (chunked) {
     list.push({
       goal: "one-paragraph edit of a 100-chunk document ≤ 3 provider inputs",
@@ -302,6 +324,7 @@ async function main(): Promise<number> {
   let storage: StorageFigures | undefined;
   let chunked: ChunkedFigures | undefined;
   let search: SearchFigures | undefined;
+  let limits: HostedLimitsFigures | undefined;
   const machineFacts = await machine();
   log(machineFacts.map(([k, v]) => `${k}: ${v}`).join("\n"));
   try {
@@ -317,6 +340,7 @@ async function main(): Promise<number> {
     if (only.includes("chunked")) chunked = await chunkedScenario(ctx);
     if (only.includes("search")) search = await searchScenario(ctx);
     if (only.includes("profile")) profile = await profileScenario(ctx);
+    if (only.includes("hosted-limits")) limits = await hostedLimitsScenario(ctx);
   } finally {
     await fake.close();
     await dropBenchDatabases();
@@ -335,11 +359,12 @@ async function main(): Promise<number> {
       chunked?.section,
       search?.section,
       profile,
+      limits?.section,
     ]
   ) {
     if (s) sections.push(s);
   }
-  const goalList = goals(drain, cost, fresh, write, storage, chunked);
+  const goalList = goals(drain, cost, fresh, write, storage, chunked, limits);
   const summary = new Section("Goals");
   summary.text("Measured, not asserted: the bench reports, it does not fail.");
   summary.table(
@@ -393,6 +418,7 @@ function scenarioOf(goalText: string): string {
   if (/commit → embedding/.test(goalText)) return "freshness";
   if (/util\.\*/.test(goalText)) return "storage";
   if (/one-paragraph edit/.test(goalText)) return "chunked";
+  if (/hosted invocation/.test(goalText)) return "hosted-limits";
   if (/requests|cached|already holds/.test(goalText)) return "cost";
   return "drain";
 }

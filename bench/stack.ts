@@ -187,7 +187,7 @@ export function processTree(pid: number): number[] {
   return pids;
 }
 
-function statusKb(pid: number, field: "VmHWM" | "VmRSS"): number {
+export function statusKb(pid: number, field: "VmHWM" | "VmRSS"): number {
   try {
     const status = Deno.readTextFileSync(`/proc/${pid}/status`);
     return Number(status.match(new RegExp(`^${field}:\\s+(\\d+) kB`, "m"))?.[1] ?? 0);

@@ -19,10 +19,11 @@ import {
   DIMENSIONS,
   PROVIDER_LATENCY_MS,
   providerEnv,
+  type Sql,
 } from "../stack.ts";
 
 /** Words the rows and queries are made of: full-text queries match some rows, not all. */
-const VOCABULARY = [
+export const VOCABULARY = [
   "postgres",
   "vector",
   "index",
@@ -134,10 +135,21 @@ interface Event {
 }
 
 /** Query `i`: three words of the vocabulary, a distinct combination per i (i < 84³). */
-function queryText(i: number): string {
+export function queryText(i: number): string {
   const n = VOCABULARY.length;
   return [i % n, Math.floor(i / n) % n, Math.floor(i / n / n) % n]
     .map((k) => VOCABULARY[k]).join(" ");
+}
+
+/** `rows` rows of about 40 words of the vocabulary each, in one statement (random, so rows differ). */
+export async function insertVocabularyRows(sql: Sql, rows: number): Promise<void> {
+  const words = `array[${VOCABULARY.map((w) => `'${w}'`).join(",")}]`;
+  await sql.unsafe(`
+    insert into public.bench_docs (title, body)
+    select 'document ' || g,
+           (select string_agg((${words})[1 + floor(random() * ${VOCABULARY.length})::int], ' ')
+              from generate_series(1, 40 + (g % 2)))
+      from generate_series(1, ${rows}) g`);
 }
 
 export async function searchScenario(ctx: BenchContext): Promise<SearchFigures> {
@@ -149,14 +161,7 @@ export async function searchScenario(ctx: BenchContext): Promise<SearchFigures> 
   const handler = { current: null as ReturnType<typeof createSearchHandler> | null };
   try {
     await attach(db.sql, false);
-    // One statement, ~40 words per row from the vocabulary (random, so rows differ).
-    const words = `array[${VOCABULARY.map((w) => `'${w}'`).join(",")}]`;
-    await db.sql.unsafe(`
-      insert into public.bench_docs (title, body)
-      select 'document ' || g,
-             (select string_agg((${words})[1 + floor(random() * ${VOCABULARY.length})::int], ' ')
-                from generate_series(1, 40 + (g % 2)))
-        from generate_series(1, ${rows}) g`);
+    await insertVocabularyRows(db.sql, rows);
     const drainSeconds = await drainOnce(ctx, db.url);
     const { embedded } = await counts(db.sql);
     if (embedded !== rows) throw new Error(`${embedded}/${rows} embedded`);

@@ -6,6 +6,38 @@
 -- so a settings change (util.set_chunking) makes every row stale (I10).
 -- util.match_chunks searches a side table of chunks as the caller (I13).
 
+-- internal: chunk sets built across calls. The embed function splits a long
+-- text in portions within its CPU budget (EMBED_CPU_BUDGET_MS; splitPortion
+-- in supabase/functions/_shared/chunking/split.ts): each call adds its
+-- portion's chunks and vectors to the row's draft and hands the row back to
+-- the queue; the call that splits the last portion writes the whole set to
+-- the destination in one transaction (readers see the old set until then,
+-- I12) and deletes the draft. A draft is of one text (content_hash): a row
+-- whose text changed starts over. util.maintain_embeddings deletes drafts
+-- left untouched for a day (their row was deleted, or its jobs dead-lettered).
+create table if not exists util.chunk_set_drafts (
+  target_id int not null references util.embedding_targets (id) on delete cascade,
+  row_id text not null,                -- primary key value as text
+  content_hash bytea not null,         -- the row's fingerprint hash the draft was split from
+  chunks int not null,                 -- chunks drafted: chunk_seq 0 to chunks - 1
+  resume_at int not null,              -- where the split resumes: the next body's UTF-16 offset
+  resume_start int not null,           -- where the next chunk's text starts (with its overlap)
+  updated_at timestamptz not null default now(),
+  primary key (target_id, row_id)
+);
+
+-- internal: the chunks of the drafts, in order.
+create table if not exists util.chunk_set_draft_chunks (
+  target_id int not null,
+  row_id text not null,
+  chunk_seq int not null,
+  chunk text not null,
+  chunk_hash bytea not null,           -- sha256 of chunk
+  embedding text,                      -- the vector's text; null: a chunk of the destination with this chunk_hash holds it
+  primary key (target_id, row_id, chunk_seq),
+  foreign key (target_id, row_id) references util.chunk_set_drafts (target_id, row_id) on delete cascade
+);
+
 -- internal: raises AE003 when chunk settings are out of range (the same
 -- limits as validateChunkSettings in supabase/functions/_shared/chunking/;
 -- the largest chunk is the longest input of the model registry, 15_models).

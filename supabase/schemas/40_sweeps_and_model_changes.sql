@@ -360,8 +360,9 @@ as $$ select util.reembed(target_table, embedding_column) $$;
 --   2. advances every sweep by one slice while the queue holds fewer than
 --      sweep_slice_rows jobs;
 --   3. switches finished model changes (I7);
---   4. deletes fingerprints of retired targets in slices, and forgets
---      util.embedding_target_events older than 30 days.
+--   4. deletes fingerprints of retired targets in slices, forgets
+--      util.embedding_target_events older than 30 days, and chunk set
+--      drafts nobody continued for a day (util.chunk_set_drafts).
 -- util.process_embeddings calls it on every tick; the worker on every poll.
 -- Concurrent callers skip the targets another one is working on. It waits
 -- at most 200 ms for a lock on a user's table (the next tick tries again):
@@ -446,6 +447,7 @@ begin
     end;
   end loop;
   delete from util.embedding_target_events e where e.happened_at < now() - interval '30 days';
+  delete from util.chunk_set_drafts d where d.updated_at < now() - interval '1 day';
   return enqueued;
 end
 $$;

@@ -165,6 +165,8 @@ const EXPECTED = new Map<string, Decision>([
     "table util.embedding_requests",
     "table util.provider_circuits",
     "table util._pending_target_checks",
+    "table util.chunk_set_drafts",
+    "table util.chunk_set_draft_chunks",
     "view util._target_config",
     "sequence util.embedding_targets_id_seq",
     "sequence util.embedding_errors_id_seq",

@@ -19,7 +19,16 @@
 // in between only makes the jobs reappear after their visibility timeout,
 // when the fingerprints show the text is already embedded and they finish at
 // zero provider cost. Nothing is lost or written stale.
+//
+// CPU: the stages whose cost grows with the text (splitting, counting
+// tokens) and the chunks a call embeds draw from its CallBudget (the embed
+// function's EMBED_CPU_BUDGET_MS and EMBED_MAX_CHUNKS_PER_CALL). Once it is
+// spent, rows not yet started are handed back, and a long text's split
+// stops after its current part: its chunks so far go to the row's draft and
+// the next call continues it. The first row of a batch always goes ahead,
+// so every call makes progress.
 import type postgres from "postgres";
+import { CallBudget, type CallLimits } from "./call_budget.ts";
 import { isConnectionError } from "./db_errors.ts";
 import { type EmbedOutcome, type EmbedRequest, embedTexts } from "./embed_texts.ts";
 import type { Job, RefusedJob } from "./jobs.ts";
@@ -51,6 +60,12 @@ export interface ProcessOptions {
   truncate?: boolean;
   /** Provider batches in flight at once within this batch. */
   providerConcurrency?: number;
+  /**
+   * What the batch may take on before it hands back what it has not started
+   * (see the module comment): milliseconds of splitting and counting, chunks
+   * split; no limit when unset.
+   */
+  limits?: CallLimits;
   /** Structured events (counts and durations only: never text or secrets). */
   log?: (event: Record<string, unknown>) => void;
   /** Messages of this batch refused as malformed before it ran: recorded with its failures. */
@@ -91,6 +106,10 @@ export interface BatchStats {
   deferred: number;
   refused: number;
   handedBack: number;
+  /** Rows whose text was split in part: their chunks so far are drafted, the rest is for the next call. */
+  drafted: number;
+  /** Time spent splitting texts and counting tokens (the CPU budget's stages). */
+  cpuStagesMs: number;
   durationMs: number;
 }
 
@@ -150,6 +169,8 @@ class Outcome {
       deferred: 0,
       refused: 0,
       handedBack: 0,
+      drafted: 0,
+      cpuStagesMs: 0,
       durationMs: 0,
     };
   }
@@ -218,17 +239,19 @@ export async function processBatch(
     outcome.refuse({ job_id: r.jobId, row_id: null, error: r.error, retryable: false });
   }
   if (jobs.length) {
+    const budget = new CallBudget(options.limits);
     const targets = await loadTargets(sql);
     const unknown = new Map(
       jobs.filter((j) => !targets.live(j.schema, j.table, j.embeddingColumn))
         .map((j) => [jobTargetKey(j), j]),
     );
     const former = await formerTargets(sql, targets, [...unknown.values()]);
-    const rowsByTarget = assignJobs(jobs, targets, former, outcome);
-    const tasks = await readRows(sql, rowsByTarget, targets, outcome);
+    const rows = assignJobs(jobs, targets, former, outcome);
+    const tasks = await readRows(sql, rows, targets, outcome, budget);
     await reuseVectors(sql, tasks, targets, outcome);
-    await embed(tasks, options, outcome);
+    await embed(tasks, options, outcome, budget);
     await write(sql, tasks, outcome, options.binaryWrites);
+    outcome.stats.cpuStagesMs = Math.round(budget.spentMs);
   }
   return await acknowledge(sql, jobs, outcome, started, options);
 }
@@ -307,18 +330,22 @@ interface RowTask extends RowPlan {
 /**
  * 2. Reads each target's rows once, through its store, and keeps those with
  * something to do: not gone (I6), not fresh (I3/I4). A changed text is split
- * into its store's pieces; a blank one has none, so the write clears what
- * the store holds for it (an embedding of earlier text would keep the row
- * findable by what it no longer says).
+ * into its store's pieces (within the call's budget: once it is spent, rows
+ * to be split into chunks are handed back, but for the first, and a long
+ * text's split stops early); a blank one has none, so the
+ * write clears what the store holds for it (an embedding of earlier text
+ * would keep the row findable by what it no longer says).
  */
 async function readRows(
   sql: postgres.Sql,
   rowsByTarget: Map<Target, Map<string, RowWork>>,
   targets: Targets,
   outcome: Outcome,
+  budget: CallBudget,
 ): Promise<RowTask[]> {
   const { stats } = outcome;
   const tasks: RowTask[] = [];
+  let started = 0;
   for (const [target, rows] of rowsByTarget) {
     stats.rows += rows.size;
     const store = storeOf(target);
@@ -331,11 +358,24 @@ async function readRows(
       const row = read.get(work.rowId);
       if (!row) stats.deleted++; // I6: the row is gone, so is the job (and its chunks, by its delete trigger)
       else if (row.fresh) stats.fresh++; // I3/I4: its store holds exactly this text's vectors
+      else if (row.content === null || row.content.trim() === "") {
+        stats.emptyText++;
+        tasks.push({
+          target,
+          rowId: work.rowId,
+          row,
+          pieces: [],
+          firstSeq: 0,
+          next: null,
+          work,
+          notes: [],
+        });
+      } else if (store.chunked && budget.spent() && started > 0) outcome.handBack(work);
       else {
-        const blank = row.content === null || row.content.trim() === "";
-        if (blank) stats.emptyText++;
-        const pieces = blank ? [] : store.split(target, row.content!);
-        tasks.push({ target, rowId: work.rowId, row, pieces, work, notes: [] });
+        started++;
+        const split = budget.charge(() => store.split(target, row, (n) => budget.spent(n)));
+        if (store.chunked) budget.addChunks(split.pieces.length);
+        tasks.push({ target, rowId: work.rowId, row, ...split, work, notes: [] });
       }
     }
   }
@@ -361,10 +401,17 @@ const RANK = (r: EmbedOutcome) =>
 /**
  * 4. Provider calls for the pieces no store holds a vector of: identical
  * texts once, every target of the batch together, batched by count and
- * token estimate (embed_texts.ts). A row is settled by its worst piece: its
- * own failure, then a provider-wide one (deferred), then time running out.
+ * token estimate (embed_texts.ts). A row whose text still needs counting
+ * once the call's budget is spent is handed back (the first row never is). A
+ * row is settled by its worst piece: its own failure, then a provider-wide
+ * one (deferred), then time running out.
  */
-async function embed(tasks: RowTask[], options: ProcessOptions, outcome: Outcome): Promise<void> {
+async function embed(
+  tasks: RowTask[],
+  options: ProcessOptions,
+  outcome: Outcome,
+  budget: CallBudget,
+): Promise<void> {
   const requests: EmbedRequest[] = [];
   const requested: { task: RowTask; piece: Piece }[] = [];
   const providers = new Map<Target, EmbeddingProvider | ProviderError>();
@@ -374,9 +421,17 @@ async function embed(tasks: RowTask[], options: ProcessOptions, outcome: Outcome
     const { target } = task;
     let provider = providers.get(target);
     if (!provider) providers.set(target, provider = providerOrError(options.providerFor, target));
+    if (
+      !(provider instanceof ProviderError) && budget.spent() && requests.length > 0 &&
+      pieces.some((p) => p.tokens === undefined && mayExceedTokens(p.text, provider.maxInputTokens))
+    ) {
+      task.settled = true;
+      outcome.handBack(task.work);
+      continue;
+    }
     const refusal = provider instanceof ProviderError
       ? provider
-      : fitToLimit(task, pieces, provider, options);
+      : budget.charge(() => fitToLimit(task, pieces, provider, options));
     if (refusal) {
       task.settled = true;
       outcome.fail(task.work, refusal.message, refusal.retryable);
@@ -387,6 +442,7 @@ async function embed(tasks: RowTask[], options: ProcessOptions, outcome: Outcome
         text: piece.input ?? piece.text,
         model: target.model,
         dimensions: target.dimensions,
+        tokens: piece.tokens,
       });
       requested.push({ task, piece });
     }
@@ -422,6 +478,7 @@ async function embed(tasks: RowTask[], options: ProcessOptions, outcome: Outcome
  * indivisible unit over it is embedded from its start, and the user is told
  * (the stored chunk text stays whole); a whole text over it fails its row,
  * unless the caller asked to truncate. Returns the row's failure, if any.
+ * A text it counts keeps its count (`tokens`) for the request batching.
  */
 function fitToLimit(
   task: RowTask,
@@ -432,7 +489,10 @@ function fitToLimit(
   const { tokens: counter, maxInputTokens: max } = provider;
   const model = task.target.model;
   for (const piece of pieces) {
-    const tokens = mayExceedTokens(piece.text, max) ? counter.count(piece.text) : 0;
+    if (piece.tokens === undefined && mayExceedTokens(piece.text, max)) {
+      piece.tokens = counter.count(piece.text);
+    }
+    const tokens = piece.tokens ?? 0;
     if (tokens <= max) continue;
     if (storeOf(task.target).chunked) {
       task.notes.push(
@@ -449,6 +509,7 @@ function fitToLimit(
       };
     }
     piece.input = counter.truncate(piece.text, max);
+    piece.tokens = max; // at most: what is sent is the cut text
   }
 }
 
@@ -471,12 +532,17 @@ async function write(
         const result = written.get(task.rowId);
         if (result === "written") {
           stats.written++;
-          if (store.chunked) stats.chunks += task.pieces.length;
+          if (store.chunked) stats.chunks += task.firstSeq + task.pieces.length; // the set, drafted parts too
           for (const error of task.notes) notes.push({ rowId: task.rowId, error });
+        } else if (result === "drafted") {
+          // A part of a long text: the next call continues its draft, no attempt spent.
+          stats.drafted++;
+          outcome.handBack(task.work);
         } else if (result === "incomplete") {
           outcome.fail(
             task.work,
-            "a vector this row was to reuse was replaced meanwhile; retried",
+            "a vector this row was to reuse, or the chunks an earlier call drafted for it, " +
+              "went away meanwhile; retried",
             true,
           );
         } else stats.superseded++; // its text changed since it was read; its newer job writes it

@@ -13,6 +13,8 @@ export interface EmbedRequest {
   text: string;
   model: string;
   dimensions: number;
+  /** Its tokens, when already counted (else counted here, if the batching needs it). */
+  tokens?: number;
 }
 
 export type EmbedOutcome =
@@ -54,16 +56,24 @@ export async function embedTexts(
   const outcomes = new Array<EmbedOutcome>(requests.length);
   // Group by model and dimensions, then by text: one input per distinct text.
   const health = options.health ?? new ProviderHealth();
-  const groups = new Map<string, { provider: EmbeddingProvider; byText: Map<string, number[]> }>();
+  const groups = new Map<
+    string,
+    { provider: EmbeddingProvider; byText: Map<string, number[]>; counted: Map<string, number> }
+  >();
   requests.forEach((r, i) => {
     const key = `${r.model}\u0000${r.dimensions}`;
     let group = groups.get(key);
     if (!group) {
       groups.set(
         key,
-        group = { provider: options.providerFor(r.model, r.dimensions), byText: new Map() },
+        group = {
+          provider: options.providerFor(r.model, r.dimensions),
+          byText: new Map(),
+          counted: new Map(),
+        },
       );
     }
+    if (r.tokens !== undefined) group.counted.set(r.text, r.tokens);
     const same = group.byText.get(r.text);
     if (same) same.push(i);
     else group.byText.set(r.text, [i]);
@@ -116,12 +126,12 @@ export async function embedTexts(
   }
 
   const tasks: (() => Promise<void>)[] = [];
-  for (const { provider, byText } of groups.values()) {
+  for (const { provider, byText, counted } of groups.values()) {
     const texts = [...byText.keys()];
     const plan = planBatches(texts, {
       maxInputs: provider.maxBatchInputs,
       maxTokens: provider.maxBatchTokens,
-    }, (text) => provider.tokens.count(text));
+    }, (text) => counted.get(text) ?? provider.tokens.count(text));
     for (const indices of plan) {
       tasks.push(() => call(provider, indices.map((i) => texts[i]), byText));
     }

@@ -23,6 +23,18 @@ export function positiveInt(env: Env, name: string, fallback: number): number {
   return value;
 }
 
+/** Variable `name` as a whole number, 0 or more; `fallback` when unset or empty. */
+export function nonNegativeInt(env: Env, name: string, fallback: number): number {
+  const raw = env(name);
+  if (raw === undefined || raw === "") return fallback;
+  if (raw.trim() === "0") return 0;
+  const value = parsePositiveInt(raw);
+  if (value === undefined) {
+    throw new SettingsError(`${name} must be a whole number, 0 or more, got "${raw}"`);
+  }
+  return value;
+}
+
 /** Variable `name` as a boolean: true/1/yes or false/0/no (any case); false when unset. */
 export function flag(env: Env, name: string): boolean {
   const raw = (env(name) ?? "").toLowerCase();

@@ -1,7 +1,7 @@
 // Settings of the function and the worker, read once from the environment.
 // The model and dimensions of each table are database configuration
 // (util.embedding_targets); the environment supplies credentials and limits.
-import { type Env, flag, positiveInt } from "./env.ts";
+import { type Env, flag, nonNegativeInt, positiveInt } from "./env.ts";
 import { createLocalProvider } from "./providers/local.ts";
 import { createOpenAIProvider } from "./providers/openai.ts";
 import { type ModelFacts, modelFacts, ModelFactsError } from "./providers/registry.ts";
@@ -19,9 +19,30 @@ function checkedFacts(model: string, dimensions: number): ModelFacts {
   }
 }
 
+/**
+ * What one call of the embed function takes on by default (core.ts,
+ * call_budget.ts): 300 ms of splitting and counting (EMBED_CPU_BUDGET_MS)
+ * and 128 chunks (EMBED_MAX_CHUNKS_PER_CALL), so that with the rest of a
+ * call (start-up, the provider's answers, the write) it stays under half of
+ * the hosted 2 s CPU limit and 256 MB (bench/RESULTS.md, "Hosted limits").
+ */
+export const DEFAULT_CPU_BUDGET_MS = 300;
+export const DEFAULT_MAX_CHUNKS_PER_CALL = 128;
+
+/**
+ * The embed function's default time budget, ms (EMBED_TIME_BUDGET_MS): no
+ * provider request starts after it, so with the last one's timeout
+ * (EMBEDDING_TIMEOUT_MS, 30 s) and the write a call ends within about
+ * 115 s: inside pg_net's timeout of the call (util.process_embeddings'
+ * timeout_milliseconds, 120 s) and the hosted wall limit (150 s).
+ */
+export const DEFAULT_TIME_BUDGET_MS = 80_000;
+
 export interface CoreSettings {
-  /** Epoch-relative budget of one call, ms (hosted edge functions stop at ~150 s). */
+  /** Epoch-relative budget of one call, ms (see DEFAULT_TIME_BUDGET_MS). */
   timeBudgetMs: number;
+  /** What one call of the embed function takes on: ms of splitting and counting, chunks. */
+  callLimits: { cpuMs: number; chunks: number };
   providerTimeoutMs: number;
   providerConcurrency: number;
   truncate: boolean;
@@ -73,7 +94,11 @@ export function coreSettings(env: Env): CoreSettings {
     return provider;
   };
   return {
-    timeBudgetMs: positiveInt(env, "EMBED_TIME_BUDGET_MS", 100_000),
+    timeBudgetMs: positiveInt(env, "EMBED_TIME_BUDGET_MS", DEFAULT_TIME_BUDGET_MS),
+    callLimits: {
+      cpuMs: nonNegativeInt(env, "EMBED_CPU_BUDGET_MS", DEFAULT_CPU_BUDGET_MS),
+      chunks: positiveInt(env, "EMBED_MAX_CHUNKS_PER_CALL", DEFAULT_MAX_CHUNKS_PER_CALL),
+    },
     providerTimeoutMs,
     providerConcurrency: positiveInt(env, "EMBEDDING_CONCURRENCY", 2),
     truncate: flag(env, "EMBEDDING_TRUNCATE"),

@@ -144,6 +144,7 @@ export function createEmbedHandler(config: EmbedHandlerConfig): EmbedHandler {
           signal: config.shutdown,
           truncate: settings.truncate,
           providerConcurrency: settings.providerConcurrency,
+          limits: settings.callLimits,
           log: (event) => log(JSON.stringify(event)),
           binaryWrites,
         }), reconnect);

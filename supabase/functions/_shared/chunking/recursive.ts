@@ -21,6 +21,10 @@
 //    units (atoms, else finer units) of the chunk before, at most
 //    chunkOverlap tokens; bodies are packed to chunkSize - chunkOverlap so
 //    the whole fits (if it still does not, the overlap is dropped).
+// 5. In portions: since a segment's chunks depend on its own blocks alone
+//    (and its first chunk's overlap on the body before), packing can stop
+//    after any segment and resume there (PackResume) with exactly the
+//    chunks a single pass gives: a long text is split across calls.
 //
 // Measured on generated 60-paragraph documents (tests/_support/documents.ts,
 // 10 seeds, first/middle/last sentence of each paragraph edited, recursive
@@ -55,6 +59,29 @@ export interface PackOptions {
    */
   prefix?: (start: number) => string;
   longestPrefix?: string;
+  /** Where an earlier portion stopped: `blocks` start at its `at`. */
+  resume?: PackResume;
+  /**
+   * Asked after each segment with the chunks packed so far: true stops the
+   * packing there (never before the first).
+   */
+  stop?: (packed: number) => boolean;
+}
+
+/**
+ * Where packing stopped: the next chunk's body starts at `at` (a segment's
+ * start, which is a block's), its text, with the overlap taken from the
+ * body before, at `start`.
+ */
+export interface PackResume {
+  at: number;
+  start: number;
+}
+
+export interface PackedPortion {
+  chunks: PackedChunk[];
+  /** Where to resume; null when the blocks are done. */
+  next: PackResume | null;
 }
 
 interface Atom extends Span {
@@ -65,8 +92,12 @@ interface Atom extends Span {
   tokens: number;
 }
 
-/** Chunks covering `blocks` (contiguous spans of `text`), in order. */
-export function packBlocks(text: string, blocks: Block[], options: PackOptions): PackedChunk[] {
+/**
+ * Chunks covering `blocks` (contiguous spans of `text`), in order; with
+ * `stop`, those of the segments packed until it said stop, and where to
+ * resume.
+ */
+export function packBlocks(text: string, blocks: Block[], options: PackOptions): PackedPortion {
   const { chunkSize, chunkOverlap, counter } = options;
   const longestPrefix = options.longestPrefix ?? "";
   const prefixTokens = longestPrefix ? counter.count(longestPrefix) : 0;
@@ -85,7 +116,8 @@ export function packBlocks(text: string, blocks: Block[], options: PackOptions):
     }
     segment = [];
   };
-  for (const block of blocks) {
+  let next: PackResume | null = null;
+  for (const [b, block] of blocks.entries()) {
     const tokens = count(block);
     const limit = block.keepWhole ? chunkSize - prefixTokens : budget;
     const blockHash = startHash(text, block);
@@ -97,13 +129,24 @@ export function packBlocks(text: string, blocks: Block[], options: PackOptions):
     } else {
       segment.push(...atomsWithin(text, block, tokens, Level.Paragraph, level, count, budget));
     }
-    if (!block.keepWithNext && blockHash / 2 ** 32 < (2 * tokens) / budget) endSegment();
+    if (!block.keepWithNext && blockHash / 2 ** 32 < (2 * tokens) / budget) {
+      endSegment();
+      if (b + 1 < blocks.length && options.stop?.(bodies.length)) {
+        next = {
+          at: blocks[b + 1].start,
+          start: overlapStart(text, atomsOf[atomsOf.length - 1], chunkOverlap, counter),
+        };
+        break;
+      }
+    }
   }
   if (segment.length > 0) endSegment();
 
   const chunks: PackedChunk[] = [];
   bodies.forEach((body, i) => {
-    let start = i === 0 ? body.start : overlapStart(text, atomsOf[i - 1], chunkOverlap, counter);
+    let start = i > 0
+      ? overlapStart(text, atomsOf[i - 1], chunkOverlap, counter)
+      : options.resume?.start ?? body.start;
     let withPrefix = true;
     for (;;) {
       const prefix = withPrefix ? options.prefix?.(start) ?? "" : "";
@@ -123,7 +166,7 @@ export function packBlocks(text: string, blocks: Block[], options: PackOptions):
       break;
     }
   });
-  return chunks;
+  return { chunks, next };
 }
 
 /**

@@ -10,12 +10,23 @@
 // its util._store_* branches in SQL.
 import { createHash } from "node:crypto";
 import type postgres from "postgres";
-import { type ChunkSettings, splitIntoChunks, type SplitterName } from "../chunking/split.ts";
+import {
+  type ChunkSettings,
+  splitPortion,
+  type SplitResume,
+  type SplitterName,
+} from "../chunking/split.ts";
 import { tokenCounterFor } from "../providers/tokens.ts";
 import type { SearchTarget } from "../search/target.ts";
 import type { SearchRequest, SearchResult } from "../search/types.ts";
 import { type Vector, vectorLiteral } from "../vectors.ts";
-import { existingChunkHashes, loadChunkedRows, writeChunkSets } from "./chunks.ts";
+import {
+  type ChunkSetOutcome,
+  draftChunkSets,
+  existingChunkHashes,
+  loadChunkedRows,
+  writeChunkSets,
+} from "./chunks.ts";
 import { loadDonorVectors, loadRows } from "./rows.ts";
 import type { Target, Targets } from "./targets.ts";
 import { type BinaryWrites, writeEmbeddings } from "./write.ts";
@@ -31,6 +42,8 @@ export interface StoredRow {
   content: string | null;
   /** A row holding a vector of this same text by this model (whole-text stores, I3). */
   donor?: { target: number | null; row: string | null; vector: string | null };
+  /** Chunks earlier calls split from this same text, and where its split resumes (chunks store). */
+  draft?: { chunks: number; resume: SplitResume };
 }
 
 /** One text a row's store keeps a vector of: the row's whole text, or one of its chunks. */
@@ -44,18 +57,32 @@ export interface Piece {
   vector: Vector | string | null;
   /** The store holds a vector of this text already; its write reuses it by hash. */
   reused?: boolean;
+  /** Its tokens by the model's tokenizer, where known (the splitter counted them). */
+  tokens?: number;
+}
+
+/** A row's pieces as one call splits them: all of them, or a portion of a long text's chunks. */
+export interface Split {
+  pieces: Piece[];
+  /** The first piece's place in the row's set: the pieces before it are in the row's draft. */
+  firstSeq: number;
+  /** Where the next portion resumes; null when these pieces end the row's text. */
+  next: SplitResume | null;
 }
 
 /** A row to write: its read hash and its pieces (none: clear what the store holds). */
-export interface RowPlan {
+export interface RowPlan extends Split {
   target: Target;
   rowId: string;
   row: StoredRow;
-  pieces: Piece[];
 }
 
-/** What a write did to a row: written; superseded (its text changed since it was read); incomplete (a reused vector was replaced meanwhile). */
-export type WriteOutcome = "written" | "superseded" | "incomplete";
+/**
+ * What a write did to a row: written; superseded (its text changed since it
+ * was read); incomplete (a reused vector was replaced meanwhile); drafted (a
+ * portion of its chunks is kept for the call that splits the rest).
+ */
+export type WriteOutcome = ChunkSetOutcome | "drafted";
 
 export interface Store {
   /**
@@ -73,8 +100,12 @@ export interface Store {
     rowIds: string[],
     onRowError: (rowId: string, message: string, retryable: boolean) => void,
   ): Promise<Map<string, StoredRow>>;
-  /** The pieces of a row's (non-blank) text. */
-  split(target: Target, text: string): Piece[];
+  /**
+   * The pieces of a row's (non-blank) text; a long text's chunks may stop
+   * early (when `stop`, given the chunks split so far, says so after their
+   * first part) and continue where the row's draft says.
+   */
+  split(target: Target, row: StoredRow, stop?: (chunks: number) => boolean): Split;
   /**
    * Finds the vectors already held for the pieces of `plans` (rows of this
    * store's targets, any number of targets): sets `vector` or `reused`, and
@@ -87,7 +118,11 @@ export interface Store {
     targets: Targets,
     counts: { copied: number },
   ): Promise<void>;
-  /** Writes `plans` (every piece has a vector, or is reused) in one transaction under a compare-and-set (I2). */
+  /**
+   * Writes `plans` (every piece has a vector, or is reused) in one
+   * transaction under a compare-and-set (I2); a plan with a `next` goes to
+   * the row's draft instead.
+   */
   write(
     sql: postgres.Sql,
     target: Target,
@@ -144,7 +179,11 @@ const columnStore: Store = {
     return rows;
   },
 
-  split: (_target, text) => [{ text, vector: null }],
+  split: (_target, row) => ({
+    pieces: [{ text: row.content!, vector: null }],
+    firstSeq: 0,
+    next: null,
+  }),
 
   async reuse(sql, plans, targets, counts) {
     const fromDonors = new Map<number, { wanted: Map<string, string>; plans: RowPlan[] }>();
@@ -226,17 +265,36 @@ const chunksStore: Store = {
     const loaded = await loadChunkedRows(sql, target, rowIds, onRowError);
     const rows = new Map<string, StoredRow>();
     for (const r of loaded.values()) {
-      rows.set(r.row_id, { rowId: r.row_id, hash: r.hash, fresh: r.fresh, content: r.content });
+      rows.set(r.row_id, {
+        rowId: r.row_id,
+        hash: r.hash,
+        fresh: r.fresh,
+        content: r.content,
+        draft: r.draft_chunks === null
+          ? undefined
+          : { chunks: r.draft_chunks, resume: { at: r.resume_at!, start: r.resume_start! } },
+      });
     }
     return rows;
   },
 
-  split: (target, text) =>
-    splitIntoChunks(text, chunkSettingsOf(target), tokenCounterFor(target.model)).map((c) => ({
-      text: c.text,
-      hash: sha256(c.text),
-      vector: null,
-    })),
+  split(target, row, stop) {
+    const counter = tokenCounterFor(target.model);
+    const { chunks, next } = splitPortion(row.content!, chunkSettingsOf(target), counter, {
+      from: row.draft?.resume,
+      stop,
+    });
+    return {
+      pieces: chunks.map((c) => ({
+        text: c.text,
+        hash: sha256(c.text),
+        tokens: c.tokens,
+        vector: null,
+      })),
+      firstSeq: row.draft?.chunks ?? 0,
+      next,
+    };
+  },
 
   async reuse(sql, plans) {
     const byTarget = new Map<Target, RowPlan[]>();
@@ -248,21 +306,33 @@ const chunksStore: Store = {
     }
   },
 
-  write: (sql, target, plans) =>
-    writeChunkSets(
-      sql,
-      target,
-      plans.map((p) => ({
-        rowId: p.rowId,
-        hash: p.row.hash,
-        chunks: p.pieces.map((c) => ({
-          chunk: c.text,
-          embedding: c.vector === null || typeof c.vector === "string"
-            ? c.vector
-            : vectorLiteral(c.vector, target.embedding_type_sql),
-        })),
+  async write(sql, target, plans) {
+    const toWrite = (p: RowPlan) => ({
+      rowId: p.rowId,
+      hash: p.row.hash,
+      firstSeq: p.firstSeq,
+      chunks: p.pieces.map((c) => ({
+        chunk: c.text,
+        embedding: c.vector === null || typeof c.vector === "string"
+          ? c.vector
+          : vectorLiteral(c.vector, target.embedding_type_sql),
       })),
-    ),
+    });
+    const whole = plans.filter((p) => !p.next);
+    const parts = plans.filter((p) => p.next);
+    const outcomes = new Map<string, WriteOutcome>(
+      whole.length ? await writeChunkSets(sql, target, whole.map(toWrite)) : [],
+    );
+    if (parts.length) {
+      const drafted = await draftChunkSets(
+        sql,
+        target,
+        parts.map((p) => ({ ...toWrite(p), resumeAt: p.next!.at, resumeStart: p.next!.start })),
+      );
+      for (const p of parts) outcomes.set(p.rowId, drafted.has(p.rowId) ? "drafted" : "superseded");
+    }
+    return outcomes;
+  },
 
   /** util.match_chunked over the side table (full-text ranking over the chunks' text): each row with its best chunk. */
   async match(tx, target, vectorText, request) {
