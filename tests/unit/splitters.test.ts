@@ -449,3 +449,19 @@ Deno.test("editParagraph changes one paragraph's length at one place", () => {
   assert.equal(makeDocument(1), doc, "deterministic");
   assert.throws(() => editParagraph(doc, 60), RangeError);
 });
+
+Deno.test("recursive: CRLF line ends find the paragraph breaks LF ones do; chunks stay exact slices", () => {
+  const settings: ChunkSettings = { splitter: "recursive", chunkSize: 128, chunkOverlap: 16 };
+  for (const seed of [3, 7, 11]) {
+    const lf = makeDocument(seed, 40);
+    const crlf = lf.replaceAll("\n", "\r\n");
+    const fromLf = splitIntoChunks(lf, settings, cl100k);
+    const fromCrlf = splitIntoChunks(crlf, settings, cl100k);
+    assertWellFormed(crlf, settings, fromCrlf);
+    for (const c of fromCrlf) assert.equal(c.text, crlf.slice(c.start, c.end));
+    // As many chunks within a tenth (a CR is a token more here and there);
+    // without CRLF blank lines the split fell back to lines and sentences.
+    const ratio = fromCrlf.length / fromLf.length;
+    assert.ok(ratio > 0.9 && ratio < 1.1, `seed ${seed}: ${fromCrlf.length} vs ${fromLf.length}`);
+  }
+});

@@ -30,7 +30,8 @@ export function unitsAt(text: string, span: Span, level: Level): Span[] {
   let cuts: number[];
   switch (level) {
     case Level.Paragraph:
-      cuts = cutsAfter(part, /\n(?:[ \t]*\n)+/g);
+      // A blank line, with LF or CRLF line ends (a CR counts as blank).
+      cuts = cutsAfter(part, /\n(?:[ \t\r]*\n)+/g);
       break;
     case Level.Line:
       cuts = cutsAfter(part, /\n/g);
