@@ -13,7 +13,7 @@ import {
   estimateCounter,
   tokenCounterFor,
 } from "../../supabase/functions/_shared/providers/tokens.ts";
-import { markdownSections } from "../../supabase/functions/_shared/chunking/markdown.ts";
+import { parseBlocks } from "../../supabase/functions/_shared/chunking/blocks.ts";
 import { editParagraph, makeDocument } from "../../devtools/documents.ts";
 
 const cl100k = tokenCounterFor("text-embedding-3-small");
@@ -200,99 +200,126 @@ Deno.test("recursive prefers paragraph, then sentence boundaries", () => {
   ]);
 });
 
-Deno.test("overlap repeats whole trailing units of the previous chunk, within the budget", () => {
+Deno.test("overlap only where a chunk ends inside a block, whole trailing units within the budget", () => {
   const doc = makeDocument(11, 30);
-  for (const [chunkSize, chunkOverlap] of [[128, 16], [128, 64], [512, 64], [64, 32]]) {
+  const blocks = parseBlocks(doc);
+  for (const [chunkSize, chunkOverlap] of [[64, 16], [64, 32], [128, 16], [512, 64]]) {
     const settings = { splitter: "recursive" as const, chunkSize, chunkOverlap };
     const chunks = splitIntoChunks(doc, settings, cl100k);
     assertWellFormed(doc, settings, chunks);
-    let overlapped = 0;
+    let inside = 0;
     for (let i = 1; i < chunks.length; i++) {
-      const shared = doc.slice(chunks[i].start, chunks[i - 1].end);
-      assert.ok(cl100k.count(shared) <= chunkOverlap, `overlap ${i} within ${chunkOverlap}`);
-      if (shared.trim() !== "") {
-        overlapped++;
-        // Whole words at least: the shared text starts at a word start.
-        if (chunks[i].start > 0) {
-          assert.match(doc.slice(chunks[i].start - 1, chunks[i].start + 1), /^[\s\p{P}]\S/u);
-        }
+      const cut = chunks[i - 1].end;
+      const shared = doc.slice(chunks[i].start, cut);
+      // A cut where a block starts is between blocks: nothing repeated.
+      const betweenBlocks = blocks.some((block) => block.start === cut);
+      if (betweenBlocks) assert.equal(shared, "", `no overlap between blocks at ${cut}`);
+      else {
+        inside++;
+        assert.ok(cl100k.count(shared) <= chunkOverlap, `overlap ${i} within ${chunkOverlap}`);
+        assert.ok(shared.trim() !== "", `an overlap after the cut inside a block at ${cut}`);
+        assert.ok(chunks[i].start > chunks[i - 1].start, "never a whole chunk again");
+        assert.match(doc.slice(chunks[i].start - 1, chunks[i].start + 1), /^[\s\p{P}]\S/u);
       }
     }
-    assert.ok(overlapped >= (chunks.length - 1) / 2, "most chunks carry an overlap");
+    // Premise: at 64 tokens paragraphs must be cut inside.
+    if (chunkSize === 64) assert.ok(inside > 5, `${inside} cuts inside blocks`);
   }
   const none = splitIntoChunks(
     doc,
-    { splitter: "recursive", chunkSize: 128, chunkOverlap: 0 },
+    { splitter: "recursive", chunkSize: 64, chunkOverlap: 0 },
     cl100k,
   );
   for (let i = 1; i < none.length; i++) assert.equal(none[i].start, none[i - 1].end);
 });
 
+Deno.test("chunks fill the size: whole paragraphs packed up to it, not cut at half", () => {
+  const doc = makeDocument(5, 120).replace(/^#+ .*\n\n/gm, "");
+  for (const chunkSize of [256, 512]) {
+    const settings = { splitter: "recursive" as const, chunkSize, chunkOverlap: chunkSize / 8 };
+    const chunks = splitIntoChunks(doc, settings, cl100k);
+    assertWellFormed(doc, settings, chunks);
+    const sizes = chunks.slice(0, -1).map((c) => c.tokens).sort((a, b) => a - b);
+    const median = sizes[sizes.length >> 1];
+    assert.ok(median >= 0.65 * chunkSize, `median ${median} of ${chunkSize}`);
+    const paid = chunks.reduce((sum, c) => sum + c.tokens, 0) / cl100k.count(doc);
+    assert.ok(paid <= 1.05, `paid ${paid.toFixed(3)} tokens per document token`);
+  }
+});
+
 Deno.test("markdown chunks carry their heading path and keep code fences whole", () => {
+  const prose = (topic: string, n: number) =>
+    Array.from(
+      { length: n },
+      (_, i) =>
+        `The ${topic} step ${i} copies files and checks them. It then waits for the stack to answer on its port.`,
+    ).join("\n\n");
   const text = [
     "Intro before any heading.",
     "# Guide",
     "## Install",
-    "Run the installer. It copies files.\n\nThen start the stack with one command.",
+    prose("install", 14),
     "```sh\n# a comment, not a heading\nnpm start\n\nnpm test\n```",
     "### Options",
-    "Set the port with an environment variable.",
+    prose("options", 14),
     "## Use",
-    "Attach a table.",
+    prose("use", 14),
   ].join("\n\n") + "\n";
-  const settings = { splitter: "markdown" as const, chunkSize: 40, chunkOverlap: 0 };
+  const settings = { splitter: "markdown" as const, chunkSize: 256, chunkOverlap: 0 };
   const chunks = splitIntoChunks(text, settings, cl100k);
   assertWellFormed(text, settings, chunks);
-  const texts = chunks.map((c) => c.text);
-  assert.equal(texts[0], "Intro before any heading.\n\n");
+  assert.ok(chunks.length >= 4, `premise: several chunks (${chunks.length})`);
+  const fence = chunks.filter((c) => c.text.includes("npm start"));
+  assert.equal(fence.length, 1, "the fence is in one chunk");
+  assert.match(fence[0].text, /```sh\n# a comment, not a heading\nnpm start\n\nnpm test\n```/);
+  for (const c of chunks) {
+    const prefix = sourcePart(c, text);
+    const body = text.slice(c.start, c.end);
+    assert.ok(!prefix.includes("a comment"), "no heading from inside a fence");
+    // The headings above the chunk's start, less those its text starts with.
+    const level = (heading: string) => heading.indexOf(" ");
+    let path: string[] = [];
+    for (const m of text.slice(0, c.start).matchAll(/^(#{1,3}) (\w+)$/gm)) {
+      while (path.length && level(path[path.length - 1]) >= m[1].length) path.pop();
+      path.push(`${m[1]} ${m[2]}`);
+    }
+    for (const m of body.matchAll(/^(#{1,3}) (\w+)\n\n/gy)) {
+      path = path.filter((heading) => level(heading) < m[1].length);
+    }
+    assert.equal(prefix, path.length ? `${path.join(" > ")}\n` : "", JSON.stringify(body));
+    const lines = body.split("\n").filter((line) => line.trim() !== "");
+    assert.ok(lines.some((line) => !line.startsWith("#")), "not bare headings");
+  }
   assert.ok(
-    texts.some((t) => t.startsWith("# Guide\n\n## Install\n\nRun the installer.")),
-    "empty section joined",
-  );
-  const fence = texts.find((t) => t.includes("npm start"))!;
-  assert.match(
-    fence,
-    /```sh\n# a comment, not a heading\nnpm start\n\nnpm test\n```/,
-    "fence whole",
-  );
-  assert.match(fence, /^# Guide > ## Install\n/, "path before a chunk inside a section");
-  assert.ok(
-    !texts.some((t) => t.includes("# a comment, not a heading >")),
-    "no heading from a fence",
-  );
-  assert.ok(
-    texts.some((t) => t.startsWith("# Guide > ## Install\n### Options\n")),
-    "ancestors before a subsection",
-  );
-  assert.ok(
-    texts.some((t) => t.startsWith("# Guide\n## Use\n")),
-    "a sibling section resets the path",
+    chunks.some((c) => c.text.startsWith("# Guide > ## Install\nThe install step")),
+    "a chunk inside a section carries its path",
   );
 });
 
 Deno.test("markdown heading lines: closing hashes dropped, long paths shortened from the top", () => {
   const body = "Some words about the section that make it long enough to need two chunks. ".repeat(
-    4,
+    20,
   );
   const text = `# Top ##\n\n## Middle part of the guide\n\n### Leaf #\n\n${body}\n\n${body}\n`;
+  // A sixteenth of 512 tokens holds the whole path; of 128, "### Leaf" only.
   const roomy = splitIntoChunks(
     text,
-    { splitter: "markdown", chunkSize: 128, chunkOverlap: 0 },
+    { splitter: "markdown", chunkSize: 512, chunkOverlap: 0 },
     cl100k,
   );
   assert.ok(
     roomy.some((c) => c.text.startsWith("# Top > ## Middle part of the guide > ### Leaf\n")),
+    JSON.stringify(roomy.map((c) => c.text.slice(0, 60))),
   );
-  // A quarter of 32 tokens holds "### Leaf" but not the path above it.
   const tight = splitIntoChunks(
     text,
-    { splitter: "markdown", chunkSize: 32, chunkOverlap: 0 },
+    { splitter: "markdown", chunkSize: 128, chunkOverlap: 0 },
     cl100k,
   );
-  assertWellFormed(text, { splitter: "markdown", chunkSize: 32, chunkOverlap: 0 }, tight);
+  assertWellFormed(text, { splitter: "markdown", chunkSize: 128, chunkOverlap: 0 }, tight);
   assert.ok(
     tight.some((c) => c.text.startsWith("### Leaf\n")),
-    JSON.stringify(tight.map((c) => c.text)),
+    JSON.stringify(tight.map((c) => c.text.slice(0, 40))),
   );
   // A one-line document that is a heading is one long section, quickly.
   const line = `# ${"word ".repeat(20000)}`;
@@ -304,27 +331,32 @@ Deno.test("markdown heading lines: closing hashes dropped, long paths shortened 
   assertWellFormed(line, { splitter: "markdown", chunkSize: 512, chunkOverlap: 64 }, chunks);
 });
 
-Deno.test("markdownSections: ATX headings only, outside fences, with their paths", () => {
-  const cases: [string, string[][]][] = [
-    ["# A\n\ntext\n\n## B\n\ntext\n", [["# A"], ["# A", "## B"]]],
-    ["## C#\n\ntext\n", [["## C#"]]],
-    ["# Closed ###\n\ntext\n", [["# Closed"]]],
-    ["#\n\ntext\n", [["#"]]],
-    ["#NoSpace\n\n####### seven\n", [[]]],
-    ["    # indented code\n\ntext\n", [[]]],
-    ["# A\n\n```\n# in code\n```\n\n### C\n\nx\n\n## D\n\ny\n", [["# A"], ["# A", "### C"], [
-      "# A",
-      "## D",
-    ]]],
-    ["~~~\n# open fence to the end\n", [[]]],
-    ["Title\n=====\n\ntext\n", [[]]],
+Deno.test("parseBlocks: ATX and setext headings, outside fences, covering the text", () => {
+  const cases: [string, string[]][] = [
+    ["# A\n\ntext\n\n## B\n\ntext\n", ["# A", "## B"]],
+    ["## C#\n\ntext\n", ["## C#"]],
+    ["# Closed ###\n\ntext\n", ["# Closed"]],
+    ["#\n\ntext\n", ["#"]],
+    ["#NoSpace\n\n####### seven\n", []],
+    ["    # indented code\n\ntext\n", []],
+    ["# A\n\n```\n# in code\n```\n\n### C\n\nx\n\n## D\n\ny\n", ["# A", "### C", "## D"]],
+    ["~~~\n# open fence to the end\n", []],
+    ["Title\n=====\n\ntext\n", ["# Title"]],
+    ["Two line\ntitle\n---\n\ntext\n", ["## Two line title"]],
+    ["- item\n---\n", []],
+    ["| a | b |\n|---|---|\n", []],
+    ["text\n\n---\n\nmore\n", []],
   ];
-  for (const [text, paths] of cases) {
-    const sections = markdownSections(text);
-    assert.deepEqual(sections.map((s) => s.path), paths, JSON.stringify(text));
-    assert.equal(sections[0].start, 0);
-    assert.equal(sections[sections.length - 1].end, text.length);
-    for (let i = 1; i < sections.length; i++) assert.equal(sections[i].start, sections[i - 1].end);
+  for (const [text, headings] of cases) {
+    const blocks = parseBlocks(text);
+    assert.deepEqual(
+      blocks.filter((b) => b.kind === "heading").map((b) => b.heading!.label),
+      headings,
+      JSON.stringify(text),
+    );
+    assert.equal(blocks[0].start, 0);
+    assert.equal(blocks[blocks.length - 1].end, text.length);
+    for (let i = 1; i < blocks.length; i++) assert.equal(blocks[i].start, blocks[i - 1].end);
   }
 });
 

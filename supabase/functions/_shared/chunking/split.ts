@@ -1,29 +1,31 @@
 // Splitting a row's text into the chunks a chunked target embeds: the
 // public entry of the chunking modules. Pure functions, no I/O.
 //
-// Splitters: `recursive` (default) cuts at paragraphs, then lines,
-// sentences, words and grapheme clusters, with content-defined boundaries
-// (recursive.ts); `markdown` first cuts at ATX headings and puts the heading
-// path before each chunk, keeping fenced code whole (markdown.ts); `none`
-// gives the whole text as one chunk.
+// Splitters: `recursive` (default) and `markdown` read the text's blocks
+// (paragraphs, fenced code, headings; blocks.ts) and pack them into chunks
+// that fill the size asked for, cutting inside a block only when it does not
+// fit, at lines, then sentences, words and grapheme clusters (pack.ts);
+// `markdown` also ranks boundaries before headings first and starts each
+// chunk with its heading path. `none` gives the whole text as one chunk.
 //
-// Every chunk's `text` is `source.slice(start, end)`, after a heading-path
-// line for the markdown splitter. The spans cover the whole source in
-// order; a span repeats at most chunkOverlap tokens (whole units) from the
-// end of the one before. No chunk has more than chunkSize tokens by the
-// counter given, unless one indivisible unit (a grapheme cluster, or for
-// `none` the text) alone has more: that chunk is marked `oversize`. A text
-// that is empty or only whitespace has no chunks (there is nothing to embed,
-// as for an empty whole-row text).
+// Line ends are normalised (CRLF and CR to LF) before splitting, so a text
+// with CRLF line ends is cut where its LF version is; every chunk's `text`
+// is still `source.slice(start, end)` of the text as given, after a
+// heading-path line for the markdown splitter. The spans cover the whole
+// source in order; a span repeats at most chunkOverlap tokens of the one
+// before, and only where that one ended inside a block. No chunk has more
+// than chunkSize tokens by the counter given, unless one indivisible unit (a
+// grapheme cluster, or for `none` the text) alone has more: that chunk is
+// marked `oversize`. A text that is empty or only whitespace has no chunks
+// (there is nothing to embed, as for an empty whole-row text).
 //
 // A long text may be split in portions (splitPortion): each stops where its
-// caller says (a CPU budget), after a segment or a markdown section, and the
-// next resumes there; together they give exactly the chunks of one pass.
+// caller says (a CPU budget), after a chunk, and the next resumes there;
+// together they give exactly the chunks of one pass.
 import { LARGEST_INPUT_TOKENS } from "../providers/registry.ts";
 import type { TokenCounter } from "../providers/tokens.ts";
-import { headingPrefix, markdownSections } from "./markdown.ts";
-import { packBlocks, type PackResume } from "./recursive.ts";
-import { paragraphs } from "./units.ts";
+import { parseBlocks } from "./blocks.ts";
+import { pack, type PackResume } from "./pack.ts";
 
 export type SplitterName = "recursive" | "markdown" | "none";
 
@@ -87,11 +89,11 @@ export function splitIntoChunks(
 
 /**
  * The chunks of `text` from `from` (where an earlier portion stopped; by
- * default its start) on. With `stop`, asked after each segment or markdown
- * section (never before the first of the portion) with the number of chunks
- * of the portion so far, it stops there when told and says where to resume.
- * Portions resumed one after the other give exactly the chunks of
- * splitIntoChunks; `none` is never cut.
+ * default its start) on. With `stop`, asked after each chunk (never before
+ * the first of the portion) with the number of chunks of the portion so far,
+ * it stops there when told and says where to resume. Portions resumed one
+ * after the other give exactly the chunks of splitIntoChunks; `none` is
+ * never cut.
  */
 export function splitPortion(
   text: string,
@@ -103,63 +105,82 @@ export function splitPortion(
   if (problem) throw new RangeError(problem);
   if (text.trim() === "") return { chunks: [], next: null };
   const { chunkSize, chunkOverlap } = settings;
-  const { from, stop } = options;
-  switch (settings.splitter) {
-    case "none": {
-      const tokens = counter.count(text);
-      return {
-        chunks: [{ text, start: 0, end: text.length, tokens, oversize: tokens > chunkSize }],
-        next: null,
-      };
-    }
-    case "recursive":
-      return packBlocks(text, paragraphs(text, { start: from?.at ?? 0, end: text.length }), {
-        chunkSize,
-        chunkOverlap,
-        counter,
-        resume: from,
-        stop,
-      });
-    case "markdown": {
-      // A heading path may take at most a quarter of a chunk: outer headings
-      // are dropped first.
-      const maxPrefix = Math.floor(chunkSize / 4);
-      const chunks: TextChunk[] = [];
-      const sections = markdownSections(text).filter((section) => section.end > (from?.at ?? 0));
-      for (const [i, section] of sections.entries()) {
-        const shortened = (start: number) => {
-          let line = headingPrefix(section, start);
-          for (let drop = 1; line && counter.count(line) > maxPrefix; drop++) {
-            line = headingPrefix({ ...section, path: section.path.slice(drop) }, start);
-          }
-          return line;
-        };
-        const first = shortened(section.start);
-        const rest = shortened(-1);
-        // A section resumed inside continues with its blocks from there.
-        const inside = from && i === 0 && from.at > section.start ? from : undefined;
-        const portion = packBlocks(
-          text,
-          inside ? section.blocks.filter((b) => b.start >= inside.at) : section.blocks,
-          {
-            chunkSize,
-            chunkOverlap,
-            counter,
-            prefix: (start) => (start === section.start ? first : rest),
-            // Shortening can leave a section's first line longer than the rest's.
-            longestPrefix: counter.count(first) > counter.count(rest) ? first : rest,
-            resume: inside,
-            stop: stop && ((packed) => stop(chunks.length + packed)),
-          },
-        );
-        chunks.push(...portion.chunks);
-        if (portion.next) return { chunks, next: portion.next };
-        // Sections share no overlap: the next one starts afresh.
-        if (i + 1 < sections.length && chunks.length > 0 && stop?.(chunks.length)) {
-          return { chunks, next: { at: section.end, start: section.end } };
-        }
-      }
-      return { chunks, next: null };
-    }
+  if (settings.splitter === "none") {
+    const tokens = counter.count(text);
+    return {
+      chunks: [{ text, start: 0, end: text.length, tokens, oversize: tokens > chunkSize }],
+      next: null,
+    };
   }
+  const lf = withLineFeeds(text);
+  const { from, stop } = options;
+  // With other line ends, a chunk must fit both as split (LF) and as stored.
+  const tokensOf = (prefix: string, span: { start: number; end: number }) => {
+    const tokens = counter.count(prefix + lf.text.slice(span.start, span.end));
+    if (lf.text === text) return tokens;
+    const stored = counter.count(
+      prefix + text.slice(lf.toSource(span.start), lf.toSource(span.end)),
+    );
+    return Math.max(tokens, stored);
+  };
+  const portion = pack(lf.text, parseBlocks(lf.text), {
+    chunkSize,
+    chunkOverlap,
+    counter,
+    markdown: settings.splitter === "markdown",
+    tokensOf,
+    resume: from && { at: lf.toText(from.at), start: lf.toText(from.start) },
+    stop,
+  });
+  return {
+    chunks: portion.chunks.map((chunk) => {
+      const start = lf.toSource(chunk.start);
+      const end = lf.toSource(chunk.end);
+      const chunkText = chunk.prefix + text.slice(start, end);
+      const tokens = counter.count(chunkText);
+      return { text: chunkText, start, end, tokens, oversize: tokens > chunkSize };
+    }),
+    next: portion.next &&
+      { at: lf.toSource(portion.next.at), start: lf.toSource(portion.next.start) },
+  };
+}
+
+/**
+ * `source` with CRLF and lone CR line ends as LF, and offsets both ways. An
+ * offset in the LF text maps to the source offset before the CR of a CRLF
+ * (cuts fall at line starts, never between CR and LF).
+ */
+function withLineFeeds(source: string): {
+  text: string;
+  toSource: (at: number) => number;
+  toText: (at: number) => number;
+} {
+  if (!source.includes("\r")) return { text: source, toSource: (at) => at, toText: (at) => at };
+  /** Offsets in the LF text of the LFs whose CR was dropped. */
+  const dropped: number[] = [];
+  const text = source.replace(/\r\n?/g, (match, offset: number) => {
+    if (match.length === 2) dropped.push(offset - dropped.length);
+    return "\n";
+  });
+  /** How many of `dropped` are below `at`. */
+  const below = (at: number) => {
+    let low = 0;
+    let high = dropped.length;
+    while (low < high) {
+      const mid = (low + high) >> 1;
+      if (dropped[mid] < at) low = mid + 1;
+      else high = mid;
+    }
+    return low;
+  };
+  return {
+    text,
+    toSource: (at) => at + below(at),
+    // A source offset past k dropped CRs is k more than its text offset.
+    toText: (at) => {
+      let k = below(at);
+      while (k > 0 && dropped[k - 1] + k > at) k--;
+      return at - k;
+    },
+  };
 }

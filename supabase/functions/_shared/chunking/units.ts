@@ -1,9 +1,9 @@
-// Cutting a span of text into units at one level of the recursive splitter:
-// paragraphs, lines, sentences, words, then grapheme clusters. Units are
+// Cutting a span of a block into units at one level of the splitters: lines,
+// sentences, words, then grapheme clusters (blocks.ts finds the blocks). Units are
 // contiguous and cover the span: whitespace and separators stay with the
 // unit before them (leading whitespace with the first unit).
 
-/** From coarse to fine; a boundary's level is the coarsest level it separates. */
+/** From fine to coarse; a boundary's level is the coarsest level it separates (Paragraph: between blocks). */
 export enum Level {
   Grapheme = 0,
   Word = 1,
@@ -23,16 +23,14 @@ const graphemes = new Intl.Segmenter(undefined, { granularity: "grapheme" });
 
 /**
  * The units of `text.slice(span.start, span.end)` at `level` (one of
- * Paragraph, Line, Sentence, Word, Grapheme), as spans of `text`.
+ * Line, Sentence, Word, Grapheme), as spans of `text`.
  */
 export function unitsAt(text: string, span: Span, level: Level): Span[] {
   const part = text.slice(span.start, span.end);
   let cuts: number[];
   switch (level) {
     case Level.Paragraph:
-      // A blank line, with LF or CRLF line ends (a CR counts as blank).
-      cuts = cutsAfter(part, /\n(?:[ \t\r]*\n)+/g);
-      break;
+      throw new RangeError("paragraphs are blocks (blocks.ts)");
     case Level.Line:
       cuts = cutsAfter(part, /\n/g);
       break;
@@ -47,11 +45,6 @@ export function unitsAt(text: string, span: Span, level: Level): Span[] {
       break;
   }
   return spansFrom(cuts, part, span.start);
-}
-
-/** Paragraphs of a span: blank-line separated blocks. */
-export function paragraphs(text: string, span: Span): Span[] {
-  return unitsAt(text, span, Level.Paragraph);
 }
 
 /** Offsets (in `part`) right after each match of `separator`, excluding the ends. */
