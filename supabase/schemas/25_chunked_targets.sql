@@ -69,14 +69,18 @@ end
 $$;
 
 -- internal: what a chunked row's fingerprint hashes besides its text: the
--- chunk settings and the model (whose tokenizer counts the chunk sizes).
+-- splitters' version, the chunk settings and the model (whose tokenizer
+-- counts the chunk sizes). v2: the splitters of 0.2.0 (chunks that fill
+-- their size; supabase/functions/_shared/chunking/); `none` is unchanged
+-- and keeps v1, so its rows are not swept again for nothing.
 create or replace function util._chunking_key(t util.embedding_targets)
 returns text
 language sql
 immutable
 set search_path = ''
 as $$
-  select pg_catalog.format('autoembed chunks v1 splitter=%s size=%s overlap=%s model=%s', t.splitter,
+  select pg_catalog.format('autoembed chunks %s splitter=%s size=%s overlap=%s model=%s',
+                           case when t.splitter = 'none' then 'v1' else 'v2' end, t.splitter,
                            t.chunk_size, t.chunk_overlap, t.model) || pg_catalog.chr(10)
 $$;
 
