@@ -33,6 +33,16 @@ export interface CircuitReport {
   retry_after?: number;
 }
 
+/** A batch's tokens for one target (util._record_usage): sent online, and saved by reuse. */
+export interface TargetUsage {
+  target_id: number;
+  model: string;
+  online_tokens: number;
+  online_inputs: number;
+  reused_tokens: number;
+  reused_inputs: number;
+}
+
 /** How settleJobs reports a failure: by job, or by job and row for a packed message's row. */
 export const failureKey = (jobId: number, rowId: string | null): string =>
   rowId === null ? String(jobId) : `${jobId}\u0000${rowId}`;
@@ -73,8 +83,10 @@ export async function claimJobs(
 }
 
 /**
- * Settles a batch in one call (util._settle_jobs): `done` messages are
- * deleted, the rest settled row by row, circuits opened or closed. Returns,
+ * Settles a batch in one call (util._settle_batch, which runs
+ * util._settle_jobs): `done` messages are deleted, the rest settled row by
+ * row, circuits opened or closed; in the same transaction the done
+ * messages' time to fresh and the batch's `usage` are recorded. Returns,
  * per failed outcome (failureKey), whether it was dead-lettered.
  */
 export async function settleJobs(
@@ -82,12 +94,14 @@ export async function settleJobs(
   done: number[],
   outcomes: SettledRow[],
   circuits: CircuitReport[],
+  usage: TargetUsage[] = [],
 ): Promise<Map<string, boolean>> {
-  if (!done.length && !outcomes.length && !circuits.length) return new Map();
+  if (!done.length && !outcomes.length && !circuits.length && !usage.length) return new Map();
   const settled = await sql<{ job_id: string; row_id: string | null; dead_lettered: boolean }[]>`
-    select job_id, row_id, dead_lettered from util._settle_jobs(
+    select job_id, row_id, dead_lettered from util._settle_batch(
       array(select jsonb_array_elements_text(${JSON.stringify(done)}::text::jsonb)::bigint),
-      ${JSON.stringify(outcomes)}::text::jsonb, ${JSON.stringify(circuits)}::text::jsonb)`;
+      ${JSON.stringify(outcomes)}::text::jsonb, ${JSON.stringify(circuits)}::text::jsonb,
+      ${JSON.stringify(usage)}::text::jsonb)`;
   return new Map(settled.map((o) => [failureKey(Number(o.job_id), o.row_id), o.dead_lettered]));
 }
 
