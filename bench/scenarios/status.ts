@@ -130,9 +130,9 @@ export async function statusScenario(ctx: BenchContext): Promise<StatusFigures> 
   section.text(`A table of N rows, all embedded (see bench/scenarios/status.ts for how it is
 built: rows inserted before attaching, their fingerprints written in one statement, then
 \`vacuum analyze\`). \`select * from util.embedding_status\` timed 20 times from a client on
-loopback (median, p95), idle and with 1,000,000 rows queued (10,000 messages); \`autoembed
-status\` once, wall time of the whole process (Deno's start-up included); the exact scan
-(\`util.embedding_status_exact()\`, what \`util.embedding_status\` did before) once.`);
+loopback (median, p95), idle and with 1,000,000 rows queued (10,000 messages); \`autoembed status\` once, wall time of the
+whole process (Deno's start-up included); the exact scan (\`util.embedding_status_exact()\`, what
+\`util.embedding_status\` did before) once.`);
   section.table(
     [
       "rows",
