@@ -257,7 +257,6 @@ declare
   below float8 := 0;
   rank float8;
   lower float8;
-  b int;
 begin
   for b in 1 .. coalesce(pg_catalog.cardinality(counts), 0) loop
     total := total + coalesce(counts[b], 0);
