@@ -17,7 +17,8 @@ async function drain(sql: Sql): Promise<number> {
   const started = performance.now();
   await sql`select util.process_embeddings(100, 4, 30000)`;
   for (;;) {
-    const [s] = await sql`select missing::int, stale::int, queued::int from util.embedding_status`;
+    const [s] =
+      await sql`select missing::int, stale::int, queued::int from util.embedding_status_exact()`;
     if (s.missing === 0 && s.stale === 0 && s.queued === 0) return performance.now() - started;
     await sleep(5);
   }

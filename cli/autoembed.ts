@@ -9,6 +9,7 @@ import { parsePositiveInt } from "../supabase/functions/_shared/env.ts";
 import { coreSettings, SettingsError } from "../supabase/functions/_shared/settings.ts";
 import { init, initReport } from "./init.ts";
 import { install, InstallError, type Mode, report } from "./install.ts";
+import { WorkerMetrics } from "./metrics.ts";
 import { runWorker } from "./worker.ts";
 import { queuedRows } from "../supabase/functions/_shared/sql/queue.ts";
 
@@ -42,6 +43,11 @@ worker options:
       --batch-size N       jobs per batch (default 100)      AUTOEMBED_BATCH_SIZE
       --table T            only this table (repeatable)      AUTOEMBED_TABLES (comma-separated)
       --visibility-timeout T  how long a claimed batch stays hidden (default 120s)
+      --metrics-port N     serve Prometheus metrics at http://HOST:N/metrics  AUTOEMBED_METRICS_PORT
+      --metrics-host H     the address they are served on (default 127.0.0.1) AUTOEMBED_METRICS_HOST
+status options:
+      --exact              count by scanning every attached table (slow on large tables; also
+                           repairs the kept counts) instead of the figures the pipeline keeps
 provider settings come from the environment as for the embed function:
   OPENAI_API_KEY, OPENAI_BASE_URL, EMBEDDING_TIMEOUT_MS, EMBEDDING_TRUNCATE`;
 
@@ -57,6 +63,15 @@ function positiveInt(text: string, name: string): number {
   const value = parsePositiveInt(text);
   if (value === undefined) {
     throw new UsageError(`${name}: "${text}" is not a positive whole number`);
+  }
+  return value;
+}
+
+/** A port: a whole number from 0 (any free port) to 65535. */
+function nonNegativeInt(text: string, name: string): number {
+  const value = /^\d+$/.test(text.trim()) ? Number(text.trim()) : NaN;
+  if (!Number.isSafeInteger(value) || value > 65535) {
+    throw new UsageError(`${name}: "${text}" is not a port (0 to 65535)`);
   }
   return value;
 }
@@ -80,11 +95,14 @@ const VALUE_OPTIONS = new Map([
   ["--column", "column"],
   ["--visibility-timeout", "visibility-timeout"],
   ["--into", "into"],
+  ["--metrics-port", "metrics-port"],
+  ["--metrics-host", "metrics-host"],
 ]);
 const FLAG_OPTIONS = new Map([
   ["--once", "once"],
   ["--json", "json"],
   ["--cancel", "cancel"],
+  ["--exact", "exact"],
   ["-h", "help"],
   ["--help", "help"],
   ["--version", "version"],
@@ -197,22 +215,54 @@ function formatTable(rows: Record<string, unknown>[]): string {
 
 async function status(args: ParsedArgs): Promise<number> {
   return await withDb(dbUrlOf(args), async (sql) => {
+    // The kept figures (cheap: dashboards poll them), or with --exact a scan of every table.
+    const source = args.options.has("exact")
+      ? sql`util.embedding_status_exact()`
+      : sql`util.embedding_status`;
     const rows = await sql`
-      select schema_name || '.' || table_name as table, embedding_column as column, model, total_rows as rows,
+      select schema_name || '.' || table_name as table, embedding_column as column, model,
+             case when total_rows_estimated then '~' else '' end || coalesce(total_rows::text, '?') as rows,
              embedded, missing, empty, stale, queued, in_flight,
              coalesce(extract(epoch from oldest_queued_age)::int || 's', '') as oldest_queued,
+             coalesce(round(extract(epoch from fresh_p50)::numeric, 1) || 's', '') as fresh_p50,
+             coalesce(round(extract(epoch from fresh_p95)::numeric, 1) || 's', '') as fresh_p95,
+             rows_per_minute as per_minute,
+             coalesce(ceil(extract(epoch from eta))::int || 's', '') as eta,
              dead_lettered, models,
              case when next_model is not null
                   then next_model || '/' || next_dimensions || ' ' || next_embedded || '/' || total_rows
                   else '' end as next_model,
              last_error
-        from util.embedding_status`;
+        from ${source}`;
     const plain = rows.map((r) => ({ ...r }));
+    // What the provider calls cost, today and over the last 30 days (util.embedding_usage).
+    const usage = await sql`
+      select schema_name || '.' || table_name as table, embedding_column as column, model,
+             sum(online_tokens) filter (where day = (now() at time zone 'utc')::date) as tokens_today,
+             sum(cost_usd) filter (where day = (now() at time zone 'utc')::date) as usd_today,
+             sum(online_tokens) as tokens_30d, sum(batch_tokens) as batch_tokens_30d,
+             sum(reused_tokens) as reused_tokens_30d, sum(cost_usd) as usd_30d,
+             sum(saved_usd) as saved_usd_30d
+        from util.embedding_usage
+       where day > (now() at time zone 'utc')::date - 30
+       group by 1, 2, 3 order by 1, 2, 3`;
+    const plainUsage = usage.map((r) => ({ ...r }));
     if (args.options.has("json")) {
-      console.log(JSON.stringify(plain, null, 2));
+      // Each target's row as before, with its usage of the last 30 days (per model).
+      const withUsage = plain.map((r) => ({
+        ...r,
+        usage: plainUsage.filter((u) => u.table === r.table && u.column === r.column),
+      }));
+      console.log(JSON.stringify(withUsage, null, 2));
       return 0;
     }
     console.log(formatTable(plain));
+    if (plainUsage.length) {
+      console.log(
+        `\nusage (tokens by the model's tokenizer; US dollars at the registry's prices):`,
+      );
+      console.log(formatTable(plainUsage));
+    }
     // What happened to attached tables lately (util.embedding_target_events):
     // a table dropped or renamed is no row above, so it is said here.
     const events = await sql<{ line: string }[]>`
@@ -324,6 +374,21 @@ async function worker(args: ParsedArgs): Promise<number> {
   });
 
   const stop = new AbortController();
+  const metricsPort = opt("metrics-port", "AUTOEMBED_METRICS_PORT");
+  const metrics = metricsPort ? new WorkerMetrics() : undefined;
+  // The scrapes' own connection: the worker's pool is untouched.
+  const scraper = metrics ? postgres(dbUrl, { max: 1, onnotice: () => {} }) : null;
+  const metricsServer = metrics && scraper
+    ? metrics.serve(() => scraper, {
+      port: nonNegativeInt(metricsPort!, "--metrics-port"),
+      hostname: opt("metrics-host", "AUTOEMBED_METRICS_HOST") ?? "127.0.0.1",
+      signal: stop.signal,
+    })
+    : null;
+  if (metricsServer) {
+    const { hostname, port } = metricsServer.addr;
+    console.error(JSON.stringify({ event: "metrics", url: `http://${hostname}:${port}/metrics` }));
+  }
   const onSignal = () => stop.abort();
   Deno.addSignalListener("SIGINT", onSignal);
   Deno.addSignalListener("SIGTERM", onSignal);
@@ -349,6 +414,7 @@ async function worker(args: ParsedArgs): Promise<number> {
     : undefined;
   const result = await runWorker({
     ...options,
+    metrics,
     signal: stop.signal,
     log: (line) => console.error(tty ? `\r\x1b[2K${line}` : line),
     onBatch: (e) => {
@@ -367,6 +433,11 @@ async function worker(args: ParsedArgs): Promise<number> {
   });
   clearInterval(ticker);
   await counter?.end({ timeout: 1 });
+  if (metricsServer) {
+    stop.abort();
+    await metricsServer.finished;
+  }
+  await scraper?.end({ timeout: 1 });
   Deno.removeSignalListener("SIGINT", onSignal);
   Deno.removeSignalListener("SIGTERM", onSignal);
   if (tty) console.log();

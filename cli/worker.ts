@@ -13,6 +13,7 @@ import { backoffMs, CLAIM_RETRY } from "../supabase/functions/_shared/recovery.t
 import { claimJobs, requeueJobs } from "../supabase/functions/_shared/sql/queue.ts";
 import { BinaryWrites } from "../supabase/functions/_shared/sql/write.ts";
 import type { CoreSettings } from "../supabase/functions/_shared/settings.ts";
+import type { WorkerMetrics } from "./metrics.ts";
 
 export interface WorkerOptions {
   dbUrl: string;
@@ -25,6 +26,8 @@ export interface WorkerOptions {
   /** Restrict to these tables (`name` or `schema.name`); empty = all. */
   tables: string[];
   settings: CoreSettings;
+  /** Prometheus metrics (cli/metrics.ts): each batch is counted there. */
+  metrics?: WorkerMetrics;
   /** Called after each batch and when idle, for progress output. */
   onBatch?: (event: BatchEvent) => void;
   log?: (line: string) => void;
@@ -259,6 +262,7 @@ class Worker {
     result.completed += batch.completedRows;
     result.chunks += batch.stats.chunks;
     result.failed += batch.failedJobs.length;
+    this.options.metrics?.batch(batch);
     this.options.onBatch?.({
       jobs: claimed.jobs.length + claimed.refused.length,
       completed: batch.completedRows,

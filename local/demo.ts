@@ -19,7 +19,7 @@ async function demoStatus(sql: postgres.Sql) {
     select total_rows::int as total, embedded::int as embedded, missing::int as missing,
            stale::int as stale, queued::int as queued, model, last_error,
            to_jsonb(s) ->> 'next_model' as next_model
-      from util.embedding_status s where schema_name = 'public' and table_name = 'documents'`;
+      from util.embedding_status_exact() s where schema_name = 'public' and table_name = 'documents'`;
   return s as
     | {
       total: number;
@@ -146,7 +146,7 @@ async function showChunkedDemo(sql: postgres.Sql): Promise<void> {
   const status = async () => {
     const [s] = await sql`
       select model, total_rows::int, embedded::int, stale::int, queued::int, chunks::int
-        from util.embedding_status where embedding_column = 'article_sections'`;
+        from util.embedding_status_exact() where embedding_column = 'article_sections'`;
     return s;
   };
   let s = await status();

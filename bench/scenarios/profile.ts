@@ -27,8 +27,8 @@ const LABELS: [RegExp, string][] = [
     "worker: claim (util._read_jobs)",
   ],
   [
-    /^select job_id, row_id, dead_lettered from util\._settle_jobs/,
-    "core: settle (util._settle_jobs)",
+    /^select job_id, row_id, dead_lettered from util\._settle_batch/,
+    "core: settle (util._settle_batch)",
   ],
   [/^select \* from util\._target_config/, "core: targets"],
 ];

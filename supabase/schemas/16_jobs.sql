@@ -452,6 +452,57 @@ as $$
      and q.message ->> 'embeddingColumn' = embedding_column
 $$;
 
+-- internal: what the queue holds for every target at once, in one pass
+-- over the queue and one over the dead letters (util._queue_counts looks at
+-- one target): rows queued, claimed and not yet settled (in flight), the
+-- oldest one's enqueue time, and the dead-lettered rows, by the schema,
+-- table and embedding column the messages name. util.embedding_status
+-- reads it, so its cost is the queue's length, never the tables'.
+create or replace function util._queue_figures()
+returns table (schema_name text, table_name text, embedding_column text,
+               queued bigint, in_flight bigint, oldest_enqueued_at timestamptz, dead_lettered bigint)
+language sql
+stable
+set search_path = ''
+as $$
+  with live as (
+    select q.message ->> 'schema' as schema_name, q.message ->> 'table' as table_name,
+           q.message ->> 'embeddingColumn' as embedding_column,
+           sum(util._job_rows(q.message))::bigint as queued,
+           coalesce(sum(util._job_rows(q.message)) filter (where q.read_ct > 0 and q.vt > now()), 0)::bigint
+             as in_flight,
+           min(q.enqueued_at) as oldest_enqueued_at
+      from pgmq.q_embedding_jobs q
+     group by 1, 2, 3
+  ), dead as (
+    select a.message ->> 'schema' as schema_name, a.message ->> 'table' as table_name,
+           a.message ->> 'embeddingColumn' as embedding_column,
+           sum(util._job_rows(a.message))::bigint as dead_lettered
+      from pgmq.a_embedding_jobs a
+     group by 1, 2, 3
+  )
+  select coalesce(l.schema_name, d.schema_name), coalesce(l.table_name, d.table_name),
+         coalesce(l.embedding_column, d.embedding_column),
+         coalesce(l.queued, 0), coalesce(l.in_flight, 0), l.oldest_enqueued_at, coalesce(d.dead_lettered, 0)
+    from live l
+    full join dead d using (schema_name, table_name, embedding_column)
+$$;
+
+-- internal: the messages `done` as the settle of their batch is about to
+-- delete them: the target each names, its rows and when it was enqueued
+-- (the change's transaction), for the time-to-fresh figures (68).
+create or replace function util._job_ages(done bigint[])
+returns table (schema_name text, table_name text, embedding_column text, rows int, enqueued_at timestamptz)
+language sql
+stable
+set search_path = ''
+as $$
+  select q.message ->> 'schema', q.message ->> 'table', q.message ->> 'embeddingColumn',
+         util._job_rows(q.message), q.enqueued_at
+    from pgmq.q_embedding_jobs q
+   where q.msg_id = any (done)
+$$;
+
 -- internal: rows queued (the worker's backlog line), or, with
 -- `first_messages`, rows of the first that many messages only: the sweeps'
 -- "is the queue short" look, which must not count a long queue through.

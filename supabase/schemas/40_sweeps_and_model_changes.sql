@@ -362,7 +362,9 @@ as $$ select util.reembed(target_table, embedding_column) $$;
 --   3. switches finished model changes (I7);
 --   4. deletes fingerprints of retired targets in slices, forgets
 --      util.embedding_target_events older than 30 days, and chunk set
---      drafts nobody continued for a day (util.chunk_set_drafts).
+--      drafts nobody continued for a day (util.chunk_set_drafts);
+--   5. folds the kept counts of util.embedding_status and drops its
+--      time-to-fresh minutes older than two hours (68_service_levels).
 -- util.process_embeddings calls it on every tick; the worker on every poll.
 -- Concurrent callers skip the targets another one is working on. It waits
 -- at most 200 ms for a lock on a user's table (the next tick tries again):
@@ -448,6 +450,12 @@ begin
   end loop;
   delete from util.embedding_target_events e where e.happened_at < now() - interval '30 days';
   delete from util.chunk_set_drafts d where d.updated_at < now() - interval '1 day';
+  -- 5. The kept figures of util.embedding_status (68_service_levels).
+  begin
+    perform util._prune_service_levels();
+  exception when serialization_failure or deadlock_detected or lock_not_available or foreign_key_violation then
+    null;
+  end;
   return enqueued;
 end
 $$;

@@ -1,7 +1,11 @@
 -- autoembed schema 70: diagnose with plain SQL. util.embedding_status has
--- one row per attached (table, embedding column); util.embedding_errors (10)
--- one row per failed attempt; the queue's figures come from the jobs module
--- (16_jobs), the dead letters are in pgmq.a_embedding_jobs.
+-- one row per attached (table, embedding column), answered from the figures
+-- the pipeline keeps (68_service_levels) and the queue's (16_jobs), so
+-- dashboards and alerts may poll it; util.embedding_status_exact() scans
+-- the tables for the figures only a scan can tell, and repairs the kept
+-- ones. util.embedding_usage says what the provider calls cost.
+-- util.embedding_errors (10) has one row per failed attempt; the dead
+-- letters are in pgmq.a_embedding_jobs.
 
 -- internal: the regular expression a blank text matches (its row has
 -- nothing to embed): only the characters the processing core trims (core.ts,
@@ -20,7 +24,9 @@ as $$
 $$;
 
 -- internal: per-target figures behind util.embedding_status (live targets;
--- a model change in progress shows in the next_* columns of its table).
+-- a model change in progress shows in the next_* columns of its table),
+-- from small tables only: of a user's table it reads its size
+-- (util._table_rows), so its cost does not grow with the tables.
 create or replace function util._embedding_status()
 returns table (
   schema_name text,
@@ -53,35 +59,147 @@ returns table (
   circuit_open_since timestamptz,
   circuit_reason text,
   circuit_retry_at timestamptz,
-  empty bigint
+  empty bigint,
+  total_rows_estimated boolean,
+  counted_at timestamptz,
+  fresh_p50 interval,
+  fresh_p95 interval,
+  fresh_rows_last_hour bigint,
+  rows_per_minute numeric,
+  eta interval
 )
-language plpgsql
+language sql
 stable
 security definer
 set search_path = ''
 as $$
+  with counts as (select * from util._embedded_counts()),
+  queue as (select * from util._queue_figures()),
+  fresh as (select * from util._freshness_figures())
+  select n.nspname::text, c.relname::text, t.embedding_column::text, t.model, t.dimensions,
+         r.rows,
+         coalesce(k.embedded, 0),
+         greatest(r.rows - coalesce(k.embedded, 0) - coalesce(k.counted_empty, 0), 0),
+         k.counted_stale,
+         case when k.embedded > 0 then pg_catalog.jsonb_build_object(t.model, k.embedded) else '{}'::jsonb end,
+         coalesce(q.queued, 0), coalesce(q.in_flight, 0), pg_catalog.now() - q.oldest_enqueued_at,
+         coalesce(q.dead_lettered, 0),
+         e.error, e.created_at,
+         t.content_changed_at,
+         t.sweep_started_at,
+         case when t.sweep_started_at is not null then t.sweep_checked end,
+         s.model, s.dimensions, case when s.id is not null then coalesce(sk.embedded, 0) end, s.created_at,
+         t.destination::text,
+         ch.rows,
+         util._provider_of(t.model),
+         util._model_known(t.model),
+         p.opened_at, p.reason, p.retry_at,
+         k.counted_empty,
+         r.estimated or coalesce(ch.estimated, false),
+         k.counted_at,
+         f.p50, f.p95, coalesce(f.rows_last_hour, 0), coalesce(f.rows_per_minute, 0),
+         case when coalesce(q.queued, 0) = 0 then interval '0'
+              when f.rows_per_minute > 0
+                then pg_catalog.make_interval(secs => q.queued / f.rows_per_minute * 60)
+              when b.tokens_per_minute > 0 and u.tokens_per_input > 0
+                then pg_catalog.make_interval(secs => q.queued * u.tokens_per_input / b.tokens_per_minute * 60)
+         end
+    from util.embedding_targets t
+    join pg_catalog.pg_class c on c.oid = t.table_oid
+    join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+    left join counts k on k.target_id = t.id
+    cross join lateral util._table_rows(t.table_oid) r
+    left join lateral util._table_rows(case when t.store = 'chunks' then t.destination end) ch on true
+    left join util.embedding_targets s on s.shadow_of = t.id
+    left join counts sk on sk.target_id = s.id
+    left join queue q on q.schema_name = n.nspname::text and q.table_name = c.relname::text
+                     and q.embedding_column = t.embedding_column::text
+    left join fresh f on f.target_id = t.id
+    left join util.provider_circuits p on p.provider = util._provider_of(t.model)
+    left join lateral (
+      select x.error, x.created_at from util.embedding_errors x
+       where x.target_id in (t.id, s.id) order by x.created_at desc, x.id desc limit 1
+    ) e on true
+    cross join lateral (
+      select util._budget_tokens_per_minute(util._provider_of(t.model)) as tokens_per_minute
+    ) b
+    cross join lateral (
+      select pg_catalog.sum(d.online_tokens)::numeric / nullif(pg_catalog.sum(d.online_inputs), 0) as tokens_per_input
+        from util.embedding_usage_daily d
+       where d.target_id = t.id and d.day >= (pg_catalog.now() at time zone 'utc')::date - 1
+    ) u
+   where t.shadow_of is null and t.retired_at is null
+   order by 1, 2, 3
+$$;
+
+-- public: one row per attached (table, embedding column), cheap enough to
+-- poll: it reads the figures the pipeline keeps and the queue, never a
+-- scan of a table beyond 8 MB. total_rows: the table's rows, counted while
+-- it is small (8 MB), else the planner's estimate (total_rows_estimated
+-- says so; null until the table is first analyzed); embedded: rows whose
+-- store holds vectors the pipeline wrote (exact, kept as it writes: a row
+-- whose embedding a util.clear_column trigger just cleared counts until
+-- its new one is written); missing: total_rows - embedded - empty (an
+-- estimate with total_rows); stale and empty (rows whose content function
+-- returns null or blank text: nothing to embed) only a scan can tell: they
+-- are as the last util.embedding_status_exact() found them, at counted_at
+-- (null before one). models: rows per model; queued / in-flight rows, the
+-- oldest queued job's age, dead-lettered rows, the last error; when the
+-- content function last changed and how far a sweep (backfill, recheck)
+-- has come; a model change in progress: next_model, next_dimensions,
+-- next_embedded (rows the new model holds so far), next_started_at. For a
+-- chunked target (embedding_column is then its destination's table name):
+-- destination, and chunks (rows of the destination, counted or estimated
+-- as total_rows); embedded counts source rows with a chunk set. provider:
+-- who embeds the model ('openai' for any OpenAI-compatible endpoint,
+-- 'local'); model_known: the registry (util.embedding_models) knows the
+-- model, else it runs with the dimensions given and conservative limits;
+-- while all its calls fail, its circuit is open: since when
+-- (circuit_open_since), the last failure (circuit_reason), and when the
+-- next probe may go (circuit_retry_at). Its rows wait in the queue
+-- meanwhile, spending no attempts. Freshness as a service level: fresh_p50
+-- and fresh_p95, how long rows took over the last hour from their change
+-- (the job's enqueue) to done (embedded, or found fresh), over
+-- fresh_rows_last_hour rows; rows_per_minute, the rate rows became fresh
+-- over the last ten minutes; eta, when the queued rows will be done at
+-- that rate (or, when nothing ran lately, at the provider's budget, where
+-- one is known): 0 with nothing queued, null when unknown.
+create or replace view util.embedding_status as select * from util._embedding_status();
+
+-- public: util.embedding_status, exact: total_rows, embedded (rows whose
+-- store holds vectors, whoever wrote them), missing, stale, empty (null
+-- while the content function raises for some row), models, next_embedded
+-- and chunks, counted by scanning each attached table and running its
+-- content function once a row: the explicit, slow call (seconds on a large
+-- table). It also repairs the kept count of rows holding vectors (from the
+-- fingerprints) and keeps stale and empty for util.embedding_status
+-- (counted_at).
+create or replace function util.embedding_status_exact()
+returns setof util.embedding_status
+language plpgsql
+security definer
+set search_path = ''
+as $$
 declare
+  st util.embedding_status;
   t record;
-  s record;
+  s_id int;
   fingerprinted bigint;
   has_vector text;
+  total_rows bigint;
+  embedded bigint;
+  missing bigint;
+  stale bigint;
+  empty bigint;
 begin
-  for t in
-    select c.*, x.content_changed_at, x.sweep_started_at, x.sweep_checked, x.created_at, x as target
+  for st in select * from util._embedding_status() loop
+    select c.*, x as target into t
       from util._target_config c join util.embedding_targets x on x.id = c.id
-     where c.shadow_of is null
-     order by c.schema_name, c.table_name, c.embedding_column
-  loop
-    schema_name := t.schema_name;
-    table_name := t.table_name;
-    embedding_column := t.embedding_column;
-    model := t.model;
-    dimensions := t.dimensions;
-    content_changed_at := t.content_changed_at;
-    sweep_started_at := t.sweep_started_at;
-    sweep_checked := case when t.sweep_started_at is not null then t.sweep_checked end;
-    destination := t.destination_sql;
-    chunks := util._store_chunks(t.target);
+     where c.shadow_of is null and c.schema_name = st.schema_name and c.table_name = st.table_name
+       and c.embedding_column = st.embedding_column;
+    if t.id is null then
+      continue;
+    end if;
     -- Embedded: rows whose store holds their vectors (util._store_has_vector);
     -- missing: rows with text (not blank: util._blank_text_pattern) and none;
     -- empty: the other rows without vectors, whose text is null or blank, so
@@ -119,48 +237,74 @@ begin
         into total_rows, embedded, missing, stale using t.id;
       empty := null;
     end;
+    st.total_rows := total_rows;
+    st.total_rows_estimated := false;
+    st.embedded := embedded;
+    st.missing := missing;
+    st.stale := stale;
+    st.empty := empty;
+    st.chunks := util._store_chunks(t.target);
     select count(*) into fingerprinted from util.embedding_fingerprints f where f.target_id = t.id;
-    models := case when fingerprinted > 0 then jsonb_build_object(t.model, fingerprinted) else '{}'::jsonb end;
-    select x.id, x.model, x.dimensions, x.created_at into s
-      from util.embedding_targets x where x.shadow_of = t.id;
-    next_model := s.model;
-    next_dimensions := s.dimensions;
-    next_started_at := s.created_at;
-    next_embedded := case when s.id is not null
-                          then (select count(*) from util.embedding_fingerprints f where f.target_id = s.id) end;
-    select c.queued, c.in_flight, c.oldest_queued_age, c.dead_lettered
-      into queued, in_flight, oldest_queued_age, dead_lettered
-      from util._queue_counts(t.schema_name, t.table_name, t.embedding_column) c;
-    provider := util._provider_of(t.model);
-    model_known := util._model_known(t.model);
-    select p.opened_at, p.reason, p.retry_at into circuit_open_since, circuit_reason, circuit_retry_at
-      from util.provider_circuits p where p.provider = util._provider_of(t.model);
-    select e.error, e.created_at into last_error, last_error_at
-      from util.embedding_errors e where e.target_id in (t.id, s.id) order by e.created_at desc, e.id desc limit 1;
-    return next;
+    st.models := case when fingerprinted > 0 then jsonb_build_object(t.model, fingerprinted) else '{}'::jsonb end;
+    s_id := null;
+    select x.id into s_id from util.embedding_targets x where x.shadow_of = t.id;
+    st.next_embedded := case when s_id is not null
+                             then (select count(*) from util.embedding_fingerprints f where f.target_id = s_id) end;
+    -- The repair, after every fold committed so far (the lock orders them,
+    -- and this statement's snapshot is taken after it): the kept count
+    -- becomes the fingerprints less the deltas not folded yet.
+    perform util._lock_counts();
+    insert into util.embedding_counts as k (target_id, embedded, counted_at, counted_rows, counted_empty, counted_stale)
+    select x.id,
+           (select count(*) from util.embedding_fingerprints f where f.target_id = x.id)
+             - coalesce((select sum(d.embedded) from util.embedding_count_deltas d where d.target_id = x.id), 0),
+           case when x.id = t.id then now() end,
+           case when x.id = t.id then total_rows end,
+           case when x.id = t.id then empty end,
+           case when x.id = t.id then stale end
+      from util.embedding_targets x
+     where x.id = t.id or x.id = s_id
+     order by x.id
+    on conflict (target_id) do update
+      set embedded = excluded.embedded,
+          counted_at = coalesce(excluded.counted_at, k.counted_at),
+          counted_rows = case when excluded.counted_at is null then k.counted_rows else excluded.counted_rows end,
+          counted_empty = case when excluded.counted_at is null then k.counted_empty else excluded.counted_empty end,
+          counted_stale = case when excluded.counted_at is null then k.counted_stale else excluded.counted_stale end;
+    st.counted_at := now();
+    return next st;
   end loop;
 end
 $$;
 
--- public: one row per attached (table, embedding column): rows, embedded,
--- missing (text but no embedding), stale (embedding of other text than the
--- content function now returns), empty (the last column: rows whose content
--- function returns null or blank text, so there is nothing to embed;
--- total_rows = embedded + missing + empty; null while the content function
--- raises for some row), rows per model, queued / in-flight jobs,
--- oldest queued job's age, dead-lettered jobs, the last error; when the
--- content function last changed and how far a sweep (backfill, recheck) has
--- come; and a model change in progress: next_model, next_dimensions,
--- next_embedded (rows the new model holds so far), next_started_at. For a
--- chunked target (embedding_column is then its destination's table name):
--- destination, and chunks (rows of the destination); embedded counts source
--- rows with a current chunk set, missing those without, stale those whose
--- text or chunk settings changed since. provider: who embeds the model
--- ('openai' for any OpenAI-compatible endpoint, 'local'); model_known: the
--- registry (util.embedding_models) knows the model, else it runs with the
--- dimensions given and conservative limits; while all its
--- calls fail, its circuit is open: since when (circuit_open_since), the
--- last failure (circuit_reason), and when the next probe may go
--- (circuit_retry_at). Its rows wait in the queue meanwhile, spending no
--- attempts.
-create or replace view util.embedding_status as select * from util._embedding_status();
+-------------------------------------------------------------------------------
+-- Cost as a service level
+-------------------------------------------------------------------------------
+
+-- public: what the provider calls cost, per target, model and day (UTC):
+-- tokens sent online, through the batch API (0 until the batch lane
+-- exists) and saved by reuse (texts whose vector was reused by content
+-- hash: copied from a row holding it, or a chunk kept), inputs of each,
+-- and US dollars at the registry's prices (util.embedding_models:
+-- price_per_mtok online, batch_price_per_mtok in batch; reuse saves the
+-- online price). Cost columns are null for a model the registry does not
+-- know. Rows of a detached table stay, under its last names.
+create or replace view util.embedding_usage as
+select d.day,
+       d.schema_name,
+       d.table_name,
+       d.embedding_column,
+       d.model,
+       d.online_tokens,
+       d.batch_tokens,
+       d.reused_tokens,
+       d.online_inputs,
+       d.batch_inputs,
+       d.reused_inputs,
+       pg_catalog.round(d.online_tokens * m.price_per_mtok / 1000000, 6) as online_usd,
+       pg_catalog.round(d.batch_tokens * m.batch_price_per_mtok / 1000000, 6) as batch_usd,
+       pg_catalog.round((d.online_tokens * m.price_per_mtok + d.batch_tokens * m.batch_price_per_mtok) / 1000000, 6)
+         as cost_usd,
+       pg_catalog.round(d.reused_tokens * m.price_per_mtok / 1000000, 6) as saved_usd
+  from util.embedding_usage_daily d
+  left join util.embedding_models m on m.model = util._model_registry_key(d.model);

@@ -55,7 +55,7 @@ revoke all on all functions in schema util from public, anon, authenticated;
 revoke all on all sequences in schema util from public, anon, authenticated;
 
 grant select on util.embedding_status, util.embedding_errors, util.settings, util.embedding_models,
-  util.embedding_target_events
+  util.embedding_target_events, util.embedding_usage
   to service_role;
 grant execute on function
   util.process_embeddings(int, int, int),
@@ -65,6 +65,7 @@ grant execute on function
   util.cancel_reembed(regclass, name),
   util.retry_failed(regclass),
   util._embedding_status(),
+  util.embedding_status_exact(),
   util.set_chunking(regclass, int, int, text, regclass),
   util.match_chunks(regclass, extensions.halfvec, int, float)
   to service_role;

@@ -71,9 +71,14 @@ export interface ConsistencyReport {
   jobsLost: number;
   /** Paid-for provider inputs repeating a text already embedded (needs `fake`). */
   duplicateInputs: number;
-  /** util.embedding_status totals, which must agree with a clean table. */
+  /**
+   * util.embedding_status_exact() totals, which must agree with a clean table
+   * (and util.embedding_status's kept counts with it: else a problem).
+   */
   statusMissing: number;
   statusStale: number;
+  /** Targets whose kept count (util.embedding_status) differs from the exact recount. */
+  statusKeptWrong: number;
   /** Up to 20 descriptions of what is wrong, for the assertion message. */
   problems: string[];
 }
@@ -132,6 +137,7 @@ export async function checkConsistency(
     duplicateInputs: 0,
     statusMissing: 0,
     statusStale: 0,
+    statusKeptWrong: 0,
     problems: [],
   };
   const problem = (text: string) => {
@@ -235,12 +241,28 @@ export async function checkConsistency(
       if (why === null) report.rowsFresh++;
       else wrong(why);
     }
+    // The kept figures first (the exact recount repairs them), then the recount.
+    const where = sql`schema_name = ${t.schema_name} and table_name = ${t.table_name}
+                      and embedding_column = ${t.embedding_column}`;
+    const [kept] = await sql`
+      select embedded::int, models, next_embedded::int from util.embedding_status where ${where}`;
     const [status] = await sql`
-      select missing::int, stale::int from util.embedding_status
-       where schema_name = ${t.schema_name} and table_name = ${t.table_name}
-         and embedding_column = ${t.embedding_column}`;
+      select missing::int, stale::int, embedded::int, models, next_embedded::int
+        from util.embedding_status_exact() where ${where}`;
     report.statusMissing += status?.missing ?? 0;
     report.statusStale += status?.stale ?? 0;
+    if (
+      kept && status &&
+      (kept.embedded !== status.embedded || kept.next_embedded !== status.next_embedded ||
+        JSON.stringify(kept.models) !== JSON.stringify(status.models))
+    ) {
+      report.statusKeptWrong++;
+      problem(
+        `${t.schema_name}.${t.table_name} (${t.embedding_column}): util.embedding_status keeps ` +
+          `${kept.embedded} embedded (next ${kept.next_embedded}), the exact recount finds ` +
+          `${status.embedded} (next ${status.next_embedded})`,
+      );
+    }
   }
 
   // The ledger: a job that is neither queued nor archived must have left its row right.
@@ -303,9 +325,12 @@ export function assertConsistent(
   if (report.rowsPending === 0 && report.rowsDeadLettered === 0 && report.rowsPoison === 0) {
     if (report.statusMissing !== 0 || report.statusStale !== 0) {
       failures.push(
-        `util.embedding_status says ${report.statusMissing} missing, ${report.statusStale} stale`,
+        `util.embedding_status_exact() says ${report.statusMissing} missing, ${report.statusStale} stale`,
       );
     }
+  }
+  if (report.statusKeptWrong !== 0) {
+    failures.push(`${report.statusKeptWrong} targets' kept counts differ from the exact recount`);
   }
   if (failures.length) {
     const { problems, ...figures } = report;

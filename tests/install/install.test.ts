@@ -107,7 +107,7 @@ Deno.test("install into a Supabase project: its migrations build a database wher
         select count(*)::int as total, count(embedding)::int as embedded from public.notes`;
       assert.deepEqual({ ...row }, { total: 31, embedded: 31 });
       const [status] = await sql`
-        select missing::int, stale::int, model from util.embedding_status where table_name = 'notes'`;
+        select missing::int, stale::int, model from util.embedding_status_exact() where table_name = 'notes'`;
       assert.deepEqual({ ...status }, { missing: 0, stale: 0, model: "local-hash-v1" });
     }, { template: "template1" });
   });

@@ -14,7 +14,7 @@ import { assertAllFresh, insertRows } from "../_support/rows.ts";
 import { settle } from "../_support/settle.ts";
 
 async function status(sql: Sql, table = "documents") {
-  const [s] = await sql`select * from util.embedding_status where table_name = ${table}`;
+  const [s] = await sql`select * from util.embedding_status_exact() where table_name = ${table}`;
   return s;
 }
 
@@ -136,7 +136,7 @@ Deno.test("sweeps enqueue in slices, only while the queue is short", async () =>
         clearInterval(watch);
       }
       assert.ok(most <= 20, `the queue held at most two slices (${most})`);
-      const [s] = await sql`select embedded::int, missing::int from util.embedding_status`;
+      const [s] = await sql`select embedded::int, missing::int from util.embedding_status_exact()`;
       assert.deepEqual({ ...s }, { embedded: 95, missing: 0 });
       assert.equal(p.fake.stats.inputs, 95);
     } finally {

@@ -63,7 +63,7 @@ Deno.test("I7: sampled throughout a re-embed of 3,000 rows, the live column hold
       p.fake.setLatency(15);
       const [{ n }] = await sql`select util.reembed('documents', model => ${TEST_MODEL}) as n`;
       assert.equal(Number(n), 3000, "every row is queued for the new model");
-      const [st] = await sql`select model, next_model from util.embedding_status`;
+      const [st] = await sql`select model, next_model from util.embedding_status_exact()`;
       assert.deepEqual({ ...st }, { model: OLD_MODEL, next_model: TEST_MODEL });
 
       const done = settle(driver, { batchSize: 50, maxRequests: 2, waitMs: 120_000 });
@@ -71,7 +71,8 @@ Deno.test("I7: sampled throughout a re-embed of 3,000 rows, the live column hold
       done.finally(() => finished = true).catch(() => {});
       const seen = { samples: 0, oldMidway: 0, new: 0, editedMidway: false };
       while (!finished) {
-        const [progress] = await sql`select next_embedded::int as n from util.embedding_status`;
+        const [progress] =
+          await sql`select next_embedded::int as n from util.embedding_status_exact()`;
         const sample = await sql`select id::int, embedding::text from documents`;
         const models = new Set<string>();
         for (const row of sample) {
@@ -98,7 +99,7 @@ Deno.test("I7: sampled throughout a re-embed of 3,000 rows, the live column hold
       assert.ok(seen.editedMidway, "rows were edited mid-change");
 
       // After the switch: the new model everywhere, as if it had always been so.
-      const [after] = await sql`select * from util.embedding_status`;
+      const [after] = await sql`select * from util.embedding_status_exact()`;
       assert.equal(after.model, TEST_MODEL);
       assert.equal(after.next_model, null);
       assert.equal(Number(after.stale), 0);
@@ -152,7 +153,7 @@ Deno.test("I7: dimensions change too (16 -> 32); the column is declared with the
          where attrelid = 'public.documents'::regclass and attname = 'embedding'`;
       assert.equal(col.type, "halfvec(32)");
       const [s] =
-        await sql`select model, dimensions, stale::int, missing::int from util.embedding_status`;
+        await sql`select model, dimensions, stale::int, missing::int from util.embedding_status_exact()`;
       assert.deepEqual({ ...s }, { model: TEST_MODEL, dimensions: 32, stale: 0, missing: 0 });
       for (
         const row of await sql`select documents_input(d) as text, embedding::text from documents d`
@@ -180,7 +181,7 @@ Deno.test("I7: cancel_reembed leaves nothing behind; the live column is untouche
       // Part of the new model's work done, then cancelled with jobs still queued.
       await sql`select util.process_embeddings(10, 1, 10000)`;
       await waitFor(async () => {
-        const [s] = await sql`select next_embedded::int as n from util.embedding_status`;
+        const [s] = await sql`select next_embedded::int as n from util.embedding_status_exact()`;
         return s.n > 0;
       }, { what: "some rows embedded by the new model" });
       const [{ cancelled }] = await sql`select util.cancel_reembed('documents') as cancelled`;
@@ -188,7 +189,7 @@ Deno.test("I7: cancel_reembed leaves nothing behind; the live column is untouche
       await settle(sql);
       assert.equal(await catalog(sql), before);
       assert.deepEqual(await sql`select id, embedding::text from documents order by id`, vectors);
-      const [s] = await sql`select model, next_model from util.embedding_status`;
+      const [s] = await sql`select model, next_model from util.embedding_status_exact()`;
       assert.deepEqual({ ...s }, { model: OLD_MODEL, next_model: null });
       const [{ again }] = await sql`select util.cancel_reembed('documents') as again`;
       assert.equal(again, false, "nothing to cancel any more");
@@ -210,15 +211,15 @@ Deno.test("I7: a view on the column holds the switch back, says why in status, a
       await settle(sql, { switches: false });
       await waitFor(async () => {
         await sql`select util.maintain_embeddings()`;
-        const [s] = await sql`select last_error, next_model from util.embedding_status`;
+        const [s] = await sql`select last_error, next_model from util.embedding_status_exact()`;
         return s.next_model === TEST_MODEL &&
           /switch to model .* is waiting.*depend/.test(s.last_error ?? "");
       }, { what: "status to say why the switch waits" });
-      const [s] = await sql`select model from util.embedding_status`;
+      const [s] = await sql`select model from util.embedding_status_exact()`;
       assert.equal(s.model, OLD_MODEL, "still serving the old model");
       await sql`drop view public.document_vectors`;
       await settle(sql);
-      const [after] = await sql`select model, next_model from util.embedding_status`;
+      const [after] = await sql`select model, next_model from util.embedding_status_exact()`;
       assert.deepEqual({ ...after }, { model: TEST_MODEL, next_model: null });
     } finally {
       await p.stop();
@@ -250,10 +251,11 @@ Deno.test("I7: enable_embeddings again with another model starts a change instea
       await insertRows(sql, 10);
       await settle(sql);
       await sql`select util.enable_embeddings('documents', 'documents_input', model => ${TEST_MODEL})`;
-      const [s] = await sql`select model, next_model, stale::int from util.embedding_status`;
+      const [s] =
+        await sql`select model, next_model, stale::int from util.embedding_status_exact()`;
       assert.deepEqual({ ...s }, { model: OLD_MODEL, next_model: TEST_MODEL, stale: 0 });
       await settle(sql);
-      const [after] = await sql`select model, next_model from util.embedding_status`;
+      const [after] = await sql`select model, next_model from util.embedding_status_exact()`;
       assert.deepEqual({ ...after }, { model: TEST_MODEL, next_model: null });
     } finally {
       await p.stop();

@@ -26,7 +26,7 @@ Deno.test("I1/I3: 500 inserted rows embed through the push path with ceil(500/10
         `requests ${p.fake.stats.requests}`,
       );
       assert.equal(p.fake.stats.inputs, 500);
-      const [status] = await sql`select * from util.embedding_status`;
+      const [status] = await sql`select * from util.embedding_status_exact()`;
       assert.equal(Number(status.embedded), 500);
       assert.equal(Number(status.missing), 0);
       assert.equal(Number(status.stale), 0);
@@ -199,7 +199,8 @@ Deno.test("I5: a row whose content function raises is dead-lettered after max at
       assert.equal(errors.length, 2);
       assert.match(errors[1].error, /cannot build text/);
       assert.equal(errors[1].dead_lettered, true);
-      const [status] = await sql`select dead_lettered, last_error from util.embedding_status`;
+      const [status] =
+        await sql`select dead_lettered, last_error from util.embedding_status_exact()`;
       assert.equal(Number(status.dead_lettered), 1);
       assert.match(status.last_error, /cannot build text/);
     } finally {
@@ -219,7 +220,7 @@ Deno.test("I5/I14: provider 500s open its circuit; the rows wait without spendin
       await sql`select util.process_embeddings(10, 1, 10000)`;
       await waitFor(async () => {
         const [s] = await sql`
-          select circuit_open_since is not null as open, circuit_reason from util.embedding_status`;
+          select circuit_open_since is not null as open, circuit_reason from util.embedding_status_exact()`;
         return s.open && /500/.test(s.circuit_reason);
       }, { what: "the provider's circuit to open" });
       await drainPush(sql, { batchSize: 10, maxRequests: 1 });

@@ -29,7 +29,7 @@ function kindOf(statement: string): string {
   if (s.startsWith("with applying as")) return "write";
   if (s.includes("autoembed.applying")) return "applying";
   if (s.includes("util._content_hash(x.content)")) return "rows";
-  if (s.includes("util._settle_jobs")) return "settle";
+  if (s.includes("util._settle_batch")) return "settle";
   return s.slice(0, 60);
 }
 

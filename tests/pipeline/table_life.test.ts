@@ -156,7 +156,7 @@ async function status(sql: Sql) {
   return (await sql`
     select schema_name || '.' || table_name as table, embedding_column as target, total_rows::int,
            embedded::int, missing::int, queued::int, dead_lettered::int
-      from util.embedding_status order by 1, 2`).map((r) => ({ ...r }));
+      from util.embedding_status_exact() order by 1, 2`).map((r) => ({ ...r }));
 }
 
 /**

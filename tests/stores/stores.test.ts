@@ -109,7 +109,7 @@ async function status(sql: Sql, store: Store) {
   const [row] = await sql`
     select model, dimensions, total_rows::int, embedded::int, missing::int, stale::int,
            next_model, next_dimensions, content_changed_at
-      from util.embedding_status where table_name = 'notes' and embedding_column = ${store.target}`;
+      from util.embedding_status_exact() where table_name = 'notes' and embedding_column = ${store.target}`;
   return row;
 }
 
@@ -226,7 +226,7 @@ for (const store of STORES) {
         const [row] = await sql`
           select total_rows::int, embedded::int, missing::int, stale::int, empty::int,
                  dead_lettered::int
-            from util.embedding_status where table_name = 'notes' and embedding_column = ${store.target}`;
+            from util.embedding_status_exact() where table_name = 'notes' and embedding_column = ${store.target}`;
         return { ...row };
       };
       // Premise: every note has text and is embedded.

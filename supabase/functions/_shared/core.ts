@@ -34,9 +34,15 @@ import { type EmbedOutcome, type EmbedRequest, embedTexts } from "./embed_texts.
 import type { Job, RefusedJob } from "./jobs.ts";
 import { idFitsKeyType } from "./keys.ts";
 import { type EmbeddingProvider, ProviderError, providerOrError } from "./providers/types.ts";
-import { mayExceedTokens } from "./providers/tokens.ts";
+import { mayExceedTokens, tokenCounterFor } from "./providers/tokens.ts";
 import { ProviderHealth } from "./recovery.ts";
-import { failureKey, recordNotes, type SettledRow, settleJobs } from "./sql/queue.ts";
+import {
+  failureKey,
+  recordNotes,
+  type SettledRow,
+  settleJobs,
+  type TargetUsage,
+} from "./sql/queue.ts";
 import { type Piece, type RowPlan, type Store, storeOf } from "./sql/store.ts";
 import {
   type FormerTarget,
@@ -110,6 +116,17 @@ export interface BatchStats {
   drafted: number;
   /** Time spent splitting texts and counting tokens (the CPU budget's stages). */
   cpuStagesMs: number;
+  /** Tokens sent to the provider (by the model's tokenizer), and not sent because a vector was reused. */
+  tokens: number;
+  tokensReused: number;
+  /** Provider answers 429 (rate limited) this batch saw. */
+  rateLimited: number;
+  /**
+   * Waits for the provider's rate budget, and their milliseconds: the hook
+   * of the shared budget (issue 23), which adds to them; 0 until it exists.
+   */
+  budgetWaits: number;
+  budgetWaitMs: number;
   durationMs: number;
 }
 
@@ -171,8 +188,43 @@ class Outcome {
       handedBack: 0,
       drafted: 0,
       cpuStagesMs: 0,
+      tokens: 0,
+      tokensReused: 0,
+      rateLimited: 0,
+      budgetWaits: 0,
+      budgetWaitMs: 0,
       durationMs: 0,
     };
+  }
+
+  /** Usage by target, recorded with the settle (util.embedding_usage). */
+  readonly usage = new Map<number, TargetUsage>();
+
+  /** Adds tokens sent (online) or saved by reuse for `target`. */
+  use(target: Target, kind: "online" | "reused", tokens: number) {
+    let u = this.usage.get(target.id);
+    if (!u) {
+      this.usage.set(
+        target.id,
+        u = {
+          target_id: target.id,
+          model: target.model,
+          online_tokens: 0,
+          online_inputs: 0,
+          reused_tokens: 0,
+          reused_inputs: 0,
+        },
+      );
+    }
+    if (kind === "online") {
+      u.online_tokens += tokens;
+      u.online_inputs++;
+      this.stats.tokens += tokens;
+    } else {
+      u.reused_tokens += tokens;
+      u.reused_inputs++;
+      this.stats.tokensReused += tokens;
+    }
   }
 
   /** The key of `row`'s outcome: its job, and its row when the job is a packed message. */
@@ -415,6 +467,7 @@ async function embed(
   const requests: EmbedRequest[] = [];
   const requested: { task: RowTask; piece: Piece }[] = [];
   const providers = new Map<Target, EmbeddingProvider | ProviderError>();
+  countReused(tasks, outcome, budget);
   for (const task of tasks) {
     const pieces = task.pieces.filter((p) => p.vector === null && !p.reused);
     if (pieces.length === 0) continue;
@@ -454,6 +507,7 @@ async function embed(
     concurrency: options.providerConcurrency,
     health: outcome.health,
   }, outcome.stats);
+  countSent(requested, results, providers, outcome, budget);
   const worst = new Map<RowTask, EmbedOutcome>();
   requested.forEach(({ task, piece }, i) => {
     const result = results[i];
@@ -471,6 +525,56 @@ async function embed(
       outcome.fail(task.work, result.error, result.retryable, result.retryAfterMs);
     } else outcome.handBack(task.work);
   }
+}
+
+/** Tokens of a piece by the model's tokenizer (its count from the splitter, where known). */
+function tokensOf(piece: Piece, count: (text: string) => number): number {
+  return piece.tokens ?? count(piece.input ?? piece.text);
+}
+
+/**
+ * Usage saved by reuse: pieces whose vector was copied from a row holding
+ * it, or a chunk's vector kept by its text's hash (util.embedding_usage).
+ */
+function countReused(tasks: RowTask[], outcome: Outcome, budget: CallBudget) {
+  budget.charge(() => {
+    for (const task of tasks) {
+      const saved = task.pieces.filter((p) => p.reused || p.vector !== null);
+      if (!saved.length) continue;
+      const counter = tokenCounterFor(task.target.model);
+      for (const piece of saved) {
+        outcome.use(task.target, "reused", tokensOf(piece, (t) => counter.count(t)));
+      }
+    }
+  });
+}
+
+/**
+ * Usage sent: each text the provider embedded, once however many rows and
+ * targets asked for it (as embedTexts sends it), charged to the first.
+ */
+function countSent(
+  requested: { task: RowTask; piece: Piece }[],
+  results: EmbedOutcome[],
+  providers: Map<Target, EmbeddingProvider | ProviderError>,
+  outcome: Outcome,
+  budget: CallBudget,
+) {
+  budget.charge(() => {
+    const seen = new Set<string>();
+    requested.forEach(({ task, piece }, i) => {
+      if (!("vector" in results[i])) return;
+      const { target } = task;
+      const key = `${target.model}\u0000${target.dimensions}\u0000${piece.input ?? piece.text}`;
+      if (seen.has(key)) return;
+      seen.add(key);
+      const provider = providers.get(target);
+      const counter = provider && !(provider instanceof ProviderError)
+        ? provider.tokens
+        : tokenCounterFor(target.model);
+      outcome.use(target, "online", tokensOf(piece, (t) => counter.count(t)));
+    });
+  });
 }
 
 /**
@@ -557,10 +661,11 @@ async function write(
 }
 
 /**
- * 6. Settle, in one call (util._settle_jobs): messages with every row done
+ * 6. Settle, in one call (util._settle_batch): messages with every row done
  * are deleted; a row that failed goes on alone under its own backoff (or is
  * dead-lettered), one deferred or unstarted stays with its attempt back;
- * the providers' circuits open or close as this batch found them.
+ * the providers' circuits open or close as this batch found them; the
+ * done messages' time to fresh and the batch's usage are recorded with it.
  */
 async function acknowledge(
   sql: postgres.Sql,
@@ -573,7 +678,13 @@ async function acknowledge(
   const rows = [...settled.values()];
   const open = new Set(rows.map((r) => r.job_id));
   const completed = [...outcome.accepted].filter((id) => !open.has(id));
-  const dead = await settleJobs(sql, completed, rows, outcome.health.reports());
+  const dead = await settleJobs(
+    sql,
+    completed,
+    rows,
+    outcome.health.reports(),
+    [...outcome.usage.values()],
+  );
   const failedJobs: FailedJob[] = [];
   for (const row of rows) {
     if (row.kind === "failed") {

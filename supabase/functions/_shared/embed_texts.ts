@@ -38,6 +38,8 @@ export interface EmbedCounts {
   providerCalls: number;
   providerInputs: number;
   embedded: number;
+  /** Calls the provider answered 429 (rate limited). */
+  rateLimited: number;
 }
 
 /**
@@ -104,6 +106,7 @@ export async function embedTexts(
         : new ProviderError(`embedding failed: ${(err as Error)?.message ?? err}`, {
           retryable: true,
         });
+      if (error.status === 429) counts.rateLimited++;
       if (!error.retryable && texts.length > 1 && SPLITTABLE_STATUSES.has(error.status ?? 0)) {
         const half = Math.ceil(texts.length / 2);
         await call(provider, texts.slice(0, half), byText);

@@ -4,6 +4,7 @@
 // call per batch, hand-backs after a lost connection.
 import type postgres from "postgres";
 import { checkJobMessage, type Job, jobsOf, parseJobJson, type RefusedJob } from "../jobs.ts";
+import { errorCode } from "../db_errors.ts";
 import type { Target } from "./targets.ts";
 
 /** What became of a row (row_id) of a message that is not done, or of a whole message (null). */
@@ -32,6 +33,19 @@ export interface CircuitReport {
   /** Seconds the provider asked us to wait (Retry-After). */
   retry_after?: number;
 }
+
+/** A batch's tokens for one target (util._record_usage): sent online, and saved by reuse. */
+export interface TargetUsage {
+  target_id: number;
+  model: string;
+  online_tokens: number;
+  online_inputs: number;
+  reused_tokens: number;
+  reused_inputs: number;
+}
+
+/** Until when settleJobs uses util._settle_jobs alone (epoch ms): see there. */
+let legacyUntil = 0;
 
 /** How settleJobs reports a failure: by job, or by job and row for a packed message's row. */
 export const failureKey = (jobId: number, rowId: string | null): string =>
@@ -73,8 +87,10 @@ export async function claimJobs(
 }
 
 /**
- * Settles a batch in one call (util._settle_jobs): `done` messages are
- * deleted, the rest settled row by row, circuits opened or closed. Returns,
+ * Settles a batch in one call (util._settle_batch, which runs
+ * util._settle_jobs): `done` messages are deleted, the rest settled row by
+ * row, circuits opened or closed; in the same transaction the done
+ * messages' time to fresh and the batch's `usage` are recorded. Returns,
  * per failed outcome (failureKey), whether it was dead-lettered.
  */
 export async function settleJobs(
@@ -82,12 +98,34 @@ export async function settleJobs(
   done: number[],
   outcomes: SettledRow[],
   circuits: CircuitReport[],
+  usage: TargetUsage[] = [],
 ): Promise<Map<string, boolean>> {
-  if (!done.length && !outcomes.length && !circuits.length) return new Map();
-  const settled = await sql<{ job_id: string; row_id: string | null; dead_lettered: boolean }[]>`
-    select job_id, row_id, dead_lettered from util._settle_jobs(
-      array(select jsonb_array_elements_text(${JSON.stringify(done)}::text::jsonb)::bigint),
-      ${JSON.stringify(outcomes)}::text::jsonb, ${JSON.stringify(circuits)}::text::jsonb)`;
+  if (!done.length && !outcomes.length && !circuits.length && !usage.length) return new Map();
+  type Settled = { job_id: string; row_id: string | null; dead_lettered: boolean }[];
+  const ids = JSON.stringify(done);
+  const legacy = () =>
+    sql<Settled>`
+      select job_id, row_id, dead_lettered from util._settle_jobs(
+        array(select jsonb_array_elements_text(${ids}::text::jsonb)::bigint),
+        ${JSON.stringify(outcomes)}::text::jsonb, ${JSON.stringify(circuits)}::text::jsonb)`;
+  let settled: Settled;
+  if (Date.now() < legacyUntil) settled = await legacy();
+  else {
+    try {
+      settled = await sql<Settled>`
+        select job_id, row_id, dead_lettered from util._settle_batch(
+          array(select jsonb_array_elements_text(${ids}::text::jsonb)::bigint),
+          ${JSON.stringify(outcomes)}::text::jsonb, ${JSON.stringify(circuits)}::text::jsonb,
+          ${JSON.stringify(usage)}::text::jsonb)`;
+    } catch (err) {
+      // A database whose migrations predate util._settle_batch (code deployed
+      // before `db push`): settled as before, without the figures; looked for
+      // again a minute later.
+      if (errorCode(err) !== "42883") throw err;
+      legacyUntil = Date.now() + 60_000;
+      settled = await legacy();
+    }
+  }
   return new Map(settled.map((o) => [failureKey(Number(o.job_id), o.row_id), o.dead_lettered]));
 }
 

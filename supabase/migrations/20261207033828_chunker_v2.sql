@@ -31,6 +31,7 @@ grant execute on function
   util.cancel_reembed(regclass, name),
   util.retry_failed(regclass),
   util._embedding_status(),
+  util.embedding_status_exact(),
   util.set_chunking(regclass, int, int, text, regclass),
   util.match_chunks(regclass, extensions.halfvec, int, float)
   to service_role;
