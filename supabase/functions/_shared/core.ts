@@ -35,6 +35,7 @@ import type { Job, RefusedJob } from "./jobs.ts";
 import { idFitsKeyType } from "./keys.ts";
 import { type EmbeddingProvider, ProviderError, providerOrError } from "./providers/types.ts";
 import { mayExceedTokens } from "./providers/tokens.ts";
+import { budgetOf, type RateBudget } from "./rate_budget.ts";
 import { ProviderHealth } from "./recovery.ts";
 import { failureKey, recordNotes, type SettledRow, settleJobs } from "./sql/queue.ts";
 import { type Piece, type RowPlan, type Store, storeOf } from "./sql/store.ts";
@@ -75,6 +76,13 @@ export interface ProcessOptions {
    * columns); without it they go as text through `sql` (bench/RESULTS.md, 1b).
    */
   binaryWrites?: BinaryWrites;
+  /**
+   * The providers' rate budget (I17): by default the one in this database,
+   * shared with every other caller; null for none (calls go at once).
+   */
+  budget?: RateBudget | null;
+  /** Longest wait for the budget before a provider call, ms (see embed_texts.ts). */
+  budgetMaxWaitMs?: number;
 }
 
 export interface FailedJob {
@@ -249,7 +257,8 @@ export async function processBatch(
     const rows = assignJobs(jobs, targets, former, outcome);
     const tasks = await readRows(sql, rows, targets, outcome, budget);
     await reuseVectors(sql, tasks, targets, outcome);
-    await embed(tasks, options, outcome, budget);
+    const rateBudget = options.budget === null ? undefined : options.budget ?? budgetOf(sql);
+    await embed(tasks, options, outcome, budget, rateBudget);
     await write(sql, tasks, outcome, options.binaryWrites);
     outcome.stats.cpuStagesMs = Math.round(budget.spentMs);
   }
@@ -411,6 +420,7 @@ async function embed(
   options: ProcessOptions,
   outcome: Outcome,
   budget: CallBudget,
+  rateBudget: RateBudget | undefined,
 ): Promise<void> {
   const requests: EmbedRequest[] = [];
   const requested: { task: RowTask; piece: Piece }[] = [];
@@ -453,6 +463,8 @@ async function embed(
     signal: options.signal,
     concurrency: options.providerConcurrency,
     health: outcome.health,
+    budget: rateBudget,
+    budgetMaxWaitMs: options.budgetMaxWaitMs,
   }, outcome.stats);
   const worst = new Map<RowTask, EmbedOutcome>();
   requested.forEach(({ task, piece }, i) => {

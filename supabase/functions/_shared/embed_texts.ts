@@ -7,6 +7,7 @@
 import { type EmbeddingProvider, ProviderError } from "./providers/types.ts";
 import { isProviderWide, ProviderHealth, providerOf } from "./recovery.ts";
 import { planBatches } from "./providers/tokens.ts";
+import { BudgetSpent, embedWithinBudget, type RateBudget } from "./rate_budget.ts";
 import type { Vector } from "./vectors.ts";
 
 export interface EmbedRequest {
@@ -32,7 +33,14 @@ export interface EmbedOptions {
   concurrency?: number;
   /** How the providers fared: shared by the calls of a batch, reported to the circuits. */
   health?: ProviderHealth;
+  /** The providers' rate budget (rate_budget.ts); without it calls go at once. */
+  budget?: RateBudget;
+  /** Longest wait for the budget before a call, ms (default 60 s, and never past the deadline). */
+  budgetMaxWaitMs?: number;
 }
+
+/** How long a call may wait for its rate budget by default: well inside a claim's 120 s lease. */
+export const DEFAULT_BUDGET_MAX_WAIT_MS = 60_000;
 
 export interface EmbedCounts {
   providerCalls: number;
@@ -82,7 +90,12 @@ export async function embedTexts(
     for (const text of texts) for (const i of byText.get(text) ?? []) outcomes[i] = outcome;
   };
 
-  async function call(provider: EmbeddingProvider, texts: string[], byText: Map<string, number[]>) {
+  async function call(
+    provider: EmbeddingProvider,
+    texts: string[],
+    byText: Map<string, number[]>,
+    counted: Map<string, number>,
+  ) {
     if ((options.deadline && Date.now() > options.deadline) || options.signal?.aborted) {
       return settle(byText, texts, { handedBack: true });
     }
@@ -91,14 +104,29 @@ export async function embedTexts(
       return settle(byText, texts, { deferred: true, error: "the provider is failing" });
     }
     try {
-      counts.providerCalls++;
-      counts.providerInputs += texts.length;
-      const vectors = await provider.embed(texts, options.signal);
+      // Reserved with the model's tokenizer: counted here when planning did not.
+      const tokens = provider.budgetKey && options.budget
+        ? texts.reduce((sum, text) => sum + (counted.get(text) ?? provider.tokens.count(text)), 0)
+        : 0;
+      const vectors = await embedWithinBudget(provider, texts, {
+        budget: options.budget,
+        priority: "backfill",
+        maxWaitMs: options.budgetMaxWaitMs ?? DEFAULT_BUDGET_MAX_WAIT_MS,
+        deadline: options.deadline,
+        signal: options.signal,
+        tokens,
+        onCall: () => {
+          counts.providerCalls++;
+          counts.providerInputs += texts.length;
+        },
+      });
       health.succeeded(name);
       texts.forEach((text, t) => settle(byText, [text], { vector: vectors[t] }));
       counts.embedded += texts.length;
     } catch (err) {
-      if (options.signal?.aborted) return settle(byText, texts, { handedBack: true });
+      if (options.signal?.aborted || err instanceof BudgetSpent) {
+        return settle(byText, texts, { handedBack: true });
+      }
       const error = err instanceof ProviderError
         ? err
         : new ProviderError(`embedding failed: ${(err as Error)?.message ?? err}`, {
@@ -106,8 +134,8 @@ export async function embedTexts(
         });
       if (!error.retryable && texts.length > 1 && SPLITTABLE_STATUSES.has(error.status ?? 0)) {
         const half = Math.ceil(texts.length / 2);
-        await call(provider, texts.slice(0, half), byText);
-        await call(provider, texts.slice(half), byText);
+        await call(provider, texts.slice(0, half), byText, counted);
+        await call(provider, texts.slice(half), byText, counted);
         return;
       }
       if (isProviderWide(error) && health.failed(name, error) === "defer") {
@@ -128,12 +156,16 @@ export async function embedTexts(
   const tasks: (() => Promise<void>)[] = [];
   for (const { provider, byText, counted } of groups.values()) {
     const texts = [...byText.keys()];
+    // A call fits the budget's burst, so that it never goes over a limit in one draw.
+    const burst = provider.budgetKey && options.budget?.burstTokens(provider.budgetKey);
     const plan = planBatches(texts, {
       maxInputs: provider.maxBatchInputs,
-      maxTokens: provider.maxBatchTokens,
+      maxTokens: burst
+        ? Math.min(provider.maxBatchTokens, Math.max(1, burst))
+        : provider.maxBatchTokens,
     }, (text) => counted.get(text) ?? provider.tokens.count(text));
     for (const indices of plan) {
-      tasks.push(() => call(provider, indices.map((i) => texts[i]), byText));
+      tasks.push(() => call(provider, indices.map((i) => texts[i]), byText, counted));
     }
   }
   const concurrency = Math.max(1, options.concurrency ?? 2);
