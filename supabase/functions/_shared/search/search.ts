@@ -47,7 +47,8 @@ async function embedQuery(
           maxWaitMs: deps.embedTimeoutMs,
           deadline: Date.now() + deps.embedTimeoutMs,
           signal,
-          retriesAfter429: 1,
+          // An app's query is not held through a 429: it gets 503 with Retry-After.
+          retriesAfter429: 0,
         });
         return vector;
       } catch (err) {
