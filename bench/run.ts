@@ -1,7 +1,7 @@
 // `deno task bench`: brings up the local stack, runs every scenario against
 // throw-away databases on it and writes bench/RESULTS.md (figures are also
 // printed as they come). Options: --quick (small sizes, for trying it out)
-// and --only drain,cost,freshness,write-path,storage,chunked,search,profile,hosted-limits; both write
+// and --only drain,cost,freshness,write-path,storage,chunked,search,profile,hosted-limits,rate-budget; both write
 // bench/RESULTS.partial.md instead.
 import { parseArgs } from "node:util";
 import { stopCluster } from "../local/cluster.ts";
@@ -21,6 +21,7 @@ import {
   hostedLimitsScenario,
 } from "./scenarios/hosted_limits.ts";
 import { profileScenario } from "./scenarios/profile.ts";
+import { LIMITS, type RateBudgetFigures, rateBudgetScenario } from "./scenarios/rate_budget.ts";
 import { type SearchFigures, searchScenario } from "./scenarios/search.ts";
 import { type StorageFigures, storageScenario } from "./scenarios/storage.ts";
 import { type WritePathFigures, writePathScenario } from "./scenarios/write_path.ts";
@@ -51,6 +52,7 @@ const SCENARIOS = [
   "search",
   "profile",
   "hosted-limits",
+  "rate-budget",
 ];
 
 async function machine(): Promise<[string, string][]> {
@@ -129,8 +131,30 @@ function goals(
   storage?: StorageFigures,
   chunked?: ChunkedFigures,
   limits?: HostedLimitsFigures,
+  budget?: RateBudgetFigures,
 ): Goal[] {
   const list: Goal[] = [];
+  if (budget) {
+    const after = budget.runs.at(-1)!;
+    const before = budget.runs[0];
+    const share = (r: typeof after) => (r.rateLimited / Math.max(1, r.requests)) * 100;
+    list.push({
+      goal: `rate limit: 3 workers + push reach ≥ 90% of ${
+        LIMITS.tokensPerMinute.toLocaleString("en-US")
+      } TPM`,
+      figure: `${Math.round(after.tpmShare * 100)}% (before: ${
+        Math.round(before.tpmShare * 100)
+      }%); drain ${after.seconds.toFixed(0)} s, ideal ${after.idealSeconds.toFixed(0)} s`,
+      met: after.tpmShare >= 0.9,
+      limit: "the budget keeps 5% for bursts and 4% for search (supabase/schemas/17_budgets.sql)",
+    });
+    list.push({
+      goal: "rate limit: 429s ≤ 2% of provider calls",
+      figure: `${share(after).toFixed(1)}% (before: ${share(before).toFixed(1)}%)`,
+      met: share(after) <= 2,
+      limit: "",
+    });
+  }
   if (limits) {
     const { worst } = limits;
     const half = HALF_LIMITS;
@@ -325,6 +349,7 @@ async function main(): Promise<number> {
   let chunked: ChunkedFigures | undefined;
   let search: SearchFigures | undefined;
   let limits: HostedLimitsFigures | undefined;
+  let budget: RateBudgetFigures | undefined;
   const machineFacts = await machine();
   log(machineFacts.map(([k, v]) => `${k}: ${v}`).join("\n"));
   try {
@@ -341,6 +366,7 @@ async function main(): Promise<number> {
     if (only.includes("search")) search = await searchScenario(ctx);
     if (only.includes("profile")) profile = await profileScenario(ctx);
     if (only.includes("hosted-limits")) limits = await hostedLimitsScenario(ctx);
+    if (only.includes("rate-budget")) budget = await rateBudgetScenario(ctx);
   } finally {
     await fake.close();
     await dropBenchDatabases();
@@ -360,11 +386,12 @@ async function main(): Promise<number> {
       search?.section,
       profile,
       limits?.section,
+      budget?.section,
     ]
   ) {
     if (s) sections.push(s);
   }
-  const goalList = goals(drain, cost, fresh, write, storage, chunked, limits);
+  const goalList = goals(drain, cost, fresh, write, storage, chunked, limits, budget);
   const summary = new Section("Goals");
   summary.text("Measured, not asserted: the bench reports, it does not fail.");
   summary.table(
@@ -414,6 +441,7 @@ async function main(): Promise<number> {
 
 /** The scenario a goal of the table belongs to, by its wording. */
 function scenarioOf(goalText: string): string {
+  if (/rate limit:/.test(goalText)) return "rate-budget";
   if (/trigger|bulk insert/.test(goalText)) return "write-path";
   if (/commit → embedding/.test(goalText)) return "freshness";
   if (/util\.\*/.test(goalText)) return "storage";
