@@ -135,23 +135,33 @@ function goals(
 ): Goal[] {
   const list: Goal[] = [];
   if (budget) {
-    const after = budget.runs.at(-1)!;
-    const before = budget.runs[0];
-    const share = (r: typeof after) => (r.rateLimited / Math.max(1, r.requests)) * 100;
+    const run = (code: string, window: string) =>
+      budget.runs.find((r) => r.code.startsWith(code) && r.window === window)!;
+    const share = (r: typeof budget.runs[number]) =>
+      (r.rateLimited / Math.max(1, r.requests)) * 100;
+    const warm = run("after", "full");
+    const cold = run("after", "empty");
     list.push({
       goal: `rate limit: 3 workers + push reach ≥ 90% of ${
         LIMITS.tokensPerMinute.toLocaleString("en-US")
-      } TPM`,
-      figure: `${Math.round(after.tpmShare * 100)}% (before: ${
-        Math.round(before.tpmShare * 100)
-      }%); drain ${after.seconds.toFixed(0)} s, ideal ${after.idealSeconds.toFixed(0)} s`,
-      met: after.tpmShare >= 0.9,
-      limit: "the budget keeps 5% for bursts and 4% for search (supabase/schemas/17_budgets.sql)",
+      } TPM (provider window full at the start)`,
+      figure: `${Math.round(warm.tpmShare * 100)}% (before: ${
+        Math.round(run("before", "full").tpmShare * 100)
+      }%); drain ${warm.seconds.toFixed(0)} s, tokens / TPM ${
+        warm.idealSeconds.toFixed(0)
+      } s; window empty at the start: ${Math.round(cold.tpmShare * 100)}% (before: ${
+        Math.round(run("before", "empty").tpmShare * 100)
+      }%)`,
+      met: warm.tpmShare >= 0.9,
+      limit: "the budget holds 5% for bursts and 4% for search back from backfill " +
+        "(supabase/schemas/17_budgets.sql)",
     });
     list.push({
       goal: "rate limit: 429s ≤ 2% of provider calls",
-      figure: `${share(after).toFixed(1)}% (before: ${share(before).toFixed(1)}%)`,
-      met: share(after) <= 2,
+      figure: `${share(warm).toFixed(1)}% window full, ${share(cold).toFixed(1)}% empty (before: ${
+        share(run("before", "full")).toFixed(1)
+      }%, ${share(run("before", "empty")).toFixed(1)}%)`,
+      met: share(warm) <= 2 && share(cold) <= 2,
       limit: "",
     });
   }

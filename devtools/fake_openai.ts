@@ -59,6 +59,13 @@ export interface FakeRateLimits {
   requestsPerMinute?: number;
   tokensPerMinute?: number;
   headers?: boolean;
+  /**
+   * The window starts full, its tokens spread evenly over the last minute
+   * (in 60 requests), as for an account that has been at its limit: room
+   * comes back at the limit's rate, the steady state of a long backlog.
+   * Default: the window starts empty (a whole minute's worth at once).
+   */
+  startFull?: boolean;
 }
 
 export interface FakeOpenAI {
@@ -152,7 +159,15 @@ class RateWindow {
   readonly #calls: { at: number; tokens: number }[] = [];
   #tokens = 0;
 
-  constructor(readonly limits: FakeRateLimits) {}
+  constructor(readonly limits: FakeRateLimits, now = Date.now()) {
+    if (limits.startFull && limits.tokensPerMinute !== undefined) {
+      const each = limits.tokensPerMinute / 60;
+      for (let i = 0; i < 60; i++) {
+        this.#calls.push({ at: now - WINDOW_MS + (i + 1) * 1000, tokens: each });
+      }
+      this.#tokens = limits.tokensPerMinute;
+    }
+  }
 
   #prune(now: number) {
     while (this.#calls.length && this.#calls[0].at <= now - WINDOW_MS) {

@@ -44,6 +44,8 @@ const LATENCY_MS = 150;
 
 export interface RateBudgetRun {
   code: string;
+  /** The provider's window at the start: empty, or full as at the limit for a minute. */
+  window: "empty" | "full";
   rows: number;
   tokens: number;
   seconds: number;
@@ -93,16 +95,20 @@ async function drive(
   code: string,
   tree: string,
   rows: number,
+  window: "empty" | "full",
 ) {
   const db = await cloneDb(`rate_${label}`);
-  const fake: FakeOpenAI = await startFakeOpenAI({ latencyMs: LATENCY_MS, rateLimits: LIMITS });
-  const env = { DATABASE_URL: db.url, ...providerEnv(fake) };
+  const env = { DATABASE_URL: db.url };
   const workers: WorkerProcess[] = [];
+  let fake: FakeOpenAI | undefined;
   let push;
   let ticking = true;
   let tick: Promise<void> | undefined;
   try {
     await attach(db.sql, false);
+    // Its limits set (and its window filled) once the callers are up: only the drain is measured.
+    fake = await startFakeOpenAI({ latencyMs: LATENCY_MS });
+    Object.assign(env, providerEnv(fake));
     push = await startPushPath(db, fake, {}, join(tree, "supabase", "functions"));
     for (let i = 0; i < WORKERS; i++) {
       workers.push(
@@ -115,12 +121,13 @@ async function drive(
       );
     }
     await Promise.all(workers.map((w) => w.waitForLine(/"event":"started"/, 60_000)));
+    fake.setRateLimits({ ...LIMITS, startFull: window === "full" });
+    const started = performance.now();
     await db.sql.unsafe(rowsSql(rows));
     const texts = await db.sql<{ t: string }[]>`
       select public.bench_docs_input(d) as t from public.bench_docs d`;
     const counter = tokenCounterFor(MODEL);
     const tokens = texts.reduce((sum, { t }) => sum + counter.count(t), 0);
-    const started = performance.now();
     // pg_cron's tick, as on Supabase (the continuation keeps push going between ticks).
     tick = (async () => {
       while (ticking) {
@@ -140,6 +147,7 @@ async function drive(
     const [{ dead }] = await db.sql`select count(*)::int as dead from pgmq.a_embedding_jobs`;
     const run: RateBudgetRun = {
       code,
+      window,
       rows,
       tokens,
       seconds,
@@ -156,16 +164,21 @@ async function drive(
     await tick;
     await Promise.all(workers.map((w) => w.stop("SIGTERM")));
     await push?.stop();
-    await fake.close();
+    await fake?.close();
     await db.drop();
   }
 }
 
 export async function rateBudgetScenario(ctx: BenchContext): Promise<RateBudgetFigures> {
   const rows = ctx.quick ? 600 : 3000;
-  const before = await drive(ctx, "before", `before (${BEFORE_COMMIT})`, await beforeTree(), rows);
-  const after = await drive(ctx, "after", "after (this tree)", ROOT, rows);
-  const runs = [before, after];
+  const before = await beforeTree();
+  const runs: RateBudgetRun[] = [];
+  for (const window of ["full", "empty"] as const) {
+    runs.push(
+      await drive(ctx, `before_${window}`, `before (${BEFORE_COMMIT})`, before, rows, window),
+    );
+    runs.push(await drive(ctx, `after_${window}`, "after (this tree)", ROOT, rows, window));
+  }
   const section = new Section("11. Shared rate budget (issue 23)");
   section.text(
     `${

@@ -52,13 +52,25 @@ async function deadLetters(sql: Sql): Promise<number> {
   return n;
 }
 
-Deno.test("budget: with no limit known, calls go at once; hand-set limits queue backfill in order", async () => {
+Deno.test("budget: with no limit known, the first call learns them; hand-set limits queue backfill in order", async () => {
   await withTestDb(async (sql) => {
+    // No limit known: the first call goes; the others ask again shortly, until it answers.
+    const learner = await reserve(sql, 10_000);
+    assert.deepEqual([learner.wait_ms, learner.granted, learner.lane, learner.burst_tokens], [
+      0,
+      true,
+      "backfill",
+      null,
+    ]);
+    const next = await reserve(sql, 10_000);
+    assert.equal(next.lane, "learning");
+    assert.ok(next.wait_ms > 0 && next.wait_ms <= 250, `asks again in ${next.wait_ms} ms`);
+    assert.equal((await reserve(sql, 10, "search")).wait_ms, 0, "search does not wait to learn");
+    // Nothing learned within budget_learning_seconds (a provider without headers): all at once.
+    await sql`update util.provider_budgets set learning_until = now() - interval '1 second'`;
     for (let i = 0; i < 3; i++) {
       const r = await reserve(sql, 10_000);
-      assert.equal(r.wait_ms, 0);
-      assert.equal(r.granted, true);
-      assert.equal(r.burst_tokens, null);
+      assert.deepEqual([r.wait_ms, r.granted, r.lane], [0, true, "backfill"]);
     }
     // 60,000 tokens a minute: a burst of 5% (3,000), backfill refilled at 91%.
     await sql`select util.set_provider_limits('m', 600, 60000)`;

@@ -124,8 +124,22 @@ export async function embedTexts(
       texts.forEach((text, t) => settle(byText, [text], { vector: vectors[t] }));
       counts.embedded += texts.length;
     } catch (err) {
-      if (options.signal?.aborted || err instanceof BudgetSpent) {
-        return settle(byText, texts, { handedBack: true });
+      if (options.signal?.aborted) return settle(byText, texts, { handedBack: true });
+      if (err instanceof BudgetSpent) {
+        // Booked further ahead than this call may wait: the rows wait behind
+        // the provider's circuit for that long (no attempt spent) instead of
+        // coming straight back to be claimed and refused again.
+        const spent = new ProviderError(`embedding with ${provider.model} waits: ${err.message}`, {
+          retryable: true,
+          status: 429,
+          retryAfterMs: err.waitMs,
+        });
+        health.failed(name, spent);
+        return settle(byText, texts, {
+          deferred: true,
+          error: spent.message,
+          retryAfterMs: err.waitMs,
+        });
       }
       const error = err instanceof ProviderError
         ? err

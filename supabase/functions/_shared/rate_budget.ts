@@ -25,7 +25,10 @@ export interface Grant {
   waitMs: number;
   /** False when the wait is over the caller's limit: nothing was reserved. */
   granted: boolean;
-  /** The bucket drawn from ("search" or "backfill"), for the settle. */
+  /**
+   * The bucket drawn from ("search" or "backfill"), for the settle; or
+   * "learning": nothing was booked, reserve again after the wait.
+   */
   lane: string;
 }
 
@@ -153,7 +156,7 @@ export async function embedWithinBudget(
   if (!key || !budget) return await embed();
   const tokens = call.tokens ?? texts.reduce((sum, t) => sum + provider.tokens.count(t), 0);
   const retries = call.retriesAfter429 ?? 3;
-  for (let attempt = 0;; attempt++) {
+  for (let limited429 = 0;;) {
     const room = call.deadline === undefined ? Infinity : call.deadline - Date.now();
     let grant: Grant;
     try {
@@ -164,8 +167,12 @@ export async function embedWithinBudget(
     }
     if (!grant.granted) throw new BudgetSpent(grant.waitMs);
     if (grant.waitMs > 0) await sleep(grant.waitMs, call.signal);
+    // The budget is learning its limits from another caller's answer: ask again.
+    if (grant.lane === "learning" && !call.signal?.aborted) continue;
     if (call.signal?.aborted) {
-      await settleQuietly(budget, key, grant.lane, { reservedTokens: tokens, usedTokens: 0 });
+      if (grant.lane !== "learning") {
+        await settleQuietly(budget, key, grant.lane, { reservedTokens: tokens, usedTokens: 0 });
+      }
       throw call.signal.reason ?? new DOMException("aborted", "AbortError");
     }
     let report: CallReport | undefined;
@@ -187,7 +194,7 @@ export async function embedWithinBudget(
         limits: err instanceof ProviderError ? err.rateLimits : undefined,
       });
       const timeLeft = call.deadline === undefined || Date.now() < call.deadline;
-      if (!limited || attempt >= retries || !timeLeft || call.signal?.aborted) throw err;
+      if (!limited || limited429++ >= retries || !timeLeft || call.signal?.aborted) throw err;
     }
   }
 }

@@ -10,7 +10,9 @@ insert into util.settings (name, value, description) values
   ('budget_burst_percent', '5',
    'share of a provider rate limit (per minute) that may go out at once; the backfill rate is what the burst and the search share leave'),
   ('budget_search_percent', '2',
-   'share of a provider rate limit kept for search queries (twice this is held back from backfill)')
+   'share of a provider rate limit kept for search queries (twice this is held back from backfill)'),
+  ('budget_learning_seconds', '5',
+   'how long other calls wait for the first call to a provider account and model to teach its rate limits')
 on conflict (name) do update set description = excluded.description;
 
 -------------------------------------------------------------------------------
@@ -49,6 +51,8 @@ create table if not exists util.provider_budgets (
   search_tokens_tat timestamptz not null default '-infinity',
   -- no call starts before this (a 429's Retry-After)
   paused_until timestamptz not null default '-infinity',
+  -- until the first answer teaches the limits, only the first call goes
+  learning_until timestamptz,
   calls bigint not null default 0,
   rate_limited bigint not null default 0,
   last_rate_limited_at timestamptz,
@@ -111,7 +115,11 @@ $$;
 -- that would wait longer than `max_wait_ms` is not (the caller hands its
 -- work back), so nothing is booked that no one will use. `priority`
 -- 'search' draws from the search share first, starting at once while it
--- lasts; 'backfill' queues in order. Also returns the tokens a backfill
+-- lasts; 'backfill' queues in order. A budget that knows no limit yet
+-- lets its first backfill call go and has the others wait (lane
+-- 'learning', then reserve again) until that call's headers teach the
+-- limits, for at most budget_learning_seconds; then, with no limit known,
+-- every call goes at once. Also returns the tokens a backfill
 -- burst may hold (null: no limit known), so callers size their batches to it.
 create or replace function util._budget_reserve(
   base_url text,
@@ -155,6 +163,27 @@ begin
   select * into lim from util._budget_limits(b);
   burst_tokens := lim.tokens_per_minute * burst;
   paused := greatest(extract(epoch from b.paused_until), now_s);
+
+  -- No limit known, none set: the first call goes alone, to learn them.
+  if lim.source is null and priority = 'backfill' then
+    if b.learning_until is null then
+      update util.provider_budgets p
+         set learning_until = pg_catalog.clock_timestamp()
+                              + pg_catalog.make_interval(secs => util._setting('budget_learning_seconds')::float8),
+             calls = p.calls + 1
+       where p.base_url = b.base_url and p.key_fingerprint = b.key_fingerprint and p.model = b.model;
+      wait_ms := ceil((paused - now_s) * 1000);
+      granted := wait_ms <= max_wait_ms;
+      lane := 'backfill';
+      return;
+    elsif extract(epoch from b.learning_until) > now_s then
+      -- Asked again shortly: the first answer usually comes well before learning_until.
+      wait_ms := ceil((greatest(least(extract(epoch from b.learning_until), now_s + 0.2), paused) - now_s) * 1000);
+      granted := wait_ms <= max_wait_ms;
+      lane := 'learning';
+      return;
+    end if;
+  end if;
 
   if priority = 'search' then
     select * into req from util._budget_slot(extract(epoch from b.search_requests_tat), now_s, requests,
