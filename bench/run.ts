@@ -153,7 +153,7 @@ function goals(
         Math.round(run("before", "empty").tpmShare * 100)
       }%)`,
       met: warm.tpmShare >= 0.9,
-      limit: "the budget holds 5% for bursts and 4% for search back from backfill " +
+      limit: "the budget holds 2% for bursts and 4% for search back from backfill " +
         "(supabase/schemas/17_budgets.sql)",
     });
     list.push({

@@ -22,7 +22,7 @@
 -- never makes a search wait.
 
 insert into util.settings (name, value, description) values
-  ('budget_burst_percent', '5',
+  ('budget_burst_percent', '2',
    'share of a provider rate limit (per minute) that may go out at once; the backfill rate is what the burst and the search share leave'),
   ('budget_search_percent', '2',
    'share of a provider rate limit kept for search queries (twice this is held back from backfill)'),

@@ -72,7 +72,9 @@ Deno.test("budget: with no limit known, the first call learns them; hand-set lim
       const r = await reserve(sql, 10_000);
       assert.deepEqual([r.wait_ms, r.granted, r.lane], [0, true, "backfill"]);
     }
-    // 60,000 tokens a minute: a burst of 5% (3,000), backfill refilled at 91%.
+    // 60,000 tokens a minute: a burst of 5% (3,000: set here, 2% by default), backfill
+    // refilled at 91% (what the burst and twice the search share of 2% leave).
+    await sql`update util.settings set value = '5' where name = 'budget_burst_percent'`;
     await sql`select util.set_provider_limits('m', 600, 60000)`;
     const first = await reserve(sql, 3000);
     assert.equal(first.wait_ms, 0);
@@ -100,6 +102,7 @@ Deno.test("budget: with no limit known, the first call learns them; hand-set lim
 
 Deno.test("budget: unused tokens come back, a 429 pauses every lane, headers teach the limits", async () => {
   await withTestDb(async (sql) => {
+    await sql`update util.settings set value = '5' where name = 'budget_burst_percent'`;
     await sql`select util.set_provider_limits('m', 600, 60000)`;
     await reserve(sql, 3000);
     const queued = (await reserve(sql, 3000)).wait_ms;
