@@ -3,7 +3,9 @@
 // flight at a time. A permanent rejection of a multi-input batch is split in
 // halves to find the one bad input, so the others still embed (I5). A
 // provider-wide failure (recovery.ts) stops the calls to that provider and
-// defers their texts instead of failing them.
+// defers their texts instead of failing them. Every call draws from the
+// provider account's rate budget (rate_budget.ts), and carries at most one
+// burst of it.
 import { type EmbeddingProvider, ProviderError } from "./providers/types.ts";
 import { isProviderWide, ProviderHealth, providerOf } from "./recovery.ts";
 import { planBatches } from "./providers/tokens.ts";
