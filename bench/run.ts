@@ -2,6 +2,7 @@
 // throw-away databases on it and writes bench/RESULTS.md (figures are also
 // printed as they come). Options: --quick (small sizes, for trying it out)
 // and --only drain,cost,freshness,write-path,storage,chunked,search,profile,hosted-limits,status; both write
+// and --only drain,cost,freshness,write-path,storage,chunked,search,profile,hosted-limits,rate-budget; both write
 // bench/RESULTS.partial.md instead.
 import { parseArgs } from "node:util";
 import { stopCluster } from "../local/cluster.ts";
@@ -21,6 +22,7 @@ import {
   hostedLimitsScenario,
 } from "./scenarios/hosted_limits.ts";
 import { profileScenario } from "./scenarios/profile.ts";
+import { LIMITS, type RateBudgetFigures, rateBudgetScenario } from "./scenarios/rate_budget.ts";
 import { type SearchFigures, searchScenario } from "./scenarios/search.ts";
 import { type StatusFigures, statusScenario } from "./scenarios/status.ts";
 import { type StorageFigures, storageScenario } from "./scenarios/storage.ts";
@@ -53,6 +55,7 @@ const SCENARIOS = [
   "profile",
   "hosted-limits",
   "status",
+  "rate-budget",
 ];
 
 async function machine(): Promise<[string, string][]> {
@@ -131,8 +134,40 @@ function goals(
   storage?: StorageFigures,
   chunked?: ChunkedFigures,
   limits?: HostedLimitsFigures,
+  budget?: RateBudgetFigures,
 ): Goal[] {
   const list: Goal[] = [];
+  if (budget) {
+    const run = (code: string, window: string) =>
+      budget.runs.find((r) => r.code.startsWith(code) && r.window === window)!;
+    const share = (r: typeof budget.runs[number]) =>
+      (r.rateLimited / Math.max(1, r.requests)) * 100;
+    const warm = run("after", "full");
+    const cold = run("after", "empty");
+    list.push({
+      goal: `rate limit: 3 workers + push reach ≥ 90% of ${
+        LIMITS.tokensPerMinute.toLocaleString("en-US")
+      } TPM (provider window full at the start)`,
+      figure: `${Math.round(warm.tpmShare * 100)}% (before: ${
+        Math.round(run("before", "full").tpmShare * 100)
+      }%); drain ${warm.seconds.toFixed(0)} s, tokens / TPM ${
+        warm.idealSeconds.toFixed(0)
+      } s; window empty at the start: ${Math.round(cold.tpmShare * 100)}% (before: ${
+        Math.round(run("before", "empty").tpmShare * 100)
+      }%)`,
+      met: warm.tpmShare >= 0.9,
+      limit: "the budget holds 2% for bursts and 4% for search back from backfill " +
+        "(supabase/schemas/17_budgets.sql)",
+    });
+    list.push({
+      goal: "rate limit: 429s ≤ 2% of provider calls",
+      figure: `${share(warm).toFixed(1)}% window full, ${share(cold).toFixed(1)}% empty (before: ${
+        share(run("before", "full")).toFixed(1)
+      }%, ${share(run("before", "empty")).toFixed(1)}%)`,
+      met: share(warm) <= 2 && share(cold) <= 2,
+      limit: "",
+    });
+  }
   if (limits) {
     const { worst } = limits;
     const half = HALF_LIMITS;
@@ -328,6 +363,7 @@ async function main(): Promise<number> {
   let search: SearchFigures | undefined;
   let limits: HostedLimitsFigures | undefined;
   let status: StatusFigures | undefined;
+  let budget: RateBudgetFigures | undefined;
   const machineFacts = await machine();
   log(machineFacts.map(([k, v]) => `${k}: ${v}`).join("\n"));
   try {
@@ -345,6 +381,7 @@ async function main(): Promise<number> {
     if (only.includes("profile")) profile = await profileScenario(ctx);
     if (only.includes("hosted-limits")) limits = await hostedLimitsScenario(ctx);
     if (only.includes("status")) status = await statusScenario(ctx);
+    if (only.includes("rate-budget")) budget = await rateBudgetScenario(ctx);
   } finally {
     await fake.close();
     await dropBenchDatabases();
@@ -365,11 +402,12 @@ async function main(): Promise<number> {
       profile,
       limits?.section,
       status?.section,
+      budget?.section,
     ]
   ) {
     if (s) sections.push(s);
   }
-  const goalList = goals(drain, cost, fresh, write, storage, chunked, limits);
+  const goalList = goals(drain, cost, fresh, write, storage, chunked, limits, budget);
   if (status) {
     const big = status.runs.at(-1)!;
     goalList.push({
@@ -430,6 +468,7 @@ async function main(): Promise<number> {
 
 /** The scenario a goal of the table belongs to, by its wording. */
 function scenarioOf(goalText: string): string {
+  if (/rate limit:/.test(goalText)) return "rate-budget";
   if (/trigger|bulk insert/.test(goalText)) return "write-path";
   if (/commit → embedding/.test(goalText)) return "freshness";
   if (/util\.\*/.test(goalText)) return "storage";

@@ -254,6 +254,8 @@ export async function startPushPath(
   db: BenchDb,
   fake: FakeOpenAI,
   env: Record<string, string> = {},
+  /** Where the embed function's code is (default: this tree's supabase/functions). */
+  functionsDir?: string,
 ): Promise<PushPath> {
   const logs: string[] = [];
   const functions = await startFunctions({
@@ -265,6 +267,7 @@ export async function startPushPath(
       ...env,
     },
     only: ["embed"],
+    dir: functionsDir,
     log: (line) => {
       if (logs.length < 10_000) logs.push(line);
     },

@@ -1,10 +1,12 @@
 // A fake OpenAI-compatible embeddings endpoint on loopback for tests: answers
 // POST /v1/embeddings with deterministic vectors (float or base64), with
 // injectable latency and faults (status codes, outages, slowness, malformed or
-// wrong-sized answers).
+// wrong-sized answers), and OpenAI-style rate limits (requests and tokens per
+// minute, enforced over sliding one-minute windows, with OpenAI's
+// x-ratelimit-* headers, or none).
 import { Buffer } from "node:buffer";
 import { hashEmbed } from "../supabase/functions/_shared/providers/local.ts";
-import { estimateTokens } from "../supabase/functions/_shared/providers/tokens.ts";
+import { tokenCounterFor } from "../supabase/functions/_shared/providers/tokens.ts";
 import { sleep } from "../supabase/functions/_shared/sleep.ts";
 
 export type Fault =
@@ -39,6 +41,31 @@ export interface FakeOpenAIStats {
   texts: string[];
   /** Inputs of successful requests, in order: repeats here are paid-for duplicate work. */
   embeddedTexts: string[];
+  /** Requests refused with 429 by the rate limits (counted in failedRequests too). */
+  rateLimited: number;
+  /** Tokens of successful requests, by the model's tokenizer (as usage reports them). */
+  tokens: number;
+}
+
+/**
+ * Rate limits as OpenAI applies them to an account and model: at most
+ * `requestsPerMinute` requests and `tokensPerMinute` input tokens in any
+ * one-minute window (sliding: the strictest reading). A request over either
+ * is answered 429 with `retry-after-ms` and `retry-after`, and is not
+ * counted. `headers` (default true): every answer carries OpenAI's
+ * x-ratelimit-* headers; false, for a provider that sends none.
+ */
+export interface FakeRateLimits {
+  requestsPerMinute?: number;
+  tokensPerMinute?: number;
+  headers?: boolean;
+  /**
+   * The window starts full, its tokens spread evenly over the last minute
+   * (in 60 requests), as for an account that has been at its limit: room
+   * comes back at the limit's rate, the steady state of a long backlog.
+   * Default: the window starts empty (a whole minute's worth at once).
+   */
+  startFull?: boolean;
 }
 
 export interface FakeOpenAI {
@@ -59,6 +86,8 @@ export interface FakeOpenAI {
   setLatency(ms: number): void;
   /** Injects a fault; `times` (default unlimited) counts affected requests. */
   setFault(f: Fault | null): void;
+  /** Sets the rate limits (null: none), forgetting the window so far. */
+  setRateLimits(limits: FakeRateLimits | null): void;
   close(): Promise<void>;
 }
 
@@ -115,6 +144,84 @@ function prng(a: number, b: number, c: number, d: number): () => number {
   return step;
 }
 
+/** A duration as OpenAI writes it in x-ratelimit-reset-*: `120ms`, `6.5s`, `1m0s`. */
+export function goDuration(ms: number): string {
+  if (ms < 1000) return `${Math.max(0, Math.ceil(ms))}ms`;
+  const minutes = Math.floor(ms / 60_000);
+  const seconds = Math.round((ms - minutes * 60_000) / 10) / 100;
+  return minutes > 0 ? `${minutes}m${seconds}s` : `${seconds}s`;
+}
+
+const WINDOW_MS = 60_000;
+
+/** The sliding windows of FakeRateLimits: what went through in the last minute. */
+class RateWindow {
+  readonly #calls: { at: number; tokens: number }[] = [];
+  #tokens = 0;
+
+  constructor(readonly limits: FakeRateLimits, now = Date.now()) {
+    if (limits.startFull && limits.tokensPerMinute !== undefined) {
+      const each = limits.tokensPerMinute / 60;
+      for (let i = 0; i < 60; i++) {
+        this.#calls.push({ at: now - WINDOW_MS + (i + 1) * 1000, tokens: each });
+      }
+      this.#tokens = limits.tokensPerMinute;
+    }
+  }
+
+  #prune(now: number) {
+    while (this.#calls.length && this.#calls[0].at <= now - WINDOW_MS) {
+      this.#tokens -= this.#calls.shift()!.tokens;
+    }
+  }
+
+  /** Takes the request if both windows have room; else ms until they would (at least 1). */
+  take(tokens: number, now = Date.now()): number {
+    this.#prune(now);
+    const { requestsPerMinute: rpm = Infinity, tokensPerMinute: tpm = Infinity } = this.limits;
+    let waitUntil = now;
+    if (this.#calls.length + 1 > rpm) {
+      waitUntil = Math.max(waitUntil, this.#calls[this.#calls.length - rpm].at + WINDOW_MS);
+    }
+    if (this.#tokens + tokens > tpm) {
+      let freed = 0;
+      let until = now + WINDOW_MS;
+      for (const call of this.#calls) {
+        freed += call.tokens;
+        if (this.#tokens - freed + tokens <= tpm) {
+          until = call.at + WINDOW_MS;
+          break;
+        }
+      }
+      waitUntil = Math.max(waitUntil, until);
+    }
+    if (waitUntil > now) return Math.max(1, waitUntil - now);
+    this.#calls.push({ at: now, tokens });
+    this.#tokens += tokens;
+    return 0;
+  }
+
+  /** OpenAI's headers for the window as it is now. */
+  headers(now = Date.now()): Record<string, string> {
+    this.#prune(now);
+    if (this.limits.headers === false) return {};
+    const headers: Record<string, string> = {};
+    const whole = this.#calls.length ? this.#calls[this.#calls.length - 1].at + WINDOW_MS - now : 0;
+    const { requestsPerMinute: rpm, tokensPerMinute: tpm } = this.limits;
+    if (rpm !== undefined) {
+      headers["x-ratelimit-limit-requests"] = String(rpm);
+      headers["x-ratelimit-remaining-requests"] = String(Math.max(0, rpm - this.#calls.length));
+      headers["x-ratelimit-reset-requests"] = goDuration(whole);
+    }
+    if (tpm !== undefined) {
+      headers["x-ratelimit-limit-tokens"] = String(tpm);
+      headers["x-ratelimit-remaining-tokens"] = String(Math.max(0, tpm - this.#tokens));
+      headers["x-ratelimit-reset-tokens"] = goDuration(whole);
+    }
+    return headers;
+  }
+}
+
 function json(status: number, body: unknown, headers: Record<string, string> = {}): Response {
   return new Response(JSON.stringify(body), {
     status,
@@ -127,8 +234,9 @@ function apiError(
   message: string,
   type: string,
   code: string | null = null,
+  headers: Record<string, string> = {},
 ): Response {
-  return json(status, { error: { message, type, param: null, code } });
+  return json(status, { error: { message, type, param: null, code } }, headers);
 }
 
 /** The API's base64 form: little-endian float32s. */
@@ -148,6 +256,7 @@ export async function startFakeOpenAI(
      * come out close), for tests of search relevance.
      */
     vectors?: "random" | "lexical";
+    rateLimits?: FakeRateLimits;
   } = {},
 ): Promise<FakeOpenAI> {
   const vectorOf: (text: string, dimensions: number) => number[] | Float64Array =
@@ -157,6 +266,7 @@ export async function startFakeOpenAI(
   let fault: Fault | null = null;
   let faultLeft = Infinity;
   let inFlight = 0;
+  let window = opts.rateLimits ? new RateWindow(opts.rateLimits) : null;
   let held: PromiseWithResolvers<void> | null = null;
   const closing = new AbortController();
   const stats: FakeOpenAIStats = {
@@ -165,6 +275,8 @@ export async function startFakeOpenAI(
     failedRequests: 0,
     texts: [],
     embeddedTexts: [],
+    rateLimited: 0,
+    tokens: 0,
   };
 
   const closed = new Promise<void>((r) => closing.signal.addEventListener("abort", () => r()));
@@ -227,6 +339,27 @@ export async function startFakeOpenAI(
     }
     const texts = inputs as string[];
     stats.texts.push(...texts);
+    const counter = tokenCounterFor(body.model);
+    const tokens = texts.reduce((sum, t) => sum + counter.count(t), 0);
+    // Counted when it arrives, as a provider's limiter does.
+    const limits = window;
+    const refusedForMs = limits?.take(tokens) ?? 0;
+    if (limits && refusedForMs > 0) {
+      stats.failedRequests++;
+      stats.rateLimited++;
+      return apiError(
+        429,
+        `Rate limit reached for ${body.model}: try again in ${goDuration(refusedForMs)}`,
+        "requests",
+        "rate_limit_exceeded",
+        {
+          ...limits.headers(),
+          "retry-after-ms": String(refusedForMs),
+          "retry-after": String(Math.ceil(refusedForMs / 1000)),
+        },
+      );
+    }
+    const limitHeaders = limits?.headers() ?? {};
     if (held) await Promise.race([held.promise, closed]);
     await pause(latencyMs + perInputMs * texts.length);
 
@@ -286,8 +419,8 @@ export async function startFakeOpenAI(
     else {
       stats.inputs += texts.length;
       stats.embeddedTexts.push(...texts);
+      stats.tokens += tokens;
     }
-    const tokens = texts.reduce((sum, t) => sum + estimateTokens(t), 0);
     const size = wrongDimensions ? dimensions + 1 : dimensions;
     // Listed in reverse: the API promises `index`, not order, so clients must sort.
     const data = texts.map((text, index) => {
@@ -304,7 +437,7 @@ export async function startFakeOpenAI(
       data,
       model: body.model,
       usage: { prompt_tokens: tokens, total_tokens: tokens },
-    });
+    }, limitHeaders);
   };
 
   const listening = Promise.withResolvers<Deno.NetAddr>();
@@ -332,6 +465,11 @@ export async function startFakeOpenAI(
       stats.failedRequests = 0;
       stats.texts.length = 0;
       stats.embeddedTexts.length = 0;
+      stats.rateLimited = 0;
+      stats.tokens = 0;
+    },
+    setRateLimits(limits: FakeRateLimits | null) {
+      window = limits ? new RateWindow(limits) : null;
     },
     setLatency(ms: number) {
       latencyMs = ms;

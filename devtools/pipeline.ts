@@ -5,7 +5,7 @@ import { startNetDispatcher } from "../local/net_dispatcher.ts";
 import { createEmbedHandler, type EmbedHandler } from "../supabase/functions/embed/handler.ts";
 import { providerEnv } from "./cli.ts";
 import type { Sql } from "./db.ts";
-import { type FakeOpenAI, startFakeOpenAI } from "./fake_openai.ts";
+import { type FakeOpenAI, type FakeRateLimits, startFakeOpenAI } from "./fake_openai.ts";
 import { waitFor } from "./wait.ts";
 
 export const TEST_SECRET = "test-embed-secret";
@@ -42,6 +42,8 @@ export interface PipelineOptions {
   dispatcher?: boolean;
   /** The fake provider's vectors (see startFakeOpenAI). */
   vectors?: "random" | "lexical";
+  /** The fake provider's rate limits (see FakeRateLimits). */
+  rateLimits?: FakeRateLimits;
 }
 
 export async function startPipeline(
@@ -52,6 +54,7 @@ export async function startPipeline(
   const fake = await startFakeOpenAI({
     latencyMs: options.latencyMs ?? 0,
     vectors: options.vectors,
+    rateLimits: options.rateLimits,
   });
   const shutdown = new AbortController();
   const logs: string[] = [];

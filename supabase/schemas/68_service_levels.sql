@@ -372,16 +372,29 @@ as $$
         reused_inputs = d.reused_inputs + excluded.reused_inputs
 $$;
 
--- internal: the tokens per minute the provider's shared rate budget allows
--- now, for the ETA of util.embedding_status when nothing was embedded
--- lately. Null: no budget known (the budget of issue 23's other half plugs
--- in here).
+-- internal: the tokens per minute the rate budgets of `provider`'s models
+-- (17_budgets) let backfill work draw now: the limit set by hand, else the
+-- one learned from the provider's headers, scaled down after unforeseen
+-- 429s, at the backfill bucket's refill rate (1 - b - 2s of it). For the ETA
+-- of util.embedding_status when nothing was embedded lately; null when no
+-- limit is known.
 create or replace function util._budget_tokens_per_minute(provider text)
 returns numeric
 language sql
 stable
 set search_path = ''
-as $$ select null::numeric $$;
+as $$
+  select pg_catalog.max(coalesce(l.tokens_per_minute, b.learned_tokens_per_minute) * b.scale
+                        * (1 - util._setting('budget_burst_percent')::numeric / 100
+                             - 2 * util._setting('budget_search_percent')::numeric / 100))
+    from util.provider_budgets b
+    left join lateral (
+      select r.tokens_per_minute from util.provider_rate_limits r
+       where r.model = b.model and r.base_url in (b.base_url, '')
+       order by r.base_url desc limit 1
+    ) l on true
+   where util._provider_of(b.model) = _budget_tokens_per_minute.provider
+$$;
 
 -------------------------------------------------------------------------------
 -- The settle of a batch, with its figures

@@ -57,6 +57,7 @@ revoke all on all sequences in schema util from public, anon, authenticated;
 grant select on util.embedding_status, util.embedding_errors, util.settings, util.embedding_models,
   util.embedding_target_events, util.embedding_usage
   to service_role;
+grant select on util.provider_budgets, util.provider_rate_limits to service_role;
 grant execute on function
   util.process_embeddings(int, int, int),
   util.maintain_embeddings(),
@@ -69,6 +70,7 @@ grant execute on function
   util.set_chunking(regclass, int, int, text, regclass),
   util.match_chunks(regclass, extensions.halfvec, int, float)
   to service_role;
+grant execute on function util.set_provider_limits(text, int, bigint, text) to service_role;
 
 -- The queue's own privileges are the jobs module's (16_jobs.sql).
 

@@ -27,6 +27,12 @@ interface Phase {
   says: RegExp;
   /** The retry must wait at least this long (the fault's Retry-After). */
   retryAfterS?: number;
+  /**
+   * A 429: the rate budget (I17) pauses every caller for its Retry-After and
+   * the batch goes again whole, so the circuit opens only if 429s outlast
+   * the retries of a call.
+   */
+  rateLimit?: boolean;
 }
 
 const TRANSIENT: Phase[] = [
@@ -35,6 +41,7 @@ const TRANSIENT: Phase[] = [
     fault: { kind: "status", status: 429, retryAfter: "1", times: 6 },
     says: /rate limited by the endpoint \(429[^)]*\); retrying after 1 s/,
     retryAfterS: 1,
+    rateLimit: true,
   },
   {
     name: "500 burst",
@@ -130,7 +137,17 @@ async function faultsScenario(mode: Mode) {
         const { drainMs, faults, errors } = await runPhase(phase.name, phase.fault, `p${i}`);
         const circuits = await phaseCircuits();
         assert.ok(faults > 0, `${phase.name}: the fault was hit`);
-        assert.ok(circuits.length > 0, `${phase.name}: the provider's circuit opened`);
+        if (phase.rateLimit) {
+          const [budget] = await sql`
+            select sum(rate_limited)::int as limited,
+                   max(extract(epoch from paused_until - last_rate_limited_at))::float8 as paused_s
+              from util.provider_budgets`;
+          assert.ok(budget.limited > 0, `${phase.name}: the rate budget heard the 429s`);
+          assert.ok(
+            budget.paused_s >= phase.retryAfterS! - 0.25,
+            `${phase.name}: the budget paused ${budget.paused_s} s, less than Retry-After`,
+          );
+        } else assert.ok(circuits.length > 0, `${phase.name}: the provider's circuit opened`);
         // A failure of one call while others succeed is charged to its rows: recorded, retried.
         for (const reason of [...circuits.map((c) => c.reason), ...errors.map((e) => e.error)]) {
           assert.match(reason, phase.says, phase.name);
@@ -140,7 +157,7 @@ async function faultsScenario(mode: Mode) {
           assert.equal(e.dead_lettered, false, `${phase.name}: not dead-lettered`);
         }
         let minWaitS: number | null = null;
-        if (phase.retryAfterS) {
+        if (phase.retryAfterS && !phase.rateLimit) {
           // The provider was asked again no sooner than its Retry-After: the
           // circuit's pause as the log saw it, measured a few statements after
           // it was set (hence the tolerance, which a missing Retry-After's

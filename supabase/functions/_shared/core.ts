@@ -35,6 +35,7 @@ import type { Job, RefusedJob } from "./jobs.ts";
 import { idFitsKeyType } from "./keys.ts";
 import { type EmbeddingProvider, ProviderError, providerOrError } from "./providers/types.ts";
 import { mayExceedTokens, tokenCounterFor } from "./providers/tokens.ts";
+import { budgetOf, type RateBudget } from "./rate_budget.ts";
 import { ProviderHealth } from "./recovery.ts";
 import {
   failureKey,
@@ -81,6 +82,13 @@ export interface ProcessOptions {
    * columns); without it they go as text through `sql` (bench/RESULTS.md, 1b).
    */
   binaryWrites?: BinaryWrites;
+  /**
+   * The providers' rate budget (I17): by default the one in this database,
+   * shared with every other caller; null for none (calls go at once).
+   */
+  budget?: RateBudget | null;
+  /** Longest wait for the budget before a provider call, ms (see embed_texts.ts). */
+  budgetMaxWaitMs?: number;
 }
 
 export interface FailedJob {
@@ -122,8 +130,8 @@ export interface BatchStats {
   /** Provider answers 429 (rate limited) this batch saw. */
   rateLimited: number;
   /**
-   * Waits for the provider's rate budget, and their milliseconds: the hook
-   * of the shared budget (issue 23), which adds to them; 0 until it exists.
+   * Sleeps for the provider's rate budget before calls (rate_budget.ts),
+   * and their milliseconds.
    */
   budgetWaits: number;
   budgetWaitMs: number;
@@ -301,7 +309,8 @@ export async function processBatch(
     const rows = assignJobs(jobs, targets, former, outcome);
     const tasks = await readRows(sql, rows, targets, outcome, budget);
     await reuseVectors(sql, tasks, targets, outcome);
-    await embed(tasks, options, outcome, budget);
+    const rateBudget = options.budget === null ? undefined : options.budget ?? budgetOf(sql);
+    await embed(tasks, options, outcome, budget, rateBudget);
     await write(sql, tasks, outcome, options.binaryWrites);
     outcome.stats.cpuStagesMs = Math.round(budget.spentMs);
   }
@@ -463,6 +472,7 @@ async function embed(
   options: ProcessOptions,
   outcome: Outcome,
   budget: CallBudget,
+  rateBudget: RateBudget | undefined,
 ): Promise<void> {
   const requests: EmbedRequest[] = [];
   const requested: { task: RowTask; piece: Piece }[] = [];
@@ -506,6 +516,8 @@ async function embed(
     signal: options.signal,
     concurrency: options.providerConcurrency,
     health: outcome.health,
+    budget: rateBudget,
+    budgetMaxWaitMs: options.budgetMaxWaitMs,
   }, outcome.stats);
   countSent(requested, results, providers, outcome, budget);
   const worst = new Map<RowTask, EmbedOutcome>();

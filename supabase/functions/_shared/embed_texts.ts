@@ -3,10 +3,13 @@
 // flight at a time. A permanent rejection of a multi-input batch is split in
 // halves to find the one bad input, so the others still embed (I5). A
 // provider-wide failure (recovery.ts) stops the calls to that provider and
-// defers their texts instead of failing them.
+// defers their texts instead of failing them. Every call draws from the
+// provider account's rate budget (rate_budget.ts), and carries at most one
+// burst of it.
 import { type EmbeddingProvider, ProviderError } from "./providers/types.ts";
 import { isProviderWide, ProviderHealth, providerOf } from "./recovery.ts";
 import { planBatches } from "./providers/tokens.ts";
+import { BudgetSpent, embedWithinBudget, type RateBudget } from "./rate_budget.ts";
 import type { Vector } from "./vectors.ts";
 
 export interface EmbedRequest {
@@ -32,7 +35,14 @@ export interface EmbedOptions {
   concurrency?: number;
   /** How the providers fared: shared by the calls of a batch, reported to the circuits. */
   health?: ProviderHealth;
+  /** The providers' rate budget (rate_budget.ts); without it calls go at once. */
+  budget?: RateBudget;
+  /** Longest wait for the budget before a call, ms (default 60 s, and never past the deadline). */
+  budgetMaxWaitMs?: number;
 }
+
+/** How long a call may wait for its rate budget by default: well inside a claim's 120 s lease. */
+export const DEFAULT_BUDGET_MAX_WAIT_MS = 60_000;
 
 export interface EmbedCounts {
   providerCalls: number;
@@ -40,6 +50,9 @@ export interface EmbedCounts {
   embedded: number;
   /** Calls the provider answered 429 (rate limited). */
   rateLimited: number;
+  /** Sleeps for the rate budget before calls, and their milliseconds. */
+  budgetWaits?: number;
+  budgetWaitMs?: number;
 }
 
 /**
@@ -84,7 +97,12 @@ export async function embedTexts(
     for (const text of texts) for (const i of byText.get(text) ?? []) outcomes[i] = outcome;
   };
 
-  async function call(provider: EmbeddingProvider, texts: string[], byText: Map<string, number[]>) {
+  async function call(
+    provider: EmbeddingProvider,
+    texts: string[],
+    byText: Map<string, number[]>,
+    counted: Map<string, number>,
+  ) {
     if ((options.deadline && Date.now() > options.deadline) || options.signal?.aborted) {
       return settle(byText, texts, { handedBack: true });
     }
@@ -93,14 +111,47 @@ export async function embedTexts(
       return settle(byText, texts, { deferred: true, error: "the provider is failing" });
     }
     try {
-      counts.providerCalls++;
-      counts.providerInputs += texts.length;
-      const vectors = await provider.embed(texts, options.signal);
+      // Reserved with the model's tokenizer: counted here when planning did not.
+      const tokens = provider.budgetKey && options.budget
+        ? texts.reduce((sum, text) => sum + (counted.get(text) ?? provider.tokens.count(text)), 0)
+        : 0;
+      const vectors = await embedWithinBudget(provider, texts, {
+        budget: options.budget,
+        priority: "backfill",
+        maxWaitMs: options.budgetMaxWaitMs ?? DEFAULT_BUDGET_MAX_WAIT_MS,
+        deadline: options.deadline,
+        signal: options.signal,
+        tokens,
+        onCall: () => {
+          counts.providerCalls++;
+          counts.providerInputs += texts.length;
+        },
+        onWait: (ms) => {
+          counts.budgetWaits = (counts.budgetWaits ?? 0) + 1;
+          counts.budgetWaitMs = (counts.budgetWaitMs ?? 0) + ms;
+        },
+      });
       health.succeeded(name);
       texts.forEach((text, t) => settle(byText, [text], { vector: vectors[t] }));
       counts.embedded += texts.length;
     } catch (err) {
       if (options.signal?.aborted) return settle(byText, texts, { handedBack: true });
+      if (err instanceof BudgetSpent) {
+        // Booked further ahead than this call may wait: the rows wait behind
+        // the provider's circuit for that long (no attempt spent) instead of
+        // coming straight back to be claimed and refused again.
+        const spent = new ProviderError(`embedding with ${provider.model} waits: ${err.message}`, {
+          retryable: true,
+          status: 429,
+          retryAfterMs: err.waitMs,
+        });
+        health.failed(name, spent);
+        return settle(byText, texts, {
+          deferred: true,
+          error: spent.message,
+          retryAfterMs: err.waitMs,
+        });
+      }
       const error = err instanceof ProviderError
         ? err
         : new ProviderError(`embedding failed: ${(err as Error)?.message ?? err}`, {
@@ -109,8 +160,8 @@ export async function embedTexts(
       if (error.status === 429) counts.rateLimited++;
       if (!error.retryable && texts.length > 1 && SPLITTABLE_STATUSES.has(error.status ?? 0)) {
         const half = Math.ceil(texts.length / 2);
-        await call(provider, texts.slice(0, half), byText);
-        await call(provider, texts.slice(half), byText);
+        await call(provider, texts.slice(0, half), byText, counted);
+        await call(provider, texts.slice(half), byText, counted);
         return;
       }
       if (isProviderWide(error) && health.failed(name, error) === "defer") {
@@ -131,12 +182,16 @@ export async function embedTexts(
   const tasks: (() => Promise<void>)[] = [];
   for (const { provider, byText, counted } of groups.values()) {
     const texts = [...byText.keys()];
+    // A call fits the budget's burst, so that it never goes over a limit in one draw.
+    const burst = provider.budgetKey && options.budget?.burstTokens(provider.budgetKey);
     const plan = planBatches(texts, {
       maxInputs: provider.maxBatchInputs,
-      maxTokens: provider.maxBatchTokens,
+      maxTokens: burst
+        ? Math.min(provider.maxBatchTokens, Math.max(1, burst))
+        : provider.maxBatchTokens,
     }, (text) => counted.get(text) ?? provider.tokens.count(text));
     for (const indices of plan) {
-      tasks.push(() => call(provider, indices.map((i) => texts[i]), byText));
+      tasks.push(() => call(provider, indices.map((i) => texts[i]), byText, counted));
     }
   }
   const concurrency = Math.max(1, options.concurrency ?? 2);

@@ -1,7 +1,9 @@
 // Embeddings from OpenAI or any OpenAI-compatible endpoint (gateways, Ollama,
 // vLLM, TEI, LM Studio) through the official SDK.
+import { createHash } from "node:crypto";
 import OpenAI from "openai";
 import type { Vector } from "../vectors.ts";
+import { rateLimitsOf } from "./rate_limits.ts";
 import { modelLimits } from "./registry.ts";
 import { tokenCounterFor } from "./tokens.ts";
 import { classifyProviderError, type EmbeddingProvider, ProviderError } from "./types.ts";
@@ -18,6 +20,14 @@ export interface OpenAIProviderOptions {
   timeoutMs: number;
   /** Inputs per request; default the model's limit in the registry. */
   maxBatchInputs?: number;
+}
+
+/**
+ * A fingerprint of an API key for naming its rate budget: the first 16 hex
+ * digits of its SHA-256, which does not give the key back.
+ */
+export function keyFingerprint(apiKey: string): string {
+  return createHash("sha256").update(apiKey).digest("hex").slice(0, 16);
 }
 
 /**
@@ -57,10 +67,15 @@ export function createOpenAIProvider(opts: OpenAIProviderOptions): EmbeddingProv
     maxBatchTokens: limits.maxBatchTokens,
     maxInputTokens: limits.maxInputTokens,
     tokens: tokenCounterFor(model),
-    async embed(texts: string[], signal?: AbortSignal): Promise<Vector[]> {
+    budgetKey: {
+      baseURL: opts.baseURL ?? OPENAI_BASE_URL,
+      keyFingerprint: keyFingerprint(apiKey),
+      model,
+    },
+    async embed(texts, signal, report): Promise<Vector[]> {
       if (texts.length === 0) return [];
       try {
-        const response = await client.embeddings.create({
+        const { data: response, response: raw } = await client.embeddings.create({
           model,
           input: texts,
           ...(withDimensions ? { dimensions } : {}),
@@ -70,8 +85,14 @@ export function createOpenAIProvider(opts: OpenAIProviderOptions): EmbeddingProv
           // makes an array of numbers of each vector, several times the CPU).
           // Endpoints that answer floats anyway work too.
           encoding_format: "base64",
-        }, { signal });
-        return vectorsInOrder(response.data, texts.length, dimensions, model);
+        }, { signal }).withResponse();
+        const vectors = vectorsInOrder(response.data, texts.length, dimensions, model);
+        const used = response.usage?.prompt_tokens;
+        report?.({
+          usedTokens: typeof used === "number" && Number.isFinite(used) ? used : undefined,
+          limits: rateLimitsOf(raw.headers),
+        });
+        return vectors;
       } catch (err) {
         // The caller tells its own abort apart by `signal.aborted`.
         if (signal?.aborted) throw err;

@@ -3,6 +3,25 @@
 import { APIConnectionError, APIConnectionTimeoutError, APIError, APIUserAbortError } from "openai";
 import type { Vector } from "../vectors.ts";
 import type { TokenCounter } from "./tokens.ts";
+import { type RateLimitInfo, rateLimitsOf } from "./rate_limits.ts";
+
+/**
+ * Whose rate limits a provider's calls count against: its endpoint, a
+ * fingerprint of its key (never the key) and the model. One rate budget
+ * per key (rate_budget.ts).
+ */
+export interface BudgetKey {
+  baseURL: string;
+  keyFingerprint: string;
+  model: string;
+}
+
+/** What a successful call's response said besides its vectors. */
+export interface CallReport {
+  /** Tokens the provider counted (usage.prompt_tokens), when it said. */
+  usedTokens?: number;
+  limits: RateLimitInfo;
+}
 
 /**
  * A provider for one model at one size. Its limits and token counter are
@@ -25,11 +44,18 @@ export interface EmbeddingProvider {
    * above and of chunk sizes.
    */
   readonly tokens: TokenCounter;
+  /** The rate budget its calls draw from; none for providers that run here. */
+  readonly budgetKey?: BudgetKey;
   /**
    * One vector per text, in the order of `texts`. Fails with a ProviderError,
-   * or with whatever aborted the call when `signal` is aborted.
+   * or with whatever aborted the call when `signal` is aborted. `report`
+   * hears what a successful response said about usage and rate limits.
    */
-  embed(texts: string[], signal?: AbortSignal): Promise<Vector[]>;
+  embed(
+    texts: string[],
+    signal?: AbortSignal,
+    report?: (report: CallReport) => void,
+  ): Promise<Vector[]>;
 }
 
 /**
@@ -42,16 +68,25 @@ export class ProviderError extends Error {
   readonly retryable: boolean;
   readonly status?: number;
   readonly retryAfterMs?: number;
+  /** What the failed response's headers said about rate limits. */
+  readonly rateLimits?: RateLimitInfo;
 
   constructor(
     message: string,
-    opts: { retryable: boolean; status?: number; retryAfterMs?: number; cause?: unknown },
+    opts: {
+      retryable: boolean;
+      status?: number;
+      retryAfterMs?: number;
+      rateLimits?: RateLimitInfo;
+      cause?: unknown;
+    },
   ) {
     super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
     this.name = "ProviderError";
     this.retryable = opts.retryable;
     if (opts.status !== undefined) this.status = opts.status;
     if (opts.retryAfterMs !== undefined) this.retryAfterMs = opts.retryAfterMs;
+    if (opts.rateLimits !== undefined) this.rateLimits = opts.rateLimits;
   }
 }
 
@@ -74,10 +109,8 @@ export interface ErrorContext {
 export function classifyProviderError(err: unknown, context: ErrorContext = {}): ProviderError {
   if (err instanceof ProviderError) return err;
   const prefix = context.model ? `embedding with ${context.model} failed: ` : "embedding failed: ";
-  const make = (
-    message: string,
-    opts: { retryable: boolean; status?: number; retryAfterMs?: number },
-  ) => new ProviderError(prefix + message, { ...opts, cause: err });
+  const make: Make = (message, opts) =>
+    new ProviderError(prefix + message, { ...opts, cause: err });
 
   if (err instanceof APIUserAbortError || isDomError(err, "AbortError")) {
     return make("the request was aborted before the endpoint answered", { retryable: true });
@@ -104,7 +137,7 @@ export function classifyProviderError(err: unknown, context: ErrorContext = {}):
 
 type Make = (
   message: string,
-  opts: { retryable: boolean; status?: number; retryAfterMs?: number },
+  opts: { retryable: boolean; status?: number; retryAfterMs?: number; rateLimits?: RateLimitInfo },
 ) => ProviderError;
 
 function classifyStatus(
@@ -116,7 +149,8 @@ function classifyStatus(
   const code = errorCode(err, redact);
   const label = `${status}${code ? ` ${code}` : ""}`;
   if (status === 429) {
-    const retryAfterMs = retryAfterMsOf(headersOf(err));
+    const headers = headersOf(err);
+    const retryAfterMs = retryAfterMsOf(headers);
     const when = retryAfterMs === undefined
       ? "retrying with backoff"
       : `retrying after ${Math.ceil(retryAfterMs / 1000)} s`;
@@ -124,6 +158,7 @@ function classifyStatus(
       retryable: true,
       status,
       retryAfterMs,
+      rateLimits: headers instanceof Headers ? rateLimitsOf(headers) : undefined,
     });
   }
   if (status === 408 || status === 409 || status >= 500) {

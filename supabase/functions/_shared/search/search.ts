@@ -4,6 +4,7 @@
 // 503 with Retry-After. Logs carry counts and durations, never the query.
 import type postgres from "postgres";
 import { type EmbeddingProvider, ProviderError } from "../providers/types.ts";
+import { budgetOf, BudgetSpent, embedWithinBudget, type RateBudget } from "../rate_budget.ts";
 import type { Vector } from "../vectors.ts";
 import type { QueryCache } from "./cache.ts";
 import type { Caller } from "./caller.ts";
@@ -19,6 +20,8 @@ export interface SearchDeps {
   embedTimeoutMs: number;
   statementTimeoutMs: number;
   log: (event: Record<string, unknown>) => void;
+  /** The providers' rate budget (default: the one in this database; null: none). */
+  budget?: RateBudget | null;
 }
 
 /** Seconds a caller should wait after provider trouble, for Retry-After. */
@@ -37,9 +40,24 @@ async function embedQuery(
       const provider = deps.providerFor(target.model, target.dimensions);
       const signal = AbortSignal.timeout(deps.embedTimeoutMs);
       try {
-        const [vector] = await provider.embed([text], signal);
+        // Search has its own share of the budget: a backfill never makes it wait.
+        const [vector] = await embedWithinBudget(provider, [text], {
+          budget: deps.budget === null ? undefined : deps.budget ?? budgetOf(deps.sql),
+          priority: "search",
+          maxWaitMs: deps.embedTimeoutMs,
+          deadline: Date.now() + deps.embedTimeoutMs,
+          signal,
+          // An app's query is not held through a 429: it gets 503 with Retry-After.
+          retriesAfter429: 0,
+        });
         return vector;
       } catch (err) {
+        if (err instanceof BudgetSpent) {
+          throw new ProviderError(`embedding with ${target.model} failed: ${err.message}`, {
+            retryable: true,
+            retryAfterMs: err.waitMs,
+          });
+        }
         if (signal.aborted) {
           throw new ProviderError(
             `embedding with ${target.model} failed: no answer within ${deps.embedTimeoutMs} ms`,
