@@ -126,6 +126,7 @@ export async function embedTexts(
           counts.providerCalls++;
           counts.providerInputs += texts.length;
         },
+        onRateLimited: () => counts.rateLimited++,
         onWait: (ms) => {
           counts.budgetWaits = (counts.budgetWaits ?? 0) + 1;
           counts.budgetWaitMs = (counts.budgetWaitMs ?? 0) + ms;

@@ -134,6 +134,8 @@ export interface BudgetedCall {
   onCall?: () => void;
   /** Hears each sleep for the budget before a request, ms. */
   onWait?: (ms: number) => void;
+  /** Hears each 429 that is retried here (the last one is thrown). */
+  onRateLimited?: () => void;
 }
 
 /**
@@ -200,6 +202,7 @@ export async function embedWithinBudget(
       });
       const timeLeft = call.deadline === undefined || Date.now() < call.deadline;
       if (!limited || limited429++ >= retries || !timeLeft || call.signal?.aborted) throw err;
+      call.onRateLimited?.();
     }
   }
 }
