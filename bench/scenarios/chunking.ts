@@ -64,7 +64,10 @@ const TIME_ROUNDS = 5;
 const EDIT_KINDS: EditKind[] = ["edit", "insert", "delete"];
 
 type Kind = "recursive" | "markdown";
-type Split = (text: string) => Promise<{ chunks: MeasuredChunk[]; unlocated: number }>;
+/** A split: every chunk's text, and the chunks located in the source (LangChain: all but `unlocated`). */
+type Split = (
+  text: string,
+) => Promise<{ texts: string[]; chunks: MeasuredChunk[]; unlocated: number }>;
 
 interface Contender {
   label: string;
@@ -129,9 +132,11 @@ const counter = tokenCounterFor(MODEL);
 
 function ours(kind: Kind, chunkSize: number, chunkOverlap: number): Contender {
   const settings = { splitter: kind, chunkSize, chunkOverlap };
-  const split: Split = (text) =>
-    Promise.resolve({ chunks: splitIntoChunks(text, settings, counter), unlocated: 0 });
-  const timed = async (text: string) => (await split(text)).chunks.map((c) => c.text);
+  const split: Split = (text) => {
+    const chunks = splitIntoChunks(text, settings, counter);
+    return Promise.resolve({ texts: chunks.map((c) => c.text), chunks, unlocated: 0 });
+  };
+  const timed = async (text: string) => (await split(text)).texts;
   return { label: `ours: ${kind}`, kind, ours: true, split, timed };
 }
 
@@ -169,7 +174,7 @@ function langchain(
       const span = spans[i];
       return span ? [{ ...span, text: t, tokens: counter.count(t), oversize: false }] : [];
     });
-    return { chunks, unlocated: texts.length - chunks.length };
+    return { texts, chunks, unlocated: texts.length - chunks.length };
   };
   return {
     label: `LangChain: ${kind === "recursive" ? "RecursiveCharacter" : "Markdown"}TextSplitter`,
@@ -288,7 +293,7 @@ async function timeContenders(
   }
   for (const [c, contender] of contenders.entries()) {
     for (const [i, doc] of timeSample.entries()) {
-      const measured = (await contender.split(doc.text)).chunks.map((chunk) => chunk.text);
+      const { texts: measured } = await contender.split(doc.text);
       if (measured.join("\u0000") !== timedChunks[c][i].join("\u0000")) figures[c].timedDiffer++;
     }
   }
