@@ -1,13 +1,15 @@
 // `deno task bench`: brings up the local stack, runs every scenario against
 // throw-away databases on it and writes bench/RESULTS.md (figures are also
-// printed as they come). Options: --quick (small sizes, for trying it out)
-// and --only drain,cost,freshness,write-path,storage,chunked,search,profile,hosted-limits,status; both write
-// and --only drain,cost,freshness,write-path,storage,chunked,search,profile,hosted-limits,rate-budget; both write
-// bench/RESULTS.partial.md instead.
+// printed as they come). Options: --quick (small sizes, for trying it out:
+// writes bench/RESULTS.partial.md instead) and --only
+// drain,cost,freshness,write-path,storage,chunked,search,profile,hosted-limits,status,rate-budget,chunking
+// (the sections of the scenarios run replace theirs in RESULTS.md). A run of
+// pure-CPU scenarios only (chunking) starts no stack.
 import { parseArgs } from "node:util";
 import { stopCluster } from "../local/cluster.ts";
 import { fmt, goal, Section } from "./report.ts";
 import { type ChunkedFigures, chunkedScenario } from "./scenarios/chunked.ts";
+import { type ChunkingFigures, chunkingScenario } from "./scenarios/chunking.ts";
 import { type CostFigures, costScenario } from "./scenarios/cost.ts";
 import {
   BATCH_SIZE,
@@ -56,13 +58,26 @@ const SCENARIOS = [
   "hosted-limits",
   "status",
   "rate-budget",
+  "chunking",
 ];
 
-async function machine(): Promise<[string, string][]> {
+/** Scenarios that are pure CPU: a run of only these needs no database or provider. */
+const STACK_FREE = new Set(["chunking"]);
+
+/** The machine's facts; with `postgres`, those of the running cluster's server too. */
+async function machine(postgres: boolean): Promise<[string, string][]> {
   const meminfo = await Deno.readTextFile("/proc/meminfo");
   const memKb = Number(meminfo.match(/^MemTotal:\s+(\d+)/m)?.[1] ?? 0);
   const cpuinfo = await Deno.readTextFile("/proc/cpuinfo");
   const model = cpuinfo.match(/^model name\s*:\s*(.+)$/m)?.[1] ?? "unknown";
+  if (!postgres) {
+    return [
+      ["CPU", `${navigator.hardwareConcurrency} cores, ${model}`],
+      ["memory", `${(memKb / 1024 / 1024).toFixed(1)} GiB`],
+      ["Deno", `${Deno.version.deno} (V8 ${Deno.version.v8})`],
+      ["load average at start", await loadAverage()],
+    ];
+  }
   const sql = connect(databaseUrl("postgres"), 1);
   try {
     const [pg] = await sql`select version() as v`;
@@ -135,6 +150,7 @@ function goals(
   chunked?: ChunkedFigures,
   limits?: HostedLimitsFigures,
   budget?: RateBudgetFigures,
+  chunking?: ChunkingFigures,
 ): Goal[] {
   const list: Goal[] = [];
   if (budget) {
@@ -330,6 +346,7 @@ function goals(
         "table; see section 4's bulk rows and Findings",
     });
   }
+  if (chunking) list.push(...chunking.goals);
   return list;
 }
 
@@ -348,9 +365,9 @@ async function main(): Promise<number> {
   }
   const started = performance.now();
   const log = (line: string) => console.log(line);
-  const startedCluster = await prepareStack((line) => log(`bench: ${line}`));
-  const fake = await startProvider();
-  const ctx: BenchContext = { fake, log, quick: values.quick };
+  const needsStack = only.some((name) => !STACK_FREE.has(name));
+  const startedCluster = needsStack && await prepareStack((line) => log(`bench: ${line}`));
+  const fake = needsStack ? await startProvider() : undefined;
   const sections: Section[] = [];
   let drain: DrainFigures | undefined;
   let cost: CostFigures | undefined;
@@ -364,27 +381,34 @@ async function main(): Promise<number> {
   let limits: HostedLimitsFigures | undefined;
   let status: StatusFigures | undefined;
   let budget: RateBudgetFigures | undefined;
-  const machineFacts = await machine();
+  let chunking: ChunkingFigures | undefined;
+  const machineFacts = await machine(needsStack);
   log(machineFacts.map(([k, v]) => `${k}: ${v}`).join("\n"));
   try {
-    await buildTemplate();
-    if (only.includes("drain")) {
-      drain = await drainScenario(ctx);
-      writeProfile = await writeStatementScenario(ctx);
+    if (fake) {
+      const ctx: BenchContext = { fake, log, quick: values.quick };
+      await buildTemplate();
+      if (only.includes("drain")) {
+        drain = await drainScenario(ctx);
+        writeProfile = await writeStatementScenario(ctx);
+      }
+      if (only.includes("cost")) cost = await costScenario(ctx);
+      if (only.includes("freshness")) fresh = await freshnessScenario(ctx);
+      if (only.includes("write-path")) write = await writePathScenario(ctx);
+      if (only.includes("storage")) storage = await storageScenario(ctx);
+      if (only.includes("chunked")) chunked = await chunkedScenario(ctx);
+      if (only.includes("search")) search = await searchScenario(ctx);
+      if (only.includes("profile")) profile = await profileScenario(ctx);
+      if (only.includes("hosted-limits")) limits = await hostedLimitsScenario(ctx);
+      if (only.includes("status")) status = await statusScenario(ctx);
+      if (only.includes("rate-budget")) budget = await rateBudgetScenario(ctx);
     }
-    if (only.includes("cost")) cost = await costScenario(ctx);
-    if (only.includes("freshness")) fresh = await freshnessScenario(ctx);
-    if (only.includes("write-path")) write = await writePathScenario(ctx);
-    if (only.includes("storage")) storage = await storageScenario(ctx);
-    if (only.includes("chunked")) chunked = await chunkedScenario(ctx);
-    if (only.includes("search")) search = await searchScenario(ctx);
-    if (only.includes("profile")) profile = await profileScenario(ctx);
-    if (only.includes("hosted-limits")) limits = await hostedLimitsScenario(ctx);
-    if (only.includes("status")) status = await statusScenario(ctx);
-    if (only.includes("rate-budget")) budget = await rateBudgetScenario(ctx);
+    if (only.includes("chunking")) chunking = await chunkingScenario({ log, quick: values.quick });
   } finally {
-    await fake.close();
-    await dropBenchDatabases();
+    if (fake) {
+      await fake.close();
+      await dropBenchDatabases();
+    }
     if (startedCluster) await stopCluster();
   }
   const minutes = (performance.now() - started) / 60_000;
@@ -403,11 +427,12 @@ async function main(): Promise<number> {
       limits?.section,
       status?.section,
       budget?.section,
+      chunking?.section,
     ]
   ) {
     if (s) sections.push(s);
   }
-  const goalList = goals(drain, cost, fresh, write, storage, chunked, limits, budget);
+  const goalList = goals(drain, cost, fresh, write, storage, chunked, limits, budget, chunking);
   if (status) {
     const big = status.runs.at(-1)!;
     goalList.push({
@@ -433,6 +458,11 @@ async function main(): Promise<number> {
     machineFacts.find(([k]) => k === "load average at start")![1]
   }, at its end ${await loadAverage()}.`;
   for (const s of sections) s.parts.unshift(`_${stamp}_`);
+  if (!needsStack) {
+    // The Machine section describes the stack's run; a CPU-only run says its own.
+    const facts = machineFacts.filter(([k]) => k !== "load average at start");
+    for (const s of sections) s.parts.splice(1, 0, facts.map(([k, v]) => `${k}: ${v}`).join("; "));
+  }
   const path = new URL(`./${values.quick ? "RESULTS.partial.md" : "RESULTS.md"}`, import.meta.url);
   let doc: string;
   if (values.only && !values.quick) {
@@ -442,7 +472,7 @@ async function main(): Promise<number> {
     const settingsSection = new Section("Settings").table(["", ""], settings());
     doc = mergeSections(
       await Deno.readTextFile(path),
-      [machineSection, settingsSection, summary, ...sections],
+      [...(needsStack ? [machineSection, settingsSection] : []), summary, ...sections],
       only,
     );
   } else {
@@ -469,6 +499,7 @@ async function main(): Promise<number> {
 /** The scenario a goal of the table belongs to, by its wording. */
 function scenarioOf(goalText: string): string {
   if (/rate limit:/.test(goalText)) return "rate-budget";
+  if (/^real markdown/.test(goalText)) return "chunking";
   if (/trigger|bulk insert/.test(goalText)) return "write-path";
   if (/commit → embedding/.test(goalText)) return "freshness";
   if (/util\.\*/.test(goalText)) return "storage";
