@@ -124,11 +124,17 @@ Deno.test("no chunk is only headings: at the end, two in a row, before a big fen
     `${para(4)}\n\n${para(5)}\n\n## Before code\n\n${bigFence}\n\n${para(6)}\n`,
     `# One\n\n# Two\n\n# Three\n\n${bigFence}\n`,
     `Title\n=====\n\n${para(7)}\n\nEnd\n---\n`,
+    // A list that nearly fills a chunk, then a heading with nothing after it.
+    `## Fixes\n\n${
+      Array.from({ length: 26 }, (_, i) => `* fix ${i} keeps the cookie name`).join("\n")
+    }` +
+    `\n\n## [10.0.15](https://example.org/compare/v10.0.14...v10.0.15) (2026-10-05)\n\n\n`,
   ];
   for (const doc of docs) {
     for (const settings of SETTINGS) {
       const chunks = splitIntoChunks(doc, settings, cl100k);
       for (const c of chunks) {
+        assert.ok(!c.oversize, `within the size: ${JSON.stringify(c.text)}`);
         assert.ok(
           !bareHeading(doc.slice(c.start, c.end)),
           `${settings.splitter} ${settings.chunkSize}: ${JSON.stringify(c.text)}`,

@@ -353,26 +353,29 @@ function groupAtoms(
   const bodyStart = group.body?.start ?? group.start;
   const bodyEnd = group.body?.end ?? group.end;
   const headTokens = bodyStart > group.start ? count({ start: group.start, end: bodyStart }) : 0;
-  // A heading too long to carry (over half a chunk) is cut like text.
-  const glue = headTokens > 0 && headTokens <= budget / 2;
-  const span = glue ? { start: bodyStart, end: bodyEnd } : { start: group.start, end: bodyEnd };
+  const tailTokens = group.end > bodyEnd ? count({ start: bodyEnd, end: group.end }) : 0;
+  // Headings too long to carry (over half a chunk) are cut like text.
+  const head = headTokens > 0 && headTokens <= budget / 2 ? headTokens : 0;
+  const tail = tailTokens > 0 && tailTokens <= budget / 2 ? tailTokens : 0;
+  const span = {
+    start: head ? bodyStart : group.start,
+    end: tail || group.end === bodyEnd ? bodyEnd : group.end,
+  };
   const tokens = count(span);
-  const firstBudget = glue ? budget - headTokens : budget;
-  const atoms = tokens <= firstBudget
+  const atoms = tokens <= budget - head - tail
     ? [atom(span, tokens, endLevel)]
-    : atomsWithin(text, span, tokens, BLOCK, endLevel, count, { budget, firstBudget }, atom);
-  if (glue) {
-    const head = atoms[0];
-    atoms[0] = atom({ start: group.start, end: head.end }, headTokens + head.tokens, head.level);
+    : atomsWithin(text, span, tokens, BLOCK, endLevel, count, { budget, head, tail }, atom);
+  if (head) {
+    const first = atoms[0];
+    atoms[0] = atom({ start: group.start, end: first.end }, head + first.tokens, first.level);
   }
   // Headings at the end of the text, after the body: with its last atom.
-  if (group.end > bodyEnd) {
-    const tail = atoms[atoms.length - 1];
-    const extra = count({ start: bodyEnd, end: group.end });
+  if (tail) {
+    const last = atoms[atoms.length - 1];
     atoms[atoms.length - 1] = atom(
-      { start: tail.start, end: group.end },
-      tail.tokens + extra,
-      tail.level,
+      { start: last.start, end: group.end },
+      last.tokens + tail,
+      last.level,
     );
   }
   return atoms;
@@ -380,8 +383,9 @@ function groupAtoms(
 
 /**
  * The atoms of `span` (of `spanTokens` tokens): its units at the level below
- * `parentLevel`, each cut further at finer levels while over `budget` (the
- * first while over `firstBudget`). The last atom's boundary is `endLevel`.
+ * `parentLevel`, each cut further at finer levels while over `budget` (less
+ * the `head` tokens the first will carry and the `tail` tokens the last
+ * will). The last atom's boundary is `endLevel`.
  */
 function atomsWithin(
   text: string,
@@ -390,24 +394,26 @@ function atomsWithin(
   parentLevel: Level,
   endLevel: number,
   count: (span: Span) => number,
-  sizes: { budget: number; firstBudget: number },
+  sizes: { budget: number; head: number; tail: number },
   atom: (span: Span, tokens: number, level: number) => Atom,
 ): Atom[] {
-  const { budget, firstBudget } = sizes;
   const level = parentLevel - 1 as Level;
   const units = unitsAt(text, span, level);
   const atoms: Atom[] = [];
   units.forEach((unit, i) => {
-    const unitEnd = i === units.length - 1 ? endLevel : level;
+    const last = i === units.length - 1;
+    const unitEnd = last ? endLevel : level;
     // A span that is one unit at this level keeps its count (counting a long
     // span again is what costs).
     const tokens = units.length === 1 ? spanTokens : count(unit);
-    const room = i === 0 ? firstBudget : budget;
-    if (level === Level.Grapheme || tokens <= room) atoms.push(atom(unit, tokens, unitEnd));
-    else {
-      const inner = { budget, firstBudget: room };
-      atoms.push(...atomsWithin(text, unit, tokens, level, unitEnd, count, inner, atom));
-    }
+    const inner = {
+      budget: sizes.budget,
+      head: i === 0 ? sizes.head : 0,
+      tail: last ? sizes.tail : 0,
+    };
+    if (level === Level.Grapheme || tokens <= inner.budget - inner.head - inner.tail) {
+      atoms.push(atom(unit, tokens, unitEnd));
+    } else atoms.push(...atomsWithin(text, unit, tokens, level, unitEnd, count, inner, atom));
   });
   return atoms;
 }
