@@ -229,26 +229,29 @@ export function pack(text: string, blocks: Block[], options: PackOptions): Packe
 /**
  * Anchors: the ends of atoms whose boundary ranks above every other within
  * `reach` tokens on both sides, and the end of the last atom. The text's
- * start (when `atoms` start there) and end rank above all, so no anchor is
- * within reach of them. Anchors do not depend on where chunks start, and
- * every chunk that can reach one ends there (see 4).
+ * start (when `atoms` start there) and end rank above every boundary but a
+ * heading's, so no anchor but one before a heading is within reach of them
+ * (the last section of a markdown text ends a chunk, however small). Anchors
+ * do not depend on where chunks start, and every chunk that can reach one
+ * ends there (see 4).
  */
 function anchorsOf(atoms: Atom[], reach: number, fromTextStart: boolean): boolean[] {
   const last = atoms.length - 1;
-  const rank = (j: number) => j < last ? atoms[j].level * 2 ** 32 + atoms[j].hash : Infinity;
+  const edge = (BLOCK + 1) * 2 ** 32 - 1;
+  const rank = (j: number) => j < last ? atoms[j].level * 2 ** 32 + atoms[j].hash : edge;
   const at: number[] = [];
   let sum = 0;
   for (const atom of atoms) at.push(sum += atom.tokens);
   /** For each j, the highest rank of the boundaries within reach on one side. */
-  const highest = (order: number[], edge: number) => {
+  const highest = (order: number[], textEdge: number) => {
     const result = new Array<number>(atoms.length).fill(-1);
     const window: number[] = []; // indexes, ranks decreasing
     for (const j of order) {
       while (window.length > 0 && Math.abs(at[j] - at[window[0]]) > reach) window.shift();
       result[j] = window.length > 0
         ? rank(window[0])
-        : Math.abs(at[j] - edge) <= reach
-        ? Infinity
+        : Math.abs(at[j] - textEdge) <= reach
+        ? edge
         : -1;
       while (window.length > 0 && rank(window[window.length - 1]) <= rank(j)) window.pop();
       window.push(j);
