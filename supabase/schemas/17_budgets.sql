@@ -129,9 +129,9 @@ $$;
 -- 'search' draws from the search share first, starting at once while it
 -- lasts; 'backfill' queues in order. A budget that knows no limit yet
 -- lets its first backfill call go and has the others wait (lane
--- 'learning', then reserve again) until that call's headers teach the
--- limits, for at most budget_learning_seconds; then, with no limit known,
--- every call goes at once. Also returns the tokens a backfill
+-- 'learning', then reserve again) until that call's answer comes, whose
+-- headers teach the limits (at most budget_learning_seconds); then, with no
+-- limit known, every call goes at once. Also returns the tokens a backfill
 -- burst may hold (null: no limit known), so callers size their batches to it.
 create or replace function util._budget_reserve(
   base_url text,
@@ -315,6 +315,10 @@ begin
                                   + pg_catalog.make_interval(secs => coalesce(retry_after_ms, 1000) / 1000.0))
                              else p.paused_until end,
          rate_limited = p.rate_limited + case when _budget_settle.rate_limited then 1 else 0 end,
+         -- An answer (headers or none) ends the learning: the others need not wait it out.
+         learning_until = case when not _budget_settle.rate_limited
+                               then least(p.learning_until, pg_catalog.clock_timestamp())
+                               else p.learning_until end,
          last_rate_limited_at = case when _budget_settle.rate_limited then pg_catalog.clock_timestamp() else p.last_rate_limited_at end
    where p.base_url = b.base_url and p.key_fingerprint = b.key_fingerprint and p.model = b.model;
 end
