@@ -500,6 +500,15 @@ async function embed(
       outcome.fail(task.work, refusal.message, refusal.retryable);
       continue;
     }
+    // Counted once, for the rate budget's reservation and the usage alike.
+    const counter = provider instanceof ProviderError ? null : provider.tokens;
+    budget.charge(() => {
+      for (const piece of pieces) {
+        if (counter && piece.tokens === undefined && piece.input === undefined) {
+          piece.tokens = counter.count(piece.text);
+        }
+      }
+    });
     for (const piece of pieces) {
       requests.push({
         text: piece.input ?? piece.text,
