@@ -102,8 +102,7 @@ interface Group extends Span {
   headings: Block[];
   body: Block | null;
   bodyIndex: number;
-  /** Headings above the group's start (before its own), and after its own. */
-  pathBefore: PathEntry[];
+  /** Headings above the group's body: its ancestors' and its own. */
   pathAfter: PathEntry[];
 }
 
@@ -297,24 +296,20 @@ function groupsOf(blocks: Block[]): Group[] {
   const groups: Group[] = [];
   const path: PathEntry[] = [];
   let pending: Block[] = [];
-  let pathBefore: PathEntry[] = [];
   blocks.forEach((block, index) => {
     if (block.kind === "heading") {
-      if (pending.length === 0) pathBefore = [...path];
       pending.push(block);
       const { level, label } = block.heading!;
       while (path.length > 0 && path[path.length - 1].level >= level) path.pop();
       path.push({ label, level, at: block.start });
       return;
     }
-    if (pending.length === 0) pathBefore = [...path];
     groups.push({
       start: pending[0]?.start ?? block.start,
       end: block.end,
       headings: pending,
       body: block,
       bodyIndex: index,
-      pathBefore,
       pathAfter: [...path],
     });
     pending = [];
@@ -329,7 +324,6 @@ function groupsOf(blocks: Block[]): Group[] {
         headings: [],
         body: null,
         bodyIndex: blocks.length - 1,
-        pathBefore: [],
         pathAfter: [],
       });
     }
