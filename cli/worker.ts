@@ -12,6 +12,7 @@ import { surviveDatabaseDisconnects } from "../supabase/functions/_shared/postgr
 import { backoffMs, CLAIM_RETRY } from "../supabase/functions/_shared/recovery.ts";
 import { claimJobs, requeueJobs } from "../supabase/functions/_shared/sql/queue.ts";
 import { BinaryWrites } from "../supabase/functions/_shared/sql/write.ts";
+import { runBatchTick } from "../supabase/functions/_shared/batch_tick.ts";
 import type { CoreSettings } from "../supabase/functions/_shared/settings.ts";
 import type { WorkerMetrics } from "./metrics.ts";
 
@@ -112,6 +113,7 @@ class Worker {
   #lastReset = 0;
   #lastMaintained = 0;
   #maintaining: Promise<number> | null = null;
+  #batching: Promise<void> | null = null;
   #consecutiveErrors = 0;
   /** Jobs of batches a lost connection interrupted, handed back once the database answers. */
   readonly #interrupted = new Set<number>();
@@ -196,10 +198,36 @@ class Worker {
       return Promise.resolve(0);
     }
     this.#lastMaintained = Date.now();
+    void this.tickBatches();
     this.#maintaining = this.#sql<{ n: string }[]>`select util.maintain_embeddings() as n`
       .then(([row]) => Number(row.n))
       .finally(() => this.#maintaining = null);
     return this.#maintaining;
+  }
+
+  /**
+   * The batch lane's tick (batch_tick.ts: submits staged batches, polls
+   * open ones, applies those that ended), beside the drain: one at a time,
+   * started with the background work. A failure is reported and tried at
+   * the next poll.
+   */
+  tickBatches(): Promise<void> {
+    if (this.#batching) return this.#batching;
+    const settings = this.options.settings;
+    this.#batching = runBatchTick(this.#sql, {
+      accountFor: settings.batchAccountFor,
+      signal: this.#abortProviders.signal,
+      log: (event) => this.#log(JSON.stringify(event)),
+    }).then(
+      () => {},
+      (err) =>
+        this.#log(JSON.stringify({
+          event: "batch_tick_failed",
+          code: errorCode(err),
+          message: String((err as Error)?.message).slice(0, 200),
+        })),
+    ).finally(() => this.#batching = null);
+    return this.#batching;
   }
 
   /**
@@ -215,6 +243,7 @@ class Worker {
    */
   async moreToDo(): Promise<"now" | "later" | "done"> {
     if (await this.maintain(true) > 0) return "now";
+    await this.tickBatches();
     const filters = JSON.stringify(this.#filters);
     const [{ sweeping, room }] = await this.#sql<{ sweeping: boolean; room: boolean }[]>`
       select exists (select from util._target_config c
@@ -252,6 +281,7 @@ class Worker {
       truncate: settings.truncate,
       providerConcurrency: settings.providerConcurrency,
       binaryWrites: this.#binaryWrites,
+      batchLane: (model, dimensions) => settings.batchAccountFor(model, dimensions) !== null,
     });
   }
 
@@ -365,6 +395,7 @@ class Worker {
   }
 
   async close(): Promise<void> {
+    await this.#batching;
     await this.#listener?.unlisten().catch(() => {});
     clearTimeout(this.#graceTimer);
     await Promise.all([this.#sql.end({ timeout: 5 }), this.#binaryWrites?.end()]);

@@ -41,6 +41,24 @@ insert into util.settings (name, value, description) values
   ('backoff_max_seconds', '600', 'upper bound of the retry delay'),
   ('sweep_slice_rows', '10000',
    'rows a backfill, recheck or model change visits per step; a step runs only while the queue holds fewer jobs'),
+  ('batch_min_texts', '2000',
+   'lane auto: a sweep (backfill, model change, recheck) of a table of at least this many rows goes through the batch API'),
+  ('batch_stage_seconds', '30',
+   'batch lane: how long texts collect before their batch is submitted (a full batch goes at once)'),
+  ('batch_poll_seconds', '60', 'batch lane: how often a submitted batch is polled'),
+  ('batch_max_requests', '50000', 'batch lane: most texts (lines) per batch file (the provider''s limit: 50,000)'),
+  ('batch_max_bytes', '180000000',
+   'batch lane: most bytes per batch file (the provider''s limit: 200 MB; kept below for the JSON around each text)'),
+  ('batch_enqueued_tokens', '0',
+   'batch lane: the account''s enqueued-token limit for the model (0: unknown); batches wait rather than exceed it, and one failed with token_limit_exceeded is resubmitted'),
+  ('batch_on_expiry', 'resubmit',
+   'batch lane: texts of an expired or failed batch are resubmitted in a new batch (resubmit) or embedded online (online)'),
+  ('batch_max_attempts', '3', 'batch lane: submissions of a text before it goes online'),
+  ('batch_resubmit_errors', '100',
+   'batch lane: error-file lines of a batch go into a new batch when at least this many, else online'),
+  ('batch_park_seconds', '3600',
+   'batch lane: how long a job waiting for its batch stays hidden before it looks again (its batch ending releases it at once)'),
+  ('batch_keep_hours', '24', 'batch lane: hours the texts and vectors of an ended batch are kept'),
   ('kick_on_change', 'off',
    'on: push mode; the first change while no call is in flight POSTs one kick to the embed function at once instead of waiting for the next tick, and changes send no NOTIFY (set on where pg_cron runs process-embeddings); off: changes NOTIFY listening workers')
 on conflict (name) do update set description = excluded.description;
@@ -116,7 +134,13 @@ create table if not exists util.embedding_targets (
   -- the table's schema and name as its jobs carry them (its names when last
   -- seen): jobs follow a rename, and are found after a drop (45_table_life)
   jobs_schema name,
-  jobs_table name
+  jobs_table name,
+  -- how its bulk work (sweeps) is embedded: online, batch (the provider's
+  -- batch API), auto (batch for tables of at least batch_min_texts rows);
+  -- live edits always go online (55_batch_lane)
+  lane text not null default 'online' check (lane in ('online', 'batch', 'auto')),
+  -- the lane of the sweep in progress, resolved when it began
+  sweep_lane text
 );
 -- At most one model change per live target.
 create unique index if not exists embedding_targets_one_shadow on util.embedding_targets (shadow_of);

@@ -261,7 +261,11 @@ $$;
 --               provider-wide failure; kind 'unstarted': the call ran out of
 --               time or was shut down. Both give the attempt back and stay
 --               visible at once (the circuit, not a backoff, holds deferred
---               rows back).
+--               rows back). kind 'parked': its texts wait in a batch of the
+--               batch lane (55_batch_lane): its attempt back, hidden until
+--               the batch ends (util._release_parked) or for
+--               batch_park_seconds, marked "parked" (a packed message's
+--               parked rows leave it as one parked message).
 --   `circuits`  a JSON array of {provider, ok, reason, retry_after}: ok
 --               closes the provider's circuit (and wakes the workers), a
 --               provider-wide failure opens it or, when it was open, doubles
@@ -278,6 +282,7 @@ declare
   base int;
   cap int;
   closed int;
+  park int;
   failed_row record;
   own bigint;
 begin
@@ -317,6 +322,7 @@ begin
   max_attempts := util._setting('max_attempts')::int;
   base := util._setting('backoff_base_seconds')::int;
   cap := util._setting('backoff_max_seconds')::int;
+  park := util._setting('batch_park_seconds')::int;
 
   -- For plpgsql_check only (a no-op at run time): the temp table below, as it is created.
   perform 'PRAGMA:TABLE: _autoembed_settled (job_id bigint, row_id text, kind text, error text, retryable boolean, retry_after int, target_id int, table_name text, attempt int, packed boolean, dead boolean, delay int, own_id bigint)';
@@ -336,7 +342,9 @@ begin
          o.row_id is not null and coalesce(pg_catalog.jsonb_typeof(q.message -> 'ids') = 'array', false),
          o.kind = 'failed' and (not coalesce(o.retryable, true) or coalesce(q.read_ct, 1) >= max_attempts),
          case when o.kind = 'failed'
-              then util._backoff_seconds(coalesce(q.read_ct, 1), base, cap, o.retry_after) else 0 end,
+              then util._backoff_seconds(coalesce(q.read_ct, 1), base, cap, o.retry_after)
+              when o.kind = 'parked' then park
+              else 0 end,
          null
     from pg_catalog.jsonb_to_recordset(outcomes) as o(job_id bigint, row_id text, kind text, error text,
                                                      retryable boolean, retry_after int,
@@ -375,12 +383,32 @@ begin
     select coalesce(x.own_id, x.job_id) from _autoembed_settled x
      where x.dead and (not x.packed or x.own_id is not null)));
   -- A whole message that failed: retried after its backoff. One that was
-  -- deferred or left unstarted: its attempt back, visible at once.
+  -- deferred or left unstarted: its attempt back, visible at once. One
+  -- parked (its texts are in a batch, 55_batch_lane): its attempt back,
+  -- hidden until its batch ends (which releases it) or batch_park_seconds.
   update pgmq.q_embedding_jobs q
      set vt = pg_catalog.clock_timestamp() + pg_catalog.make_interval(secs => x.delay),
-         read_ct = case when x.kind = 'failed' then q.read_ct else greatest(q.read_ct - 1, 0) end
+         read_ct = case when x.kind = 'failed' then q.read_ct else greatest(q.read_ct - 1, 0) end,
+         message = case when x.kind = 'parked' then q.message || '{"parked": true}'::jsonb else q.message end
     from _autoembed_settled x
    where q.msg_id = x.job_id and not x.packed and not x.dead;
+
+  -- A packed message's parked rows leave it together, as one parked
+  -- message with its attempts back and its enqueue time.
+  if exists (select from _autoembed_settled x where x.packed and x.kind = 'parked') then
+    insert into pgmq.q_embedding_jobs (vt, read_ct, enqueued_at, message)
+    select pg_catalog.clock_timestamp() + pg_catalog.make_interval(secs => park),
+           greatest(q.read_ct - 1, 0), q.enqueued_at,
+           (q.message - 'ids') || pg_catalog.jsonb_build_object(
+             'ids', (select pg_catalog.jsonb_agg(e.value order by e.ordinality)
+                       from pg_catalog.jsonb_array_elements(q.message -> 'ids') with ordinality e
+                      where (e.value #>> '{}') in (select x.row_id from _autoembed_settled x
+                                                    where x.job_id = q.msg_id and x.packed
+                                                      and x.kind = 'parked')),
+             'parked', true)
+      from pgmq.q_embedding_jobs q
+     where q.msg_id in (select x.job_id from _autoembed_settled x where x.packed and x.kind = 'parked');
+  end if;
 
   -- Packed messages keep their deferred and unstarted rows, with the
   -- attempt back, visible at once; with none left they go.
@@ -390,7 +418,7 @@ begin
               from pg_catalog.jsonb_array_elements(q.message -> 'ids') with ordinality e
              where (e.value #>> '{}') in (select x.row_id from _autoembed_settled x
                                            where x.job_id = q.msg_id and x.packed
-                                             and x.kind <> 'failed')) as ids
+                                             and x.kind not in ('failed', 'parked'))) as ids
       from pgmq.q_embedding_jobs q
      where q.msg_id in (select x.job_id from _autoembed_settled x where x.packed)
   ), emptied as (
@@ -457,7 +485,8 @@ $$;
 -- one target): rows queued, claimed and not yet settled (in flight), the
 -- oldest one's enqueue time, and the dead-lettered rows, by the schema,
 -- table and embedding column the messages name. util.embedding_status
--- reads it, so its cost is the queue's length, never the tables'.
+-- reads it, so its cost is the queue's length, never the tables'. Parked
+-- jobs (waiting for a batch) count in util._batch_figures instead.
 create or replace function util._queue_figures()
 returns table (schema_name text, table_name text, embedding_column text,
                queued bigint, in_flight bigint, oldest_enqueued_at timestamptz, dead_lettered bigint)
@@ -473,6 +502,7 @@ as $$
              as in_flight,
            min(q.enqueued_at) as oldest_enqueued_at
       from pgmq.q_embedding_jobs q
+     where not q.message ? 'parked'
      group by 1, 2, 3
   ), dead as (
     select a.message ->> 'schema' as schema_name, a.message ->> 'table' as table_name,
@@ -506,6 +536,7 @@ $$;
 -- internal: rows queued (the worker's backlog line), or, with
 -- `first_messages`, rows of the first that many messages only: the sweeps'
 -- "is the queue short" look, which must not count a long queue through.
+-- Parked jobs (waiting for a batch) are not queued work.
 create or replace function util._queued_rows(first_messages int default null)
 returns bigint
 language sql
@@ -513,7 +544,7 @@ stable
 set search_path = ''
 as $$
   select coalesce(sum(util._job_rows(q.message)), 0)::bigint
-    from (select x.message from pgmq.q_embedding_jobs x limit first_messages) q
+    from (select x.message from pgmq.q_embedding_jobs x where not x.message ? 'parked' limit first_messages) q
 $$;
 
 -- internal: drops the queued jobs (not the dead letters) of a target,

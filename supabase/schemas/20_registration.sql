@@ -377,7 +377,8 @@ create or replace function util.enable_embeddings(
   destination text default null,              -- chunked: the side table to create, e.g. 'public.article_chunks'
   chunk_size int default null,                -- chunked: tokens per chunk, 16..8191 (default 512)
   chunk_overlap int default null,             -- chunked: tokens shared with the previous chunk (default 64)
-  splitter text default null                  -- chunked: recursive (default) | markdown | none
+  splitter text default null,                 -- chunked: recursive (default) | markdown | none
+  lane text default null                      -- bulk work: online (default) | batch | auto (55_batch_lane)
 )
 returns bigint
 language plpgsql
@@ -398,8 +399,12 @@ begin
             detail = 'The triggers are named embed_<column>_insert, _update and _delete, at most 63 bytes.',
             hint = 'Rename the column (50 bytes at most), or create util.queue_embeddings triggers by hand.';
   end if;
+  perform util._check_lane(lane);
   target_id := util._store_register(target_table, content_function, embedding_column, model, dimensions,
                                     clear_on_change, destination, chunk_size, chunk_overlap, splitter);
+  if lane is not null then
+    update util.embedding_targets t set lane = enable_embeddings.lane where t.id = target_id;
+  end if;
   select * into existing from util.embedding_targets t where t.id = target_id;
   embedding_column := existing.embedding_column;
   prefix := 'embed_' || embedding_column;

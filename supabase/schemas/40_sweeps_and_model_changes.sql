@@ -58,7 +58,9 @@ begin
     update util.embedding_targets x set sweep_started_at = null, sweep_after = null where x.id = target_id;
     return 0;
   end if;
-  job := util._job_base(coalesce(t.shadow_of, t.id));
+  -- A batch-lane sweep's jobs say so (55_batch_lane); the triggers' never do.
+  job := util._job_base(coalesce(t.shadow_of, t.id))
+         || case when t.sweep_lane = 'batch' then '{"lane": "batch"}'::jsonb else '{}'::jsonb end;
   scan := pg_catalog.format(
     'with slice as (
        select r.%1$s as key, not (%2$s) as unembedded, f.content_hash, r as source
@@ -103,28 +105,70 @@ begin
 end
 $$;
 
+-------------------------------------------------------------------------------
+-- The lane of a sweep (55_batch_lane)
+-------------------------------------------------------------------------------
+
+-- internal: the lane the jobs of a sweep of target `t` go by: `lane`, else
+-- the target's, with 'auto' resolved by the size of its table (batch from
+-- batch_min_texts rows, by util._table_rows: an estimate for a large table,
+-- which a sweep must not count).
+create or replace function util._resolve_lane(t util.embedding_targets, lane text default null)
+returns text
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+  lane := coalesce(lane, t.lane, 'online');
+  if lane = 'auto' then
+    return case when (util._table_rows(t.table_oid)).rows >= util._setting('batch_min_texts')::bigint
+                then 'batch' else 'online' end;
+  end if;
+  return lane;
+end
+$$;
+
+-- internal: raises AE003 unless `lane` is a lane (or null: unchanged).
+create or replace function util._check_lane(lane text)
+returns void
+language plpgsql
+immutable
+set search_path = ''
+as $$
+begin
+  if lane is not null and lane not in ('online', 'batch', 'auto') then
+    raise exception 'autoembed: unknown lane "%"', lane
+      using errcode = 'AE003',
+            hint = 'online (the default), batch (the provider''s batch API, half price within 24 h), or auto (batch from batch_min_texts rows).';
+  end if;
+end
+$$;
+
 -- internal: marks a sweep of target `target_id` started (or restarted)
--- from the first key; util.maintain_embeddings takes its steps.
-create or replace function util._begin_sweep(target_id int)
+-- from the first key, in `lane` (default the target's), resolved by
+-- util._resolve_lane; util.maintain_embeddings takes its steps.
+create or replace function util._begin_sweep(target_id int, lane text default null)
 returns void
 language sql
 set search_path = ''
 as $$
   update util.embedding_targets x
-     set sweep_started_at = now(), sweep_after = null, sweep_checked = 0, sweep_enqueued = 0
-   where x.id = target_id
+     set sweep_started_at = now(), sweep_after = null, sweep_checked = 0, sweep_enqueued = 0,
+         sweep_lane = util._resolve_lane(x, _begin_sweep.lane)
+   where x.id = _begin_sweep.target_id
 $$;
 
--- internal: starts (or restarts) a sweep of target `target_id` and runs its
--- first step now, so small tables are enqueued at once. Returns the jobs
--- enqueued by that first step.
-create or replace function util._start_sweep(target_id int)
+-- internal: starts (or restarts) a sweep of target `target_id` in `lane`
+-- (default the target's) and runs its first step now, so small tables are
+-- enqueued at once. Returns the jobs enqueued by that first step.
+create or replace function util._start_sweep(target_id int, lane text default null)
 returns bigint
 language plpgsql
 set search_path = ''
 as $$
 begin
-  perform util._begin_sweep(target_id);
+  perform util._begin_sweep(target_id, lane);
   return util._sweep_step(target_id, util._setting('sweep_slice_rows')::int);
 end
 $$;
@@ -290,12 +334,16 @@ $$;
 --     model, it cancels it.
 --   * Without: rechecks every row, enqueueing those whose embedding is
 --     missing or whose text changed (as after a content function change).
+-- `lane` says how this work is embedded (55_batch_lane): online, batch or
+-- auto; default the table's lane (util.enable_embeddings). Live edits go
+-- online whatever it says.
 -- Returns the jobs enqueued now; the rest follow in slices.
 create or replace function util.reembed(
   target_table regclass,
   embedding_column name default 'embedding',
   model text default null,
-  dimensions int default null
+  dimensions int default null,
+  lane text default null
 )
 returns bigint
 language plpgsql
@@ -305,7 +353,9 @@ as $$
 declare
   l util.embedding_targets := util._lock_model_change(target_table, embedding_column);
   s util.embedding_targets;
+  new_id int;
 begin
+  perform util._check_lane(lane);
   if model is not null then
     perform util._check_model_name(model);
   end if;
@@ -323,9 +373,9 @@ begin
       perform util.cancel_reembed(target_table, embedding_column);
     end if;
     if s.id is not null and model is null then
-      perform util._start_sweep(s.id);
+      perform util._start_sweep(s.id, lane);
     end if;
-    return util._start_sweep(l.id);
+    return util._start_sweep(l.id, lane);
   end if;
   if s.id is not null then
     if s.model = model and s.dimensions = dimensions then
@@ -333,7 +383,10 @@ begin
     end if;
     perform util.cancel_reembed(target_table, embedding_column);
   end if;
-  return util._start_sweep(util._store_create_shadow(l, model, dimensions));
+  new_id := util._store_create_shadow(l, model, dimensions);
+  -- The shadow keeps the table's lane (it is the table's once switched).
+  update util.embedding_targets x set lane = l.lane where x.id = new_id;
+  return util._start_sweep(new_id, lane);
 end
 $$;
 
@@ -361,8 +414,9 @@ as $$ select util.reembed(target_table, embedding_column) $$;
 --      sweep_slice_rows jobs;
 --   3. switches finished model changes (I7);
 --   4. deletes fingerprints of retired targets in slices, forgets
---      util.embedding_target_events older than 30 days, and chunk set
---      drafts nobody continued for a day (util.chunk_set_drafts);
+--      util.embedding_target_events older than 30 days, chunk set
+--      drafts nobody continued for a day (util.chunk_set_drafts), and
+--      what ended batches no longer need (util._prune_batches);
 --   5. folds the kept counts of util.embedding_status and drops its
 --      time-to-fresh minutes older than two hours (68_service_levels).
 -- util.process_embeddings calls it on every tick; the worker on every poll.
@@ -450,6 +504,7 @@ begin
   end loop;
   delete from util.embedding_target_events e where e.happened_at < now() - interval '30 days';
   delete from util.chunk_set_drafts d where d.updated_at < now() - interval '1 day';
+  perform util._prune_batches();
   -- 5. The kept figures of util.embedding_status (68_service_levels).
   begin
     perform util._prune_service_levels();

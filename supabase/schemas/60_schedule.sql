@@ -96,7 +96,8 @@ $$;
 
 -- public: moves queued jobs to the embed function. First runs
 -- util.maintain_embeddings (content function changes, sweeps, model
--- switches) and ends the leases of calls that are over
+-- switches), calls the embed function for the batch lane's due batches
+-- (55_batch_lane), and ends the leases of calls that are over
 -- (util._release_ended_leases). Then, for each free slot (max_requests -
 -- calls in flight), claims up to batch_size rows' jobs (util._read_jobs: a
 -- packed message counts its rows), hiding them for the call's timeout, and
@@ -134,6 +135,23 @@ begin
     perform util.maintain_embeddings();
   exception when others then
     raise warning 'autoembed: util.maintain_embeddings failed: %', sqlerrm;
+  end;
+  -- The batch lane's submissions and polls (55_batch_lane), in the embed
+  -- function: one call when batches are due, at most one every 10 seconds
+  -- (the call claims the batches it takes, so a second one finds none).
+  begin
+    if util._batches_due()
+       and (select c.last_value from util.embedding_batch_clock c)
+           < (extract(epoch from pg_catalog.clock_timestamp()) * 1000)::bigint - 10000 then
+      perform pg_catalog.setval('util.embedding_batch_clock',
+                                (extract(epoch from pg_catalog.clock_timestamp()) * 1000)::bigint);
+      perform util.invoke_edge_function(
+        name => 'embed',
+        body => '{"maintenance": ["batches"]}'::jsonb,
+        timeout_milliseconds => timeout_milliseconds);
+    end if;
+  exception when others then
+    raise warning 'autoembed: the batch lane''s call failed: %', sqlerrm;
   end;
   -- Serialises concurrent callers (cron tick and finishing calls) so the
   -- in-flight bound holds; held for a few milliseconds.

@@ -341,22 +341,26 @@ create table if not exists util.embedding_usage_daily (
 );
 
 -- internal: adds a batch's usage: a JSON array of {target_id, model,
--- online_tokens, online_inputs, reused_tokens, reused_inputs} (the core
--- counts tokens with the model's tokenizer). Usage of a target that is gone
--- is dropped.
+-- online_tokens, online_inputs, batch_tokens, batch_inputs, reused_tokens,
+-- reused_inputs} (the core counts tokens with the model's tokenizer; batch:
+-- vectors the batch lane brought, 55_batch_lane). Usage of a target that
+-- is gone is dropped.
 create or replace function util._record_usage(usage jsonb)
 returns void
 language sql
 set search_path = ''
 as $$
   insert into util.embedding_usage_daily as d (target_id, model, day, schema_name, table_name, embedding_column,
-                                               online_tokens, online_inputs, reused_tokens, reused_inputs)
+                                               online_tokens, online_inputs, batch_tokens, batch_inputs,
+                                               reused_tokens, reused_inputs)
   select u.target_id, u.model, (pg_catalog.now() at time zone 'utc')::date, n.nspname, c.relname,
          coalesce(l.embedding_column, t.embedding_column),
          coalesce(u.online_tokens, 0), coalesce(u.online_inputs, 0),
+         coalesce(u.batch_tokens, 0), coalesce(u.batch_inputs, 0),
          coalesce(u.reused_tokens, 0), coalesce(u.reused_inputs, 0)
     from pg_catalog.jsonb_to_recordset(coalesce(usage, '[]')) as u(target_id int, model text, online_tokens bigint,
-                                                                  online_inputs bigint, reused_tokens bigint,
+                                                                  online_inputs bigint, batch_tokens bigint,
+                                                                  batch_inputs bigint, reused_tokens bigint,
                                                                   reused_inputs bigint)
     join util.embedding_targets t on t.id = u.target_id
     left join util.embedding_targets l on l.id = t.shadow_of
@@ -368,6 +372,8 @@ as $$
         embedding_column = excluded.embedding_column,
         online_tokens = d.online_tokens + excluded.online_tokens,
         online_inputs = d.online_inputs + excluded.online_inputs,
+        batch_tokens = d.batch_tokens + excluded.batch_tokens,
+        batch_inputs = d.batch_inputs + excluded.batch_inputs,
         reused_tokens = d.reused_tokens + excluded.reused_tokens,
         reused_inputs = d.reused_inputs + excluded.reused_inputs
 $$;

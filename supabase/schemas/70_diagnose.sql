@@ -164,7 +164,65 @@ $$;
 -- over the last ten minutes; eta, when the queued rows will be done at
 -- that rate (or, when nothing ran lately, at the provider's budget, where
 -- one is known): 0 with nothing queued, null when unknown.
-create or replace view util.embedding_status as select * from util._embedding_status();
+-- internal: the batch lane per attached (table, column), for
+-- util.embedding_status: batches open (staging or at the provider, the
+-- model change's included), their texts and those answered so far, the
+-- rows whose jobs wait parked for them, and the US dollars the batch lane
+-- saved against online prices (util.embedding_models), since attached.
+create or replace function util._batch_figures()
+returns table (schema_name text, table_name text, embedding_column text, batches_open int,
+               batch_texts bigint, batch_texts_done bigint, parked bigint, batch_saved_usd numeric)
+language sql
+stable
+set search_path = ''
+as $$
+  with open as (
+    select n.nspname::text as schema_name, c.relname::text as table_name, l.embedding_column::text as embedding_column,
+           count(distinct b.id)::int as batches_open, coalesce(sum(b.requests), 0)::bigint as texts,
+           coalesce(sum(b.completed), 0)::bigint as done
+      from util.embedding_batches b
+      join util.embedding_targets t on t.id = b.target_id
+      join util.embedding_targets l on l.id = coalesce(t.shadow_of, t.id)
+      join pg_catalog.pg_class c on c.oid = l.table_oid
+      join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+     where b.state in ('staging', 'submitting', 'submitted')
+     group by 1, 2, 3
+  ), parked as (
+    select q.message ->> 'schema' as schema_name, q.message ->> 'table' as table_name,
+           q.message ->> 'embeddingColumn' as embedding_column, sum(util._job_rows(q.message))::bigint as parked
+      from pgmq.q_embedding_jobs q
+     where q.message ? 'parked'
+     group by 1, 2, 3
+  ), saved as (
+    select d.schema_name, d.table_name, d.embedding_column,
+           pg_catalog.round(sum(d.batch_tokens * (m.price_per_mtok - m.batch_price_per_mtok)) / 1000000, 6) as usd
+      from util.embedding_usage_daily d
+      join util.embedding_models m on m.model = util._model_registry_key(d.model)
+     where d.batch_tokens > 0
+     group by 1, 2, 3
+  )
+  select coalesce(o.schema_name, p.schema_name, s.schema_name), coalesce(o.table_name, p.table_name, s.table_name),
+         coalesce(o.embedding_column, p.embedding_column, s.embedding_column),
+         coalesce(o.batches_open, 0), coalesce(o.texts, 0), coalesce(o.done, 0), coalesce(p.parked, 0), s.usd
+    from open o
+    full join parked p using (schema_name, table_name, embedding_column)
+    full join saved s using (schema_name, table_name, embedding_column)
+$$;
+
+-- The batch lane (55_batch_lane): batches_open (staging, or at the
+-- provider), batch_texts in them and batch_texts_done (answered so far),
+-- parked (rows whose jobs wait for them), and batch_saved_usd, what the
+-- batch lane saved against online prices since the table was attached.
+create or replace view util.embedding_status as
+select s.*,
+       coalesce(b.batches_open, 0) as batches_open,
+       coalesce(b.batch_texts, 0) as batch_texts,
+       coalesce(b.batch_texts_done, 0) as batch_texts_done,
+       coalesce(b.parked, 0) as parked,
+       b.batch_saved_usd
+  from util._embedding_status() s
+  left join util._batch_figures() b
+    on b.schema_name = s.schema_name and b.table_name = s.table_name and b.embedding_column = s.embedding_column;
 
 -- public: util.embedding_status, exact: total_rows, embedded (rows whose
 -- store holds vectors, whoever wrote them), missing, stale, empty (null
@@ -192,7 +250,7 @@ declare
   stale bigint;
   empty bigint;
 begin
-  for st in select * from util._embedding_status() loop
+  for st in select * from util.embedding_status loop
     select c.*, x as target into t
       from util._target_config c join util.embedding_targets x on x.id = c.id
      where c.shadow_of is null and c.schema_name = st.schema_name and c.table_name = st.table_name
@@ -287,7 +345,8 @@ $$;
 -- hash: copied from a row holding it, or a chunk kept), inputs of each,
 -- and US dollars at the registry's prices (util.embedding_models:
 -- price_per_mtok online, batch_price_per_mtok in batch; reuse saves the
--- online price). Cost columns are null for a model the registry does not
+-- online price, saved_usd; the batch lane saves the difference,
+-- batch_saved_usd). Cost columns are null for a model the registry does not
 -- know. Rows of a detached table stay, under its last names.
 create or replace view util.embedding_usage as
 select d.day,
@@ -305,6 +364,8 @@ select d.day,
        pg_catalog.round(d.batch_tokens * m.batch_price_per_mtok / 1000000, 6) as batch_usd,
        pg_catalog.round((d.online_tokens * m.price_per_mtok + d.batch_tokens * m.batch_price_per_mtok) / 1000000, 6)
          as cost_usd,
-       pg_catalog.round(d.reused_tokens * m.price_per_mtok / 1000000, 6) as saved_usd
+       pg_catalog.round(d.reused_tokens * m.price_per_mtok / 1000000, 6) as saved_usd,
+       pg_catalog.round(d.batch_tokens * (m.price_per_mtok - m.batch_price_per_mtok) / 1000000, 6)
+         as batch_saved_usd
   from util.embedding_usage_daily d
   left join util.embedding_models m on m.model = util._model_registry_key(d.model);

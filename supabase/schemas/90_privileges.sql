@@ -58,10 +58,12 @@ grant select on util.embedding_status, util.embedding_errors, util.settings, uti
   util.embedding_target_events, util.embedding_usage
   to service_role;
 grant select on util.provider_budgets, util.provider_rate_limits to service_role;
+grant select on util.embedding_batches to service_role;
 grant execute on function
   util.process_embeddings(int, int, int),
   util.maintain_embeddings(),
-  util.reembed(regclass, name, text, int),
+  util.reembed(regclass, name, text, int, text),
+  util.cancel_batches(regclass, name),
   util.refresh_embeddings(regclass, name),
   util.cancel_reembed(regclass, name),
   util.retry_failed(regclass),

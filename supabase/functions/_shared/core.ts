@@ -36,6 +36,7 @@ import { idFitsKeyType } from "./keys.ts";
 import { type EmbeddingProvider, ProviderError, providerOrError } from "./providers/types.ts";
 import { mayExceedTokens, tokenCounterFor } from "./providers/tokens.ts";
 import { budgetOf, type RateBudget } from "./rate_budget.ts";
+import { type LaneText, resolveBatchLane } from "./batch_lane.ts";
 import { ProviderHealth } from "./recovery.ts";
 import {
   failureKey,
@@ -89,6 +90,12 @@ export interface ProcessOptions {
   budget?: RateBudget | null;
   /** Longest wait for the budget before a provider call, ms (see embed_texts.ts). */
   budgetMaxWaitMs?: number;
+  /**
+   * Whether the batch lane serves a model (its endpoint has a batch API,
+   * batch_tick.ts): a sweep's batch-lane jobs then go through batches
+   * (batch_lane.ts). Without it, they go online.
+   */
+  batchLane?: (model: string, dimensions: number) => boolean;
 }
 
 export interface FailedJob {
@@ -118,6 +125,10 @@ export interface BatchStats {
   failed: number;
   /** Rows stopped by a provider-wide failure: they wait for its circuit, no attempt spent. */
   deferred: number;
+  /** Rows whose texts wait in a batch of the batch lane: parked until it ends, no attempt spent. */
+  parked: number;
+  /** Texts whose vectors a batch brought. */
+  fromBatches: number;
   refused: number;
   handedBack: number;
   /** Rows whose text was split in part: their chunks so far are drafted, the rest is for the next call. */
@@ -152,13 +163,15 @@ interface RowWork {
   target: Target;
   rowId: string;
   jobIds: number[];
+  /** Every job that asked for it is a batch-lane sweep's (none a live edit's). */
+  batch: boolean;
 }
 
 const REFUSED_TARGET = "refused: the job names no attached table, embedding column and content " +
   "function (attach it with util.enable_embeddings or a util.queue_embeddings trigger)";
 
 /** What became of a job's row, worst first: a row failed, deferred and unstarted is failed. */
-const SEVERITY = { failed: 3, deferred: 2, unstarted: 1 } as const;
+const SEVERITY = { failed: 4, deferred: 3, parked: 2, unstarted: 1 } as const;
 
 /**
  * What happens to the jobs of one batch, as the stages find out: accepted,
@@ -192,6 +205,8 @@ class Outcome {
       chunksEmbedded: 0,
       failed: 0,
       deferred: 0,
+      parked: 0,
+      fromBatches: 0,
       refused: 0,
       handedBack: 0,
       drafted: 0,
@@ -208,8 +223,8 @@ class Outcome {
   /** Usage by target, recorded with the settle (util.embedding_usage). */
   readonly usage = new Map<number, TargetUsage>();
 
-  /** Adds tokens sent (online) or saved by reuse for `target`. */
-  use(target: Target, kind: "online" | "reused", tokens: number) {
+  /** Adds tokens sent (online), brought by a batch, or saved by reuse for `target`. */
+  use(target: Target, kind: "online" | "batch" | "reused", tokens: number) {
     let u = this.usage.get(target.id);
     if (!u) {
       this.usage.set(
@@ -219,6 +234,8 @@ class Outcome {
           model: target.model,
           online_tokens: 0,
           online_inputs: 0,
+          batch_tokens: 0,
+          batch_inputs: 0,
           reused_tokens: 0,
           reused_inputs: 0,
         },
@@ -228,6 +245,10 @@ class Outcome {
       u.online_tokens += tokens;
       u.online_inputs++;
       this.stats.tokens += tokens;
+    } else if (kind === "batch") {
+      u.batch_tokens += tokens;
+      u.batch_inputs++;
+      this.stats.fromBatches++;
     } else {
       u.reused_tokens += tokens;
       u.reused_inputs++;
@@ -283,6 +304,11 @@ class Outcome {
   handBack(work: { target?: Target; rowId: string; jobIds: number[] }) {
     this.#each(work, { kind: "unstarted" });
   }
+
+  /** Its texts wait in a batch of the batch lane: hidden until it ends, no attempt spent. */
+  park(work: RowWork) {
+    this.#each(work, { kind: "parked" });
+  }
 }
 
 /** Processes one batch of jobs. Throws only when the database itself is unreachable. */
@@ -310,7 +336,7 @@ export async function processBatch(
     const tasks = await readRows(sql, rows, targets, outcome, budget);
     await reuseVectors(sql, tasks, targets, outcome);
     const rateBudget = options.budget === null ? undefined : options.budget ?? budgetOf(sql);
-    await embed(tasks, options, outcome, budget, rateBudget);
+    await embed(sql, tasks, options, outcome, budget, rateBudget);
     await write(sql, tasks, outcome, options.binaryWrites);
     outcome.stats.cpuStagesMs = Math.round(budget.spentMs);
   }
@@ -372,8 +398,10 @@ function assignJobs(
       let rows = rowsByTarget.get(target);
       if (!rows) rowsByTarget.set(target, rows = new Map());
       const work = rows.get(rowId);
-      if (work) work.jobIds.push(job.jobId);
-      else rows.set(rowId, { target, rowId, jobIds: [job.jobId] });
+      if (work) {
+        work.jobIds.push(job.jobId);
+        if (job.lane !== "batch") work.batch = false; // a live edit: online at once
+      } else rows.set(rowId, { target, rowId, jobIds: [job.jobId], batch: job.lane === "batch" });
     }
   }
   return rowsByTarget;
@@ -465,9 +493,14 @@ const RANK = (r: EmbedOutcome) =>
  * token estimate (embed_texts.ts). A row whose text still needs counting
  * once the call's budget is spent is handed back (the first row never is). A
  * row is settled by its worst piece: its own failure, then a provider-wide
- * one (deferred), then time running out.
+ * one (deferred), then time running out. The pieces of a batch-lane row
+ * (every job a batch-lane sweep's, its model served by a batch API) go to
+ * the batch lane instead (batch_lane.ts): a vector a batch brought is
+ * used, a text still in a batch (or staged now) parks the row, a text its
+ * batch failed comes back here, online.
  */
 async function embed(
+  sql: postgres.Sql,
   tasks: RowTask[],
   options: ProcessOptions,
   outcome: Outcome,
@@ -476,6 +509,7 @@ async function embed(
 ): Promise<void> {
   const requests: EmbedRequest[] = [];
   const requested: { task: RowTask; piece: Piece }[] = [];
+  const laneTexts: LaneText<RowTask>[] = [];
   const providers = new Map<Target, EmbeddingProvider | ProviderError>();
   countReused(tasks, outcome, budget);
   for (const task of tasks) {
@@ -509,11 +543,38 @@ async function embed(
         }
       }
     });
+    const byBatch = task.work.batch && counter !== null &&
+      (options.batchLane?.(target.model, target.dimensions) ?? false);
     for (const piece of pieces) {
+      if (byBatch) {
+        const tokens = piece.tokens ?? counter.count(piece.input ?? piece.text);
+        laneTexts.push({ owner: task, targetId: target.id, piece, tokens });
+        continue;
+      }
       requests.push({
         text: piece.input ?? piece.text,
         model: target.model,
         dimensions: target.dimensions,
+        tokens: piece.tokens,
+      });
+      requested.push({ task, piece });
+    }
+  }
+  if (laneTexts.length) {
+    const lane = await resolveBatchLane(sql, laneTexts);
+    for (const task of lane.parked) {
+      task.settled = true;
+      outcome.park(task.work);
+    }
+    for (const { owner, tokens } of lane.fromBatch) {
+      outcome.use(owner.target, "batch", tokens);
+      if (storeOf(owner.target).chunked) outcome.stats.chunksEmbedded++;
+    }
+    for (const { owner: task, piece } of lane.online) {
+      requests.push({
+        text: piece.input ?? piece.text,
+        model: task.target.model,
+        dimensions: task.target.dimensions,
         tokens: piece.tokens,
       });
       requested.push({ task, piece });
@@ -717,7 +778,9 @@ async function acknowledge(
       });
     }
   }
-  const waiting = new Set(rows.filter((r) => r.kind !== "failed").map((r) => r.job_id));
+  const waiting = new Set(
+    rows.filter((r) => r.kind === "deferred" || r.kind === "unstarted").map((r) => r.job_id),
+  );
   for (const jobId of waiting) {
     failedJobs.push({
       jobId,
@@ -738,6 +801,7 @@ async function acknowledge(
   stats.failed = rows.filter((r) => r.kind === "failed").length;
   stats.deferred = rows.filter((r) => r.kind === "deferred").length;
   stats.handedBack = rows.filter((r) => r.kind === "unstarted").length;
+  stats.parked = rows.filter((r) => r.kind === "parked").length;
   stats.durationMs = Math.round(performance.now() - started);
   options.log?.({ event: "batch", ...stats });
   return { completedJobs: completed, completedRows, failedJobs, stats };

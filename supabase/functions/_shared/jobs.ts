@@ -27,6 +27,10 @@ const target = {
   table: identifier,
   contentFunction: z.string().min(1).max(200).refine(storable, STORABLE),
   embeddingColumn: identifier,
+  /** A sweep's job of a batch-lane target (supabase/schemas/55_batch_lane.sql); live edits have none. */
+  lane: z.literal("batch").optional(),
+  /** Waited for its batch (util._settle_jobs marks it; a release removes it). */
+  parked: z.boolean().optional(),
 };
 
 /** A queue message body for one row (a row-level trigger's). */
@@ -110,8 +114,9 @@ export function jobsOf(
   attempt: number | undefined,
 ): Job[] {
   const { schema, table, contentFunction, embeddingColumn } = message;
+  const lane = message.lane ? { lane: message.lane } : {};
   if ("id" in message) {
-    return [{ id: message.id, schema, table, contentFunction, embeddingColumn, jobId, attempt }];
+    return [{ id: message.id, schema, table, contentFunction, embeddingColumn, jobId, attempt, ...lane }];
   }
   return message.ids.map((id) => ({
     id,
@@ -122,6 +127,7 @@ export function jobsOf(
     jobId,
     attempt,
     packed: true,
+    ...lane,
   }));
 }
 

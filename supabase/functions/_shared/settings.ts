@@ -3,7 +3,9 @@
 // (util.embedding_targets); the environment supplies credentials and limits.
 import { type Env, flag, nonNegativeInt, positiveInt } from "./env.ts";
 import { createLocalProvider } from "./providers/local.ts";
-import { createOpenAIProvider } from "./providers/openai.ts";
+import { createOpenAIBatchClient } from "./providers/batches.ts";
+import { createOpenAIProvider, keyFingerprint, OPENAI_BASE_URL } from "./providers/openai.ts";
+import type { BatchAccount } from "./batch_tick.ts";
 import { type ModelFacts, modelFacts, ModelFactsError } from "./providers/registry.ts";
 import { type EmbeddingProvider, ProviderError } from "./providers/types.ts";
 
@@ -53,6 +55,12 @@ export interface CoreSettings {
    */
   textVectors: boolean;
   providerFor: (model: string, dimensions: number) => EmbeddingProvider;
+  /**
+   * The batch API account for a model (batch_tick.ts): the OpenAI-compatible
+   * endpoint's, for a model it serves; null for models embedded here, or
+   * without a key. The batch lane sends such models' bulk work online.
+   */
+  batchAccountFor: (model: string, dimensions: number) => BatchAccount | null;
 }
 
 /**
@@ -93,6 +101,31 @@ export function coreSettings(env: Env): CoreSettings {
     providers.set(key, provider);
     return provider;
   };
+  const accounts = new Map<string, BatchAccount | null>();
+  const batchAccountFor = (model: string, dimensions: number): BatchAccount | null => {
+    const key = `${model}\u0000${dimensions}`;
+    if (accounts.has(key)) return accounts.get(key)!;
+    let account: BatchAccount | null = null;
+    try {
+      if (apiKey && checkedFacts(model, dimensions).provider !== "local") {
+        account = {
+          client: createOpenAIBatchClient({
+            apiKey,
+            baseURL,
+            model,
+            dimensions,
+            timeoutMs: providerTimeoutMs * 4,
+          }),
+          baseURL: baseURL ?? OPENAI_BASE_URL,
+          keyFingerprint: keyFingerprint(apiKey),
+        };
+      }
+    } catch {
+      account = null; // a size the model does not make: its rows fail online, with the reason
+    }
+    accounts.set(key, account);
+    return account;
+  };
   return {
     timeBudgetMs: positiveInt(env, "EMBED_TIME_BUDGET_MS", DEFAULT_TIME_BUDGET_MS),
     callLimits: {
@@ -104,5 +137,6 @@ export function coreSettings(env: Env): CoreSettings {
     truncate: flag(env, "EMBEDDING_TRUNCATE"),
     textVectors: flag(env, "EMBEDDING_TEXT_VECTORS"),
     providerFor,
+    batchAccountFor,
   };
 }

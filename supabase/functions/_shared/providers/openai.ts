@@ -8,7 +8,7 @@ import { modelLimits } from "./registry.ts";
 import { tokenCounterFor } from "./tokens.ts";
 import { classifyProviderError, type EmbeddingProvider, ProviderError } from "./types.ts";
 
-const OPENAI_BASE_URL = "https://api.openai.com/v1";
+export const OPENAI_BASE_URL = "https://api.openai.com/v1";
 
 export interface OpenAIProviderOptions {
   apiKey: string;

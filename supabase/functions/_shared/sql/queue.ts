@@ -13,10 +13,12 @@ export interface SettledRow {
   row_id: string | null;
   /**
    * failed: the row's own failure, one attempt spent; deferred: stopped by a
-   * provider-wide failure, no attempt spent; unstarted: time budget or
+   * provider-wide failure, no attempt spent; parked: its texts wait in a
+   * batch of the batch lane, no attempt spent, hidden until the batch ends;
+   * unstarted: time budget or
    * shutdown, no attempt spent.
    */
-  kind: "failed" | "deferred" | "unstarted";
+  kind: "failed" | "deferred" | "unstarted" | "parked";
   error?: string;
   retryable?: boolean;
   /** Seconds the provider asked us to wait (Retry-After). */
@@ -34,12 +36,14 @@ export interface CircuitReport {
   retry_after?: number;
 }
 
-/** A batch's tokens for one target (util._record_usage): sent online, and saved by reuse. */
+/** A batch's tokens for one target (util._record_usage): sent online, brought by the batch lane, saved by reuse. */
 export interface TargetUsage {
   target_id: number;
   model: string;
   online_tokens: number;
   online_inputs: number;
+  batch_tokens: number;
+  batch_inputs: number;
   reused_tokens: number;
   reused_inputs: number;
 }
