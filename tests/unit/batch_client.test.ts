@@ -340,6 +340,29 @@ Deno.test("validation: over 50,000 lines, mixed models, a wrong url each fail th
   });
 });
 
+Deno.test("the fake answers floats to lines that ask for them, and describes its files", async () => {
+  await withFake(async (fake) => {
+    const client = batchClient(fake);
+    const raw = new OpenAI({ apiKey: API_KEY, baseURL: fake.baseURL, maxRetries: 0 });
+    const jsonl = batchJsonl([{ customId: "f", text: "floats please" }], MODEL, DIMENSIONS, true)
+      .replace(',"encoding_format":"base64"', "");
+    assert.ok(!jsonl.includes("base64"), "the premise: no encoding asked, so floats");
+    const file = await raw.files.create({
+      file: await toFile(new Blob([jsonl]), "in.jsonl"),
+      purpose: "batch",
+    });
+    const described = await raw.files.retrieve(file.id);
+    assert.equal(described.bytes, new TextEncoder().encode(jsonl).length);
+    assert.equal(described.purpose, "batch");
+    const done = await ended(client, (await client.create(file.id, {})).id);
+    const text = await (await raw.files.content(done.outputFileId!)).text();
+    assert.ok(Array.isArray(JSON.parse(text).response.body.data[0].embedding));
+    const [line] = await collect(client.results(done.outputFileId!));
+    assert.ok("vector" in line);
+    assert.deepEqual(line.vector, float32(fakeVector("floats please", DIMENSIONS)));
+  });
+});
+
 // --- endpoints and failures ---------------------------------------------------------
 
 Deno.test("an endpoint without the batch API: BatchApiUnsupported", async () => {
