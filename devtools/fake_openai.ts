@@ -3,17 +3,40 @@
 // injectable latency and faults (status codes, outages, slowness, malformed or
 // wrong-sized answers), and OpenAI-style rate limits (requests and tokens per
 // minute, enforced over sliding one-minute windows, with OpenAI's
-// x-ratelimit-* headers, or none).
-import { Buffer } from "node:buffer";
+// x-ratelimit-* headers, or none). Its Batch API (/v1/files, /v1/batches) is
+// in fake_batches.ts.
 import { hashEmbed } from "../supabase/functions/_shared/providers/local.ts";
 import { tokenCounterFor } from "../supabase/functions/_shared/providers/tokens.ts";
 import { sleep } from "../supabase/functions/_shared/sleep.ts";
+import {
+  type BatchBehaviour,
+  createFakeBatchApi,
+  emptyBatchStats,
+  type FakeBatchStats,
+  resetBatchStats,
+} from "./fake_batches.ts";
+import { apiError, base64Float32, json } from "./fake_http.ts";
+
+export type { BatchBehaviour } from "./fake_batches.ts";
+
+/**
+ * Which endpoints a status or outage fault hits: the embeddings path, the
+ * Batch API's (/v1/files, /v1/batches), or both (the default).
+ */
+export type FaultTarget = "embeddings" | "batches" | "all";
 
 export type Fault =
   /** Answer `status` (with `Retry-After` and `body` if given). */
-  | { kind: "status"; status: number; times?: number; retryAfter?: string; body?: string }
+  | {
+    kind: "status";
+    status: number;
+    times?: number;
+    retryAfter?: string;
+    body?: string;
+    on?: FaultTarget;
+  }
   /** 503 for every request until epoch ms `untilMs`. */
-  | { kind: "outage"; untilMs: number }
+  | { kind: "outage"; untilMs: number; on?: FaultTarget }
   /**
    * Wait `delayMs` before answering. Meant to exceed the client timeout, so
    * these requests count as failed even if the answer arrives in time.
@@ -30,7 +53,8 @@ export type Fault =
   /** 200 with `value` (NaN, ±Infinity) as the first value of every vector (base64 answers). */
   | { kind: "non-finite"; value: number; times?: number };
 
-export interface FakeOpenAIStats {
+/** What the fake received; the embeddings path's figures never count batch work. */
+export interface FakeOpenAIStats extends FakeBatchStats {
   /** Every request to the embeddings path, failed or not. */
   requests: number;
   /** Inputs of successful requests. */
@@ -88,6 +112,10 @@ export interface FakeOpenAI {
   setFault(f: Fault | null): void;
   /** Sets the rate limits (null: none), forgetting the window so far. */
   setRateLimits(limits: FakeRateLimits | null): void;
+  /** How the Batch API behaves from now on (replacing what was set before). */
+  setBatchBehaviour(behaviour: BatchBehaviour): void;
+  /** Files the Batch API holds now (uploaded or made, not deleted). */
+  readonly storedFiles: number;
   close(): Promise<void>;
 }
 
@@ -222,28 +250,15 @@ class RateWindow {
   }
 }
 
-function json(status: number, body: unknown, headers: Record<string, string> = {}): Response {
-  return new Response(JSON.stringify(body), {
-    status,
-    headers: { "content-type": "application/json", ...headers },
-  });
-}
-
-function apiError(
-  status: number,
-  message: string,
-  type: string,
-  code: string | null = null,
-  headers: Record<string, string> = {},
-): Response {
-  return json(status, { error: { message, type, param: null, code } }, headers);
-}
-
-/** The API's base64 form: little-endian float32s. */
-function base64Float32(vector: ArrayLike<number>): string {
-  const view = new DataView(new ArrayBuffer(vector.length * 4));
-  for (let i = 0; i < vector.length; i++) view.setFloat32(i * 4, vector[i], true);
-  return Buffer.from(view.buffer).toString("base64");
+/** The answer of an injected status fault. */
+function statusFault(fault: Extract<Fault, { kind: "status" }>): Response {
+  const headers: Record<string, string> = { "content-type": "application/json" };
+  if (fault.retryAfter !== undefined) headers["retry-after"] = fault.retryAfter;
+  const text = fault.body ??
+    JSON.stringify({
+      error: { message: `injected ${fault.status}`, type: "fake_fault", param: null, code: null },
+    });
+  return new Response(text, { status: fault.status, headers });
 }
 
 export async function startFakeOpenAI(
@@ -277,6 +292,7 @@ export async function startFakeOpenAI(
     embeddedTexts: [],
     rateLimited: 0,
     tokens: 0,
+    ...emptyBatchStats(),
   };
 
   const closed = new Promise<void>((r) => closing.signal.addEventListener("abort", () => r()));
@@ -284,10 +300,14 @@ export async function startFakeOpenAI(
   /** Resolves after `ms`, or early when the server closes. */
   const pause = (ms: number) => sleep(ms, closing.signal);
 
-  /** The fault for this request, if any, counting it against `times`. */
-  const takeFault = (): Fault | null => {
+  /** The fault for this request to `path`, if any, counting it against `times`. */
+  const takeFault = (path: "embeddings" | "batches"): Fault | null => {
     if (!fault) return null;
     const current = fault;
+    const on = current.kind === "status" || current.kind === "outage"
+      ? current.on ?? "all"
+      : "embeddings";
+    if (on !== "all" && on !== path) return null;
     if (current.kind === "outage") {
       if (Date.now() < current.untilMs) return current;
       fault = null;
@@ -297,8 +317,23 @@ export async function startFakeOpenAI(
     return current;
   };
 
+  const batchApi = createFakeBatchApi({
+    stats,
+    vectorOf,
+    faultAnswer() {
+      const active = takeFault("batches");
+      if (active?.kind === "outage") {
+        return apiError(503, "service unavailable (injected outage)", "server_error");
+      }
+      if (active?.kind === "status") return statusFault(active);
+      return null;
+    },
+  });
+
   const handle = async (request: Request): Promise<Response> => {
     const url = new URL(request.url);
+    const batchAnswer = batchApi.handle(request, url);
+    if (batchAnswer) return await batchAnswer;
     if (url.pathname !== "/v1/embeddings") {
       return apiError(404, "not found", "invalid_request_error");
     }
@@ -365,28 +400,16 @@ export async function startFakeOpenAI(
 
     const active = fault?.kind === "reject-text"
       ? (texts.some((t) => t.includes((fault as { contains: string }).contains)) ? fault : null)
-      : takeFault();
+      : takeFault("embeddings");
     let wrongDimensions = false;
     let failed = false;
     let floats = false;
     let first: number | undefined;
     if (active) {
       switch (active.kind) {
-        case "status": {
+        case "status":
           stats.failedRequests++;
-          const headers: Record<string, string> = { "content-type": "application/json" };
-          if (active.retryAfter !== undefined) headers["retry-after"] = active.retryAfter;
-          const text = active.body ??
-            JSON.stringify({
-              error: {
-                message: `injected ${active.status}`,
-                type: "fake_fault",
-                param: null,
-                code: null,
-              },
-            });
-          return new Response(text, { status: active.status, headers });
-        }
+          return statusFault(active);
         case "outage":
           stats.failedRequests++;
           return apiError(503, "service unavailable (injected outage)", "server_error");
@@ -467,9 +490,16 @@ export async function startFakeOpenAI(
       stats.embeddedTexts.length = 0;
       stats.rateLimited = 0;
       stats.tokens = 0;
+      resetBatchStats(stats);
     },
     setRateLimits(limits: FakeRateLimits | null) {
       window = limits ? new RateWindow(limits) : null;
+    },
+    setBatchBehaviour(behaviour: BatchBehaviour) {
+      batchApi.setBehaviour(behaviour);
+    },
+    get storedFiles() {
+      return batchApi.storedFiles;
     },
     setLatency(ms: number) {
       latencyMs = ms;

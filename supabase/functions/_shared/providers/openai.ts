@@ -108,7 +108,7 @@ export function createOpenAIProvider(opts: OpenAIProviderOptions): EmbeddingProv
  * treated as a transient fault of the endpoint (retryable); if it persists,
  * the message says what to fix.
  */
-function vectorsInOrder(
+export function vectorsInOrder(
   data: unknown,
   count: number,
   dimensions: number,

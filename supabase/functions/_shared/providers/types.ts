@@ -215,7 +215,8 @@ export function retryAfterMsOf(
   return Math.max(0, date - now);
 }
 
-function httpStatus(err: unknown): number | undefined {
+/** The HTTP status of a failed call (an SDK APIError or anything with a `status`), if any. */
+export function httpStatus(err: unknown): number | undefined {
   const status = err instanceof APIError
     ? err.status
     : (err as { status?: unknown } | null)?.status;
