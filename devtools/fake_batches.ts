@@ -15,6 +15,8 @@ export interface BatchBehaviour {
   completionDelayMs?: number;
   /** Lines whose text this accepts go to the error file (status 400, code invalid_request). */
   failLine?: (text: string) => boolean;
+  /** The status of those lines instead of 400 (e.g. 500, code server_error: a passing failure). */
+  failStatus?: number;
   /**
    * The batch ends `expired` after the delay, with output for only the first
    * `fraction` of its lines; the others go to the error file (batch_expired).
@@ -408,10 +410,11 @@ export function createFakeBatchApi(deps: {
         return { kind: "rejected", status: 400, code: "invalid_request", message: problem };
       }
       if (failLine && inputTexts(request.body.input).some(failLine)) {
+        const status = behaviour.failStatus ?? 400;
         return {
           kind: "rejected",
-          status: 400,
-          code: "invalid_request",
+          status,
+          code: status >= 500 ? "server_error" : "invalid_request",
           message: "an input was rejected (injected)",
         };
       }

@@ -68,7 +68,7 @@ export async function resolveBatchLane<T>(
     });
     if (toStage.size) {
       const result = await stageBatchTexts(sql, targetId, [...toStage.values()]);
-      if (result === "staged") for (const text of staged) outcome.parked.add(text.owner);
+      if (result === "staged") { for (const text of staged) outcome.parked.add(text.owner); }
       else outcome.online.push(...staged);
     }
   }

@@ -9,11 +9,7 @@
 // that crashed stopped: an upload without its batch is created again, a
 // batch created but not recorded is found by its metadata.
 import type postgres from "postgres";
-import {
-  BatchApiUnsupported,
-  type BatchClient,
-  type ProviderBatch,
-} from "./providers/batches.ts";
+import { BatchApiUnsupported, type BatchClient, type ProviderBatch } from "./providers/batches.ts";
 import {
   applyBatchLines,
   type BatchRow,
@@ -94,8 +90,9 @@ export async function runBatchTick(
     }
     try {
       if (batch.state === "staging") await submit(sql, batch, account, settings, options, result);
-      else if (batch.state === "submitting") await resume(sql, batch, account, settings, options, result);
-      else await poll(sql, batch, account, settings, options, result);
+      else if (batch.state === "submitting") {
+        await resume(sql, batch, account, settings, options, result);
+      } else await poll(sql, batch, account, settings, options, result);
     } catch (err) {
       if (err instanceof BatchApiUnsupported) {
         options.log?.({ event: "batch_unsupported", batch: batch.id });
@@ -107,7 +104,12 @@ export async function runBatchTick(
       // the next poll, where the batch's state says what is left to do.
       const message = (err as Error).message ?? String(err);
       if (isDatabaseError(err)) throw err;
-      options.log?.({ event: "batch_step_failed", batch: batch.id, state: batch.state, error: message });
+      options.log?.({
+        event: "batch_step_failed",
+        batch: batch.id,
+        state: batch.state,
+        error: message,
+      });
       await recordBatch(sql, batch.id, { due_in_seconds: settings.pollSeconds });
     }
   }
@@ -219,7 +221,16 @@ async function resume(
   }
   const texts = await batchTexts(sql, batch.id);
   if (batch.input_file_id) {
-    return await create(sql, batch, account, batch.input_file_id, texts.length, settings, options, result);
+    return await create(
+      sql,
+      batch,
+      account,
+      batch.input_file_id,
+      texts.length,
+      settings,
+      options,
+      result,
+    );
   }
   if (texts.length) await upload(sql, batch, account, texts, settings, options, result);
 }
@@ -289,11 +300,12 @@ async function poll(
     due_in_seconds: end ? undefined : settings.pollSeconds,
   });
   if (!end) return;
+  const ended = end.state === "applied";
   if (provider.outputFileId) {
-    await applyFile(sql, batch, client, provider.outputFileId, settings, options, result);
+    await applyFile(sql, batch, client, provider.outputFileId, ended, settings, options, result);
   }
   if (provider.errorFileId) {
-    await applyFile(sql, batch, client, provider.errorFileId, settings, options, result);
+    await applyFile(sql, batch, client, provider.errorFileId, ended, settings, options, result);
   }
   result.resubmitted += await finishBatch(sql, batch.id, {
     state: end.state,
@@ -315,12 +327,16 @@ async function poll(
  * Applies an output or error file, streamed, APPLY_SLICE lines per
  * statement: vectors to their texts; error lines to theirs, which then go
  * online, or into a new batch when there are at least batch_resubmit_errors.
+ * Of a batch that did not complete (expired, cancelled, failed), the lines
+ * that failed for a passing reason (not run before the expiry, say) are
+ * left unanswered: util._finish_batch sends them where batch_on_expiry says.
  */
 async function applyFile(
   sql: postgres.Sql,
   batch: BatchRow,
   client: BatchClient,
   fileId: string,
+  completed: boolean,
   settings: BatchSettings,
   options: BatchTickOptions,
   result: BatchTickResult,
@@ -337,6 +353,7 @@ async function applyFile(
   };
   for await (const line of client.results(fileId, options.signal)) {
     if ("vector" in line) vectors.push({ customId: line.customId, vector: line.vector });
+    else if (line.retryable && !completed) continue;
     else {
       errors.push({ customId: line.customId, error: `the batch failed this text: ${line.error}` });
       if (line.retryable) failed.push(line.customId);
@@ -344,7 +361,9 @@ async function applyFile(
     if (vectors.length + errors.length >= APPLY_SLICE) await flush();
   }
   await flush();
-  if (failed.length >= Math.max(1, settings.resubmitErrors) && batch.attempt < settings.maxAttempts) {
+  if (
+    failed.length >= Math.max(1, settings.resubmitErrors) && batch.attempt < settings.maxAttempts
+  ) {
     await restageTexts(sql, batch, failed);
     result.resubmitted += failed.length;
   }

@@ -116,7 +116,16 @@ export function jobsOf(
   const { schema, table, contentFunction, embeddingColumn } = message;
   const lane = message.lane ? { lane: message.lane } : {};
   if ("id" in message) {
-    return [{ id: message.id, schema, table, contentFunction, embeddingColumn, jobId, attempt, ...lane }];
+    return [{
+      id: message.id,
+      schema,
+      table,
+      contentFunction,
+      embeddingColumn,
+      jobId,
+      attempt,
+      ...lane,
+    }];
   }
   return message.ids.map((id) => ({
     id,

@@ -100,7 +100,10 @@ export function createEmbedHandler(config: EmbedHandlerConfig): EmbedHandler {
   /** The background tasks push mode's tick asks for: "batches" (the batch lane's tick). */
   async function maintenance(db: postgres.Sql, tasks: unknown): Promise<Response> {
     if (!Array.isArray(tasks) || !tasks.every((t) => MAINTENANCE_TASKS.includes(t))) {
-      return problem(400, `maintenance: a JSON array of tasks among ${MAINTENANCE_TASKS.join(", ")}`);
+      return problem(
+        400,
+        `maintenance: a JSON array of tasks among ${MAINTENANCE_TASKS.join(", ")}`,
+      );
     }
     const done: Record<string, unknown> = {};
     try {
@@ -147,7 +150,9 @@ export function createEmbedHandler(config: EmbedHandlerConfig): EmbedHandler {
     }
     // Push mode, background work the tick asked for (util.process_embeddings):
     // {"maintenance": ["batches"]}.
-    if (typeof json === "object" && json !== null && !Array.isArray(json) && "maintenance" in json) {
+    if (
+      typeof json === "object" && json !== null && !Array.isArray(json) && "maintenance" in json
+    ) {
       return await maintenance(sql, (json as { maintenance: unknown }).maintenance);
     }
 

@@ -182,8 +182,12 @@ export async function recordBatch(
            failed = coalesce(${fields.failed ?? null}, b.failed),
            submitted_at = case when ${fields.submitted ?? false} then now() else b.submitted_at end,
            due_at = case when ${fields.due_in_seconds ?? null}::int is null then b.due_at
-                         else now() + make_interval(secs => ${fields.due_in_seconds ?? null}::int) end,
-           error = case when ${fields.error !== undefined} then ${fields.error ?? null} else b.error end
+                         else now() + make_interval(secs => ${
+    fields.due_in_seconds ?? null
+  }::int) end,
+           error = case when ${fields.error !== undefined} then ${
+    fields.error ?? null
+  } else b.error end
      where b.id = ${batchId}::bigint`;
 }
 
