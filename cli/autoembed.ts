@@ -22,7 +22,8 @@ commands:
   status                 per-table embedding status, and tables lately dropped or renamed [--json]
   backfill <table>       enqueue rows missing an embedding
   reembed <table>        recheck a table, or move it to a new model [--model M] [--dimensions D]
-                         (built beside the live column, switched when complete; --cancel stops it)
+                         (built beside the live column, switched when complete; --cancel stops it;
+                         --lane batch|auto|online: through the provider's batch API at half price)
   retry-failed [<table>] put dead-lettered jobs back on the queue
   init [DIR]             a new Supabase project in DIR (default: here) with autoembed in it:
                          config.toml, a commented seed.sql, and what install copies
@@ -92,6 +93,7 @@ const VALUE_OPTIONS = new Map([
   ["--table", "table"],
   ["--model", "model"],
   ["--dimensions", "dimensions"],
+  ["--lane", "lane"],
   ["--column", "column"],
   ["--visibility-timeout", "visibility-timeout"],
   ["--into", "into"],
@@ -229,6 +231,11 @@ async function status(args: ParsedArgs): Promise<number> {
              rows_per_minute as per_minute,
              coalesce(ceil(extract(epoch from eta))::int || 's', '') as eta,
              dead_lettered, models,
+             case when batches_open > 0 or parked > 0
+                  then batches_open || ' open, ' || batch_texts_done || '/' || batch_texts || ' texts, ' ||
+                       parked || ' rows parked'
+                  else '' end as batches,
+             coalesce(batch_saved_usd::text, '') as batch_saved_usd,
              case when next_model is not null
                   then next_model || '/' || next_dimensions || ' ' || next_embedded || '/' || total_rows
                   else '' end as next_model,
@@ -242,7 +249,7 @@ async function status(args: ParsedArgs): Promise<number> {
              sum(cost_usd) filter (where day = (now() at time zone 'utc')::date) as usd_today,
              sum(online_tokens) as tokens_30d, sum(batch_tokens) as batch_tokens_30d,
              sum(reused_tokens) as reused_tokens_30d, sum(cost_usd) as usd_30d,
-             sum(saved_usd) as saved_usd_30d
+             sum(saved_usd) as saved_usd_30d, sum(batch_saved_usd) as batch_saved_usd_30d
         from util.embedding_usage
        where day > (now() at time zone 'utc')::date - 30
        group by 1, 2, 3 order by 1, 2, 3`;
@@ -312,9 +319,10 @@ async function enqueue(args: ParsedArgs, command: string): Promise<number> {
     const model = command === "reembed" ? args.options.get("model")?.at(-1) ?? null : null;
     const dimsText = command === "reembed" ? args.options.get("dimensions")?.at(-1) : undefined;
     const dims = dimsText ? positiveInt(dimsText, "--dimensions") : null;
+    const lane = args.options.get("lane")?.at(-1) ?? null;
     try {
-      const [row] =
-        await sql`select util.reembed(${table}::regclass, ${column}, ${model}, ${dims}) as n`;
+      const [row] = await sql`
+        select util.reembed(${table}::regclass, ${column}, ${model}, ${dims}, lane => ${lane}) as n`;
       console.log(
         `enqueued ${row.n} row(s) of ${table}` +
           (model ? ` for model ${model}` : dims ? ` for ${dims} dimensions` : "") +

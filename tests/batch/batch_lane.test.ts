@@ -5,10 +5,28 @@ import assert from "node:assert/strict";
 import { providerEnv, spawnWorker, type WorkerProcess } from "../../devtools/cli.ts";
 import type { Sql } from "../../devtools/db.ts";
 import { withTestDb } from "../../devtools/db.ts";
-import { type FakeOpenAI, startFakeOpenAI } from "../../devtools/fake_openai.ts";
-import { createDocuments, queueLength, startPipeline } from "../../devtools/pipeline.ts";
+import { type FakeOpenAI, fakeVector, startFakeOpenAI } from "../../devtools/fake_openai.ts";
+import {
+  createDocuments,
+  queueLength,
+  startPipeline,
+  TEST_DIMENSIONS,
+  TEST_MODEL,
+} from "../../devtools/pipeline.ts";
 import { waitFor } from "../../devtools/wait.ts";
-import { assertAllFresh, embeddedCount, insertRows, staleRows } from "../_support/rows.ts";
+import { createLocalProvider } from "../../supabase/functions/_shared/providers/local.ts";
+import {
+  assertAllFresh,
+  embeddedCount,
+  insertRows,
+  parseVector,
+  staleRows,
+} from "../_support/rows.ts";
+
+const OLD_MODEL = "local-hash-v1";
+
+const close = (a: number[], b: number[]) =>
+  a.length === b.length && a.every((v, i) => Math.abs(v - b[i]) < 2e-3);
 
 /** Settings that make batches go and be polled within a second. */
 async function quickBatches(sql: Sql, extra: Record<string, string> = {}) {
@@ -151,7 +169,7 @@ Deno.test("batch lane: many error-file lines go into a new batch", async () => {
     const w = worker(fake, url);
     try {
       await waitFor(
-        async () => fake.stats.batches >= 1 && fake.stats.batchEmbeddedTexts.length >= 180,
+        () => fake.stats.batches >= 1 && fake.stats.batchEmbeddedTexts.length >= 180,
         {
           what: "the first batch to end",
         },
@@ -162,6 +180,224 @@ Deno.test("batch lane: many error-file lines go into a new batch", async () => {
       assert.equal(fake.stats.batches, 2, "the failed lines went into a second batch");
       assert.equal(fake.stats.batchInputs, 200 + 11, "the 11 failed lines were sent again");
       assert.equal(fake.stats.inputs, 0, "none went online");
+      assert.equal(await w.stop("SIGTERM"), 0);
+    } finally {
+      await w.stop("SIGKILL");
+      await fake.close();
+    }
+  });
+});
+
+for (const onExpiry of ["resubmit", "online"] as const) {
+  Deno.test(`batch lane: an expired batch's unanswered texts are ${onExpiry === "resubmit" ? "resubmitted" : "sent online"} (batch_on_expiry ${onExpiry})`, async () => {
+    await withTestDb(async (sql, url) => {
+      const fake = await startFakeOpenAI();
+      fake.setBatchBehaviour({ expire: { fraction: 0.5 } });
+      await quickBatches(sql, { batch_on_expiry: onExpiry });
+      await backfillByBatch(sql, 200);
+      const w = worker(fake, url);
+      try {
+        await waitFor(async () => (await batchStates(sql))[0] === "expired", {
+          what: "the first batch to expire",
+        });
+        fake.setBatchBehaviour({});
+        await waitAllFresh(sql, "every row embedded");
+        await assertAllFresh(sql);
+        assert.equal(fake.stats.batchEmbeddedTexts.length, onExpiry === "resubmit" ? 200 : 100);
+        assert.equal(fake.stats.batches, onExpiry === "resubmit" ? 2 : 1);
+        assert.equal(fake.stats.inputs, onExpiry === "resubmit" ? 0 : 100);
+        assert.equal(await w.stop("SIGTERM"), 0);
+      } finally {
+        await w.stop("SIGKILL");
+        await fake.close();
+      }
+    });
+  });
+}
+
+Deno.test("batch lane: a worker SIGKILLed while its batch is pending; another worker finishes it", async () => {
+  await withTestDb(async (sql, url) => {
+    const fake = await startFakeOpenAI();
+    fake.setBatchBehaviour({ completionDelayMs: 3_600_000 });
+    await quickBatches(sql);
+    await backfillByBatch(sql, 300);
+    const first = worker(fake, url);
+    let second: WorkerProcess | null = null;
+    try {
+      await waitFor(async () => (await batchStates(sql)).includes("submitted"), {
+        what: "the batch to be submitted",
+      });
+      assert.notEqual(await first.stop("SIGKILL"), 0);
+      assert.equal(await embeddedCount(sql), 0, "the premise: the batch is still pending");
+      fake.setBatchBehaviour({ completionDelayMs: 0 });
+      second = worker(fake, url);
+      await waitAllFresh(sql, "the second worker to apply the first one's batch");
+      await assertAllFresh(sql);
+      assert.equal(fake.stats.batches, 1, "the batch was not submitted again");
+      assert.equal(fake.stats.inputs, 0);
+      assert.equal(await second.stop("SIGTERM"), 0);
+    } finally {
+      await first.stop("SIGKILL");
+      await second?.stop("SIGKILL");
+      await fake.close();
+    }
+  });
+});
+
+Deno.test("batch lane, push mode: the tick submits, polls and applies a batch with no worker", async () => {
+  await withTestDb(async (sql, url) => {
+    const p = await startPipeline(sql, url);
+    try {
+      await quickBatches(sql);
+      await backfillByBatch(sql, 500);
+      // pg_cron's tick, every half second here.
+      await waitFor(async () => {
+        await sql`select util.process_embeddings()`;
+        return (await staleRows(sql)).length === 0;
+      }, {
+        what: "the push tick to embed every row through a batch",
+        timeoutMs: 60_000,
+        intervalMs: 500,
+      });
+      await assertAllFresh(sql);
+      assert.equal(p.fake.stats.batchInputs, 500);
+      assert.equal(p.fake.stats.inputs, 0, "nothing online");
+      assert.ok(
+        p.logs.some((l) => l.includes('"event":"batch_submitted"')),
+        "the embed function submitted it",
+      );
+    } finally {
+      await p.stop();
+    }
+  });
+});
+
+Deno.test("batch lane: util.cancel_batches cancels a pending batch and sends its rows online", async () => {
+  await withTestDb(async (sql, url) => {
+    const fake = await startFakeOpenAI();
+    fake.setBatchBehaviour({ completionDelayMs: 3_600_000 });
+    await quickBatches(sql);
+    await backfillByBatch(sql, 300);
+    const w = worker(fake, url);
+    try {
+      await waitFor(async () => (await batchStates(sql)).includes("submitted"), {
+        what: "the batch to be submitted",
+      });
+      const [{ n }] = await sql`select util.cancel_batches('documents') as n`;
+      assert.equal(n, 1);
+      await waitAllFresh(sql, "the rows embedded online after the cancel");
+      await assertAllFresh(sql);
+      assert.equal(fake.stats.inputs, 300);
+      await waitFor(async () => (await batchStates(sql))[0] === "cancelled", {
+        what: "the provider's batch cancelled",
+      });
+      assert.equal(await w.stop("SIGTERM"), 0);
+    } finally {
+      await w.stop("SIGKILL");
+      await fake.close();
+    }
+  });
+});
+
+Deno.test("batch lane: an endpoint without a batch API falls back online, with one warning", async () => {
+  await withTestDb(async (sql, url) => {
+    const fake = await startFakeOpenAI();
+    fake.setBatchBehaviour({ unsupported: true });
+    await quickBatches(sql);
+    await backfillByBatch(sql, 300);
+    const w = worker(fake, url);
+    try {
+      await waitAllFresh(sql, "every row embedded online");
+      await assertAllFresh(sql);
+      assert.equal(fake.stats.inputs, 300);
+      assert.equal(fake.stats.batches, 0);
+      const warnings =
+        await sql`select error from util.embedding_errors where error like '%falls back online%'`;
+      assert.equal(warnings.length, 1, "one warning");
+      assert.match(warnings[0].error, /no batch API/);
+      assert.equal(await w.stop("SIGTERM"), 0);
+    } finally {
+      await w.stop("SIGKILL");
+      await fake.close();
+    }
+  });
+});
+
+Deno.test("batch lane: lane auto goes by batch from batch_min_texts rows, online below; live edits online", async () => {
+  await withTestDb(async (sql) => {
+    await sql`update util.settings set value = '100' where name = 'batch_min_texts'`;
+    await backfillByBatch(sql, 150, "auto");
+    const [big] = await sql`select lane, sweep_lane from util.embedding_targets`;
+    assert.deepEqual({ ...big }, { lane: "auto", sweep_lane: "batch" });
+    const lanes = await sql`select distinct message ->> 'lane' as lane from pgmq.q_embedding_jobs`;
+    assert.deepEqual(lanes.map((r) => r.lane), ["batch"]);
+    await sql`delete from pgmq.q_embedding_jobs`;
+    await sql`insert into documents (title, content) values ('live', 'an edit')`;
+    const live = await sql`select message ->> 'lane' as lane from pgmq.q_embedding_jobs`;
+    assert.deepEqual(live.map((r) => r.lane), [null], "a live edit's job carries no lane");
+    await sql`delete from documents where id > 50`;
+    await sql`select util.refresh_embeddings('documents')`;
+    const [small] = await sql`select sweep_lane from util.embedding_targets`;
+    assert.equal(small.sweep_lane, "online", "50 rows: under batch_min_texts");
+    await assert.rejects(sql`select util.reembed('documents', lane => 'fast')`, /unknown lane/);
+  });
+});
+
+Deno.test("batch lane: a model change through batches switches at once when complete; searches never see two models", async () => {
+  await withTestDb(async (sql, url) => {
+    const fake = await startFakeOpenAI();
+    fake.setBatchBehaviour({ completionDelayMs: 3_600_000 });
+    await quickBatches(sql);
+    await createDocuments(sql, { model: OLD_MODEL });
+    await insertRows(sql, 400);
+    const w = worker(fake, url);
+    try {
+      await waitFor(async () => await embeddedCount(sql) === 400, {
+        what: "the old model's backfill",
+      });
+      const local = createLocalProvider({ model: OLD_MODEL, dimensions: TEST_DIMENSIONS });
+      const rows =
+        await sql`select id::int, documents_input(d) as text from documents d order by id`;
+      const oldVectors = await local.embed(rows.map((r) => r.text));
+      const textOf = new Map(rows.map((r, i) => [r.id as number, i]));
+      const modelOf = (id: number, vector: number[]) => {
+        const i = textOf.get(id)!;
+        if (close(vector, Array.from(oldVectors[i]))) return "old";
+        if (close(vector, fakeVector(rows[i].text, TEST_DIMENSIONS))) return "new";
+        return "neither";
+      };
+      /** The models the live column holds, and what a search by a row's own vector returns. */
+      const sample = async () => {
+        const live = await sql`select id::int, embedding::text from documents`;
+        const models = new Set(live.map((r) => modelOf(r.id, parseVector(r.embedding))));
+        const [probe] = live;
+        const found = await sql`
+          select id::int from util.match('documents', ${probe.embedding}::vector, 5)`;
+        assert.ok(found.length > 0, "a search during the change answers");
+        return [...models].sort().join(",");
+      };
+      await sql`select util.reembed('documents', model => ${TEST_MODEL}, lane => 'batch')`;
+      await waitFor(async () => (await batchStates(sql)).includes("submitted"), {
+        what: "the model change's batch submitted",
+      });
+      assert.equal(
+        await sample(),
+        "old",
+        "the live column keeps the old model while the batch is pending",
+      );
+      fake.setBatchBehaviour({ completionDelayMs: 0 });
+      const seen = new Set<string>();
+      await waitFor(async () => {
+        const models = await sample();
+        seen.add(models);
+        return models === "new";
+      }, { what: "the switch to the new model", timeoutMs: 60_000 });
+      assert.deepEqual([...seen].sort(), ["new", "old"], "one model at every sample: never mixed");
+      assert.equal(fake.stats.batchInputs, 400, "the new model's vectors came through a batch");
+      assert.equal(fake.stats.inputs, 0, "nothing online");
+      const [t] =
+        await sql`select model, lane from util.embedding_targets where retired_at is null`;
+      assert.deepEqual({ ...t }, { model: TEST_MODEL, lane: "online" }, "the table keeps its lane");
       assert.equal(await w.stop("SIGTERM"), 0);
     } finally {
       await w.stop("SIGKILL");
