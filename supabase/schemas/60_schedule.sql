@@ -137,12 +137,12 @@ begin
     raise warning 'autoembed: util.maintain_embeddings failed: %', sqlerrm;
   end;
   -- The batch lane's submissions and polls (55_batch_lane), in the embed
-  -- function: one call when batches are due, at most one every 10 seconds
+  -- function: one call when batches are due, at most one every 2 seconds
   -- (the call claims the batches it takes, so a second one finds none).
   begin
     if util._batches_due()
        and (select c.last_value from util.embedding_batch_clock c)
-           < (extract(epoch from pg_catalog.clock_timestamp()) * 1000)::bigint - 10000 then
+           < (extract(epoch from pg_catalog.clock_timestamp()) * 1000)::bigint - 2000 then
       perform pg_catalog.setval('util.embedding_batch_clock',
                                 (extract(epoch from pg_catalog.clock_timestamp()) * 1000)::bigint);
       perform util.invoke_edge_function(

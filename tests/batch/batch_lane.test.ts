@@ -14,7 +14,9 @@ import {
   TEST_MODEL,
 } from "../../devtools/pipeline.ts";
 import { waitFor } from "../../devtools/wait.ts";
+import { runBatchTick } from "../../supabase/functions/_shared/batch_tick.ts";
 import { createLocalProvider } from "../../supabase/functions/_shared/providers/local.ts";
+import { coreSettings } from "../../supabase/functions/_shared/settings.ts";
 import {
   assertAllFresh,
   embeddedCount,
@@ -401,6 +403,78 @@ Deno.test("batch lane: a model change through batches switches at once when comp
       assert.equal(await w.stop("SIGTERM"), 0);
     } finally {
       await w.stop("SIGKILL");
+      await fake.close();
+    }
+  });
+});
+
+Deno.test("batch lane, push mode: an output applied over several calls of the function (EMBED_BATCH_LINES_PER_CALL)", async () => {
+  await withTestDb(async (sql, url) => {
+    const p = await startPipeline(sql, url, { env: { EMBED_BATCH_LINES_PER_CALL: "150" } });
+    try {
+      await quickBatches(sql);
+      await backfillByBatch(sql, 500);
+      await waitFor(async () => {
+        await sql`select util.process_embeddings()`;
+        return (await staleRows(sql)).length === 0;
+      }, { what: "every row embedded", timeoutMs: 90_000, intervalMs: 500 });
+      await assertAllFresh(sql);
+      const [b] = await sql`select state, applied_lines from util.embedding_batches`;
+      assert.deepEqual({ ...b }, { state: "applied", applied_lines: 500 });
+      const cut = p.logs.filter((l) =>
+        l.includes('"event":"batch_tick"') && /"vectors":150/.test(l)
+      );
+      assert.ok(cut.length >= 3, `the apply went in slices of 150 lines (${cut.length} calls)`);
+      assert.equal(p.fake.stats.batches, 1);
+    } finally {
+      await p.stop();
+    }
+  });
+});
+
+Deno.test("batch lane: a batch created by a tick that died before recording it is found again, not created twice", async () => {
+  await withTestDb(async (sql) => {
+    const fake = await startFakeOpenAI();
+    try {
+      await quickBatches(sql);
+      await backfillByBatch(sql, 0);
+      const [t] = await sql`select id from util.embedding_targets`;
+      const texts = Array.from({ length: 20 }, (_, i) => ({
+        custom_id: `${i}`.padStart(64, "0"),
+        input: `text ${i}`,
+        tokens: 2,
+      }));
+      await sql`select util._stage_batch_inputs(${t.id}, ${JSON.stringify(texts)}::text::jsonb)`;
+      await sql`update util.embedding_batches set due_at = now()`;
+      const env = providerEnv(fake);
+      const settings = coreSettings((k) => env[k]);
+      const account = settings.batchAccountFor(TEST_MODEL, TEST_DIMENSIONS)!;
+      // The provider creates the batch, then the tick dies before it records it.
+      const dying = {
+        ...account,
+        client: {
+          ...account.client,
+          async create(fileId: string, metadata: Record<string, string>, signal?: AbortSignal) {
+            await account.client.create(fileId, metadata, signal);
+            throw new Error("the process died here");
+          },
+        },
+      };
+      await runBatchTick(sql, { accountFor: () => dying, leaseSeconds: 0 });
+      const [mid] =
+        await sql`select state, provider_batch_id, input_file_id from util.embedding_batches`;
+      assert.equal(mid.state, "submitting");
+      assert.equal(mid.provider_batch_id, null);
+      assert.ok(mid.input_file_id, "the upload was recorded");
+      assert.equal(fake.stats.batches, 1);
+      await sql`update util.embedding_batches set due_at = now()`;
+      await runBatchTick(sql, { accountFor: () => account, leaseSeconds: 0 });
+      const [after] = await sql`select state, provider_batch_id from util.embedding_batches`;
+      assert.equal(after.state, "submitted");
+      assert.ok(after.provider_batch_id);
+      assert.equal(fake.stats.batches, 1, "found by its metadata, not created again");
+      assert.equal(fake.stats.filesUploaded, 1, "not uploaded again");
+    } finally {
       await fake.close();
     }
   });

@@ -22,6 +22,7 @@ import {
   finishBatch,
   recordBatch,
   restageTexts,
+  retryableErrors,
   takeBatchTexts,
 } from "./sql/batches.ts";
 
@@ -42,6 +43,12 @@ export interface BatchTickOptions {
   leaseSeconds?: number;
   /** Most batches one tick takes. */
   maxBatches?: number;
+  /**
+   * Most output lines one tick applies (the embed function's limit: a
+   * hosted call has 2 s of CPU); an apply cut short goes on at the next
+   * tick from where it stopped. No limit when unset.
+   */
+  maxLines?: number;
 }
 
 export interface BatchTickResult {
@@ -301,11 +308,37 @@ async function poll(
   });
   if (!end) return;
   const ended = end.state === "applied";
+  // The output file (vectors: the costly part) within this call's line
+  // budget, from where an earlier call stopped; then the error file, whole
+  // (its lines carry no vectors, and applying one again changes nothing).
   if (provider.outputFileId) {
-    await applyFile(sql, batch, client, provider.outputFileId, ended, settings, options, result);
+    const budget = options.maxLines ?? Infinity;
+    if (
+      !await applyFile(
+        sql,
+        batch,
+        client,
+        provider.outputFileId,
+        ended,
+        { budget },
+        options,
+        result,
+      )
+    ) {
+      // Cut short by this call's limit: the next tick goes on from here.
+      await recordBatch(sql, batch.id, { due_in_seconds: 0 });
+      return;
+    }
   }
   if (provider.errorFileId) {
-    await applyFile(sql, batch, client, provider.errorFileId, ended, settings, options, result);
+    await applyFile(sql, batch, client, provider.errorFileId, ended, null, options, result);
+  }
+  const failed = await retryableErrors(sql, batch.id);
+  if (
+    failed.length >= Math.max(1, settings.resubmitErrors) && batch.attempt < settings.maxAttempts
+  ) {
+    await restageTexts(sql, batch, failed);
+    result.resubmitted += failed.length;
   }
   result.resubmitted += await finishBatch(sql, batch.id, {
     state: end.state,
@@ -326,10 +359,14 @@ async function poll(
 /**
  * Applies an output or error file, streamed, APPLY_SLICE lines per
  * statement: vectors to their texts; error lines to theirs, which then go
- * online, or into a new batch when there are at least batch_resubmit_errors.
+ * online, or into a new batch when there are many (the caller decides).
  * Of a batch that did not complete (expired, cancelled, failed), the lines
  * that failed for a passing reason (not run before the expiry, say) are
  * left unanswered: util._finish_batch sends them where batch_on_expiry says.
+ * With `resume` (the output file), the lines an earlier call applied (the
+ * batch's applied_lines) are read past, at most `budget` lines are
+ * applied, and the count is recorded with each slice. Returns false when
+ * the budget ran out first.
  */
 async function applyFile(
   sql: postgres.Sql,
@@ -337,34 +374,39 @@ async function applyFile(
   client: BatchClient,
   fileId: string,
   completed: boolean,
-  settings: BatchSettings,
+  resume: { budget: number } | null,
   options: BatchTickOptions,
   result: BatchTickResult,
-) {
+): Promise<boolean> {
   let vectors: { customId: string; vector: Float32Array }[] = [];
-  let errors: { customId: string; error: string }[] = [];
-  const failed: string[] = [];
+  let errors: { customId: string; error: string; retryable: boolean }[] = [];
+  let position = resume ? batch.applied_lines : 0;
+  let budget = resume?.budget ?? Infinity;
   const flush = async () => {
-    await applyBatchLines(sql, batch.id, vectors, errors);
+    if (!vectors.length && !errors.length) return;
+    await applyBatchLines(sql, batch.id, vectors, errors, resume ? position : null);
     result.vectors += vectors.length;
     result.errorLines += errors.length;
     vectors = [];
     errors = [];
   };
-  for await (const line of client.results(fileId, options.signal)) {
+  for await (const line of client.results(fileId, options.signal, resume ? position : 0)) {
+    if (budget <= 0) {
+      await flush();
+      return false;
+    }
+    position++;
+    budget--;
     if ("vector" in line) vectors.push({ customId: line.customId, vector: line.vector });
-    else if (line.retryable && !completed) continue;
-    else {
-      errors.push({ customId: line.customId, error: `the batch failed this text: ${line.error}` });
-      if (line.retryable) failed.push(line.customId);
+    else if (!(line.retryable && !completed)) {
+      errors.push({
+        customId: line.customId,
+        error: `the batch failed this text: ${line.error}`,
+        retryable: line.retryable,
+      });
     }
     if (vectors.length + errors.length >= APPLY_SLICE) await flush();
   }
   await flush();
-  if (
-    failed.length >= Math.max(1, settings.resubmitErrors) && batch.attempt < settings.maxAttempts
-  ) {
-    await restageTexts(sql, batch, failed);
-    result.resubmitted += failed.length;
-  }
+  return true;
 }

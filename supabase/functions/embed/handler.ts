@@ -110,6 +110,7 @@ export function createEmbedHandler(config: EmbedHandlerConfig): EmbedHandler {
       if (tasks.includes("batches")) {
         done.batches = await runBatchTick(db, {
           accountFor: settings.batchAccountFor,
+          maxLines: settings.batchLinesPerCall,
           signal: config.shutdown,
           log: (event) => log(JSON.stringify(event)),
         });

@@ -93,9 +93,10 @@ export interface BatchClient {
    * memory), each parsed and checked like the online path. A line that is
    * not JSON or has no custom_id ends the stream with a retryable
    * ProviderError; a vector of the wrong size or with non-finite values is
-   * that line's error.
+   * that line's error. The first `skip` lines are read past unparsed (an
+   * apply that an earlier call began).
    */
-  results(fileId: string, signal?: AbortSignal): AsyncIterable<BatchResultLine>;
+  results(fileId: string, signal?: AbortSignal, skip?: number): AsyncIterable<BatchResultLine>;
   /** Deletes a file (input/output/error) after use; a 404 is fine. */
   deleteFile(fileId: string, signal?: AbortSignal): Promise<void>;
 }
@@ -249,7 +250,7 @@ export function createOpenAIBatchClient(opts: OpenAIBatchClientOptions): BatchCl
       });
     },
 
-    async *results(fileId, signal) {
+    async *results(fileId, signal, skip = 0) {
       const target = { item: "file", id: fileId };
       const response = await call(target, signal, () => client.files.content(fileId, { signal }));
       if (!response.body) return;
@@ -264,6 +265,8 @@ export function createOpenAIBatchClient(opts: OpenAIBatchClientOptions): BatchCl
         let number = 0;
         for await (const line of splitLines(chunks)) {
           number++;
+          // Lines an earlier call applied: split, not parsed (a resumed apply, batch_tick.ts).
+          if (number <= skip) continue;
           yield parseResultLine(line, lineContext, `line ${number} of ${where}`);
         }
       } catch (err) {

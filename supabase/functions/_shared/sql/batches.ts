@@ -61,6 +61,7 @@ export interface BatchRow {
   requests: number;
   tokens: string;
   attempt: number;
+  applied_lines: number;
   error: string | null;
 }
 
@@ -72,7 +73,7 @@ export async function claimDueBatches(
 ): Promise<BatchRow[]> {
   return await sql<BatchRow[]>`
     select id::text, target_id, model, dimensions, state, provider_batch_id, input_file_id, base_url,
-           key_fingerprint, requests, tokens::text, attempt, error
+           key_fingerprint, requests, tokens::text, attempt, applied_lines, error
       from util._claim_due_batches(${leaseSeconds}, ${maxBatches})`;
 }
 
@@ -191,31 +192,54 @@ export async function recordBatch(
      where b.id = ${batchId}::bigint`;
 }
 
-/** Writes a slice of a batch's output: vectors (float32 bytes) and error lines, by custom id. */
+/**
+ * Writes a slice of a batch's output: vectors (float32 bytes) and error
+ * lines, by custom id, and how many lines of its output file are applied
+ * now (`appliedLines`; null: an error file's), in one transaction.
+ */
 export async function applyBatchLines(
   sql: postgres.Sql,
   batchId: string,
   vectors: { customId: string; vector: Float32Array }[],
-  errors: { customId: string; error: string }[],
+  errors: { customId: string; error: string; retryable: boolean }[],
+  appliedLines: number | null,
 ): Promise<void> {
-  if (vectors.length) {
-    const hex = vectors.map((v) =>
-      "\\x" + Buffer.from(v.vector.buffer, v.vector.byteOffset, v.vector.byteLength).toString("hex")
-    );
-    await sql`
-      update util.embedding_batch_inputs i set vector = v.vector, input = null
-        from unnest(${textArrayLiteral(vectors.map((v) => v.customId))}::text[],
-                    ${textArrayLiteral(hex)}::text[]::bytea[]) as v(custom_id, vector)
-       where i.batch_id = ${batchId}::bigint and i.custom_id = v.custom_id`;
-  }
-  if (errors.length) {
-    await sql`
-      update util.embedding_batch_inputs i set error = e.error
-        from jsonb_to_recordset(${
-      JSON.stringify(errors.map((e) => ({ custom_id: e.customId, error: e.error })))
-    }::text::jsonb) as e(custom_id text, error text)
-       where i.batch_id = ${batchId}::bigint and i.custom_id = e.custom_id`;
-  }
+  await sql.begin(async (tx) => {
+    if (vectors.length) {
+      const hex = vectors.map((v) =>
+        "\\x" +
+        Buffer.from(v.vector.buffer, v.vector.byteOffset, v.vector.byteLength).toString("hex")
+      );
+      await tx`
+        update util.embedding_batch_inputs i set vector = v.vector, input = null
+          from unnest(${textArrayLiteral(vectors.map((v) => v.customId))}::text[],
+                      ${textArrayLiteral(hex)}::text[]::bytea[]) as v(custom_id, vector)
+         where i.batch_id = ${batchId}::bigint and i.custom_id = v.custom_id`;
+    }
+    if (errors.length) {
+      await tx`
+        update util.embedding_batch_inputs i set error = e.error, error_retryable = e.retryable
+          from jsonb_to_recordset(${
+        JSON.stringify(
+          errors.map((e) => ({ custom_id: e.customId, error: e.error, retryable: e.retryable })),
+        )
+      }::text::jsonb) as e(custom_id text, error text, retryable boolean)
+         where i.batch_id = ${batchId}::bigint and i.custom_id = e.custom_id`;
+    }
+    if (appliedLines !== null) {
+      await tx`
+        update util.embedding_batches set applied_lines = ${appliedLines}
+         where id = ${batchId}::bigint`;
+    }
+  });
+}
+
+/** The texts of a batch its error file failed for a passing reason (a new batch takes them when many). */
+export async function retryableErrors(sql: postgres.Sql, batchId: string): Promise<string[]> {
+  const rows = await sql<{ custom_id: string }[]>`
+    select custom_id from util.embedding_batch_inputs
+     where batch_id = ${batchId}::bigint and error is not null and error_retryable`;
+  return rows.map((r) => r.custom_id);
 }
 
 /** Moves texts of a batch that failed into a new batch (util._restage). */

@@ -79,6 +79,9 @@ create table if not exists util.embedding_batches (
   failed int not null default 0,
   -- submissions so far of the texts it holds (a resubmitted batch's count goes on)
   attempt int not null default 1,
+  -- lines of its output and error files (in that order) applied so far: an
+  -- apply cut short by a call's limits goes on from there
+  applied_lines int not null default 0,
   created_at timestamptz not null default now(),
   submitted_at timestamptz,
   completed_at timestamptz,
@@ -105,6 +108,8 @@ create table if not exists util.embedding_batch_inputs (
   vector bytea,
   -- why it goes online instead (an error line, an expiry, a cancel)
   error text,
+  -- the error line's failure was a passing one (many go into a new batch)
+  error_retryable boolean not null default false,
   primary key (target_id, custom_id)
 );
 create index if not exists embedding_batch_inputs_batch on util.embedding_batch_inputs (batch_id);
@@ -969,7 +974,7 @@ begin
           now() + pg_catalog.make_interval(secs => delay_seconds))
   returning id into staged;
   with moved as (
-    update util.embedding_batch_inputs i set batch_id = staged, error = null
+    update util.embedding_batch_inputs i set batch_id = staged, error = null, error_retryable = false
      where i.batch_id = from_batch and i.custom_id = any (custom_ids)
     returning i.tokens, pg_catalog.octet_length(i.input) as bytes
   )
@@ -1178,12 +1183,12 @@ begin
     raise warning 'autoembed: util.maintain_embeddings failed: %', sqlerrm;
   end;
   -- The batch lane's submissions and polls (55_batch_lane), in the embed
-  -- function: one call when batches are due, at most one every 10 seconds
+  -- function: one call when batches are due, at most one every 2 seconds
   -- (the call claims the batches it takes, so a second one finds none).
   begin
     if util._batches_due()
        and (select c.last_value from util.embedding_batch_clock c)
-           < (extract(epoch from pg_catalog.clock_timestamp()) * 1000)::bigint - 10000 then
+           < (extract(epoch from pg_catalog.clock_timestamp()) * 1000)::bigint - 2000 then
       perform pg_catalog.setval('util.embedding_batch_clock',
                                 (extract(epoch from pg_catalog.clock_timestamp()) * 1000)::bigint);
       perform util.invoke_edge_function(
