@@ -479,3 +479,54 @@ Deno.test("batch lane: a batch created by a tick that died before recording it i
     }
   });
 });
+
+Deno.test("batch lane: batches are cut to batch_max_requests and wait for the account's enqueued-token limit", async () => {
+  await withTestDb(async (sql, url) => {
+    const fake = await startFakeOpenAI();
+    fake.setBatchBehaviour({ enqueuedTokenLimit: 1200 });
+    // About 9 tokens a text: 100 texts a batch, two at once would be over the limit.
+    await quickBatches(sql, { batch_max_requests: "100", batch_enqueued_tokens: "1200" });
+    await backfillByBatch(sql, 350);
+    const w = worker(fake, url);
+    try {
+      await waitAllFresh(sql, "every row embedded");
+      await assertAllFresh(sql);
+      const batches = await sql<{ requests: number; state: string }[]>`
+        select requests, state from util.embedding_batches order by id`;
+      assert.ok(batches.every((b) => b.requests <= 100), JSON.stringify(batches));
+      assert.ok(batches.every((b) => b.state === "applied"), "none over the limit: none failed");
+      assert.equal(fake.stats.batchInputs, 350);
+      assert.equal(fake.stats.inputs, 0);
+      assert.equal(await w.stop("SIGTERM"), 0);
+    } finally {
+      await w.stop("SIGKILL");
+      await fake.close();
+    }
+  });
+});
+
+Deno.test("batch lane: a batch failed with token_limit_exceeded is resubmitted", async () => {
+  await withTestDb(async (sql, url) => {
+    const fake = await startFakeOpenAI();
+    fake.setBatchBehaviour({ enqueuedTokenLimit: 1200, completionDelayMs: 1500 });
+    // The account's limit unknown here (batch_enqueued_tokens 0): the provider refuses the excess.
+    await quickBatches(sql, { batch_max_requests: "100", batch_max_attempts: "10" });
+    await backfillByBatch(sql, 350);
+    const w = worker(fake, url);
+    try {
+      await waitAllFresh(sql, "every row embedded", 90_000);
+      await assertAllFresh(sql);
+      const failed = await sql`select error from util.embedding_batches where state = 'failed'`;
+      assert.ok(failed.length > 0, "the premise: a batch went over the limit");
+      assert.match(failed[0].error, /token_limit_exceeded/);
+      const [{ resubmitted }] = await sql`
+        select count(*)::int as resubmitted from util.embedding_batches where attempt > 1`;
+      assert.ok(resubmitted > 0, "its texts went again in a new batch");
+      assert.equal(fake.stats.inputs, 0, "none online");
+      assert.equal(await w.stop("SIGTERM"), 0);
+    } finally {
+      await w.stop("SIGKILL");
+      await fake.close();
+    }
+  });
+});
