@@ -20,7 +20,7 @@ const USAGE = `usage: autoembed <command> [options]      (from a clone: deno tas
 commands:
   worker                 process embedding jobs until stopped (Ctrl-C / SIGTERM)
   status                 per-table embedding status, and tables lately dropped or renamed [--json]
-  backfill <table>       enqueue rows missing an embedding
+  backfill <table>       enqueue rows missing an embedding [--lane batch|auto|online]
   reembed <table>        recheck a table, or move it to a new model [--model M] [--dimensions D]
                          (built beside the live column, switched when complete; --cancel stops it;
                          --lane batch|auto|online: through the provider's batch API at half price)

@@ -12,7 +12,7 @@ import { surviveDatabaseDisconnects } from "../supabase/functions/_shared/postgr
 import { backoffMs, CLAIM_RETRY } from "../supabase/functions/_shared/recovery.ts";
 import { claimJobs, requeueJobs } from "../supabase/functions/_shared/sql/queue.ts";
 import { BinaryWrites } from "../supabase/functions/_shared/sql/write.ts";
-import { runBatchTick } from "../supabase/functions/_shared/batch_tick.ts";
+import { type BatchTickResult, runBatchTick } from "../supabase/functions/_shared/batch_tick.ts";
 import type { CoreSettings } from "../supabase/functions/_shared/settings.ts";
 import type { WorkerMetrics } from "./metrics.ts";
 
@@ -113,7 +113,7 @@ class Worker {
   #lastReset = 0;
   #lastMaintained = 0;
   #maintaining: Promise<number> | null = null;
-  #batching: Promise<void> | null = null;
+  #batching: Promise<BatchTickResult | null> | null = null;
   #consecutiveErrors = 0;
   /** Jobs of batches a lost connection interrupted, handed back once the database answers. */
   readonly #interrupted = new Set<number>();
@@ -209,24 +209,25 @@ class Worker {
    * The batch lane's tick (batch_tick.ts: submits staged batches, polls
    * open ones, applies those that ended), beside the drain: one at a time,
    * started with the background work. A failure is reported and tried at
-   * the next poll.
+   * the next poll. --once submits what it staged before it exits; its
+   * parked rows are written by a later run, once their batch ended.
    */
-  tickBatches(): Promise<void> {
+  tickBatches(submitStaged = false): Promise<BatchTickResult | null> {
     if (this.#batching) return this.#batching;
     const settings = this.options.settings;
     this.#batching = runBatchTick(this.#sql, {
       accountFor: settings.batchAccountFor,
+      submitStaged,
       signal: this.#abortProviders.signal,
       log: (event) => this.#log(JSON.stringify(event)),
-    }).then(
-      () => {},
-      (err) =>
-        this.#log(JSON.stringify({
-          event: "batch_tick_failed",
-          code: errorCode(err),
-          message: String((err as Error)?.message).slice(0, 200),
-        })),
-    ).finally(() => this.#batching = null);
+    }).catch((err) => {
+      this.#log(JSON.stringify({
+        event: "batch_tick_failed",
+        code: errorCode(err),
+        message: String((err as Error)?.message).slice(0, 200),
+      }));
+      return null;
+    }).finally(() => this.#batching = null);
     return this.#batching;
   }
 
@@ -243,7 +244,10 @@ class Worker {
    */
   async moreToDo(): Promise<"now" | "later" | "done"> {
     if (await this.maintain(true) > 0) return "now";
-    await this.tickBatches();
+    // What this run staged goes now: --once does not wait batch_stage_seconds.
+    // A batch that ended released its parked jobs: they are work now.
+    const running = (await this.#batching)?.ended ?? 0;
+    if (running + ((await this.tickBatches(true))?.ended ?? 0) > 0) return "now";
     const filters = JSON.stringify(this.#filters);
     const [{ sweeping, room }] = await this.#sql<{ sweeping: boolean; room: boolean }[]>`
       select exists (select from util._target_config c

@@ -58,7 +58,8 @@ insert into util.settings (name, value, description) values
    'batch lane: error-file lines of a batch go into a new batch when at least this many, else online'),
   ('batch_park_seconds', '3600',
    'batch lane: how long a job waiting for its batch stays hidden before it looks again (its batch ending releases it at once)'),
-  ('batch_keep_hours', '24', 'batch lane: hours the texts and vectors of an ended batch are kept'),
+  ('batch_keep_hours', '24',
+   'batch lane: hours at most the texts and vectors of an ended batch are kept (they go as soon as the jobs waiting for them are done)'),
   ('kick_on_change', 'off',
    'on: push mode; the first change while no call is in flight POSTs one kick to the embed function at once instead of waiting for the next tick, and changes send no NOTIFY (set on where pg_cron runs process-embeddings); off: changes NOTIFY listening workers')
 on conflict (name) do update set description = excluded.description;

@@ -190,10 +190,12 @@ $$;
 -------------------------------------------------------------------------------
 
 -- internal: takes the batches due for a look (staging ones whose texts
--- waited batch_stage_seconds, or that are full; submitted ones due for a
--- poll; submitting ones a crashed worker left), moving each on by
+-- waited batch_stage_seconds, or that are full, or all of them with
+-- `staging_now`, as `worker --once` asks before it exits; submitted ones
+-- due for a poll; submitting ones a crashed worker left), moving each on by
 -- `lease_seconds` so that concurrent tickers take each once. Returns them.
-create or replace function util._claim_due_batches(lease_seconds int default 300, max_batches int default 10)
+create or replace function util._claim_due_batches(lease_seconds int default 300, max_batches int default 10,
+                                                   staging_now boolean default false)
 returns setof util.embedding_batches
 language sql
 set search_path = ''
@@ -203,7 +205,8 @@ as $$
    where b.id in (select x.id from util.embedding_batches x
                    where x.state in ('staging', 'submitting', 'submitted')
                      and (x.due_at <= now()
-                          or (x.state = 'staging' and x.requests >= util._setting('batch_max_requests')::int))
+                          or (x.state = 'staging'
+                              and (staging_now or x.requests >= util._setting('batch_max_requests')::int)))
                    order by x.due_at
                    limit max_batches
                    for update skip locked)
@@ -448,20 +451,28 @@ end
 $$;
 
 -- internal: forgets what the batch lane no longer needs: the texts and
--- vectors of batches that ended more than batch_keep_hours ago (their
--- parked jobs were released when they ended, and ran), and batches that
--- ended more than 30 days ago. util.maintain_embeddings
--- runs it.
+-- vectors of ended batches once no batch-lane job of their target is left
+-- in the queue (the jobs their end released have run: the vectors are
+-- written, I11), or at the latest batch_keep_hours after they ended; and
+-- batches that ended more than 30 days ago. util.maintain_embeddings runs
+-- it.
 create or replace function util._prune_batches()
 returns void
 language sql
 set search_path = ''
 as $$
-  delete from util.embedding_batch_inputs i
-   using util.embedding_batches b
-   where b.id = i.batch_id
-     and b.state not in ('staging', 'submitting', 'submitted')
-     and b.applied_at < now() - pg_catalog.make_interval(hours => util._setting('batch_keep_hours')::int);
+  -- The queue is looked at once per ended batch that still has texts, not per text.
+  with prunable as (
+    select b.id from util.embedding_batches b
+     where b.state not in ('staging', 'submitting', 'submitted')
+       and exists (select from util.embedding_batch_inputs i where i.batch_id = b.id)
+       and (b.applied_at < now() - pg_catalog.make_interval(hours => util._setting('batch_keep_hours')::int)
+            or not exists (select from pgmq.q_embedding_jobs q
+                            where q.message ? 'lane'
+                              and q.message @> (select util._job_base(coalesce(t.shadow_of, t.id))
+                                                  from util.embedding_targets t where t.id = b.target_id)))
+  )
+  delete from util.embedding_batch_inputs i using prunable p where i.batch_id = p.id;
   delete from util.embedding_batches b
    where b.state not in ('staging', 'submitting', 'submitted') and b.applied_at < now() - interval '30 days';
 $$;

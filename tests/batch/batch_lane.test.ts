@@ -2,7 +2,7 @@
 // provider's batch API, against the fake provider's /v1/files and
 // /v1/batches, with the real worker and the real push path.
 import assert from "node:assert/strict";
-import { providerEnv, spawnWorker, type WorkerProcess } from "../../devtools/cli.ts";
+import { providerEnv, runCli, spawnWorker, type WorkerProcess } from "../../devtools/cli.ts";
 import type { Sql } from "../../devtools/db.ts";
 import { withTestDb } from "../../devtools/db.ts";
 import { type FakeOpenAI, fakeVector, startFakeOpenAI } from "../../devtools/fake_openai.ts";
@@ -526,6 +526,30 @@ Deno.test("batch lane: a batch failed with token_limit_exceeded is resubmitted",
       assert.equal(await w.stop("SIGTERM"), 0);
     } finally {
       await w.stop("SIGKILL");
+      await fake.close();
+    }
+  });
+});
+
+Deno.test("batch lane: worker --once submits what it staged and exits; a later --once writes the batch's vectors", async () => {
+  await withTestDb(async (sql, url) => {
+    const fake = await startFakeOpenAI();
+    try {
+      // Texts wait an hour before their batch goes, unless --once sends them.
+      await quickBatches(sql, { batch_stage_seconds: "3600" });
+      await backfillByBatch(sql, 300);
+      const first = await runCli(["worker", "--once"], providerEnv(fake, url));
+      assert.equal(first.code, 0, first.stderr);
+      assert.deepEqual(await batchStates(sql), ["submitted"]);
+      assert.equal(await embeddedCount(sql), 0);
+      const second = await runCli(["worker", "--once"], providerEnv(fake, url));
+      assert.equal(second.code, 0, second.stderr);
+      await assertAllFresh(sql);
+      assert.equal(fake.stats.batchInputs, 300);
+      assert.equal(fake.stats.inputs, 0);
+      const [{ n }] = await sql`select count(*)::int as n from util.embedding_batch_inputs`;
+      assert.equal(n, 0, "the batch's texts and vectors are forgotten once written (I11)");
+    } finally {
       await fake.close();
     }
   });

@@ -43,6 +43,8 @@ export interface BatchTickOptions {
   leaseSeconds?: number;
   /** Most batches one tick takes. */
   maxBatches?: number;
+  /** Submit every staging batch now, however long its texts waited (`worker --once` before it exits). */
+  submitStaged?: boolean;
   /**
    * Most output lines one tick applies (the embed function's limit: a
    * hosted call has 2 s of CPU); an apply cut short goes on at the next
@@ -86,7 +88,12 @@ export async function runBatchTick(
     errorLines: 0,
     resubmitted: 0,
   };
-  const due = await claimDueBatches(sql, options.leaseSeconds ?? 300, options.maxBatches ?? 10);
+  const due = await claimDueBatches(
+    sql,
+    options.leaseSeconds ?? 300,
+    options.maxBatches ?? 10,
+    options.submitStaged ?? false,
+  );
   if (!due.length) return result;
   const settings = await batchSettings(sql);
   for (const batch of due) {

@@ -65,16 +65,20 @@ export interface BatchRow {
   error: string | null;
 }
 
-/** The batches due for a look, each moved on by `leaseSeconds` (util._claim_due_batches). */
+/**
+ * The batches due for a look, each moved on by `leaseSeconds`
+ * (util._claim_due_batches); with `stagingNow`, every staging batch too.
+ */
 export async function claimDueBatches(
   sql: postgres.Sql,
   leaseSeconds: number,
   maxBatches: number,
+  stagingNow = false,
 ): Promise<BatchRow[]> {
   return await sql<BatchRow[]>`
     select id::text, target_id, model, dimensions, state, provider_batch_id, input_file_id, base_url,
            key_fingerprint, requests, tokens::text, attempt, applied_lines, error
-      from util._claim_due_batches(${leaseSeconds}, ${maxBatches})`;
+      from util._claim_due_batches(${leaseSeconds}, ${maxBatches}, ${stagingNow})`;
 }
 
 /** The batch lane's settings the tick needs (util.settings). */
