@@ -419,13 +419,14 @@ Deno.test("batch lane, push mode: an output applied over several calls of the fu
         return (await staleRows(sql)).length === 0;
       }, { what: "every row embedded", timeoutMs: 90_000, intervalMs: 500 });
       await assertAllFresh(sql);
-      const [b] = await sql`select state, applied_lines from util.embedding_batches`;
-      assert.deepEqual({ ...b }, { state: "applied", applied_lines: 500 });
+      const batches = await sql`select state, applied_lines from util.embedding_batches`;
+      assert.ok(batches.every((b) => b.state === "applied"), JSON.stringify(batches));
+      assert.equal(batches.reduce((n, b) => n + b.applied_lines, 0), 500);
+      assert.equal(p.fake.stats.batches, batches.length);
       const cut = p.logs.filter((l) =>
         l.includes('"event":"batch_tick"') && /"vectors":150/.test(l)
       );
-      assert.ok(cut.length >= 3, `the apply went in slices of 150 lines (${cut.length} calls)`);
-      assert.equal(p.fake.stats.batches, 1);
+      assert.ok(cut.length >= 2, `the apply went in slices of 150 lines (${cut.length} calls)`);
     } finally {
       await p.stop();
     }
