@@ -14,6 +14,7 @@ import {
   TEST_MODEL,
 } from "../../devtools/pipeline.ts";
 import { waitFor } from "../../devtools/wait.ts";
+import { ARTICLE_SETTINGS, chunkProblems, createArticlesTable } from "../_support/chunks.ts";
 import { runBatchTick } from "../../supabase/functions/_shared/batch_tick.ts";
 import { createLocalProvider } from "../../supabase/functions/_shared/providers/local.ts";
 import { coreSettings } from "../../supabase/functions/_shared/settings.ts";
@@ -551,6 +552,54 @@ Deno.test("batch lane: worker --once submits what it staged and exits; a later -
       const [{ n }] = await sql`select count(*)::int as n from util.embedding_batch_inputs`;
       assert.equal(n, 0, "the batch's texts and vectors are forgotten once written (I11)");
     } finally {
+      await fake.close();
+    }
+  });
+});
+
+Deno.test("batch lane, chunks store: a chunked backfill through batches, an edit during the batch online", async () => {
+  await withTestDb(async (sql, url) => {
+    const fake = await startFakeOpenAI();
+    fake.setBatchBehaviour({ completionDelayMs: 3_600_000 });
+    await quickBatches(sql);
+    await createArticlesTable(sql, false);
+    await sql`
+      insert into public.articles (title, body)
+      select 'a' || g, '# Article ' || g || E'\n\n' ||
+             string_agg('Paragraph ' || p || ' of article ' || g || ' says something of its own.', E'\n\n')
+        from generate_series(1, 40) g, generate_series(1, 30) p group by g`;
+    await sql`
+      select util.enable_embeddings('public.articles', 'article_text',
+        destination => 'public.article_chunks', model => ${TEST_MODEL}, dimensions => ${TEST_DIMENSIONS},
+        chunk_size => ${ARTICLE_SETTINGS.chunkSize}, chunk_overlap => ${ARTICLE_SETTINGS.chunkOverlap},
+        splitter => ${ARTICLE_SETTINGS.splitter}, lane => 'batch')`;
+    const w = worker(fake, url);
+    try {
+      await waitFor(async () => {
+        const [s] = await sql`select parked, batch_texts from util.embedding_status`;
+        return Number(s.parked) === 40 && (await batchStates(sql)).includes("submitted");
+      }, { what: "every article parked for its batch" });
+      await sql`update public.articles set body = body || E'\n\nAn edit of article one.' where id = 1`;
+      await waitFor(async () => {
+        const [{ n }] =
+          await sql`select count(*)::int as n from public.article_chunks where source_id = 1`;
+        return n > 0;
+      }, { what: "the edited article's chunks written online" });
+      fake.setBatchBehaviour({ completionDelayMs: 0 });
+      await waitFor(async () => (await chunkProblems(sql)).length === 0, {
+        what: "every article's chunks written",
+        timeoutMs: 60_000,
+      });
+      const online = fake.stats.inputs;
+      assert.ok(online > 0 && online < 20, `the edit's chunks went online (${online})`);
+      const [{ total }] = await sql`select count(*)::int as total from public.article_chunks`;
+      assert.ok(
+        fake.stats.batchInputs >= total - online,
+        `${fake.stats.batchInputs} of ${total} chunks through the batch`,
+      );
+      assert.equal(await w.stop("SIGTERM"), 0);
+    } finally {
+      await w.stop("SIGKILL");
       await fake.close();
     }
   });
