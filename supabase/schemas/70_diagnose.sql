@@ -169,11 +169,14 @@ $$;
 -- model change's included), their texts and those answered so far, the
 -- rows whose jobs wait parked for them, and the US dollars the batch lane
 -- saved against online prices (util.embedding_models), since attached.
+-- Security definer, as util._embedding_status: the view's readers read
+-- the queue and the batches through it.
 create or replace function util._batch_figures()
 returns table (schema_name text, table_name text, embedding_column text, batches_open int,
                batch_texts bigint, batch_texts_done bigint, parked bigint, batch_saved_usd numeric)
 language sql
 stable
+security definer
 set search_path = ''
 as $$
   with open as (

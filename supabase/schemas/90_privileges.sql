@@ -68,6 +68,7 @@ grant execute on function
   util.cancel_reembed(regclass, name),
   util.retry_failed(regclass),
   util._embedding_status(),
+  util._batch_figures(),
   util.embedding_status_exact(),
   util.set_chunking(regclass, int, int, text, regclass),
   util.match_chunks(regclass, extensions.halfvec, int, float)

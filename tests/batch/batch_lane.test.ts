@@ -413,7 +413,8 @@ Deno.test("batch lane, push mode: an output applied over several calls of the fu
   await withTestDb(async (sql, url) => {
     const p = await startPipeline(sql, url, { env: { EMBED_BATCH_LINES_PER_CALL: "150" } });
     try {
-      await quickBatches(sql);
+      // One batch of all 500 texts: it goes when full, not after a wait.
+      await quickBatches(sql, { batch_stage_seconds: "3600", batch_max_requests: "500" });
       await backfillByBatch(sql, 500);
       await waitFor(async () => {
         await sql`select util.process_embeddings()`;
@@ -423,11 +424,12 @@ Deno.test("batch lane, push mode: an output applied over several calls of the fu
       const batches = await sql`select state, applied_lines from util.embedding_batches`;
       assert.ok(batches.every((b) => b.state === "applied"), JSON.stringify(batches));
       assert.equal(batches.reduce((n, b) => n + b.applied_lines, 0), 500);
-      assert.equal(p.fake.stats.batches, batches.length);
+      assert.equal(batches.length, 1);
+      assert.equal(p.fake.stats.batches, 1);
       const cut = p.logs.filter((l) =>
         l.includes('"event":"batch_tick"') && /"vectors":150/.test(l)
       );
-      assert.ok(cut.length >= 2, `the apply went in slices of 150 lines (${cut.length} calls)`);
+      assert.equal(cut.length, 3, "the apply went in calls of 150, 150, 150 and 50 lines");
     } finally {
       await p.stop();
     }

@@ -174,7 +174,7 @@ const OWNER_FUNCTIONS = [
   "util._check_lane(text)",
   "util._stage_batch_inputs(integer,jsonb)",
   "util._release_parked(integer)",
-  "util._claim_due_batches(integer,integer)",
+  "util._claim_due_batches(integer,integer,boolean)",
   "util._batches_due()",
   "util._take_batch_inputs(bigint,integer,bigint,bigint)",
   "util._restage(bigint,text[],integer,integer)",
@@ -182,7 +182,6 @@ const OWNER_FUNCTIONS = [
   "util._finish_batch(bigint,text,text,integer,integer,text,text)",
   "util._batch_unsupported(bigint,text)",
   "util._prune_batches()",
-  "util._batch_figures()",
 ];
 
 /** Every object and its decision; labels as pipelineObjects() names them. */
@@ -228,6 +227,7 @@ const EXPECTED = new Map<string, Decision>([
   ...OWNER_FUNCTIONS.map((fn) => [`function ${fn}`, OWNER_ONLY] as const),
   ...[
     "util._embedding_status()",
+    "util._batch_figures()",
     "util.cancel_reembed(regclass,name)",
     "util.embedding_status_exact()",
     "util.maintain_embeddings()",

@@ -40,7 +40,8 @@ insert into util.settings (name, value, description) values
    'batch lane: error-file lines of a batch go into a new batch when at least this many, else online'),
   ('batch_park_seconds', '3600',
    'batch lane: how long a job waiting for its batch stays hidden before it looks again (its batch ending releases it at once)'),
-  ('batch_keep_hours', '24', 'batch lane: hours the texts and vectors of an ended batch are kept'),
+  ('batch_keep_hours', '24',
+   'batch lane: hours at most the texts and vectors of an ended batch are kept (they go as soon as the jobs waiting for them are done)'),
   ('kick_on_change', 'off',
    'on: push mode; the first change while no call is in flight POSTs one kick to the embed function at once instead of waiting for the next tick, and changes send no NOTIFY (set on where pg_cron runs process-embeddings); off: changes NOTIFY listening workers')
 on conflict (name) do update set description = excluded.description;
@@ -1328,11 +1329,14 @@ $$;
 -- model change's included), their texts and those answered so far, the
 -- rows whose jobs wait parked for them, and the US dollars the batch lane
 -- saved against online prices (util.embedding_models), since attached.
+-- Security definer, as util._embedding_status: the view's readers read
+-- the queue and the batches through it.
 create or replace function util._batch_figures()
 returns table (schema_name text, table_name text, embedding_column text, batches_open int,
                batch_texts bigint, batch_texts_done bigint, parked bigint, batch_saved_usd numeric)
 language sql
 stable
+security definer
 set search_path = ''
 as $$
   with open as (
@@ -1542,6 +1546,7 @@ grant execute on function
   util.cancel_reembed(regclass, name),
   util.retry_failed(regclass),
   util._embedding_status(),
+  util._batch_figures(),
   util.embedding_status_exact(),
   util.set_chunking(regclass, int, int, text, regclass),
   util.match_chunks(regclass, extensions.halfvec, int, float)
