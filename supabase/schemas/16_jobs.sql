@@ -248,7 +248,7 @@ $$;
 -- transaction:
 --   `done`      messages every row of which is done: deleted;
 --   `outcomes`  a JSON array of {job_id, row_id, kind, error, retryable,
---               retry_after, target_id, table_name}, for the rows (row_id)
+--               retry_after, target_id, table_name, batch_id}, for the rows (row_id)
 --               of messages that are not done, or for a whole message
 --               (row_id null: a single-row message, or one refused whole).
 --               kind 'failed': the row's own failure (its content function
@@ -264,8 +264,9 @@ $$;
 --               rows back). kind 'parked': its texts wait in a batch of the
 --               batch lane (55_batch_lane): its attempt back, hidden until
 --               the batch ends (util._release_parked) or for
---               batch_park_seconds, marked "parked" (a packed message's
---               parked rows leave it as one parked message).
+--               batch_park_seconds, marked "parked" with `batch_id`, the
+--               batch it waits for (a packed message's parked rows leave it
+--               as one parked message, waiting for the last of theirs).
 --   `circuits`  a JSON array of {provider, ok, reason, retry_after}: ok
 --               closes the provider's circuit (and wakes the workers), a
 --               provider-wide failure opens it or, when it was open, doubles
@@ -325,10 +326,11 @@ begin
   park := util._setting('batch_park_seconds')::int;
 
   -- For plpgsql_check only (a no-op at run time): the temp table below, as it is created.
-  perform 'PRAGMA:TABLE: _autoembed_settled (job_id bigint, row_id text, kind text, error text, retryable boolean, retry_after int, target_id int, table_name text, attempt int, packed boolean, dead boolean, delay int, own_id bigint)';
+  perform 'PRAGMA:TABLE: _autoembed_settled (job_id bigint, row_id text, kind text, error text, retryable boolean, retry_after int, target_id int, table_name text, attempt int, packed boolean, dead boolean, delay int, own_id bigint, batch_id bigint)';
   create temp table if not exists _autoembed_settled (
     job_id bigint, row_id text, kind text, error text, retryable boolean, retry_after int,
-    target_id int, table_name text, attempt int, packed boolean, dead boolean, delay int, own_id bigint
+    target_id int, table_name text, attempt int, packed boolean, dead boolean, delay int, own_id bigint,
+    batch_id bigint
   ) on commit drop;
   truncate _autoembed_settled;
   -- An outcome of a message that is gone and whose target is gone or
@@ -345,10 +347,10 @@ begin
               then util._backoff_seconds(coalesce(q.read_ct, 1), base, cap, o.retry_after)
               when o.kind = 'parked' then park
               else 0 end,
-         null
+         null, o.batch_id
     from pg_catalog.jsonb_to_recordset(outcomes) as o(job_id bigint, row_id text, kind text, error text,
                                                      retryable boolean, retry_after int,
-                                                     target_id int, table_name text)
+                                                     target_id int, table_name text, batch_id bigint)
     left join pgmq.q_embedding_jobs q on q.msg_id = o.job_id
    where q.msg_id is not null or o.target_id is null
       or exists (select from util.embedding_targets t where t.id = o.target_id and t.retired_at is null);
@@ -389,7 +391,9 @@ begin
   update pgmq.q_embedding_jobs q
      set vt = pg_catalog.clock_timestamp() + pg_catalog.make_interval(secs => x.delay),
          read_ct = case when x.kind = 'failed' then q.read_ct else greatest(q.read_ct - 1, 0) end,
-         message = case when x.kind = 'parked' then q.message || '{"parked": true}'::jsonb else q.message end
+         message = case when x.kind = 'parked'
+                        then q.message || pg_catalog.jsonb_build_object('parked', coalesce(pg_catalog.to_jsonb(x.batch_id), 'true'))
+                        else q.message end
     from _autoembed_settled x
    where q.msg_id = x.job_id and not x.packed and not x.dead;
 
@@ -405,7 +409,8 @@ begin
                       where (e.value #>> '{}') in (select x.row_id from _autoembed_settled x
                                                     where x.job_id = q.msg_id and x.packed
                                                       and x.kind = 'parked')),
-             'parked', true)
+             'parked', coalesce((select pg_catalog.to_jsonb(max(x.batch_id)) from _autoembed_settled x
+                                  where x.job_id = q.msg_id and x.packed and x.kind = 'parked'), 'true'))
       from pgmq.q_embedding_jobs q
      where q.msg_id in (select x.job_id from _autoembed_settled x where x.packed and x.kind = 'parked');
   end if;

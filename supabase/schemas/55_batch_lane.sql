@@ -81,6 +81,9 @@ create table if not exists util.embedding_batches (
 create index if not exists embedding_batches_due on util.embedding_batches (due_at)
   where state in ('staging', 'submitting', 'submitted');
 create index if not exists embedding_batches_target on util.embedding_batches (target_id, state);
+-- One staging batch per target: texts collect there (util._staging_batch).
+create unique index if not exists embedding_batches_one_staging on util.embedding_batches (target_id)
+  where state = 'staging';
 
 -- The texts of the batches (internal): one row per text of a target, its
 -- custom_id the sha256 (hex) of the text, so identical texts are sent once
@@ -115,10 +118,11 @@ create sequence if not exists util.embedding_batch_clock minvalue 0 start 0;
 -- is a JSON array of {custom_id, input, tokens}. Texts the target already
 -- has (staged, sent or answered) are left as they are. They go into the
 -- target's staging batch, made when there is none; the submitter splits it
--- to the provider's limits. Returns 'online' instead, staging nothing, when
--- the target's endpoint was found without a batch API in the last day.
+-- to the provider's limits. Returns that batch's id; null instead, staging
+-- nothing, when the target's endpoint was found without a batch API in the
+-- last day (or the target is gone): its texts go online.
 create or replace function util._stage_batch_inputs(target_id int, inputs jsonb)
-returns text
+returns bigint
 language plpgsql
 set search_path = ''
 as $$
@@ -131,21 +135,13 @@ declare
 begin
   select * into t from util.embedding_targets x where x.id = _stage_batch_inputs.target_id;
   if t.id is null then
-    return 'gone';
+    return null;
   end if;
   if exists (select from util.embedding_batches b
               where b.target_id = t.id and b.state = 'unsupported' and b.created_at > now() - interval '1 day') then
-    return 'online';
+    return null;
   end if;
-  -- One staging batch per target: concurrent stagers meet on its row.
-  select b.id into staging from util.embedding_batches b
-   where b.target_id = t.id and b.state = 'staging' order by b.id limit 1 for update;
-  if staging is null then
-    insert into util.embedding_batches (target_id, model, dimensions, due_at)
-    values (t.id, t.model, t.dimensions,
-            now() + pg_catalog.make_interval(secs => util._setting('batch_stage_seconds')::int))
-    returning id into staging;
-  end if;
+  staging := util._staging_batch(t.id, 1, util._setting('batch_stage_seconds')::int);
   with added as (
     insert into util.embedding_batch_inputs (target_id, custom_id, batch_id, input, tokens)
     select t.id, i.custom_id, staging, i.input, i.tokens
@@ -158,7 +154,7 @@ begin
   update util.embedding_batches b
      set requests = b.requests + added, tokens = b.tokens + added_tokens, bytes = b.bytes + added_bytes
    where b.id = staging;
-  return 'staged';
+  return staging;
 end
 $$;
 
@@ -167,8 +163,12 @@ $$;
 -------------------------------------------------------------------------------
 
 -- internal: makes the parked jobs of target `target_id` (its live target's
--- messages: a shadow's jobs name the live one) visible now, no longer
--- parked: their texts' vectors arrived, or they go online. Returns the rows.
+-- messages: a shadow's jobs name the live one) whose batch ended visible
+-- now, no longer parked: their texts' vectors arrived, or they go online.
+-- A message is parked on the last batch its rows' texts were in ("parked":
+-- its id, util._settle_jobs); one parked on a batch still open waits for
+-- it, so a target with many batches runs each job again once, not once per
+-- batch. Returns the rows.
 create or replace function util._release_parked(target_id int)
 returns bigint
 language sql
@@ -180,6 +180,10 @@ as $$
      where q.message ? 'parked'
        and q.message @> (select util._job_base(coalesce(t.shadow_of, t.id))
                            from util.embedding_targets t where t.id = _release_parked.target_id)
+       and (pg_catalog.jsonb_typeof(q.message -> 'parked') <> 'number'
+            or not exists (select from util.embedding_batches b
+                            where b.id = (q.message ->> 'parked')::bigint
+                              and b.state in ('staging', 'submitting', 'submitted')))
     returning util._job_rows(q.message) as rows
   )
   select coalesce(sum(r.rows), 0)::bigint from released r
@@ -227,26 +231,31 @@ as $$
                          or (x.state = 'staging' and x.requests >= util._setting('batch_max_requests')::int)))
 $$;
 
--- internal: readies staging batch `batch_id` for submission: keeps at most
+-- internal: readies staging batch `batch_id` for submission, within
 -- `max_requests` texts, `max_bytes` bytes of input and `max_tokens` tokens
--- (null: no limit) in it, moves the rest to a new staging batch of the same
--- target, due at once, and marks it submitting. Returns its texts
--- (custom_id, input), none when there is nothing to send.
+-- (null: no limit). When all of its texts fit, it is marked submitting;
+-- else the texts that fit move to a new batch, marked submitting, and the
+-- rest stay in this one, staging and due at once. So the batch keeps its
+-- id until its last texts go: the jobs parked on it (util._release_parked)
+-- run again once, when all of its texts were answered, and not once per
+-- part. Returns the submitting batch's id and texts (custom_id, input),
+-- none when there is nothing to send.
 create or replace function util._take_batch_inputs(batch_id bigint, max_requests int, max_bytes bigint,
                                                    max_tokens bigint)
-returns table (custom_id text, input text)
+returns table (submitting bigint, custom_id text, input text)
 language plpgsql
 set search_path = ''
 as $$
 declare
   b util.embedding_batches;
   rest bigint;
+  taken bigint;
 begin
   select * into b from util.embedding_batches x where x.id = _take_batch_inputs.batch_id for update;
   if b.state <> 'staging' then
     return;
   end if;
-  -- The texts that fit, in the order they came (by custom_id within: any order does).
+  -- The texts that fit, in the order of their custom_id (any order does).
   perform 'PRAGMA:TABLE: _autoembed_kept (custom_id text, bytes bigint, tokens int)';
   create temp table if not exists _autoembed_kept (custom_id text, bytes bigint, tokens int) on commit drop;
   truncate _autoembed_kept;
@@ -265,11 +274,24 @@ begin
   select count(*) into rest from util.embedding_batch_inputs i
    where i.batch_id = b.id and i.vector is null and i.error is null
      and i.custom_id not in (select k.custom_id from _autoembed_kept k);
-  if rest > 0 then
-    perform util._restage(b.id, array(select i.custom_id from util.embedding_batch_inputs i
-                                       where i.batch_id = b.id and i.vector is null and i.error is null
-                                         and i.custom_id not in (select k.custom_id from _autoembed_kept k)),
-                          b.attempt, 0);
+  taken := b.id;
+  if rest > 0 and exists (select from _autoembed_kept) then
+    -- Due when the caller's claim of `b` would be (it is submitting it now).
+    insert into util.embedding_batches (target_id, model, dimensions, lane, attempt, state, base_url,
+                                        key_fingerprint, due_at)
+    values (b.target_id, b.model, b.dimensions, b.lane, b.attempt, 'submitting', b.base_url, b.key_fingerprint,
+            b.due_at)
+    returning id into taken;
+    update util.embedding_batch_inputs i set batch_id = taken
+     where i.batch_id = b.id and i.custom_id in (select k.custom_id from _autoembed_kept k);
+    update util.embedding_batches x
+       set requests = x.requests - k.n, tokens = x.tokens - k.tokens, bytes = x.bytes - k.bytes, due_at = now()
+      from (select count(*)::int as n, coalesce(sum(tokens), 0) as tokens, coalesce(sum(bytes), 0) as bytes
+              from _autoembed_kept) k
+     where x.id = b.id;
+  elsif rest > 0 then
+    -- Not one text fits now (the account's enqueued tokens): it waits.
+    return;
   end if;
   update util.embedding_batches x
      set state = case when k.n = 0 then 'applied' else 'submitting' end,
@@ -277,17 +299,35 @@ begin
          requests = k.n, tokens = k.tokens, bytes = k.bytes
     from (select count(*)::int as n, coalesce(sum(tokens), 0) as tokens, coalesce(sum(bytes), 0) as bytes
             from _autoembed_kept) k
-   where x.id = b.id;
-  return query select i.custom_id, i.input from util.embedding_batch_inputs i
+   where x.id = taken;
+  return query select taken, i.custom_id, i.input from util.embedding_batch_inputs i
                 join _autoembed_kept k on k.custom_id = i.custom_id
-               where i.batch_id = b.id
+               where i.batch_id = taken
                order by i.custom_id;
 end
 $$;
 
--- internal: moves texts `custom_ids` of batch `from_batch` into a new
--- staging batch of its target (submission `attempt`), due in
--- `delay_seconds`. Returns the new batch's id.
+-- internal: the staging batch of target `target_id`, made when there is
+-- none (one per target: concurrent stagers meet on its row, which this
+-- locks to the end of the caller's transaction), due in `delay_seconds` at
+-- the latest, its submissions at least `attempt`. Returns its id.
+create or replace function util._staging_batch(target_id int, attempt int, delay_seconds int)
+returns bigint
+language sql
+set search_path = ''
+as $$
+  insert into util.embedding_batches as b (target_id, model, dimensions, attempt, due_at)
+  select t.id, t.model, t.dimensions, _staging_batch.attempt,
+         now() + pg_catalog.make_interval(secs => delay_seconds)
+    from util.embedding_targets t where t.id = _staging_batch.target_id
+  on conflict (target_id) where state = 'staging' do update
+    set attempt = greatest(b.attempt, excluded.attempt), due_at = least(b.due_at, excluded.due_at)
+  returning b.id
+$$;
+
+-- internal: moves texts `custom_ids` of batch `from_batch` into its
+-- target's staging batch (submission `attempt`), due in `delay_seconds` at
+-- the latest. Returns that batch's id.
 create or replace function util._restage(from_batch bigint, custom_ids text[], attempt int, delay_seconds int)
 returns bigint
 language plpgsql
@@ -298,17 +338,14 @@ declare
   staged bigint;
 begin
   select * into b from util.embedding_batches x where x.id = from_batch;
-  insert into util.embedding_batches (target_id, model, dimensions, lane, attempt, due_at)
-  values (b.target_id, b.model, b.dimensions, b.lane, _restage.attempt,
-          now() + pg_catalog.make_interval(secs => delay_seconds))
-  returning id into staged;
+  staged := util._staging_batch(b.target_id, attempt, delay_seconds);
   with moved as (
     update util.embedding_batch_inputs i set batch_id = staged, error = null, error_retryable = false
      where i.batch_id = from_batch and i.custom_id = any (custom_ids)
     returning i.tokens, pg_catalog.octet_length(i.input) as bytes
   )
   update util.embedding_batches x
-     set requests = m.n, tokens = m.tokens, bytes = m.bytes
+     set requests = x.requests + m.n, tokens = x.tokens + m.tokens, bytes = x.bytes + m.bytes
     from (select count(*)::int as n, coalesce(sum(tokens), 0) as tokens, coalesce(sum(bytes), 0) as bytes
             from moved) m
    where x.id = staged;

@@ -501,6 +501,11 @@ Deno.test("batch lane: batches are cut to batch_max_requests and wait for the ac
       assert.ok(batches.every((b) => b.state === "applied"), "none over the limit: none failed");
       assert.equal(fake.stats.batchInputs, 350);
       assert.equal(fake.stats.inputs, 0);
+      // Each job runs twice (staged and parked, then written once its own
+      // batch ended), not once more for every batch of the table that ends.
+      const rows = w.lines.filter((l) => l.includes('"event":"batch"'))
+        .reduce((n, l) => n + (JSON.parse(l).jobs ?? 0), 0);
+      assert.ok(rows <= 2 * 350 + 50, `rows given to the core: ${rows} for 350 rows in 4 batches`);
       assert.equal(await w.stop("SIGTERM"), 0);
     } finally {
       await w.stop("SIGKILL");

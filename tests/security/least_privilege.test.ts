@@ -178,6 +178,7 @@ const OWNER_FUNCTIONS = [
   "util._batches_due()",
   "util._take_batch_inputs(bigint,integer,bigint,bigint)",
   "util._restage(bigint,text[],integer,integer)",
+  "util._staging_batch(integer,integer,integer)",
   "util._batch_enqueued_tokens(text,text,text)",
   "util._finish_batch(bigint,text,text,integer,integer,text,text)",
   "util._batch_unsupported(bigint,text)",

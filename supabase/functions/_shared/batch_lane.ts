@@ -25,8 +25,8 @@ export interface LaneOutcome<T> {
   fromBatch: LaneText<T>[];
   /** Texts to embed online: their batch failed them, or the endpoint has no batch API. */
   online: LaneText<T>[];
-  /** Rows waiting for a batch: nothing of theirs is written or sent now. */
-  parked: Set<T>;
+  /** Rows waiting for a batch, with the last batch they wait for: nothing of theirs is written or sent now. */
+  parked: Map<T, number>;
 }
 
 /** The custom_id of a piece: the sha256 (hex) of what the provider is given. */
@@ -39,7 +39,9 @@ export async function resolveBatchLane<T>(
   sql: postgres.Sql,
   texts: LaneText<T>[],
 ): Promise<LaneOutcome<T>> {
-  const outcome: LaneOutcome<T> = { fromBatch: [], online: [], parked: new Set() };
+  const outcome: LaneOutcome<T> = { fromBatch: [], online: [], parked: new Map() };
+  const park = (owner: T, batch: number) =>
+    outcome.parked.set(owner, Math.max(batch, outcome.parked.get(owner) ?? 0));
   const byTarget = new Map<number, LaneText<T>[]>();
   for (const text of texts) {
     const list = byTarget.get(text.targetId);
@@ -64,11 +66,11 @@ export async function resolveBatchLane<T>(
         text.piece.vector = held.vector;
         outcome.fromBatch.push(text);
       } else if ("error" in held) outcome.online.push(text);
-      else outcome.parked.add(text.owner);
+      else park(text.owner, held.pending);
     });
     if (toStage.size) {
-      const result = await stageBatchTexts(sql, targetId, [...toStage.values()]);
-      if (result === "staged") { for (const text of staged) outcome.parked.add(text.owner); }
+      const batch = await stageBatchTexts(sql, targetId, [...toStage.values()]);
+      if (batch !== null) { for (const text of staged) park(text.owner, batch); }
       else outcome.online.push(...staged);
     }
   }

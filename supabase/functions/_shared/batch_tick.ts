@@ -157,13 +157,19 @@ async function submit(
       return;
     }
   }
-  const texts = await takeBatchTexts(sql, batch, {
+  const taken = await takeBatchTexts(sql, batch, {
     maxRequests: settings.maxRequests,
     maxBytes: settings.maxBytes,
     maxTokens,
   }, account);
-  if (!texts.length) return;
-  await upload(sql, batch, account, texts, settings, options, result);
+  if (!taken.texts.length) {
+    // Nothing fits the account's enqueued tokens now: looked at again at the next poll.
+    if (maxTokens !== null) {
+      await recordBatch(sql, batch.id, { due_in_seconds: settings.pollSeconds });
+    }
+    return;
+  }
+  await upload(sql, { ...batch, id: taken.id }, account, taken.texts, settings, options, result);
 }
 
 /** Uploads a batch's texts and creates it. */

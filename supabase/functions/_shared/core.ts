@@ -305,9 +305,9 @@ class Outcome {
     this.#each(work, { kind: "unstarted" });
   }
 
-  /** Its texts wait in a batch of the batch lane: hidden until it ends, no attempt spent. */
-  park(work: RowWork) {
-    this.#each(work, { kind: "parked" });
+  /** Its texts wait in batch `batchId` of the batch lane: hidden until it ends, no attempt spent. */
+  park(work: RowWork, batchId: number) {
+    this.#each(work, { kind: "parked", batch_id: batchId });
   }
 }
 
@@ -562,9 +562,9 @@ async function embed(
   }
   if (laneTexts.length) {
     const lane = await resolveBatchLane(sql, laneTexts);
-    for (const task of lane.parked) {
+    for (const [task, batchId] of lane.parked) {
       task.settled = true;
-      outcome.park(task.work);
+      outcome.park(task.work, batchId);
     }
     for (const { owner, tokens } of lane.fromBatch) {
       outcome.use(owner.target, "batch", tokens);

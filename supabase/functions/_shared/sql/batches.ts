@@ -10,7 +10,8 @@ import { textArrayLiteral } from "./write.ts";
 export type BatchText =
   | { vector: Float32Array }
   | { error: string }
-  | { pending: true };
+  /** In batch `batch`, not answered yet. */
+  | { pending: number };
 
 /** The batch lane's texts of `target` among `customIds` (one query). */
 export async function lookUpBatchTexts(
@@ -18,33 +19,40 @@ export async function lookUpBatchTexts(
   targetId: number,
   customIds: string[],
 ): Promise<Map<string, BatchText>> {
-  const rows = await sql<{ custom_id: string; vector: Uint8Array | null; error: string | null }[]>`
-    select custom_id, vector, error from util.embedding_batch_inputs
+  const rows = await sql<
+    { custom_id: string; batch_id: string; vector: Uint8Array | null; error: string | null }[]
+  >`
+    select custom_id, batch_id::text, vector, error from util.embedding_batch_inputs
      where target_id = ${targetId} and custom_id = any (${textArrayLiteral(customIds)}::text[])`;
   const texts = new Map<string, BatchText>();
   for (const r of rows) {
     texts.set(
       r.custom_id,
-      r.vector ? { vector: float32FromBytes(r.vector) } : r.error !== null ? { error: r.error } : {
-        pending: true,
-      },
+      r.vector
+        ? { vector: float32FromBytes(r.vector) }
+        : r.error !== null
+        ? { error: r.error }
+        : { pending: Number(r.batch_id) },
     );
   }
   return texts;
 }
 
 /**
- * Stages texts of a target into its open batch (util._stage_batch_inputs).
- * 'online' when its endpoint has no batch API: nothing was staged.
+ * Stages texts of a target into its open batch (util._stage_batch_inputs):
+ * that batch's id; null when its endpoint has no batch API (nothing was
+ * staged: its texts go online).
  */
 export async function stageBatchTexts(
   sql: postgres.Sql,
   targetId: number,
   inputs: { custom_id: string; input: string; tokens: number }[],
-): Promise<"staged" | "online" | "gone"> {
-  const [{ staged }] = await sql<{ staged: "staged" | "online" | "gone" }[]>`
-    select util._stage_batch_inputs(${targetId}, ${JSON.stringify(inputs)}::text::jsonb) as staged`;
-  return staged;
+): Promise<number | null> {
+  const [{ staged }] = await sql<{ staged: string | null }[]>`
+    select util._stage_batch_inputs(${targetId}, ${
+    JSON.stringify(inputs)
+  }::text::jsonb)::text as staged`;
+  return staged === null ? null : Number(staged);
 }
 
 /** A row of util.embedding_batches as the tick reads it. */
@@ -124,25 +132,26 @@ export async function enqueuedTokens(
 }
 
 /**
- * Readies a staging batch for submission within the limits (util._take_batch_inputs,
- * which moves what does not fit to a new staging batch) and records the
- * account it goes to. Returns its texts; none: nothing to send.
+ * Readies a staging batch for submission within the limits
+ * (util._take_batch_inputs: the texts that fit go, in a batch of their own
+ * when some stay) and records the account it goes to. Returns the
+ * submitting batch's id and its texts; none: nothing to send now.
  */
 export async function takeBatchTexts(
   sql: postgres.Sql,
   batch: BatchRow,
   limits: { maxRequests: number; maxBytes: number; maxTokens: number | null },
   account: { baseURL: string; keyFingerprint: string },
-): Promise<{ custom_id: string; input: string }[]> {
+): Promise<{ id: string; texts: { custom_id: string; input: string }[] }> {
   return await sql.begin(async (tx) => {
-    const texts = await tx<{ custom_id: string; input: string }[]>`
-      select custom_id, input from util._take_batch_inputs(
-        ${batch.id}::bigint, ${limits.maxRequests}, ${limits.maxBytes}, ${limits.maxTokens})`;
     await tx`
       update util.embedding_batches
          set base_url = ${account.baseURL}, key_fingerprint = ${account.keyFingerprint}
        where id = ${batch.id}::bigint`;
-    return texts;
+    const texts = await tx<{ submitting: string; custom_id: string; input: string }[]>`
+      select submitting::text, custom_id, input from util._take_batch_inputs(
+        ${batch.id}::bigint, ${limits.maxRequests}, ${limits.maxBytes}, ${limits.maxTokens})`;
+    return { id: texts[0]?.submitting ?? batch.id, texts };
   });
 }
 

@@ -25,6 +25,8 @@ export interface SettledRow {
   retry_after?: number;
   target_id?: number | null;
   table_name?: string | null;
+  /** Parked: the batch it waits for (its end releases it). */
+  batch_id?: number;
 }
 
 /** A provider's health as one batch saw it: ok closes its circuit, a failure opens it. */
