@@ -159,15 +159,21 @@ end
 $$;
 
 -- internal: switches live target `live_id` to its shadow when the shadow is
--- complete: its sweep is done and its store holds everything the live store
--- does (util._store_shadow_behind). One transaction, under ACCESS EXCLUSIVE
--- locks on the store's tables (util._store_relations) taken with a short
--- lock_timeout (a busy table is tried again at the next tick): the shadow
--- store takes the live store's place and names (util._store_swap), and the
--- shadow target becomes the live one. Readers see the old model before and
--- the new one after, never a mix (I7). Returns whether it switched; when
--- the swap is refused (e.g. a view depends on the live column or table),
--- the reason goes to util.embedding_errors, once an hour.
+-- complete: its sweep is done, its store holds everything the live store
+-- does (util._store_shadow_behind) and every index of the live store has a
+-- valid twin (util._store_twin_plan). Twins are never built here: under
+-- this function's locks a build would hold the table for its whole length;
+-- they are built beside, concurrently, once the shadow is full
+-- (util._twin_index_builds), and the switch waits for them. One
+-- transaction, under ACCESS EXCLUSIVE locks on the store's tables
+-- (util._store_relations) taken with a short lock_timeout (a busy table is
+-- tried again at the next tick): the shadow store takes the live store's
+-- place and names (util._store_swap), and the shadow target becomes the
+-- live one. Readers see the old model before and the new one after, never a
+-- mix (I7). Returns whether it switched; when the swap is refused (e.g. a
+-- view depends on the live column or table, or an index made during the
+-- change cannot have a twin: AE001), the reason goes to
+-- util.embedding_errors, once an hour.
 create or replace function util._switch_model(live_id int)
 returns boolean
 language plpgsql
@@ -179,6 +185,7 @@ declare
   saved_timeout text := pg_catalog.current_setting('lock_timeout');
   problem text;
   detail text;
+  twin record;
 begin
   select * into l from util.embedding_targets where id = live_id;
   select * into s from util.embedding_targets where shadow_of = live_id;
@@ -189,14 +196,22 @@ begin
   if util._store_shadow_behind(l, s) then
     return false;
   end if;
-  -- Indexes made on the live store since the change began get their twin now.
-  perform util._store_twin_indexes(l, s);
+  -- Twins still to build (or being built): the builder's turn, not ours.
+  if exists (select from util._store_twin_plan(l, s) p where p.twin_valid is not true and p.problem is null) then
+    return false;
+  end if;
   begin
+    select p.* into twin from util._store_twin_plan(l, s) p where p.problem is not null order by p.index_name limit 1;
+    if twin.index_name is not null then
+      raise exception '%', twin.problem using errcode = 'AE001', detail = coalesce(twin.detail, '');
+    end if;
     perform pg_catalog.set_config('lock_timeout', '500ms', true);
     execute pg_catalog.format('lock table %s in access exclusive mode',
                               pg_catalog.array_to_string(util._store_relations(l, s), ', '));
     perform pg_catalog.set_config('lock_timeout', saved_timeout, true);
-    if util._store_shadow_behind(l, s) then
+    -- Again under the locks: rows written, or indexes made, since.
+    if util._store_shadow_behind(l, s)
+       or exists (select from util._store_twin_plan(l, s) p where p.twin_valid is not true) then
       return false;
     end if;
     perform util._store_swap(l, s);
@@ -221,6 +236,9 @@ begin
                  || case when sqlstate = '2BP01'
                          then pg_catalog.format(' (drop or change what depends on %s; the switch retries every tick)',
                                                 util._store_label(l))
+                         when sqlstate = 'AE001'
+                         then pg_catalog.format(' (drop %I; create it again after the switch, which retries every tick)',
+                                                twin.index_name)
                          else '' end;
       if not exists (select from util.embedding_errors e
                       where e.target_id = l.id and e.error = problem and e.created_at > now() - interval '1 hour') then
@@ -229,6 +247,166 @@ begin
       end if;
       return false;
   end;
+end
+$$;
+
+-------------------------------------------------------------------------------
+-- Index twins, built once the shadow is full
+-------------------------------------------------------------------------------
+
+-- internal: the advisory lock a session holds while it builds index twins
+-- (util._begin_twin_index_builds), as its two keys.
+create or replace function util._twin_build_lock(out class_key int, out object_key int)
+language sql
+immutable
+set search_path = ''
+as $$ select pg_catalog.hashtext('autoembed'), pg_catalog.hashtext('index twins') $$;
+
+-- internal: whether a session builds index twins now (it holds
+-- util._twin_build_lock; a build whose client went away holds it until the
+-- statement ends, as its server process lives on until then).
+create or replace function util._twin_builds_running()
+returns boolean
+language sql
+stable
+set search_path = ''
+as $$
+  select exists (
+    select from pg_catalog.pg_locks k, util._twin_build_lock() b
+     where k.locktype = 'advisory' and k.granted and k.objsubid = 2
+       and k.database = (select d.oid from pg_catalog.pg_database d where d.datname = pg_catalog.current_database())
+       and k.classid = b.class_key::oid and k.objid = b.object_key::oid)
+$$;
+
+-- internal: what the index twins of full shadows still need, as statements
+-- to run one at a time outside any transaction (CREATE INDEX CONCURRENTLY
+-- cannot run in one, nor in a function): for each model change whose sweep
+-- is done and whose shadow store holds everything the live one does
+-- (util._store_shadow_behind: checked once, before the build; a row written
+-- after it is indexed as it is written), the twins util._store_twin_plan
+-- finds missing or not valid. A twin that is not valid while no other
+-- session builds (the caller holds util._twin_build_lock) is the leftover
+-- of a build that failed: it is dropped, concurrently, and built again. A
+-- change with an index no twin can copy is left to util._switch_model,
+-- which says why. Rows: the shadow target, the twin, the statement.
+create or replace function util._twin_index_builds()
+returns table (shadow_id int, twin_name name, statement text)
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  change record;
+  l util.embedding_targets;
+  s util.embedding_targets;
+begin
+  for change in
+    select x.id, x.shadow_of from util.embedding_targets x
+     where x.shadow_of is not null and x.sweep_started_at is null
+       -- both stores still there (a dropped table is retired by the next tick)
+       and exists (select from util._target_config c where c.id = x.id)
+       and exists (select from util._target_config c where c.id = x.shadow_of)
+     order by x.id
+  loop
+    select * into l from util.embedding_targets x where x.id = change.shadow_of;
+    select * into s from util.embedding_targets x where x.id = change.id;
+    continue when not exists (select from util._store_twin_plan(l, s) p where p.twin_valid is not true)
+               or exists (select from util._store_twin_plan(l, s) p where p.problem is not null)
+               or util._store_shadow_behind(l, s);
+    return query
+      select s.id, p.twin_name, step.sql_text
+        from util._store_twin_plan(l, s) p
+        cross join lateral (values
+          (1, case when not p.twin_valid
+                   then pg_catalog.format('drop index concurrently if exists %I.%I', p.twin_schema, p.twin_name) end),
+          (2, util._twin_create_sql(p.unique_index, p.index_body, true))) step (n, sql_text)
+       where p.twin_valid is not true and step.sql_text is not null
+       order by p.index_name, step.n;
+  end loop;
+end
+$$;
+
+-- internal: whether index twins are due (util._twin_index_builds has
+-- work) and no session builds them now: util.process_embeddings then asks
+-- the embed function to build them, the worker builds them itself.
+create or replace function util._twin_indexes_due()
+returns boolean
+language sql
+stable
+set search_path = ''
+as $$
+  -- In this order: the first is one look at the targets, the last may scan a shadow store.
+  select case when not exists (select from util.embedding_targets x
+                                where x.shadow_of is not null and x.sweep_started_at is null) then false
+              when util._twin_builds_running() then false
+              else exists (select from util._twin_index_builds())
+         end
+$$;
+
+-- internal: begins a session's building of index twins
+-- (supabase/functions/_shared/twin_indexes.ts, for the worker and the
+-- embed function): takes util._twin_build_lock, at session level, so that
+-- one session builds at a time (it holds it until
+-- util._end_twin_index_builds or its end); sets the session up for
+-- building: maintenance_work_mem and max_parallel_maintenance_workers from
+-- the settings index_build_maintenance_work_mem and
+-- index_build_parallel_workers (pgvector builds an HNSW graph in memory
+-- and in parallel with them), no statement timeout; and returns
+-- util._twin_index_builds(), the statements to run in order. Returns
+-- nothing when another session builds.
+create or replace function util._begin_twin_index_builds()
+returns table (shadow_id int, twin_name name, statement text)
+language plpgsql
+set search_path = ''
+as $$
+begin
+  if not (select pg_catalog.pg_try_advisory_lock(b.class_key, b.object_key) from util._twin_build_lock() b) then
+    return;
+  end if;
+  perform pg_catalog.set_config('maintenance_work_mem', util._setting('index_build_maintenance_work_mem'), false);
+  perform pg_catalog.set_config('max_parallel_maintenance_workers', util._setting('index_build_parallel_workers'), false);
+  perform pg_catalog.set_config('statement_timeout', '0', false);
+  return query select * from util._twin_index_builds();
+end
+$$;
+
+-- internal: ends what util._begin_twin_index_builds began: releases the
+-- lock (the session's settings end with it). Returns whether it held it.
+create or replace function util._end_twin_index_builds()
+returns boolean
+language sql
+set search_path = ''
+as $$ select pg_catalog.pg_advisory_unlock(b.class_key, b.object_key) from util._twin_build_lock() b $$;
+
+-- internal: records that `statement`, a build of an index twin of shadow
+-- target `shadow_id` (a row of util._twin_index_builds), failed with
+-- `error`: the model change waits (its switch needs the twin), the build
+-- is tried again at the next tick or poll, and the error says how to run it
+-- by hand. Once an hour for the same error, as the switch's own. Nothing
+-- when the change is gone (cancelled meanwhile).
+create or replace function util._twin_index_failed(shadow_id int, statement text, error text)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  l util.embedding_targets;
+  s util.embedding_targets;
+  problem text;
+begin
+  select * into s from util.embedding_targets x where x.id = _twin_index_failed.shadow_id;
+  select * into l from util.embedding_targets x where x.id = s.shadow_of;
+  if l.id is null then
+    return;
+  end if;
+  problem := pg_catalog.format(
+    'the switch to model %s is waiting for its index, whose build failed: %s (it is built again at the next '
+    'tick or worker poll; to build it by hand, as the table''s owner: %s;)', s.model, error, statement);
+  if not exists (select from util.embedding_errors e
+                  where e.target_id = l.id and e.error = problem and e.created_at > now() - interval '1 hour') then
+    insert into util.embedding_errors (target_id, table_name, retryable, error)
+    values (l.id, l.table_oid::text, true, problem);
+  end if;
 end
 $$;
 
@@ -281,11 +459,12 @@ $$;
 -- public: re-embeds a table in the background.
 --   * With a model or dimensions other than the table's: builds the new
 --     model's embeddings in a shadow store beside the live one (a shadow
---     column with twins of its indexes, or a shadow side table of chunks:
---     util._store_create_shadow), keeps the live store on the old model and
---     fresh, and switches atomically when the new model covers every row
---     (util._switch_model; see util.embedding_status: next_model,
---     next_embedded). Calling it again with the same model is a no-op; with
+--     column, or a shadow side table of chunks: util._store_create_shadow),
+--     keeps the live store on the old model and fresh, builds twins of the
+--     live store's vector indexes once the new model covers every row
+--     (concurrently, beside: util._twin_index_builds), and then switches
+--     atomically (util._switch_model; see util.embedding_status:
+--     next_model, next_embedded, next_state). Calling it again with the same model is a no-op; with
 --     another, it replaces the change in progress; with the table's own
 --     model, it cancels it.
 --   * Without: rechecks every row, enqueueing those whose embedding is
@@ -359,7 +538,8 @@ as $$ select util.reembed(target_table, embedding_column) $$;
 --      sweep (a recheck) of their targets (I10);
 --   2. advances every sweep by one slice while the queue holds fewer than
 --      sweep_slice_rows jobs;
---   3. switches finished model changes (I7);
+--   3. switches finished model changes whose index twins are built (I7;
+--      the twins are built beside: util._twin_index_builds);
 --   4. deletes fingerprints of retired targets in slices, forgets
 --      util.embedding_target_events older than 30 days, and chunk set
 --      drafts nobody continued for a day (util.chunk_set_drafts);

@@ -96,8 +96,10 @@ $$;
 
 -- public: moves queued jobs to the embed function. First runs
 -- util.maintain_embeddings (content function changes, sweeps, model
--- switches) and ends the leases of calls that are over
--- (util._release_ended_leases). Then, for each free slot (max_requests -
+-- switches), ends the leases of calls that are over
+-- (util._release_ended_leases) and, when a model change's index twins are
+-- due (util._twin_indexes_due), asks the embed function to build them
+-- (util._request_maintenance). Then, for each free slot (max_requests -
 -- calls in flight), claims up to batch_size rows' jobs (util._read_jobs: a
 -- packed message counts its rows), hiding them for the call's timeout, and
 -- POSTs them as one batch. When a call finishes, the function asks for
@@ -145,6 +147,16 @@ begin
     perform pg_catalog.setval('util.embedding_kick_clock', 0);
   end if;
   perform util._release_ended_leases();
+  -- A model change whose new vectors are all in needs its indexes built,
+  -- which no function can do (CREATE INDEX CONCURRENTLY): the embed function
+  -- builds them, asked once, outside the calls that carry jobs.
+  begin
+    if util._twin_indexes_due() then
+      perform util._request_maintenance('indexes');
+    end if;
+  exception when others then
+    raise warning 'autoembed: asking for the index builds failed: %', sqlerrm;
+  end;
   select process_embeddings.max_requests - count(*) into free_slots from util.embedding_requests;
   if free_slots <= 0 then
     return 0;
@@ -175,6 +187,40 @@ begin
     requests := requests + 1;
   end loop;
   return requests;
+end
+$$;
+
+-- internal: asks the embed function to run maintenance task `task` (a
+-- POST of {"maintenance": [task]}; the function runs its tasks by name,
+-- supabase/functions/_shared/maintenance.ts), unless it was asked less
+-- than a minute ago: a task that runs longer than a tick is asked for once,
+-- and one whose call failed before it began is asked again a minute later.
+-- Returns whether it asked. Runs under process_embeddings' lock, so two
+-- callers never both ask.
+create or replace function util._request_maintenance(task text)
+returns boolean
+language plpgsql
+set search_path = ''
+as $$
+declare
+  asked boolean;
+begin
+  insert into util.maintenance_requests as m (task, requested_at)
+  values (_request_maintenance.task, now())
+  on conflict on constraint maintenance_requests_pkey do update
+    set requested_at = excluded.requested_at, request_id = null
+    where m.requested_at < now() - interval '1 minute'
+  returning true into asked;
+  if asked is null then
+    return false;
+  end if;
+  update util.maintenance_requests m
+     set request_id = util.invoke_edge_function(
+           name => 'embed',
+           body => pg_catalog.jsonb_build_object('maintenance', pg_catalog.jsonb_build_array(_request_maintenance.task)),
+           timeout_milliseconds => 15 * 60 * 1000)
+   where m.task = _request_maintenance.task;
+  return true;
 end
 $$;
 

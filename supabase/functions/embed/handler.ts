@@ -6,6 +6,7 @@ import { processBatch } from "../_shared/core.ts";
 import { errorCode, isConnectionError, waitOutDisconnect } from "../_shared/db_errors.ts";
 import { BinaryWrites } from "../_shared/sql/write.ts";
 import { parseJobBatch, parseJobJson } from "../_shared/jobs.ts";
+import { parseMaintenance, runMaintenance } from "../_shared/maintenance.ts";
 import { BodyTooLarge, readBodyText } from "../_shared/request_body.ts";
 import { coreSettings, type Env } from "../_shared/settings.ts";
 
@@ -118,6 +119,17 @@ export function createEmbedHandler(config: EmbedHandlerConfig): EmbedHandler {
       json = parseJobJson(body);
     } catch {
       return problem(400, "body is not valid JSON: send a JSON array of jobs");
+    }
+    // Push mode, maintenance (util._request_maintenance): {"maintenance": [tasks]}.
+    const maintenance = parseMaintenance(json);
+    if (maintenance && "error" in maintenance) return problem(400, maintenance.error);
+    if (maintenance) {
+      const { results, failed } = await runMaintenance(maintenance.tasks, {
+        dbUrl,
+        log: (event) => log(JSON.stringify(event)),
+        signal: config.shutdown,
+      });
+      return Response.json({ maintenance: results }, { status: failed ? 500 : 200 });
     }
     // Malformed messages are refused one by one (recorded, dead-lettered) so
     // they never hold back the genuine jobs of their batch.
