@@ -319,7 +319,7 @@ begin
         cross join lateral (values
           (1, case when not p.twin_valid
                    then pg_catalog.format('drop index concurrently if exists %I.%I', p.twin_schema, p.twin_name) end),
-          (2, util._twin_create_sql(p.unique_index, p.index_body, true))) step (n, sql_text)
+          (2, util._twin_create_sql(p.unique_index, p.twin_name, p.relation, p.using_sql, true))) step (n, sql_text)
        where p.twin_valid is not true and step.sql_text is not null
        order by p.index_name, step.n;
   end loop;

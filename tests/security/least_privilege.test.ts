@@ -148,7 +148,7 @@ const OWNER_FUNCTIONS = [
   "util._try_content(text,anyelement)",
   "util._twin_chunk_plan(util.embedding_targets,util.embedding_targets)",
   "util._twin_column_plan(util.embedding_targets,util.embedding_targets)",
-  "util._twin_create_sql(boolean,text,boolean)",
+  "util._twin_create_sql(boolean,name,regclass,text,boolean)",
   "util._twin_name(integer,name)",
   "util._twin_build_lock()",
   "util._twin_builds_running()",

@@ -54,6 +54,7 @@ declare
   shadow_id int;
   s util.embedding_targets;
   twin record;
+  own_ddl text := pg_catalog.current_setting('autoembed.own_ddl', true);
 begin
   if l.store = 'chunks' then
     if dimensions > 4000 then
@@ -78,8 +79,27 @@ begin
     raise exception '%', twin.problem using errcode = 'AE001', detail = twin.detail,
       hint = pg_catalog.format('Drop %I for the change and create it again afterwards.', twin.index_name);
   end if;
+  -- Each deferred twin is tried now on an empty copy of its table's columns
+  -- (a temporary table), so that one the index method refuses (more
+  -- dimensions than it takes, say) stops the change before any vector is
+  -- paid for, not once the shadow is full.
+  perform pg_catalog.set_config('autoembed.own_ddl', 'on', true);
+  for twin in select p.* from util._store_twin_plan(l, s) p where p.deferred loop
+    execute pg_catalog.format('create temporary table _autoembed_twin_check (like %s)', twin.relation);
+    begin
+      execute pg_catalog.format('create %sindex on pg_temp._autoembed_twin_check %s',
+                                case when twin.unique_index then 'unique ' else '' end, twin.using_sql);
+    exception when others then
+      raise exception 'autoembed: index % cannot be built on the new model''s % dimensions: %', twin.index_name, dimensions, sqlerrm
+        using errcode = 'AE003',
+              hint = pg_catalog.format('Pick dimensions the index takes, or drop %I for the change and create it again afterwards.',
+                                       twin.index_name);
+    end;
+    drop table pg_temp._autoembed_twin_check;
+  end loop;
+  perform pg_catalog.set_config('autoembed.own_ddl', coalesce(own_ddl, 'off'), true);
   for twin in select p.* from util._store_twin_plan(l, s) p where not p.deferred and p.twin_valid is null loop
-    execute util._twin_create_sql(twin.unique_index, twin.index_body, false);
+    execute util._twin_create_sql(twin.unique_index, twin.twin_name, twin.relation, twin.using_sql, false);
   end loop;
   return shadow_id;
 end
@@ -99,9 +119,10 @@ returns table (
   index_name name,
   twin_name name,
   twin_schema name,
+  relation regclass,     -- the table the twin is on
   deferred boolean,
   unique_index boolean,
-  index_body text,       -- what follows CREATE [UNIQUE] INDEX [CONCURRENTLY]
+  using_sql text,        -- what follows CREATE [UNIQUE] INDEX [CONCURRENTLY] <twin> ON <relation>
   twin_valid boolean,
   problem text,
   detail text
@@ -119,16 +140,22 @@ begin
 end
 $$;
 
--- internal: the CREATE INDEX statement of a twin (unique_index and
--- index_body of its row of util._store_twin_plan), CONCURRENTLY or not.
-create or replace function util._twin_create_sql(unique_index boolean, index_body text, concurrent boolean)
+-- internal: the CREATE INDEX statement of a twin (from its row of
+-- util._store_twin_plan), CONCURRENTLY or not.
+create or replace function util._twin_create_sql(
+  unique_index boolean,
+  twin_name name,
+  relation regclass,
+  using_sql text,
+  concurrent boolean
+)
 returns text
 language sql
-immutable
+stable
 set search_path = ''
 as $$
-  select pg_catalog.format('create %sindex %s%s', case when unique_index then 'unique ' else '' end,
-                           case when concurrent then 'concurrently ' else '' end, index_body)
+  select pg_catalog.format('create %sindex %s%I on %s %s', case when unique_index then 'unique ' else '' end,
+                           case when concurrent then 'concurrently ' else '' end, twin_name, relation, using_sql)
 $$;
 
 -- internal: drops the shadow store of `s` (a cancelled model change of
@@ -178,9 +205,10 @@ returns table (
   index_name name,
   twin_name name,
   twin_schema name,
+  relation regclass,
   deferred boolean,
   unique_index boolean,
-  index_body text,
+  using_sql text,
   twin_valid boolean,
   problem text,
   detail text
@@ -192,10 +220,10 @@ as $$
   select ic.relname,
          util._twin_name(s.id, ic.relname),
          n.nspname,
+         l.table_oid,
          true,
          false,
-         pg_catalog.format('%I on %s using %I (%I %s) %s',
-           util._twin_name(s.id, ic.relname), l.table_oid, am.amname, s.embedding_column,
+         pg_catalog.format('using %I (%I %s) %s', am.amname, s.embedding_column,
            pg_catalog.format('%I.%I', ocn.nspname, oc.opcname),
            case when ic.reloptions is null then ''
                 else 'with (' || pg_catalog.array_to_string(ic.reloptions, ', ') || ')' end),
@@ -237,9 +265,10 @@ returns table (
   index_name name,
   twin_name name,
   twin_schema name,
+  relation regclass,
   deferred boolean,
   unique_index boolean,
-  index_body text,
+  using_sql text,
   twin_valid boolean,
   problem text,
   detail text
@@ -251,14 +280,14 @@ as $$
   select x.index_name,
          util._twin_name(s.id, x.index_name),
          sn.nspname,
+         s.destination,
          exists (select from pg_catalog.pg_depend d
                   join pg_catalog.pg_attribute a on a.attrelid = l.destination and a.attnum = d.refobjsubid
                  where d.classid = 'pg_catalog.pg_class'::regclass and d.objid = x.indexrelid
                    and d.refclassid = 'pg_catalog.pg_class'::regclass and d.refobjid = l.destination
                    and a.attname = 'embedding'),
          x.indisunique,
-         pg_catalog.format('%I on %s using %s', util._twin_name(s.id, x.index_name), s.destination,
-                           pg_catalog.substr(x.def, pg_catalog.strpos(x.def, ' USING ') + 7)),
+         'using ' || pg_catalog.substr(x.def, pg_catalog.strpos(x.def, ' USING ') + 7),
          (select ti.indisvalid from pg_catalog.pg_class tc join pg_catalog.pg_index ti on ti.indexrelid = tc.oid
            where tc.relname = util._twin_name(s.id, x.index_name) and tc.relnamespace = sc.relnamespace
              and ti.indrelid = s.destination),
@@ -441,7 +470,7 @@ begin
         cross join lateral (values
           (1, case when not p.twin_valid
                    then pg_catalog.format('drop index concurrently if exists %I.%I', p.twin_schema, p.twin_name) end),
-          (2, util._twin_create_sql(p.unique_index, p.index_body, true))) step (n, sql_text)
+          (2, util._twin_create_sql(p.unique_index, p.twin_name, p.relation, p.using_sql, true))) step (n, sql_text)
        where p.twin_valid is not true and step.sql_text is not null
        order by p.index_name, step.n;
   end loop;
@@ -630,11 +659,14 @@ $$;
 
 -- internal: asks the embed function to run maintenance task `task` (a
 -- POST of {"maintenance": [task]}; the function runs its tasks by name,
--- supabase/functions/_shared/maintenance.ts), unless it was asked less
--- than a minute ago: a task that runs longer than a tick is asked for once,
--- and one whose call failed before it began is asked again a minute later.
--- Returns whether it asked. Runs under process_embeddings' lock, so two
--- callers never both ask.
+-- supabase/functions/_shared/maintenance.ts), unless the last request for
+-- it is in flight: less than a minute old and not answered yet (pg_net
+-- records every answer, a timeout or an error too). So a task that runs
+-- longer than a tick is asked for once; one that answered is asked again
+-- at the next tick if still due. A task that runs longer than a minute
+-- says so itself (the index builds hold a lock that
+-- util._twin_indexes_due sees). Returns whether it asked. Runs under
+-- process_embeddings' lock, so two callers never both ask.
 create or replace function util._request_maintenance(task text)
 returns boolean
 language plpgsql
@@ -648,6 +680,7 @@ begin
   on conflict on constraint maintenance_requests_pkey do update
     set requested_at = excluded.requested_at, request_id = null
     where m.requested_at < now() - interval '1 minute'
+       or exists (select from net._http_response h where h.id = m.request_id)
   returning true into asked;
   if asked is null then
     return false;
