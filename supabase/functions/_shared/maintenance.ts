@@ -41,11 +41,11 @@ export function parseMaintenance(json: unknown): { tasks: string[] } | { error: 
   if (!Array.isArray(tasks) || tasks.length === 0 || tasks.some((t) => typeof t !== "string")) {
     return { error: "maintenance must be a non-empty array of task names" };
   }
-  const unknown = tasks.filter((t) => !Object.hasOwn(TASKS, t));
-  if (unknown.length) {
+  // The unknown names are not echoed: the answer says which are known.
+  const unknown = tasks.filter((t) => !Object.hasOwn(TASKS, t)).length;
+  if (unknown) {
     return {
-      error: `unknown maintenance task(s) ${unknown.map((t) => JSON.stringify(t).slice(0, 40))}; ` +
-        `known: ${MAINTENANCE_TASKS.join(", ")}`,
+      error: `${unknown} unknown maintenance task(s); known: ${MAINTENANCE_TASKS.join(", ")}`,
     };
   }
   if (new Set(tasks).size !== tasks.length) return { error: "a maintenance task is named twice" };
