@@ -199,6 +199,29 @@ as $$
          end
 $$;
 
+-- internal: the order in which a sweep of target `t` enqueues the rows it
+-- picked (an ORDER BY of `p`, whose `tid` is the source row's ctid), so that
+-- the store's writes cost least. The shadow column of a model change
+-- (nothing indexes it until it is full): page by page in turns, each row's
+-- place on its page first, so that a batch updates at most one row of a
+-- page and a page's later rows come in later batches, when the room the
+-- page's earlier update freed is there again (pruned once that update
+-- committed): their updates are HOT, and add nothing to the table's
+-- indexes. In key order a batch updates every row of a page at once, none
+-- fits in it, and each moves to another page with a new entry in every
+-- index of the table: the live vectors' HNSW index too, a graph search a
+-- row (bench/RESULTS.md, model change). Else: none (the key's order).
+create or replace function util._store_sweep_order(t util.embedding_targets)
+returns text
+language sql
+immutable
+set search_path = ''
+as $$
+  select case when t.store = 'column' and t.shadow_of is not null
+              then 'order by (p.tid::text::point)[1], (p.tid::text::point)[0]'
+              else '' end
+$$;
+
 -- internal: the vectors target `t`'s store holds beyond one a row, for
 -- util.embedding_status: a chunked target's chunks (null for a column).
 create or replace function util._store_chunks(t util.embedding_targets)

@@ -32,7 +32,9 @@ $$;
 -- no longer hashes to its fingerprint (util._fingerprint_key: the text alone
 -- for a whole-row target, with the chunk settings for a chunked one). The
 -- content function runs only for rows that have a fingerprint to compare.
--- Ends the sweep when the table is exhausted. Returns the jobs enqueued.
+-- Ends the sweep when the table is exhausted. The rows are enqueued in the
+-- order that costs the store's writes least (util._store_sweep_order).
+-- Returns the jobs enqueued.
 create or replace function util._sweep_step(target_id int, max_rows int)
 returns bigint
 language plpgsql
@@ -61,14 +63,14 @@ begin
   job := util._job_base(coalesce(t.shadow_of, t.id));
   scan := pg_catalog.format(
     'with slice as (
-       select r.%1$s as key, not (%2$s) as unembedded, f.content_hash, r as source
+       select r.%1$s as key, r.ctid as tid, not (%2$s) as unembedded, f.content_hash, r as source
          from %3$s r
          left join util.embedding_fingerprints f on f.target_id = $3 and f.row_id = r.%1$s::text
         where $1::text is null or r.%1$s > $1::%4$s
         order by r.%1$s
         limit $2
      ), picked as (
-       select s.key from slice s
+       select s.key, s.tid from slice s
         where case when s.unembedded or s.content_hash is null then true
                    else s.content_hash is distinct from util._chunked_hash($5, %5$s(s.source)) end
      ), queued as (
@@ -80,7 +82,7 @@ begin
             (select count(*) from picked)',
     c.pk_sql, util._store_has_vector(t, 'r', 'f'), c.table_sql, c.pk_type_sql, c.content_function_sql,
     -- the picked rows as queue messages (the jobs module's statement)
-    util._enqueue_sql('select p.key as id from picked p', '$4'));
+    util._enqueue_sql('select p.key as id from picked p ' || util._store_sweep_order(t), '$4'));
   begin
     execute scan into visited, last_key, enqueued
       using t.sweep_after, max_rows, t.id, job, util._fingerprint_key(t);
@@ -328,19 +330,28 @@ $$;
 
 -- internal: whether index twins are due (util._twin_index_builds has
 -- work) and no session builds them now: util.process_embeddings then asks
--- the embed function to build them, the worker builds them itself.
+-- the embed function to build them, the worker builds them itself. Both
+-- ask after util.maintain_embeddings, in its transaction, which holds rows
+-- of util.embedding_counts by then: so the look at a shadow store waits at
+-- most 200 ms for its table (a cancel_reembed dropping the shadow holds it
+-- and waits for those rows), and a busy table is "not due" until the next tick.
 create or replace function util._twin_indexes_due()
 returns boolean
-language sql
+language plpgsql
 stable
 set search_path = ''
+set lock_timeout = '200ms'
 as $$
+begin
   -- In this order: the first is one look at the targets, the last may scan a shadow store.
-  select case when not exists (select from util.embedding_targets x
-                                where x.shadow_of is not null and x.sweep_started_at is null) then false
-              when util._twin_builds_running() then false
-              else exists (select from util._twin_index_builds())
-         end
+  if not exists (select from util.embedding_targets x where x.shadow_of is not null and x.sweep_started_at is null)
+     or util._twin_builds_running() then
+    return false;
+  end if;
+  return exists (select from util._twin_index_builds());
+exception when lock_not_available or deadlock_detected then
+  return false;
+end
 $$;
 
 -- internal: begins a session's building of index twins

@@ -141,6 +141,7 @@ const OWNER_FUNCTIONS = [
   "util._store_shadow_behind(util.embedding_targets,util.embedding_targets)",
   "util._store_swap(util.embedding_targets,util.embedding_targets)",
   "util._store_twin_plan(util.embedding_targets,util.embedding_targets)",
+  "util._store_sweep_order(util.embedding_targets)",
   "util._store_vectors(util.embedding_targets)",
   "util._sweep_step(integer,integer)",
   "util._switch_model(integer)",

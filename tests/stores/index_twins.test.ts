@@ -330,6 +330,48 @@ for (const store of STORES) {
   });
 }
 
+Deno.test("issue 24: the shadow column's writes are HOT updates, so the live HNSW index gets no entry for them", async () => {
+  await withTestDb(async (sql, url) => {
+    // About ten rows a page (bodies of 700 characters), 40 pages.
+    await createNotes(sql, 400);
+    await sql`update notes set body = body || repeat('.', 700)`;
+    await sql`vacuum full notes`;
+    await STORES[0].attach(sql);
+    const p = await startPipeline(sql, url);
+    try {
+      await settle(sql);
+      const updates = async () => {
+        const [u] = await sql`
+          select n_tup_upd::int as all, n_tup_hot_upd::int as hot
+            from pg_stat_user_tables where relid = 'public.notes'::regclass`;
+        return u;
+      };
+      // Statistics reach pg_stat_user_tables when a session goes idle, within
+      // seconds: 400 updates of the bodies, 400 of the first embedding.
+      const before = await waitFor(async () => {
+        const u = await updates();
+        return u.all >= 800 && u;
+      }, { what: "the first embedding's updates counted" });
+      await sql`select util.reembed('public.notes', model => ${TEST_MODEL})`;
+      // Batches of 20 rows: fewer than the pages, as a real table has.
+      await settle(sql, { switches: false, batchSize: 20, maxRequests: 1 });
+      const after = await waitFor(async () => {
+        const u = await updates();
+        return u.all >= before.all + 400 && u;
+      }, { what: "the shadow's updates counted", timeoutMs: 30_000 });
+      const hot = (after.hot - before.hot) / (after.all - before.all);
+      console.log(
+        `shadow writes: ${after.all - before.all} updates, ${Math.round(hot * 100)}% HOT`,
+      );
+      assert.ok(hot >= 0.6, `most shadow writes are HOT: ${Math.round(hot * 100)}%`);
+      await settle(sql);
+      assert.equal((await status(sql, STORES[0])).model, TEST_MODEL);
+    } finally {
+      await p.stop();
+    }
+  });
+});
+
 Deno.test("issue 24: the pull worker builds the twin beside its slots; worker --once ends switched", async () => {
   await withTestDb(async (sql, url) => {
     const fake = await startFakeOpenAI();
