@@ -457,7 +457,12 @@ async function main(): Promise<number> {
           fmt(durableBefore.totalSeconds)
         } s)`,
       met: after.fillRate >= 0.8 * modelChange.setupDrainRate,
-      limit: "",
+      limit:
+        `the shadow's updates that are not HOT (${
+          Math.round((1 - after.hotShare) * 100)
+        }%: a page's first one, and those that come while a batch that still sees the page's ` +
+        "earlier update runs) move their row, and each inserts the live vector into the live " +
+        "HNSW graph again; see the section on model changes",
     });
   }
   if (status) {
