@@ -217,6 +217,18 @@ export async function modelChangeScenario(ctx: BenchContext): Promise<ModelChang
       "next_state 'embedding' (polled every 200 ms). One run of each.",
   );
   section.text(
+    "Why the HOT column matters: a shadow write is an UPDATE of the user's row. When the new " +
+      "row version does not fit on its page, it moves, and every index of the table gets an " +
+      "entry for it: the live column's HNSW index too, a graph search per row for a vector that " +
+      "did not change. Written in key order, a batch updates every row of a page at once and " +
+      "none fits; the sweep of a model change therefore enqueues the shadow column's rows page " +
+      "by page in turns (util._store_sweep_order), so that a page's later rows come when the " +
+      "room its earlier update freed has been pruned, and are HOT. Measured by hand beforehand " +
+      "(fsync off, 5,000 rows of 1536 dimensions with an HNSW index, batches of 100 rows in " +
+      "their own transactions, no twin): key order 28.3 s, 4% HOT; page by page 2.7 s, 89% HOT. " +
+      "**before** has 0% HOT whatever the order (its twin indexes the column written).",
+  );
+  section.text(
     `Setup: the ${rows.toLocaleString("en-US")} rows' first embedding (no index, fsync off) ` +
       `drained at ${fmt(prepared.drainRate)} rows/s; the live HNSW index then took ` +
       `${fmt(prepared.indexSeconds)} s to build (256MB, 2 parallel workers).`,

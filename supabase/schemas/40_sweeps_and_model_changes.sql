@@ -200,6 +200,7 @@ begin
   end if;
   -- Twins still to build (or being built): the builder's turn, not ours.
   if exists (select from util._store_twin_plan(l, s) p where p.twin_valid is not true and p.problem is null) then
+    perform util._twin_request_failed(l, s);
     return false;
   end if;
   begin
@@ -413,6 +414,44 @@ begin
   problem := pg_catalog.format(
     'the switch to model %s is waiting for its index, whose build failed: %s (it is built again at the next '
     'tick or worker poll; to build it by hand, as the table''s owner: %s;)', s.model, error, statement);
+  if not exists (select from util.embedding_errors e
+                  where e.target_id = l.id and e.error = problem and e.created_at > now() - interval '1 hour') then
+    insert into util.embedding_errors (target_id, table_name, retryable, error)
+    values (l.id, l.table_oid::text, true, problem);
+  end if;
+end
+$$;
+
+-- internal: for a model change of `l` to `s` waiting for its index twins:
+-- in push mode the embed function builds them when util.process_embeddings
+-- asks (util._request_maintenance). When its last answer to that request
+-- was not a success (a function deployed before this release refuses the
+-- request with 400) and nothing builds, util.embedding_errors says so,
+-- once an hour. Nothing where pg_net is not installed (pull mode: the
+-- worker builds).
+create or replace function util._twin_request_failed(l util.embedding_targets, s util.embedding_targets)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  answer text;
+  problem text;
+begin
+  if pg_catalog.to_regclass('net._http_response') is null or util._twin_builds_running() then
+    return;
+  end if;
+  execute 'select coalesce(h.status_code::text, h.error_msg, ''no answer'')
+             from util.maintenance_requests m join net._http_response h on h.id = m.request_id
+            where m.task = ''indexes'' and (h.status_code is null or h.status_code not between 200 and 299)'
+    into answer;
+  if answer is null then
+    return;
+  end if;
+  problem := pg_catalog.format(
+    'the switch to model %s is waiting for its index: the embed function answered %s when asked to build it '
+    '(deploy this release''s embed function: supabase functions deploy embed; it is asked again every minute)',
+    s.model, answer);
   if not exists (select from util.embedding_errors e
                   where e.target_id = l.id and e.error = problem and e.created_at > now() - interval '1 hour') then
     insert into util.embedding_errors (target_id, table_name, retryable, error)

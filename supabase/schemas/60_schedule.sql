@@ -193,13 +193,13 @@ $$;
 -- internal: asks the embed function to run maintenance task `task` (a
 -- POST of {"maintenance": [task]}; the function runs its tasks by name,
 -- supabase/functions/_shared/maintenance.ts), unless the last request for
--- it is in flight: less than a minute old and not answered yet (pg_net
+-- it is less than a minute old and not answered with a success (pg_net
 -- records every answer, a timeout or an error too). So a task that runs
--- longer than a tick is asked for once; one that answered is asked again
--- at the next tick if still due. A task that runs longer than a minute
--- says so itself (the index builds hold a lock that
--- util._twin_indexes_due sees). Returns whether it asked. Runs under
--- process_embeddings' lock, so two callers never both ask.
+-- longer than a tick is asked for once; one that finished is asked again
+-- at the next tick if still due, one that failed a minute later. A task
+-- that runs longer than a minute says so itself (the index builds hold a
+-- lock that util._twin_indexes_due sees). Returns whether it asked. Runs
+-- under process_embeddings' lock, so two callers never both ask.
 create or replace function util._request_maintenance(task text)
 returns boolean
 language plpgsql
@@ -213,7 +213,8 @@ begin
   on conflict on constraint maintenance_requests_pkey do update
     set requested_at = excluded.requested_at, request_id = null
     where m.requested_at < now() - interval '1 minute'
-       or exists (select from net._http_response h where h.id = m.request_id)
+       or exists (select from net._http_response h
+                   where h.id = m.request_id and h.status_code between 200 and 299)
   returning true into asked;
   if asked is null then
     return false;

@@ -159,6 +159,7 @@ const OWNER_FUNCTIONS = [
   "util._end_twin_index_builds()",
   "util._twin_index_failed(integer,text,text)",
   "util._request_maintenance(text)",
+  "util._twin_request_failed(util.embedding_targets,util.embedding_targets)",
   "util.clear_column()",
   "util.disable_embeddings(regclass,name,boolean)",
   "util.enable_embeddings(regclass,text,name,text,integer,boolean,boolean,text,integer,integer,text)",

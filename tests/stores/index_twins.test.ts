@@ -330,6 +330,94 @@ for (const store of STORES) {
   });
 }
 
+for (const store of STORES) {
+  Deno.test(`issue 24: cancel_reembed during a twin's build cancels the build instead of waiting for it: ${store.name}`, async () => {
+    await withTestDb(async (sql, url) => {
+      await createNotes(sql, 40);
+      await store.attach(sql);
+      const p = await startPipeline(sql, url);
+      const holderDb = connect(url, { max: 1 });
+      const holder = await holderDb.reserve();
+      try {
+        await settle(sql);
+        const before = await sql`
+          select indexname::text, indexdef from pg_indexes where schemaname = 'public' order by 1`;
+        await sql`select util.reembed('public.notes', ${store.target}, model => ${TEST_MODEL})`;
+        const relation = await store.twinRelation(sql);
+        // A snapshot older than the build, holding no lock: the build waits
+        // for it at its end ("waiting for old snapshots"), as for any long query.
+        await holder`begin isolation level repeatable read`;
+        await holder`select 1`;
+        await settle(sql, { switches: false });
+        await waitFor(async () => {
+          await sql`select util.process_embeddings()`;
+          const [row] = await sql`
+            select p.phase from pg_stat_progress_create_index p where p.relid = ${relation}::regclass`;
+          return row?.phase === "waiting for old snapshots";
+        }, { what: "the build to wait for the old snapshot" });
+
+        // The cancel ends the build, and does not wait for the old snapshot's end.
+        const cancelled = sql`
+          select util.cancel_reembed('public.notes', ${store.target}) as cancelled`;
+        let done = false;
+        cancelled.finally(() => done = true).catch(() => {});
+        await waitFor(() => done, { what: "cancel_reembed to return", timeoutMs: 10_000 });
+        const [{ cancelled: was }] = await cancelled;
+        assert.equal(was, true);
+        await holder`rollback`;
+        const after = await sql`
+          select indexname::text, indexdef from pg_indexes where schemaname = 'public' order by 1`;
+        assert.deepEqual(
+          [...after],
+          [...before],
+          "nothing of the change is left, its index neither",
+        );
+        const [{ invalid }] = await sql`
+          select count(*)::int as invalid from pg_index i
+            join pg_class c on c.oid = i.indexrelid
+           where c.relnamespace = 'public'::regnamespace and not i.indisvalid`;
+        assert.equal(invalid, 0);
+        assert.equal((await status(sql, store)).next_model, null);
+      } finally {
+        await holder`rollback`.catch(() => {});
+        holder.release();
+        await holderDb.end();
+        await p.stop();
+      }
+    });
+  });
+}
+
+Deno.test("issue 24: an embed function that cannot build the index (not deployed, or of an older release) is named in status", async () => {
+  await withTestDb(async (sql, url) => {
+    await createNotes(sql, 30);
+    await STORES[0].attach(sql);
+    const p = await startPipeline(sql, url);
+    try {
+      await settle(sql);
+      await p.kill();
+      await sql`select util.reembed('public.notes', model => ${TEST_MODEL})`;
+      // The shadow made full by hand (any vectors will do): the function
+      // is gone before it could be asked to build.
+      const [{ shadow }] = await sql`
+        select embedding_column::text as shadow from util.embedding_targets where shadow_of is not null`;
+      await sql.unsafe(`update public.notes set ${shadow} = embedding`);
+      await sql`select pgmq.purge_queue('embedding_jobs')`;
+      const held = await waitFor(async () => {
+        await sql`select util.process_embeddings()`;
+        const s = await status(sql, STORES[0]);
+        return s.model === OLD_MODEL && /embed function answered .* when asked to build it/.test(
+          s.last_error ?? "",
+        ) && s;
+      }, { what: "status to say the function did not build the index" });
+      assert.match(held.last_error, /deploy this release's embed function/);
+    } finally {
+      await p.revive();
+      await p.stop();
+    }
+  });
+});
+
 Deno.test("issue 24: the shadow column's writes are HOT updates, so the live HNSW index gets no entry for them", async () => {
   await withTestDb(async (sql, url) => {
     // About ten rows a page (bodies of 700 characters), 40 pages.
