@@ -2,7 +2,8 @@
 // throw-away databases on it and writes bench/RESULTS.md (figures are also
 // printed as they come). Options: --quick (small sizes, for trying it out:
 // writes bench/RESULTS.partial.md instead) and --only
-// drain,cost,freshness,write-path,storage,chunked,search,profile,hosted-limits,status,rate-budget,chunking
+// drain,cost,freshness,write-path,storage,chunked,search,profile,hosted-limits,status,rate-budget,chunking,
+// model-change
 // (the sections of the scenarios run replace theirs in RESULTS.md). A run of
 // pure-CPU scenarios only (chunking) starts no stack.
 import { parseArgs } from "node:util";
@@ -18,6 +19,7 @@ import {
   PUSH_MAX_REQUESTS,
 } from "./scenarios/drain.ts";
 import { type FreshnessFigures, freshnessScenario } from "./scenarios/freshness.ts";
+import { type ModelChangeFigures, modelChangeScenario } from "./scenarios/model_change.ts";
 import {
   HALF_LIMITS,
   type HostedLimitsFigures,
@@ -59,6 +61,7 @@ const SCENARIOS = [
   "status",
   "rate-budget",
   "chunking",
+  "model-change",
 ];
 
 /** Scenarios that are pure CPU: a run of only these needs no database or provider. */
@@ -382,6 +385,7 @@ async function main(): Promise<number> {
   let status: StatusFigures | undefined;
   let budget: RateBudgetFigures | undefined;
   let chunking: ChunkingFigures | undefined;
+  let modelChange: ModelChangeFigures | undefined;
   const machineFacts = await machine(needsStack);
   log(machineFacts.map(([k, v]) => `${k}: ${v}`).join("\n"));
   try {
@@ -402,6 +406,7 @@ async function main(): Promise<number> {
       if (only.includes("hosted-limits")) limits = await hostedLimitsScenario(ctx);
       if (only.includes("status")) status = await statusScenario(ctx);
       if (only.includes("rate-budget")) budget = await rateBudgetScenario(ctx);
+      if (only.includes("model-change")) modelChange = await modelChangeScenario(ctx);
     }
     if (only.includes("chunking")) chunking = await chunkingScenario({ log, quick: values.quick });
   } finally {
@@ -428,11 +433,38 @@ async function main(): Promise<number> {
       status?.section,
       budget?.section,
       chunking?.section,
+      modelChange?.section,
     ]
   ) {
     if (s) sections.push(s);
   }
   const goalList = goals(drain, cost, fresh, write, storage, chunked, limits, budget, chunking);
+  if (modelChange) {
+    const run = (cluster: string, code: string) =>
+      modelChange!.runs.find((r) => r.cluster === cluster && r.code === code)!;
+    const [after, before] = [run("fsync off", "after"), run("fsync off", "before")];
+    const [durable, durableBefore] = [run("durable", "after"), run("durable", "before")];
+    goalList.push({
+      goal: `model change of ${
+        modelChange.rows.toLocaleString("en-US")
+      } rows with an HNSW index: the shadow fills at ≥ 80% of the drain without an index`,
+      figure:
+        `${fmt(after.fillRate)} rows/s, ${
+          Math.round((after.fillRate / modelChange.setupDrainRate) * 100)
+        }% of ${fmt(modelChange.setupDrainRate)} (before: ${fmt(before.fillRate)}); reembed → ` +
+        `switch ${fmt(after.totalSeconds)} s (before: ${fmt(before.totalSeconds)} s), fsync ` +
+        `off; durable ${fmt(durable.totalSeconds)} s (before: ${
+          fmt(durableBefore.totalSeconds)
+        } s)`,
+      met: after.fillRate >= 0.8 * modelChange.setupDrainRate,
+      limit:
+        `the shadow's updates that are not HOT (${
+          Math.round((1 - after.hotShare) * 100)
+        }%: a page's first one, and those that come while a batch that still sees the page's ` +
+        "earlier update runs) move their row, and each inserts the live vector into the live " +
+        "HNSW graph again; see the section on model changes",
+    });
+  }
   if (status) {
     const big = status.runs.at(-1)!;
     goalList.push({
@@ -498,6 +530,7 @@ async function main(): Promise<number> {
 
 /** The scenario a goal of the table belongs to, by its wording. */
 function scenarioOf(goalText: string): string {
+  if (/model change of/.test(goalText)) return "model-change";
   if (/rate limit:/.test(goalText)) return "rate-budget";
   if (/^real markdown/.test(goalText)) return "chunking";
   if (/trigger|bulk insert/.test(goalText)) return "write-path";

@@ -109,10 +109,13 @@ export interface BenchDb {
 
 let dbCounter = 0;
 
-/** A fresh clone of the template: migrations applied, bench_docs created, nothing attached. */
-export async function cloneDb(label: string): Promise<BenchDb> {
+/**
+ * A fresh clone of the template (migrations applied, bench_docs created,
+ * nothing attached), or of another bench database `template` (no session on it).
+ */
+export async function cloneDb(label: string, template = TEMPLATE): Promise<BenchDb> {
   const name = `${DB_PREFIX}${label}_${++dbCounter}`;
-  await createDatabase(name, TEMPLATE, serverUrl("postgres"));
+  await createDatabase(name, template, serverUrl("postgres"));
   const url = serverUrl(name);
   const sql = connect(url, 4);
   return {

@@ -238,6 +238,7 @@ async function status(args: ParsedArgs): Promise<number> {
              coalesce(batch_saved_usd::text, '') as batch_saved_usd,
              case when next_model is not null
                   then next_model || '/' || next_dimensions || ' ' || next_embedded || '/' || total_rows
+                       || ' ' || next_state
                   else '' end as next_model,
              last_error
         from ${source}`;

@@ -13,6 +13,10 @@ import { backoffMs, CLAIM_RETRY } from "../supabase/functions/_shared/recovery.t
 import { claimJobs, requeueJobs } from "../supabase/functions/_shared/sql/queue.ts";
 import { BinaryWrites } from "../supabase/functions/_shared/sql/write.ts";
 import { type BatchTickResult, runBatchTick } from "../supabase/functions/_shared/batch_tick.ts";
+import {
+  buildTwinIndexes,
+  type TwinIndexResult,
+} from "../supabase/functions/_shared/twin_indexes.ts";
 import type { CoreSettings } from "../supabase/functions/_shared/settings.ts";
 import type { WorkerMetrics } from "./metrics.ts";
 
@@ -114,6 +118,9 @@ class Worker {
   #lastMaintained = 0;
   #maintaining: Promise<number> | null = null;
   #batching: Promise<BatchTickResult | null> | null = null;
+  /** A run of index twin builds (twin_indexes.ts), beside the slots; one at a time. */
+  #building: Promise<TwinIndexResult | null> | null = null;
+  readonly #stopBuilding = new AbortController();
   #consecutiveErrors = 0;
   /** Jobs of batches a lost connection interrupted, handed back once the database answers. */
   readonly #interrupted = new Set<number>();
@@ -189,7 +196,9 @@ class Worker {
   /**
    * The pipeline's background work (util.maintain_embeddings: content
    * function changes, sweeps, model switches), at most once per poll
-   * interval across slots, and always when `force`. Returns the jobs it
+   * interval across slots, and always when `force`. When a model change's
+   * index twins are due, starts their build beside the slots
+   * (buildTwinIndexes), which never holds up the drain. Returns the jobs it
    * enqueued.
    */
   maintain(force = false): Promise<number> {
@@ -199,10 +208,37 @@ class Worker {
     }
     this.#lastMaintained = Date.now();
     void this.tickBatches();
-    this.#maintaining = this.#sql<{ n: string }[]>`select util.maintain_embeddings() as n`
-      .then(([row]) => Number(row.n))
+    this.#maintaining = this.#sql<{ n: string; due: boolean }[]>`
+      select util.maintain_embeddings() as n, util._twin_indexes_due() as due`
+      .then(([row]) => {
+        if (row.due) this.buildIndexes();
+        return Number(row.n);
+      })
       .finally(() => this.#maintaining = null);
     return this.#maintaining;
+  }
+
+  /** Starts a run of index twin builds unless one runs; its promise (null: it failed, logged). */
+  buildIndexes(): Promise<TwinIndexResult | null> {
+    if (this.#building) return this.#building;
+    const log = (event: Record<string, unknown>) => this.#log(JSON.stringify(event));
+    this.#building = buildTwinIndexes(this.options.dbUrl, {
+      log,
+      applicationName: "autoembed worker",
+      signal: this.#stopBuilding.signal,
+    })
+      .catch((err) => {
+        if (!this.#stopBuilding.signal.aborted) {
+          log({
+            event: "index_twins_interrupted",
+            code: errorCode(err),
+            message: String((err as Error)?.message).slice(0, 200),
+          });
+        }
+        return null;
+      })
+      .finally(() => this.#building = null);
+    return this.#building;
   }
 
   /**
@@ -248,6 +284,10 @@ class Worker {
     // A batch that ended released its parked jobs: they are work now.
     const running = (await this.#batching)?.ended ?? 0;
     if (running + ((await this.tickBatches(true))?.ended ?? 0) > 0) return "now";
+    // A model change's index twins: built, then switched; a run that built
+    // nothing (it failed, recorded) is not tried again, so --once ends.
+    const building = this.#building;
+    if (building && ((await building)?.built ?? 0) > 0) return "now";
     const filters = JSON.stringify(this.#filters);
     const [{ sweeping, room }] = await this.#sql<{ sweeping: boolean; room: boolean }[]>`
       select exists (select from util._target_config c
@@ -402,6 +442,9 @@ class Worker {
     await this.#batching;
     await this.#listener?.unlisten().catch(() => {});
     clearTimeout(this.#graceTimer);
+    // A build in progress goes on in the server; this process does not wait for it.
+    this.#stopBuilding.abort();
+    await this.#building;
     await Promise.all([this.#sql.end({ timeout: 5 }), this.#binaryWrites?.end()]);
   }
 }

@@ -61,7 +61,11 @@ insert into util.settings (name, value, description) values
   ('batch_keep_hours', '24',
    'batch lane: hours at most the texts and vectors of an ended batch are kept (they go as soon as the jobs waiting for them are done)'),
   ('kick_on_change', 'off',
-   'on: push mode; the first change while no call is in flight POSTs one kick to the embed function at once instead of waiting for the next tick, and changes send no NOTIFY (set on where pg_cron runs process-embeddings); off: changes NOTIFY listening workers')
+   'on: push mode; the first change while no call is in flight POSTs one kick to the embed function at once instead of waiting for the next tick, and changes send no NOTIFY (set on where pg_cron runs process-embeddings); off: changes NOTIFY listening workers'),
+  ('index_build_maintenance_work_mem', '256MB',
+   'maintenance_work_mem of the session that builds a model change''s vector indexes (CREATE INDEX CONCURRENTLY, once the new vectors are all in): pgvector builds an HNSW index fastest while its graph fits in it (about 1.1 KB a row at 256 dimensions, 3.5 KB at 1536); keep it well under the memory the server can spare'),
+  ('index_build_parallel_workers', '2',
+   'max_parallel_maintenance_workers of that session: the parallel workers pgvector builds an HNSW index with (bounded by the server''s max_parallel_workers and max_worker_processes); 0 builds in the session''s own process')
 on conflict (name) do update set description = excluded.description;
 
 -- internal: a setting's value; raises (AE003) when the name is unknown.
@@ -205,6 +209,20 @@ create table if not exists util.embedding_requests (
   batch_size int not null default 100,
   max_requests int not null default 4,
   timeout_milliseconds int not null default 120000
+);
+
+-------------------------------------------------------------------------------
+-- Maintenance requests: the last time util.process_embeddings asked the
+-- embed function for a maintenance task ({"maintenance": [task]}, 60), so a
+-- task that runs longer than a tick (building a model change's indexes) is
+-- asked for once, not on every tick.
+-------------------------------------------------------------------------------
+
+create table if not exists util.maintenance_requests (
+  task text primary key,
+  requested_at timestamptz not null,
+  -- the pg_net request, to find its answer in net._http_response
+  request_id bigint
 );
 
 -- When the last kick was sent (epoch milliseconds; 0: none pending), so a

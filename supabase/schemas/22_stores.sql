@@ -199,6 +199,29 @@ as $$
          end
 $$;
 
+-- internal: the order in which a sweep of target `t` enqueues the rows it
+-- picked (an ORDER BY of `p`, whose `tid` is the source row's ctid), so that
+-- the store's writes cost least. The shadow column of a model change
+-- (nothing indexes it until it is full): page by page in turns, each row's
+-- place on its page first, so that a batch updates at most one row of a
+-- page and a page's later rows come in later batches, when the room the
+-- page's earlier update freed is there again (pruned once that update
+-- committed): their updates are HOT, and add nothing to the table's
+-- indexes. In key order a batch updates every row of a page at once, none
+-- fits in it, and each moves to another page with a new entry in every
+-- index of the table: the live vectors' HNSW index too, a graph search a
+-- row (bench/RESULTS.md, model change). Else: none (the key's order).
+create or replace function util._store_sweep_order(t util.embedding_targets)
+returns text
+language sql
+immutable
+set search_path = ''
+as $$
+  select case when t.store = 'column' and t.shadow_of is not null
+              then 'order by (p.tid::text::point)[1], (p.tid::text::point)[0]'
+              else '' end
+$$;
+
 -- internal: the vectors target `t`'s store holds beyond one a row, for
 -- util.embedding_status: a chunked target's chunks (null for a column).
 create or replace function util._store_chunks(t util.embedding_targets)
@@ -224,10 +247,15 @@ $$;
 
 -- internal: starts a model change of live target `l`: creates its shadow
 -- store for `model` and `dimensions` (a shadow column, or a shadow side
--- table: util._shadow_chunk_table) with twins of the live store's indexes,
--- and registers it as the shadow target. Raises AE003 for dimensions the
--- store cannot index, AE001 for an index the twin cannot copy (the caller's
--- statement then changes nothing). Returns the shadow target's id.
+-- table: util._shadow_chunk_table) and registers it as the shadow target.
+-- Twins of the live store's indexes on its vectors wait for the shadow to be
+-- full (util._twin_index_builds): inserting every new vector into an HNSW
+-- graph one row at a time is what bounded a change, while building the
+-- graph at once, in parallel, is not. Twins of its other indexes (the
+-- chunks' hash index, which the shadow's writes read) are made now, on the
+-- empty store. Every index is checked first: AE001 for one the twin cannot
+-- copy, AE003 for dimensions the store cannot index (the caller's statement
+-- then changes nothing). Returns the shadow target's id.
 create or replace function util._store_create_shadow(l util.embedding_targets, model text, dimensions int)
 returns int
 language plpgsql
@@ -238,6 +266,8 @@ declare
   shadow_column name := ('_autoembed_next_' || l.id)::name;
   shadow_id int;
   s util.embedding_targets;
+  twin record;
+  own_ddl text := pg_catalog.current_setting('autoembed.own_ddl', true);
 begin
   if l.store = 'chunks' then
     if dimensions > 4000 then
@@ -257,25 +287,88 @@ begin
     update util.embedding_targets x set shadow_of = l.id where x.id = shadow_id;
   end if;
   select * into s from util.embedding_targets x where x.id = shadow_id;
-  perform util._store_twin_indexes(l, s);
+  select p.* into twin from util._store_twin_plan(l, s) p where p.problem is not null order by p.index_name limit 1;
+  if twin.index_name is not null then
+    raise exception '%', twin.problem using errcode = 'AE001', detail = twin.detail,
+      hint = pg_catalog.format('Drop %I for the change and create it again afterwards.', twin.index_name);
+  end if;
+  -- Each deferred twin is tried now on an empty copy of its table's columns
+  -- (a temporary table), so that one the index method refuses (more
+  -- dimensions than it takes, say) stops the change before any vector is
+  -- paid for, not once the shadow is full.
+  perform pg_catalog.set_config('autoembed.own_ddl', 'on', true);
+  for twin in select p.* from util._store_twin_plan(l, s) p where p.deferred loop
+    execute pg_catalog.format('create temporary table _autoembed_twin_check (like %s)', twin.relation);
+    begin
+      execute pg_catalog.format('create %sindex on pg_temp._autoembed_twin_check %s',
+                                case when twin.unique_index then 'unique ' else '' end, twin.using_sql);
+    exception when others then
+      raise exception 'autoembed: index % cannot be built on the new model''s % dimensions: %', twin.index_name, dimensions, sqlerrm
+        using errcode = 'AE003',
+              hint = pg_catalog.format('Pick dimensions the index takes, or drop %I for the change and create it again afterwards.',
+                                       twin.index_name);
+    end;
+    drop table pg_temp._autoembed_twin_check;
+  end loop;
+  perform pg_catalog.set_config('autoembed.own_ddl', coalesce(own_ddl, 'off'), true);
+  for twin in select p.* from util._store_twin_plan(l, s) p where not p.deferred and p.twin_valid is null loop
+    execute util._twin_create_sql(twin.unique_index, twin.twin_name, twin.relation, twin.using_sql, false);
+  end loop;
   return shadow_id;
 end
 $$;
 
--- internal: gives every index of the live store of `l` that has none yet a
--- twin on the shadow store of `s` (when the change begins, and at the switch
--- for those made since). Returns the twins made.
-create or replace function util._store_twin_indexes(l util.embedding_targets, s util.embedding_targets)
-returns int
+-- internal: the twins on the shadow store of `s` of the indexes of the live
+-- store of `l`, one row per live index but its primary key (a chunk table's
+-- comes with it): the live index's name, its twin's name (util._twin_name)
+-- and schema; whether the twin waits for the shadow to be full (deferred:
+-- an index of the vectors); how to create it (util._twin_create_sql); the
+-- twin as it is (twin_valid: null while it does not exist, false while it is
+-- not valid: being built concurrently, or the leftover of a build that
+-- failed, true when it is ready); and, for an index no twin can copy, why
+-- (problem and detail, for AE001). Reads the catalog only.
+create or replace function util._store_twin_plan(l util.embedding_targets, s util.embedding_targets)
+returns table (
+  index_name name,
+  twin_name name,
+  twin_schema name,
+  relation regclass,     -- the table the twin is on
+  deferred boolean,
+  unique_index boolean,
+  using_sql text,        -- what follows CREATE [UNIQUE] INDEX [CONCURRENTLY] <twin> ON <relation>
+  twin_valid boolean,
+  problem text,
+  detail text
+)
 language plpgsql
+stable
 set search_path = ''
 as $$
 begin
   if l.store = 'column' then
-    return util._twin_indexes(l, s);
+    return query select * from util._twin_column_plan(l, s);
+  else
+    return query select * from util._twin_chunk_plan(l, s);
   end if;
-  return util._twin_chunk_indexes(l, s);
 end
+$$;
+
+-- internal: the CREATE INDEX statement of a twin (from its row of
+-- util._store_twin_plan), CONCURRENTLY or not.
+create or replace function util._twin_create_sql(
+  unique_index boolean,
+  twin_name name,
+  relation regclass,
+  using_sql text,
+  concurrent boolean
+)
+returns text
+language sql
+stable
+set search_path = ''
+as $$
+  select pg_catalog.format('create %sindex %s%I on %s %s', case when unique_index then 'unique ' else '' end,
+                           case when concurrent then 'concurrently ' else '' end, twin_name, relation, using_sql)
 $$;
 
 -- internal: whether the shadow store of `s` still lacks what the live store
@@ -416,7 +509,9 @@ $$;
 
 -- internal: drops the shadow store of `s` (a cancelled model change of
 -- `l`): the shadow column, or the shadow side table, where it is still
--- there. The live store is untouched.
+-- there. The live store is untouched. A concurrent build of one of its
+-- index twins (util._twin_index_builds) holds the table for as long as it
+-- runs, so it is cancelled first: the drop then waits for its rollback only.
 create or replace function util._store_drop_shadow(l util.embedding_targets, s util.embedding_targets)
 returns void
 language plpgsql
@@ -425,6 +520,16 @@ as $$
 declare
   own_ddl text := pg_catalog.current_setting('autoembed.own_ddl', true);
 begin
+  begin
+    perform pg_catalog.pg_cancel_backend(p.pid)
+       from pg_catalog.pg_stat_progress_create_index p
+       join pg_catalog.pg_class c on c.oid = p.index_relid
+       join util._store_twin_plan(l, s) twin on twin.twin_name = c.relname
+      where p.datid = (select d.oid from pg_catalog.pg_database d where d.datname = pg_catalog.current_database());
+  exception when others then
+    -- Not allowed to (another role's build): the drop waits for it instead.
+    null;
+  end;
   -- The pipeline's own DDL, which the event triggers leave alone (45_table_life).
   perform pg_catalog.set_config('autoembed.own_ddl', 'on', true);
   if s.store = 'chunks' then
@@ -511,57 +616,62 @@ immutable
 set search_path = ''
 as $$ select ('_autoembed_' || shadow_id || '_' || pg_catalog.md5(index_name))::name $$;
 
--- internal: creates on the shadow column of `s` a twin of every
--- index on the live column that has none yet (same access method, operator
--- class and storage options). Raises for an index the twin cannot copy
--- (several columns, an expression, a predicate), before anything changed.
-create or replace function util._twin_indexes(l util.embedding_targets, s util.embedding_targets)
-returns int
-language plpgsql
+-- internal: util._store_twin_plan of the column store: the indexes of the
+-- live column, each with a twin on the shadow column (same access method,
+-- operator class and storage options) that waits for the shadow to be full.
+-- An index that uses the column otherwise (with other columns, an
+-- expression, a predicate) cannot have one: problem says so.
+create or replace function util._twin_column_plan(l util.embedding_targets, s util.embedding_targets)
+returns table (
+  index_name name,
+  twin_name name,
+  twin_schema name,
+  relation regclass,
+  deferred boolean,
+  unique_index boolean,
+  using_sql text,
+  twin_valid boolean,
+  problem text,
+  detail text
+)
+language sql
+stable
 set search_path = ''
 as $$
-declare
-  live_attnum int2;
-  ix record;
-  made int := 0;
-begin
-  select a.attnum into live_attnum from pg_catalog.pg_attribute a
-   where a.attrelid = l.table_oid and a.attname = l.embedding_column;
-  for ix in
-    select ic.relname as index_name, i.indnatts, i.indkey[0] as key_attnum,
-           i.indexprs is not null as has_expressions, i.indpred is not null as has_predicate,
-           am.amname, oc.opcname, ocn.nspname as opc_schema, ic.reloptions
-      from pg_catalog.pg_index i
-      join pg_catalog.pg_class ic on ic.oid = i.indexrelid
-      join pg_catalog.pg_am am on am.oid = ic.relam
-      left join pg_catalog.pg_opclass oc on oc.oid = i.indclass[0]
-      left join pg_catalog.pg_namespace ocn on ocn.oid = oc.opcnamespace
-     where i.indrelid = l.table_oid
-       and exists (select from pg_catalog.pg_depend d
-                    where d.classid = 'pg_catalog.pg_class'::regclass and d.objid = i.indexrelid
-                      and d.refclassid = 'pg_catalog.pg_class'::regclass and d.refobjid = l.table_oid
-                      and d.refobjsubid = live_attnum)
-     order by ic.relname
-  loop
-    if ix.indnatts <> 1 or ix.key_attnum <> live_attnum or ix.has_expressions or ix.has_predicate then
-      raise exception 'autoembed: index % uses column "%" in a way a model change cannot carry over', ix.index_name, l.embedding_column
-        using errcode = 'AE001',
-              detail = 'Only indexes on the embedding column alone (no expression, no WHERE) get a twin on the new vectors.',
-              hint = format('Drop %I for the change and create it again afterwards.', ix.index_name);
-    end if;
-    if not exists (select from pg_catalog.pg_class x
-                    where x.relname = util._twin_name(s.id, ix.index_name)
-                      and x.relnamespace = (select relnamespace from pg_catalog.pg_class where oid = l.table_oid)) then
-      execute pg_catalog.format('create index %I on %s using %I (%I %s) %s',
-        util._twin_name(s.id, ix.index_name), l.table_oid, ix.amname, s.embedding_column,
-        pg_catalog.format('%I.%I', ix.opc_schema, ix.opcname),
-        case when ix.reloptions is null then ''
-             else 'with (' || pg_catalog.array_to_string(ix.reloptions, ', ') || ')' end);
-      made := made + 1;
-    end if;
-  end loop;
-  return made;
-end
+  select ic.relname,
+         util._twin_name(s.id, ic.relname),
+         n.nspname,
+         l.table_oid,
+         true,
+         false,
+         pg_catalog.format('using %I (%I %s) %s', am.amname, s.embedding_column,
+           pg_catalog.format('%I.%I', ocn.nspname, oc.opcname),
+           case when ic.reloptions is null then ''
+                else 'with (' || pg_catalog.array_to_string(ic.reloptions, ', ') || ')' end),
+         (select ti.indisvalid from pg_catalog.pg_class tc join pg_catalog.pg_index ti on ti.indexrelid = tc.oid
+           where tc.relname = util._twin_name(s.id, ic.relname) and tc.relnamespace = n.oid
+             and ti.indrelid = l.table_oid),
+         case when x.uncopyable
+              then pg_catalog.format('autoembed: index %s uses column "%s" in a way a model change cannot carry over',
+                                     ic.relname, l.embedding_column) end,
+         case when x.uncopyable
+              then 'Only indexes on the embedding column alone (no expression, no WHERE) get a twin on the new vectors.' end
+    from pg_catalog.pg_attribute a
+    join pg_catalog.pg_class c on c.oid = a.attrelid
+    join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+    join pg_catalog.pg_index i on i.indrelid = a.attrelid
+    join pg_catalog.pg_class ic on ic.oid = i.indexrelid
+    join pg_catalog.pg_am am on am.oid = ic.relam
+    left join pg_catalog.pg_opclass oc on oc.oid = i.indclass[0]
+    left join pg_catalog.pg_namespace ocn on ocn.oid = oc.opcnamespace
+    cross join lateral (select i.indnatts <> 1 or i.indkey[0] <> a.attnum or i.indexprs is not null
+                               or i.indpred is not null as uncopyable) x
+   where a.attrelid = l.table_oid and a.attname = l.embedding_column
+     and exists (select from pg_catalog.pg_depend d
+                  where d.classid = 'pg_catalog.pg_class'::regclass and d.objid = i.indexrelid
+                    and d.refclassid = 'pg_catalog.pg_class'::regclass and d.refobjid = l.table_oid
+                    and d.refobjsubid = a.attnum)
+   order by ic.relname
 $$;
 
 -------------------------------------------------------------------------------
@@ -770,7 +880,7 @@ as $$ select ('_autoembed_chunks_' || live_id)::name $$;
 -- internal: starts a model change of chunked target `live_id`: creates its
 -- shadow destination table beside the live one (same columns, vectors of
 -- `dimensions`, the same RLS policy, SELECT grants and owner; its index twins come
--- from util._store_twin_indexes), and registers it as the shadow target,
+-- from util._store_twin_plan), and registers it as the shadow target,
 -- named by the shadow table's name. Its chunks reuse vectors only of its own
 -- chunks (another model's vectors are no use). Returns the shadow target's id.
 create or replace function util._shadow_chunk_table(live_id int, model text, dimensions int)
@@ -801,51 +911,64 @@ begin
 end
 $$;
 
--- internal: creates on the shadow destination of `s` a twin of every
--- index of the live destination (but its primary key) that has none yet:
--- the same definition on the shadow table, named util._twin_name. Raises
--- AE001 for one whose definition cannot be carried over.
-create or replace function util._twin_chunk_indexes(l util.embedding_targets, s util.embedding_targets)
-returns int
-language plpgsql
+-- internal: util._store_twin_plan of the chunks store: every index of the
+-- live destination but its primary key, each with a twin of the same
+-- definition on the shadow table. Twins of the indexes of the `embedding`
+-- column (the HNSW index the pipeline made, and any the user added) wait
+-- for the shadow to be full; the others (the chunk_hash index, which the
+-- shadow's writes read to reuse vectors) are made with the shadow. An index
+-- whose definition cannot be carried over has a problem.
+create or replace function util._twin_chunk_plan(l util.embedding_targets, s util.embedding_targets)
+returns table (
+  index_name name,
+  twin_name name,
+  twin_schema name,
+  relation regclass,
+  deferred boolean,
+  unique_index boolean,
+  using_sql text,
+  twin_valid boolean,
+  problem text,
+  detail text
+)
+language sql
+stable
 set search_path = ''
 as $$
-declare
-  ix record;
-  head text;
-  made int := 0;
-begin
-  for ix in
-    select ic.relname as index_name, n.nspname, c.relname as table_name, i.indisunique,
-           pg_catalog.pg_get_indexdef(i.indexrelid) as def
-      from pg_catalog.pg_index i
-      join pg_catalog.pg_class ic on ic.oid = i.indexrelid
-      join pg_catalog.pg_class c on c.oid = i.indrelid
-      join pg_catalog.pg_namespace n on n.oid = c.relnamespace
-     where i.indrelid = l.destination and not i.indisprimary
-     order by ic.relname
-  loop
-    continue when exists (select from pg_catalog.pg_class x
-                           where x.relname = util._twin_name(s.id, ix.index_name)
-                             and x.relnamespace = (select relnamespace from pg_catalog.pg_class where oid = s.destination));
-    head := pg_catalog.format('CREATE %sINDEX %I ON %I.%I USING ',
-                              case when ix.indisunique then 'UNIQUE ' else '' end, ix.index_name, ix.nspname, ix.table_name);
-    -- pg_get_indexdef quotes like format's %I, except for plain lower-case names.
-    if pg_catalog.strpos(ix.def, ' USING ') = 0
-       or pg_catalog.replace(pg_catalog.left(ix.def, pg_catalog.strpos(ix.def, ' USING ') + 6), '"', '')
-          <> pg_catalog.replace(head, '"', '') then
-      raise exception 'autoembed: index % of % cannot be carried over to the new model''s chunks', ix.index_name, l.destination
-        using errcode = 'AE001',
-              hint = pg_catalog.format('Drop %I for the change and create it again afterwards.', ix.index_name);
-    end if;
-    execute pg_catalog.format('CREATE %sINDEX %I ON %s USING %s',
-                              case when ix.indisunique then 'UNIQUE ' else '' end,
-                              util._twin_name(s.id, ix.index_name), s.destination,
-                              pg_catalog.substr(ix.def, pg_catalog.strpos(ix.def, ' USING ') + 7));
-    made := made + 1;
-  end loop;
-  return made;
-end
+  select x.index_name,
+         util._twin_name(s.id, x.index_name),
+         sn.nspname,
+         s.destination,
+         exists (select from pg_catalog.pg_depend d
+                  join pg_catalog.pg_attribute a on a.attrelid = l.destination and a.attnum = d.refobjsubid
+                 where d.classid = 'pg_catalog.pg_class'::regclass and d.objid = x.indexrelid
+                   and d.refclassid = 'pg_catalog.pg_class'::regclass and d.refobjid = l.destination
+                   and a.attname = 'embedding'),
+         x.indisunique,
+         'using ' || pg_catalog.substr(x.def, pg_catalog.strpos(x.def, ' USING ') + 7),
+         (select ti.indisvalid from pg_catalog.pg_class tc join pg_catalog.pg_index ti on ti.indexrelid = tc.oid
+           where tc.relname = util._twin_name(s.id, x.index_name) and tc.relnamespace = sc.relnamespace
+             and ti.indrelid = s.destination),
+         -- pg_get_indexdef quotes like format's %I, except for plain lower-case names.
+         case when pg_catalog.strpos(x.def, ' USING ') = 0
+                or pg_catalog.replace(pg_catalog.left(x.def, pg_catalog.strpos(x.def, ' USING ') + 6), '"', '')
+                   <> pg_catalog.replace(x.head, '"', '')
+              then pg_catalog.format('autoembed: index %s of %s cannot be carried over to the new model''s chunks',
+                                     x.index_name, l.destination) end,
+         null::text
+    from (select ic.relname as index_name, i.indexrelid, i.indisunique,
+                 pg_catalog.pg_get_indexdef(i.indexrelid) as def,
+                 pg_catalog.format('CREATE %sINDEX %I ON %I.%I USING ',
+                                   case when i.indisunique then 'UNIQUE ' else '' end, ic.relname, n.nspname, c.relname)
+                   as head
+            from pg_catalog.pg_index i
+            join pg_catalog.pg_class ic on ic.oid = i.indexrelid
+            join pg_catalog.pg_class c on c.oid = i.indrelid
+            join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+           where i.indrelid = l.destination and not i.indisprimary) x
+    join pg_catalog.pg_class sc on sc.oid = s.destination
+    join pg_catalog.pg_namespace sn on sn.oid = sc.relnamespace
+   order by x.index_name
 $$;
 
 -------------------------------------------------------------------------------

@@ -32,7 +32,9 @@ $$;
 -- no longer hashes to its fingerprint (util._fingerprint_key: the text alone
 -- for a whole-row target, with the chunk settings for a chunked one). The
 -- content function runs only for rows that have a fingerprint to compare.
--- Ends the sweep when the table is exhausted. Returns the jobs enqueued.
+-- Ends the sweep when the table is exhausted. The rows are enqueued in the
+-- order that costs the store's writes least (util._store_sweep_order).
+-- Returns the jobs enqueued.
 create or replace function util._sweep_step(target_id int, max_rows int)
 returns bigint
 language plpgsql
@@ -63,14 +65,14 @@ begin
          || case when t.sweep_lane = 'batch' then '{"lane": "batch"}'::jsonb else '{}'::jsonb end;
   scan := pg_catalog.format(
     'with slice as (
-       select r.%1$s as key, not (%2$s) as unembedded, f.content_hash, r as source
+       select r.%1$s as key, r.ctid as tid, not (%2$s) as unembedded, f.content_hash, r as source
          from %3$s r
          left join util.embedding_fingerprints f on f.target_id = $3 and f.row_id = r.%1$s::text
         where $1::text is null or r.%1$s > $1::%4$s
         order by r.%1$s
         limit $2
      ), picked as (
-       select s.key from slice s
+       select s.key, s.tid from slice s
         where case when s.unembedded or s.content_hash is null then true
                    else s.content_hash is distinct from util._chunked_hash($5, %5$s(s.source)) end
      ), queued as (
@@ -82,7 +84,7 @@ begin
             (select count(*) from picked)',
     c.pk_sql, util._store_has_vector(t, 'r', 'f'), c.table_sql, c.pk_type_sql, c.content_function_sql,
     -- the picked rows as queue messages (the jobs module's statement)
-    util._enqueue_sql('select p.key as id from picked p', '$4'));
+    util._enqueue_sql('select p.key as id from picked p ' || util._store_sweep_order(t), '$4'));
   begin
     execute scan into visited, last_key, enqueued
       using t.sweep_after, max_rows, t.id, job, util._fingerprint_key(t);
@@ -203,15 +205,21 @@ end
 $$;
 
 -- internal: switches live target `live_id` to its shadow when the shadow is
--- complete: its sweep is done and its store holds everything the live store
--- does (util._store_shadow_behind). One transaction, under ACCESS EXCLUSIVE
--- locks on the store's tables (util._store_relations) taken with a short
--- lock_timeout (a busy table is tried again at the next tick): the shadow
--- store takes the live store's place and names (util._store_swap), and the
--- shadow target becomes the live one. Readers see the old model before and
--- the new one after, never a mix (I7). Returns whether it switched; when
--- the swap is refused (e.g. a view depends on the live column or table),
--- the reason goes to util.embedding_errors, once an hour.
+-- complete: its sweep is done, its store holds everything the live store
+-- does (util._store_shadow_behind) and every index of the live store has a
+-- valid twin (util._store_twin_plan). Twins are never built here: under
+-- this function's locks a build would hold the table for its whole length;
+-- they are built beside, concurrently, once the shadow is full
+-- (util._twin_index_builds), and the switch waits for them. One
+-- transaction, under ACCESS EXCLUSIVE locks on the store's tables
+-- (util._store_relations) taken with a short lock_timeout (a busy table is
+-- tried again at the next tick): the shadow store takes the live store's
+-- place and names (util._store_swap), and the shadow target becomes the
+-- live one. Readers see the old model before and the new one after, never a
+-- mix (I7). Returns whether it switched; when the swap is refused (e.g. a
+-- view depends on the live column or table, or an index made during the
+-- change cannot have a twin: AE001), the reason goes to
+-- util.embedding_errors, once an hour.
 create or replace function util._switch_model(live_id int)
 returns boolean
 language plpgsql
@@ -223,6 +231,7 @@ declare
   saved_timeout text := pg_catalog.current_setting('lock_timeout');
   problem text;
   detail text;
+  twin record;
 begin
   select * into l from util.embedding_targets where id = live_id;
   select * into s from util.embedding_targets where shadow_of = live_id;
@@ -233,14 +242,23 @@ begin
   if util._store_shadow_behind(l, s) then
     return false;
   end if;
-  -- Indexes made on the live store since the change began get their twin now.
-  perform util._store_twin_indexes(l, s);
+  -- Twins still to build (or being built): the builder's turn, not ours.
+  if exists (select from util._store_twin_plan(l, s) p where p.twin_valid is not true and p.problem is null) then
+    perform util._twin_request_failed(l, s);
+    return false;
+  end if;
   begin
+    select p.* into twin from util._store_twin_plan(l, s) p where p.problem is not null order by p.index_name limit 1;
+    if twin.index_name is not null then
+      raise exception '%', twin.problem using errcode = 'AE001', detail = coalesce(twin.detail, '');
+    end if;
     perform pg_catalog.set_config('lock_timeout', '500ms', true);
     execute pg_catalog.format('lock table %s in access exclusive mode',
                               pg_catalog.array_to_string(util._store_relations(l, s), ', '));
     perform pg_catalog.set_config('lock_timeout', saved_timeout, true);
-    if util._store_shadow_behind(l, s) then
+    -- Again under the locks: rows written, or indexes made, since.
+    if util._store_shadow_behind(l, s)
+       or exists (select from util._store_twin_plan(l, s) p where p.twin_valid is not true) then
       return false;
     end if;
     perform util._store_swap(l, s);
@@ -265,6 +283,9 @@ begin
                  || case when sqlstate = '2BP01'
                          then pg_catalog.format(' (drop or change what depends on %s; the switch retries every tick)',
                                                 util._store_label(l))
+                         when sqlstate = 'AE001'
+                         then pg_catalog.format(' (drop %I; create it again after the switch, which retries every tick)',
+                                                twin.index_name)
                          else '' end;
       if not exists (select from util.embedding_errors e
                       where e.target_id = l.id and e.error = problem and e.created_at > now() - interval '1 hour') then
@@ -273,6 +294,213 @@ begin
       end if;
       return false;
   end;
+end
+$$;
+
+-------------------------------------------------------------------------------
+-- Index twins, built once the shadow is full
+-------------------------------------------------------------------------------
+
+-- internal: the advisory lock a session holds while it builds index twins
+-- (util._begin_twin_index_builds), as its two keys.
+create or replace function util._twin_build_lock(out class_key int, out object_key int)
+language sql
+immutable
+set search_path = ''
+as $$ select pg_catalog.hashtext('autoembed'), pg_catalog.hashtext('index twins') $$;
+
+-- internal: whether a session builds index twins now (it holds
+-- util._twin_build_lock; a build whose client went away holds it until the
+-- statement ends, as its server process lives on until then).
+create or replace function util._twin_builds_running()
+returns boolean
+language sql
+stable
+set search_path = ''
+as $$
+  select exists (
+    select from pg_catalog.pg_locks k, util._twin_build_lock() b
+     where k.locktype = 'advisory' and k.granted and k.objsubid = 2
+       and k.database = (select d.oid from pg_catalog.pg_database d where d.datname = pg_catalog.current_database())
+       and k.classid = b.class_key::oid and k.objid = b.object_key::oid)
+$$;
+
+-- internal: what the index twins of full shadows still need, as statements
+-- to run one at a time outside any transaction (CREATE INDEX CONCURRENTLY
+-- cannot run in one, nor in a function): for each model change whose sweep
+-- is done and whose shadow store holds everything the live one does
+-- (util._store_shadow_behind: checked once, before the build; a row written
+-- after it is indexed as it is written), the twins util._store_twin_plan
+-- finds missing or not valid. A twin that is not valid while no other
+-- session builds (the caller holds util._twin_build_lock) is the leftover
+-- of a build that failed: it is dropped, concurrently, and built again. A
+-- change with an index no twin can copy is left to util._switch_model,
+-- which says why. Rows: the shadow target, the twin, the statement.
+create or replace function util._twin_index_builds()
+returns table (shadow_id int, twin_name name, statement text)
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  change record;
+  l util.embedding_targets;
+  s util.embedding_targets;
+begin
+  for change in
+    select x.id, x.shadow_of from util.embedding_targets x
+     where x.shadow_of is not null and x.sweep_started_at is null
+       -- both stores still there (a dropped table is retired by the next tick)
+       and exists (select from util._target_config c where c.id = x.id)
+       and exists (select from util._target_config c where c.id = x.shadow_of)
+     order by x.id
+  loop
+    select * into l from util.embedding_targets x where x.id = change.shadow_of;
+    select * into s from util.embedding_targets x where x.id = change.id;
+    continue when not exists (select from util._store_twin_plan(l, s) p where p.twin_valid is not true)
+               or exists (select from util._store_twin_plan(l, s) p where p.problem is not null)
+               or util._store_shadow_behind(l, s);
+    return query
+      select s.id, p.twin_name, step.sql_text
+        from util._store_twin_plan(l, s) p
+        cross join lateral (values
+          (1, case when not p.twin_valid
+                   then pg_catalog.format('drop index concurrently if exists %I.%I', p.twin_schema, p.twin_name) end),
+          (2, util._twin_create_sql(p.unique_index, p.twin_name, p.relation, p.using_sql, true))) step (n, sql_text)
+       where p.twin_valid is not true and step.sql_text is not null
+       order by p.index_name, step.n;
+  end loop;
+end
+$$;
+
+-- internal: whether index twins are due (util._twin_index_builds has
+-- work) and no session builds them now: util.process_embeddings then asks
+-- the embed function to build them, the worker builds them itself. Both
+-- ask after util.maintain_embeddings, in its transaction, which holds rows
+-- of util.embedding_counts by then: so the look at a shadow store waits at
+-- most 200 ms for its table (a cancel_reembed dropping the shadow holds it
+-- and waits for those rows), and a busy table is "not due" until the next tick.
+create or replace function util._twin_indexes_due()
+returns boolean
+language plpgsql
+stable
+set search_path = ''
+set lock_timeout = '200ms'
+as $$
+begin
+  -- In this order: the first is one look at the targets, the last may scan a shadow store.
+  if not exists (select from util.embedding_targets x where x.shadow_of is not null and x.sweep_started_at is null)
+     or util._twin_builds_running() then
+    return false;
+  end if;
+  return exists (select from util._twin_index_builds());
+exception when lock_not_available or deadlock_detected then
+  return false;
+end
+$$;
+
+-- internal: begins a session's building of index twins
+-- (supabase/functions/_shared/twin_indexes.ts, for the worker and the
+-- embed function): takes util._twin_build_lock, at session level, so that
+-- one session builds at a time (it holds it until
+-- util._end_twin_index_builds or its end); sets the session up for
+-- building: maintenance_work_mem and max_parallel_maintenance_workers from
+-- the settings index_build_maintenance_work_mem and
+-- index_build_parallel_workers (pgvector builds an HNSW graph in memory
+-- and in parallel with them), no statement timeout; and returns
+-- util._twin_index_builds(), the statements to run in order. Returns
+-- nothing when another session builds.
+create or replace function util._begin_twin_index_builds()
+returns table (shadow_id int, twin_name name, statement text)
+language plpgsql
+set search_path = ''
+as $$
+begin
+  if not (select pg_catalog.pg_try_advisory_lock(b.class_key, b.object_key) from util._twin_build_lock() b) then
+    return;
+  end if;
+  perform pg_catalog.set_config('maintenance_work_mem', util._setting('index_build_maintenance_work_mem'), false);
+  perform pg_catalog.set_config('max_parallel_maintenance_workers', util._setting('index_build_parallel_workers'), false);
+  perform pg_catalog.set_config('statement_timeout', '0', false);
+  return query select * from util._twin_index_builds();
+end
+$$;
+
+-- internal: ends what util._begin_twin_index_builds began: releases the
+-- lock (the session's settings end with it). Returns whether it held it.
+create or replace function util._end_twin_index_builds()
+returns boolean
+language sql
+set search_path = ''
+as $$ select pg_catalog.pg_advisory_unlock(b.class_key, b.object_key) from util._twin_build_lock() b $$;
+
+-- internal: records that `statement`, a build of an index twin of shadow
+-- target `shadow_id` (a row of util._twin_index_builds), failed with
+-- `error`: the model change waits (its switch needs the twin), the build
+-- is tried again at the next tick or poll, and the error says how to run it
+-- by hand. Once an hour for the same error, as the switch's own. Nothing
+-- when the change is gone (cancelled meanwhile).
+create or replace function util._twin_index_failed(shadow_id int, statement text, error text)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  l util.embedding_targets;
+  s util.embedding_targets;
+  problem text;
+begin
+  select * into s from util.embedding_targets x where x.id = _twin_index_failed.shadow_id;
+  select * into l from util.embedding_targets x where x.id = s.shadow_of;
+  if l.id is null then
+    return;
+  end if;
+  problem := pg_catalog.format(
+    'the switch to model %s is waiting for its index, whose build failed: %s (it is built again at the next '
+    'tick or worker poll; to build it by hand, as the table''s owner: %s;)', s.model, error, statement);
+  if not exists (select from util.embedding_errors e
+                  where e.target_id = l.id and e.error = problem and e.created_at > now() - interval '1 hour') then
+    insert into util.embedding_errors (target_id, table_name, retryable, error)
+    values (l.id, l.table_oid::text, true, problem);
+  end if;
+end
+$$;
+
+-- internal: for a model change of `l` to `s` waiting for its index twins:
+-- in push mode the embed function builds them when util.process_embeddings
+-- asks (util._request_maintenance). When its last answer to that request
+-- was not a success (a function deployed before this release refuses the
+-- request with 400) and nothing builds, util.embedding_errors says so,
+-- once an hour. Nothing where pg_net is not installed (pull mode: the
+-- worker builds).
+create or replace function util._twin_request_failed(l util.embedding_targets, s util.embedding_targets)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  answer text;
+  problem text;
+begin
+  if pg_catalog.to_regclass('net._http_response') is null or util._twin_builds_running() then
+    return;
+  end if;
+  execute 'select coalesce(h.status_code::text, h.error_msg, ''no answer'')
+             from util.maintenance_requests m join net._http_response h on h.id = m.request_id
+            where m.task = ''indexes'' and (h.status_code is null or h.status_code not between 200 and 299)'
+    into answer;
+  if answer is null then
+    return;
+  end if;
+  problem := pg_catalog.format(
+    'the switch to model %s is waiting for its index: the embed function answered %s when asked to build it '
+    '(deploy this release''s embed function: supabase functions deploy embed; it is asked again every minute)',
+    s.model, answer);
+  if not exists (select from util.embedding_errors e
+                  where e.target_id = l.id and e.error = problem and e.created_at > now() - interval '1 hour') then
+    insert into util.embedding_errors (target_id, table_name, retryable, error)
+    values (l.id, l.table_oid::text, true, problem);
+  end if;
 end
 $$;
 
@@ -325,11 +553,12 @@ $$;
 -- public: re-embeds a table in the background.
 --   * With a model or dimensions other than the table's: builds the new
 --     model's embeddings in a shadow store beside the live one (a shadow
---     column with twins of its indexes, or a shadow side table of chunks:
---     util._store_create_shadow), keeps the live store on the old model and
---     fresh, and switches atomically when the new model covers every row
---     (util._switch_model; see util.embedding_status: next_model,
---     next_embedded). Calling it again with the same model is a no-op; with
+--     column, or a shadow side table of chunks: util._store_create_shadow),
+--     keeps the live store on the old model and fresh, builds twins of the
+--     live store's vector indexes once the new model covers every row
+--     (concurrently, beside: util._twin_index_builds), and then switches
+--     atomically (util._switch_model; see util.embedding_status:
+--     next_model, next_embedded, next_state). Calling it again with the same model is a no-op; with
 --     another, it replaces the change in progress; with the table's own
 --     model, it cancels it.
 --   * Without: rechecks every row, enqueueing those whose embedding is
@@ -412,7 +641,8 @@ as $$ select util.reembed(target_table, embedding_column) $$;
 --      sweep (a recheck) of their targets (I10);
 --   2. advances every sweep by one slice while the queue holds fewer than
 --      sweep_slice_rows jobs;
---   3. switches finished model changes (I7);
+--   3. switches finished model changes whose index twins are built (I7;
+--      the twins are built beside: util._twin_index_builds);
 --   4. deletes fingerprints of retired targets in slices, forgets
 --      util.embedding_target_events older than 30 days, chunk set
 --      drafts nobody continued for a day (util.chunk_set_drafts), and

@@ -105,11 +105,6 @@ create table if not exists util.embedding_batch_inputs (
 );
 create index if not exists embedding_batch_inputs_batch on util.embedding_batch_inputs (batch_id);
 
--- When push mode last called the embed function for due batches (epoch
--- milliseconds), so the tick and the calls that chain it send one call
--- (util.process_embeddings). A sequence: setval is not transactional.
-create sequence if not exists util.embedding_batch_clock minvalue 0 start 0;
-
 -------------------------------------------------------------------------------
 -- Staging and lookup (the core)
 -------------------------------------------------------------------------------

@@ -96,9 +96,11 @@ $$;
 
 -- public: moves queued jobs to the embed function. First runs
 -- util.maintain_embeddings (content function changes, sweeps, model
--- switches), calls the embed function for the batch lane's due batches
--- (55_batch_lane), and ends the leases of calls that are over
--- (util._release_ended_leases). Then, for each free slot (max_requests -
+-- switches), ends the leases of calls that are over
+-- (util._release_ended_leases) and asks the embed function for the
+-- background work it does (util._request_maintenance): the batch lane's
+-- due batches (util._batches_due, 55_batch_lane) and a model change's index
+-- twins (util._twin_indexes_due). Then, for each free slot (max_requests -
 -- calls in flight), claims up to batch_size rows' jobs (util._read_jobs: a
 -- packed message counts its rows), hiding them for the call's timeout, and
 -- POSTs them as one batch. When a call finishes, the function asks for
@@ -136,23 +138,6 @@ begin
   exception when others then
     raise warning 'autoembed: util.maintain_embeddings failed: %', sqlerrm;
   end;
-  -- The batch lane's submissions and polls (55_batch_lane), in the embed
-  -- function: one call when batches are due, at most one every 2 seconds
-  -- (the call claims the batches it takes, so a second one finds none).
-  begin
-    if util._batches_due()
-       and (select c.last_value from util.embedding_batch_clock c)
-           < (extract(epoch from pg_catalog.clock_timestamp()) * 1000)::bigint - 2000 then
-      perform pg_catalog.setval('util.embedding_batch_clock',
-                                (extract(epoch from pg_catalog.clock_timestamp()) * 1000)::bigint);
-      perform util.invoke_edge_function(
-        name => 'embed',
-        body => '{"maintenance": ["batches"]}'::jsonb,
-        timeout_milliseconds => timeout_milliseconds);
-    end if;
-  exception when others then
-    raise warning 'autoembed: the batch lane''s call failed: %', sqlerrm;
-  end;
   -- Serialises concurrent callers (cron tick and finishing calls) so the
   -- in-flight bound holds; held for a few milliseconds.
   lock table util.embedding_requests in share row exclusive mode;
@@ -163,6 +148,25 @@ begin
     perform pg_catalog.setval('util.embedding_kick_clock', 0);
   end if;
   perform util._release_ended_leases();
+  -- A model change whose new vectors are all in needs its indexes built,
+  -- which no function can do (CREATE INDEX CONCURRENTLY): the embed function
+  -- builds them, asked once, outside the calls that carry jobs.
+  begin
+    if util._twin_indexes_due() then
+      perform util._request_maintenance('indexes');
+    end if;
+  exception when others then
+    raise warning 'autoembed: asking for the index builds failed: %', sqlerrm;
+  end;
+  -- The batch lane's submissions, polls and applies, likewise: the embed
+  -- function runs them (they call the provider), asked once at a time.
+  begin
+    if util._batches_due() then
+      perform util._request_maintenance('batches');
+    end if;
+  exception when others then
+    raise warning 'autoembed: asking for the batch lane''s work failed: %', sqlerrm;
+  end;
   select process_embeddings.max_requests - count(*) into free_slots from util.embedding_requests;
   if free_slots <= 0 then
     return 0;
@@ -193,6 +197,45 @@ begin
     requests := requests + 1;
   end loop;
   return requests;
+end
+$$;
+
+-- internal: asks the embed function to run maintenance task `task` (a
+-- POST of {"maintenance": [task]}; the function runs its tasks by name,
+-- supabase/functions/_shared/maintenance.ts), unless the last request for
+-- it is less than a minute old and not answered with a success (pg_net
+-- records every answer, a timeout or an error too). So a task that runs
+-- longer than a tick is asked for once; one that finished is asked again
+-- at the next tick if still due, one that failed a minute later. A task
+-- that runs longer than a minute says so itself (the index builds hold a
+-- lock that util._twin_indexes_due sees). Returns whether it asked. Runs
+-- under process_embeddings' lock, so two callers never both ask.
+create or replace function util._request_maintenance(task text)
+returns boolean
+language plpgsql
+set search_path = ''
+as $$
+declare
+  asked boolean;
+begin
+  insert into util.maintenance_requests as m (task, requested_at)
+  values (_request_maintenance.task, now())
+  on conflict on constraint maintenance_requests_pkey do update
+    set requested_at = excluded.requested_at, request_id = null
+    where m.requested_at < now() - interval '1 minute'
+       or exists (select from net._http_response h
+                   where h.id = m.request_id and h.status_code between 200 and 299)
+  returning true into asked;
+  if asked is null then
+    return false;
+  end if;
+  update util.maintenance_requests m
+     set request_id = util.invoke_edge_function(
+           name => 'embed',
+           body => pg_catalog.jsonb_build_object('maintenance', pg_catalog.jsonb_build_array(_request_maintenance.task)),
+           timeout_milliseconds => 15 * 60 * 1000)
+   where m.task = _request_maintenance.task;
+  return true;
 end
 $$;
 

@@ -52,6 +52,7 @@ returns table (
   next_dimensions int,
   next_embedded bigint,
   next_started_at timestamptz,
+  next_state text,
   destination text,
   chunks bigint,
   provider text,
@@ -89,6 +90,14 @@ as $$
          t.sweep_started_at,
          case when t.sweep_started_at is not null then t.sweep_checked end,
          s.model, s.dimensions, case when s.id is not null then coalesce(sk.embedded, 0) end, s.created_at,
+         -- Where a model change is, from the kept counts and the catalog (no scan).
+         case when s.id is null then null
+              when s.sweep_started_at is not null or coalesce(sk.embedded, 0) < coalesce(k.embedded, 0)
+                then 'embedding'
+              when exists (select from util._store_twin_plan(t, s) p where p.twin_valid is not true)
+                then 'indexing'
+              else 'switching'
+         end,
          t.destination::text,
          ch.rows,
          util._provider_of(t.model),
@@ -147,7 +156,12 @@ $$;
 -- oldest queued job's age, dead-lettered rows, the last error; when the
 -- content function last changed and how far a sweep (backfill, recheck)
 -- has come; a model change in progress: next_model, next_dimensions,
--- next_embedded (rows the new model holds so far), next_started_at. For a
+-- next_embedded (rows the new model holds so far), next_started_at, and
+-- next_state, where it is: 'embedding' (the new model's vectors are being
+-- computed), 'indexing' (they are all in; twins of the live store's vector
+-- indexes are being built, concurrently, while searches use the live ones),
+-- 'switching' (ready: the switch comes at the next tick, unless last_error
+-- says what holds it back). For a
 -- chunked target (embedding_column is then its destination's table name):
 -- destination, and chunks (rows of the destination, counted or estimated
 -- as total_rows); embedded counts source rows with a chunk set. provider:

@@ -11,6 +11,7 @@ import { fakeVector } from "../../devtools/fake_openai.ts";
 import { startPipeline, TEST_DIMENSIONS } from "../../devtools/pipeline.ts";
 import { embeddingProblem } from "../_support/rows.ts";
 import { settle } from "../_support/settle.ts";
+import { waitFor } from "../../devtools/wait.ts";
 
 const NEW_MODEL = "text-embedding-3-large";
 const NEW_DIMENSIONS = 32;
@@ -127,9 +128,15 @@ Deno.test("chunks model change: 16 → 32 dimensions, fresh under edits, held ba
           "the shadow holds the new model's vectors",
         );
       }
-      const [held] = await sql`
-        select next_model, next_embedded::int, last_error from util.embedding_status
-         where embedding_column = 'article_chunks'`;
+      // The shadow's index is built beside (the embed function, asked by a
+      // tick), then the switch tries, and says why it waits.
+      const held = await waitFor(async () => {
+        await sql`select util.process_embeddings()`;
+        const [row] = await sql`
+          select next_model, next_embedded::int, last_error from util.embedding_status
+           where embedding_column = 'article_chunks'`;
+        return row.last_error ? row : null;
+      }, { what: "status to say why the switch waits" });
       assert.equal(held.next_model, NEW_MODEL, "the change is held back");
       assert.equal(held.next_embedded, 6);
       assert.match(held.last_error, /switch to model text-embedding-3-large is waiting/);

@@ -67,6 +67,14 @@ Deno.test("I9: every wrong or missing credential gets 401, echoes nothing and pr
         assert.match(JSON.parse(text).error, /missing or wrong bearer secret/);
         assert.ok(!text.includes(CANARY_TEXT), "the request is not echoed");
       }
+      // A maintenance request needs the secret as much as a batch does.
+      const maintenance = await fetch(p.functionUrl, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ maintenance: ["indexes"] }),
+      });
+      assert.equal(maintenance.status, 401);
+      await maintenance.body?.cancel();
       // The secret in the query string is no credential either.
       const res = await fetch(`${p.functionUrl}?token=${TEST_SECRET}&apikey=${TEST_SECRET}`, {
         method: "POST",
@@ -171,6 +179,26 @@ Deno.test("I9: bodies that are not a batch get 400 with a clear message, and not
           message: /job 0 has no valid jobId|not valid JSON/,
         },
         {
+          what: "maintenance, not a list",
+          body: JSON.stringify({ maintenance: "indexes" }),
+          message: /maintenance must be a non-empty array of task names/,
+        },
+        {
+          what: "maintenance, no task",
+          body: JSON.stringify({ maintenance: [] }),
+          message: /maintenance must be a non-empty array of task names/,
+        },
+        {
+          what: "maintenance, an unknown task",
+          body: JSON.stringify({ maintenance: ["indexes", CANARY_TEXT] }),
+          message: /^1 unknown maintenance task\(s\); known: batches, indexes$/,
+        },
+        {
+          what: "maintenance, a task twice",
+          body: JSON.stringify({ maintenance: ["indexes", "indexes"] }),
+          message: /a maintenance task is named twice/,
+        },
+        {
           what: "3 MB, with Content-Length",
           body: JSON.stringify([{ ...job, title: "x".repeat(3 * 1024 * 1024) }]),
           message: /request body is \d+ bytes; the limit is 2097152/,
@@ -220,6 +248,12 @@ Deno.test("I9: bodies that are not a batch get 400 with a clear message, and not
       assert.equal(res.status, 200, await res.clone().text());
       assert.equal(res.headers.get("x-completed-jobs"), "3");
       await res.body?.cancel();
+      // A well-formed maintenance request runs its task (no index is due here).
+      res = await post(JSON.stringify({ maintenance: ["indexes"] }));
+      assert.equal(res.status, 200);
+      assert.deepEqual(await res.json(), {
+        maintenance: { indexes: { built: 0, dropped: 0, failed: 0, busy: false, switched: false } },
+      });
     } finally {
       await p.stop();
     }

@@ -2,16 +2,13 @@
 // respond. No pipeline logic lives here. Exported as `{ fetch }` so tests call
 // it directly; index.ts hands it to Deno.serve.
 import postgres from "postgres";
-import { runBatchTick } from "../_shared/batch_tick.ts";
 import { processBatch } from "../_shared/core.ts";
 import { errorCode, isConnectionError, waitOutDisconnect } from "../_shared/db_errors.ts";
 import { BinaryWrites } from "../_shared/sql/write.ts";
 import { parseJobBatch, parseJobJson } from "../_shared/jobs.ts";
+import { parseMaintenance, runMaintenance } from "../_shared/maintenance.ts";
 import { BodyTooLarge, readBodyText } from "../_shared/request_body.ts";
 import { coreSettings, type Env } from "../_shared/settings.ts";
-
-/** What {"maintenance": [...]} may ask for. */
-const MAINTENANCE_TASKS: unknown[] = ["batches"];
 
 /** Largest request body accepted (a batch of jobs is a few hundred bytes per job). */
 export const MAX_BODY_BYTES = 2 * 1024 * 1024;
@@ -97,32 +94,6 @@ export function createEmbedHandler(config: EmbedHandlerConfig): EmbedHandler {
     }
   }
 
-  /** The background tasks push mode's tick asks for: "batches" (the batch lane's tick). */
-  async function maintenance(db: postgres.Sql, tasks: unknown): Promise<Response> {
-    if (!Array.isArray(tasks) || !tasks.every((t) => MAINTENANCE_TASKS.includes(t))) {
-      return problem(
-        400,
-        `maintenance: a JSON array of tasks among ${MAINTENANCE_TASKS.join(", ")}`,
-      );
-    }
-    const done: Record<string, unknown> = {};
-    try {
-      if (tasks.includes("batches")) {
-        done.batches = await runBatchTick(db, {
-          accountFor: settings.batchAccountFor,
-          maxLines: settings.batchLinesPerCall,
-          signal: config.shutdown,
-          log: (event) => log(JSON.stringify(event)),
-        });
-      }
-      return Response.json(done);
-    } catch (err) {
-      if (isConnectionError(err)) return problem(503, "database unreachable; the tick will retry");
-      log(JSON.stringify({ event: "maintenance_failed", message: (err as Error).message }));
-      return problem(500, "maintenance failed; the tick will retry");
-    }
-  }
-
   async function fetch(req: Request): Promise<Response> {
     if (req.method !== "POST") {
       return problem(405, "use POST with a JSON array of jobs", { Allow: "POST" });
@@ -149,14 +120,19 @@ export function createEmbedHandler(config: EmbedHandlerConfig): EmbedHandler {
     } catch {
       return problem(400, "body is not valid JSON: send a JSON array of jobs");
     }
-    // Push mode, background work the tick asked for (util.process_embeddings):
-    // {"maintenance": ["batches"]}.
-    if (
-      typeof json === "object" && json !== null && !Array.isArray(json) && "maintenance" in json
-    ) {
-      return await maintenance(sql, (json as { maintenance: unknown }).maintenance);
+    // Push mode, maintenance (util._request_maintenance): {"maintenance": [tasks]}.
+    const maintenance = parseMaintenance(json);
+    if (maintenance && "error" in maintenance) return problem(400, maintenance.error);
+    if (maintenance) {
+      const { results, failed } = await runMaintenance(maintenance.tasks, {
+        dbUrl,
+        sql,
+        settings,
+        log: (event) => log(JSON.stringify(event)),
+        signal: config.shutdown,
+      });
+      return Response.json({ maintenance: results }, { status: failed ? 500 : 200 });
     }
-
     // Malformed messages are refused one by one (recorded, dead-lettered) so
     // they never hold back the genuine jobs of their batch.
     const batch = parseJobBatch(json);

@@ -43,7 +43,11 @@ insert into util.settings (name, value, description) values
   ('batch_keep_hours', '24',
    'batch lane: hours at most the texts and vectors of an ended batch are kept (they go as soon as the jobs waiting for them are done)'),
   ('kick_on_change', 'off',
-   'on: push mode; the first change while no call is in flight POSTs one kick to the embed function at once instead of waiting for the next tick, and changes send no NOTIFY (set on where pg_cron runs process-embeddings); off: changes NOTIFY listening workers')
+   'on: push mode; the first change while no call is in flight POSTs one kick to the embed function at once instead of waiting for the next tick, and changes send no NOTIFY (set on where pg_cron runs process-embeddings); off: changes NOTIFY listening workers'),
+  ('index_build_maintenance_work_mem', '256MB',
+   'maintenance_work_mem of the session that builds a model change''s vector indexes (CREATE INDEX CONCURRENTLY, once the new vectors are all in): pgvector builds an HNSW index fastest while its graph fits in it (about 1.1 KB a row at 256 dimensions, 3.5 KB at 1536); keep it well under the memory the server can spare'),
+  ('index_build_parallel_workers', '2',
+   'max_parallel_maintenance_workers of that session: the parallel workers pgvector builds an HNSW index with (bounded by the server''s max_parallel_workers and max_worker_processes); 0 builds in the session''s own process')
 on conflict (name) do update set description = excluded.description;
 
 create table if not exists util.embedding_batches (
@@ -118,10 +122,6 @@ create table if not exists util.embedding_batch_inputs (
 );
 create index if not exists embedding_batch_inputs_batch on util.embedding_batch_inputs (batch_id);
 
--- When push mode last called the embed function for due batches (epoch
--- milliseconds), so the tick and the calls that chain it send one call
--- (util.process_embeddings). A sequence: setval is not transactional.
-create sequence if not exists util.embedding_batch_clock minvalue 0 start 0;
 
 drop function if exists util.enable_embeddings(regclass, text, name, text, int, boolean, boolean, text, int, int, text);
 drop function if exists util.reembed(regclass, name, text, int);
@@ -486,7 +486,9 @@ $$;
 -- no longer hashes to its fingerprint (util._fingerprint_key: the text alone
 -- for a whole-row target, with the chunk settings for a chunked one). The
 -- content function runs only for rows that have a fingerprint to compare.
--- Ends the sweep when the table is exhausted. Returns the jobs enqueued.
+-- Ends the sweep when the table is exhausted. The rows are enqueued in the
+-- order that costs the store's writes least (util._store_sweep_order).
+-- Returns the jobs enqueued.
 create or replace function util._sweep_step(target_id int, max_rows int)
 returns bigint
 language plpgsql
@@ -517,14 +519,14 @@ begin
          || case when t.sweep_lane = 'batch' then '{"lane": "batch"}'::jsonb else '{}'::jsonb end;
   scan := pg_catalog.format(
     'with slice as (
-       select r.%1$s as key, not (%2$s) as unembedded, f.content_hash, r as source
+       select r.%1$s as key, r.ctid as tid, not (%2$s) as unembedded, f.content_hash, r as source
          from %3$s r
          left join util.embedding_fingerprints f on f.target_id = $3 and f.row_id = r.%1$s::text
         where $1::text is null or r.%1$s > $1::%4$s
         order by r.%1$s
         limit $2
      ), picked as (
-       select s.key from slice s
+       select s.key, s.tid from slice s
         where case when s.unembedded or s.content_hash is null then true
                    else s.content_hash is distinct from util._chunked_hash($5, %5$s(s.source)) end
      ), queued as (
@@ -536,7 +538,7 @@ begin
             (select count(*) from picked)',
     c.pk_sql, util._store_has_vector(t, 'r', 'f'), c.table_sql, c.pk_type_sql, c.content_function_sql,
     -- the picked rows as queue messages (the jobs module's statement)
-    util._enqueue_sql('select p.key as id from picked p', '$4'));
+    util._enqueue_sql('select p.key as id from picked p ' || util._store_sweep_order(t), '$4'));
   begin
     execute scan into visited, last_key, enqueued
       using t.sweep_after, max_rows, t.id, job, util._fingerprint_key(t);
@@ -626,11 +628,12 @@ $$;
 -- public: re-embeds a table in the background.
 --   * With a model or dimensions other than the table's: builds the new
 --     model's embeddings in a shadow store beside the live one (a shadow
---     column with twins of its indexes, or a shadow side table of chunks:
---     util._store_create_shadow), keeps the live store on the old model and
---     fresh, and switches atomically when the new model covers every row
---     (util._switch_model; see util.embedding_status: next_model,
---     next_embedded). Calling it again with the same model is a no-op; with
+--     column, or a shadow side table of chunks: util._store_create_shadow),
+--     keeps the live store on the old model and fresh, builds twins of the
+--     live store's vector indexes once the new model covers every row
+--     (concurrently, beside: util._twin_index_builds), and then switches
+--     atomically (util._switch_model; see util.embedding_status:
+--     next_model, next_embedded, next_state). Calling it again with the same model is a no-op; with
 --     another, it replaces the change in progress; with the table's own
 --     model, it cancels it.
 --   * Without: rechecks every row, enqueueing those whose embedding is
@@ -699,7 +702,8 @@ $$;
 --      sweep (a recheck) of their targets (I10);
 --   2. advances every sweep by one slice while the queue holds fewer than
 --      sweep_slice_rows jobs;
---   3. switches finished model changes (I7);
+--   3. switches finished model changes whose index twins are built (I7;
+--      the twins are built beside: util._twin_index_builds);
 --   4. deletes fingerprints of retired targets in slices, forgets
 --      util.embedding_target_events older than 30 days, chunk set
 --      drafts nobody continued for a day (util.chunk_set_drafts), and
@@ -1196,9 +1200,11 @@ $$;
 
 -- public: moves queued jobs to the embed function. First runs
 -- util.maintain_embeddings (content function changes, sweeps, model
--- switches), calls the embed function for the batch lane's due batches
--- (55_batch_lane), and ends the leases of calls that are over
--- (util._release_ended_leases). Then, for each free slot (max_requests -
+-- switches), ends the leases of calls that are over
+-- (util._release_ended_leases) and asks the embed function for the
+-- background work it does (util._request_maintenance): the batch lane's
+-- due batches (util._batches_due, 55_batch_lane) and a model change's index
+-- twins (util._twin_indexes_due). Then, for each free slot (max_requests -
 -- calls in flight), claims up to batch_size rows' jobs (util._read_jobs: a
 -- packed message counts its rows), hiding them for the call's timeout, and
 -- POSTs them as one batch. When a call finishes, the function asks for
@@ -1236,23 +1242,6 @@ begin
   exception when others then
     raise warning 'autoembed: util.maintain_embeddings failed: %', sqlerrm;
   end;
-  -- The batch lane's submissions and polls (55_batch_lane), in the embed
-  -- function: one call when batches are due, at most one every 2 seconds
-  -- (the call claims the batches it takes, so a second one finds none).
-  begin
-    if util._batches_due()
-       and (select c.last_value from util.embedding_batch_clock c)
-           < (extract(epoch from pg_catalog.clock_timestamp()) * 1000)::bigint - 2000 then
-      perform pg_catalog.setval('util.embedding_batch_clock',
-                                (extract(epoch from pg_catalog.clock_timestamp()) * 1000)::bigint);
-      perform util.invoke_edge_function(
-        name => 'embed',
-        body => '{"maintenance": ["batches"]}'::jsonb,
-        timeout_milliseconds => timeout_milliseconds);
-    end if;
-  exception when others then
-    raise warning 'autoembed: the batch lane''s call failed: %', sqlerrm;
-  end;
   -- Serialises concurrent callers (cron tick and finishing calls) so the
   -- in-flight bound holds; held for a few milliseconds.
   lock table util.embedding_requests in share row exclusive mode;
@@ -1263,6 +1252,25 @@ begin
     perform pg_catalog.setval('util.embedding_kick_clock', 0);
   end if;
   perform util._release_ended_leases();
+  -- A model change whose new vectors are all in needs its indexes built,
+  -- which no function can do (CREATE INDEX CONCURRENTLY): the embed function
+  -- builds them, asked once, outside the calls that carry jobs.
+  begin
+    if util._twin_indexes_due() then
+      perform util._request_maintenance('indexes');
+    end if;
+  exception when others then
+    raise warning 'autoembed: asking for the index builds failed: %', sqlerrm;
+  end;
+  -- The batch lane's submissions, polls and applies, likewise: the embed
+  -- function runs them (they call the provider), asked once at a time.
+  begin
+    if util._batches_due() then
+      perform util._request_maintenance('batches');
+    end if;
+  exception when others then
+    raise warning 'autoembed: asking for the batch lane''s work failed: %', sqlerrm;
+  end;
   select process_embeddings.max_requests - count(*) into free_slots from util.embedding_requests;
   if free_slots <= 0 then
     return 0;
@@ -1349,7 +1357,12 @@ $$;
 -- oldest queued job's age, dead-lettered rows, the last error; when the
 -- content function last changed and how far a sweep (backfill, recheck)
 -- has come; a model change in progress: next_model, next_dimensions,
--- next_embedded (rows the new model holds so far), next_started_at. For a
+-- next_embedded (rows the new model holds so far), next_started_at, and
+-- next_state, where it is: 'embedding' (the new model's vectors are being
+-- computed), 'indexing' (they are all in; twins of the live store's vector
+-- indexes are being built, concurrently, while searches use the live ones),
+-- 'switching' (ready: the switch comes at the next tick, unless last_error
+-- says what holds it back). For a
 -- chunked target (embedding_column is then its destination's table name):
 -- destination, and chunks (rows of the destination, counted or estimated
 -- as total_rows); embedded counts source rows with a chunk set. provider:
