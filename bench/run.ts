@@ -2,12 +2,14 @@
 // throw-away databases on it and writes bench/RESULTS.md (figures are also
 // printed as they come). Options: --quick (small sizes, for trying it out:
 // writes bench/RESULTS.partial.md instead) and --only
-// drain,cost,freshness,write-path,storage,chunked,search,profile,hosted-limits,status,rate-budget,chunking
+// drain,cost,freshness,write-path,storage,chunked,search,profile,hosted-limits,status,rate-budget,
+// batch-lane,chunking
 // (the sections of the scenarios run replace theirs in RESULTS.md). A run of
 // pure-CPU scenarios only (chunking) starts no stack.
 import { parseArgs } from "node:util";
 import { stopCluster } from "../local/cluster.ts";
 import { fmt, goal, Section } from "./report.ts";
+import { type BatchLaneFigures, batchLaneScenario } from "./scenarios/batch_lane.ts";
 import { type ChunkedFigures, chunkedScenario } from "./scenarios/chunked.ts";
 import { type ChunkingFigures, chunkingScenario } from "./scenarios/chunking.ts";
 import { type CostFigures, costScenario } from "./scenarios/cost.ts";
@@ -58,6 +60,7 @@ const SCENARIOS = [
   "hosted-limits",
   "status",
   "rate-budget",
+  "batch-lane",
   "chunking",
 ];
 
@@ -381,6 +384,7 @@ async function main(): Promise<number> {
   let limits: HostedLimitsFigures | undefined;
   let status: StatusFigures | undefined;
   let budget: RateBudgetFigures | undefined;
+  let batchLane: BatchLaneFigures | undefined;
   let chunking: ChunkingFigures | undefined;
   const machineFacts = await machine(needsStack);
   log(machineFacts.map(([k, v]) => `${k}: ${v}`).join("\n"));
@@ -402,6 +406,7 @@ async function main(): Promise<number> {
       if (only.includes("hosted-limits")) limits = await hostedLimitsScenario(ctx);
       if (only.includes("status")) status = await statusScenario(ctx);
       if (only.includes("rate-budget")) budget = await rateBudgetScenario(ctx);
+      if (only.includes("batch-lane")) batchLane = await batchLaneScenario(ctx);
     }
     if (only.includes("chunking")) chunking = await chunkingScenario({ log, quick: values.quick });
   } finally {
@@ -427,6 +432,7 @@ async function main(): Promise<number> {
       limits?.section,
       status?.section,
       budget?.section,
+      batchLane?.section,
       chunking?.section,
     ]
   ) {

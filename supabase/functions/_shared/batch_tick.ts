@@ -36,7 +36,7 @@ export interface BatchTickOptions {
   /** The account for a model at a size; null: no batch API serves it (its texts go online). */
   accountFor: (model: string, dimensions: number) => BatchAccount | null;
   signal?: AbortSignal;
-  /** Structured events (counts only: never text or secrets). */
+  /** Structured events (counts only: never text or secrets), each stamped `at` (ISO time). */
   log?: (event: Record<string, unknown>) => void;
   /** Seconds a claimed batch is left to this tick before another may take it. */
   leaseSeconds?: number;
@@ -68,8 +68,14 @@ const APPLY_SLICE = 1000;
 /** Runs one tick: every due batch one step on. Throws only when the database is unreachable. */
 export async function runBatchTick(
   sql: postgres.Sql,
-  options: BatchTickOptions,
+  tickOptions: BatchTickOptions,
 ): Promise<BatchTickResult> {
+  // Stamped, so a batch's steps can be timed from the log (bench/scenarios/batch_lane.ts).
+  const log = tickOptions.log;
+  const options: BatchTickOptions = {
+    ...tickOptions,
+    log: log && ((event) => log({ ...event, at: new Date().toISOString() })),
+  };
   const result: BatchTickResult = {
     submitted: 0,
     submittedTexts: 0,
@@ -133,6 +139,7 @@ async function submit(
   options: BatchTickOptions,
   result: BatchTickResult,
 ) {
+  options.log?.({ event: "batch_submitting", batch: batch.id });
   let maxTokens: number | null = null;
   if (settings.enqueuedTokens > 0) {
     const held = await enqueuedTokens(sql, account.baseURL, account.keyFingerprint, batch.model);
@@ -162,6 +169,7 @@ async function upload(
   options: BatchTickOptions,
   result: BatchTickResult,
 ) {
+  options.log?.({ event: "batch_uploading", batch: batch.id, texts: texts.length });
   const fileId = await account.client.upload(
     texts.map((t) => ({ customId: t.custom_id, text: t.input })),
     options.signal,
@@ -301,12 +309,16 @@ async function poll(
   });
   if (!end) return;
   const ended = end.state === "applied";
-  if (provider.outputFileId) {
-    await applyFile(sql, batch, client, provider.outputFileId, ended, settings, options, result);
+  options.log?.({ event: "batch_applying", batch: batch.id, status: provider.status });
+  const applying = performance.now();
+  const vectorsBefore = result.vectors;
+  let writeMs = 0;
+  for (const fileId of [provider.outputFileId, provider.errorFileId]) {
+    if (!fileId) continue;
+    const applied = await applyFile(sql, batch, client, fileId, ended, settings, options, result);
+    writeMs += applied.writeMs;
   }
-  if (provider.errorFileId) {
-    await applyFile(sql, batch, client, provider.errorFileId, ended, settings, options, result);
-  }
+  const finishing = performance.now();
   result.resubmitted += await finishBatch(sql, batch.id, {
     state: end.state,
     providerStatus: provider.status,
@@ -316,7 +328,17 @@ async function poll(
     reason: end.reason,
   });
   result.ended++;
-  options.log?.({ event: "batch_ended", batch: batch.id, status: provider.status });
+  options.log?.({
+    event: "batch_ended",
+    batch: batch.id,
+    status: provider.status,
+    vectors: result.vectors - vectorsBefore,
+    // the output's download and its vectors' write (writeMs of it: the statements that write
+    // them); the end and the parked jobs' release
+    applyMs: Math.round(finishing - applying),
+    writeMs: Math.round(writeMs),
+    releaseMs: Math.round(performance.now() - finishing),
+  });
   // The provider keeps files until deleted: ours are of no use any more.
   for (const id of [provider.inputFileId, provider.outputFileId, provider.errorFileId]) {
     if (id) await client.deleteFile(id, options.signal).catch(() => {});
@@ -340,12 +362,15 @@ async function applyFile(
   settings: BatchSettings,
   options: BatchTickOptions,
   result: BatchTickResult,
-) {
+): Promise<{ writeMs: number }> {
   let vectors: { customId: string; vector: Float32Array }[] = [];
   let errors: { customId: string; error: string }[] = [];
   const failed: string[] = [];
+  let writeMs = 0;
   const flush = async () => {
+    const writing = performance.now();
     await applyBatchLines(sql, batch.id, vectors, errors);
+    writeMs += performance.now() - writing;
     result.vectors += vectors.length;
     result.errorLines += errors.length;
     vectors = [];
@@ -367,4 +392,5 @@ async function applyFile(
     await restageTexts(sql, batch, failed);
     result.resubmitted += failed.length;
   }
+  return { writeMs };
 }
