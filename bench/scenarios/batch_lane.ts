@@ -82,6 +82,9 @@ export interface LaneRun {
   uploads: number;
   batches: number;
   polls: number;
+  /** Rows the core was given (the worker's `batch` events' jobs), and its batches. */
+  coreRows: number;
+  coreBatches: number;
   batchInputs: number;
   batchTokens: number;
   /** At the registry's list prices (util.embedding_models). */
@@ -127,12 +130,13 @@ async function prices(sql: Sql): Promise<Prices> {
  * Progress, cheaply (the bench's own load): rows written (their fingerprints,
  * written by the same statement as the vectors), rows queued, texts staged.
  */
-async function watch(sql: Sql) {
+async function watch(sql: Sql, staging: boolean) {
   const [row] = await sql`
     select (select count(*) from util.embedding_fingerprints)::int as embedded,
            (select coalesce(sum(util._job_rows(message)), 0) from pgmq.q_embedding_jobs)::int as queued,
-           (select count(*) from util.embedding_batch_inputs)::int as staged`;
-  return row as unknown as { embedded: number; queued: number; staged: number };
+           case when ${staging} then (select count(*) from util.embedding_batch_inputs)::int end
+             as staged`;
+  return row as unknown as { embedded: number; queued: number; staged: number | null };
 }
 
 /** The server's postmaster: the parent of this session's backend. */
@@ -150,6 +154,8 @@ function batchSteps(
 ) {
   const steps = new Map<string, BatchSteps>();
   let polls = 0;
+  let coreRows = 0;
+  let coreBatches = 0;
   for (const line of lines) {
     if (!line.startsWith("{")) continue;
     let e: Record<string, unknown>;
@@ -159,6 +165,10 @@ function batchSteps(
       continue;
     }
     if (e.event === "batch_tick") polls += Number(e.polled ?? 0);
+    if (e.event === "batch") {
+      coreBatches++;
+      coreRows += Number(e.jobs ?? 0);
+    }
     if (typeof e.batch !== "string" || typeof e.at !== "string") continue;
     const at = Date.parse(e.at) - startMs;
     const made = created.get(e.batch);
@@ -176,7 +186,12 @@ function batchSteps(
       s.releaseMs = Number(e.releaseMs);
     }
   }
-  return { steps: [...steps.values()].sort((a, b) => Number(a.id) - Number(b.id)), polls };
+  return {
+    steps: [...steps.values()].sort((a, b) => Number(a.id) - Number(b.id)),
+    polls,
+    coreRows,
+    coreBatches,
+  };
 }
 
 /**
@@ -243,8 +258,9 @@ export async function backfill(
                                       model => ${MODEL}, lane => ${lane})`;
       for (;;) {
         const now = Date.now() - start;
-        const w = await watch(db.sql);
-        if (stagedAt === undefined && lane === "batch" && w.staged >= rows) stagedAt = now;
+        const staging = lane === "batch" && stagedAt === undefined;
+        const w = await watch(db.sql, staging);
+        if (staging && w.staged! >= rows) stagedAt = now;
         if (w.embedded >= rows && w.queued === 0) {
           freshSeconds = now / 1000;
           break;
@@ -298,7 +314,7 @@ export async function backfill(
       select id::text, (extract(epoch from created_at) * 1000)::float8 - ${start} as created,
              requests as texts
         from util.embedding_batches order by id`;
-    const { steps, polls } = batchSteps(
+    const { steps, polls, coreRows, coreBatches } = batchSteps(
       worker.process.lines,
       start,
       new Map(made.map((m) => [m.id, { created: m.created, texts: m.texts }])),
@@ -332,6 +348,8 @@ export async function backfill(
       uploads: s.filesUploaded,
       batches: s.batches,
       polls,
+      coreRows,
+      coreBatches,
       batchInputs: s.batchInputs,
       batchTokens: s.batchTokens,
       usd,
@@ -357,9 +375,11 @@ function print(ctx: BenchContext, r: LaneRun) {
       `(queue empty ${fmt(r.freshSeconds)} s); embeddings requests ${r.embeddingsRequests}, ` +
       `inputs ${r.inputs}, tokens ${r.tokens}; batch API calls ${r.batchApiCalls} ` +
       `(${r.uploads} uploads, ${r.batches} batches, ${r.polls} polls), batch inputs ${r.batchInputs}, ` +
-      `tokens ${r.batchTokens}; $${r.usd.toFixed(6)}; CPU s worker ${fmt(r.cpu.worker)}, bench ${
-        fmt(r.cpu.bench)
-      }, Postgres ${fmt(r.cpu.postgres)}`,
+      `tokens ${r.batchTokens}; $${
+        r.usd.toFixed(6)
+      }; core ${r.coreBatches} batches, ${r.coreRows} rows; CPU s worker ${
+        fmt(r.cpu.worker)
+      }, bench ${fmt(r.cpu.bench)}, Postgres ${fmt(r.cpu.postgres)}`,
   );
   if (r.stagedAt !== undefined) ctx.log(`    every text staged at ${fmt(r.stagedAt)} ms`);
   for (const b of r.steps) {
@@ -487,6 +507,83 @@ export function phases(r: LaneRun) {
     /** Time in none of the phases (the stage wait of the first batch, polls not yet due). */
     idle: total - covered([...staging, ...submission, ...apply, ...rerun]),
   };
+}
+
+/** A statement of a profile by the start of its text. */
+function statement(r: LaneRun, start: string): Statement | undefined {
+  return r.statements?.find((st) => st.query.trim().startsWith(start));
+}
+
+/** Where the batch lane's time goes, with this run's figures. */
+function analysis(runs: LaneRun[], profile: { batch: LaneRun; online: LaneRun }): string {
+  const run = (cluster: string, lane: Lane) =>
+    runs.find((r) => r.cluster === cluster && r.lane === lane)!;
+  const ratio = (cluster: string) =>
+    fmt(run(cluster, "batch").seconds / run(cluster, "online").seconds);
+  const passes = (r: LaneRun) => fmt(r.coreRows / r.rows);
+  const small = (r: LaneRun) => r.steps.filter((b) => b.texts <= BATCH_SIZE).length;
+  const settle = (r: LaneRun) => {
+    const st = statement(r, "select job_id, row_id, dead_lettered from util._settle_batch");
+    return st ? `${fmt(st.ms / st.calls)} ms` : "n/a";
+  };
+  const batchRuns = runs.filter((r) => r.lane === "batch");
+  const p = profile.batch;
+  return `
+**Where the batch lane's time goes** (the provider's delay excluded). Wall time: ${
+    ratio("fsync off")
+  }× the online lane's with fsync off, ${ratio("durable")}× durable; CPU (worker + Postgres): ${
+    batchRuns.map((r) =>
+      `${fmt(r.cpu.worker + r.cpu.postgres)} s against ${
+        fmt(run(r.cluster, "online").cpu.worker + run(r.cluster, "online").cpu.postgres)
+      } s (${r.cluster})`
+    ).join(", ")
+  }. In order of weight:
+
+1. **Every parked job runs again at every batch's end.** util._finish_batch releases *all* of
+   the target's parked jobs (util._release_parked(target_id)), not those whose texts that batch
+   answered; a job whose text is still in another batch parks again at once, and one whose text's
+   vector has just been written by a batch still being applied writes it. So parked rows are
+   claimed, read, hashed, tokenized, looked up and settled once per batch end: the core was given
+   ${batchRuns.map((r) => `${passes(r)} rows per row (${r.cluster})`).join(", ")}, against 1 online
+   and 2 at the design's minimum (stage, then write). Parking is the costliest settle:
+   util._settle_batch took ${settle(p)} per call in the batch lane's profile against ${
+    settle(profile.online)
+  } online (a packed message's parked rows are copied into a new message).
+2. **Batches come in small pieces.** Concurrent stagers race for the target's one staging batch
+   (util._stage_batch_inputs: \`select ... for update\` finds none, and each inserts one), so at
+   the start, and again after each submission, up to -c staging batches are made: ${
+    batchRuns.map((r) =>
+      `${small(r)} of ${r.steps.length} batches held ≤ ${BATCH_SIZE} texts (${r.cluster})`
+    )
+      .join(", ")
+  }. Each costs six batch API calls (upload, create, poll, download, two deletes), a turn of the
+   tick, and a release of every parked job (1).
+3. **The tick is serial.** It takes its due batches one after the other, so one batch's apply
+   (tens of seconds for 25,000 vectors) holds back the polls and submissions of the others: the
+   "waiting" phase above.
+4. **Every vector is written twice, as hex text first.** The apply writes it into
+   util.embedding_batch_inputs (hex inside a text[] literal of about 12 MB per 1,000 vectors,
+   decoded by Postgres, stored as a TOASTed bytea), the re-run reads it back (hex again) and the
+   core writes it to the table. The worker's profile above shows the cost: the garbage collector,
+   socket writes, postgres.js's parameter strings, hex encoding and decoding, next to the BPE
+   token counts (every text is counted again on each pass). \`deno run -A bench/batch_apply.ts\`
+   times the first write alone, today's hex text[] against a binary bytea[].
+5. **A release wakes nobody.** Released jobs wait for a worker's next poll (${POLL_INTERVAL} here,
+   5 s by default): util._release_parked sends no NOTIFY.
+
+What would fix it (not done here: schema and core changes): (a) release only the jobs a batch
+answered: a parked message names the batch its texts wait for (the latest), and
+util._finish_batch releases those; (b) one staging batch per target for real: an advisory
+transaction lock on the target's id in util._stage_batch_inputs, or a unique partial index on
+(target_id) where state = 'staging' with \`insert ... on conflict do nothing\` before the
+\`select ... for update\`; (c) let the tick submit and poll before it applies, or apply batches
+concurrently (each is leased already), and stream an output's next slice while the previous one is
+written; (d) write a batch's vectors straight into the store under the usual compare-and-set (the
+line's custom_id is the text's sha256, the fingerprint's hash), so only rows edited meanwhile need
+their job again; short of that, bind the vectors in binary as the core's own write does; (e)
+\`pg_notify\` in util._release_parked; (f) keep each text's tokens from staging
+(util.embedding_batch_inputs.tokens) instead of counting them again; (g) when every row of a packed
+message parks, mark the message parked in place.`;
 }
 
 /** The list prices the runs used (the same registry in every database). */
@@ -636,6 +733,7 @@ vectors over the time of the statements writing them):`);
       ]),
     );
   }
+  section.text(analysis(runs, profile));
   const statementRows = (r: LaneRun) =>
     (r.statements ?? []).slice(0, 12).map((st) => [
       `\`${st.query.slice(0, 90).replaceAll("|", "\\|")}\`${st.toplevel ? "" : " (nested)"}`,
