@@ -489,7 +489,13 @@ export function phases(r: LaneRun) {
   const done = r.steps.filter((b) => b.submitting !== undefined && b.ended !== undefined);
   const staging: [number, number][] = [[0, r.stagedAt ?? 0]];
   const submission = done.map((b): [number, number] => [b.submitting!, b.submitted!]);
-  const waiting = done.map((b): [number, number] => [b.submitted!, b.applying!]);
+  // Waiting for the tick: a staging batch due (its stage wait over) not yet taken, a submitted
+  // one not yet found done (the poll interval, or the tick busy with another batch).
+  const stageMs = Number(BATCH_SETTINGS.batch_stage_seconds) * 1000;
+  const waiting = done.flatMap((b): [number, number][] => [
+    [Math.min(b.created + stageMs, b.submitting!), b.submitting!],
+    [b.submitted!, b.applying!],
+  ]);
   const apply = done.map((b): [number, number] => [b.applying!, b.ended!]);
   const rerun = done.filter((b) => b.written).map((b): [number, number] => [
     b.ended!,
@@ -559,8 +565,8 @@ function analysis(runs: LaneRun[], profile: { batch: LaneRun; online: LaneRun })
   }. Each costs six batch API calls (upload, create, poll, download, two deletes), a turn of the
    tick, and a release of every parked job (1).
 3. **The tick is serial.** It takes its due batches one after the other, so one batch's apply
-   (tens of seconds for 25,000 vectors) holds back the polls and submissions of the others: the
-   "waiting" phase above.
+   (tens of seconds for 25,000 vectors) holds back the submissions and polls of the others: the
+   "waiting for the tick" phase above.
 4. **Every vector is written twice, as hex text first.** The apply writes it into
    util.embedding_batch_inputs (hex inside a text[] literal of about 12 MB per 1,000 vectors,
    decoded by Postgres, stored as a TOASTed bytea), the re-run reads it back (hex again) and the
@@ -568,8 +574,8 @@ function analysis(runs: LaneRun[], profile: { batch: LaneRun; online: LaneRun })
    socket writes, postgres.js's parameter strings, hex encoding and decoding, next to the BPE
    token counts (every text is counted again on each pass). \`deno run -A bench/batch_apply.ts\`
    times the first write alone, today's hex text[] against a binary bytea[].
-5. **A release wakes nobody.** Released jobs wait for a worker's next poll (${POLL_INTERVAL} here,
-   5 s by default): util._release_parked sends no NOTIFY.
+5. **A release wakes nobody.** Released jobs wait for a worker's next poll (--poll-interval
+   ${POLL_INTERVAL} here, 5s by default): util._release_parked sends no NOTIFY.
 
 What would fix it (not done here: schema and core changes): (a) release only the jobs a batch
 answered: a parked message names the batch its texts wait for (the latest), and
@@ -652,9 +658,19 @@ columns are the pipeline's own account, read after each run. Reproduce:
   section.text(`
 Where each lane's CPU went (seconds over the run: the worker process, this process (the fake
 provider), and the cluster's processes (postmaster and its backends; other sessions on the machine
-are not counted):`);
+are not counted); and the rows the worker's core was given, summed over its batches (a row parked
+and run again counts each time). On this 2-core machine shared with other sessions the wall times
+swing with the load average (see the stamp); the CPU seconds much less:`);
   section.table(
-    ["cluster", "lane", "worker CPU s", "fake provider CPU s", "Postgres CPU s", "wall s"],
+    [
+      "cluster",
+      "lane",
+      "worker CPU s",
+      "fake provider CPU s",
+      "Postgres CPU s",
+      "wall s",
+      "rows given to the core (its batches)",
+    ],
     runs.map((r) => [
       r.cluster,
       r.lane,
@@ -662,6 +678,7 @@ are not counted):`);
       fmt(r.cpu.bench),
       fmt(r.cpu.postgres),
       fmt(r.seconds),
+      `${r.coreRows.toLocaleString("en-US")} (${r.coreBatches.toLocaleString("en-US")})`,
     ]),
   );
   const batchRuns = runs.filter((r) => r.lane === "batch");
@@ -670,7 +687,9 @@ The batch lane's clock, phase by phase (seconds; a phase is the union of its bat
 so phases overlap): **staging**, from enable_embeddings until every text is staged in
 util.embedding_batch_inputs (the core's first pass over the jobs: load, hash, stage, park);
 **submission**, the tick's cut of the batch, upload and create (\`batch_submitting\` →
-\`batch_submitted\`); **waiting**, submitted until the poll that found it done; **apply**, the
+\`batch_submitted\`); **waiting for the tick**, a staging batch due (its
+batch_stage_seconds over) and not yet taken, or a submitted one not yet found done (the poll
+interval, or the tick busy with another batch); **apply**, the
 output's download and its vectors' write to util.embedding_batch_inputs, the batch's end and its
 parked jobs' release (\`batch_applying\` → \`batch_ended\`; "of it, writes" is the time in the
 statements that write the vectors); **re-run**, from the release to the last of its rows written
@@ -682,7 +701,7 @@ first batch's stage wait, polls not yet due).`);
       "total",
       "staging",
       "submission",
-      "waiting",
+      "waiting for the tick",
       "apply (of it, writes)",
       "re-run",
       "none",
