@@ -623,7 +623,7 @@ registry's list prices (util.embedding_models: price_per_mtok online, batch_pric
 batch: $${listPrices(runs).online} and $${listPrices(runs).batch} per million tokens for
 ${MODEL}) times the tokens the fake counted with the model's tokenizer; the util.embedding_usage
 columns are the pipeline's own account, read after each run. Reproduce:
-\`deno task bench --only batch-lane\` (about 15 minutes on this machine).`);
+\`deno task bench --only batch-lane\` (10 to 20 minutes on this machine).`);
   const fmtUsd = (usd: number) => `$${usd.toFixed(4)}`;
   section.table(
     [
