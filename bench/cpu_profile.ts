@@ -31,15 +31,24 @@ export interface ProfileSummary {
   functions: FunctionTime[];
 }
 
+/**
+ * Where a frame's code is, without the machine's paths: `npm:<package>@<version>/<file>` for a
+ * package from Deno's npm cache, the path in the repository for ours, `ext:...` as it is.
+ */
+export function codeLocation(url: string): string {
+  const cached = url.match(/\/npm\/[^/]+\/((?:@[^/]+\/)?[^/]+)\/(\d[^/]*)\/(.*)$/);
+  if (cached) return `npm:${cached[1]}@${cached[2]}/${cached[3]}`;
+  const vendored = url.match(/\/node_modules\/\.deno\/([^/]+)\/node_modules\/(.*)$/);
+  if (vendored) return `npm:${vendored[1]}/${vendored[2].split("/").slice(1).join("/")}`;
+  const ours = url.match(/\/((?:supabase|cli|local|devtools|bench)\/.*)$/);
+  if (ours && url.startsWith("file:")) return ours[1];
+  return url.startsWith("file:") ? url.slice(url.lastIndexOf("/") + 1) : url;
+}
+
 function frameName(node: ProfileNode): string {
   const { functionName, url, lineNumber } = node.callFrame;
   if (!url) return functionName || "(anonymous)";
-  const file = url.replace(
-    /^file:\/\/.*?\/(supabase|cli|local|devtools|bench|node_modules)\//,
-    "$1/",
-  )
-    .replace(/^.*\/node_modules\/\.deno\/([^/]+)\/node_modules\//, "npm:$1/");
-  return `${functionName || "(anonymous)"} (${file}:${lineNumber + 1})`;
+  return `${functionName || "(anonymous)"} (${codeLocation(url)}:${lineNumber + 1})`;
 }
 
 export function summarizeProfile(profile: CpuProfile): ProfileSummary {

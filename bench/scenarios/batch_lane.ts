@@ -780,17 +780,24 @@ statement's time is also in its caller's):`);
   section.text(`
 The worker's JavaScript thread, batch lane: ${seconds(wp.sampledMs)} s sampled, ${
     seconds(wp.idleMs)
-  } s idle (online lane: ${seconds(wo.sampledMs)} s, ${seconds(wo.idleMs)} s idle); the functions
-with the most time on the stack (inclusive) and by self time:`);
-  const busy = (f: FunctionTime) => !/^\((root|idle|program)\)/.test(f.name);
+  } s idle (online lane: ${seconds(wo.sampledMs)} s, ${
+    seconds(wo.idleMs)
+  } s idle). Our functions with the most time on the stack (inclusive, so a caller's includes its
+callees'), beside the same function's in the online lane's profile; then every function by self
+time (the runtime's and the packages' too):`);
+  const ours = (f: FunctionTime) =>
+    /\((supabase|cli)\//.test(f.name) || f.name === "(garbage collector)";
+  const online = new Map(wo.functions.map((f) => [f.name, f]));
   section.table(
-    ["function (batch lane)", "inclusive ms", "self ms"],
-    [...wp.functions].filter(busy).sort((a, b) => b.totalMs - a.totalMs).slice(0, 14).map((f) => [
+    ["function", "batch lane: inclusive ms", "self ms", "online lane: inclusive ms"],
+    [...wp.functions].filter(ours).sort((a, b) => b.totalMs - a.totalMs).slice(0, 16).map((f) => [
       `\`${f.name.replaceAll("|", "\\|")}\``,
       fmt(f.totalMs),
       fmt(f.selfMs),
+      fmt(online.get(f.name)?.totalMs ?? 0),
     ]),
   );
+  const busy = (f: FunctionTime) => !/^\((root|idle|program)\)/.test(f.name);
   section.table(
     ["function (batch lane), by self time", "self ms"],
     [...wp.functions].filter(busy).sort((a, b) => b.selfMs - a.selfMs).slice(0, 12).map((f) => [
