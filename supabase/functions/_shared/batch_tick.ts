@@ -37,7 +37,7 @@ export interface BatchTickOptions {
   /** The account for a model at a size; null: no batch API serves it (its texts go online). */
   accountFor: (model: string, dimensions: number) => BatchAccount | null;
   signal?: AbortSignal;
-  /** Structured events (counts only: never text or secrets). */
+  /** Structured events (counts only: never text or secrets), each stamped `at` (ISO time). */
   log?: (event: Record<string, unknown>) => void;
   /** Seconds a claimed batch is left to this tick before another may take it. */
   leaseSeconds?: number;
@@ -77,8 +77,14 @@ const APPLY_SLICE = 1000;
 /** Runs one tick: every due batch one step on. Throws only when the database is unreachable. */
 export async function runBatchTick(
   sql: postgres.Sql,
-  options: BatchTickOptions,
+  tickOptions: BatchTickOptions,
 ): Promise<BatchTickResult> {
+  // Stamped, so a batch's steps can be timed from the log (bench/scenarios/batch_lane.ts).
+  const log = tickOptions.log;
+  const options: BatchTickOptions = {
+    ...tickOptions,
+    log: log && ((event) => log({ ...event, at: new Date().toISOString() })),
+  };
   const result: BatchTickResult = {
     submitted: 0,
     submittedTexts: 0,
@@ -147,6 +153,7 @@ async function submit(
   options: BatchTickOptions,
   result: BatchTickResult,
 ) {
+  options.log?.({ event: "batch_submitting", batch: batch.id });
   let maxTokens: number | null = null;
   if (settings.enqueuedTokens > 0) {
     const held = await enqueuedTokens(sql, account.baseURL, account.keyFingerprint, batch.model);
@@ -182,6 +189,7 @@ async function upload(
   options: BatchTickOptions,
   result: BatchTickResult,
 ) {
+  options.log?.({ event: "batch_uploading", batch: batch.id, texts: texts.length });
   const fileId = await account.client.upload(
     texts.map((t) => ({ customId: t.custom_id, text: t.input })),
     options.signal,
@@ -321,6 +329,10 @@ async function poll(
   });
   if (!end) return;
   const ended = end.state === "applied";
+  options.log?.({ event: "batch_applying", batch: batch.id, status: provider.status });
+  const applying = performance.now();
+  const vectorsBefore = result.vectors;
+  const timing = { writeMs: 0 };
   // The output file (vectors: the costly part) within this call's line
   // budget, from where an earlier call stopped; then the error file, whole
   // (its lines carry no vectors, and applying one again changes nothing).
@@ -334,6 +346,7 @@ async function poll(
         provider.outputFileId,
         ended,
         { budget },
+        timing,
         options,
         result,
       )
@@ -344,7 +357,7 @@ async function poll(
     }
   }
   if (provider.errorFileId) {
-    await applyFile(sql, batch, client, provider.errorFileId, ended, null, options, result);
+    await applyFile(sql, batch, client, provider.errorFileId, ended, null, timing, options, result);
   }
   const failed = await retryableErrors(sql, batch.id);
   if (
@@ -353,6 +366,7 @@ async function poll(
     await restageTexts(sql, batch, failed);
     result.resubmitted += failed.length;
   }
+  const finishing = performance.now();
   result.resubmitted += await finishBatch(sql, batch.id, {
     state: end.state,
     providerStatus: provider.status,
@@ -362,7 +376,17 @@ async function poll(
     reason: end.reason,
   });
   result.ended++;
-  options.log?.({ event: "batch_ended", batch: batch.id, status: provider.status });
+  options.log?.({
+    event: "batch_ended",
+    batch: batch.id,
+    status: provider.status,
+    vectors: result.vectors - vectorsBefore,
+    // the output's download and its vectors' write (writeMs of it: the statements that write
+    // them); the end and the parked jobs' release
+    applyMs: Math.round(finishing - applying),
+    writeMs: Math.round(timing.writeMs),
+    releaseMs: Math.round(performance.now() - finishing),
+  });
   // The provider keeps files until deleted: ours are of no use any more.
   for (const id of [provider.inputFileId, provider.outputFileId, provider.errorFileId]) {
     if (id) await client.deleteFile(id, options.signal).catch(() => {});
@@ -388,6 +412,7 @@ async function applyFile(
   fileId: string,
   completed: boolean,
   resume: { budget: number } | null,
+  timing: { writeMs: number },
   options: BatchTickOptions,
   result: BatchTickResult,
 ): Promise<boolean> {
@@ -397,7 +422,9 @@ async function applyFile(
   let budget = resume?.budget ?? Infinity;
   const flush = async () => {
     if (!vectors.length && !errors.length) return;
+    const writing = performance.now();
     await applyBatchLines(sql, batch.id, vectors, errors, resume ? position : null);
+    timing.writeMs += performance.now() - writing;
     result.vectors += vectors.length;
     result.errorLines += errors.length;
     vectors = [];

@@ -174,6 +174,19 @@ declare
   failed_row record;
   own bigint;
 begin
+  -- Rows parked on batches (55_batch_lane): those batches are locked first
+  -- (FOR SHARE, against util._finish_batch's FOR UPDATE, and in its order:
+  -- batch, then queue), so a batch that ends meanwhile either waits for
+  -- this settle and then releases its rows, or ended before and its rows
+  -- are not parked at all (below): none is left hidden.
+  if coalesce(outcomes @> '[{"kind": "parked"}]', false) then
+    perform from util.embedding_batches b
+     where b.id in (select o.batch_id from pg_catalog.jsonb_to_recordset(outcomes) as o(kind text, batch_id bigint)
+                     where o.kind = 'parked')
+     order by b.id
+       for share;
+  end if;
+
   if pg_catalog.cardinality(done) > 0 then
     delete from pgmq.q_embedding_jobs q where q.msg_id = any (done);
   end if;
@@ -225,14 +238,23 @@ begin
   -- went with it) is no one's to retry or read: it is dropped. A target id
   -- that no longer exists is recorded as none.
   insert into _autoembed_settled
-  select o.job_id, o.row_id, o.kind, o.error, coalesce(o.retryable, true), o.retry_after,
+  select o.job_id, o.row_id,
+         -- parked on a batch that ended already: visible at once, as unstarted
+         case when o.kind = 'parked'
+                   and not exists (select from util.embedding_batches b
+                                    where b.id = o.batch_id and b.state in ('staging', 'submitting', 'submitted'))
+              then 'unstarted' else o.kind end,
+         o.error, coalesce(o.retryable, true), o.retry_after,
          (select t.id from util.embedding_targets t where t.id = o.target_id), o.table_name,
          coalesce(q.read_ct, 1),
          o.row_id is not null and coalesce(pg_catalog.jsonb_typeof(q.message -> 'ids') = 'array', false),
          o.kind = 'failed' and (not coalesce(o.retryable, true) or coalesce(q.read_ct, 1) >= max_attempts),
          case when o.kind = 'failed'
               then util._backoff_seconds(coalesce(q.read_ct, 1), base, cap, o.retry_after)
-              when o.kind = 'parked' then park
+              when o.kind = 'parked'
+                   and exists (select from util.embedding_batches b
+                                where b.id = o.batch_id and b.state in ('staging', 'submitting', 'submitted'))
+              then park
               else 0 end,
          null, o.batch_id
     from pg_catalog.jsonb_to_recordset(outcomes) as o(job_id bigint, row_id text, kind text, error text,
