@@ -878,13 +878,16 @@ $$;
 -- A message is parked on the last batch its rows' texts were in ("parked":
 -- its id, util._settle_jobs); one parked on a batch still open waits for
 -- it, so a target with many batches runs each job again once, not once per
--- batch. Returns the rows.
+-- batch. Wakes the listening workers when it released any. Returns the rows.
 create or replace function util._release_parked(target_id int)
 returns bigint
-language sql
+language plpgsql
 set search_path = ''
 as $$
-  with released as (
+declare
+  released bigint;
+begin
+  with moved as (
     update pgmq.q_embedding_jobs q
        set vt = pg_catalog.clock_timestamp(), message = q.message - 'parked'
      where q.message ? 'parked'
@@ -896,7 +899,13 @@ as $$
                               and b.state in ('staging', 'submitting', 'submitted')))
     returning util._job_rows(q.message) as rows
   )
-  select coalesce(sum(r.rows), 0)::bigint from released r
+  select coalesce(sum(m.rows), 0)::bigint into released from moved m;
+  if released > 0 then
+    -- Listening workers claim them now (at commit), not at their next poll.
+    perform pg_catalog.pg_notify('embedding_jobs', '');
+  end if;
+  return released;
+end
 $$;
 
 -- internal: takes the batches due for a look (staging ones whose texts
