@@ -551,6 +551,12 @@ Deno.test("batch lane: worker --once submits what it staged and exits; a later -
       assert.equal(first.code, 0, first.stderr);
       assert.deepEqual(await batchStates(sql), ["submitted"]);
       assert.equal(await embeddedCount(sql), 0);
+      // A later run looks at the batch once it is due a poll (batch_poll_seconds after its submission).
+      await waitFor(async () => {
+        const [{ due }] =
+          await sql`select bool_and(due_at <= now()) as due from util.embedding_batches`;
+        return due === true;
+      }, { what: "the batch due a poll" });
       const second = await runCli(["worker", "--once"], providerEnv(fake, url));
       assert.equal(second.code, 0, second.stderr);
       await assertAllFresh(sql);
