@@ -123,7 +123,7 @@ try {
                 customId: batch.customIds[at + i],
                 vector,
               }));
-              await applyBatchLines(text, batch.id, slice, []);
+              await applyBatchLines(text, batch.id, slice, [], null);
             }
           }),
         );
