@@ -1,7 +1,7 @@
 // Operator entry point: `autoembed <command> [options]` (npm's bin, or
 // `deno task autoembed` in a clone).
 // worker | status | backfill <table> | reembed <table> | retry-failed [<table>]
-// | init [DIR] | install --into <project> | upgrade --into <project> | --version
+// | cdc drop | init [DIR] | install --into <project> | upgrade --into <project> | --version
 // A user mistake gives one line on stderr and exit code 2, never a stack trace.
 import postgres from "postgres";
 import packageJson from "../package.json" with { type: "json" };
@@ -25,6 +25,9 @@ commands:
                          (built beside the live column, switched when complete; --cancel stops it;
                          --lane batch|auto|online: through the provider's batch API at half price)
   retry-failed [<table>] put dead-lettered jobs back on the queue
+  cdc drop               drop logical capture's replication slot and publication (a slot nobody
+                         follows keeps write-ahead log); refuses while logical targets remain
+                         or a worker follows it, unless --force
   init [DIR]             a new Supabase project in DIR (default: here) with autoembed in it:
                          config.toml, a commented seed.sql, and what install copies
   install --into DIR     copy the migrations, the embed function and its config entry into
@@ -46,6 +49,10 @@ worker options:
       --visibility-timeout T  how long a claimed batch stays hidden (default 120s)
       --metrics-port N     serve Prometheus metrics at http://HOST:N/metrics  AUTOEMBED_METRICS_PORT
       --metrics-host H     the address they are served on (default 127.0.0.1) AUTOEMBED_METRICS_HOST
+      --slot NAME          the replication slot logical capture follows (default: the setting
+                           capture_slot, autoembed); needs a direct connection, not a pooler
+                                                            AUTOEMBED_SLOT
+      --no-capture         do not follow the slot (logical targets then need another worker)
 status options:
       --exact              count by scanning every attached table (slow on large tables; also
                            repairs the kept counts) instead of the figures the pipeline keeps
@@ -99,12 +106,15 @@ const VALUE_OPTIONS = new Map([
   ["--into", "into"],
   ["--metrics-port", "metrics-port"],
   ["--metrics-host", "metrics-host"],
+  ["--slot", "slot"],
 ]);
 const FLAG_OPTIONS = new Map([
   ["--once", "once"],
   ["--json", "json"],
   ["--cancel", "cancel"],
   ["--exact", "exact"],
+  ["--no-capture", "no-capture"],
+  ["--force", "force"],
   ["-h", "help"],
   ["--help", "help"],
   ["--version", "version"],
@@ -370,6 +380,8 @@ async function worker(args: ParsedArgs): Promise<number> {
     ),
     tables,
     settings,
+    capture: !args.options.has("no-capture"),
+    slot: opt("slot", "AUTOEMBED_SLOT"),
   };
   // Fail fast on a bad URL or a database without autoembed, and on unknown tables.
   await withDb(dbUrl, async (sql) => {
@@ -454,6 +466,28 @@ async function worker(args: ParsedArgs): Promise<number> {
   return 0;
 }
 
+/** `cdc drop [--force]`: util.drop_capture, what it dropped on stdout. */
+async function cdc(args: ParsedArgs): Promise<number> {
+  const action = args.positional[0];
+  if (action !== "drop") {
+    throw new UsageError(`cdc needs an action: autoembed cdc drop [--force]`);
+  }
+  return await withDb(dbUrlOf(args), async (sql) => {
+    try {
+      const [{ dropped }] = await sql<{ dropped: string[] }[]>`
+        select util.drop_capture(force => ${args.options.has("force")}) as dropped`;
+      console.log(dropped.length ? `dropped ${dropped.join(", ")}` : "nothing to drop");
+    } catch (err) {
+      const e = err as postgres.PostgresError;
+      if (e.name === "PostgresError") {
+        throw new UsageError(`${e.message}${e.hint ? ` (${e.hint})` : ""}`);
+      }
+      throw err;
+    }
+    return 0;
+  });
+}
+
 async function installInto(args: ParsedArgs, mode: Mode): Promise<number> {
   const into = args.options.get("into")?.at(-1) ?? args.positional[0];
   if (!into) {
@@ -525,6 +559,8 @@ export async function main(argv: string[]): Promise<number> {
     case "reembed":
     case "retry-failed":
       return await enqueue(args, args.command);
+    case "cdc":
+      return await cdc(args);
     case "init":
       return await initProject(args);
     case "install":
@@ -532,7 +568,7 @@ export async function main(argv: string[]): Promise<number> {
       return await installInto(args, args.command);
     default:
       throw new UsageError(
-        `unknown command "${args.command}" (worker, status, backfill, reembed, retry-failed, init, install, upgrade)`,
+        `unknown command "${args.command}" (worker, status, backfill, reembed, retry-failed, cdc, init, install, upgrade)`,
       );
   }
 }

@@ -19,6 +19,7 @@ import {
 } from "../supabase/functions/_shared/twin_indexes.ts";
 import type { CoreSettings } from "../supabase/functions/_shared/settings.ts";
 import type { WorkerMetrics } from "./metrics.ts";
+import { Capture } from "./capture.ts";
 
 export interface WorkerOptions {
   dbUrl: string;
@@ -40,6 +41,10 @@ export interface WorkerOptions {
   signal?: AbortSignal;
   /** How long in-flight batches may run after the stop signal before provider calls are aborted. */
   shutdownGraceMs?: number;
+  /** Follow logical capture's replication slot when logical targets exist (capture.ts); not under --once. */
+  capture?: boolean;
+  /** The slot to follow (default: the setting capture_slot). */
+  slot?: string;
 }
 
 export interface BatchEvent {
@@ -124,6 +129,8 @@ class Worker {
   #consecutiveErrors = 0;
   /** Jobs of batches a lost connection interrupted, handed back once the database answers. */
   readonly #interrupted = new Set<number>();
+  /** Logical capture: follows the slot when this worker gets it (null: not asked to). */
+  readonly #capture: Capture | null;
 
   constructor(readonly options: WorkerOptions) {
     this.#log = options.log ?? (() => {});
@@ -137,6 +144,15 @@ class Worker {
         applicationName: "autoembed worker",
       });
     this.#filters = claimFilters(options.tables);
+    this.#capture = options.capture && !options.once
+      ? new Capture({
+        dbUrl: options.dbUrl,
+        sql: () => this.#sql,
+        slot: options.slot,
+        log: (event) => this.#log(JSON.stringify(event)),
+        onJobs: this.#wake.nudge,
+      })
+      : null;
     this.stopped = new Promise<void>((resolve) => {
       const onStop = () => {
         this.#graceTimer = setTimeout(
@@ -208,6 +224,13 @@ class Worker {
     }
     this.#lastMaintained = Date.now();
     void this.tickBatches();
+    this.#capture?.ensure().catch((err) => {
+      this.#log(JSON.stringify({
+        event: "capture_check_failed",
+        code: errorCode(err),
+        message: String((err as Error)?.message).slice(0, 200),
+      }));
+    });
     this.#maintaining = this.#sql<{ n: string; due: boolean }[]>`
       select util.maintain_embeddings() as n, util._twin_indexes_due() as due`
       .then(([row]) => {
@@ -439,6 +462,7 @@ class Worker {
   }
 
   async close(): Promise<void> {
+    await this.#capture?.stop();
     await this.#batching;
     await this.#listener?.unlisten().catch(() => {});
     clearTimeout(this.#graceTimer);

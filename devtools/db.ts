@@ -39,9 +39,24 @@ export function createDatabase(name: string, template: string, adminUrl = ADMIN_
   return administer(adminUrl, `create database ${name} template ${template}`);
 }
 
-/** Drops database `name`, ending its sessions. */
-export function dropDatabase(name: string, adminUrl = ADMIN_URL) {
-  return administer(adminUrl, `drop database if exists ${name} with (force)`);
+/**
+ * Drops database `name`, ending its sessions; first its replication slots
+ * (logical capture's), which would refuse the drop, ending the walsenders
+ * that stream them.
+ */
+export async function dropDatabase(name: string, adminUrl = ADMIN_URL) {
+  const admin = connect(adminUrl, { max: 1 });
+  try {
+    await admin`
+      select pg_terminate_backend(active_pid, 5000) from pg_replication_slots
+       where database = ${name} and active_pid is not null`;
+    await admin`
+      select pg_drop_replication_slot(slot_name) from pg_replication_slots
+       where database = ${name} and not active`;
+    await admin.unsafe(`drop database if exists ${name} with (force)`);
+  } finally {
+    await admin.end();
+  }
 }
 
 /**
@@ -58,6 +73,10 @@ export async function withTestDb(
   const url = dbUrl(name);
   const sql = connect(url);
   try {
+    // Slot names are the whole server's: each database follows its own.
+    if ((await sql`select to_regclass('util.settings') is not null as ok`)[0].ok) {
+      await sql`update util.settings set value = ${name} where name = 'capture_slot'`;
+    }
     await fn(sql, url, name);
   } finally {
     await sql.end({ timeout: 5 });

@@ -92,6 +92,15 @@ function clusterConf(paths: ClusterPaths, port = DB_PORT): string {
     `search_path = '"$user", public, extensions'`,
     "timezone = 'UTC'",
     "log_timezone = 'UTC'",
+    // Logical capture (supabase/schemas/35_capture.sql): the worker follows
+    // a replication slot, one per database (tests make many). A slot nobody
+    // follows keeps write-ahead log; past this much the server invalidates
+    // it rather than fill the disk (the worker then makes a new one and
+    // sweeps its tables).
+    "wal_level = logical",
+    "max_replication_slots = 64",
+    "max_wal_senders = 64",
+    "max_slot_wal_keep_size = '4GB'",
     // A disposable development cluster: durability traded for speed.
     "fsync = off",
     "full_page_writes = off",
@@ -155,7 +164,9 @@ export async function startCluster(log: (line: string) => void = () => {}): Prom
   const paths = await clusterPaths();
   if (await initCluster(paths)) log(`created cluster in ${paths.data}`);
   await Deno.mkdir(paths.socket, { recursive: true });
-  await Deno.writeTextFile(join(paths.data, "autoembed.conf"), clusterConf(paths));
+  const ownConf = join(paths.data, "autoembed.conf");
+  const before = await Deno.readTextFile(ownConf).catch(() => "");
+  await Deno.writeTextFile(ownConf, clusterConf(paths));
   const conf = join(paths.data, "postgresql.conf");
   const text = await Deno.readTextFile(conf);
   if (!text.includes("include_if_exists = 'autoembed.conf'")) {
@@ -164,7 +175,14 @@ export async function startCluster(log: (line: string) => void = () => {}): Prom
   if (isRoot()) {
     await run("chown", ["-R", PG_OS_USER, paths.socket, join(paths.data, "autoembed.conf")]);
   }
-  if (await isRunning(paths)) return false;
+  if (await isRunning(paths)) {
+    // Running with settings of an older checkout (wal_level needs a restart).
+    if (before !== "" && before !== clusterConf(paths)) {
+      log("the cluster's settings changed: restarting it");
+      await pgCtl(paths, ["-w", "-t", "60", "-m", "fast", "-l", paths.log, "restart"]);
+    }
+    return false;
+  }
   if (await portInUse(DB_PORT)) {
     throw new CommandError(
       `port ${DB_PORT} on ${DB_HOST} is taken by another process.\n` +

@@ -64,6 +64,10 @@ insert into util.settings (name, value, description) values
    'on: push mode; the first change while no call is in flight POSTs one kick to the embed function at once instead of waiting for the next tick, and changes send no NOTIFY (set on where pg_cron runs process-embeddings); off: changes NOTIFY listening workers'),
   ('index_build_maintenance_work_mem', '256MB',
    'maintenance_work_mem of the session that builds a model change''s vector indexes (CREATE INDEX CONCURRENTLY, once the new vectors are all in): pgvector builds an HNSW index fastest while its graph fits in it (about 1.1 KB a row at 256 dimensions, 3.5 KB at 1536); keep it well under the memory the server can spare'),
+  ('capture_slot', 'autoembed',
+   'logical capture: the replication slot the worker follows (one per database: slot names are the whole server''s)'),
+  ('capture_lag_warn_bytes', '1073741824',
+   'logical capture: the worker warns when the slot holds more write-ahead log than this (a slot nobody follows keeps all of it)'),
   ('index_build_parallel_workers', '2',
    'max_parallel_maintenance_workers of that session: the parallel workers pgvector builds an HNSW index with (bounded by the server''s max_parallel_workers and max_worker_processes); 0 builds in the session''s own process')
 on conflict (name) do update set description = excluded.description;
@@ -145,7 +149,11 @@ create table if not exists util.embedding_targets (
   -- live edits always go online (55_batch_lane)
   lane text not null default 'online' check (lane in ('online', 'batch', 'auto')),
   -- the lane of the sweep in progress, resolved when it began
-  sweep_lane text
+  sweep_lane text,
+  -- how its changes are detected: triggers on the table (30_detect), or
+  -- logical, the worker following the write-ahead log through the
+  -- publication `autoembed` and its replication slot (35_capture)
+  capture text not null default 'triggers' check (capture in ('triggers', 'logical'))
 );
 -- At most one model change per live target.
 create unique index if not exists embedding_targets_one_shadow on util.embedding_targets (shadow_of);

@@ -378,7 +378,8 @@ create or replace function util.enable_embeddings(
   chunk_size int default null,                -- chunked: tokens per chunk, 16..8191 (default 512)
   chunk_overlap int default null,             -- chunked: tokens shared with the previous chunk (default 64)
   splitter text default null,                 -- chunked: recursive (default) | markdown | none
-  lane text default null                      -- bulk work: online (default) | batch | auto (55_batch_lane)
+  lane text default null,                     -- bulk work: online (default) | batch | auto (55_batch_lane)
+  capture text default null                   -- how changes are seen: triggers (default) | logical (35_capture)
 )
 returns bigint
 language plpgsql
@@ -400,18 +401,50 @@ begin
             hint = 'Rename the column (50 bytes at most), or create util.queue_embeddings triggers by hand.';
   end if;
   perform util._check_lane(lane);
+  if capture is not null and capture not in ('triggers', 'logical') then
+    raise exception 'autoembed: capture must be triggers or logical, got %', capture
+      using errcode = 'AE003', hint = 'capture => ''triggers'' (the default) or capture => ''logical''.';
+  end if;
   target_id := util._store_register(target_table, content_function, embedding_column, model, dimensions,
                                     clear_on_change, destination, chunk_size, chunk_overlap, splitter);
   if lane is not null then
     update util.embedding_targets t set lane = enable_embeddings.lane where t.id = target_id;
   end if;
   select * into existing from util.embedding_targets t where t.id = target_id;
+  -- An attached target keeps its capture unless told otherwise.
+  capture := coalesce(capture, existing.capture);
   embedding_column := existing.embedding_column;
   prefix := 'embed_' || embedding_column;
   -- An attached target keeps its model: another one is a model change (util.reembed).
   change_model := model is distinct from null and model <> existing.model
                   or dimensions is distinct from null and dimensions <> existing.dimensions;
   perform util._drop_triggers(target_table, embedding_column);
+  if capture = 'logical' then
+    -- No trigger on the table: it joins the publication in this transaction,
+    -- as its triggers (if it had them) went, so no change falls between.
+    if clear_on_change then
+      raise exception 'autoembed: clear_on_change needs capture => ''triggers'''
+        using errcode = 'AE003',
+              detail = 'It is a BEFORE UPDATE trigger on the table; logical capture adds none.';
+    end if;
+    perform util._check_capture(target_table, existing.pk_column);
+    perform util._drop_queue_function(target_table, embedding_column);
+    update util.embedding_targets t set capture = 'logical' where t.id = target_id or t.shadow_of = target_id;
+    perform util._capture_publish(target_table);
+    if not util._capture_slot_exists() then
+      raise notice 'autoembed: no replication slot % yet: start the worker (autoembed worker), which creates it and catches up',
+        util._setting('capture_slot');
+    end if;
+    if change_model then
+      return util.reembed(target_table, embedding_column, model, dimensions);
+    end if;
+    if backfill then
+      return util._start_sweep(target_id);
+    end if;
+    return 0;
+  end if;
+  update util.embedding_targets t set capture = 'triggers' where t.id = target_id or t.shadow_of = target_id;
+  perform util._capture_unpublish(target_table);
   -- Inserts and updates go through the target's own trigger function, its
   -- SQL static (util._create_queue_function), written again on every call so
   -- it always has the registration just made.
@@ -498,6 +531,15 @@ begin
   returning * into detached;
   if detached.id is not null then
     perform util._store_detach(detached, drop_destination);
+  end if;
+  if detached.capture = 'logical' then
+    perform util._capture_unpublish(target_table);
+    if not exists (select from util.embedding_targets t where t.capture = 'logical')
+       and util._capture_slot_exists() then
+      raise notice 'autoembed: no target uses logical capture any more; its replication slot % keeps write-ahead log until dropped',
+        util._setting('capture_slot')
+        using hint = 'Drop the slot and the publication: select util.drop_capture(); (or autoembed cdc drop)';
+    end if;
   end if;
 end
 $$;

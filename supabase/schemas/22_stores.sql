@@ -286,6 +286,8 @@ begin
     shadow_id := util._register_target(l.table_oid, l.content_function, shadow_column, model, dimensions);
     update util.embedding_targets x set shadow_of = l.id where x.id = shadow_id;
   end if;
+  -- Its table's changes are detected as the live target's are (35_capture).
+  update util.embedding_targets x set capture = l.capture where x.id = shadow_id;
   select * into s from util.embedding_targets x where x.id = shadow_id;
   select p.* into twin from util._store_twin_plan(l, s) p where p.problem is not null order by p.index_name limit 1;
   if twin.index_name is not null then

@@ -69,16 +69,9 @@ begin
       return null;
     end if;
     if tg_op = 'TRUNCATE' then
-      -- Every row is gone: so are their vectors elsewhere (a chunked
-      -- target's chunks), their fingerprints, and the target's jobs and dead
-      -- letters, which could only name rows that are gone.
-      for store_target in select * from util.embedding_targets t where t.id = target.id or t.shadow_of = target.id loop
-        perform util._store_truncate(store_target);
-      end loop;
-      delete from util.embedding_fingerprints f
-       where f.target_id in (select t.id from util.embedding_targets t
-                              where t.id = target.id or t.shadow_of = target.id);
-      perform util._forget_jobs(tg_table_schema, tg_table_name, target.embedding_column);
+      -- Every row is gone: so are their vectors elsewhere, their
+      -- fingerprints, and the target's jobs (35_capture).
+      perform util._truncated(target);
       return null;
     end if;
     -- The rows that went: their vectors elsewhere (util._store_forget_sql,

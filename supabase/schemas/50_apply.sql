@@ -30,7 +30,10 @@ select t.id,
        t.splitter,
        nullif(util._fingerprint_key(t), '') as chunking_key,
        -- where the vectors live (22_stores): 'column' or 'chunks'
-       t.store
+       t.store,
+       -- how its table's changes are detected (35_capture): its writes to
+       -- a logically captured table mark their transaction (sql/write.ts)
+       t.capture
   from util.embedding_targets t
   join pg_catalog.pg_class c on c.oid = t.table_oid
   join pg_catalog.pg_namespace n on n.oid = c.relnamespace

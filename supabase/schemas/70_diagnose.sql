@@ -230,16 +230,27 @@ $$;
 -- provider), batch_texts in them and batch_texts_done (answered so far),
 -- parked (rows whose jobs wait for them), and batch_saved_usd, what the
 -- batch lane saved against online prices since the table was attached.
+-- Change capture (35_capture): capture (triggers or logical), and for a
+-- logical target its slot, capture_lag_bytes (write-ahead log the slot
+-- holds), capture_lag_seconds (0 when it holds none, else since the worker
+-- last confirmed) and capture_attached (a worker follows the slot now).
 create or replace view util.embedding_status as
 select s.*,
        coalesce(b.batches_open, 0) as batches_open,
        coalesce(b.batch_texts, 0) as batch_texts,
        coalesce(b.batch_texts_done, 0) as batch_texts_done,
        coalesce(b.parked, 0) as parked,
-       b.batch_saved_usd
+       b.batch_saved_usd,
+       case when c.schema_name is null then 'triggers' else 'logical' end as capture,
+       c.capture_slot,
+       c.capture_lag_bytes,
+       c.capture_lag_seconds,
+       c.capture_attached
   from util._embedding_status() s
   left join util._batch_figures() b
-    on b.schema_name = s.schema_name and b.table_name = s.table_name and b.embedding_column = s.embedding_column;
+    on b.schema_name = s.schema_name and b.table_name = s.table_name and b.embedding_column = s.embedding_column
+  left join util._capture_figures() c
+    on c.schema_name = s.schema_name and c.table_name = s.table_name and c.embedding_column = s.embedding_column;
 
 -- public: util.embedding_status, exact: total_rows, embedded (rows whose
 -- store holds vectors, whoever wrote them), missing, stale, empty (null

@@ -69,6 +69,7 @@ grant execute on function
   util.retry_failed(regclass),
   util._embedding_status(),
   util._batch_figures(),
+  util._capture_figures(),
   util.embedding_status_exact(),
   util.set_chunking(regclass, int, int, text, regclass),
   util.match_chunks(regclass, extensions.halfvec, int, float)

@@ -29,6 +29,8 @@ export interface Target {
   chunking_key: string | null;
   /** Where its vectors live: a key of STORES in sql/store.ts (and of util._store_* in 22_stores.sql). */
   store: string;
+  /** How its table's changes are detected: "triggers" or "logical" (35_capture.sql). */
+  capture: string;
 }
 
 export interface Targets {

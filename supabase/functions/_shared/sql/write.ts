@@ -9,6 +9,9 @@ import { errorCode, isConnectionError, isRetryableNow } from "../db_errors.ts";
 import type { Target } from "./targets.ts";
 import { binaryVectorType, type Vector, vectorArrayBinary, vectorList } from "../vectors.ts";
 
+/** The prefix of the logical message a write to a logically captured table emits. */
+export const APPLYING_MESSAGE = "autoembed.applying";
+
 export interface EmbeddingWrite {
   rowId: string;
   /** sha256 (hex) of the text the vector was computed from. */
@@ -54,9 +57,15 @@ function writeQuery(target: Target, binary: boolean): string {
   // once: a jsonb document or a text[] literal costs Postgres more CPU to take
   // apart (bench/RESULTS.md, section 1b).
   const vectors = binary ? `$3::${type}[]` : `string_to_array($3::text, ';', '')`;
+  // A logically captured table (35_capture.sql): the transaction says it is
+  // ours in the write-ahead log too, and the worker following the slot
+  // drops its changes (cli/capture.ts), as the triggers return on applying.
+  const mark = target.capture === "logical"
+    ? `, pg_catalog.pg_logical_emit_message(true, '${APPLYING_MESSAGE}', '')`
+    : "";
   return `
     with applying as materialized (
-      select pg_catalog.set_config('autoembed.applying', 'on', true)
+      select pg_catalog.set_config('autoembed.applying', 'on', true)${mark}
     ), input as (
       -- The short ids and hashes as text[]; unnest pairs the three by
       -- position. Its estimate (100 rows) keeps the join on the primary key
