@@ -162,7 +162,7 @@ const OWNER_FUNCTIONS = [
   "util._twin_request_failed(util.embedding_targets,util.embedding_targets)",
   "util.clear_column()",
   "util.disable_embeddings(regclass,name,boolean)",
-  "util.enable_embeddings(regclass,text,name,text,integer,boolean,boolean,text,integer,integer,text,text)",
+  "util.enable_embeddings(regclass,text,name,text,integer,boolean,boolean,text,integer,integer,text,text,text)",
   "util.invoke_edge_function(text,jsonb,integer,jsonb)",
   "util.project_url()",
   "util.queue_embeddings()",
@@ -194,6 +194,17 @@ const OWNER_FUNCTIONS = [
   "util._finish_batch(bigint,text,text,integer,integer,text,text)",
   "util._batch_unsupported(bigint,text)",
   "util._prune_batches()",
+  "util._capture_publication()",
+  "util._check_capture(regclass,name)",
+  "util._capture_publish(regclass)",
+  "util._capture_unpublish(regclass)",
+  "util._capture_slot_exists()",
+  "util._truncated(util.embedding_targets)",
+  "util._capture_targets()",
+  "util._capture_begun()",
+  "util._capture_changes(jsonb,name,pg_lsn,timestamp with time zone)",
+  // Drops a replication slot: its owner's (and a replication role's) decision alone.
+  "util.drop_capture(boolean)",
 ];
 
 /** Every object and its decision; labels as pipelineObjects() names them. */
@@ -217,6 +228,7 @@ const EXPECTED = new Map<string, Decision>([
     "table util.embedding_usage_daily",
     "table util.embedding_batch_inputs",
     "table util.maintenance_requests",
+    "table util.capture_position",
     "view util._target_config",
     "sequence util.embedding_targets_id_seq",
     "sequence util.embedding_errors_id_seq",
@@ -240,6 +252,7 @@ const EXPECTED = new Map<string, Decision>([
   ...[
     "util._embedding_status()",
     "util._batch_figures()",
+    "util._capture_figures()",
     "util.cancel_reembed(regclass,name)",
     "util.embedding_status_exact()",
     "util.maintain_embeddings()",

@@ -533,7 +533,7 @@ declare
   in_key boolean;
 begin
   if pg_catalog.current_setting('wal_level') <> 'logical' then
-    raise exception 'autoembed: capture => ''logical'' needs wal_level = logical; this server has %',
+    raise exception 'autoembed: capture => ''logical'' needs wal_level = logical (this server has %)',
       pg_catalog.current_setting('wal_level')
       using errcode = 'AE003',
             detail = 'Logical capture follows the write-ahead log through a replication slot.',
