@@ -443,6 +443,29 @@ export class Capture {
     }
   }
 
+  /**
+   * `worker --once`: follows the slot until every change written before
+   * this call is confirmed (its jobs queued, for the run to drain), then
+   * stops. False when there was nothing to follow or another worker holds
+   * the slot (that one queues the changes).
+   */
+  async catchUp(): Promise<boolean> {
+    await this.ensure();
+    if (!this.#running) return false;
+    const [{ lsn }] = await this.#options.sql()<{ lsn: string }[]>`
+      select pg_catalog.pg_current_wal_lsn()::text as lsn`;
+    const target = lsnToBig(lsn);
+    while (this.following && this.#confirmed < target) {
+      // Asks the server for a keepalive: with nothing left to send, its
+      // position is past everything written before, and is confirmed.
+      void this.#service?.acknowledge(bigToLsn(this.#confirmed), true).catch(() => {});
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const caughtUp = this.#confirmed >= target;
+    await this.stop();
+    return caughtUp;
+  }
+
   /** Stops following: what is not flushed is sent again to the next follower. */
   async stop(): Promise<void> {
     this.#stopped = true;

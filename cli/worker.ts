@@ -41,7 +41,7 @@ export interface WorkerOptions {
   signal?: AbortSignal;
   /** How long in-flight batches may run after the stop signal before provider calls are aborted. */
   shutdownGraceMs?: number;
-  /** Follow logical capture's replication slot when logical targets exist (capture.ts); not under --once. */
+  /** Follow logical capture's replication slot when logical targets exist (capture.ts); under --once, until caught up. */
   capture?: boolean;
   /** The slot to follow (default: the setting capture_slot). */
   slot?: string;
@@ -144,7 +144,7 @@ class Worker {
         applicationName: "autoembed worker",
       });
     this.#filters = claimFilters(options.tables);
-    this.#capture = options.capture && !options.once
+    this.#capture = options.capture
       ? new Capture({
         dbUrl: options.dbUrl,
         sql: () => this.#sql,
@@ -224,13 +224,15 @@ class Worker {
     }
     this.#lastMaintained = Date.now();
     void this.tickBatches();
-    this.#capture?.ensure().catch((err) => {
-      this.#log(JSON.stringify({
-        event: "capture_check_failed",
-        code: errorCode(err),
-        message: String((err as Error)?.message).slice(0, 200),
-      }));
-    });
+    if (!this.options.once) {
+      this.#capture?.ensure().catch((err) => {
+        this.#log(JSON.stringify({
+          event: "capture_check_failed",
+          code: errorCode(err),
+          message: String((err as Error)?.message).slice(0, 200),
+        }));
+      });
+    }
     this.#maintaining = this.#sql<{ n: string; due: boolean }[]>`
       select util.maintain_embeddings() as n, util._twin_indexes_due() as due`
       .then(([row]) => {
@@ -461,6 +463,16 @@ class Worker {
     }
   }
 
+  /**
+   * --once: the changes logical capture has not queued yet are queued first
+   * (capture.ts catchUp), so the run drains them too.
+   */
+  async catchUpCapture(): Promise<void> {
+    if (!this.#capture) return;
+    const caughtUp = await this.#capture.catchUp();
+    if (caughtUp) this.#log(JSON.stringify({ event: "capture_caught_up" }));
+  }
+
   async close(): Promise<void> {
     await this.#capture?.stop();
     await this.#batching;
@@ -498,6 +510,7 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerResult> {
     pollIntervalMs: options.pollIntervalMs,
   }));
   try {
+    if (options.once) await worker.catchUpCapture();
     await Promise.all(Array.from({ length: options.concurrency }, () => worker.slot()));
   } finally {
     unguard();

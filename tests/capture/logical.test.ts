@@ -2,7 +2,7 @@
 // attached with capture => 'logical' has no trigger; the worker follows the
 // write-ahead log through its replication slot and keeps it fresh.
 import assert from "node:assert/strict";
-import { providerEnv, spawnWorker, type WorkerProcess } from "../../devtools/cli.ts";
+import { providerEnv, runCli, spawnWorker, type WorkerProcess } from "../../devtools/cli.ts";
 import type { Sql } from "../../devtools/db.ts";
 import { withTestDb } from "../../devtools/db.ts";
 import { type FakeOpenAI, startFakeOpenAI } from "../../devtools/fake_openai.ts";
@@ -127,6 +127,47 @@ Deno.test("logical capture: no trigger on the table; COPY, updates, deletes, tru
       );
     } finally {
       await w.stop("SIGTERM");
+      await fake.close();
+    }
+  });
+});
+
+Deno.test("logical capture: worker --once queues what the slot holds, drains it and exits; the pipeline's own writes queue nothing", async () => {
+  await withTestDb(async (sql, url) => {
+    const fake = await startFakeOpenAI();
+    try {
+      await createDocuments(sql, { attach: false });
+      await attachLogical(sql);
+      // The first run makes the slot (nothing to catch up yet).
+      const first = await runCli(["worker", "--once"], providerEnv(fake, url));
+      assert.equal(first.code, 0, first.stderr);
+      const [{ slots }] = await sql`
+        select count(*)::int as slots from pg_replication_slots where database = current_database()`;
+      assert.equal(slots, 1, "the premise: the slot exists");
+      // Changes while no worker runs: in the slot, not in the queue.
+      await insertRows(sql, 300);
+      assert.equal(await queueLength(sql), 0, "the premise: nothing queued without a worker");
+      const second = await runCli(["worker", "--once"], providerEnv(fake, url));
+      assert.equal(second.code, 0, second.stderr);
+      await assertAllFresh(sql);
+      assert.match(second.stderr, /capture_caught_up/);
+      // The run's own embedding writes came back through the slot: a third
+      // run finds them all marked as ours and queues nothing.
+      const inputs = fake.stats.inputs;
+      const third = await runCli(["worker", "--once"], providerEnv(fake, url));
+      assert.equal(third.code, 0, third.stderr);
+      assert.equal(fake.stats.inputs, inputs, "no provider call");
+      assert.match(third.stderr, /capture_caught_up/, "the premise: the run read the slot");
+      assert.doesNotMatch(
+        third.stdout,
+        /"event":"batch"/,
+        "no job: the writes were marked as ours",
+      );
+      const [{ enqueued }] = await sql`
+        select count(*)::int as enqueued from pgmq.a_embedding_jobs`;
+      assert.equal(enqueued, 0, "nothing dead-lettered");
+      assert.equal(await queueLength(sql), 0);
+    } finally {
       await fake.close();
     }
   });
