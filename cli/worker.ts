@@ -469,8 +469,18 @@ class Worker {
    */
   async catchUpCapture(): Promise<void> {
     if (!this.#capture) return;
-    const caughtUp = await this.#capture.catchUp();
-    if (caughtUp) this.#log(JSON.stringify({ event: "capture_caught_up" }));
+    try {
+      const caughtUp = await this.#capture.catchUp();
+      if (caughtUp) this.#log(JSON.stringify({ event: "capture_caught_up" }));
+    } catch (err) {
+      // The queue is drained all the same; the slot waits for the next run.
+      this.#log(JSON.stringify({
+        event: "capture_check_failed",
+        code: errorCode(err),
+        message: String((err as Error)?.message).slice(0, 200),
+      }));
+      await this.#capture.stop();
+    }
   }
 
   async close(): Promise<void> {
