@@ -129,6 +129,7 @@ export class Capture {
         database: string | null;
         here: string;
         wal_level: string;
+        lost: boolean;
       }[]
     >`
       with name as (
@@ -138,7 +139,9 @@ export class Capture {
              (select s.database::text from pg_catalog.pg_replication_slots s
                where s.slot_name = n.slot) as database,
              pg_catalog.current_database()::text as here,
-             pg_catalog.current_setting('wal_level') as wal_level
+             pg_catalog.current_setting('wal_level') as wal_level,
+             exists (select from pg_catalog.pg_replication_slots s
+                      where s.slot_name = n.slot and s.wal_status = 'lost') as lost
         from name n`;
     this.#slot = state.slot;
     const exists = state.database === state.here;
@@ -158,7 +161,13 @@ export class Capture {
       this.#retryLater();
       return;
     }
-    if (!exists) await this.#createSlot(sql);
+    if (exists && state.lost) {
+      // Past max_slot_wal_keep_size the server gave up the slot's WAL: its
+      // changes are gone, so a new slot is made and its targets swept.
+      this.#options.log({ event: "capture_slot_lost", level: "warning", slot: this.#slot });
+      await sql`select pg_catalog.pg_drop_replication_slot(${this.#slot})`;
+    }
+    if (!exists || state.lost) await this.#createSlot(sql);
     this.#running = this.#follow().finally(() => this.#running = null);
   }
 
