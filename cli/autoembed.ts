@@ -246,6 +246,11 @@ async function status(args: ParsedArgs): Promise<number> {
                        parked || ' rows parked'
                   else '' end as batches,
              coalesce(batch_saved_usd::text, '') as batch_saved_usd,
+             case when capture = 'logical'
+                  then 'logical: slot ' || capture_slot ||
+                       coalesce(', lag ' || pg_size_pretty(capture_lag_bytes) || ' / ' || capture_lag_seconds || 's', ', no slot yet') ||
+                       case when capture_attached then ', followed' else ', no worker follows it' end
+                  else 'triggers' end as capture,
              case when next_model is not null
                   then next_model || '/' || next_dimensions || ' ' || next_embedded || '/' || total_rows
                        || ' ' || next_state

@@ -167,6 +167,10 @@ Deno.test("logical capture: worker --once queues what the slot holds, drains it 
         select count(*)::int as enqueued from pgmq.a_embedding_jobs`;
       assert.equal(enqueued, 0, "nothing dead-lettered");
       assert.equal(await queueLength(sql), 0);
+      const status = await runCli(["status", "--json"], providerEnv(fake, url));
+      assert.equal(status.code, 0, status.stderr);
+      const [row] = JSON.parse(status.stdout);
+      assert.match(row.capture, /^logical: slot \S+, lag .* \/ [\d.]+s, no worker follows it$/);
     } finally {
       await fake.close();
     }
