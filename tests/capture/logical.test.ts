@@ -8,7 +8,6 @@ import { withTestDb } from "../../devtools/db.ts";
 import { type FakeOpenAI, startFakeOpenAI } from "../../devtools/fake_openai.ts";
 import { createDocuments, queueLength, TEST_MODEL } from "../../devtools/pipeline.ts";
 import { waitFor } from "../../devtools/wait.ts";
-import { ARTICLE_SETTINGS, chunkProblems, createArticlesTable } from "../_support/chunks.ts";
 import { assertAllFresh, insertRows, staleRows } from "../_support/rows.ts";
 
 function worker(fake: FakeOpenAI, url: string, args: string[] = []): WorkerProcess {
