@@ -67,6 +67,15 @@ const lsnToBig = (lsn: string): bigint => {
 const bigToLsn = (n: bigint): string =>
   `${(n >> 32n).toString(16).toUpperCase()}/${(n & 0xffffffffn).toString(16).toUpperCase()}`;
 
+/**
+ * What to pass pg-logical-replication's acknowledge() for the slot to be
+ * told `end` (the position after the last byte handled): it takes the last
+ * byte received and sends one more. Exactly `end` matters: a fast shutdown
+ * of the server waits until the position a client confirmed equals what
+ * was sent to it, so one byte more held every restart for ever.
+ */
+const ackLsn = (end: bigint): string => bigToLsn(end > 0n ? end - 1n : 0n);
+
 /** A key value as text, as Postgres prints it (util._capture_changes casts it back). */
 function keyText(value: unknown): string | null {
   if (value === null || value === undefined) return null;
@@ -338,9 +347,9 @@ export class Capture {
     const at = lsnToBig(lsn);
     if (idle && at > this.#confirmed) {
       this.#confirmed = at;
-      void this.#service?.acknowledge(bigToLsn(at));
+      void this.#service?.acknowledge(ackLsn(at));
     } else if (reply) {
-      void this.#service?.acknowledge(bigToLsn(this.#confirmed));
+      void this.#service?.acknowledge(ackLsn(this.#confirmed));
     }
   }
 
@@ -369,7 +378,7 @@ export class Capture {
                                      ${pending.committedAt}) as n`;
       if (service === this.#service && pending.endLsn > this.#confirmed) {
         this.#confirmed = pending.endLsn;
-        await service?.acknowledge(bigToLsn(pending.endLsn));
+        await service?.acknowledge(ackLsn(pending.endLsn));
       }
       if (Number(n) > 0) this.#options.onJobs?.();
     } catch (err) {
@@ -378,10 +387,18 @@ export class Capture {
         code: errorCode(err),
         message: isConnectionError(err) ? undefined : String((err as Error)?.message).slice(0, 200),
       });
+      if (isConnectionError(err) && service && service === this.#service) {
+        // The server may be stopping: a fast shutdown waits for this stream
+        // to confirm everything it sent, which takes the connection just
+        // lost, so it would wait for ever. The stream ends instead; the
+        // next one sends again what was not confirmed.
+        await service.stop().catch(() => {});
+        return;
+      }
       await new Promise((r) => setTimeout(r, 1000));
       // Not confirmed: tried again, before what came since; unless the
       // stream it came from ended (the next one sends it again).
-      if (service === this.#service) {
+      if (service && service === this.#service) {
         this.#pending = this.#pending ? merged(pending, this.#pending) : pending;
       }
     }
