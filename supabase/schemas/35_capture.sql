@@ -233,9 +233,17 @@ declare
 begin
   for change in select * from pg_catalog.jsonb_array_elements(changes) loop
     ids := array(select pg_catalog.jsonb_array_elements_text(coalesce(change -> 'ids', '[]')));
+    -- A target switched back to triggers takes the changes still coming:
+    -- committed before the switch (the table left the publication with it),
+    -- flushed after it, they were seen by no trigger. Unless another target
+    -- of the table is still logical: then its triggers saw what follows.
     for t in select * from util.embedding_targets x
-              where x.table_oid = (change ->> 't')::oid and x.capture = 'logical'
-                and x.shadow_of is null and x.retired_at is null loop
+              where x.table_oid = (change ->> 't')::oid
+                and x.shadow_of is null and x.retired_at is null
+                and (x.capture = 'logical'
+                     or not exists (select from util.embedding_targets y
+                                     where y.table_oid = x.table_oid and y.capture = 'logical'
+                                       and y.shadow_of is null and y.retired_at is null)) loop
       if change ->> 'op' = 'truncate' then
         perform util._truncated(t);
         continue;
