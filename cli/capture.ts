@@ -67,6 +67,15 @@ const lsnToBig = (lsn: string): bigint => {
 const bigToLsn = (n: bigint): string =>
   `${(n >> 32n).toString(16).toUpperCase()}/${(n & 0xffffffffn).toString(16).toUpperCase()}`;
 
+/**
+ * What to pass pg-logical-replication's acknowledge() for the slot to be
+ * told `end` (the position after the last byte handled): it takes the last
+ * byte received and sends one more. Exactly `end` matters: a fast shutdown
+ * of the server waits until the position a client confirmed equals what
+ * was sent to it, so one byte more held every restart for ever.
+ */
+const ackLsn = (end: bigint): string => bigToLsn(end > 0n ? end - 1n : 0n);
+
 /** A key value as text, as Postgres prints it (util._capture_changes casts it back). */
 function keyText(value: unknown): string | null {
   if (value === null || value === undefined) return null;
@@ -86,7 +95,7 @@ export class Capture {
   #running: Promise<void> | null = null;
   #stopped = false;
   #slot = "";
-  /** Table oid -> its key column, for the live logical targets (util._capture_targets). */
+  /** Table oid -> its key column, for the tables of live targets (util._capture_targets). */
   #keys = new Map<number, string>();
   #keysStale = true;
   /** The open transaction: its changes, and whether it is the pipeline's own write. */
@@ -135,7 +144,7 @@ export class Capture {
       with name as (
         select coalesce(${this.#options.slot ?? null}::text, util._setting('capture_slot')) as slot
       )
-      select n.slot, exists (select from util._capture_targets()) as wanted,
+      select n.slot, exists (select from util._capture_targets() c where c.logical) as wanted,
              (select s.database::text from pg_catalog.pg_replication_slots s
                where s.slot_name = n.slot) as database,
              pg_catalog.current_database()::text as here,
@@ -196,6 +205,12 @@ export class Capture {
     this.#txn = null;
     this.#pending = null;
     this.#keysStale = true;
+    // Where the slot stands: an answer to the server never confirms less
+    // (Postgres 15 takes a lower position as is, and would send again).
+    const [slot] = await this.#options.sql()<{ lsn: string | null }[]>`
+      select confirmed_flush_lsn::text as lsn from pg_catalog.pg_replication_slots
+       where slot_name = ${this.#slot}`.catch(() => []);
+    this.#confirmed = slot?.lsn ? lsnToBig(slot.lsn) : 0n;
     service.on("data", (_lsn: string, message: Pgoutput.Message) => this.#onMessage(message));
     service.on("heartbeat", (lsn: string, _time: number, reply: boolean) => {
       this.#onHeartbeat(lsn, reply);
@@ -347,9 +362,9 @@ export class Capture {
     const at = lsnToBig(lsn);
     if (idle && at > this.#confirmed) {
       this.#confirmed = at;
-      void this.#service?.acknowledge(bigToLsn(at));
+      void this.#service?.acknowledge(ackLsn(at));
     } else if (reply) {
-      void this.#service?.acknowledge(bigToLsn(this.#confirmed));
+      void this.#service?.acknowledge(ackLsn(this.#confirmed));
     }
   }
 
@@ -378,7 +393,7 @@ export class Capture {
                                      ${pending.committedAt}) as n`;
       if (service === this.#service && pending.endLsn > this.#confirmed) {
         this.#confirmed = pending.endLsn;
-        await service?.acknowledge(bigToLsn(pending.endLsn));
+        await service?.acknowledge(ackLsn(pending.endLsn));
       }
       if (Number(n) > 0) this.#options.onJobs?.();
     } catch (err) {
@@ -387,10 +402,18 @@ export class Capture {
         code: errorCode(err),
         message: isConnectionError(err) ? undefined : String((err as Error)?.message).slice(0, 200),
       });
+      if (isConnectionError(err) && service && service === this.#service) {
+        // The server may be stopping: a fast shutdown waits for this stream
+        // to confirm everything it sent, which takes the connection just
+        // lost, so it would wait for ever. The stream ends instead; the
+        // next one sends again what was not confirmed.
+        await service.stop().catch(() => {});
+        return;
+      }
       await new Promise((r) => setTimeout(r, 1000));
       // Not confirmed: tried again, before what came since; unless the
       // stream it came from ended (the next one sends it again).
-      if (service === this.#service) {
+      if (service && service === this.#service) {
         this.#pending = this.#pending ? merged(pending, this.#pending) : pending;
       }
     }
@@ -467,7 +490,7 @@ export class Capture {
     while (this.following && this.#confirmed < target) {
       // Asks the server for a keepalive: with nothing left to send, its
       // position is past everything written before, and is confirmed.
-      void this.#service?.acknowledge(bigToLsn(this.#confirmed), true).catch(() => {});
+      void this.#service?.acknowledge(ackLsn(this.#confirmed), true).catch(() => {});
       await new Promise((r) => setTimeout(r, 50));
     }
     const caughtUp = this.#confirmed >= target;

@@ -2,57 +2,13 @@
 // attached with capture => 'logical' has no trigger; the worker follows the
 // write-ahead log through its replication slot and keeps it fresh.
 import assert from "node:assert/strict";
-import { providerEnv, runCli, spawnWorker, type WorkerProcess } from "../../devtools/cli.ts";
-import type { Sql } from "../../devtools/db.ts";
+import { providerEnv, runCli } from "../../devtools/cli.ts";
 import { withTestDb } from "../../devtools/db.ts";
-import { type FakeOpenAI, startFakeOpenAI } from "../../devtools/fake_openai.ts";
-import { createDocuments, queueLength, TEST_MODEL } from "../../devtools/pipeline.ts";
+import { startFakeOpenAI } from "../../devtools/fake_openai.ts";
+import { createDocuments, queueLength } from "../../devtools/pipeline.ts";
 import { waitFor } from "../../devtools/wait.ts";
-import { assertAllFresh, insertRows, staleRows } from "../_support/rows.ts";
-
-function worker(fake: FakeOpenAI, url: string, args: string[] = []): WorkerProcess {
-  return spawnWorker(
-    ["--poll-interval", "300ms", "--batch-size", "500", "--visibility-timeout", "5s", ...args],
-    providerEnv(fake, url),
-  );
-}
-
-async function attachLogical(sql: Sql, table = "documents") {
-  await sql.unsafe(
-    `select util.enable_embeddings('public.${table}', '${table}_input', model => $1, capture => 'logical')`,
-    [TEST_MODEL],
-  );
-}
-
-async function triggerCount(sql: Sql, table = "documents"): Promise<number> {
-  const [{ n }] = await sql`
-    select count(*)::int as n from pg_trigger where tgrelid = ${`public.${table}`}::regclass
-       and not tgisinternal`;
-  return n;
-}
-
-/** Waits until every row is fresh, the queue is empty and the slot confirmed everything written so far. */
-async function waitDrained(sql: Sql, what: string, timeoutMs = 60_000) {
-  const [{ lsn }] = await sql`select pg_current_wal_lsn()::text as lsn`;
-  await waitFor(async () => {
-    if ((await staleRows(sql)).length > 0 || (await queueLength(sql)) > 0) return false;
-    const [s] = await sql`
-      select confirmed_flush_lsn >= ${lsn}::pg_lsn as caught_up from pg_replication_slots
-       where slot_name = (select value from util.settings where name = 'capture_slot')`;
-    return s?.caught_up === true;
-  }, { what, timeoutMs });
-}
-
-/** Texts the provider was paid to embed more than once. */
-function repeats(fake: FakeOpenAI): string[] {
-  const seen = new Set<string>();
-  const twice: string[] = [];
-  for (const t of fake.stats.embeddedTexts) {
-    if (seen.has(t)) twice.push(t);
-    seen.add(t);
-  }
-  return twice;
-}
+import { attachLogical, repeats, triggerCount, waitDrained, worker } from "../_support/capture.ts";
+import { assertAllFresh, insertRows } from "../_support/rows.ts";
 
 Deno.test("logical capture: no trigger on the table; COPY, updates, deletes, truncate through the slot", async () => {
   await withTestDb(async (sql, url) => {

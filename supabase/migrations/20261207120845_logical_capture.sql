@@ -640,17 +640,20 @@ begin
 end
 $$;
 
--- internal: the live logical targets the worker maps changes to: the
--- table's oid (pgoutput's relation id) and the key column it reads.
+-- internal: the tables the worker maps changes to, with the key column it
+-- reads: those of live logical targets (logical: whether the worker should
+-- follow the slot), and those of the other live targets (a change made
+-- while a table was logical may come after it was switched back).
 create or replace function util._capture_targets()
-returns table (table_oid oid, pk_column name)
+returns table (table_oid oid, pk_column name, logical boolean)
 language sql
 stable
 set search_path = ''
 as $$
-  select distinct t.table_oid::oid, t.pk_column
+  select t.table_oid::oid, min(t.pk_column::text)::name, bool_or(t.capture = 'logical')
     from util.embedding_targets t
-   where t.capture = 'logical' and t.shadow_of is null and t.retired_at is null
+   where t.shadow_of is null and t.retired_at is null
+   group by t.table_oid
 $$;
 
 -- internal: the worker created the slot: rows changed while none existed
@@ -678,11 +681,12 @@ $$;
 -- in one transaction, and records the position it then confirms. `changes`
 -- is an array of {"t": table oid, "op": "upsert" | "forget" | "truncate",
 -- "ids": [key as text, ...]}: upsert enqueues a job per row for every live
--- logical target of the table (the core re-reads the row by its key: a row
--- gone meanwhile finishes quietly, one whose text did not change costs
--- nothing), forget drops the vectors a store keeps elsewhere and the
--- fingerprints of deleted rows, truncate is util._truncated. Jobs are those
--- the triggers write (util._enqueue_sql), and listening workers are woken.
+-- target of the table (the core re-reads the row by its key: a row gone
+-- meanwhile finishes quietly, one whose text did not change costs nothing),
+-- forget drops the vectors a store keeps elsewhere and the fingerprints of
+-- deleted rows (those still gone), truncate is util._truncated. Jobs are
+-- those the triggers write (util._enqueue_sql), and listening workers are
+-- woken.
 -- Returns the rows enqueued.
 create or replace function util._capture_changes(changes jsonb, slot_name name, confirmed_lsn pg_lsn,
                                                  committed_at timestamptz)
@@ -697,32 +701,50 @@ declare
   forget_sql text;
   key_type text;
   ids text[];
+  gone text[];
   header jsonb;
   enqueued bigint := 0;
   n bigint;
 begin
   for change in select * from pg_catalog.jsonb_array_elements(changes) loop
     ids := array(select pg_catalog.jsonb_array_elements_text(coalesce(change -> 'ids', '[]')));
+    -- Every live target of the table, whatever its capture now: a change
+    -- committed while the table was logical may be flushed after a switch
+    -- back to triggers, which never saw it. Only what is safe however late
+    -- it comes is done for all of them: a job (the row is read again), and
+    -- forgetting rows that are gone now. A truncate is a logical target's
+    -- alone; for the others it forgets the rows that are gone.
     for t in select * from util.embedding_targets x
-              where x.table_oid = (change ->> 't')::oid and x.capture = 'logical'
-                and x.shadow_of is null and x.retired_at is null loop
-      if change ->> 'op' = 'truncate' then
+              where x.table_oid = (change ->> 't')::oid and x.shadow_of is null and x.retired_at is null loop
+      select pg_catalog.format_type(a.atttypid, a.atttypmod) into key_type
+        from pg_catalog.pg_attribute a where a.attrelid = t.table_oid and a.attname = t.pk_column;
+      if change ->> 'op' = 'truncate' and t.capture = 'logical' then
         perform util._truncated(t);
         continue;
       end if;
-      select pg_catalog.format_type(a.atttypid, a.atttypmod) into key_type
-        from pg_catalog.pg_attribute a where a.attrelid = t.table_oid and a.attname = t.pk_column;
-      if change ->> 'op' = 'forget' then
+      if change ->> 'op' in ('forget', 'truncate') then
+        -- The rows among them that are gone now (deleted and inserted again
+        -- is a row to embed, not to forget).
+        if change ->> 'op' = 'truncate' then
+          ids := array(select f.row_id from util.embedding_fingerprints f
+                        where f.target_id in (select x.id from util.embedding_targets x
+                                               where x.id = t.id or x.shadow_of = t.id));
+        end if;
+        execute pg_catalog.format(
+          'select array(select x from pg_catalog.unnest($1::text[]) x
+                         where not exists (select from %s r where r.%I = x::%s))',
+          t.table_oid::regclass, t.pk_column, key_type)
+          into gone using ids;
         for store_target in select * from util.embedding_targets x where x.id = t.id or x.shadow_of = t.id loop
           forget_sql := util._store_forget_sql(store_target,
             pg_catalog.format('select x::%s from pg_catalog.unnest($1::text[]) x', key_type));
           if forget_sql is not null then
-            execute forget_sql using ids;
+            execute forget_sql using gone;
           end if;
         end loop;
         delete from util.embedding_fingerprints f
          where f.target_id in (select x.id from util.embedding_targets x where x.id = t.id or x.shadow_of = t.id)
-           and f.row_id = any (ids);
+           and f.row_id = any (gone);
       else
         -- The job names the table as it is called now, as a trigger's would.
         select pg_catalog.jsonb_build_object('schema', ns.nspname, 'table', c.relname,
