@@ -86,6 +86,9 @@ function keyText(value: unknown): string | null {
 
 /** Seconds between lag checks, and between tries to get the slot while another worker holds it. */
 const LAG_CHECK_MS = 30_000;
+/** Flushes at most this often while commits stream in, unless FLUSH_KEYS rows wait. */
+const FLUSH_EVERY_MS = 25;
+const FLUSH_KEYS = 5_000;
 const RETRY_MIN_MS = 1_000;
 const RETRY_MAX_MS = 30_000;
 
@@ -102,6 +105,8 @@ export class Capture {
   #txn: { pending: Pending; ours: boolean } | null = null;
   #pending: Pending | null = null;
   #flushing: Promise<void> | null = null;
+  #flushTimer: ReturnType<typeof setTimeout> | undefined;
+  #lastFlush = 0;
   /** The position confirmed to the slot this session. */
   #confirmed = 0n;
   #nextTry = 0;
@@ -368,8 +373,25 @@ export class Capture {
     }
   }
 
+  /**
+   * Flushes what is pending: at once when the last flush began at least
+   * FLUSH_EVERY_MS ago (a lone commit waits for nothing), else when that
+   * much has passed, or at once when FLUSH_KEYS rows wait. Under a stream
+   * of small transactions one flush takes many of them: each flush is a
+   * statement and a commit of the database's, off the users' write path
+   * but on the same server (bench/RESULTS.md, logical capture).
+   */
   #flushSoon(): void {
-    if (this.#flushing || !this.#pending) return;
+    if (this.#flushing || !this.#pending || this.#flushTimer !== undefined) return;
+    const wait = FLUSH_EVERY_MS - (Date.now() - this.#lastFlush);
+    if (wait > 0 && this.#pending.keys < FLUSH_KEYS && !this.#stopped) {
+      this.#flushTimer = setTimeout(() => {
+        this.#flushTimer = undefined;
+        this.#flushSoon();
+      }, wait);
+      return;
+    }
+    this.#lastFlush = Date.now();
     this.#flushing = this.#flush().finally(() => {
       this.#flushing = null;
       this.#flushSoon();
@@ -501,6 +523,8 @@ export class Capture {
   /** Stops following: what is not flushed is sent again to the next follower. */
   async stop(): Promise<void> {
     this.#stopped = true;
+    clearTimeout(this.#flushTimer);
+    this.#flushTimer = undefined;
     await this.#flushing;
     await this.#service?.stop().catch(() => {});
     await this.#running;
