@@ -3,13 +3,14 @@
 // printed as they come). Options: --quick (small sizes, for trying it out:
 // writes bench/RESULTS.partial.md instead) and --only
 // drain,cost,freshness,write-path,storage,chunked,search,profile,hosted-limits,status,rate-budget,
-// batch-lane,chunking,model-change
+// batch-lane,chunking,model-change,capture
 // (the sections of the scenarios run replace theirs in RESULTS.md). A run of
 // pure-CPU scenarios only (chunking) starts no stack.
 import { parseArgs } from "node:util";
 import { stopCluster } from "../local/cluster.ts";
 import { fmt, goal, Section } from "./report.ts";
 import { type BatchLaneFigures, batchLaneScenario } from "./scenarios/batch_lane.ts";
+import { type CaptureFigures, captureScenario } from "./scenarios/capture.ts";
 import { type ChunkedFigures, chunkedScenario } from "./scenarios/chunked.ts";
 import { type ChunkingFigures, chunkingScenario } from "./scenarios/chunking.ts";
 import { type CostFigures, costScenario } from "./scenarios/cost.ts";
@@ -64,6 +65,7 @@ const SCENARIOS = [
   "batch-lane",
   "chunking",
   "model-change",
+  "capture",
 ];
 
 /** Scenarios that are pure CPU: a run of only these needs no database or provider. */
@@ -409,6 +411,7 @@ async function main(): Promise<number> {
   let batchLane: BatchLaneFigures | undefined;
   let chunking: ChunkingFigures | undefined;
   let modelChange: ModelChangeFigures | undefined;
+  let capture: CaptureFigures | undefined;
   const machineFacts = await machine(needsStack);
   log(machineFacts.map(([k, v]) => `${k}: ${v}`).join("\n"));
   try {
@@ -431,6 +434,7 @@ async function main(): Promise<number> {
       if (only.includes("rate-budget")) budget = await rateBudgetScenario(ctx);
       if (only.includes("model-change")) modelChange = await modelChangeScenario(ctx);
       if (only.includes("batch-lane")) batchLane = await batchLaneScenario(ctx);
+      if (only.includes("capture")) capture = await captureScenario(ctx);
     }
     if (only.includes("chunking")) chunking = await chunkingScenario({ log, quick: values.quick });
   } finally {
@@ -459,6 +463,7 @@ async function main(): Promise<number> {
       batchLane?.section,
       chunking?.section,
       modelChange?.section,
+      capture?.section,
     ]
   ) {
     if (s) sections.push(s);
@@ -499,6 +504,33 @@ async function main(): Promise<number> {
         }%: a page's first one, and those that come while a batch that still sees the page's ` +
         "earlier update runs) move their row, and each inserts the live vector into the live " +
         "HNSW graph again; see the section on model changes",
+    });
+  }
+  if (capture) {
+    const pct = (share: number) => `${fmt(share * 100)}%`;
+    goalList.push({
+      goal: "logical capture: single-row inserts ≥ 98% of an unattached table's, durable " +
+        "(≥ 90% fsync off)",
+      figure: `${pct(capture.durableShare)} durable, ${pct(capture.fastShare)} fsync off ` +
+        "(pgbench, the worker following the slot; all at wal_level logical)",
+      met: capture.durableShare >= 0.98 && capture.fastShare >= 0.9,
+      limit: "CPU on 2 shared cores: per insert the worker, the walsender and, most, the " +
+        "server's work for the worker's statements (a util._capture_changes and a commit per " +
+        "flush, a claim per wake-up) come on top of the insert's own; see the section's CPU column",
+    });
+    goalList.push({
+      goal: "logical capture: 100,000-row bulk insert ≤ 1.05× an unattached table's, durable",
+      figure: `${capture.bulkRatio.toFixed(2)}×`,
+      met: capture.bulkRatio <= 1.05,
+      limit: "the walsender decodes the statement's log as it is written, on the same 2 cores",
+    });
+    goalList.push({
+      goal: "logical capture: commit → embedding within 2× of the listening worker's (p50, p99)",
+      figure: `p50 ${fmt(capture.p50Ratio)}×, p99 ${fmt(capture.p99Ratio)}× (durable, ` +
+        `${capture.freshRate}/s)`,
+      met: capture.p50Ratio <= 2 && capture.p99Ratio <= 2,
+      limit: "the extra hops: the walsender, the worker's flush of the job (its own commit), " +
+        "then its claim",
     });
   }
   if (status) {
@@ -566,6 +598,7 @@ async function main(): Promise<number> {
 
 /** The scenario a goal of the table belongs to, by its wording. */
 function scenarioOf(goalText: string): string {
+  if (/^logical capture:/.test(goalText)) return "capture";
   if (/model change of/.test(goalText)) return "model-change";
   if (/rate limit:/.test(goalText)) return "rate-budget";
   if (/^batch lane:/.test(goalText)) return "batch-lane";

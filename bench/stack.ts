@@ -2,6 +2,7 @@
 // the migrations and the benchmark table, throw-away clones of it per run,
 // the fake provider, the push path (pg_net dispatcher + the embed function)
 // and worker subprocesses with their peak memory.
+import type { EphemeralCluster } from "../local/cluster.ts";
 import { databaseUrl } from "../local/config.ts";
 import { startFunctions } from "../local/functions.ts";
 import { applyMigrations } from "../local/migrate.ts";
@@ -86,6 +87,23 @@ export async function buildTemplate(): Promise<void> {
   } finally {
     await sql.end();
   }
+}
+
+/**
+ * Makes a throw-away cluster durable, as a production server runs: fsync,
+ * full_page_writes and synchronous_commit on (PostgreSQL's defaults), then
+ * restarts it.
+ */
+export async function makeDurable(cluster: EphemeralCluster): Promise<void> {
+  const admin = connect(cluster.url("postgres"), 1);
+  try {
+    await admin`alter system set fsync = on`;
+    await admin`alter system set full_page_writes = on`;
+    await admin`alter system set synchronous_commit = on`;
+  } finally {
+    await admin.end();
+  }
+  await cluster.restart();
 }
 
 /** Drops every database of a previous or the current run (not the test template or others'). */

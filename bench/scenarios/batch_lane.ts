@@ -22,6 +22,7 @@ import {
   connect,
   CpuMeter,
   insertRows,
+  makeDurable,
   MODEL,
   processTree,
   PROVIDER_LATENCY_MS,
@@ -874,15 +875,7 @@ export async function batchLaneScenario(ctx: BenchContext): Promise<BatchLaneFig
   const runs = await bothLanes(ctx, rows, "fsync off");
   const cluster = await startEphemeralCluster();
   try {
-    const admin = connect(cluster.url("postgres"), 1);
-    try {
-      await admin`alter system set fsync = on`;
-      await admin`alter system set full_page_writes = on`;
-      await admin`alter system set synchronous_commit = on`;
-    } finally {
-      await admin.end();
-    }
-    await cluster.restart();
+    await makeDurable(cluster);
     useServer(cluster.url);
     await buildTemplate();
     runs.push(...await bothLanes(ctx, rows, "durable"));

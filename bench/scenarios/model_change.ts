@@ -20,9 +20,9 @@ import {
   type BenchContext,
   buildTemplate,
   cloneDb,
-  connect,
   DIMENSIONS,
   insertRows,
+  makeDurable,
   providerEnv,
   startWorker,
   useServer,
@@ -182,15 +182,7 @@ export async function modelChangeScenario(ctx: BenchContext): Promise<ModelChang
     for (const code of ["before", "after"] as const) {
       runs.push(await change(ctx, prepared.name, "fsync off", code, rows));
     }
-    const admin = connect(cluster.url("postgres"), 1);
-    try {
-      await admin`alter system set fsync = on`;
-      await admin`alter system set full_page_writes = on`;
-      await admin`alter system set synchronous_commit = on`;
-    } finally {
-      await admin.end();
-    }
-    await cluster.restart();
+    await makeDurable(cluster);
     for (const code of ["before", "after"] as const) {
       runs.push(await change(ctx, prepared.name, "durable", code, rows));
     }

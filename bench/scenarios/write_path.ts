@@ -14,6 +14,7 @@ import {
   cloneDb,
   connect,
   insertRows,
+  makeDurable,
   type Sql,
   useServer,
 } from "../stack.ts";
@@ -21,7 +22,7 @@ import {
 const PGBENCH = "/usr/lib/postgresql/15/bin/pgbench";
 const PREFILL = 100_000;
 const BULK = 100_000;
-const CLIENTS = 4;
+export const CLIENTS = 4;
 
 interface Config {
   label: string;
@@ -99,7 +100,7 @@ async function pushMode(sql: Sql): Promise<void> {
   await sql`update util.settings set value = 'on' where name = 'kick_on_change'`;
 }
 
-const SCRIPTS = {
+export const SCRIPTS = {
   insert: `\\set n random(1, 1000000000)
 insert into public.bench_docs (title, body)
   values ('new document ' || :n, repeat('lorem ipsum dolor sit amet consectetur ', 10) || :n);
@@ -109,7 +110,7 @@ update public.bench_docs set body = 'edited ' || :id || ' ' || random() where id
 `,
 };
 
-async function pgbench(url: string, script: string, seconds: number): Promise<number> {
+export async function pgbench(url: string, script: string, seconds: number): Promise<number> {
   const u = new URL(url);
   const out = await capture(
     PGBENCH,
@@ -302,16 +303,7 @@ export async function writePathScenario(ctx: BenchContext): Promise<WritePathFig
   const cluster = await startEphemeralCluster();
   try {
     fast = await measureCluster(ctx, "fsync off", scripts, reps, seconds);
-    // The throw-away cluster made durable: what a production server does.
-    const admin = connect(cluster.url("postgres"), 1);
-    try {
-      await admin`alter system set fsync = on`;
-      await admin`alter system set full_page_writes = on`;
-      await admin`alter system set synchronous_commit = on`;
-    } finally {
-      await admin.end();
-    }
-    await cluster.restart();
+    await makeDurable(cluster);
     useServer(cluster.url);
     await buildTemplate();
     const check = connect(cluster.url("postgres"), 1);
