@@ -31,14 +31,25 @@ import { CLIENTS, pgbench, SCRIPTS } from "./write_path.ts";
 
 const MODES = ["unattached", "triggers", "logical"] as const;
 type Mode = typeof MODES[number];
+/**
+ * The single-row runs add a fourth way: logical with no worker following
+ * the slot while pgbench runs (one follows it afterwards and catches up):
+ * the write path alone, without the decoding and the worker's statements
+ * competing for the same cores.
+ */
+const INSERT_MODES = [...MODES, "deferred"] as const;
+type InsertMode = typeof INSERT_MODES[number];
 
-const LABELS: Record<Mode, string> = {
+const LABELS: Record<InsertMode, string> = {
   unattached: "unattached (no pipeline)",
   triggers: "triggers (`util.enable_embeddings` default)",
   logical: "logical (`capture => 'logical'`, a worker following the slot)",
+  deferred: "logical, the slot followed only after the run (the write path alone)",
 };
 
-const DESCRIPTIONS: Record<Mode, string> = {
+const DESCRIPTIONS: Record<InsertMode, string> = {
+  deferred: "logical, with no worker following the slot while pgbench runs; one follows it " +
+    "afterwards and catches up (its time and CPU are in the columns after)",
   unattached: "the table alone, no pipeline",
   triggers: "`util.enable_embeddings` as it attaches by default: statement-level triggers " +
     "queue the jobs in the writing transaction (this install has no pg_cron: a NOTIFY per " +
@@ -61,7 +72,7 @@ const RATE_PER_SECOND = 20;
  * slice at each poll: the prefilled rows, or rows a measurement inserts,
  * queued a second time).
  */
-async function prepare(label: string, mode: Mode, prefill: number) {
+async function prepare(label: string, mode: InsertMode, prefill: number) {
   const db = await cloneDb(`capture_${label}_${mode}`);
   if (prefill > 0) await insertRows(db.sql, prefill, "prefill");
   if (mode === "triggers") {
@@ -69,7 +80,7 @@ async function prepare(label: string, mode: Mode, prefill: number) {
       select util.enable_embeddings('public.bench_docs', 'bench_docs_input', model => ${MODEL},
                                     backfill => false)`;
   }
-  if (mode === "logical") {
+  if (mode === "logical" || mode === "deferred") {
     await db.sql`update util.settings set value = ${db.name} where name = 'capture_slot'`;
     await db.sql`
       select util.enable_embeddings('public.bench_docs', 'bench_docs_input', model => ${MODEL},
@@ -171,14 +182,19 @@ async function singleRowInserts(
   script: string,
   reps: number,
   seconds: number,
-): Promise<Record<Mode, InsertRun[]>> {
-  const runs: Record<Mode, InsertRun[]> = { unattached: [], triggers: [], logical: [] };
+): Promise<Record<InsertMode, InsertRun[]>> {
+  const runs: Record<InsertMode, InsertRun[]> = {
+    unattached: [],
+    triggers: [],
+    logical: [],
+    deferred: [],
+  };
   const dbs: BenchDb[] = [];
   try {
-    for (const mode of MODES) dbs.push(await prepare("insert", mode, PREFILL));
+    for (const mode of INSERT_MODES) dbs.push(await prepare("insert", mode, PREFILL));
     for (const db of dbs) await db.sql`checkpoint`;
     for (let rep = 0; rep < reps; rep++) {
-      for (const [i, mode] of MODES.entries()) {
+      for (const [i, mode] of INSERT_MODES.entries()) {
         const db = dbs[i];
         await db.sql`select pgmq.purge_queue('embedding_jobs')`;
         const before = await tableRows(db.sql);
@@ -201,6 +217,12 @@ async function singleRowInserts(
             walsender: walsender ? processCpuSeconds(walsender) : 0,
           };
           run.tps = await pgbench(db.url, script, seconds);
+          if (mode === "deferred") {
+            worker = await follower(ctx, db, true);
+            const [slot] = await db.sql`
+              select active_pid from pg_replication_slots where slot_name = ${db.name}`;
+            walsender = slot?.active_pid ?? 0;
+          }
           if (worker) {
             run.lagAtEnd = await slotLag(db.sql, db.name);
             run.catchUp = await caughtUp(db.sql, db.name);
@@ -452,7 +474,7 @@ async function freshnessAndLag(
 }
 
 interface ClusterFigures {
-  inserts: Record<Mode, InsertRun[]>;
+  inserts: Record<InsertMode, InsertRun[]>;
   bulk: Record<Mode, BulkRun[]>;
 }
 
@@ -555,7 +577,7 @@ One throw-away cluster (local/cluster.ts's ephemeral one) at **wal_level = logic
 ways**, first with fsync off (the development cluster's settings), then **durable** (fsync,
 full_page_writes and synchronous_commit on, restarted). Three ways of attaching bench_docs (the
 table of section 4): ${
-    MODES.map((m) => `**${m}**: ${DESCRIPTIONS[m]}`).join("; ")
+    INSERT_MODES.map((m) => `**${m}**: ${DESCRIPTIONS[m]}`).join("; ")
   }. Each way has its
 own database; a logical one its own slot (setting capture_slot). In the write-path runs the
 logical worker follows the slot and queues the jobs, but its claims are kept to an idle attached
@@ -589,10 +611,10 @@ the idle table's jobs). "queued / inserted": rows queued for the runs' inserted 
         "caught up",
         "queued / inserted",
       ],
-      MODES.map((m) => {
+      INSERT_MODES.map((m) => {
         const runs = f.inserts[m];
         const tps = runs.map((r) => r.tps);
-        const logical = m === "logical";
+        const logical = m === "logical" || m === "deferred";
         const per1000 = (cpu: (r: InsertRun) => number) =>
           spread(runs.map((r) => (cpu(r) * 1e6) / r.inserted));
         return [
