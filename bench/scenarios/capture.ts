@@ -698,8 +698,7 @@ then the WAL the slot holds beyond its confirmed position, from pg_replication_s
 (\`capture_lag_bytes\`, \`capture_lag_seconds\`), at once, 1 s and 5 s later; ${size.freshReps} runs.
 The embeddings' own writes are in the
 log too: the worker decodes them and drops them (they carry its marker), and confirms their position
-once nothing is waiting. −1 B: the slot stands one byte past the end of the log (pg-logical-replication,
-which the worker streams with, reports the position it is given plus one).`);
+once nothing is waiting.`);
   const drain = fresh.lag;
   section.table(
     ["after the drain", "slot lag bytes", "status capture_lag_bytes", "status capture_lag_seconds"],
