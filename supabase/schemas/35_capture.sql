@@ -354,7 +354,7 @@ declare
   slot name := util._setting('capture_slot');
   remaining text;
   holder int;
-  dropped text[] := '{}';
+  dropped text[] := array[]::text[];
 begin
   select pg_catalog.string_agg(pg_catalog.format('%s (%s)', t.table_oid::regclass, t.embedding_column), ', ')
     into remaining

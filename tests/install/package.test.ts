@@ -27,7 +27,7 @@ const SHIPPED = [
   /^deno\.json$/,
   /^deno\.package\.lock$/,
   /^bin\/autoembed\.mjs$/,
-  /^cli\/(autoembed|init|install|metrics|worker)\.ts$/,
+  /^cli\/(autoembed|capture|init|install|metrics|worker)\.ts$/,
   /^cli\/templates\/(config\.toml|seed\.sql)$/,
   /^supabase\/migrations\/\d+_\w+\.sql$/,
   /^supabase\/functions\/(embed|search|_shared)\/.+\.ts$/,
