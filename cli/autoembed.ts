@@ -345,14 +345,18 @@ async function enqueue(args: ParsedArgs, command: string): Promise<number> {
           " (the rest follow in slices; see autoembed status)",
       );
     } catch (err) {
-      const e = err as postgres.PostgresError;
-      if (e.name === "PostgresError") {
-        throw new UsageError(`${e.message}${e.hint ? ` (${e.hint})` : ""}`);
-      }
-      throw err;
+      throw asUsageError(err);
     }
     return 0;
   });
+}
+
+/** A statement the database refused (a user's mistake: its message and hint) as a UsageError. */
+function asUsageError(err: unknown): unknown {
+  const e = err as postgres.PostgresError;
+  return e?.name === "PostgresError"
+    ? new UsageError(`${e.message}${e.hint ? ` (${e.hint})` : ""}`)
+    : err;
 }
 
 async function worker(args: ParsedArgs): Promise<number> {
@@ -483,11 +487,7 @@ async function cdc(args: ParsedArgs): Promise<number> {
         select util.drop_capture(force => ${args.options.has("force")}) as dropped`;
       console.log(dropped.length ? `dropped ${dropped.join(", ")}` : "nothing to drop");
     } catch (err) {
-      const e = err as postgres.PostgresError;
-      if (e.name === "PostgresError") {
-        throw new UsageError(`${e.message}${e.hint ? ` (${e.hint})` : ""}`);
-      }
-      throw err;
+      throw asUsageError(err);
     }
     return 0;
   });

@@ -148,42 +148,36 @@ begin
       raise notice 'autoembed: no replication slot % yet: start the worker (autoembed worker), which creates it and catches up',
         util._setting('capture_slot');
     end if;
-    if change_model then
-      return util.reembed(target_table, embedding_column, model, dimensions);
-    end if;
-    if backfill then
-      return util._start_sweep(target_id);
-    end if;
-    return 0;
-  end if;
-  update util.embedding_targets t set capture = 'triggers' where t.id = target_id or t.shadow_of = target_id;
-  perform util._capture_unpublish(target_table);
-  -- Inserts and updates go through the target's own trigger function, its
-  -- SQL static (util._create_queue_function), written again on every call so
-  -- it always has the registration just made.
-  queue_fn := util._create_queue_function(target_id);
-  execute format(
-    'create trigger %I after insert on %s referencing new table as new_rows
-       for each statement execute function %s()',
-    prefix || '_insert', target_table, queue_fn::oid::regproc);
-  execute format(
-    'create trigger %I after update on %s referencing old table as old_rows new table as new_rows
-       for each statement execute function %s()',
-    prefix || '_update', target_table, queue_fn::oid::regproc);
-  execute format(
-    'create trigger %I after delete on %s referencing old table as old_rows
-       for each statement execute function util.queue_embeddings(%L, %L)',
-    prefix || '_delete', target_table, content_function, embedding_column);
-  -- A truncate empties the store and drops the target's jobs (30_detect).
-  execute format(
-    'create trigger %I after truncate on %s
-       for each statement execute function util.queue_embeddings(%L, %L)',
-    prefix || '_trunc', target_table, content_function, embedding_column);
-  if clear_on_change then
+  else
+    update util.embedding_targets t set capture = 'triggers' where t.id = target_id or t.shadow_of = target_id;
+    perform util._capture_unpublish(target_table);
+    -- Inserts and updates go through the target's own trigger function, its
+    -- SQL static (util._create_queue_function), written again on every call so
+    -- it always has the registration just made.
+    queue_fn := util._create_queue_function(target_id);
     execute format(
-      'create trigger %I before update on %s
-         for each row execute function util.clear_column(%L, %L)',
-      prefix || '_clear', target_table, embedding_column, content_function);
+      'create trigger %I after insert on %s referencing new table as new_rows
+         for each statement execute function %s()',
+      prefix || '_insert', target_table, queue_fn::oid::regproc);
+    execute format(
+      'create trigger %I after update on %s referencing old table as old_rows new table as new_rows
+         for each statement execute function %s()',
+      prefix || '_update', target_table, queue_fn::oid::regproc);
+    execute format(
+      'create trigger %I after delete on %s referencing old table as old_rows
+         for each statement execute function util.queue_embeddings(%L, %L)',
+      prefix || '_delete', target_table, content_function, embedding_column);
+    -- A truncate empties the store and drops the target's jobs (30_detect).
+    execute format(
+      'create trigger %I after truncate on %s
+         for each statement execute function util.queue_embeddings(%L, %L)',
+      prefix || '_trunc', target_table, content_function, embedding_column);
+    if clear_on_change then
+      execute format(
+        'create trigger %I before update on %s
+           for each row execute function util.clear_column(%L, %L)',
+        prefix || '_clear', target_table, embedding_column, content_function);
+    end if;
   end if;
   if change_model then
     return util.reembed(target_table, embedding_column, model, dimensions);
