@@ -90,7 +90,7 @@ const LAG_CHECK_MS = 30_000;
 const FLUSH_EVERY_MS = 25;
 const FLUSH_KEYS = 5_000;
 const RETRY_MIN_MS = 1_000;
-const RETRY_MAX_MS = 30_000;
+const RETRY_MAX_MS = 10_000;
 
 export class Capture {
   readonly #options: CaptureOptions;
@@ -230,6 +230,10 @@ export class Capture {
       publicationNames: ["autoembed"],
       messages: true,
     });
+    // A stream that ended, or a database that went away (a restart), is
+    // followed again at the first poll it answers; a busy slot or another
+    // failure waits longer each time.
+    let backOff = false;
     try {
       // From the slot's confirmed position (0/0: the server's choice), never
       // from what an earlier connection received.
@@ -237,6 +241,7 @@ export class Capture {
       if (!this.#stopped) this.#options.log({ event: "capture_ended", slot: this.#slot });
     } catch (err) {
       if (this.#stopped) return;
+      backOff = !isConnectionError(err);
       const code = errorCode(err);
       if (code === "55006") {
         this.#event({ event: "capture_slot_busy", slot: this.#slot });
@@ -251,7 +256,8 @@ export class Capture {
     } finally {
       this.#service = null;
       await service.destroy().catch(() => {});
-      this.#retryLater();
+      if (backOff) this.#retryLater();
+      else this.#nextTry = Date.now() + RETRY_MIN_MS;
     }
   }
 
